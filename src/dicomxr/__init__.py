@@ -1,0 +1,92 @@
+"""dicomxr: lazy, geometry-correct DICOM series as dask-backed xarray objects.
+
+The package is layered, and data flows one way::
+
+    files / DICOMDIR / PACS -> catalog -> series plan -> lazy array -> xarray -> consumers
+
+``import dicomxr`` is cheap: the public names below are resolved on first use, and the
+optional parts (widgets, networking, NIfTI/Zarr export) import their dependencies only
+when called.
+
+Examples
+--------
+>>> import dicomxr
+>>> da = dicomxr.open_series(dicomxr.data.sample_path())  # doctest: +SKIP
+>>> da.dicom.report  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from dicomxr._version import __version__
+from dicomxr.errors import (
+    DicomxrError,
+    DicomxrWarning,
+    GeometryError,
+    GeometryWarning,
+    MissingDependencyError,
+    MultipleSeriesError,
+    NoSeriesError,
+    SkippedFileWarning,
+)
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# public name -> "module:attribute"; resolved lazily so that importing dicomxr stays light
+_LAZY: dict[str, str] = {
+    "scan": "dicomxr.catalog:scan",
+    "plan_series": "dicomxr.series:plan_series",
+    "SeriesPlan": "dicomxr.series:SeriesPlan",
+    "GeometryReport": "dicomxr.geometry:GeometryReport",
+    "open_series": "dicomxr.api:open_series",
+    "open_study": "dicomxr.api:open_study",
+    "view": "dicomxr.viewer:view",
+    "browse": "dicomxr.viewer:browse",
+    "anatomy": "dicomxr.anatomy:anatomy",
+    "set_options": "dicomxr.options:set_options",
+    "get_options": "dicomxr.options:get_options",
+    "data": "dicomxr.data",
+}
+
+__all__ = [
+    "DicomxrError",
+    "DicomxrWarning",
+    "GeometryError",
+    "GeometryWarning",
+    "MissingDependencyError",
+    "MultipleSeriesError",
+    "NoSeriesError",
+    "SkippedFileWarning",
+    "__version__",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        target = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'dicomxr' has no attribute {name!r}") from None
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    value = getattr(module, attr) if attr else module
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from dicomxr import data
+    from dicomxr.anatomy import anatomy
+    from dicomxr.api import open_series, open_study
+    from dicomxr.catalog import scan
+    from dicomxr.geometry import GeometryReport
+    from dicomxr.options import get_options, set_options
+    from dicomxr.series import SeriesPlan, plan_series
+    from dicomxr.viewer import browse, view

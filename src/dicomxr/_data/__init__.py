@@ -1,0 +1,1 @@
+"""Package data: archives of the embedded sample series (see :mod:`dicomxr.data`)."""

@@ -1,0 +1,67 @@
+"""Exceptions and warnings raised by dicomxr.
+
+Every error names the fix where there is one: the argument that selects a series, the
+package that provides a missing decoder, the file that was skipped and why.
+"""
+
+from __future__ import annotations
+
+
+class DicomxrError(Exception):
+    """Base class of every error dicomxr raises on purpose."""
+
+
+class NoSeriesError(DicomxrError, ValueError):
+    """The source holds no image series that can be opened (the message says what was skipped)."""
+
+
+class MultipleSeriesError(DicomxrError, ValueError):
+    """The source holds several series; the message lists them and how to pick one."""
+
+
+class GeometryError(DicomxrError, ValueError):
+    """The frames of a series do not form the regular grid the caller asked for."""
+
+
+class MissingDependencyError(DicomxrError, ImportError):
+    """An optional dependency is needed; the message names the extra to install."""
+
+
+class DicomxrWarning(UserWarning):
+    """Base class of dicomxr's warnings."""
+
+
+class GeometryWarning(DicomxrWarning):
+    """A series has irregular geometry (gaps, uneven spacing, tilt, duplicates) that was kept."""
+
+
+class SkippedFileWarning(DicomxrWarning):
+    """Files were skipped during a scan; see the catalog's ``skipped`` report."""
+
+
+def require(module: str, *, extra: str, purpose: str):
+    """Import an optional dependency or raise an error naming the extra to install.
+
+    Parameters
+    ----------
+    module
+        Importable module name, for example ``"nibabel"``.
+    extra
+        The dicomxr extra that provides it, for example ``"nifti"``.
+    purpose
+        What it is needed for, used in the message.
+
+    Returns
+    -------
+    module
+        The imported module.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{purpose} needs the optional dependency {module!r}: "
+            f"install it with `pip install 'dicomxr[{extra}]'` (or `pip install {module}`)."
+        ) from exc

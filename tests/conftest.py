@@ -1,0 +1,60 @@
+"""Shared fixtures: where the real corpora are, and the embedded sample.
+
+The real scanner corpora live outside the repository (``../shared/data`` from the project
+root, or ``$DICOMXR_TEST_DATA``). Tests that need them fail loudly when the folder is missing:
+a green run without the real data would prove nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("DICOMXR_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder of real corpora; fails (never skips) when it is missing."""
+    root = _data_root()
+    if not (root / "README.md").is_file():
+        pytest.fail(
+            f"real DICOM corpora not found at {root}: set DICOMXR_TEST_DATA to the folder "
+            "holding dcm_qa_ct/, dcm_qa_philips_enh/, dcm_qa_ts/, dicomParser/, suyashkumar_dicom/",
+            pytrace=False,
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def philips_ct(data_root: Path) -> Path:
+    """140 x 512^2 Philips head CT, 1 mm (the load benchmark)."""
+    return data_root / "dcm_qa_ct" / "In" / "Philips" / "S21570" / "S2020"
+
+
+@pytest.fixture(scope="session")
+def ge_tilt_ct(data_root: Path) -> Path:
+    """GE CT with gantry tilt +18.5 degrees and a spacing change mid-series."""
+    return data_root / "dcm_qa_ct" / "In" / "GE"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The embedded sample series (Philips pCASL 4D, 240 files)."""
+    from dicomxr import data
+
+    return data.sample_path()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests keep artifacts (screenshots, rendered pages) for people to look at."""
+    path = Path(os.environ.get("DICOMXR_ARTIFACTS", ROOT / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
