@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 _DEFAULTS: dict[str, Any] = {
@@ -22,7 +20,7 @@ def get_options() -> dict[str, Any]:
     return dict(_OPTIONS)
 
 
-class set_options:  # noqa: N801 - mirrors xarray.set_options
+class set_options:  # lower case on purpose: mirrors xarray.set_options
     """Set options globally, or for a ``with`` block.
 
     Parameters
@@ -53,9 +51,3 @@ class set_options:  # noqa: N801 - mirrors xarray.set_options
 
     def __exit__(self, *exc: object) -> None:
         _OPTIONS.update(self._old)
-
-
-@contextmanager
-def _temporary(**kwargs: Any) -> Iterator[None]:
-    with set_options(**kwargs):
-        yield

@@ -25,7 +25,9 @@ _CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
-def phantom_volume(shape: tuple[int, int, int], *, dtype: str = "int16", seed: int = 0) -> np.ndarray:
+def phantom_volume(
+    shape: tuple[int, int, int], *, dtype: str = "int16", seed: int = 0
+) -> np.ndarray:
     """Return a deterministic test volume of shape ``(slices, rows, cols)``.
 
     Every voxel differs from its neighbours along each axis, so a flipped, transposed or
@@ -207,7 +209,11 @@ def write_series(
             ds.compress(ts, encoding_plugin="pydicom" if ts == pydicom.uid.RLELossless else "")
         name = file_names[k] if file_names is not None else f"IM{k + 1:04d}.dcm"
         path = dest / name
-        ds.save_as(path, enforce_file_format=True, implicit_vr=ts == pydicom.uid.ImplicitVRLittleEndian,
-                   little_endian=True)
+        ds.save_as(
+            path,
+            enforce_file_format=True,
+            implicit_vr=ts == pydicom.uid.ImplicitVRLittleEndian,
+            little_endian=True,
+        )
         out.append(path)
     return out
