@@ -1,0 +1,833 @@
+"""Header-only scan of DICOM files into a catalog (one row per instance).
+
+:func:`scan` accepts a file, a list of paths, a glob pattern, a directory tree or a
+DICOMDIR (nested DIRFILEs included) and returns a :class:`pandas.DataFrame` with one row
+per DICOM instance and one column per attribute of the catalog contract (see
+``docs/dev/architecture.md``). Files that cannot be read never stop a scan: they are
+listed with a reason in the skipped-files report, ``df.attrs["skipped"]``, also available
+as a DataFrame through :func:`skipped`.
+
+Headers are read by a small dedicated parser (:mod:`dicomxr._header`) for the common
+encodings (explicit and implicit VR little endian); everything else goes through pydicom.
+Both paths produce the same values (tested on every file of the real corpora).
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import logging
+import os
+import struct
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from dicomxr.errors import SkippedFileWarning
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COLUMNS", "read_header", "scan", "skipped"]
+
+#: Catalog columns in order, with the pandas dtype each one gets.
+#: ``"object"`` columns hold tuples (multi-valued attributes) or ``None``.
+_SCHEMA: dict[str, str] = {
+    "path": "str",
+    "file_size": "int64",
+    "mtime": "float64",
+    "pixel_data_offset": "int64",
+    "TransferSyntaxUID": "str",
+    "SOPClassUID": "str",
+    "SOPInstanceUID": "str",
+    "SeriesInstanceUID": "str",
+    "StudyInstanceUID": "str",
+    "FrameOfReferenceUID": "str",
+    "PatientID": "str",
+    "PatientName": "str",
+    "StudyDate": "str",
+    "StudyTime": "str",
+    "StudyDescription": "str",
+    "StudyID": "str",
+    "AccessionNumber": "str",
+    "SeriesNumber": "Int64",
+    "SeriesDescription": "str",
+    "Modality": "str",
+    "Manufacturer": "str",
+    "ManufacturerModelName": "str",
+    "InstanceNumber": "Int64",
+    "AcquisitionNumber": "Int64",
+    "Rows": "Int64",
+    "Columns": "Int64",
+    "NumberOfFrames": "Int64",
+    "SamplesPerPixel": "Int64",
+    "BitsAllocated": "Int64",
+    "BitsStored": "Int64",
+    "HighBit": "Int64",
+    "PixelRepresentation": "Int64",
+    "PlanarConfiguration": "Int64",
+    "PhotometricInterpretation": "str",
+    "ImagePositionPatient": "object",
+    "ImageOrientationPatient": "object",
+    "PixelSpacing": "object",
+    "SliceThickness": "float64",
+    "SpacingBetweenSlices": "float64",
+    "SliceLocation": "float64",
+    "GantryDetectorTilt": "float64",
+    "ImageType": "object",
+    "RescaleSlope": "float64",
+    "RescaleIntercept": "float64",
+    "RescaleType": "str",
+    "WindowCenter": "object",
+    "WindowWidth": "object",
+    "AcquisitionDate": "str",
+    "AcquisitionTime": "str",
+    "ContentTime": "str",
+    "AcquisitionDateTime": "str",
+    "TriggerTime": "float64",
+    "EchoTime": "float64",
+    "EchoNumbers": "Int64",
+    "TemporalPositionIdentifier": "Int64",
+    "NumberOfTemporalPositions": "Int64",
+    "TemporalPositionIndex": "Int64",
+    "DiffusionBValue": "float64",
+    "DiffusionGradientOrientation": "object",
+    "is_mosaic": "bool",
+    "NumberOfImagesInMosaic": "Int64",
+    "is_enhanced": "bool",
+    "has_pixels": "bool",
+    "pixel_data_truncated": "bool",
+}
+
+#: The catalog's column names, in order.
+COLUMNS: tuple[str, ...] = tuple(_SCHEMA)
+
+# Attributes read from the top-level dataset, by tag, with how to convert the value.
+# kind: "str" text, "uid" UI, "int" IS/US/UL/SS/SL (first value), "float" DS/FD/FL (first value),
+# "floats" all values as a tuple of float, "strs" all values as a tuple of str.
+_TAGS: dict[int, tuple[str, str]] = {
+    0x00080008: ("ImageType", "strs"),
+    0x00080016: ("SOPClassUID", "uid"),
+    0x00080018: ("SOPInstanceUID", "uid"),
+    0x00080020: ("StudyDate", "str"),
+    0x00080022: ("AcquisitionDate", "str"),
+    0x00080030: ("StudyTime", "str"),
+    0x00080032: ("AcquisitionTime", "str"),
+    0x00080033: ("ContentTime", "str"),
+    0x00080050: ("AccessionNumber", "str"),
+    0x00080060: ("Modality", "str"),
+    0x00080070: ("Manufacturer", "str"),
+    0x0008002A: ("AcquisitionDateTime", "str"),
+    0x00081030: ("StudyDescription", "str"),
+    0x0008103E: ("SeriesDescription", "str"),
+    0x00081090: ("ManufacturerModelName", "str"),
+    0x00100010: ("PatientName", "str"),
+    0x00100020: ("PatientID", "str"),
+    0x00180050: ("SliceThickness", "float"),
+    0x00180060: ("_kvp", "skip"),
+    0x00180081: ("EchoTime", "float"),
+    0x00180086: ("EchoNumbers", "int"),
+    0x00180088: ("SpacingBetweenSlices", "float"),
+    0x00181060: ("TriggerTime", "float"),
+    0x00181120: ("GantryDetectorTilt", "float"),
+    0x00189087: ("DiffusionBValue", "float"),
+    0x00189089: ("DiffusionGradientOrientation", "floats"),
+    0x0020000D: ("StudyInstanceUID", "uid"),
+    0x0020000E: ("SeriesInstanceUID", "uid"),
+    0x00200010: ("StudyID", "str"),
+    0x00200011: ("SeriesNumber", "int"),
+    0x00200012: ("AcquisitionNumber", "int"),
+    0x00200013: ("InstanceNumber", "int"),
+    0x00200032: ("ImagePositionPatient", "floats"),
+    0x00200037: ("ImageOrientationPatient", "floats"),
+    0x00200052: ("FrameOfReferenceUID", "uid"),
+    0x00200100: ("TemporalPositionIdentifier", "int"),
+    0x00200105: ("NumberOfTemporalPositions", "int"),
+    0x00201041: ("SliceLocation", "float"),
+    0x00209128: ("TemporalPositionIndex", "int"),
+    0x00280002: ("SamplesPerPixel", "int"),
+    0x00280004: ("PhotometricInterpretation", "str"),
+    0x00280006: ("PlanarConfiguration", "int"),
+    0x00280008: ("NumberOfFrames", "int"),
+    0x00280010: ("Rows", "int"),
+    0x00280011: ("Columns", "int"),
+    0x00280030: ("PixelSpacing", "floats"),
+    0x00280100: ("BitsAllocated", "int"),
+    0x00280101: ("BitsStored", "int"),
+    0x00280102: ("HighBit", "int"),
+    0x00280103: ("PixelRepresentation", "int"),
+    0x00281050: ("WindowCenter", "floats"),
+    0x00281051: ("WindowWidth", "floats"),
+    0x00281052: ("RescaleIntercept", "float"),
+    0x00281053: ("RescaleSlope", "float"),
+    0x00281054: ("RescaleType", "str"),
+}
+_TAGS.pop(0x00180060)
+
+#: Tags whose value is text that may need the dataset's character set to decode.
+_TEXT_KEYWORDS = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "StudyDescription",
+        "SeriesDescription",
+        "Manufacturer",
+        "ManufacturerModelName",
+        "AccessionNumber",
+        "StudyID",
+        "RescaleType",
+    }
+)
+
+# Vendor private tags: (group, private creator, element offset within the block) -> name.
+# Private creators are matched case-insensitively after stripping padding.
+_PRIVATE: dict[tuple[int, str, int], str] = {
+    (0x0019, "SIEMENS MR HEADER", 0x0A): "siemens_mosaic_n",  # NumberOfImagesInMosaic, US
+    (0x0019, "SIEMENS MR HEADER", 0x0C): "siemens_bval",  # B_value, IS
+    (0x0019, "SIEMENS MR HEADER", 0x0E): "siemens_bvec",  # DiffusionGradientDirection, FD x3
+    (0x0029, "SIEMENS CSA HEADER", 0x10): "siemens_csa_image",  # CSA Image Header Info, OB
+    (0x0043, "GEMS_PARM_01", 0x39): "ge_bval",  # Slop_int_6...9, IS (b-value is the first)
+    (0x0019, "GEMS_ACQU_01", 0xBB): "ge_bvec_x",  # UserData20, DS
+    (0x0019, "GEMS_ACQU_01", 0xBC): "ge_bvec_y",
+    (0x0019, "GEMS_ACQU_01", 0xBD): "ge_bvec_z",
+    (0x2001, "PHILIPS IMAGING DD 001", 0x03): "philips_bval",  # Diffusion_B-Factor, FL
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0xB0): "philips_bvec_x",  # FL
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0xB1): "philips_bvec_y",
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0xB2): "philips_bvec_z",
+}
+_PRIVATE_GROUPS = frozenset(g for g, _, _ in _PRIVATE)
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+_PERFRAME_TAG = 0x52009230
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"})
+
+# skip reasons that are listed in the report without a warning
+_BENIGN = ("DICOMDIR file", "not a DICOM file")
+
+# characters that make a string source a glob pattern rather than a path
+_GLOB_CHARS = frozenset("*?[")
+
+
+class _Skip(Exception):
+    """A file that cannot be catalogued; the message is the reason shown to the user."""
+
+
+# ----------------------------------------------------------------------------------------
+# value helpers shared by the pydicom path and the fast reader
+
+
+def _is_multi(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))
+
+
+def _first(value: Any) -> Any:
+    if _is_multi(value):
+        return value[0] if value else None
+    return value
+
+
+def _to_float(value: Any) -> float | None:
+    value = _first(value)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _to_int(value: Any) -> int | None:
+    value = _first(value)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            return None
+        return int(as_float) if as_float.is_integer() else None
+
+
+def _to_floats(value: Any) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    if not _is_multi(value):
+        value = (value,)
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out or None
+
+
+def _to_strs(value: Any) -> tuple[str, ...] | None:
+    if value is None or value == "":
+        return None
+    if not _is_multi(value):
+        value = (value,)
+    return tuple(str(v) for v in value)
+
+
+def _to_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if _is_multi(value):
+        return "\\".join(str(v) for v in value) if value else None
+    out = str(value)
+    return out if out != "" else None
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "str": _to_str,
+    "uid": _to_str,
+    "int": _to_int,
+    "float": _to_float,
+    "floats": _to_floats,
+    "strs": _to_strs,
+}
+
+
+def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
+    """Fill the derived columns (vendor diffusion, MOSAIC) from vendor private values."""
+    # Diffusion: standard tags win; vendor private tags fill the gaps.
+    if row.get("DiffusionBValue") is None:
+        bval = None
+        for key in ("siemens_bval", "philips_bval"):
+            bval = _to_float(private.get(key))
+            if bval is not None:
+                break
+        if bval is None and private.get("ge_bval") is not None:
+            bval = _to_float(private["ge_bval"])
+            if bval is not None and bval >= 1e9:
+                # newer GE software adds 1e9 to flag the value as a b-value
+                bval = float(int(bval) % 1_000_000_000)
+        row["DiffusionBValue"] = bval
+    if row.get("DiffusionGradientOrientation") is None:
+        bvec = _to_floats(private.get("siemens_bvec"))
+        if bvec is None:
+            for prefix in ("philips_bvec_", "ge_bvec_"):
+                parts = [_to_float(private.get(prefix + c)) for c in "xyz"]
+                if all(p is not None for p in parts):
+                    bvec = tuple(parts)
+                    break
+        row["DiffusionGradientOrientation"] = bvec if bvec and len(bvec) == 3 else None
+    image_type = row.get("ImageType") or ()
+    is_mosaic = any(str(v).upper() == "MOSAIC" for v in image_type)
+    n_mosaic = _to_int(private.get("siemens_mosaic_n")) if is_mosaic else None
+    if is_mosaic and n_mosaic is None and private.get("siemens_csa_image") is not None:
+        n_mosaic = _mosaic_from_csa(private["siemens_csa_image"])
+    row["is_mosaic"] = is_mosaic
+    row["NumberOfImagesInMosaic"] = n_mosaic
+    if row.get("NumberOfFrames") is None and row.get("has_pixels"):
+        row["NumberOfFrames"] = 1
+    return row
+
+
+def _mosaic_from_csa(raw: bytes) -> int | None:
+    """NumberOfImagesInMosaic from a Siemens CSA image header (via nibabel.nicom)."""
+    try:
+        from nibabel.nicom import csareader
+
+        csa = csareader.read(bytes(raw))
+        return _to_int(csareader.get_n_mosaic(csa))
+    except Exception as exc:  # a broken private header must not stop the scan
+        logger.debug("could not read the CSA image header: %s", exc)
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+# reading one file with pydicom (reference path and fallback)
+
+
+def _private_creators(ds: Any) -> dict[tuple[int, int], str]:
+    """(group, block) -> upper-cased private creator, for the vendor groups we read."""
+    out: dict[tuple[int, int], str] = {}
+    for group in _PRIVATE_GROUPS:
+        for elem in range(0x10, 0x100):
+            tag = (group << 16) | elem
+            if tag in ds:
+                value = ds[tag].value
+                if isinstance(value, bytes):
+                    value = value.decode("latin-1")
+                out[(group, elem)] = str(value).strip(" \x00").upper()
+    return out
+
+
+def _pydicom_private(ds: Any) -> dict[str, Any]:
+    creators = _private_creators(ds)
+    private: dict[str, Any] = {}
+    for (group, block), creator in creators.items():
+        for (g, name, offset), key in _PRIVATE.items():
+            if g != group or name != creator:
+                continue
+            tag = (group << 16) | (block << 8) | offset
+            if tag not in ds:
+                continue
+            elem = ds[tag]
+            value = elem.value
+            if elem.VR in ("UN", "OB") and key != "siemens_csa_image" and isinstance(value, bytes):
+                value = _decode_un(key, value, ds.is_little_endian)
+            private[key] = value
+    return private
+
+
+# how the vendor private values are stored, for files whose private VRs are unknown (UN)
+_PRIVATE_VR: dict[str, str] = {
+    "siemens_mosaic_n": "US",
+    "siemens_bval": "IS",
+    "siemens_bvec": "FD",
+    "ge_bval": "IS",
+    "ge_bvec_x": "DS",
+    "ge_bvec_y": "DS",
+    "ge_bvec_z": "DS",
+    "philips_bval": "FL",
+    "philips_bvec_x": "FL",
+    "philips_bvec_y": "FL",
+    "philips_bvec_z": "FL",
+}
+
+
+def _decode_un(key: str, raw: bytes, little_endian: bool = True) -> Any:
+    """Decode a private value of VR UN (implicit VR files) by its known real VR."""
+    vr = _PRIVATE_VR.get(key)
+    end = "<" if little_endian else ">"
+    if vr in ("IS", "DS"):
+        text = raw.decode("latin-1").strip(" \x00")
+        parts = [p.strip() for p in text.split("\\")]
+        return parts if len(parts) > 1 else parts[0]
+    fmt = {"US": "H", "FD": "d", "FL": "f"}.get(vr or "")
+    if fmt is None:
+        return raw
+    size = struct.calcsize(fmt)
+    n = len(raw) // size
+    if n == 0:
+        return None
+    values = struct.unpack(f"{end}{n}{fmt}", raw[: n * size])
+    return list(values) if n > 1 else values[0]
+
+
+def _pydicom_value(elem: Any, kind: str) -> Any:
+    value = elem.value
+    if value is None:
+        return None
+    if kind in ("str", "uid"):
+        if isinstance(value, bytes):
+            value = value.decode("latin-1").strip(" \x00")
+        return _CONVERT[kind](value)
+    if isinstance(value, (bytes, bytearray)):
+        # numeric values stored as binary VRs (US/FD...) are already decoded by pydicom;
+        # bytes here means an unknown-VR element we do not trust
+        return None
+    return _CONVERT[kind](value)
+
+
+def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the catalog row of one file with pydicom (the reference reader).
+
+    Parameters
+    ----------
+    path
+        A DICOM file.
+
+    Returns
+    -------
+    dict
+        The catalog columns except ``path``, ``file_size`` and ``mtime``.
+
+    Raises
+    ------
+    _Skip
+        When the file is not DICOM or cannot be read; the message is the reason.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = os.fspath(path)
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+        fp.seek(0)
+        if len(head) == 0:
+            raise _Skip("empty file (0 bytes)")
+        is_part10 = len(head) >= 132 and head[128:132] == b"DICM"
+        if not is_part10 and not _plausible_raw_dataset(head):
+            raise _Skip("not a DICOM file (no 'DICM' marker and no recognisable first element)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not is_part10)
+                if ds.file_meta.get("TransferSyntaxUID") in _DEFLATED:
+                    pixel_offset = -1
+                    # the pixel data sits in the deflated stream: its offset means nothing
+                    # in the file, so only record whether it exists
+                    has_pixels = _deflated_has_pixels(path)
+                else:
+                    here = fp.tell()
+                    tag_bytes = fp.read(4)
+                    has_pixels = len(tag_bytes) == 4 and (
+                        struct.unpack("<HH", tag_bytes) in _PIXEL_PAIRS_LE
+                        or struct.unpack(">HH", tag_bytes) in _PIXEL_PAIRS_LE
+                    )
+                    pixel_offset = here if has_pixels else -1
+        except InvalidDicomError as exc:
+            raise _Skip(f"not a DICOM file: {exc}") from None
+        except Exception as exc:
+            raise _Skip(f"unreadable header ({type(exc).__name__}: {exc})") from None
+        truncated = False
+        if has_pixels and pixel_offset >= 0:
+            truncated = _pixel_value_truncated(fp, pixel_offset, ds)
+    if len(ds) == 0:
+        raise _Skip("not a DICOM file (no data elements could be read)")
+    row: dict[str, Any] = {}
+    for tag, (keyword, kind) in _TAGS.items():
+        elem = ds.get(tag)
+        row[keyword] = None if elem is None else _pydicom_value(elem, kind)
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None:
+        ts = _guess_ts(ds)
+    row["TransferSyntaxUID"] = str(ts) if ts else None
+    if row["SOPClassUID"] is None and hasattr(ds, "file_meta"):
+        msc = ds.file_meta.get("MediaStorageSOPClassUID")
+        row["SOPClassUID"] = str(msc) if msc else None
+    if row["SOPClassUID"] == _MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        raise _Skip(
+            "DICOMDIR file (a directory of a file-set, not an instance; "
+            "pass it to scan() to read the files it lists)"
+        )
+    row["pixel_data_offset"] = pixel_offset
+    row["has_pixels"] = has_pixels
+    row["pixel_data_truncated"] = truncated
+    row["is_enhanced"] = _PERFRAME_TAG in ds
+    return _finish_row(row, _pydicom_private(ds))
+
+
+_PIXEL_PAIRS_LE = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0009), (0x7FE0, 0x0008)})
+
+
+def _guess_ts(ds: Any) -> str | None:
+    """Transfer syntax of a file without meta information, as pydicom read it."""
+    implicit = getattr(ds, "is_implicit_VR", None)
+    little = getattr(ds, "is_little_endian", None)
+    if implicit is None or little is None:
+        return None
+    if implicit:
+        return "1.2.840.10008.1.2" if little else None
+    return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+
+
+def _deflated_has_pixels(path: str) -> bool:
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, defer_size=64)
+    return any(t in ds for t in _PIXEL_TAGS)
+
+
+def _pixel_value_truncated(fp: Any, offset: int, ds: Any) -> bool:
+    """Tell whether the Pixel Data value (defined length) runs past the end of the file."""
+    fp.seek(0, os.SEEK_END)
+    size = fp.tell()
+    fp.seek(offset)
+    head = fp.read(12)
+    if len(head) < 8:
+        return True
+    little = getattr(ds, "is_little_endian", True) is not False
+    implicit = bool(getattr(ds, "is_implicit_VR", False))
+    end = "<" if little else ">"
+    if implicit:
+        (length,) = struct.unpack(end + "I", head[4:8])
+        start = offset + 8
+    else:
+        if len(head) < 12:
+            return True
+        (length,) = struct.unpack(end + "I", head[8:12])
+        start = offset + 12
+    if length == 0xFFFFFFFF:
+        return False  # encapsulated: fragment integrity is the pixel reader's business
+    return start + length > size
+
+
+def _plausible_raw_dataset(head: bytes) -> bool:
+    """Whether a file without preamble starts like a DICOM data set (meta or group 0008)."""
+    if len(head) < 8:
+        return False
+    group_le, elem_le = struct.unpack_from("<HH", head)
+    group_be, _ = struct.unpack_from(">HH", head)
+    if group_le in (0x0002, 0x0008) and elem_le < 0x0100:
+        return True
+    return group_be in (0x0002, 0x0008)
+
+
+# ----------------------------------------------------------------------------------------
+# one file: fast reader first, pydicom when it declines
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the catalog row of one file (header only).
+
+    Uses the fast header reader for the common encodings and pydicom otherwise.
+
+    Parameters
+    ----------
+    path
+        A DICOM file.
+
+    Returns
+    -------
+    dict
+        Every catalog column for this file.
+
+    Raises
+    ------
+    ValueError
+        When the file cannot be catalogued; the message says why.
+    """
+    path = os.path.abspath(os.fspath(path))
+    try:
+        return _read_one(path, os.stat(path))
+    except _Skip as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _read_one(path: str, st: os.stat_result) -> dict[str, Any]:
+    if st.st_size == 0:
+        raise _Skip("empty file (0 bytes)")
+    row = None
+    try:
+        from dicomxr import _header
+    except ImportError:  # pragma: no cover - during development only
+        _header = None  # type: ignore[assignment]
+    if _header is not None:
+        row = _header.read_fast(path)
+    if row is None:
+        row = read_header_pydicom(path)
+    row["path"] = path
+    row["file_size"] = st.st_size
+    row["mtime"] = st.st_mtime
+    return row
+
+
+# ----------------------------------------------------------------------------------------
+# sources
+
+
+def _iter_source(source: Any, recursive: bool, skipped_out: list[dict[str, str]]) -> list[str]:
+    """Expand a source into a list of absolute file paths (DICOMDIRs resolved)."""
+    if isinstance(source, (str, os.PathLike)):
+        return _expand_one(os.fspath(source), recursive, skipped_out, top=True)
+    if isinstance(source, Iterable):
+        out: list[str] = []
+        for item in source:
+            if not isinstance(item, (str, os.PathLike)):
+                raise TypeError(
+                    f"scan() got a list holding {type(item).__name__!r}; expected paths"
+                )
+            out.extend(_expand_one(os.fspath(item), recursive, skipped_out, top=False))
+        return out
+    raise TypeError(
+        f"scan() expects a path, a glob pattern, a DICOMDIR or a list of paths, "
+        f"not {type(source).__name__!r}"
+    )
+
+
+def _expand_one(
+    item: str, recursive: bool, skipped_out: list[dict[str, str]], *, top: bool
+) -> list[str]:
+    item = os.path.expanduser(item)
+    if os.path.isdir(item):
+        return _walk(item, recursive)
+    if os.path.isfile(item):
+        path = os.path.abspath(item)
+        if _is_dicomdir(path):
+            from dicomxr import dicomdir
+
+            files, dangling = dicomdir.referenced_files(path)
+            skipped_out.extend(dangling)
+            return files
+        return [path]
+    if any(c in item for c in _GLOB_CHARS):
+        matches = sorted(_glob.glob(item, recursive=True))
+        if not matches and top:
+            raise FileNotFoundError(f"no files match the pattern {item!r}")
+        out: list[str] = []
+        for m in matches:
+            if os.path.isdir(m):
+                out.extend(_walk(m, recursive))
+            else:
+                out.append(os.path.abspath(m))
+        return out
+    if top:
+        raise FileNotFoundError(f"no such file or directory: {item!r}")
+    skipped_out.append({"path": os.path.abspath(item), "reason": "file not found"})
+    return []
+
+
+def _walk(folder: str, recursive: bool) -> list[str]:
+    folder = os.path.abspath(folder)
+    if not recursive:
+        with os.scandir(folder) as it:
+            return sorted(e.path for e in it if e.is_file())
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+    return out
+
+
+def _is_dicomdir(path: str) -> bool:
+    """Whether a file is a DICOMDIR (Media Storage Directory), judged from its meta header."""
+    name = os.path.basename(path).upper()
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(1024)
+    except OSError:
+        return False
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return False
+    if _MEDIA_STORAGE_DIRECTORY.encode() + b"\x00" in head[132:] or (
+        name == "DICOMDIR" and _MEDIA_STORAGE_DIRECTORY.encode() in head[132:]
+    ):
+        return True
+    # UID padded to even length with a NUL, or exactly even: check the (0002,0002) value
+    idx = head.find(b"\x02\x00\x02\x00", 132)
+    if idx < 0:
+        return False
+    length = struct.unpack_from("<H", head, idx + 6)[0]
+    value = head[idx + 8 : idx + 8 + length].rstrip(b"\x00 ")
+    return value == _MEDIA_STORAGE_DIRECTORY.encode()
+
+
+# ----------------------------------------------------------------------------------------
+# public API
+
+
+def scan(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    recursive: bool = True,
+    progress: bool | None = None,
+    warn: bool = True,
+) -> pd.DataFrame:
+    """Scan DICOM headers into a catalog: one row per instance.
+
+    Only headers are read (up to the Pixel Data element). Files that are not DICOM or
+    cannot be read never stop the scan; they are listed with a reason in
+    ``df.attrs["skipped"]`` (see :func:`skipped`).
+
+    Parameters
+    ----------
+    source
+        A file, a list of paths, a glob pattern (``"data/**/*.dcm"``), a directory tree,
+        or a DICOMDIR file (nested DIRFILEs are followed; referenced file IDs resolve
+        from the file-set root, the DICOMDIR's folder; references to missing files are
+        reported as skipped).
+    recursive
+        Descend into sub-folders of a directory source.
+    progress
+        Show a tqdm progress bar. ``None`` (default) shows it when the scan touches at
+        least ``dicomxr.get_options()["progress_min_files"]`` files.
+    warn
+        Emit a :class:`~dicomxr.SkippedFileWarning` summarising skipped files that look
+        like damaged DICOM (empty, truncated or unreadable headers, dangling DICOMDIR
+        references). Non-DICOM files and directory files are only listed in the report.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns as listed in :data:`COLUMNS` (DICOM keywords plus ``path``,
+        ``file_size``, ``mtime``, ``pixel_data_offset``, ``is_mosaic``, ``is_enhanced``,
+        ``has_pixels``, ``pixel_data_truncated``). Missing values are ``None``/``NaN``/
+        ``<NA>``. ``pixel_data_offset`` is the byte offset of the Pixel Data element's
+        tag, -1 when there is none or when it is not addressable in the file (deflated
+        transfer syntax).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``source`` is a path that does not exist or a pattern that matches nothing.
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> df = dicomxr.scan(dicomxr.data.sample_path())
+    >>> df[["SeriesNumber", "InstanceNumber", "ImagePositionPatient"]].head()  # doctest: +SKIP
+    >>> dicomxr.catalog.skipped(df)  # doctest: +SKIP
+    """
+    from dicomxr.options import get_options
+
+    skipped_list: list[dict[str, str]] = []
+    paths = _iter_source(source, recursive, skipped_list)
+    # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
+    paths = list(dict.fromkeys(paths))
+    if progress is None:
+        progress = len(paths) >= get_options()["progress_min_files"]
+    iterator: Iterable[str] = paths
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(paths, desc="scanning DICOM headers", unit="file")
+    rows: list[dict[str, Any]] = []
+    for path in iterator:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            skipped_list.append({"path": path, "reason": f"cannot stat: {exc.strerror or exc}"})
+            continue
+        try:
+            rows.append(_read_one(path, st))
+        except _Skip as exc:
+            skipped_list.append({"path": path, "reason": str(exc)})
+        except OSError as exc:
+            skipped_list.append({"path": path, "reason": f"cannot read: {exc.strerror or exc}"})
+    df = _to_frame(rows)
+    df.attrs["skipped"] = skipped_list
+    # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
+    # a tree are listed but are no cause for alarm; damaged DICOM and dangling references are
+    problems = [s for s in skipped_list if not s["reason"].startswith(_BENIGN)]
+    if skipped_list:
+        logger.info("scan skipped %d file(s)", len(skipped_list))
+    if problems and warn:
+        reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
+        summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
+        warnings.warn(
+            f"scan skipped {len(problems)} file(s) ({summary}); see dicomxr.catalog.skipped(df)",
+            SkippedFileWarning,
+            stacklevel=2,
+        )
+    return df
+
+
+def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    data: dict[str, Any] = {}
+    for col, dtype in _SCHEMA.items():
+        values = [r.get(col) for r in rows]
+        if dtype == "object":
+            series = pd.Series(values, dtype="object")
+        elif dtype == "bool":
+            series = pd.Series([bool(v) for v in values], dtype="bool")
+        elif dtype == "str":
+            series = pd.Series(values, dtype="str")
+        else:
+            series = pd.Series(values, dtype=dtype)
+        data[col] = series
+    return pd.DataFrame(data, columns=list(_SCHEMA))
+
+
+def skipped(df: pd.DataFrame) -> pd.DataFrame:
+    """Return the skipped-files report of a catalog as a DataFrame (``path``, ``reason``).
+
+    Parameters
+    ----------
+    df
+        A catalog returned by :func:`scan` (or derived from one: pandas keeps ``attrs``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per skipped file or dangling reference.
+    """
+    records = df.attrs.get("skipped", [])
+    return pd.DataFrame(list(records), columns=["path", "reason"])
