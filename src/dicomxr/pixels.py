@@ -1,0 +1,762 @@
+"""Read and decode one frame of pixel data, and the rescale helpers.
+
+This is the only module that touches pixel bytes. It works on a *frame reference*
+(:class:`FrameRef`): the path of a file, the index of the frame inside it, the byte offset of
+the Pixel Data element's tag (from the catalog's ``pixel_data_offset`` column) and the Image
+Pixel module values. No pydicom dataset is parsed to read a frame:
+
+* **Uncompressed** transfer syntaxes (implicit/explicit VR little endian, explicit VR big
+  endian): the 8- or 12-byte element header is parsed here, then the frame's bytes are read
+  with one ``open`` + ``seek`` + ``readinto`` straight into the destination buffer at
+  ``value_start + frame * frame_bytes``. Odd layouts that are rare in practice (1-bit
+  packed, ``YBR_FULL_422`` sub-sampling, 8-bit data stored as big endian ``OW``) go through
+  pydicom's native decoder on the same open file, still one frame at a time.
+* **Compressed** (encapsulated) transfer syntaxes decode one frame through pydicom's pixel
+  decoder plugins (pylibjpeg with libjpeg/openjpeg/rle, pyjpegls), fed a file object
+  positioned at the pixel data value, so only that frame's fragments are read when the file
+  has an offset table. A missing plugin raises :class:`~dicomxr.errors.MissingDependencyError`
+  naming the ``dicomxr[codecs]`` extra.
+* **Deflated** files are compressed as a whole: they fall back to a pydicom whole-file decode.
+
+Values are the *stored* values, decoded exactly as ``pydicom``'s ``Dataset.pixel_array``
+does (unused high bits cleared or sign-extended, ``YBR_FULL``/``YBR_FULL_422`` converted to
+RGB, colour samples last) with two documented exceptions: ``PALETTE COLOR`` frames are
+returned through their lookup table as RGB (``pydicom.pixels.apply_color_lut``), and
+``MONOCHROME1`` frames are *not* inverted (:func:`is_inverted` tells the caller so).
+
+Rescale (modality LUT) is separate: :func:`rescale_dtype` picks the output dtype for a set of
+slope/intercept pairs (an integer dtype when the transform is exact and fits, ``float32``
+otherwise) and :func:`apply_rescale` applies one pair to a frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from dicomxr.errors import DicomxrError, MissingDependencyError
+
+__all__ = [
+    "FrameRef",
+    "PixelDataError",
+    "apply_rescale",
+    "file_frame_refs",
+    "frame_dtype",
+    "frame_shape",
+    "is_inverted",
+    "read_frame",
+    "rescale_dtype",
+    "stored_dtype",
+]
+
+logger = logging.getLogger(__name__)
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+_NATIVE_SYNTAXES = frozenset(
+    {EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN}
+)
+# explicit VRs whose element header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2)
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})  # fmt: skip
+_PIXEL_ELEMENTS = {0x0010: "PixelData", 0x0008: "FloatPixelData", 0x0009: "DoubleFloatPixelData"}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_CODECS_EXTRA = "codecs"
+
+
+class PixelDataError(DicomxrError, ValueError):
+    """The pixel data of a frame cannot be read (cut short, malformed, or undecodable).
+
+    The message names the file, the frame and what is wrong.
+    """
+
+
+def _int(value: Any, default: int | None = None) -> int | None:
+    """Return ``value`` as int, or ``default`` for None/NaN/empty."""
+    if value is None:
+        return default
+    try:
+        if isinstance(value, float) and math.isnan(value):
+            return default
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return default
+        return int(value)
+    except (TypeError, ValueError):
+        try:  # pandas.NA and friends
+            import pandas as pd
+
+            if pd.isna(value):
+                return default
+        except (ImportError, TypeError, ValueError):
+            pass
+        raise
+
+
+def _str(value: Any, default: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return default
+    except (ImportError, TypeError, ValueError):
+        pass
+    return str(value).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRef:
+    """Everything needed to read one frame of one file: small, hashable and picklable.
+
+    Field names follow the catalog's columns (DICOM keywords), so a row of
+    ``dicomxr.frames.expand(...)`` or of a ``SeriesPlan.frames`` table converts with
+    :meth:`from_row`.
+
+    Parameters
+    ----------
+    path
+        File path.
+    frame
+        0-based frame index inside the file.
+    pixel_data_offset
+        Byte offset of the (7FE0,0010) Pixel Data element's *tag* (or of Float/Double Float
+        Pixel Data). ``-1`` means unknown: it is then found by parsing the header with pydicom
+        (slow path, once per call).
+    TransferSyntaxUID, Rows, Columns, SamplesPerPixel, BitsAllocated, BitsStored, PixelRepresentation, PhotometricInterpretation, PlanarConfiguration, NumberOfFrames
+        The Image Pixel module values. For a Siemens MOSAIC tile, ``Rows``/``Columns`` are the
+        *tile* size.
+    tile, tile_rows, tile_cols
+        Siemens MOSAIC: the 0-based tile index and the number of tile rows and tile columns
+        in the mosaic grid (the stored image is ``Rows * tile_rows`` by
+        ``Columns * tile_cols``). ``tile=None`` for ordinary frames.
+    """
+
+    path: str
+    frame: int = 0
+    pixel_data_offset: int = -1
+    TransferSyntaxUID: str = EXPLICIT_VR_LITTLE_ENDIAN
+    Rows: int = 0
+    Columns: int = 0
+    SamplesPerPixel: int = 1
+    BitsAllocated: int = 16
+    BitsStored: int = 16
+    PixelRepresentation: int = 0
+    PhotometricInterpretation: str = "MONOCHROME2"
+    PlanarConfiguration: int = 0
+    NumberOfFrames: int = 1
+    tile: int | None = None
+    tile_rows: int | None = None
+    tile_cols: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any] | Any) -> FrameRef:
+        """Build a reference from a catalog/frames row (a dict, pandas Series or namedtuple).
+
+        Missing or NaN values take the defaults of the DICOM standard (one sample, one frame,
+        ``BitsStored = BitsAllocated``, planar configuration 0).
+        """
+        get = row.get if hasattr(row, "get") else lambda k, d=None: getattr(row, k, d)
+        bits_allocated = _int(get("BitsAllocated"), 16)
+        tile = _int(get("tile"), None)
+        return cls(
+            path=os.fspath(get("path")),
+            frame=_int(get("frame"), 0),
+            pixel_data_offset=_int(get("pixel_data_offset"), -1),
+            TransferSyntaxUID=_str(get("TransferSyntaxUID"), EXPLICIT_VR_LITTLE_ENDIAN),
+            Rows=_int(get("Rows"), 0),
+            Columns=_int(get("Columns"), 0),
+            SamplesPerPixel=_int(get("SamplesPerPixel"), 1),
+            BitsAllocated=bits_allocated,
+            BitsStored=_int(get("BitsStored"), bits_allocated),
+            PixelRepresentation=_int(get("PixelRepresentation"), 0),
+            PhotometricInterpretation=_str(get("PhotometricInterpretation"), "MONOCHROME2"),
+            PlanarConfiguration=_int(get("PlanarConfiguration"), 0),
+            NumberOfFrames=_int(get("NumberOfFrames"), 1) or 1,
+            tile=tile,
+            tile_rows=_int(get("tile_rows"), None) if tile is not None else None,
+            tile_cols=_int(get("tile_cols"), None) if tile is not None else None,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the fields as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+    @property
+    def is_mosaic_tile(self) -> bool:
+        """Whether this reference is one tile of a Siemens MOSAIC image."""
+        return self.tile is not None
+
+    @property
+    def stored_rows(self) -> int:
+        """Rows of the stored image (the whole mosaic for a tile)."""
+        return self.Rows * (self.tile_rows or 1) if self.is_mosaic_tile else self.Rows
+
+    @property
+    def stored_cols(self) -> int:
+        """Columns of the stored image (the whole mosaic for a tile)."""
+        return self.Columns * (self.tile_cols or 1) if self.is_mosaic_tile else self.Columns
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def stored_dtype(ref: FrameRef, *, element: str = "PixelData") -> np.dtype:
+    """Return the native-endian dtype of the stored values of ``ref``.
+
+    ``BitsAllocated`` 1 unpacks to ``uint8``; Float/Double Float Pixel Data give
+    ``float32``/``float64``.
+    """
+    if element == "FloatPixelData":
+        return np.dtype(np.float32)
+    if element == "DoubleFloatPixelData":
+        return np.dtype(np.float64)
+    bits = ref.BitsAllocated
+    if bits == 1:
+        return np.dtype(np.uint8)
+    if bits not in (8, 16, 32, 64):
+        raise PixelDataError(
+            f"{ref.path}: BitsAllocated {bits} is not supported (1, 8, 16, 32 or 64 expected)"
+        )
+    kind = "i" if ref.PixelRepresentation == 1 else "u"
+    return np.dtype(f"{kind}{bits // 8}")
+
+
+def is_palette(ref: FrameRef) -> bool:
+    """Whether frames of ``ref`` are palette colour (returned as RGB by :func:`read_frame`)."""
+    return ref.PhotometricInterpretation.upper() == "PALETTE COLOR"
+
+
+def is_inverted(ref: FrameRef | str) -> bool:
+    """Whether the display is inverted (``MONOCHROME1``: low values are white).
+
+    dicomxr keeps the stored values of MONOCHROME1 images; viewers and exporters use this
+    to invert the display.
+    """
+    pi = ref if isinstance(ref, str) else ref.PhotometricInterpretation
+    return pi.strip().upper() == "MONOCHROME1"
+
+
+def frame_shape(ref: FrameRef) -> tuple[int, ...]:
+    """Shape of the array :func:`read_frame` returns: ``(rows, cols)`` or ``(rows, cols, 3)``."""
+    if is_palette(ref):
+        return (ref.Rows, ref.Columns, 3)
+    if ref.SamplesPerPixel > 1:
+        return (ref.Rows, ref.Columns, ref.SamplesPerPixel)
+    return (ref.Rows, ref.Columns)
+
+
+def frame_dtype(ref: FrameRef) -> np.dtype:
+    """Dtype of the array :func:`read_frame` returns, known without reading pixel data.
+
+    For palette colour the lookup table's entry size is read from the header (no pixel data).
+    """
+    if is_palette(ref):
+        return _palette_dtype(ref.path)
+    if ref.pixel_data_offset >= 0 and ref.TransferSyntaxUID in _NATIVE_SYNTAXES:
+        with open(ref.path, "rb") as f:
+            element, _, _, _ = _read_element_header(f, ref)
+        return stored_dtype(ref, element=element)
+    return stored_dtype(ref)
+
+
+def _palette_dtype(path: str) -> np.dtype:
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00281101, 0x00281201])
+    desc = ds.get("RedPaletteColorLookupTableDescriptor")
+    bits = int(desc[2]) if desc is not None else 16
+    return np.dtype(np.uint8 if bits == 8 else np.uint16)
+
+
+# ----------------------------------------------------------------------------- header
+
+
+def _endian(tsyntax: str) -> str:
+    return ">" if tsyntax == EXPLICIT_VR_BIG_ENDIAN else "<"
+
+
+def _read_element_header(f: Any, ref: FrameRef) -> tuple[str, str | None, int, int]:
+    """Parse the pixel data element header at ``ref.pixel_data_offset``.
+
+    Returns
+    -------
+    element, vr, value_start, value_length
+        ``value_length`` is ``0xFFFFFFFF`` for encapsulated (undefined length) data.
+    """
+    offset = ref.pixel_data_offset
+    f.seek(offset)
+    head = f.read(12)
+    if len(head) < 8:
+        raise PixelDataError(
+            f"{ref.path}: pixel data element header at byte {offset} is cut short "
+            f"(file ends after {len(head)} bytes of it)"
+        )
+    end = _endian(ref.TransferSyntaxUID)
+    group, elem = struct.unpack(end + "HH", head[:4])
+    if group != 0x7FE0 or elem not in _PIXEL_ELEMENTS:
+        raise PixelDataError(
+            f"{ref.path}: byte {offset} holds tag ({group:04X},{elem:04X}), "
+            "not a pixel data element; the catalog's pixel_data_offset is stale"
+        )
+    element = _PIXEL_ELEMENTS[elem]
+    vr_bytes = head[4:6]
+    explicit = ref.TransferSyntaxUID != IMPLICIT_VR_LITTLE_ENDIAN
+    # some writers use explicit VR for pixel data in an implicit VR file; the reserved
+    # bytes after a long VR are zero, which an implicit 4-byte length almost never is
+    if not explicit and vr_bytes in (b"OB", b"OW", b"OF", b"OD") and head[6:8] == b"\0\0":
+        explicit = True
+    if not explicit:
+        (length,) = struct.unpack(end + "L", head[4:8])
+        return element, None, offset + 8, length
+    vr = vr_bytes.decode("ascii", "replace")
+    if vr_bytes in _LONG_VRS:
+        if len(head) < 12:
+            raise PixelDataError(f"{ref.path}: pixel data element header is cut short")
+        (length,) = struct.unpack(end + "L", head[8:12])
+        return element, vr, offset + 12, length
+    (length,) = struct.unpack(end + "H", head[6:8])
+    return element, vr, offset + 8, length
+
+
+def _locate_pixel_data(path: str) -> tuple[int, Any]:
+    """Return ``(offset of the pixel data tag, header dataset)`` parsed by pydicom (slow path)."""
+    import pydicom
+
+    with open(path, "rb") as f:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        pos = f.tell()
+        head = f.read(4)
+    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LITTLE_ENDIAN))
+    end = _endian(tsyntax)
+    if len(head) == 4:
+        group, elem = struct.unpack(end + "HH", head)
+        if group == 0x7FE0 and elem in _PIXEL_ELEMENTS:
+            return pos, ds
+    return -1, ds
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = None) -> np.ndarray:
+    """Read and decode one frame (stored values, before rescale).
+
+    Parameters
+    ----------
+    ref
+        A :class:`FrameRef` or a row (mapping) with the catalog's columns.
+    out
+        Optional C-contiguous destination of shape :func:`frame_shape` and dtype
+        :func:`frame_dtype` (or another dtype of the same item size, which is then
+        reinterpreted). Uncompressed frames are read straight into it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, cols)``, or ``(rows, cols, samples)`` for colour (RGB, channel last).
+
+    Raises
+    ------
+    PixelDataError
+        The pixel data is cut short, malformed or cannot be decoded; the message names the
+        file and the frame.
+    MissingDependencyError
+        The transfer syntax needs a decoder plugin that is not installed.
+
+    Examples
+    --------
+    >>> from dicomxr import pixels
+    >>> ref = pixels.file_frame_refs("image.dcm")[0]  # doctest: +SKIP
+    >>> pixels.read_frame(ref).shape  # doctest: +SKIP
+    (512, 512)
+    """
+    if not isinstance(ref, FrameRef):
+        ref = FrameRef.from_row(ref)
+    if ref.pixel_data_offset < 0 and ref.TransferSyntaxUID != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        offset, _ = _locate_pixel_data(ref.path)
+        if offset < 0:
+            raise PixelDataError(f"{ref.path}: the file has no pixel data element")
+        ref = _replace(ref, pixel_data_offset=offset)
+    if not 0 <= ref.frame < max(ref.NumberOfFrames, 1):
+        raise PixelDataError(
+            f"{ref.path}: frame {ref.frame} requested, the file has {ref.NumberOfFrames} frame(s)"
+        )
+    try:
+        if ref.TransferSyntaxUID == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            arr = _read_deflated(ref)
+        elif ref.TransferSyntaxUID in _NATIVE_SYNTAXES:
+            arr = _read_native(ref, None if (ref.is_mosaic_tile or is_palette(ref)) else out)
+        else:
+            arr = _read_encapsulated(ref)
+    except (PixelDataError, MissingDependencyError):
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise PixelDataError(
+            f"{ref.path}: frame {ref.frame} could not be decoded "
+            f"({ref.TransferSyntaxUID}): {type(exc).__name__}: {exc}"
+        ) from exc
+    if ref.is_mosaic_tile:
+        arr = _mosaic_tile(arr, ref)
+    if is_palette(ref):
+        arr = _apply_palette(arr, ref)
+    if out is not None and arr is not out and not np.shares_memory(arr, out):
+        if out.dtype.itemsize == arr.dtype.itemsize and out.dtype != arr.dtype:
+            out.view(arr.dtype)[...] = arr
+        else:
+            out[...] = arr
+        return out
+    return arr
+
+
+def _replace(ref: FrameRef, **changes: Any) -> FrameRef:
+    values = ref.as_dict()
+    values.update(changes)
+    return FrameRef(**values)
+
+
+def _needs_pydicom_native(ref: FrameRef, vr: str | None) -> bool:
+    pi = ref.PhotometricInterpretation.upper()
+    return (
+        ref.BitsAllocated == 1
+        or pi == "YBR_FULL_422"
+        or (
+            ref.TransferSyntaxUID == EXPLICIT_VR_BIG_ENDIAN
+            and ref.BitsAllocated == 8
+            and vr == "OW"
+        )
+    )
+
+
+def _read_native(ref: FrameRef, out: np.ndarray | None) -> np.ndarray:
+    rows, cols, spp = ref.stored_rows, ref.stored_cols, max(ref.SamplesPerPixel, 1)
+    with open(ref.path, "rb", buffering=0) as f:
+        element, vr, start, length = _read_element_header(f, ref)
+        if length == _UNDEFINED_LENGTH:
+            raise PixelDataError(
+                f"{ref.path}: pixel data has undefined length (encapsulated) but the transfer "
+                f"syntax {ref.TransferSyntaxUID} is uncompressed"
+            )
+        if element == "PixelData" and _needs_pydicom_native(ref, vr):
+            return _pydicom_decode(f, ref, start, vr, element)
+        dtype = stored_dtype(ref, element=element)
+        frame_bytes = rows * cols * spp * dtype.itemsize
+        begin = ref.frame * frame_bytes
+        size = os.fstat(f.fileno()).st_size
+        available = min(length, max(size - start, 0))
+        if begin + frame_bytes > available:
+            raise PixelDataError(
+                f"{ref.path}: frame {ref.frame} needs pixel data bytes {begin}..{begin + frame_bytes} "
+                f"but only {available} of the declared {length} are in the file "
+                "(pixel data cut short)"
+            )
+        if out is not None and out.flags.c_contiguous and out.nbytes == frame_bytes:
+            buf = out.view(dtype) if out.dtype != dtype else out
+        else:
+            buf = np.empty(rows * cols * spp, dtype=dtype)
+        f.seek(start + begin)
+        nread = f.readinto(memoryview(buf).cast("B"))
+        if nread != frame_bytes:
+            raise PixelDataError(
+                f"{ref.path}: frame {ref.frame}: read {nread} of {frame_bytes} bytes "
+                "(pixel data cut short)"
+            )
+    if _endian(ref.TransferSyntaxUID) == ">" and dtype.itemsize > 1:
+        buf.byteswap(inplace=True)
+    if element == "PixelData" and ref.BitsStored < ref.BitsAllocated:
+        _correct_unused_bits(buf, ref.BitsAllocated - ref.BitsStored)
+    if spp > 1:
+        if ref.PlanarConfiguration == 1:
+            arr = buf.reshape(spp, rows, cols).transpose(1, 2, 0)
+            arr = np.ascontiguousarray(arr)
+        else:
+            arr = buf.reshape(rows, cols, spp)
+        if ref.PhotometricInterpretation.upper() == "YBR_FULL":
+            from pydicom.pixels.processing import convert_color_space
+
+            arr = convert_color_space(arr, "YBR_FULL", "RGB")
+        return arr
+    return buf.reshape(rows, cols)
+
+
+def _correct_unused_bits(buf: np.ndarray, shift: int) -> None:
+    """Clear (unsigned) or sign-extend (signed) the unused high bits, as pydicom does."""
+    if buf.dtype.kind == "u":
+        np.bitwise_and(buf, buf.dtype.type((1 << (buf.dtype.itemsize * 8 - shift)) - 1), out=buf)
+    else:
+        np.left_shift(buf, shift, out=buf)
+        np.right_shift(buf, shift, out=buf)
+
+
+def _decode_options(ref: FrameRef, *, vr: str | None = None, element: str = "PixelData") -> dict:
+    opts: dict[str, Any] = {
+        "rows": ref.stored_rows,
+        "columns": ref.stored_cols,
+        "samples_per_pixel": max(ref.SamplesPerPixel, 1),
+        "bits_allocated": ref.BitsAllocated,
+        "bits_stored": ref.BitsStored,
+        "pixel_representation": ref.PixelRepresentation,
+        "photometric_interpretation": ref.PhotometricInterpretation,
+        "number_of_frames": max(ref.NumberOfFrames, 1),
+        "pixel_keyword": element,
+    }
+    if ref.SamplesPerPixel > 1:
+        opts["planar_configuration"] = ref.PlanarConfiguration
+    if vr is not None:
+        opts["pixel_vr"] = vr
+    return opts
+
+
+def _get_decoder(ref: FrameRef) -> Any:
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(ref.TransferSyntaxUID)
+    except NotImplementedError as exc:
+        raise PixelDataError(
+            f"{ref.path}: transfer syntax {ref.TransferSyntaxUID} is not supported by pydicom's "
+            "pixel decoders"
+        ) from exc
+    if not decoder.is_available:
+        name = getattr(decoder.UID, "name", ref.TransferSyntaxUID)
+        raise MissingDependencyError(
+            f"{ref.path}: decoding '{name}' pixel data needs a decoder plugin "
+            f"(pylibjpeg with libjpeg/openjpeg/rle, or pyjpegls): install it with "
+            f"`pip install 'dicomxr[{_CODECS_EXTRA}]'`."
+        )
+    return decoder
+
+
+def _pydicom_decode(f: Any, ref: FrameRef, start: int, vr: str | None, element: str) -> np.ndarray:
+    """Decode one frame with pydicom's decoder from a file positioned at the value start."""
+    decoder = _get_decoder(ref)
+    f.seek(start)
+    arr, _ = decoder.as_array(f, index=ref.frame, **_decode_options(ref, vr=vr, element=element))
+    return arr
+
+
+def _read_encapsulated(ref: FrameRef) -> np.ndarray:
+    decoder = _get_decoder(ref)
+    with open(ref.path, "rb") as f:
+        element, vr, start, length = _read_element_header(f, ref)
+        if length != _UNDEFINED_LENGTH:
+            # not encapsulated although the syntax is compressed: a non-conformant writer;
+            # pydicom's whole-file decode copes with some of these
+            logger.debug("%s: compressed pixel data with a defined length", ref.path)
+            return _read_deflated(ref)
+        f.seek(start)
+        arr, _ = decoder.as_array(
+            f, index=ref.frame, **_decode_options(ref, vr=vr, element=element)
+        )
+    return arr
+
+
+def _read_deflated(ref: FrameRef) -> np.ndarray:
+    """Deflate compresses the whole dataset: decode the file with pydicom and take the frame."""
+    import pydicom
+
+    ds = pydicom.dcmread(ref.path)
+    if not any(k in ds for k in _PIXEL_ELEMENTS.values()):
+        raise PixelDataError(f"{ref.path}: the file has no pixel data element")
+    arr = ds.pixel_array
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[ref.frame]
+    return arr
+
+
+def _mosaic_tile(arr: np.ndarray, ref: FrameRef) -> np.ndarray:
+    ncols = ref.tile_cols or 1
+    tr, tc = divmod(ref.tile, ncols)
+    r0, c0 = tr * ref.Rows, tc * ref.Columns
+    if r0 + ref.Rows > arr.shape[0] or c0 + ref.Columns > arr.shape[1]:
+        raise PixelDataError(
+            f"{ref.path}: MOSAIC tile {ref.tile} lies outside the stored {arr.shape[:2]} image"
+        )
+    return np.ascontiguousarray(arr[r0 : r0 + ref.Rows, c0 : c0 + ref.Columns])
+
+
+def _apply_palette(arr: np.ndarray, ref: FrameRef) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels.processing import apply_color_lut
+
+    ds = pydicom.dcmread(ref.path, stop_before_pixels=True)
+    return apply_color_lut(arr, ds)
+
+
+# ----------------------------------------------------------------------------- refs from a file
+
+
+def file_frame_refs(path: str | os.PathLike[str]) -> list[FrameRef]:
+    """Return one :class:`FrameRef` per frame of one file, from its header (pydicom).
+
+    A convenience for reading frames of a single file; for many files use the catalog
+    (``dicomxr.scan``), whose rows convert with :meth:`FrameRef.from_row`. MOSAIC tiles are
+    not expanded here.
+    """
+    path = os.fspath(path)
+    offset, ds = _locate_pixel_data(path)
+    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LITTLE_ENDIAN))
+    if offset < 0 and tsyntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        raise PixelDataError(f"{path}: the file has no pixel data element")
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    base = dict(
+        path=path,
+        pixel_data_offset=offset,
+        TransferSyntaxUID=tsyntax,
+        Rows=int(ds.Rows),
+        Columns=int(ds.Columns),
+        SamplesPerPixel=int(ds.get("SamplesPerPixel", 1) or 1),
+        BitsAllocated=bits,
+        BitsStored=int(ds.get("BitsStored", bits) or bits),
+        PixelRepresentation=int(ds.get("PixelRepresentation", 0) or 0),
+        PhotometricInterpretation=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        PlanarConfiguration=int(ds.get("PlanarConfiguration", 0) or 0),
+        NumberOfFrames=nframes,
+    )
+    return [FrameRef(frame=i, **base) for i in range(nframes)]
+
+
+# ----------------------------------------------------------------------------- rescale
+
+
+def _stored_range(bits_stored: int, pixel_representation: int, dtype: np.dtype) -> tuple[int, int]:
+    if dtype.kind == "f":
+        raise TypeError("float pixel data has no integer range")
+    bits = min(max(int(bits_stored), 1), dtype.itemsize * 8)
+    if pixel_representation == 1 or dtype.kind == "i":
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _is_identity(slopes: np.ndarray, intercepts: np.ndarray) -> bool:
+    return bool(np.all(slopes == 1.0) and np.all(intercepts == 0.0))
+
+
+def rescale_dtype(
+    stored: np.dtype | str,
+    slopes: Iterable[float] | None = None,
+    intercepts: Iterable[float] | None = None,
+    *,
+    bits_stored: int | None = None,
+    pixel_representation: int = 0,
+    dtype: Any = "auto",
+) -> np.dtype:
+    """Choose the dtype of rescaled values ``stored * slope + intercept``.
+
+    Parameters
+    ----------
+    stored
+        Dtype of the stored values.
+    slopes, intercepts
+        RescaleSlope / RescaleIntercept of every frame (NaN or None = 1 and 0).
+    bits_stored, pixel_representation
+        Range of the stored values (defaults to the whole range of ``stored``).
+    dtype
+        ``"auto"`` (default): the stored dtype when no frame is rescaled; the smallest
+        integer dtype holding every possible result when every slope is 1 and every
+        intercept is integral; ``float32`` otherwise. Anything else is taken as the
+        requested dtype.
+
+    Returns
+    -------
+    numpy.dtype
+
+    Examples
+    --------
+    >>> rescale_dtype("uint16", [1.0], [-1024.0], bits_stored=12)
+    dtype('int16')
+    >>> rescale_dtype("uint16", [2.36], [0.0])
+    dtype('float32')
+    """
+    stored = np.dtype(stored)
+    if not (isinstance(dtype, str) and dtype == "auto"):
+        return np.dtype(dtype)
+    s = _clean(slopes, 1.0)
+    b = _clean(intercepts, 0.0)
+    if _is_identity(s, b):
+        return stored
+    if stored.kind == "f" or np.any(s != 1.0) or np.any(b != np.round(b)):
+        return np.dtype(np.float64 if stored == np.float64 else np.float32)
+    lo, hi = _stored_range(bits_stored or stored.itemsize * 8, pixel_representation, stored)
+    lo_out, hi_out = int(lo + b.min()), int(hi + b.max())
+    out = np.promote_types(np.min_scalar_type(lo_out), np.min_scalar_type(hi_out))
+    if out.kind not in "iu" or out.itemsize > 4:
+        return np.dtype(np.float32)
+    # never narrower than the stored values
+    if out.itemsize < stored.itemsize:
+        out = np.dtype(f"{out.kind}{stored.itemsize}")
+    return out
+
+
+def _clean(values: Iterable[float] | None, default: float) -> np.ndarray:
+    if values is None:
+        return np.array([default])
+    arr = np.array([default if v is None else v for v in values], dtype=np.float64)
+    arr[~np.isfinite(arr)] = default
+    return arr if arr.size else np.array([default])
+
+
+def apply_rescale(
+    arr: np.ndarray,
+    slope: float | None,
+    intercept: float | None,
+    dtype: Any,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Return ``arr * slope + intercept`` as ``dtype`` (no copy when nothing changes).
+
+    Integer outputs are exact (the slope must be 1). When ``out`` shares memory with
+    ``arr`` and has the same item size (stored values read in place), the sum is done in
+    place with the modular arithmetic of the output type, which is exact whenever the result
+    fits - :func:`rescale_dtype` guarantees it does.
+    """
+    dtype = np.dtype(dtype)
+    slope = 1.0 if slope is None or not np.isfinite(slope) else float(slope)
+    intercept = 0.0 if intercept is None or not np.isfinite(intercept) else float(intercept)
+    if out is None:
+        if slope == 1.0 and intercept == 0.0 and arr.dtype == dtype:
+            return arr
+        out = np.empty(arr.shape, dtype=dtype)
+    if dtype.kind in "iu":
+        if slope != 1.0 or intercept != round(intercept):
+            raise ValueError(
+                f"rescale slope {slope} / intercept {intercept} is not exact in {dtype}; "
+                "use a float dtype"
+            )
+        if np.shares_memory(arr, out) and arr.dtype.itemsize == dtype.itemsize:
+            view = out
+        else:
+            np.copyto(out, arr, casting="unsafe")
+            view = out
+        if intercept:
+            bits = dtype.itemsize * 8
+            wrapped = int(intercept) % (1 << bits)
+            if dtype.kind == "i" and wrapped >= 1 << (bits - 1):
+                wrapped -= 1 << bits
+            np.add(view, dtype.type(wrapped), out=view, casting="unsafe")
+        return out
+    if slope == 1.0:
+        np.copyto(out, arr, casting="unsafe")
+    else:
+        np.multiply(arr, dtype.type(slope), out=out, casting="unsafe")
+    if intercept:
+        np.add(out, dtype.type(intercept), out=out)
+    return out
+
+
+def _as_refs(rows: Sequence[Mapping[str, Any]]) -> list[FrameRef]:
+    return [r if isinstance(r, FrameRef) else FrameRef.from_row(r) for r in rows]
