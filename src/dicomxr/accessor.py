@@ -1,0 +1,364 @@
+"""The ``.dicom`` accessor on :class:`xarray.DataArray` and :class:`xarray.Dataset`.
+
+Registered when :mod:`dicomxr.api` is imported (which ``dicomxr.open_series`` does on first
+use), or explicitly with ``import dicomxr.accessor``.
+
+Index order
+-----------
+``affine`` maps the array index ``(slice, row, col, 1)`` - the order of the DataArray's
+last spatial dims - to patient coordinates in millimetres, LPS (DICOM's patient system:
++x left, +y posterior, +z head). ``affine_ras`` is the same map into RAS (+x right,
++y anterior, +z head), the convention of NIfTI and most neuroimaging tools.
+
+The affine follows slice selections: when the DataArray still carries the per-frame
+``position_x/_y/_z`` coordinates (it does unless they were dropped), the origin and the
+slice step are recomputed from them, so ``da.isel(slice=slice(10, 20)).dicom.affine`` is
+right. In-plane crops (``row``/``col``) are not tracked; exporting a cropped image raises.
+
+Examples
+--------
+>>> import dicomxr
+>>> da = dicomxr.open_series(dicomxr.data.sample_path())
+>>> da.dicom.affine.shape
+(4, 4)
+>>> da.dicom.window(center=300, width=600)  # doctest: +SKIP
+>>> da.dicom.to_nifti("sample.nii.gz")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["LPS_TO_RAS", "DicomAccessor", "DicomDatasetAccessor"]
+
+#: multiply an LPS affine on the left by this to get the RAS affine
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+_SPATIAL = ("slice", "row", "col")
+
+
+def _image_of(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    if isinstance(obj, xr.DataArray):
+        return obj
+    if "image" in obj.data_vars:
+        return obj["image"]
+    if len(obj.data_vars) == 1:
+        return next(iter(obj.data_vars.values()))
+    raise ValueError(
+        f"the Dataset has variables {list(obj.data_vars)}; the .dicom accessor works on the "
+        "variable named 'image' (as dicomxr.open_study and the 'dicom' engine create it)"
+    )
+
+
+def series_affine(da: xr.DataArray) -> np.ndarray:
+    """Return the LPS affine of a DataArray made by dicomxr, following slice selections.
+
+    Parameters
+    ----------
+    da
+        A DataArray from :func:`dicomxr.open_series` (or a selection of one).
+
+    Returns
+    -------
+    numpy.ndarray
+        4x4, maps ``(slice, row, col, 1)`` to LPS millimetres.
+    """
+    if "affine" not in da.attrs:
+        raise ValueError(
+            "this DataArray has no 'affine' attribute: it was not opened by dicomxr, or its "
+            "attrs were dropped (keep them with xarray.set_options(keep_attrs=True))"
+        )
+    affine = np.array(da.attrs["affine"], dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"attrs['affine'] has shape {affine.shape}, expected (4, 4)")
+    names = ("position_x", "position_y", "position_z")
+    if not all(n in da.coords for n in names):
+        return affine
+    pos = np.stack([np.asarray(da.coords[n].values, dtype=np.float64) for n in names], axis=-1)
+    cdims = da.coords["position_x"].dims
+    # reduce to one position per slice (first along every other frame dim)
+    for dim in reversed(cdims):
+        if dim != "slice":
+            pos = pos.take(0, axis=cdims.index(dim))
+    pos = pos.reshape(-1, 3)
+    if not np.all(np.isfinite(pos)) or len(pos) == 0:
+        return affine
+    affine[:3, 3] = pos[0]
+    if "slice" in cdims and len(pos) > 1:
+        affine[:3, 0] = (pos[-1] - pos[0]) / (len(pos) - 1)
+    return affine
+
+
+def _pixel_spacing(da: xr.DataArray) -> tuple[float, float]:
+    spacing = da.attrs.get("PixelSpacing")
+    if spacing is not None and len(spacing) == 2:
+        return float(spacing[0]), float(spacing[1])
+    affine = np.array(da.attrs.get("affine", np.eye(4)), dtype=np.float64)
+    return float(np.linalg.norm(affine[:3, 1])) or 1.0, float(np.linalg.norm(affine[:3, 2])) or 1.0
+
+
+def window_array(da: xr.DataArray, center: float, width: float) -> xr.DataArray:
+    """Linear VOI window (DICOM PS3.3 C.11.2.1.2): values mapped to [0, 1], lazily.
+
+    Parameters
+    ----------
+    da
+        Image values (after rescale).
+    center, width
+        Window centre and width in the image's units (``width`` >= 1).
+
+    Returns
+    -------
+    xarray.DataArray
+        float32 in [0, 1], lazy when ``da`` is.
+    """
+    center = float(center)
+    width = float(width)
+    if not width >= 1:
+        raise ValueError(f"window width must be >= 1, got {width}")
+    # DICOM's linear function: centre - 0.5 and width - 1 place the ramp between pixel values
+    low = center - 0.5 - (width - 1) / 2
+    scaled = (da.astype(np.float32) - np.float32(low)) / np.float32(width - 1)
+    out = scaled.clip(0.0, 1.0)
+    out.attrs = dict(da.attrs)
+    out.attrs.update({"window_center": center, "window_width": width})
+    out.name = da.name
+    return out
+
+
+def _default_window(da: xr.DataArray) -> tuple[float, float] | None:
+    center, width = da.attrs.get("WindowCenter"), da.attrs.get("WindowWidth")
+    if isinstance(center, (list, tuple)):
+        center = center[0] if center else None
+    if isinstance(width, (list, tuple)):
+        width = width[0] if width else None
+    if center is None or width is None or not float(width) >= 1:
+        return None
+    return float(center), float(width)
+
+
+class DicomAccessor:
+    """DICOM-aware helpers on a DataArray from :func:`dicomxr.open_series` (``da.dicom``)."""
+
+    def __init__(self, obj: xr.DataArray) -> None:
+        self._obj = obj
+
+    # -- geometry ---------------------------------------------------------------------
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 affine mapping ``(slice, row, col, 1)`` to patient LPS millimetres."""
+        return series_affine(self._obj)
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        """4x4 affine mapping ``(slice, row, col, 1)`` to RAS millimetres (NIfTI's space)."""
+        return LPS_TO_RAS @ self.affine
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size ``(slice step, row spacing, col spacing)`` in mm, from the affine."""
+        affine = self.affine
+        return tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))  # type: ignore[return-value]
+
+    @property
+    def report(self) -> Any:
+        """The series' geometry report (:class:`dicomxr.GeometryReport`).
+
+        Rebuilt from ``attrs["geometry"]`` when the geometry module can; otherwise the
+        plain dict.
+        """
+        data = self._obj.attrs.get("geometry")
+        if data is None:
+            raise ValueError("no 'geometry' attribute: this DataArray was not opened by dicomxr")
+        try:
+            from dicomxr.geometry import GeometryReport
+        except ImportError:  # pragma: no cover - geometry is part of the package
+            return data
+        for name in ("from_dict", "from_attrs"):
+            builder = getattr(GeometryReport, name, None)
+            if callable(builder):
+                try:
+                    return builder(data)
+                except (TypeError, ValueError, KeyError):
+                    break
+        import dataclasses
+
+        if not dataclasses.is_dataclass(GeometryReport) or not isinstance(data, dict):
+            return data
+        known = {f.name for f in dataclasses.fields(GeometryReport)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("orientation", "normal", "pixel_spacing"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = tuple(kwargs[key])
+        try:
+            return GeometryReport(**kwargs)
+        except TypeError:
+            return data
+
+    # -- display ----------------------------------------------------------------------
+    def window(self, center: float | None = None, width: float | None = None) -> xr.DataArray:
+        """Apply a linear window, lazily: values mapped to [0, 1] (float32).
+
+        Parameters
+        ----------
+        center, width
+            Window centre and width; default: the series' first WindowCenter/WindowWidth
+            preset, else the 1st-99th percentile of three sampled slices.
+        """
+        da = self._obj
+        if center is None or width is None:
+            preset = _default_window(da) or _sampled_window(da)
+            center = preset[0] if center is None else center
+            width = preset[1] if width is None else width
+        return window_array(da, center, width)
+
+    def plot(
+        self,
+        *,
+        slice: int | None = None,
+        montage: bool | int = False,
+        center: float | None = None,
+        width: float | None = None,
+        ax: Any = None,
+        cmap: str = "gray",
+        **isel: int,
+    ) -> Any:
+        """Show one slice, or a montage of evenly spaced slices, with the physical aspect.
+
+        Only the slices shown are read. matplotlib is imported on call.
+
+        Parameters
+        ----------
+        slice
+            Slice index (default: the middle slice). Ignored for a montage.
+        montage
+            ``True`` for 12 slices, or the number of slices to tile.
+        center, width
+            Display window (default: the series preset, else sampled percentiles).
+        ax
+            Axes to draw into (single slice only); a new figure otherwise.
+        cmap
+            Colormap for greyscale images.
+        **isel
+            Index along the other frame dims (``time=2``, ``echo=0``); default 0.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        import matplotlib.pyplot as plt
+
+        da = self._obj
+        extra = [d for d in da.dims if d not in (*_SPATIAL, "channel")]
+        unknown = set(isel) - set(extra)
+        if unknown:
+            raise ValueError(f"unknown dims {sorted(unknown)}; the frame dims are {extra}")
+        da = da.isel({d: isel.get(d, 0) for d in extra})
+        if "slice" not in da.dims:
+            da = da.expand_dims("slice")
+        n = da.sizes["slice"]
+        row_mm, col_mm = _pixel_spacing(da)
+        aspect = row_mm / col_mm
+        colour = "channel" in da.dims
+        if center is None or width is None:
+            preset = None if colour else (_default_window(da) or _sampled_window(da))
+            if preset is not None:
+                center = preset[0] if center is None else center
+                width = preset[1] if width is None else width
+        vmin = vmax = None
+        if center is not None and width is not None:
+            vmin, vmax = center - width / 2, center + width / 2
+        title = str(da.attrs.get("SeriesDescription") or da.attrs.get("series_key", ""))
+        if montage:
+            count = 12 if montage is True else int(montage)
+            count = max(1, min(count, n))
+            index = np.unique(np.linspace(0, n - 1, count).round().astype(int))
+            frames = da.isel(slice=index).values
+            ncols = math.ceil(math.sqrt(len(index)))
+            nrows = math.ceil(len(index) / ncols)
+            fig, axes = plt.subplots(
+                nrows, ncols, figsize=(2.2 * ncols, 2.2 * nrows * aspect), squeeze=False
+            )
+            for k, axis in enumerate(axes.ravel()):
+                axis.set_axis_off()
+                if k < len(index):
+                    axis.imshow(
+                        _display(frames[k], colour), cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect
+                    )
+                    axis.set_title(f"slice {index[k]}", fontsize=8)
+            fig.suptitle(title)
+            return fig
+        k = n // 2 if slice is None else int(slice)
+        frame = da.isel(slice=k).values
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5, 5 * aspect * frame.shape[0] / frame.shape[1]))
+        else:
+            fig = ax.figure
+        image = ax.imshow(_display(frame, colour), cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect)
+        ax.set_title(f"{title}  slice {k}/{n}" if title else f"slice {k}/{n}")
+        ax.set_xlabel("col")
+        ax.set_ylabel("row")
+        if not colour:
+            fig.colorbar(image, ax=ax, shrink=0.8, label=str(da.attrs.get("units", "")))
+        return fig
+
+    def view(self, **kwargs: Any) -> Any:
+        """Open the interactive notebook viewer (:func:`dicomxr.view`) on this image."""
+        from dicomxr.viewer import view
+
+        return view(self._obj, **kwargs)
+
+    # -- export -----------------------------------------------------------------------
+    def to_nifti(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Write a NIfTI-1 file (see :func:`dicomxr.export.nifti.to_nifti`)."""
+        from dicomxr.export.nifti import to_nifti
+
+        return to_nifti(self._obj, path, **kwargs)
+
+    def to_zarr(self, store: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Write a Zarr store (see :func:`dicomxr.export.zarr.to_zarr`)."""
+        from dicomxr.export.zarr import to_zarr
+
+        return to_zarr(self._obj, store, **kwargs)
+
+
+def _display(frame: np.ndarray, colour: bool) -> np.ndarray:
+    if not colour:
+        return frame
+    if frame.dtype != np.uint8:
+        lo, hi = float(np.nanmin(frame)), float(np.nanmax(frame))
+        frame = (frame - lo) / ((hi - lo) or 1.0)
+    return frame
+
+
+def _sampled_window(da: xr.DataArray) -> tuple[float, float]:
+    """1st-99th percentile window from three slices (never a full compute)."""
+    extra = [d for d in da.dims if d not in (*_SPATIAL, "channel")]
+    sub = da.isel({d: 0 for d in extra})
+    if "slice" in sub.dims:
+        n = sub.sizes["slice"]
+        sub = sub.isel(slice=sorted({0, n // 2, n - 1}))
+    values = np.asarray(sub.values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.5, 1.0
+    lo, hi = np.percentile(values, [1, 99])
+    width = max(float(hi - lo), 1.0)
+    return float(lo + hi) / 2, width
+
+
+class DicomDatasetAccessor(DicomAccessor):
+    """The ``.dicom`` accessor on a Dataset: works on its ``image`` variable."""
+
+    def __init__(self, obj: xr.Dataset) -> None:
+        self._dataset = obj
+        super().__init__(_image_of(obj))
+
+
+xr.register_dataarray_accessor("dicom")(DicomAccessor)
+xr.register_dataset_accessor("dicom")(DicomDatasetAccessor)

@@ -1,0 +1,596 @@
+"""Open DICOM series as xarray objects: :func:`open_series` and :func:`open_study`.
+
+This is the layer users meet. It chains the lower layers (catalog scan -> frames -> series
+plan -> lazy dask array) and dresses the result as an :class:`xarray.DataArray` named
+``image``, following the contract in ``docs/dev/architecture.md``:
+
+- dims: the plan's frame-grid dims (ending with ``slice``) + ``("row", "col")``
+  (+ ``"channel"`` for colour); ``row`` runs along ImageOrientationPatient[3:],
+  ``col`` along ImageOrientationPatient[:3] (DICOM pixel order);
+- the ``slice`` dimension coordinate is the position along the slice normal in mm;
+  positions, UIDs, paths, times and every varying attribute are coordinates on the frame dims;
+- attrs hold only JSON-friendly values (the LPS ``affine`` as a nested list, the geometry
+  report as a dict, ...), and no patient identifiers unless ``include_patient=True``;
+- ``encoding["preferred_chunks"]`` advertises one frame per chunk.
+
+Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from dicomxr import accessor as _accessor  # noqa: F401  (registers the .dicom accessor)
+from dicomxr.errors import MultipleSeriesError, NoSeriesError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from dicomxr.series import SeriesPlan
+
+__all__ = ["PATIENT_ATTRIBUTES", "list_series", "open_series", "open_study", "series_table"]
+
+logger = logging.getLogger(__name__)
+
+Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+#: attributes that identify a patient; kept out of ``attrs`` unless ``include_patient=True``
+PATIENT_ATTRIBUTES = frozenset(
+    {
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientBirthTime",
+        "PatientSex",
+        "PatientAge",
+        "PatientWeight",
+        "PatientSize",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "OtherPatientIDs",
+        "OtherPatientNames",
+        "IssuerOfPatientID",
+        "PatientMotherBirthName",
+        "MilitaryRank",
+        "EthnicGroup",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "OperatorsName",
+        "InstitutionAddress",
+    }
+)
+
+_STUDY_ATTRIBUTES = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "StudyID",
+)
+
+
+# --------------------------------------------------------------------------------------
+# catalog and plans
+
+
+def _catalog(source: Any, *, recursive: bool = True) -> pd.DataFrame:
+    import pandas as pd
+
+    from dicomxr.catalog import scan
+
+    if isinstance(source, pd.DataFrame):
+        return source
+    return scan(source, recursive=recursive)
+
+
+def list_series(
+    source: Source | pd.DataFrame,
+    *,
+    on_irregular: str = "warn",
+    recursive: bool = True,
+) -> list[SeriesPlan]:
+    """Scan ``source`` and return the plan of every image series in it (no pixel is read).
+
+    Parameters
+    ----------
+    source
+        A file, folder, glob, list of paths, DICOMDIR, or a catalog from
+        :func:`dicomxr.scan`.
+    on_irregular
+        Policy for irregular stacks, passed to :func:`dicomxr.plan_series`.
+    recursive
+        Descend into sub-folders.
+
+    Returns
+    -------
+    list of SeriesPlan
+    """
+    from dicomxr.series import plan_series
+
+    if _is_plan(source):
+        return [source]  # type: ignore[list-item]
+    if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
+        return list(source)  # type: ignore[arg-type]
+    catalog = _catalog(source, recursive=recursive)
+    return list(plan_series(catalog, on_irregular=on_irregular))
+
+
+def _is_plan(obj: Any) -> bool:
+    return hasattr(obj, "grid") and hasattr(obj, "frames") and hasattr(obj, "key")
+
+
+def _attr(plan: SeriesPlan, name: str, default: Any = None) -> Any:
+    """Return a constant attribute of a plan, falling back to its first frame."""
+    value = plan.attrs.get(name) if plan.attrs else None
+    if _missing(value) and name in plan.frames.columns and len(plan.frames):
+        value = plan.frames[name].iloc[0]
+    return default if _missing(value) else value
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN / NA
+    except (TypeError, ValueError):
+        return False
+
+
+def _n_frames(plan: SeriesPlan) -> int:
+    return int(np.count_nonzero(np.asarray(plan.grid) >= 0))
+
+
+def series_table(plans: Sequence[SeriesPlan]) -> list[dict[str, Any]]:
+    """One row per plan: number, description, modality, shape, frames and key.
+
+    Parameters
+    ----------
+    plans
+        Plans from :func:`list_series`.
+
+    Returns
+    -------
+    list of dict
+        Rows with ``SeriesNumber``, ``SeriesDescription``, ``Modality``, ``dims``,
+        ``shape``, ``frames``, ``key``, ``SeriesInstanceUID``.
+    """
+    rows = []
+    for plan in plans:
+        shape = tuple(np.asarray(plan.grid).shape) + tuple(plan.frame_shape)
+        number = _attr(plan, "SeriesNumber")
+        rows.append(
+            {
+                "SeriesNumber": None if number is None else int(number),
+                "SeriesDescription": str(_attr(plan, "SeriesDescription", "")),
+                "Modality": str(_attr(plan, "Modality", "")),
+                "dims": ",".join(plan.dims),
+                "shape": "x".join(str(n) for n in shape),
+                "frames": _n_frames(plan),
+                "key": plan.key,
+                "SeriesInstanceUID": str(_attr(plan, "SeriesInstanceUID", "")),
+            }
+        )
+    return rows
+
+
+def _format_table(plans: Sequence[SeriesPlan]) -> str:
+    rows = series_table(plans)
+    header = ("number", "description", "modality", "frames", "shape", "key")
+    body = [
+        (
+            "" if r["SeriesNumber"] is None else str(r["SeriesNumber"]),
+            r["SeriesDescription"][:40],
+            r["Modality"],
+            str(r["frames"]),
+            r["shape"],
+            r["key"],
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join("    " + line.rstrip() for line in lines)
+
+
+def _select(plans: Sequence[SeriesPlan], series: Any, source: Any) -> SeriesPlan:
+    """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description."""
+    if not plans:
+        raise NoSeriesError(f"no image series found in {_describe_source(source)}")
+    if series is None:
+        if len(plans) == 1:
+            return plans[0]
+        example = plans[0].key
+        raise MultipleSeriesError(
+            f"{_describe_source(source)} holds {len(plans)} series:\n{_format_table(plans)}\n"
+            f"Open one with series=<SeriesNumber | key | SeriesInstanceUID | description>, "
+            f"for example series={example!r}, or open them all with dicomxr.open_study()."
+        )
+    if _is_plan(series):
+        return series
+    candidates: list[SeriesPlan]
+    if isinstance(series, (int, np.integer)) and not isinstance(series, bool):
+        candidates = [p for p in plans if _attr(p, "SeriesNumber") == int(series)]
+        how = "SeriesNumber"
+    else:
+        text = str(series)
+        candidates = [p for p in plans if p.key == text]
+        how = "key"
+        if not candidates:
+            candidates = [p for p in plans if str(_attr(p, "SeriesInstanceUID", "")) == text]
+            how = "SeriesInstanceUID"
+        if not candidates and text.strip().lstrip("-").isdigit():
+            candidates = [p for p in plans if _attr(p, "SeriesNumber") == int(text)]
+            how = "SeriesNumber"
+        if not candidates:
+            needle = text.casefold()
+            candidates = [
+                p for p in plans if needle in str(_attr(p, "SeriesDescription", "")).casefold()
+            ]
+            how = "description"
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise NoSeriesError(
+            f"no series matches series={series!r} in {_describe_source(source)}; "
+            f"it holds:\n{_format_table(plans)}"
+        )
+    raise MultipleSeriesError(
+        f"series={series!r} matches {len(candidates)} series by {how}:\n"
+        f"{_format_table(candidates)}\nUse the key to pick one, "
+        f"for example series={candidates[0].key!r}."
+    )
+
+
+def _describe_source(source: Any) -> str:
+    import pandas as pd
+
+    if isinstance(source, pd.DataFrame):
+        return f"the catalog ({len(source)} rows)"
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    try:
+        return f"the {len(source)} given paths"
+    except TypeError:
+        return repr(source)
+
+
+# --------------------------------------------------------------------------------------
+# JSON-friendly attributes
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert a value to str/int/float/bool/list/dict, or ``None`` when it has none."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return None if math.isnan(value) else value
+    if isinstance(value, str):
+        return value
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            v = _jsonable(v)
+            if v is not None:
+                out[str(k)] = v
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if _missing(value):
+        return None
+    return str(value)
+
+
+def _report_dict(report: Any) -> dict[str, Any]:
+    if report is None:
+        return {}
+    for name in ("to_dict", "as_dict", "asdict"):
+        method = getattr(report, name, None)
+        if callable(method):
+            return _jsonable(method())
+    if dataclasses.is_dataclass(report):
+        return _jsonable(dataclasses.asdict(report))
+    if isinstance(report, Mapping):
+        return _jsonable(report)
+    return {"text": str(report)}
+
+
+def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for key, value in (plan.attrs or {}).items():
+        if not include_patient and key in PATIENT_ATTRIBUTES:
+            continue
+        value = _jsonable(value)
+        if value is not None and value != [] and value != "":
+            attrs[str(key)] = value
+    for name in (
+        "Modality",
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+        "FrameOfReferenceUID",
+        "SeriesDescription",
+        "SeriesNumber",
+        "Manufacturer",
+        "PhotometricInterpretation",
+    ):
+        if name not in attrs:
+            value = _jsonable(_attr(plan, name))
+            if value is not None:
+                attrs[name] = value
+    attrs["affine"] = np.asarray(plan.affine, dtype=np.float64).tolist()
+    attrs["geometry"] = _report_dict(getattr(plan, "geometry", None))
+    attrs["series_key"] = plan.key
+    label = getattr(plan, "label", None)
+    if label:
+        attrs["series_label"] = str(label)
+    if "units" not in attrs:
+        rescale_type = attrs.get("RescaleType")
+        if rescale_type:
+            attrs["units"] = str(rescale_type)
+        elif attrs.get("Modality") == "CT":
+            attrs["units"] = "HU"
+    return attrs
+
+
+# --------------------------------------------------------------------------------------
+# coordinates
+
+
+def _coord_values(values: Any) -> np.ndarray:
+    """Coordinate values as a numpy array xarray and netCDF/Zarr writers accept."""
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        flat = [v for v in arr.ravel().tolist() if not _missing(v)]
+        if flat and all(isinstance(v, (bool, np.bool_)) for v in flat):
+            return arr.astype(bool)
+        if flat and all(isinstance(v, (int, float, np.number)) for v in flat):
+            return np.array(
+                [np.nan if _missing(v) else v for v in arr.ravel().tolist()], dtype=np.float64
+            ).reshape(arr.shape)
+        return np.array(
+            ["" if _missing(v) else str(v) for v in arr.ravel().tolist()], dtype=str
+        ).reshape(arr.shape)
+    return arr
+
+
+def _frame_coords(plan: SeriesPlan) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+    for name, spec in (plan.coords or {}).items():
+        if isinstance(spec, tuple) and len(spec) == 2:
+            dims, values = spec
+            dims = (dims,) if isinstance(dims, str) else tuple(dims)
+        else:
+            dims, values = (name,), spec
+        coords[name] = (dims, _coord_values(values))
+    grid = np.asarray(plan.grid)
+    frames = plan.frames
+    # per-frame basics the contract promises, taken from the frame table when missing
+    wanted = ["InstanceNumber", "SOPInstanceUID", "path", "frame"]
+    for name in wanted:
+        if name in coords or name not in frames.columns:
+            continue
+        coords[name] = (tuple(plan.dims), _coord_values(_gather(frames[name], grid)))
+    if "position_x" not in coords and "ImagePositionPatient" in frames.columns:
+        pos = _gather_vectors(frames["ImagePositionPatient"], grid, 3)
+        for i, axis in enumerate("xyz"):
+            coords[f"position_{axis}"] = (tuple(plan.dims), pos[..., i])
+    if "slice" not in coords:
+        coords["slice"] = (("slice",), _slice_positions(plan))
+    return coords
+
+
+def _gather(column: pd.Series, grid: np.ndarray) -> np.ndarray:
+    values = column.to_numpy(dtype=object)
+    out = np.empty(grid.shape, dtype=object)
+    flat = grid.ravel()
+    out.ravel()[:] = [values[i] if i >= 0 else None for i in flat]
+    return out
+
+
+def _gather_vectors(column: pd.Series, grid: np.ndarray, n: int) -> np.ndarray:
+    values = column.to_numpy(dtype=object)
+    out = np.full((*grid.shape, n), np.nan)
+    for idx, row in np.ndenumerate(grid):
+        if row >= 0 and values[row] is not None and not _missing(values[row]):
+            vec = np.asarray(values[row], dtype=np.float64)
+            if vec.shape == (n,):
+                out[idx] = vec
+    return out
+
+
+def _slice_positions(plan: SeriesPlan) -> np.ndarray:
+    """Position of each slice along the slice normal (mm), from the affine's slice column."""
+    affine = np.asarray(plan.affine, dtype=np.float64)
+    grid = np.asarray(plan.grid)
+    n = grid.shape[-1]
+    normal = np.cross(affine[:3, 2], affine[:3, 1])  # col cosine x row cosine = row dir x col dir
+    norm = np.linalg.norm(normal)
+    if "ImagePositionPatient" in plan.frames.columns and norm > 0:
+        normal /= norm
+        pos = _gather_vectors(plan.frames["ImagePositionPatient"], grid, 3)
+        pos = pos.reshape(-1, n, 3)
+        with np.errstate(invalid="ignore"):
+            along = np.nanmedian(pos @ normal, axis=0) if pos.shape[0] > 1 else pos[0] @ normal
+        if np.all(np.isfinite(along)):
+            return along.astype(np.float64)
+    # no positions (secondary capture): distance along the affine's slice column
+    step = np.linalg.norm(affine[:3, 0]) or 1.0
+    return np.arange(n, dtype=np.float64) * step
+
+
+# --------------------------------------------------------------------------------------
+# public functions
+
+
+def open_series(
+    source: Source | pd.DataFrame | SeriesPlan,
+    *,
+    series: int | str | SeriesPlan | None = None,
+    on_irregular: str = "warn",
+    dtype: str | np.dtype | type = "auto",
+    include_patient: bool = False,
+    recursive: bool = True,
+) -> xr.DataArray:
+    """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
+
+    Only headers are read; pixel data is read frame by frame when values are needed.
+
+    Parameters
+    ----------
+    source
+        A file, a folder (searched recursively), a glob, a list of paths, a DICOMDIR, a
+        catalog from :func:`dicomxr.scan`, or a :class:`~dicomxr.SeriesPlan`.
+    series
+        Which series to open when ``source`` holds several: a SeriesNumber (int), a plan
+        key (as listed in the error and by ``dicomxr scan``), a SeriesInstanceUID, or a
+        case-insensitive part of the SeriesDescription.
+    on_irregular
+        What to do with an irregular stack (missing or duplicate slices, uneven spacing,
+        tilt), passed to :func:`dicomxr.plan_series`.
+    dtype
+        ``"auto"`` keeps integers when the rescale is exact (float32 otherwise), or any
+        numpy dtype.
+    include_patient
+        Keep patient-identifying attributes (PatientName, PatientID, ...) in ``attrs``.
+    recursive
+        Descend into sub-folders of a folder source.
+
+    Returns
+    -------
+    xarray.DataArray
+        Named ``image``, dims ``(*frame dims, "slice", "row", "col")`` (+ ``"channel"``),
+        coordinates along the frame dims, ``attrs["affine"]`` mapping ``(slice, row, col, 1)``
+        to patient LPS millimetres.
+
+    Raises
+    ------
+    MultipleSeriesError
+        When ``source`` holds several series and ``series`` does not pick exactly one; the
+        message lists them.
+    NoSeriesError
+        When there is no image series (or none matches ``series``).
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> da = dicomxr.open_series(dicomxr.data.sample_path())
+    >>> da.dims
+    ('time', 'slice', 'row', 'col')
+    >>> da.dicom.affine_ras.shape
+    (4, 4)
+    """
+    plans = list_series(source, on_irregular=on_irregular, recursive=recursive)
+    plan = _select(plans, series, source)
+    return _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient)
+
+
+def _plan_to_dataarray(plan: SeriesPlan, *, dtype: Any, include_patient: bool) -> xr.DataArray:
+    from dicomxr._array import lazy_array
+
+    data = lazy_array(plan, dtype=dtype)
+    dims = (*plan.dims, "row", "col")
+    if data.ndim == len(dims) + 1:
+        dims = (*dims, "channel")
+    if data.ndim != len(dims):
+        raise ValueError(
+            f"series {plan.key}: lazy array has shape {data.shape}, expected dims {dims}"
+        )
+    coords = _frame_coords(plan)
+    coords = {
+        name: (cdims, values)
+        for name, (cdims, values) in coords.items()
+        if all(d in dims for d in cdims)
+        and tuple(values.shape) == tuple(data.shape[dims.index(d)] for d in cdims)
+    }
+    da = xr.DataArray(data, dims=dims, coords=coords, name="image")
+    da.attrs = _series_attrs(plan, include_patient=include_patient)
+    preferred = {d: 1 for d in plan.dims}
+    preferred.update({d: data.shape[dims.index(d)] for d in dims if d not in plan.dims})
+    da.encoding["preferred_chunks"] = preferred
+    return da
+
+
+def _node_name(text: Any, fallback: str) -> str:
+    """Return a DataTree node name: no slash, never empty."""
+    name = re.sub(r"[/\\]+", "_", str(text if not _missing(text) else "")).strip()
+    return name or fallback
+
+
+def open_study(
+    source: Source | pd.DataFrame,
+    *,
+    on_irregular: str = "warn",
+    dtype: str | np.dtype | type = "auto",
+    include_patient: bool = False,
+    recursive: bool = True,
+) -> xr.DataTree:
+    """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
+
+    The tree is ``/<PatientID>/<StudyInstanceUID>/<series key>`` (a ``/`` in a key becomes
+    ``_``); each series node holds a Dataset whose image variable is named ``image`` and
+    whose attrs are the series attrs. Study nodes carry the study attributes; patient
+    nodes carry patient attributes only with ``include_patient=True``.
+
+    Parameters
+    ----------
+    source
+        As for :func:`open_series`.
+    on_irregular, dtype, include_patient, recursive
+        As for :func:`open_series`.
+
+    Returns
+    -------
+    xarray.DataTree
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> tree = dicomxr.open_study(dicomxr.data.sample_path())
+    >>> [node.path for node in tree.leaves]  # doctest: +SKIP
+    """
+    plans = list_series(source, on_irregular=on_irregular, recursive=recursive)
+    if not plans:
+        raise NoSeriesError(f"no image series found in {_describe_source(source)}")
+    tree: dict[str, xr.Dataset] = {"/": xr.Dataset()}
+    for plan in plans:
+        patient = _node_name(_attr(plan, "PatientID"), "unknown_patient")
+        study = _node_name(_attr(plan, "StudyInstanceUID"), "unknown_study")
+        key = _node_name(plan.key, "series")
+        da = _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient)
+        ds = da.to_dataset(name="image", promote_attrs=True)
+        ds["image"].encoding = dict(da.encoding)
+        tree[f"/{patient}/{study}/{key}"] = ds
+        study_path = f"/{patient}/{study}"
+        if study_path not in tree:
+            study_attrs = {n: _jsonable(_attr(plan, n)) for n in _STUDY_ATTRIBUTES}
+            tree[study_path] = xr.Dataset(
+                attrs={k: v for k, v in study_attrs.items() if v not in (None, "")}
+            )
+        if f"/{patient}" not in tree:
+            patient_attrs = {}
+            if include_patient:
+                for n in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex"):
+                    value = _jsonable(_attr(plan, n))
+                    if value not in (None, ""):
+                        patient_attrs[n] = value
+            tree[f"/{patient}"] = xr.Dataset(attrs=patient_attrs)
+    return xr.DataTree.from_dict(tree)

@@ -1,0 +1,276 @@
+"""Write a DICOM series (a DataArray from :func:`dicomxr.open_series`) as NIfTI-1.
+
+Layout of the file
+------------------
+- voxel axes ``(i, j, k)`` = ``(col, row, slice)``: i runs along the DICOM row direction
+  cosine (ImageOrientationPatient[:3]), j along the column cosine, k along the stack, so the
+  in-plane layout is DICOM's and the array is written without resampling;
+- a 4D series (one extra frame dim: ``time``, ``echo``, ``diffusion``, ...) goes on the 4th
+  axis; more than one extra dim is refused with a message naming them (select with ``.isel``
+  or combine with ``.stack`` first);
+- colour images (``channel`` dim of 3 uint8) are written as NIfTI RGB24;
+- sform and qform are both set, code 1 (scanner), in RAS (NIfTI's world space). The sform is
+  the exact affine, sheared for a gantry-tilted stack; the qform cannot hold a shear, so for a
+  tilted stack it is nibabel's closest rigid approximation (like dcm2niix's);
+- diffusion: ``<stem>.bval`` (one line) and ``<stem>.bvec`` (three lines) in FSL's
+  convention - the gradient directions in voxel axes, x negated when the affine's determinant
+  is positive - when the image has a ``DiffusionBValue`` coordinate along its 4th axis.
+
+Every file is written under a temporary name in the destination folder and renamed into
+place (``os.replace``), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from dicomxr.errors import require
+
+__all__ = ["fsl_bvecs", "nifti_affine", "to_nifti"]
+
+logger = logging.getLogger(__name__)
+
+_SPATIAL = ("slice", "row", "col")
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_DIFFUSION_DIMS = ("diffusion",)
+
+
+def nifti_affine(affine_lps: np.ndarray) -> np.ndarray:
+    """RAS affine of the NIfTI voxel axes ``(col, row, slice)`` from dicomxr's LPS affine.
+
+    Parameters
+    ----------
+    affine_lps
+        4x4 mapping ``(slice, row, col, 1)`` to LPS mm (``da.dicom.affine``).
+
+    Returns
+    -------
+    numpy.ndarray
+        4x4 mapping ``(i=col, j=row, k=slice, 1)`` to RAS mm.
+    """
+    affine = np.asarray(affine_lps, dtype=np.float64)
+    permuted = affine[:, [2, 1, 0, 3]]
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ permuted
+
+
+def fsl_bvecs(directions_lps: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
+    """Gradient directions (patient LPS) as FSL bvecs for an image with ``affine_ras``.
+
+    Parameters
+    ----------
+    directions_lps
+        ``(n, 3)`` unit vectors in DICOM patient coordinates (zero vectors for b=0).
+    affine_ras
+        The NIfTI image's 4x4 RAS affine.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3, n)``: components along the voxel axes, x negated when ``det(affine) > 0``.
+    """
+    directions = np.asarray(directions_lps, dtype=np.float64).reshape(-1, 3)
+    ras = directions * np.array([-1.0, -1.0, 1.0])
+    axes = affine_ras[:3, :3]
+    norms = np.linalg.norm(axes, axis=0)
+    norms[norms == 0] = 1.0
+    unit = axes / norms
+    # components along the (possibly non-orthogonal) voxel axes
+    vox = np.linalg.solve(unit, ras.T)
+    if np.linalg.det(affine_ras[:3, :3]) > 0:
+        vox[0] = -vox[0]
+    vox[np.abs(vox) < 1e-12] = 0.0
+    return vox
+
+
+def _split_suffix(path: Path) -> tuple[Path, str]:
+    name = path.name
+    for suffix in _NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return path.with_name(name[: -len(suffix)]), suffix
+    raise ValueError(f"{path}: a NIfTI file name ends with .nii or .nii.gz")
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path, suffix: str):
+    """Yield a temporary path next to ``path``; rename it into place on success."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _check_in_plane(da: xr.DataArray) -> None:
+    """Refuse in-plane crops: the affine's origin would be wrong for them."""
+    rows, cols = da.attrs.get("Rows"), da.attrs.get("Columns")
+    for dim, expected in (("row", rows), ("col", cols)):
+        if expected is not None and da.sizes.get(dim) not in (None, int(expected)):
+            raise ValueError(
+                f"the image has {da.sizes[dim]} {dim}s but the series has {expected}: an "
+                "in-plane crop is not tracked by the affine; export the full plane and crop "
+                "the NIfTI, or update attrs['affine'] yourself"
+            )
+
+
+def _nifti_data(data: np.ndarray, colour: bool) -> np.ndarray:
+    if colour:
+        if data.shape[-1] != 3 or data.dtype != np.uint8:
+            raise ValueError(
+                f"colour export needs 3 uint8 channels, got {data.shape[-1]} x {data.dtype}"
+            )
+        rgb = np.empty(data.shape[:-1], dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        rgb["R"], rgb["G"], rgb["B"] = data[..., 0], data[..., 1], data[..., 2]
+        return rgb
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if data.dtype == np.float16:
+        return data.astype(np.float32)
+    if data.dtype.kind in "iu" and data.dtype.itemsize == 8:
+        info32 = np.iinfo(np.int32)
+        if data.size == 0 or (data.min() >= info32.min and data.max() <= info32.max):
+            return data.astype(np.int32)
+    return data
+
+
+def _time_step_seconds(da: xr.DataArray, dim: str) -> float:
+    """Spacing of the 4th axis in seconds when it is time-like, else 0."""
+    if dim != "time":
+        return 0.0
+    for name in ("RepetitionTime",):
+        value = da.attrs.get(name)
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value) / 1000.0  # DICOM RepetitionTime is in ms
+    return 0.0
+
+
+def _diffusion(da: xr.DataArray, dim: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(bvals (n,), directions LPS (n, 3)) along ``dim``, or None when not diffusion."""
+    if dim is None or "DiffusionBValue" not in da.coords:
+        return None
+    coord = da.coords["DiffusionBValue"]
+    if dim not in coord.dims:
+        return None
+    bvals = np.asarray(coord.values, dtype=np.float64)
+    # reduce to one value per volume (first along other dims)
+    for d in reversed(coord.dims):
+        if d != dim:
+            bvals = bvals.take(0, axis=coord.dims.index(d))
+    directions = np.zeros((len(bvals), 3))
+    names = ("bvec_x", "bvec_y", "bvec_z")
+    if all(n in da.coords for n in names):
+        for axis, name in enumerate(names):
+            values = np.asarray(da.coords[name].values, dtype=np.float64)
+            cdims = da.coords[name].dims
+            for d in reversed(cdims):
+                if d != dim:
+                    values = values.take(0, axis=cdims.index(d))
+            directions[:, axis] = values
+    directions = np.nan_to_num(directions, nan=0.0)
+    bvals = np.nan_to_num(bvals, nan=0.0)
+    return bvals, directions
+
+
+def to_nifti(
+    da: xr.DataArray | xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    bvals: bool = True,
+) -> Path:
+    """Write ``da`` as a NIfTI-1 file (``.nii`` or ``.nii.gz``), with bval/bvec for diffusion.
+
+    Parameters
+    ----------
+    da
+        A DataArray from :func:`dicomxr.open_series` (or a selection of one), dims
+        ``(*frame dims, "slice", "row", "col")``; at most one frame dim besides ``slice``.
+        A Dataset is accepted and its ``image`` variable written.
+    path
+        Destination; ``.nii.gz`` is compressed.
+    bvals
+        Write ``.bval``/``.bvec`` next to the image when it is a diffusion series.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> da = dicomxr.open_series(dicomxr.data.sample_path())
+    >>> da.dicom.to_nifti("pcasl.nii.gz")  # doctest: +SKIP
+    """
+    from dicomxr.accessor import _image_of, series_affine
+
+    nib = require("nibabel", extra="nifti", purpose="NIfTI export")
+    da = _image_of(da) if isinstance(da, xr.Dataset) else da
+    path = Path(path)
+    stem, suffix = _split_suffix(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"destination folder {path.parent} does not exist")
+    if "slice" not in da.dims:
+        da = da.expand_dims("slice")
+    missing = [d for d in ("row", "col") if d not in da.dims]
+    if missing:
+        raise ValueError(f"the image has no {missing} dim(s); dims are {da.dims}")
+    _check_in_plane(da)
+    colour = "channel" in da.dims
+    extra = [d for d in da.dims if d not in (*_SPATIAL, "channel")]
+    if len(extra) > 1:
+        raise ValueError(
+            f"NIfTI holds one axis beyond space but this image has frame dims {extra}: pick one "
+            f"with .isel({extra[0]}=0) (or .sel), or combine them with "
+            f".stack(volume={tuple(extra)}) before exporting"
+        )
+    order = [*extra, *_SPATIAL, *(["channel"] if colour else [])]
+    values = np.asarray(da.transpose(*order).values)
+    # (extra?, slice, row, col, channel?) -> (col, row, slice, extra?, channel?)
+    spatial_axes = [len(extra) + 2, len(extra) + 1, len(extra)]
+    axes = spatial_axes + list(range(len(extra))) + ([values.ndim - 1] if colour else [])
+    data = _nifti_data(np.transpose(values, axes), colour)
+    affine = nifti_affine(series_affine(da))
+
+    img = nib.Nifti1Image(data, affine)
+    header = img.header
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    zooms = list(np.linalg.norm(affine[:3, :3], axis=0))
+    if extra:
+        zooms.append(_time_step_seconds(da, extra[0]))
+    header.set_zooms(zooms)
+    header.set_xyzt_units(xyz="mm", t="sec")
+    description = str(da.attrs.get("SeriesDescription", ""))[:79]
+    header["descrip"] = description.encode("ascii", "replace")
+    header.set_dim_info(freq=0, phase=1, slice=2)
+
+    diffusion = _diffusion(da, extra[0] if extra else None) if bvals else None
+    with _atomic_path(path, suffix) as tmp:
+        nib.save(img, tmp)
+    if diffusion is not None:
+        bval, directions = diffusion
+        bvec = fsl_bvecs(directions, affine)
+        with _atomic_path(stem.with_name(stem.name + ".bval"), ".bval") as tmp:
+            tmp.write_text(" ".join(_fmt(b) for b in bval) + "\n")
+        with _atomic_path(stem.with_name(stem.name + ".bvec"), ".bvec") as tmp:
+            tmp.write_text("\n".join(" ".join(_fmt(v) for v in row) for row in bvec) + "\n")
+    logger.info("wrote %s %s", path, data.shape)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    value = float(value)
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.6g}"
