@@ -692,13 +692,12 @@ def rescale_dtype(
         return np.dtype(np.float64 if stored == np.float64 else np.float32)
     lo, hi = _stored_range(bits_stored or stored.itemsize * 8, pixel_representation, stored)
     lo_out, hi_out = int(lo + b.min()), int(hi + b.max())
-    out = np.promote_types(np.min_scalar_type(lo_out), np.min_scalar_type(hi_out))
-    if out.kind not in "iu" or out.itemsize > 4:
-        return np.dtype(np.float32)
-    # never narrower than the stored values
-    if out.itemsize < stored.itemsize:
-        out = np.dtype(f"{out.kind}{stored.itemsize}")
-    return out
+    for cand in ("u1", "i1", "u2", "i2", "u4", "i4"):
+        out = np.dtype(cand)
+        info = np.iinfo(out)
+        if out.itemsize >= stored.itemsize and info.min <= lo_out and hi_out <= info.max:
+            return out
+    return np.dtype(np.float32)
 
 
 def _clean(values: Iterable[float] | None, default: float) -> np.ndarray:

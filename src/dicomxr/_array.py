@@ -1,0 +1,492 @@
+"""The lazy array over a series plan's frame grid: an xarray BackendArray and a dask array.
+
+A :class:`FrameGrid` is the picklable description of one series' pixels: one
+:class:`~dicomxr.pixels.FrameRef` per frame (path, frame index, byte offset, layout), the
+frame grid (``plan.grid``: an int index into the refs per grid position, ``-1`` where a
+frame is missing), the per-frame rescale slope and intercept and the output dtype. It holds
+no open file and no pydicom dataset - every read opens its file, reads one frame and closes
+it - so it ships to dask.distributed workers as it is. Reads of different files are
+independent, which is why no lock is taken: each read uses its own file handle.
+
+Two views of it:
+
+* :func:`lazy_array` - a :class:`dask.array.Array` with one frame per chunk and a name
+  derived from the paths, modification times, offsets and chunks (the same files give the
+  same graph keys). Computing one slice reads one frame. A compute of the *whole* array is
+  recognised by the graph optimiser and becomes a single task that reads every frame with
+  a thread pool straight into one preallocated array (no per-chunk copies, no
+  concatenation), so a full load costs about one plain ``read()`` of the files and the
+  array's bytes in memory.
+* :class:`DicomBackendArray` - an :class:`xarray.backends.BackendArray` for xarray's own lazy
+  indexing (``chunks=None``), with the same full-read fast path.
+
+Missing frames (grid value ``-1``) are filled with NaN; with ``dtype="auto"`` a grid that has
+missing frames therefore gets a float dtype (``float32``). With an explicit integer dtype
+they are filled with 0.
+
+This is the only module that uses ``xarray.core.indexing``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.highlevelgraph import HighLevelGraph
+from xarray.backends import BackendArray
+from xarray.core import indexing
+
+from dicomxr import pixels
+from dicomxr.pixels import FrameRef
+
+__all__ = ["DicomBackendArray", "FrameGrid", "lazy_array"]
+
+logger = logging.getLogger(__name__)
+
+#: Threads used by a full read; reads release the GIL, so more threads than cores help I/O.
+READ_THREADS = 8
+_NATIVE = pixels._NATIVE_SYNTAXES
+
+
+def _column(frames: Any, name: str) -> list | None:
+    if hasattr(frames, "columns"):
+        return list(frames[name]) if name in frames.columns else None
+    values = [r.get(name) for r in frames]
+    return values if any(v is not None for v in values) else None
+
+
+def _floats(values: Sequence[Any] | None, n: int, default: float) -> np.ndarray:
+    out = np.full(n, default, dtype=np.float64)
+    if values is None:
+        return out
+    for i, v in enumerate(values):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(f):
+            out[i] = f
+    return out
+
+
+class FrameGrid:
+    """Picklable description of a series' pixels: frame refs, grid, rescale, output dtype.
+
+    Parameters
+    ----------
+    refs
+        One :class:`~dicomxr.pixels.FrameRef` per frame (rows of ``plan.frames``).
+    grid
+        Integer array; each value is an index into ``refs``, ``-1`` for a missing frame.
+    slopes, intercepts
+        Per-ref RescaleSlope and RescaleIntercept (NaN or None: 1 and 0).
+    mtimes
+        Per-ref modification times (for the dask name); ``None`` stats the files.
+    dtype
+        ``"auto"`` (see :func:`dicomxr.pixels.rescale_dtype`), or any numpy dtype.
+    rescale
+        Apply RescaleSlope/RescaleIntercept (default). ``False`` gives stored values.
+    """
+
+    def __init__(
+        self,
+        refs: Sequence[FrameRef],
+        grid: np.ndarray,
+        *,
+        slopes: Sequence[float] | None = None,
+        intercepts: Sequence[float] | None = None,
+        mtimes: Sequence[float] | None = None,
+        dtype: Any = "auto",
+        rescale: bool = True,
+    ) -> None:
+        self.refs = tuple(refs)
+        self.grid = np.asarray(grid, dtype=np.int64)
+        if self.grid.size and (self.grid.max() >= len(self.refs) or self.grid.min() < -1):
+            raise ValueError("grid values must index the frame refs (or be -1 for missing)")
+        n = len(self.refs)
+        if not n:
+            raise ValueError("a FrameGrid needs at least one frame")
+        self.slopes = _floats(slopes, n, 1.0) if rescale else np.ones(n)
+        self.intercepts = _floats(intercepts, n, 0.0) if rescale else np.zeros(n)
+        if mtimes is None:
+            mtimes = [_mtime(r.path) for r in self.refs]
+        self.mtimes = tuple(float(m) if m is not None else 0.0 for m in mtimes)
+        first = self.refs[0]
+        self.frame_shape = pixels.frame_shape(first)
+        for ref in self.refs:
+            if pixels.frame_shape(ref) != self.frame_shape:
+                raise ValueError(
+                    f"frames of different shapes in one grid: {ref.path} frame {ref.frame} "
+                    f"is {pixels.frame_shape(ref)}, {first.path} is {self.frame_shape}"
+                )
+        self.stored = self._stored_dtype()
+        self.missing = bool((self.grid < 0).any())
+        self.dtype = self._output_dtype(dtype)
+        self.fill = np.nan if self.dtype.kind in "fc" else 0
+
+    # -- dtype
+    def _stored_dtype(self) -> np.dtype:
+        first = self.refs[0]
+        if pixels.is_palette(first):
+            return pixels.frame_dtype(first)
+        if first.BitsAllocated in (32, 64) and first.TransferSyntaxUID in _NATIVE:
+            # Float / Double Float Pixel Data share BitsAllocated 32/64 with integers: the
+            # element tag (a 12-byte header read, no pixel data) tells them apart
+            return pixels.frame_dtype(first)
+        dtypes = {pixels.stored_dtype(r) for r in self.refs}
+        return np.result_type(*dtypes)
+
+    def _output_dtype(self, dtype: Any) -> np.dtype:
+        if not (isinstance(dtype, str) and dtype == "auto"):
+            return np.dtype(dtype)
+        used = np.unique(self.grid[self.grid >= 0])
+        first = self.refs[0]
+        out = pixels.rescale_dtype(
+            self.stored,
+            self.slopes[used],
+            self.intercepts[used],
+            bits_stored=max(r.BitsStored for r in self.refs),
+            pixel_representation=first.PixelRepresentation,
+        )
+        if self.missing and out.kind not in "fc":
+            out = np.dtype(np.float32)
+        return out
+
+    # -- geometry
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the whole array: ``grid.shape + frame_shape``."""
+        return tuple(self.grid.shape) + tuple(self.frame_shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole array."""
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def token(self) -> str:
+        """Deterministic token from paths, mtimes, offsets, grid, rescale and dtype."""
+        from dask.base import tokenize
+
+        return tokenize(
+            [(r.path, r.frame, r.pixel_data_offset, r.tile) for r in self.refs],
+            self.mtimes,
+            self.grid,
+            self.slopes,
+            self.intercepts,
+            str(self.dtype),
+            self.frame_shape,
+        )
+
+    # -- reading
+    def read_frame_into(self, index: int, dst: np.ndarray) -> None:
+        """Read grid value ``index`` (a ref index, or -1) into the frame-shaped ``dst``."""
+        if index < 0:
+            dst[...] = self.fill
+            return
+        ref = self.refs[index]
+        slope, intercept = self.slopes[index], self.intercepts[index]
+        if (
+            ref.TransferSyntaxUID in _NATIVE
+            and not ref.is_mosaic_tile
+            and not pixels.is_palette(ref)
+            and dst.flags.c_contiguous
+            and self.stored.itemsize == self.dtype.itemsize
+            and (self.dtype.kind in "iu" or self.dtype == self.stored)
+        ):
+            # stored values land in dst itself; the rescale is then done in place
+            pixels.read_frame(ref, out=dst.view(self.stored))
+            pixels.apply_rescale(
+                dst.view(self.stored), slope, intercept, self.dtype, out=dst.view(self.dtype)
+            )
+            return
+        arr = pixels.read_frame(ref)
+        pixels.apply_rescale(arr, slope, intercept, self.dtype, out=dst)
+
+    def read_block(self, grid_index: tuple) -> np.ndarray:
+        """Read the frames of ``grid[grid_index]`` (basic or outer indexing) into one array."""
+        sub = self.grid[grid_index]
+        out = np.empty(np.shape(sub) + tuple(self.frame_shape), dtype=self.dtype)
+        self._read_many(np.asarray(sub).reshape(-1), out.reshape((-1, *self.frame_shape)))
+        return out
+
+    def read_all(self) -> np.ndarray:
+        """Read every frame into one preallocated array (threads, no per-frame copies)."""
+        out = np.empty(self.shape, dtype=self.dtype)
+        self._read_many(self.grid.reshape(-1), out.reshape((-1, *self.frame_shape)))
+        return out
+
+    def _read_many(self, indices: np.ndarray, out: np.ndarray) -> None:
+        """Read ref ``indices[k]`` into ``out[k]`` for every k, with a thread pool."""
+        if len(indices) == 0:
+            return
+        mosaic = [k for k, i in enumerate(indices) if i >= 0 and self.refs[i].is_mosaic_tile]
+        others = [k for k, i in enumerate(indices) if not (i >= 0 and self.refs[i].is_mosaic_tile)]
+        jobs: list = [(self.read_frame_into, int(indices[k]), out[k]) for k in others]
+        if mosaic:
+            # one decode per mosaic image, however many of its tiles are wanted
+            groups: dict[tuple, list[int]] = {}
+            for k in mosaic:
+                ref = self.refs[indices[k]]
+                groups.setdefault((ref.path, ref.frame), []).append(k)
+            jobs += [(self._read_mosaic, indices, ks, out) for ks in groups.values()]
+        if len(jobs) == 1:
+            func, *args = jobs[0]
+            func(*args)
+            return
+        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(jobs))) as pool:
+            for fut in [pool.submit(func, *args) for func, *args in jobs]:
+                fut.result()
+
+    def _read_mosaic(self, indices: np.ndarray, ks: list[int], out: np.ndarray) -> None:
+        first = self.refs[indices[ks[0]]]
+        whole = pixels._replace(
+            first, tile=None, tile_rows=None, tile_cols=None, Rows=first.stored_rows,
+            Columns=first.stored_cols,
+        )  # fmt: skip
+        image = pixels.read_frame(whole)
+        for k in ks:
+            i = int(indices[k])
+            tile = pixels._mosaic_tile(image, self.refs[i])
+            pixels.apply_rescale(tile, self.slopes[i], self.intercepts[i], self.dtype, out=out[k])
+
+    def __repr__(self) -> str:
+        return (
+            f"<FrameGrid {len(self.refs)} frames, grid {self.grid.shape}, "
+            f"frame {self.frame_shape}, {self.stored} -> {self.dtype}>"
+        )
+
+    @classmethod
+    def from_plan(cls, plan: Any, *, dtype: Any = "auto", rescale: bool = True) -> FrameGrid:
+        """Build from a ``SeriesPlan`` (or anything with ``frames``, ``grid``, ``frame_shape``)."""
+        frames = plan.frames
+        rows = frames.to_dict("records") if hasattr(frames, "to_dict") else list(frames)
+        refs = [FrameRef.from_row(r) for r in rows]
+        fg = cls(
+            refs,
+            np.asarray(plan.grid),
+            slopes=_column(frames, "RescaleSlope"),
+            intercepts=_column(frames, "RescaleIntercept"),
+            mtimes=_column(frames, "mtime"),
+            dtype=dtype,
+            rescale=rescale,
+        )
+        expected = tuple(getattr(plan, "frame_shape", fg.frame_shape) or fg.frame_shape)
+        if tuple(fg.frame_shape[:2]) != expected[:2]:
+            raise ValueError(
+                f"plan frame_shape {expected} differs from the frames' {fg.frame_shape}"
+            )
+        return fg
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------- dask
+
+
+def _read_chunk(spec: FrameGrid, position: tuple[int, ...]) -> np.ndarray:
+    out = np.empty((1,) * len(position) + tuple(spec.frame_shape), dtype=spec.dtype)
+    spec.read_frame_into(int(spec.grid[position]), out.reshape(spec.frame_shape))
+    return out
+
+
+def _read_all(spec: FrameGrid) -> np.ndarray:
+    return spec.read_all()
+
+
+def _chunk_view(full: np.ndarray, position: tuple[int, ...]) -> np.ndarray:
+    return full[tuple(slice(p, p + 1) for p in position)]
+
+
+def _finalize(results: Any) -> np.ndarray:
+    """Return the whole array without a copy when every chunk is a view of one full read."""
+    from dask.array.core import finalize
+
+    leaves = []
+    stack = [results]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            leaves.append(item)
+    base = getattr(leaves[0], "base", None) if leaves else None
+    if (
+        isinstance(base, np.ndarray)
+        and base.base is None
+        and all(isinstance(x, np.ndarray) and x.base is base for x in leaves)
+        and sum(x.size for x in leaves) == base.size
+    ):
+        return base
+    return finalize(results)
+
+
+def _optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    """Dask optimiser: a compute of every chunk of a frame grid becomes one full read."""
+    from dask.array.optimization import optimize
+    from dask.core import flatten
+
+    graph = dict(dsk)
+    wanted = list(flatten(keys)) if isinstance(keys, list) else list(keys)
+    by_name: dict[str, list] = {}
+    for key in wanted:
+        if isinstance(key, tuple) and key and isinstance(key[0], str):
+            by_name.setdefault(key[0], []).append(key)
+    changed = False
+    for name, chunk_keys in by_name.items():
+        spec_key = f"{name}-spec"
+        spec = graph.get(spec_key)
+        if not isinstance(spec, FrameGrid) or len(chunk_keys) != spec.grid.size:
+            continue
+        full_key = f"{name}-full"
+        graph[full_key] = (_read_all, spec_key)
+        ndim = spec.grid.ndim
+        for key in chunk_keys:
+            graph[key] = (_chunk_view, full_key, tuple(key[1 : 1 + ndim]))
+        changed = True
+    if not changed:
+        return optimize(dsk, keys, **kwargs)
+    from dask.optimization import cull
+
+    culled, _ = cull(graph, wanted)
+    return culled
+
+
+class FrameGridArray(da.Array):
+    """A dask array over a frame grid whose full compute is one preallocated read.
+
+    Only the array :func:`lazy_array` returns has this class; anything derived from it
+    (slices, arithmetic) is a plain :class:`dask.array.Array`.
+    """
+
+    __dask_optimize__ = staticmethod(_optimize)
+
+    def __dask_postcompute__(self):
+        return _finalize, ()
+
+    def __reduce__(self):
+        # pickles as a plain dask array: the graph is all it needs
+        return da.Array, (self.dask, self.name, self.chunks, self.dtype, self._meta)
+
+
+def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True) -> Any:
+    """Return a lazy :class:`dask.array.Array` over a series plan's frame grid.
+
+    Parameters
+    ----------
+    plan
+        A ``SeriesPlan`` (``frames``, ``grid``, ``frame_shape``) or a :class:`FrameGrid`.
+    dtype
+        ``"auto"`` (default): stored dtype when nothing is rescaled, an integer dtype when
+        every RescaleSlope is 1 and every RescaleIntercept integral (and the result fits),
+        ``float32`` otherwise, and ``float32`` when the grid has missing frames (filled with
+        NaN). Any numpy dtype forces it (missing frames are 0 in an integer dtype).
+    rescale
+        Apply RescaleSlope/RescaleIntercept per frame (default), or return stored values.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape ``grid.shape + frame_shape``, one frame per chunk, a deterministic name.
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> plan = dicomxr.plan_series(dicomxr.scan(dicomxr.data.sample_path()))[0]  # doctest: +SKIP
+    >>> arr = lazy_array(plan)  # doctest: +SKIP
+    >>> arr[0, 10].compute().shape  # reads one frame  # doctest: +SKIP
+    (96, 96)
+    """
+    spec = (
+        plan
+        if isinstance(plan, FrameGrid)
+        else FrameGrid.from_plan(plan, dtype=dtype, rescale=rescale)
+    )
+    if isinstance(plan, FrameGrid) and not (isinstance(dtype, str) and dtype == "auto"):
+        spec = FrameGrid(
+            spec.refs, spec.grid, slopes=spec.slopes, intercepts=spec.intercepts,
+            mtimes=spec.mtimes, dtype=dtype, rescale=rescale,
+        )  # fmt: skip
+    name = f"dicomxr-frames-{spec.token()}"
+    spec_key = f"{name}-spec"
+    ndim = spec.grid.ndim
+    tail = (0,) * len(spec.frame_shape)
+    graph: dict = {spec_key: spec}
+    for position in np.ndindex(*spec.grid.shape):
+        graph[(name, *position, *tail)] = (_read_chunk, spec_key, position)
+    chunks = tuple((1,) * n for n in spec.grid.shape) + tuple((n,) for n in spec.frame_shape)
+    hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
+    meta = np.empty((0,) * (ndim + len(spec.frame_shape)), dtype=spec.dtype)
+    return FrameGridArray(hlg, name, chunks, dtype=spec.dtype, meta=meta)
+
+
+# ----------------------------------------------------------------------------- xarray
+
+
+class DicomBackendArray(BackendArray):
+    """An :class:`xarray.backends.BackendArray` over a plan's frame grid.
+
+    Picklable (it holds a :class:`FrameGrid`: paths, offsets, no open handles). Wrap it as
+    xarray backends do: ``indexing.LazilyIndexedArray(DicomBackendArray(plan))``. Indexing
+    everything reads all frames into one preallocated array with threads; any other key
+    reads only the frames it touches.
+
+    Parameters
+    ----------
+    spec
+        A :class:`FrameGrid` or a ``SeriesPlan``.
+    dtype, rescale
+        As for :func:`lazy_array` (used when ``spec`` is a plan).
+    """
+
+    def __init__(self, spec: FrameGrid | Any, *, dtype: Any = "auto", rescale: bool = True) -> None:
+        if not isinstance(spec, FrameGrid):
+            spec = FrameGrid.from_plan(spec, dtype=dtype, rescale=rescale)
+        self.spec = spec
+        self.shape = spec.shape
+        self.dtype = spec.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER, self._raw_indexing_method
+        )
+
+    def _raw_indexing_method(self, key: tuple) -> np.ndarray:
+        ng = self.spec.grid.ndim
+        grid_key, frame_key = key[:ng], key[ng:]
+        full = all(isinstance(k, slice) and k == slice(None) for k in key)
+        if full:
+            return self.spec.read_all()
+        # outer indexing over the grid: integer keys drop their axis
+        arrays = []
+        drop = []
+        for axis, k in enumerate(grid_key):
+            if isinstance(k, (int, np.integer)):
+                arrays.append(np.array([k]))
+                drop.append(axis)
+            elif isinstance(k, slice):
+                arrays.append(np.arange(self.spec.grid.shape[axis])[k])
+            else:
+                arrays.append(np.asarray(k))
+        block = self.spec.read_block(np.ix_(*arrays) if arrays else ())
+        if drop:
+            block = block.reshape(tuple(s for a, s in enumerate(block.shape) if a not in drop))
+        lead = block.ndim - len(self.spec.frame_shape)
+        # last axis first, so that an integer key dropping an axis moves no other
+        for axis in reversed(range(len(frame_key))):
+            k = frame_key[axis]
+            if isinstance(k, slice) and k == slice(None):
+                continue
+            index = [slice(None)] * block.ndim
+            index[lead + axis] = k
+            block = block[tuple(index)]
+        return block
