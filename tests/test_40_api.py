@@ -1,0 +1,190 @@
+"""open_series / open_study: the xarray objects users meet (contract in docs/dev/architecture.md)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+import dicomxr
+from dicomxr import phantom
+from dicomxr.api import PATIENT_ATTRIBUTES, open_series, open_study
+from dicomxr.errors import MultipleSeriesError, NoSeriesError
+
+SHAPE = (12, 20, 24)
+SPACING = (0.8, 0.6)
+STEP = 2.5
+ORIGIN = (-30.0, -40.0, 10.0)
+
+
+class _CountTasks(dask.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def _pretask(self, key, dsk, state):
+        self.count += 1
+
+
+@pytest.fixture(scope="module")
+def two_series(tmp_path_factory):
+    """Two phantom series in one folder, file names shuffled against slice order."""
+    root = tmp_path_factory.mktemp("two_series")
+    vol_a = phantom.phantom_volume(SHAPE, dtype="int16", seed=1)
+    vol_b = phantom.phantom_volume((5, 16, 16), dtype="uint16", seed=2)
+    names = [f"A{n:03d}.dcm" for n in range(SHAPE[0])]
+    random.Random(3).shuffle(names)
+    phantom.write_series(
+        root,
+        vol_a,
+        spacing=SPACING,
+        origin=ORIGIN,
+        slice_step=STEP,
+        series_number=7,
+        series_description="Axial phantom",
+        rescale=(1.0, -1024.0),
+        file_names=names,
+    )
+    phantom.write_series(
+        root,
+        vol_b,
+        series_number=8,
+        series_description="Small MR",
+        modality="MR",
+        rescale=(2.5, 0.0),
+        file_names=[f"B{n:03d}.dcm" for n in range(5)],
+    )
+    return root, vol_a, vol_b
+
+
+def test_sample_contract(sample_dir):
+    da = open_series(sample_dir)
+    assert isinstance(da, xr.DataArray)
+    assert da.name == "image"
+    assert da.dims[-3:] == ("slice", "row", "col")
+    assert len(da.dims) == 4  # 40 slices x 6 dynamics: one extra frame dim
+    assert da.sizes["slice"] == 40 and da.sizes["row"] == 96 and da.sizes["col"] == 96
+    assert da.coords["slice"].dtype == np.float64
+    steps = np.diff(da.coords["slice"].values)
+    assert np.all(steps > 0) or np.all(steps < 0)
+    for name in (
+        "position_x",
+        "position_y",
+        "position_z",
+        "InstanceNumber",
+        "SOPInstanceUID",
+        "path",
+    ):
+        assert name in da.coords, name
+    for name in ("affine", "Modality", "SeriesInstanceUID", "geometry", "series_key"):
+        assert name in da.attrs, name
+    assert np.asarray(da.attrs["affine"]).shape == (4, 4)
+    json.dumps(da.attrs)  # JSON-friendly only
+    assert not PATIENT_ATTRIBUTES & set(da.attrs)
+    chunks = da.encoding["preferred_chunks"]
+    assert chunks["slice"] == 1 and chunks["row"] == 96 and chunks["col"] == 96
+    assert all(chunks[d] == 1 for d in da.dims[:-2])
+
+
+def test_open_reads_no_pixels(sample_dir):
+    counter = _CountTasks()
+    with counter:
+        da = open_series(sample_dir)
+        da.dicom.affine  # noqa: B018
+        da.isel(slice=3)  # selection is lazy too
+    assert counter.count == 0
+    assert da.chunks is not None
+
+
+def test_include_patient(sample_dir):
+    da = open_series(sample_dir, include_patient=True)
+    assert da.attrs.get("PatientName") == "d2n_Philips_3T_R571"
+
+
+def test_values_and_order(two_series):
+    root, vol_a, _ = two_series
+    da = open_series(root, series=7)
+    assert da.dims == ("slice", "row", "col")
+    np.testing.assert_array_equal(da.values, vol_a.astype(np.int32) - 1024)
+    # positions ascend along the normal whatever the file names say
+    np.testing.assert_allclose(np.diff(da.coords["slice"].values), STEP, atol=1e-6)
+    np.testing.assert_allclose(
+        da.coords["position_z"].values, ORIGIN[2] + STEP * np.arange(SHAPE[0])
+    )
+    assert da.attrs["SeriesNumber"] == 7
+    assert da.attrs["units"] == "HU"
+
+
+def test_float_rescale(two_series):
+    root, _, vol_b = two_series
+    da = open_series(root, series="Small MR")
+    assert da.dtype == np.float32
+    np.testing.assert_allclose(da.values, vol_b * 2.5)
+
+
+def test_several_series_error_lists_them(two_series):
+    root, *_ = two_series
+    with pytest.raises(MultipleSeriesError) as info:
+        open_series(root)
+    message = str(info.value)
+    assert "2 series" in message
+    assert "Axial phantom" in message and "Small MR" in message
+    assert "series=" in message
+    for key in (p.key for p in dicomxr.api.list_series(root)):
+        assert key in message
+
+
+@pytest.mark.parametrize("how", ["number", "key", "uid", "description", "number_text"])
+def test_select_series(two_series, how):
+    root, *_ = two_series
+    plans = dicomxr.api.list_series(root)
+    target = next(p for p in plans if dicomxr.api._attr(p, "SeriesNumber") == 8)
+    choice = {
+        "number": 8,
+        "number_text": "8",
+        "key": target.key,
+        "uid": dicomxr.api._attr(target, "SeriesInstanceUID"),
+        "description": "small",
+    }[how]
+    da = open_series(root, series=choice)
+    assert da.attrs["SeriesNumber"] == 8
+    assert da.attrs["series_key"] == target.key
+
+
+def test_no_match_and_no_series(two_series, tmp_path):
+    root, *_ = two_series
+    with pytest.raises(NoSeriesError, match="no series matches"):
+        open_series(root, series="does not exist")
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    with pytest.raises(NoSeriesError):
+        with pytest.warns(dicomxr.SkippedFileWarning):
+            open_series(tmp_path)
+
+
+def test_open_study_tree(two_series):
+    root, *_ = two_series
+    tree = open_study(root)
+    assert isinstance(tree, xr.DataTree)
+    leaves = list(tree.leaves)
+    assert len(leaves) == 2
+    for leaf in leaves:
+        assert "image" in leaf.dataset.data_vars
+        assert leaf.depth == 3  # patient / study / series
+        assert "/" not in leaf.name
+        assert leaf.dataset.attrs["series_key"]
+        assert not PATIENT_ATTRIBUTES & set(leaf.dataset.attrs)
+    study = leaves[0].parent
+    assert "StudyInstanceUID" in study.dataset.attrs
+    numbers = sorted(int(leaf.dataset["image"].attrs["SeriesNumber"]) for leaf in leaves)
+    assert numbers == [7, 8]
+
+
+def test_dtype_argument(two_series):
+    root, vol_a, _ = two_series
+    da = open_series(root, series=7, dtype="float32")
+    assert da.dtype == np.float32
+    np.testing.assert_array_equal(da.isel(slice=2).values, vol_a[2] - 1024.0)

@@ -1,0 +1,101 @@
+"""The xarray "dicom" engine: thin, explicit, cheap to import, same objects as the API."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from dicomxr import phantom
+from dicomxr.api import open_series
+
+
+@pytest.fixture(scope="module")
+def series_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    vol = phantom.phantom_volume((6, 10, 12), dtype="int16", seed=4)
+    files = phantom.write_series(root / "one", vol, series_number=3, rescale=(1.0, 0.0))
+    vol2 = phantom.phantom_volume((4, 8, 8), dtype="int16", seed=5)
+    phantom.write_series(root / "two", vol2, series_number=4, rescale=(1.0, 0.0))
+    return root, vol, files
+
+
+def _engine():
+    return xr.backends.list_engines()["dicom"]
+
+
+def test_engine_is_registered_and_described():
+    engine = _engine()
+    assert engine.description
+    assert engine.url.startswith("https://")
+
+
+def test_signature_is_explicit():
+    engine = type(_engine())
+    for method in (engine.open_dataset, engine.open_datatree):
+        params = inspect.signature(method).parameters
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        assert "chunks" not in params and "cache" not in params
+        for name, p in params.items():
+            if name not in ("self", "filename_or_obj"):
+                assert p.kind is inspect.Parameter.KEYWORD_ONLY, name
+
+
+def test_guess_can_open(series_dir, tmp_path):
+    _, _, files = series_dir
+    engine = _engine()
+    assert engine.guess_can_open(files[0])
+    assert engine.guess_can_open(str(files[0]))
+    text = tmp_path / "notes.dcm"
+    text.write_text("not DICOM at all" * 20)
+    assert not engine.guess_can_open(text)
+    assert engine.guess_can_open(tmp_path / "DICOMDIR")
+    assert not engine.guess_can_open(tmp_path / "missing.dcm")
+    assert not engine.guess_can_open(object())
+
+
+def test_open_dataset_matches_api(series_dir):
+    root, vol, files = series_dir
+    ds = xr.open_dataset(root / "one", engine="dicom")
+    assert list(ds.data_vars) == ["image"]
+    da = open_series(root / "one")
+    xr.testing.assert_identical(
+        ds["image"].reset_coords(drop=True).load(),
+        da.reset_coords(drop=True).load().rename("image"),
+    )
+    np.testing.assert_array_equal(ds["image"].values, vol)
+    assert ds.attrs["SeriesNumber"] == 3
+    # a single file is guessed without naming the engine
+    one = xr.open_dataset(files[0])
+    assert one["image"].sizes["slice"] == 1
+
+
+def test_open_dataset_series_and_drop(series_dir):
+    root, *_ = series_dir
+    ds = xr.open_dataset(root, engine="dicom", series=4, drop_variables=["path"])
+    assert ds["image"].sizes["slice"] == 4
+    assert "path" not in ds.variables
+
+
+def test_chunks_follow_storage(series_dir):
+    root, *_ = series_dir
+    ds = xr.open_dataset(root / "one", engine="dicom", chunks={})
+    assert ds["image"].chunks[0] == (1,) * 6
+
+
+def test_open_datatree(series_dir):
+    root, *_ = series_dir
+    tree = xr.open_datatree(root, engine="dicom")
+    leaves = list(tree.leaves)
+    assert len(leaves) == 2
+    assert all("image" in leaf.dataset for leaf in leaves)
+
+
+def test_engine_module_import_is_light():
+    code = "import sys, dicomxr.backend; print(sorted(m for m in ('xarray', 'pandas', 'dask', 'dicomxr.api') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
