@@ -102,8 +102,8 @@ def test_nifti_affine_permutes_and_flips():
     lps = np.array([[0, 0, 2.0, 10], [0, 3.0, 0, 20], [4.0, 0, 0, 30], [0, 0, 0, 1]])
     ras = nifti_affine(lps)
     origin = np.array([-10.0, -20.0, 30.0, 1.0])
-    np.testing.assert_allclose(ras @ [1, 0, 0, 1], origin + [-2, 0, 0, 0])
-    np.testing.assert_allclose(ras @ [0, 0, 1, 1], origin + [0, 0, 4, 0])
+    np.testing.assert_allclose(ras @ [1, 0, 0, 1], np.add(origin, [-2, 0, 0, 0]))
+    np.testing.assert_allclose(ras @ [0, 0, 1, 1], np.add(origin, [0, 0, 4, 0]))
 
 
 def test_fsl_bvecs_convention():
