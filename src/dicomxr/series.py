@@ -1,0 +1,1335 @@
+"""Series plans: grouping, splitting, sorting along the normal and dimension discovery.
+
+:func:`plan_series` turns a catalog (:func:`dicomxr.scan`) or a frame table
+(:func:`dicomxr.frames.expand`) into one :class:`SeriesPlan` per image series, before any
+pixel is read. What it does, in order:
+
+1. **Set apart** what is not part of an image volume, with a reason: objects without pixel
+   data (Philips ``*_Raw.dcm`` raw-data objects, SR, presentation states), pixel data cut
+   short, secondary-capture pages, localizers (unless ``include`` asks for them).
+2. **Group** by SeriesInstanceUID **and** SOPClassUID (a classic and an enhanced export of
+   one acquisition share a SeriesInstanceUID) and SeriesNumber, then **split** where the
+   orientation, the image size, the samples per pixel or the pixel spacing differ.
+3. **Sort** frames by their position along the slice normal (the cross product of the
+   orientation's direction cosines); InstanceNumber only breaks ties.
+4. **Discover** the dimensions of frames that share a position: ``time`` (temporal
+   position, or distinct acquisition times), ``label`` (ASL label/control), ``echo``,
+   ``component`` (magnitude/phase/real/imaginary), ``diffusion`` (b-value and direction:
+   b = 2 is not b = 0), ``stack``. Kinds that vary together as a full cartesian product get
+   one dim each (a field map is ``("echo", "component", "slice")``); otherwise they share
+   one ``volume`` dim.
+5. **Check** the grid and the stack (:mod:`dicomxr.geometry`) and apply the caller's
+   policy for irregular stacks and duplicate positions.
+
+Plan keys
+---------
+``plan.key`` is the SeriesInstanceUID when the UID yields one plan, else
+``"<SeriesInstanceUID>/<n>"`` (``n`` from 1, in the order SOP class, SeriesNumber, image size,
+orientation, position). Keys are what ``open_series(..., series=...)`` accepts.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dicomxr import geometry
+from dicomxr.errors import GeometryError, GeometryWarning
+from dicomxr.geometry import GeometryReport
+from dicomxr.options import get_options
+
+__all__ = ["SeriesPlan", "SeriesPlans", "plan_series"]
+
+logger = logging.getLogger(__name__)
+
+_SECONDARY_CAPTURE = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.7.1",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.3",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+    }
+)
+_LOCALIZER_TOKENS = frozenset({"LOCALIZER", "SCOUT", "SURVEY", "LOCALIZERS"})
+_INCLUDABLE = frozenset({"localizer", "secondary_capture"})
+_COMPONENT_ORDER = {"MAGNITUDE": 0, "PHASE": 1, "REAL": 2, "IMAGINARY": 3}
+# outer to inner; "slice" always last
+_KIND_ORDER = ("stack", "time", "label", "echo", "component", "diffusion", "volume")
+_PATIENT_KEYS = ("PatientID", "PatientName")
+
+# attributes that become coordinates when they vary along the frame dims (in this order)
+_COORD_COLUMNS = (
+    "InstanceNumber",
+    "SOPInstanceUID",
+    "path",
+    "frame",
+    "tile",
+    "AcquisitionNumber",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "AcquisitionDateTime",
+    "ContentTime",
+    "FrameAcquisitionDateTime",
+    "TriggerTime",
+    "EchoTime",
+    "EchoNumbers",
+    "TemporalPositionIdentifier",
+    "TemporalPositionIndex",
+    "DiffusionBValue",
+    "ComplexImageComponent",
+    "LabelType",
+    "StackID",
+    "InStackPositionNumber",
+    "SliceLocation",
+    "SliceThickness",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "ImageType",
+)
+# always coordinates (0-d when constant), per the contract
+_ALWAYS_COORDS = (
+    "position_x",
+    "position_y",
+    "position_z",
+    "InstanceNumber",
+    "SOPInstanceUID",
+    "path",
+    "frame",
+)
+# constant attributes copied to plan.attrs when present
+_ATTR_COLUMNS = (
+    "Modality",
+    "SOPClassUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "FrameOfReferenceUID",
+    "SeriesDescription",
+    "SeriesNumber",
+    "StudyDescription",
+    "StudyDate",
+    "StudyID",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "TransferSyntaxUID",
+    "PixelSpacing",
+    "ImageOrientationPatient",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "GantryDetectorTilt",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "EchoTime",
+    "EchoNumbers",
+    "TriggerTime",
+    "DiffusionBValue",
+    "AcquisitionNumber",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ComplexImageComponent",
+    "ImageType",
+)
+
+
+@dataclass
+class SeriesPlan:
+    """How the frames of one series become an array, decided before any pixel is read.
+
+    Attributes
+    ----------
+    key
+        Stable, unique name: the SeriesInstanceUID, or ``"<uid>/<n>"`` when one UID gives
+        several plans. ``open_series(..., series=key)`` selects it.
+    label
+        Human name: SeriesNumber, SeriesDescription, SOP class (and why it was split).
+    frames
+        One row per frame of this plan (:func:`dicomxr.frames.expand` columns), in grid
+        order.
+    dims
+        Names of the frame-grid dims, always ending with ``"slice"``.
+    grid
+        ``int64`` array of the frame-grid shape: row index into ``frames``, ``-1`` where a
+        frame is missing.
+    frame_shape
+        ``(rows, cols)`` or ``(rows, cols, samples)``.
+    coords
+        ``name -> (dims, values)`` for the xarray layer: ``slice`` (position along the
+        normal, mm), one dimension coordinate per extra dim, and every attribute that varies
+        along the frame dims (positions, InstanceNumber, SOPInstanceUID, path, times, echo,
+        b-value, rescale, ...), each on the dims it varies along.
+    attrs
+        Constant attributes (JSON-friendly), plus ``affine`` (nested list), ``geometry``
+        (the report as a dict), ``series_key`` and ``units``. No patient identifiers.
+    geometry
+        The :class:`~dicomxr.geometry.GeometryReport`.
+    affine
+        4x4 LPS affine for the index ``(slice, row, col, 1)``.
+    set_apart
+        Frames of this SeriesInstanceUID left out of the plan: dicts
+        ``{"path", "frame", "reason"}``.
+    patient
+        Patient identifiers (``PatientID``, ``PatientName``), kept apart from ``attrs``.
+    """
+
+    key: str
+    label: str
+    frames: pd.DataFrame
+    dims: tuple[str, ...]
+    grid: np.ndarray
+    frame_shape: tuple[int, ...]
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    attrs: dict[str, Any]
+    geometry: GeometryReport
+    affine: np.ndarray
+    set_apart: list[dict[str, Any]] = field(default_factory=list)
+    patient: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the array this plan makes: ``grid.shape + frame_shape``."""
+        return tuple(self.grid.shape) + tuple(self.frame_shape)
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames present (cells of the grid that are not ``-1``)."""
+        return int((self.grid >= 0).sum())
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Frame-grid dim name -> length."""
+        return dict(zip(self.dims, self.grid.shape, strict=True))
+
+    def _summary_rows(self) -> list[tuple[str, str]]:
+        a = self.attrs
+        files = self.frames["path"].nunique() if "path" in self.frames else 0
+        rows = [
+            ("label", self.label),
+            ("modality", f"{a.get('Modality', '?')}, {a.get('Manufacturer', '?')}"),
+            ("frames", f"{self.n_frames} frame(s) from {files} file(s)"),
+            ("dims", ", ".join(f"{d}={n}" for d, n in self.sizes.items()) + " | row, col"),
+            ("shape", " x ".join(str(s) for s in self.shape)),
+        ]
+        for dim in self.dims[:-1]:
+            values = self.coords.get(dim, ((), np.array([])))[1]
+            rows.append((dim, _short(values)))
+        extra = [name for name, (dims, _) in self.coords.items() if dims and name not in self.dims]
+        if extra:
+            rows.append(("coordinates", ", ".join(extra)))
+        missing = int((self.grid < 0).sum())
+        if missing:
+            rows.append(("missing frames", f"{missing} cell(s) of the grid have no frame"))
+        if self.set_apart:
+            reasons: dict[str, int] = {}
+            for item in self.set_apart:
+                reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
+            rows.append(("set apart", "; ".join(f"{n} x {r}" for r, n in reasons.items())))
+        return rows
+
+    def describe(self) -> str:
+        """Return a readable summary of the plan and its geometry report."""
+        rows = self._summary_rows()
+        width = max(len(k) for k, _ in rows)
+        lines = [f"SeriesPlan {self.key}"]
+        lines += [f"  {k:<{width}} : {v}" for k, v in rows]
+        lines += ["  " + line for line in str(self.geometry).splitlines()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{d}: {n}" for d, n in self.sizes.items())
+        return f"<SeriesPlan {self.key!r} {self.label!r} ({sizes}) frame {self.frame_shape}>"
+
+    def _repr_html_(self) -> str:
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in self._summary_rows()
+        )
+        return (
+            f"<div class='dicomxr-plan'><b>SeriesPlan</b> <code>{html.escape(self.key)}</code>"
+            f"<table>{body}</table>{self.geometry._repr_html_()}</div>"
+        )
+
+
+class SeriesPlans(list):
+    """The list of plans :func:`plan_series` returns, with what was set apart.
+
+    A plain ``list`` of :class:`SeriesPlan` plus:
+
+    Attributes
+    ----------
+    set_apart : pandas.DataFrame
+        Every frame left out of all plans: ``SeriesInstanceUID``, ``SeriesNumber``,
+        ``SeriesDescription``, ``path``, ``frame``, ``reason``.
+    """
+
+    set_apart: pd.DataFrame
+
+    def get(self, key: str) -> SeriesPlan:
+        """Return the plan with this key (or whose key starts with it, when unique)."""
+        for plan in self:
+            if plan.key == key:
+                return plan
+        hits = [p for p in self if p.key.startswith(key)]
+        if len(hits) == 1:
+            return hits[0]
+        raise KeyError(f"no plan {key!r}; plans are: {[p.key for p in self]}")
+
+    def table(self) -> pd.DataFrame:
+        """One row per plan: key, label, dims, shape, modality, regular geometry."""
+        return pd.DataFrame(
+            [
+                {
+                    "key": p.key,
+                    "label": p.label,
+                    "dims": " x ".join(f"{d}={n}" for d, n in p.sizes.items()),
+                    "shape": p.shape,
+                    "Modality": p.attrs.get("Modality"),
+                    "regular": p.geometry.regular,
+                }
+                for p in self
+            ]
+        )
+
+    def describe(self) -> str:
+        """Readable list of the plans and of what was set apart."""
+        lines = [f"{len(self)} series plan(s)"]
+        lines += [
+            f"  {p.key}  {p.label}  " + " x ".join(f"{d}={n}" for d, n in p.sizes.items())
+            for p in self
+        ]
+        if len(self.set_apart):
+            counts = self.set_apart.groupby("reason").size()
+            lines.append("set apart:")
+            lines += [f"  {n} x {reason}" for reason, n in counts.items()]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return self.table().to_html(index=False)
+
+
+def _short(values: Any, limit: int = 8) -> str:
+    vals = list(np.asarray(values, dtype=object).ravel())
+    text = ", ".join(str(v) for v in vals[:limit])
+    return text + (f", ... ({len(vals)})" if len(vals) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------
+# column access helpers (numpy, once per call)
+
+
+class _Columns:
+    """Numpy views of the frame table's columns, converted once."""
+
+    def __init__(self, frames: pd.DataFrame) -> None:
+        self.df = frames
+        self.n = len(frames)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def obj(self, name: str) -> np.ndarray:
+        key = "o:" + name
+        arr = self._cache.get(key)
+        if arr is None:
+            if name in self.df.columns:
+                arr = self.df[name].to_numpy(dtype=object, na_value=None)
+            else:
+                arr = np.full(self.n, None, dtype=object)
+            self._cache[key] = arr
+        return arr
+
+    def num(self, name: str) -> np.ndarray:
+        key = "f:" + name
+        arr = self._cache.get(key)
+        if arr is None:
+            if name in self.df.columns:
+                try:
+                    arr = self.df[name].to_numpy(dtype=np.float64, na_value=np.nan)
+                except (TypeError, ValueError):
+                    arr = np.array(
+                        [_to_float(v) for v in self.df[name].to_numpy(dtype=object)],
+                        dtype=np.float64,
+                    )
+            else:
+                arr = np.full(self.n, np.nan)
+            self._cache[key] = arr
+        return arr
+
+    def vec(self, name: str, width: int) -> np.ndarray:
+        key = f"v{width}:" + name
+        arr = self._cache.get(key)
+        if arr is None:
+            arr = np.full((self.n, width), np.nan)
+            if name in self.df.columns:
+                for i, v in enumerate(self.df[name].to_numpy(dtype=object)):
+                    if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                        try:
+                            if len(v) == width:
+                                arr[i] = v
+                        except (TypeError, ValueError):
+                            pass
+            self._cache[key] = arr
+        return arr
+
+    def has(self, name: str) -> bool:
+        return name in self.df.columns
+
+
+def _to_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Integer codes of hashable values; None/NaN get their own code."""
+    codes, _ = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
+    return codes.astype(np.int64)
+
+
+def _combine(*codes: np.ndarray) -> np.ndarray:
+    """One code per distinct tuple of codes (row-wise)."""
+    if not codes:
+        raise ValueError("nothing to combine")
+    if len(codes) == 1:
+        return codes[0]
+    stacked = np.stack(codes, axis=1)
+    _, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# public entry point
+
+
+def plan_series(
+    catalog_or_frames: pd.DataFrame,
+    *,
+    on_irregular: str = "warn",
+    on_duplicate: str = "warn",
+    include: Iterable[str] = (),
+) -> SeriesPlans:
+    """Plan every image series of a catalog or frame table.
+
+    Parameters
+    ----------
+    catalog_or_frames
+        The DataFrame from :func:`dicomxr.scan` (expanded to frames here) or from
+        :func:`dicomxr.frames.expand` (recognised by its ``frame`` column).
+    on_irregular
+        What to do with a stack whose spacing is uneven, whose slices are missing or off a
+        line, or whose frame grid is incomplete: ``"warn"`` (keep all frames, true
+        positions as the ``slice`` coordinate, approximate affine, :class:`GeometryWarning`),
+        ``"raise"`` (:class:`GeometryError`), ``"split"`` (regular blocks become separate
+        plans), ``"ignore"`` (like ``"warn"``, silently; the report still tells).
+    on_duplicate
+        What to do with frames that share a position and that no dimension tells apart:
+        ``"warn"`` (keep them along an extra ``volume`` dim in InstanceNumber order, with a
+        warning), ``"raise"``, ``"split"`` (one plan per copy), ``"ignore"``.
+    include
+        Frames normally set apart that should be planned: ``"localizer"``,
+        ``"secondary_capture"``.
+
+    Returns
+    -------
+    SeriesPlans
+        A list of :class:`SeriesPlan` sorted by StudyInstanceUID, SeriesNumber, key; its
+        ``set_apart`` attribute lists the frames left out and why.
+
+    Raises
+    ------
+    GeometryError
+        With ``on_irregular="raise"`` / ``on_duplicate="raise"``, naming the series and
+        what is wrong.
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> plans = dicomxr.plan_series(dicomxr.scan("folder"))  # doctest: +SKIP
+    >>> print(plans[0].describe())  # doctest: +SKIP
+    """
+    for name, value in (("on_irregular", on_irregular), ("on_duplicate", on_duplicate)):
+        if value not in geometry.POLICIES:
+            raise ValueError(f"{name}={value!r}; choose one of {list(geometry.POLICIES)}")
+    include = frozenset(include)
+    unknown = include - _INCLUDABLE
+    if unknown:
+        raise ValueError(
+            f"include={sorted(unknown)} not understood; choose from {sorted(_INCLUDABLE)}"
+        )
+
+    if "frame" in catalog_or_frames.columns:
+        frames = catalog_or_frames
+    else:
+        from dicomxr.frames import expand
+
+        frames = expand(catalog_or_frames)
+    if not frames.index.equals(pd.RangeIndex(len(frames))):
+        frames = frames.reset_index(drop=True)
+    cols = _Columns(frames)
+    n = cols.n
+    reason = _set_apart_reasons(cols, include)
+    keep = np.flatnonzero(_free(reason))
+
+    plans: list[SeriesPlan] = []
+    if len(keep):
+        groups = _group(cols, keep)
+        by_uid: dict[str, list[SeriesPlan]] = {}
+        for rows, split_note in groups:
+            made = _plan_group(cols, rows, split_note, on_irregular, on_duplicate)
+            for plan in made:
+                by_uid.setdefault(plan.attrs.get("SeriesInstanceUID", ""), []).append(plan)
+        for uid, uid_plans in by_uid.items():
+            if len(uid_plans) == 1:
+                uid_plans[0].key = uid
+            else:
+                for i, plan in enumerate(uid_plans, 1):
+                    plan.key = f"{uid}/{i}"
+            for plan in uid_plans:
+                plan.attrs["series_key"] = plan.key
+                plans.extend([plan])
+
+    # what was set apart, overall and per plan of the same UID
+    gone = np.flatnonzero(~_free(reason))
+    uid = cols.obj("SeriesInstanceUID")
+    paths = cols.obj("path")
+    frame_idx = cols.num("frame")
+    table = pd.DataFrame(
+        {
+            "SeriesInstanceUID": uid[gone],
+            "SeriesNumber": cols.obj("SeriesNumber")[gone],
+            "SeriesDescription": cols.obj("SeriesDescription")[gone],
+            "path": paths[gone],
+            "frame": frame_idx[gone].astype(np.int64) if n else np.array([], np.int64),
+            "reason": reason[gone],
+        }
+    )
+    if len(gone):
+        extra: dict[str, list[dict[str, Any]]] = {}
+        for i in gone:
+            extra.setdefault(uid[i], []).append(
+                {"path": paths[i], "frame": int(frame_idx[i]), "reason": reason[i]}
+            )
+        for plan in plans:
+            plan.set_apart = extra.get(plan.attrs.get("SeriesInstanceUID"), []) + plan.set_apart
+
+    def sort_key(p: SeriesPlan) -> tuple[Any, ...]:
+        num = p.attrs.get("SeriesNumber")
+        return (
+            str(p.attrs.get("StudyInstanceUID", "")),
+            num if isinstance(num, int) else 1 << 62,
+            p.key,
+        )
+
+    out = SeriesPlans(sorted(plans, key=sort_key))
+    out.set_apart = table
+    return out
+
+
+def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
+    n = cols.n
+    reason = np.full(n, None, dtype=object)
+    sop = cols.obj("SOPClassUID")
+    if cols.has("has_pixels"):
+        no_pixels = ~cols.df["has_pixels"].to_numpy(dtype=bool, na_value=False)
+        for i in np.flatnonzero(no_pixels):
+            reason[i] = f"no pixel data (raw data or non-image object, SOP class {sop[i]})"
+    if cols.has("pixel_data_truncated"):
+        cut = cols.df["pixel_data_truncated"].to_numpy(dtype=bool, na_value=False)
+        reason[cut & _free(reason)] = "pixel data cut short (file truncated)"
+    rows, columns = cols.num("Rows"), cols.num("Columns")
+    reason[~((rows > 0) & (columns > 0)) & _free(reason)] = "no image size (Rows/Columns missing)"
+    if "secondary_capture" not in include:
+        sc = np.array([s in _SECONDARY_CAPTURE for s in sop], dtype=bool)
+        reason[sc & _free(reason)] = (
+            "secondary capture (a screen or page, not part of a volume); plan it with include=['secondary_capture']"
+        )
+    if "localizer" not in include:
+        image_type = cols.obj("ImageType")
+        loc = np.array([_is_localizer(v) for v in image_type], dtype=bool)
+        reason[loc & _free(reason)] = "localizer (scout image); plan it with include=['localizer']"
+    return reason
+
+
+def _free(reason: np.ndarray) -> np.ndarray:
+    return np.array([r is None for r in reason], dtype=bool)
+
+
+def _is_localizer(image_type: Any) -> bool:
+    if image_type is None or isinstance(image_type, (float, str)):
+        return False
+    return any(str(t).strip().upper() in _LOCALIZER_TOKENS for t in image_type[2:])
+
+
+def _group(cols: _Columns, keep: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """Split the kept frames into groups of one UID, SOP class, series number and geometry."""
+    uid = _codes(cols.obj("SeriesInstanceUID")[keep])
+    sop = _codes(cols.obj("SOPClassUID")[keep])
+    number = _codes(cols.obj("SeriesNumber")[keep])
+    rows = cols.num("Rows")[keep]
+    columns = cols.num("Columns")[keep]
+    spp = np.nan_to_num(cols.num("SamplesPerPixel")[keep], nan=1.0)
+    iop = np.round(cols.vec("ImageOrientationPatient", 6)[keep], 4)
+    spacing = np.round(cols.vec("PixelSpacing", 2)[keep], 4)
+    geo = np.column_stack(
+        [rows, columns, spp, np.nan_to_num(iop, nan=9.0), np.nan_to_num(spacing, nan=-1.0)]
+    )
+    _, geo_code = np.unique(geo, axis=0, return_inverse=True)
+    series_code = _combine(uid, sop, number)
+    group = _combine(series_code, geo_code.reshape(-1).astype(np.int64))
+    out = []
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    for chunk in np.split(order, bounds):
+        rows_idx = keep[chunk]
+        out.append((rows_idx, ""))
+    # note why a UID was split, for the label
+    per_series: dict[int, list[int]] = {}
+    for gi, (rows_idx, _) in enumerate(out):
+        per_series.setdefault(int(series_code[np.searchsorted(keep, rows_idx[0])]), []).append(gi)
+    uids, sops, nums = (
+        cols.obj("SeriesInstanceUID"),
+        cols.obj("SOPClassUID"),
+        cols.obj("SeriesNumber"),
+    )
+    by_uid: dict[Any, set[Any]] = {}
+    for rows_idx, _ in out:
+        i = rows_idx[0]
+        by_uid.setdefault(uids[i], set()).add((sops[i], nums[i]))
+    notes = []
+    for rows_idx, _ in out:
+        i = rows_idx[0]
+        bits = []
+        if len({s for s, _ in by_uid[uids[i]]}) > 1:
+            bits.append("SOP class differs")
+        if len({n for _, n in by_uid[uids[i]]}) > 1:
+            bits.append("SeriesNumber differs")
+        same_series = [
+            g
+            for g in out
+            if uids[g[0][0]] == uids[i] and sops[g[0][0]] == sops[i] and nums[g[0][0]] == nums[i]
+        ]
+        if len(same_series) > 1:
+            bits.append("geometry or image size differs")
+        notes.append((rows_idx, ", ".join(bits)))
+    return notes
+
+
+# ---------------------------------------------------------------------------------------
+# one group -> one or more plans
+
+
+@dataclass
+class _Dim:
+    kind: str
+    codes: np.ndarray  # per frame (group-local), level index 0..n-1
+    levels: list[Any]  # value per level (dimension coordinate)
+
+
+def _kind_candidates(cols: _Columns, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame hashable values of every kind of extra dimension."""
+    out: dict[str, np.ndarray] = {}
+    stack = cols.obj("StackID")[rows]
+    out["stack"] = stack
+    tpi = cols.num("TemporalPositionIdentifier")[rows]
+    if np.isnan(tpi).all():
+        tpi = cols.num("TemporalPositionIndex")[rows]
+    out["time"] = tpi
+    out["label"] = cols.obj("LabelType")[rows]
+    echo = cols.num("EchoNumbers")[rows]
+    te = cols.num("EchoTime")[rows]
+    out["echo"] = echo if not np.isnan(echo).all() else te
+    out["component"] = cols.obj("ComplexImageComponent")[rows]
+    b = np.round(cols.num("DiffusionBValue")[rows], 3)
+    bvec = np.round(cols.vec("DiffusionGradientOrientation", 3)[rows], 4)
+    diff = np.empty(len(rows), dtype=object)
+    for i in range(len(rows)):
+        diff[i] = (
+            None
+            if np.isnan(b[i])
+            else (float(b[i]), *(None if np.isnan(v) else float(v) for v in bvec[i]))
+        )
+    out["diffusion"] = diff
+    return out
+
+
+def _level_order(kind: str, values: list[Any], first_seen: list[float]) -> list[int]:
+    """Sort order of the levels of one kind."""
+
+    def numeric(v: Any) -> float:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return math.inf
+        return f if not math.isnan(f) else math.inf
+
+    idx = list(range(len(values)))
+    if kind in ("time", "echo"):
+        return sorted(idx, key=lambda i: (numeric(values[i]), first_seen[i]))
+    if kind == "component":
+        return sorted(idx, key=lambda i: (_COMPONENT_ORDER.get(values[i], 9), first_seen[i]))
+    if kind == "stack":
+        return sorted(idx, key=lambda i: (numeric(values[i]), str(values[i])))
+    return sorted(idx, key=lambda i: (first_seen[i], str(values[i])))
+
+
+def _make_dim(kind: str, values: np.ndarray, order_key: np.ndarray) -> _Dim:
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
+    uniques = list(uniques)
+    first_seen = [float(np.min(order_key[codes == k])) for k in range(len(uniques))]
+    order = _level_order(kind, uniques, first_seen)
+    remap = np.empty(len(order), np.int64)
+    remap[order] = np.arange(len(order))
+    return _Dim(kind, remap[codes], [uniques[i] for i in order])
+
+
+def _plan_group(
+    cols: _Columns,
+    rows: np.ndarray,
+    split_note: str,
+    on_irregular: str,
+    on_duplicate: str,
+) -> list[SeriesPlan]:
+    opts = get_options()
+    atol = float(opts["geometry_atol_mm"])
+    n = len(rows)
+    set_apart: list[dict[str, Any]] = []
+    ipp = cols.vec("ImagePositionPatient", 3)[rows]
+    iop_all = cols.vec("ImageOrientationPatient", 6)[rows]
+    has_pos = ~np.isnan(ipp).any(axis=1)
+    has_geo = has_pos & ~np.isnan(iop_all).any(axis=1)
+    instance = cols.num("InstanceNumber")[rows]
+    frame_no = cols.num("frame")[rows]
+    order_key = np.where(np.isnan(instance), np.inf, instance) * 1e6 + np.nan_to_num(frame_no)
+    if has_geo.any() and not has_geo.all():
+        for i in np.flatnonzero(~has_geo):
+            set_apart.append(
+                {
+                    "path": cols.obj("path")[rows[i]],
+                    "frame": int(frame_no[i]),
+                    "reason": "no ImagePositionPatient",
+                }
+            )
+        rows, ipp, iop_all = rows[has_geo], ipp[has_geo], iop_all[has_geo]
+        instance, frame_no, order_key = instance[has_geo], frame_no[has_geo], order_key[has_geo]
+        n = len(rows)
+    geometric = bool(has_geo.any())
+    if geometric:
+        iop = iop_all[0]
+        normal = geometry.slice_normal(iop)
+        dist = ipp @ normal
+    else:
+        iop = None
+        normal = None
+        dist = np.zeros(n)
+
+    # slice clusters along the normal
+    if geometric:
+        order = np.lexsort((order_key, dist))
+        ds = dist[order]
+        new = np.concatenate([[True], np.diff(ds) > atol])
+        cluster_sorted = np.cumsum(new) - 1
+        slice_id = np.empty(n, np.int64)
+        slice_id[order] = cluster_sorted
+    else:
+        slice_id = np.zeros(n, np.int64)
+    n_slices = int(slice_id.max()) + 1 if n else 0
+
+    # extra dims for frames sharing a position
+    dims: list[_Dim] = []
+    dup_count = 0
+    counts = np.bincount(slice_id, minlength=n_slices)
+    no_geometry_stack = not geometric
+    if no_geometry_stack:
+        # no positions: frames in InstanceNumber / frame order form the slice axis
+        order = np.argsort(order_key, kind="stable")
+        slice_id = np.empty(n, np.int64)
+        slice_id[order] = np.arange(n)
+        n_slices = n
+        counts = np.ones(n, np.int64)
+    if counts.max(initial=0) > 1:
+        cand = _kind_candidates(cols, rows)
+        useful = _useful_kinds(cand, slice_id, n_slices)
+        if (
+            _has_duplicates(cand, useful, slice_id)
+            and "label" not in useful
+            and _is_philips(cols, rows)
+        ):
+            from dicomxr.frames import read_label_type
+
+            labels = np.empty(n, dtype=object)
+            labels[:] = read_label_type([str(p) for p in cols.obj("path")[rows]])
+            cand["label"] = labels
+            useful = _useful_kinds(cand, slice_id, n_slices)
+        dims = [_make_dim(k, cand[k], order_key) for k in _KIND_ORDER if k in useful]
+        key_codes = [d.codes for d in dims]
+        cell = _combine(*key_codes, slice_id) if key_codes else slice_id
+        if len(np.unique(cell)) < n:
+            # still sharing a cell: distinct acquisition times make it time, else duplicates
+            times = _acq_time_codes(cols, rows)
+            rank = _rank_within(cell, times, order_key)
+            dup_cells = _cells_with_duplicates(cell)
+            distinct_times = _distinct_within(cell, times, dup_cells)
+            if distinct_times and "time" not in useful:
+                dims.append(_Dim("time", rank, list(range(int(rank.max()) + 1))))
+            else:
+                dup_count = int(n - len(np.unique(cell)))
+                what = _duplicate_message(cols, rows, cell, dist)
+                if on_duplicate == "raise":
+                    raise GeometryError(
+                        f"series {_label(cols, rows[0], split_note)!r}: {dup_count} frame(s) share a position "
+                        f"and nothing (time, echo, b-value, component) tells them apart ({what}). "
+                        "Pass on_duplicate='warn' to keep the copies along a 'volume' dim, or 'split'."
+                    )
+                if on_duplicate == "split":
+                    plans = []
+                    for r in range(int(rank.max()) + 1):
+                        sub = rows[rank == r]
+                        note = (split_note + ", " if split_note else "") + f"duplicate copy {r + 1}"
+                        plans.extend(_plan_group(cols, sub, note, on_irregular, on_duplicate))
+                    return plans
+                if on_duplicate == "warn":
+                    warnings.warn(
+                        f"series {_label(cols, rows[0], split_note)!r}: {dup_count} frame(s) share a position with "
+                        f"another frame and nothing tells them apart ({what}); kept along a 'volume' dim "
+                        "in InstanceNumber order (on_duplicate='raise' or 'split' to change this)",
+                        GeometryWarning,
+                        stacklevel=_stacklevel(),
+                    )
+                dims.append(_Dim("volume", rank, list(range(int(rank.max()) + 1))))
+        dims = _arrange_dims(dims)
+
+    # the grid
+    shape = (*(len(d.levels) for d in dims), n_slices)
+    index = (*(d.codes for d in dims), slice_id)
+    flat = np.ravel_multi_index(index, shape)
+    if len(np.unique(flat)) != n:  # pragma: no cover - guarded by the rank above
+        raise GeometryError("internal error: two frames in one grid cell")
+    grid_flat = np.full(int(np.prod(shape)), -1, np.int64)
+    grid_order = np.argsort(flat, kind="stable")
+    grid_flat[flat[grid_order]] = np.arange(n)
+    grid = grid_flat.reshape(shape)
+    plan_rows = rows[grid_order]  # frames in grid order
+    missing_cells = int((grid < 0).sum())
+
+    # slice positions (first frame found at each slice)
+    slice_pos = None
+    slice_d = np.arange(n_slices, dtype=np.float64)
+    if geometric:
+        first = np.full(n_slices, -1, np.int64)
+        first[slice_id[::-1]] = np.arange(n)[::-1]
+        slice_pos = ipp[first]
+        sums = np.bincount(slice_id, weights=dist, minlength=n_slices)
+        slice_d = sums / np.maximum(counts if not no_geometry_stack else 1, 1)
+
+    spacing = _first_valid_vec(cols.vec("PixelSpacing", 2)[rows])
+    thickness = _median(cols.num("SliceThickness")[rows])
+    spacing_tag = _median(cols.num("SpacingBetweenSlices")[rows])
+    tilt_tag = _median(cols.num("GantryDetectorTilt")[rows])
+    report = geometry.analyze_stack(
+        slice_pos if geometric else None,
+        iop,
+        spacing,
+        slice_thickness=thickness,
+        spacing_tag=spacing_tag,
+        tilt_tag=tilt_tag,
+        duplicate_positions=dup_count,
+        policy=on_irregular,
+    )
+    if missing_cells:
+        report.issues.append(_missing_cells_message(grid, dims, slice_d))
+    irregular = geometric and (
+        not report.uniform
+        or report.missing_slices > 0
+        or not report.affine_exact
+        or missing_cells > 0
+    )
+    label = _label(cols, rows[0], split_note)
+    if irregular:
+        problems = [
+            i
+            for i in report.issues
+            if not i.startswith("stack is tilted") and "GantryDetectorTilt" not in i
+        ]
+        if on_irregular == "raise":
+            raise GeometryError(
+                f"series {label!r} is not a regular frame grid: " + "; ".join(problems) + ". "
+                "Pass on_irregular='warn' to keep every frame with its true position as the 'slice' "
+                "coordinate, or on_irregular='split' to get regular blocks as separate series."
+            )
+        if on_irregular == "split":
+            pieces = _split_pieces(grid, slice_d)
+            if len(pieces) > 1:
+                plans = []
+                for k, sl in enumerate(pieces, 1):
+                    sub = plan_rows[np.isin(slice_id[grid_order], np.arange(n_slices)[sl])]
+                    note = (
+                        split_note + ", " if split_note else ""
+                    ) + f"regular block {k} of {len(pieces)}"
+                    plans.extend(_plan_group(cols, sub, note, "warn", on_duplicate))
+                return plans
+        if on_irregular == "warn" or on_irregular == "split":
+            warnings.warn(
+                f"series {label!r}: "
+                + "; ".join(problems)
+                + ". Kept every frame; the 'slice' coordinate holds "
+                "the true positions and the affine is approximate (on_irregular='raise' or 'split' to change this).",
+                GeometryWarning,
+                stacklevel=_stacklevel(),
+            )
+        report.affine_exact = False
+
+    if geometric:
+        affine = geometry.affine_from_positions(
+            slice_pos,
+            iop,
+            spacing if spacing is not None else (1.0, 1.0),
+            slice_spacing=spacing_tag or thickness,
+        )
+    else:
+        affine = np.eye(4)
+
+    frames = cols.df.take(plan_rows)
+    frames.index = pd.RangeIndex(len(frames))
+    frame_shape = _frame_shape(cols, rows[0])
+    dim_names = (*(d.kind for d in dims), "slice")
+    coords = _coords(cols, plan_rows, grid, dims, dim_names, slice_d)
+    attrs, patient = _attrs(cols, plan_rows, coords)
+    attrs["affine"] = affine.tolist()
+    attrs["geometry"] = report.to_dict()
+    attrs["units"] = _units(attrs)
+    return [
+        SeriesPlan(
+            key=str(attrs.get("SeriesInstanceUID", "")),
+            label=label,
+            frames=frames,
+            dims=dim_names,
+            grid=grid,
+            frame_shape=frame_shape,
+            coords=coords,
+            attrs=attrs,
+            geometry=report,
+            affine=affine,
+            set_apart=set_apart,
+            patient=patient,
+        )
+    ]
+
+
+def _stacklevel() -> int:
+    """Stack level of the first frame outside dicomxr (the user's call)."""
+    import sys
+
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("dicomxr"):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _is_philips(cols: _Columns, rows: np.ndarray) -> bool:
+    man = cols.obj("Manufacturer")[rows[0]]
+    return isinstance(man, str) and "philips" in man.lower()
+
+
+def _useful_kinds(cand: dict[str, np.ndarray], slice_id: np.ndarray, n_slices: int) -> list[str]:
+    """Kinds whose values differ between frames at one position."""
+    useful = []
+    for kind, values in cand.items():
+        codes = _codes(values)
+        if codes.max(initial=0) == 0:
+            continue
+        pairs = len(np.unique(codes * (n_slices + 1) + slice_id))
+        if pairs > n_slices:
+            useful.append(kind)
+    # the same partition under two names (echo number and echo time): keep the first
+    return useful
+
+
+def _has_duplicates(cand: dict[str, np.ndarray], useful: list[str], slice_id: np.ndarray) -> bool:
+    codes = [_codes(cand[k]) for k in useful]
+    cell = _combine(*codes, slice_id) if codes else slice_id
+    return len(np.unique(cell)) < len(slice_id)
+
+
+def _cells_with_duplicates(cell: np.ndarray) -> np.ndarray:
+    values, counts = np.unique(cell, return_counts=True)
+    return values[counts > 1]
+
+
+def _acq_time_codes(cols: _Columns, rows: np.ndarray) -> np.ndarray:
+    """Return a sortable per-frame acquisition time (NaN when unknown)."""
+    for name in (
+        "FrameAcquisitionDateTime",
+        "AcquisitionDateTime",
+        "AcquisitionTime",
+        "ContentTime",
+    ):
+        vals = cols.obj(name)[rows]
+        if any(v is not None for v in vals):
+            return np.array(
+                [_to_float(str(v).replace(":", "")) if v is not None else np.nan for v in vals]
+            )
+    return np.full(len(rows), np.nan)
+
+
+def _distinct_within(cell: np.ndarray, times: np.ndarray, dup_cells: np.ndarray) -> bool:
+    """Tell whether, in every cell holding several frames, their acquisition times all differ."""
+    if not len(dup_cells) or np.isnan(times).any():
+        return False
+    mask = np.isin(cell, dup_cells)
+    pairs = np.unique(np.column_stack([cell[mask], times[mask]]), axis=0)
+    return len(pairs) == int(mask.sum())
+
+
+def _rank_within(cell: np.ndarray, times: np.ndarray, order_key: np.ndarray) -> np.ndarray:
+    """0-based rank of each frame within its cell, by acquisition time then InstanceNumber."""
+    t = np.where(np.isnan(times), np.inf, times)
+    order = np.lexsort((order_key, t, cell))
+    sorted_cells = cell[order]
+    start = np.concatenate([[True], sorted_cells[1:] != sorted_cells[:-1]])
+    group_start = np.maximum.accumulate(np.where(start, np.arange(len(cell)), 0))
+    rank = np.empty(len(cell), np.int64)
+    rank[order] = np.arange(len(cell)) - group_start
+    return rank
+
+
+def _arrange_dims(dims: list[_Dim]) -> list[_Dim]:
+    """Full cartesian product: one dim per kind; else all kinds share one 'volume' dim."""
+    if len(dims) <= 1:
+        return dims
+    sizes = [len(d.levels) for d in dims]
+    combo = _combine(*[d.codes for d in dims])
+    if len(np.unique(combo)) == int(np.prod(sizes)):
+        return dims
+    # not a product: volumes are the distinct combinations, in kind order
+    stacked = np.stack([d.codes for d in dims], axis=1)
+    uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)  # lexicographic = kind order
+    levels = [
+        tuple(d.levels[c] for d, c in zip(dims, combo_codes, strict=True)) for combo_codes in uniq
+    ]
+    vol = _Dim("volume", inverse.reshape(-1).astype(np.int64), list(range(len(levels))))
+    vol.parts = (dims, uniq)  # type: ignore[attr-defined]
+    return [vol]
+
+
+def _split_pieces(grid: np.ndarray, slice_d: np.ndarray) -> list[slice]:
+    """Slice ranges for on_irregular='split': regular spacing blocks, also cut at incomplete slices."""
+    blocks = geometry.regular_blocks(slice_d)
+    complete = (grid >= 0).reshape(-1, grid.shape[-1]).all(axis=0)
+    pieces: list[slice] = []
+    for block in blocks:
+        start = block.start
+        for k in range(block.start, block.stop):
+            if k > start and complete[k] != complete[k - 1]:
+                pieces.append(slice(start, k))
+                start = k
+        pieces.append(slice(start, block.stop))
+    return pieces
+
+
+def _missing_cells_message(grid: np.ndarray, dims: list[_Dim], slice_d: np.ndarray) -> str:
+    missing = np.argwhere(grid < 0)
+    shown = []
+    for idx in missing[:4]:
+        where = [f"{d.kind}={d.levels[i]}" for d, i in zip(dims, idx[:-1], strict=True)]
+        where.append(f"slice at {slice_d[idx[-1]]:.4g} mm")
+        shown.append("(" + ", ".join(where) + ")")
+    more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+    return (
+        f"incomplete frame grid: {len(missing)} of {grid.size} cells have no frame: "
+        + ", ".join(shown)
+        + more
+    )
+
+
+def _duplicate_message(cols: _Columns, rows: np.ndarray, cell: np.ndarray, dist: np.ndarray) -> str:
+    dup = _cells_with_duplicates(cell)
+    i = np.flatnonzero(cell == dup[0])
+    paths = cols.obj("path")[rows[i]]
+    return f"e.g. {len(i)} frames at {dist[i[0]]:.4g} mm along the normal: " + ", ".join(
+        str(p).rsplit("/", 1)[-1] for p in paths[:3]
+    )
+
+
+def _median(values: np.ndarray) -> float | None:
+    v = values[~np.isnan(values)]
+    return float(np.median(v)) if len(v) else None
+
+
+def _first_valid_vec(values: np.ndarray) -> tuple[float, ...] | None:
+    ok = ~np.isnan(values).any(axis=1)
+    if not ok.any():
+        return None
+    return tuple(float(v) for v in values[np.argmax(ok)])
+
+
+def _frame_shape(cols: _Columns, i: int) -> tuple[int, ...]:
+    r, c = int(cols.num("Rows")[i]), int(cols.num("Columns")[i])
+    spp = cols.num("SamplesPerPixel")[i]
+    if np.isfinite(spp) and spp > 1:
+        return (r, c, int(spp))
+    return (r, c)
+
+
+def _label(cols: _Columns, i: int, note: str) -> str:
+    number = cols.obj("SeriesNumber")[i]
+    desc = cols.obj("SeriesDescription")[i]
+    sop = cols.obj("SOPClassUID")[i]
+    try:
+        from pydicom.uid import UID
+
+        sop_name = UID(str(sop)).name if sop else "?"
+    except Exception:  # pragma: no cover - pydicom is a hard dependency
+        sop_name = str(sop)
+    parts = [
+        str(number) if number is not None else "?",
+        str(desc) if desc else "(no description)",
+        f"[{sop_name}]",
+    ]
+    text = " ".join(parts)
+    return f"{text} ({note})" if note else text
+
+
+# ---------------------------------------------------------------------------------------
+# coordinates and attributes
+
+
+def _grid_values(column: np.ndarray, grid: np.ndarray, fill: Any) -> np.ndarray:
+    """Column values (in plan order) laid out on the grid; ``fill`` where missing."""
+    ext = np.empty(len(column) + 1, dtype=column.dtype)
+    ext[:-1] = column
+    ext[-1] = fill
+    return ext[np.where(grid >= 0, grid, len(column))]
+
+
+def _varying_axes(values: np.ndarray) -> list[int]:
+    axes = []
+    for axis in range(values.ndim):
+        first = np.take(values, [0], axis=axis)
+        if values.dtype.kind == "f":
+            same = (values == first) | (np.isnan(values) & np.isnan(first))
+        else:
+            same = values == first
+        if not np.all(same):
+            axes.append(axis)
+    return axes
+
+
+def _reduce(values: np.ndarray, keep_axes: list[int]) -> np.ndarray:
+    index = tuple(slice(None) if a in keep_axes else 0 for a in range(values.ndim))
+    return values[index]
+
+
+def _numeric_or_object(values: np.ndarray) -> np.ndarray:
+    """float64 / int64 when every value is a number, else object (str, tuples, None)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    try:
+        floats = np.array([np.nan if v is None else float(v) for v in out], dtype=np.float64)
+    except (TypeError, ValueError):
+        return out
+    if (
+        not np.isnan(floats).any()
+        and np.all(floats == np.round(floats))
+        and all(isinstance(v, (int, np.integer)) for v in out)
+    ):
+        return floats.astype(np.int64)
+    return floats
+
+
+def _coords(
+    cols: _Columns,
+    plan_rows: np.ndarray,
+    grid: np.ndarray,
+    dims: list[_Dim],
+    dim_names: tuple[str, ...],
+    slice_d: np.ndarray,
+) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
+        "slice": (("slice",), np.asarray(slice_d, np.float64))
+    }
+    for d in dims:
+        coords[d.kind] = ((d.kind,), _dim_values(d, cols, plan_rows, grid, dim_names))
+        parts = getattr(d, "parts", None)
+        if parts is not None:  # a 'volume' made of several kinds: each kind along volume
+            sub_dims, uniq = parts
+            for j, sd in enumerate(sub_dims):
+                coords[f"volume_{sd.kind}"] = (
+                    ("volume",),
+                    _levels_array([sd.levels[c] for c in uniq[:, j]], sd.kind),
+                )
+
+    columns: dict[str, np.ndarray] = {}
+    ipp = cols.vec("ImagePositionPatient", 3)[plan_rows]
+    for k, axis in enumerate("xyz"):
+        columns[f"position_{axis}"] = ipp[:, k]
+    for name in _COORD_COLUMNS:
+        if not cols.has(name):
+            continue
+        if name in ("WindowCenter", "WindowWidth"):
+            raw = cols.obj(name)[plan_rows]
+            columns[name] = np.array([_first_number(v) for v in raw], dtype=np.float64)
+        elif name in ("frame", "tile"):
+            columns[name] = cols.num(name)[plan_rows]
+        else:
+            columns[name] = _numeric_or_object(cols.obj(name)[plan_rows])
+    if cols.has("DiffusionGradientOrientation"):
+        bvec = cols.vec("DiffusionGradientOrientation", 3)[plan_rows]
+        if not np.isnan(bvec).all():
+            for k, axis in enumerate("xyz"):
+                columns[f"bvec_{axis}"] = bvec[:, k]
+    if "tile" in columns and (columns["tile"] < 0).all():
+        del columns["tile"]
+    for name, column in columns.items():
+        if name in coords:
+            name = f"{name}_value"
+        fill: Any = (
+            np.nan if column.dtype.kind == "f" else (-1 if column.dtype.kind == "i" else None)
+        )
+        if column.dtype.kind == "i" and (grid < 0).any():
+            column = column.astype(np.float64)
+            fill = np.nan
+        values = _grid_values(column, grid, fill)
+        axes = _varying_axes(values)
+        if not axes and name not in _ALWAYS_COORDS:
+            continue
+        reduced = _reduce(values, axes)
+        if name in ("frame", "tile") and reduced.dtype.kind == "f" and not np.isnan(reduced).any():
+            reduced = reduced.astype(np.int64)
+        if reduced.dtype == object:
+            reduced = _tidy_object(reduced)
+        coords[name] = (tuple(dim_names[a] for a in axes), reduced)
+    return coords
+
+
+def _tidy_object(values: np.ndarray) -> np.ndarray:
+    r"""Turn tuples into '\\'-joined strings (DICOM multi-value style) so xarray can index them."""
+    out = np.empty(values.shape, dtype=object)
+    flat_in, flat_out = values.ravel(), out.ravel()
+    for i, v in enumerate(flat_in):
+        flat_out[i] = "\\".join(str(x) for x in v) if isinstance(v, tuple) else v
+    return out
+
+
+def _first_number(v: Any) -> float:
+    if v is None:
+        return np.nan
+    if isinstance(v, (tuple, list)):
+        return float(v[0]) if v else np.nan
+    return _to_float(v)
+
+
+def _levels_array(levels: list[Any], kind: str) -> np.ndarray:
+    if kind == "diffusion":
+        return np.arange(len(levels), dtype=np.int64)
+    arr = (
+        _numeric_or_object(np.array([*levels, None], dtype=object)[:-1]) if levels else np.array([])
+    )
+    if (
+        arr.dtype.kind == "f"
+        and not np.isnan(arr).any()
+        and np.all(arr == np.round(arr))
+        and kind in ("time", "stack")
+    ):
+        arr = arr.astype(np.int64)
+    return arr
+
+
+def _dim_values(
+    d: _Dim, cols: _Columns, plan_rows: np.ndarray, grid: np.ndarray, dim_names: tuple[str, ...]
+) -> np.ndarray:
+    if d.kind == "echo":
+        # EchoTime (ms) when it is a function of the echo level
+        te = cols.num("EchoTime")[plan_rows]
+        axis = dim_names.index("echo")
+        vals = _grid_values(te, grid, np.nan)
+        per_level = np.moveaxis(vals, axis, 0).reshape(len(d.levels), -1)
+        out = []
+        for row in per_level:
+            row = row[~np.isnan(row)]
+            if not len(row) or np.ptp(row) > 1e-6:
+                break
+            out.append(float(row[0]))
+        else:
+            if len(set(out)) == len(out):
+                return np.asarray(out, dtype=np.float64)
+        return _levels_array(d.levels, d.kind)
+    if d.kind in ("volume",) or (
+        d.kind == "time" and all(isinstance(v, (int, np.integer)) for v in d.levels)
+    ):
+        return (
+            np.asarray(d.levels, dtype=np.int64)
+            if d.kind == "volume"
+            else _levels_array(d.levels, d.kind)
+        )
+    return _levels_array(d.levels, d.kind)
+
+
+def _json(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        return None if math.isnan(f) else f
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return [_json(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, str)):
+        return value
+    return str(value)
+
+
+def _attrs(
+    cols: _Columns, plan_rows: np.ndarray, coords: dict[str, tuple[tuple[str, ...], np.ndarray]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    attrs: dict[str, Any] = {}
+    for name in _ATTR_COLUMNS:
+        if not cols.has(name):
+            continue
+        if name in coords and coords[name][0]:
+            continue  # varies: a coordinate, not an attribute
+        values = cols.obj(name)[plan_rows]
+        first = values[0]
+        if first is None or (isinstance(first, float) and math.isnan(first)):
+            continue
+        if any(v != first for v in values[1:]):
+            continue
+        value = _json(first)
+        if value is not None:
+            attrs[name] = value
+    patient = {}
+    for name in _PATIENT_KEYS:
+        if cols.has(name):
+            v = cols.obj(name)[plan_rows[0]]
+            if v is not None:
+                patient[name] = str(v)
+    return attrs, patient
+
+
+def _units(attrs: dict[str, Any]) -> str:
+    rtype = attrs.get("RescaleType")
+    if isinstance(rtype, str) and rtype and rtype.upper() not in ("US", "NORMALIZED"):
+        return rtype
+    if attrs.get("Modality") == "CT":
+        return "HU"
+    return ""
