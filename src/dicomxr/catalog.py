@@ -124,7 +124,6 @@ _TAGS: dict[int, tuple[str, str]] = {
     0x00100010: ("PatientName", "str"),
     0x00100020: ("PatientID", "str"),
     0x00180050: ("SliceThickness", "float"),
-    0x00180060: ("_kvp", "skip"),
     0x00180081: ("EchoTime", "float"),
     0x00180086: ("EchoNumbers", "int"),
     0x00180088: ("SpacingBetweenSlices", "float"),
@@ -162,7 +161,6 @@ _TAGS: dict[int, tuple[str, str]] = {
     0x00281053: ("RescaleSlope", "float"),
     0x00281054: ("RescaleType", "str"),
 }
-_TAGS.pop(0x00180060)
 
 #: Tags whose value is text that may need the dataset's character set to decode.
 _TEXT_KEYWORDS = frozenset(
@@ -200,7 +198,9 @@ _PRIVATE_GROUPS = frozenset(g for g, _, _ in _PRIVATE)
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _PERFRAME_TAG = 0x52009230
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-_DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"})
+_DEFLATED = frozenset(
+    {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
+)
 
 # skip reasons that are listed in the report without a warning
 _BENIGN = ("DICOMDIR file", "not a DICOM file")
@@ -369,7 +369,7 @@ def _pydicom_private(ds: Any) -> dict[str, Any]:
             elem = ds[tag]
             value = elem.value
             if elem.VR in ("UN", "OB") and key != "siemens_csa_image" and isinstance(value, bytes):
-                value = _decode_un(key, value, ds.is_little_endian)
+                value = _decode_un(key, value, _encoding(ds)[1] is not False)
             private[key] = value
     return private
 
@@ -481,9 +481,14 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
     if len(ds) == 0:
         raise _Skip("not a DICOM file (no data elements could be read)")
     row: dict[str, Any] = {}
-    for tag, (keyword, kind) in _TAGS.items():
-        elem = ds.get(tag)
-        row[keyword] = None if elem is None else _pydicom_value(elem, kind)
+    with warnings.catch_warnings():
+        # pydicom converts values lazily and warns about invalid ones: the catalog
+        # turns an unparseable value into a missing one instead
+        warnings.simplefilter("ignore")
+        for tag, (keyword, kind) in _TAGS.items():
+            elem = ds.get(tag)
+            row[keyword] = None if elem is None else _pydicom_value(elem, kind)
+        private = _pydicom_private(ds)
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is None:
         ts = _guess_ts(ds)
@@ -500,16 +505,23 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
     row["has_pixels"] = has_pixels
     row["pixel_data_truncated"] = truncated
     row["is_enhanced"] = _PERFRAME_TAG in ds
-    return _finish_row(row, _pydicom_private(ds))
+    return _finish_row(row, private)
 
 
 _PIXEL_PAIRS_LE = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0009), (0x7FE0, 0x0008)})
 
 
+def _encoding(ds: Any) -> tuple[bool | None, bool | None]:
+    """(implicit VR, little endian) of the data set as pydicom read it."""
+    enc = getattr(ds, "original_encoding", None)
+    if enc is None:
+        return None, None
+    return enc[0], enc[1]
+
+
 def _guess_ts(ds: Any) -> str | None:
     """Transfer syntax of a file without meta information, as pydicom read it."""
-    implicit = getattr(ds, "is_implicit_VR", None)
-    little = getattr(ds, "is_little_endian", None)
+    implicit, little = _encoding(ds)
     if implicit is None or little is None:
         return None
     if implicit:
@@ -534,9 +546,10 @@ def _pixel_value_truncated(fp: Any, offset: int, ds: Any) -> bool:
     head = fp.read(12)
     if len(head) < 8:
         return True
-    little = getattr(ds, "is_little_endian", True) is not False
-    implicit = bool(getattr(ds, "is_implicit_VR", False))
+    little = _encoding(ds)[1] is not False
     end = "<" if little else ">"
+    # the element itself tells: explicit VR puts the VR where implicit VR has the length
+    implicit = head[4:6] not in (b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN")
     if implicit:
         (length,) = struct.unpack(end + "I", head[4:8])
         start = offset + 8
@@ -559,6 +572,256 @@ def _plausible_raw_dataset(head: bytes) -> bool:
     if group_le in (0x0002, 0x0008) and elem_le < 0x0100:
         return True
     return group_be in (0x0002, 0x0008)
+
+
+# ----------------------------------------------------------------------------------------
+# reading one file with the fast header reader
+
+# dictionary VRs of the catalog's tags: implicit VR files do not carry them
+_TAG_VR: dict[int, str] = {
+    0x00080005: "CS",
+    0x00080008: "CS",
+    0x00080016: "UI",
+    0x00080018: "UI",
+    0x00080020: "DA",
+    0x00080022: "DA",
+    0x0008002A: "DT",
+    0x00080030: "TM",
+    0x00080032: "TM",
+    0x00080033: "TM",
+    0x00080050: "SH",
+    0x00080060: "CS",
+    0x00080070: "LO",
+    0x00081030: "LO",
+    0x0008103E: "LO",
+    0x00081090: "LO",
+    0x00100010: "PN",
+    0x00100020: "LO",
+    0x00180050: "DS",
+    0x00180081: "DS",
+    0x00180086: "IS",
+    0x00180088: "DS",
+    0x00181060: "DS",
+    0x00181120: "DS",
+    0x00189087: "FD",
+    0x00189089: "FD",
+    0x0020000D: "UI",
+    0x0020000E: "UI",
+    0x00200010: "SH",
+    0x00200011: "IS",
+    0x00200012: "IS",
+    0x00200013: "IS",
+    0x00200032: "DS",
+    0x00200037: "DS",
+    0x00200052: "UI",
+    0x00200100: "IS",
+    0x00200105: "IS",
+    0x00201041: "DS",
+    0x00209128: "UL",
+    0x00280002: "US",
+    0x00280004: "CS",
+    0x00280006: "US",
+    0x00280008: "IS",
+    0x00280010: "US",
+    0x00280011: "US",
+    0x00280030: "DS",
+    0x00280100: "US",
+    0x00280101: "US",
+    0x00280102: "US",
+    0x00280103: "US",
+    0x00281050: "DS",
+    0x00281051: "DS",
+    0x00281052: "DS",
+    0x00281053: "DS",
+    0x00281054: "LO",
+}
+_BINARY_FMT = {
+    "US": "H",
+    "SS": "h",
+    "UL": "I",
+    "SL": "i",
+    "FL": "f",
+    "FD": "d",
+    "SV": "q",
+    "UV": "Q",
+}
+# text VRs decoded with the data set's character set (the others are ASCII by definition)
+_CHARSET_VRS = frozenset({"SH", "LO", "UC", "PN", "LT", "ST", "UT"})
+_SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
+_DEFAULT_CHARSETS = frozenset({"", "ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6"})
+
+_FAST_WANTED = frozenset(_TAGS) | {0x00080005}
+_FAST_PRESENCE = frozenset({_PERFRAME_TAG, 0x00041220})
+_FAST_GROUPS: dict[int, frozenset[int]] = {
+    group: frozenset(off for g, _, off in _PRIVATE if g == group) for group in _PRIVATE_GROUPS
+}
+
+
+def _decode_text(raw: bytes, vr: str, charset: list[str] | None) -> str:
+    """Decode a text value the way pydicom does (padding stripped, items rstripped)."""
+    if vr == "PN":
+        raw = raw.rstrip(b"\x00 ")
+    if raw.isascii():
+        text = raw.decode("ascii")
+    elif vr in _CHARSET_VRS and charset:
+        from pydicom.charset import decode_bytes
+
+        text = decode_bytes(raw, charset, {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C})
+    else:
+        text = raw.decode("latin-1")
+    if vr in _SINGLE_TEXT_VRS:
+        return text.rstrip("\x00 ")
+    if vr in ("SH", "LO", "UC"):
+        return "\\".join(v.rstrip("\x00 ") for v in text.split("\\"))
+    return text.rstrip("\x00 ")
+
+
+def _raw_value(raw: bytes, vr: str, kind: str, charset: list[str] | None) -> Any:
+    fmt = _BINARY_FMT.get(vr)
+    if fmt is not None:
+        size = struct.calcsize(fmt)
+        n = len(raw) // size
+        if n == 0:
+            return None
+        values = struct.unpack_from(f"<{n}{fmt}", raw)
+        if kind in ("str", "uid", "strs"):
+            return _CONVERT[kind](list(values) if n > 1 else values[0])
+        return _CONVERT[kind](list(values) if n > 1 else values[0])
+    if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "SQ", "UN", "AT"):
+        return None
+    text = _decode_text(raw, vr, charset)
+    if kind in ("str", "uid"):
+        return text or None
+    if text == "":
+        return None
+    if vr in ("IS", "DS"):
+        text = text.strip()
+    parts = text.split("\\")
+    if kind == "strs":
+        return tuple(parts)
+    return _CONVERT[kind](parts if len(parts) > 1 else parts[0])
+
+
+def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | None:
+    item = elements.get(0x00080005)
+    if item is None:
+        return None
+    names = [v.strip() for v in item[1].decode("latin-1").rstrip("\x00 ").split("\\")]
+    if all(n in _DEFAULT_CHARSETS for n in names):
+        return None
+    from pydicom.charset import convert_encodings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_encodings(names)
+
+
+def read_header_fast(path: str, size: int) -> dict[str, Any] | None:
+    """Read the catalog row of one file with the fast header reader.
+
+    Parameters
+    ----------
+    path
+        A DICOM file.
+    size
+        Its size in bytes.
+
+    Returns
+    -------
+    dict or None
+        The catalog columns except ``path``, ``file_size`` and ``mtime``; ``None`` when
+        the file is outside what the fast reader handles (then use pydicom).
+    """
+    from dicomxr._header import read_raw
+
+    raw = read_raw(path, size, _FAST_WANTED, _FAST_GROUPS, _FAST_PRESENCE)
+    if raw is None:
+        return None
+    if raw.truncated_at is not None:
+        tag, offset = raw.truncated_at
+        where = f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag >= 0 else "an element"
+        raise _Skip(
+            f"truncated header ({where} at byte {offset} runs past the end of the file, "
+            f"{size} bytes)"
+        )
+    if 0x00041220 in raw.present:
+        raise _Skip(
+            "DICOMDIR file (a directory of a file-set, not an instance; "
+            "pass it to scan() to read the files it lists)"
+        )
+    elements = raw.elements
+    try:
+        charset = _charset(elements)
+    except Exception:
+        return None
+    implicit = raw.implicit
+    row: dict[str, Any] = {}
+    for tag, (keyword, kind) in _TAGS.items():
+        item = elements.get(tag)
+        if item is None:
+            row[keyword] = None
+            continue
+        vr_bytes, value = item
+        vr = _TAG_VR[tag] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
+        row[keyword] = _raw_value(value, vr, kind, charset)
+    row["TransferSyntaxUID"] = raw.transfer_syntax
+    if row["SOPClassUID"] is None:
+        msc = raw.meta.get(0x00020002)
+        row["SOPClassUID"] = msc.rstrip(b"\x00 ").decode("ascii") or None if msc else None
+    if row["SOPClassUID"] == _MEDIA_STORAGE_DIRECTORY:
+        raise _Skip(
+            "DICOMDIR file (a directory of a file-set, not an instance; "
+            "pass it to scan() to read the files it lists)"
+        )
+    has_pixels = raw.pixel_data_offset >= 0
+    row["pixel_data_offset"] = raw.pixel_data_offset
+    row["has_pixels"] = has_pixels
+    row["pixel_data_truncated"] = bool(
+        has_pixels
+        and raw.pixel_data_length != 0xFFFFFFFF
+        and raw.pixel_data_value_offset + raw.pixel_data_length > size
+    )
+    row["is_enhanced"] = _PERFRAME_TAG in raw.present
+    return _finish_row(row, _fast_private(elements, implicit))
+
+
+def _fast_private(
+    elements: dict[int, tuple[bytes | None, bytes]], implicit: bool
+) -> dict[str, Any]:
+    private: dict[str, Any] = {}
+    creators: dict[tuple[int, int], str] = {}
+    for tag, (_, value) in elements.items():
+        group, elem = tag >> 16, tag & 0xFFFF
+        if group in _PRIVATE_GROUPS and 0x10 <= elem < 0x100:
+            creators[(group, elem)] = value.decode("latin-1").strip(" \x00").upper()
+    for (group, block), creator in creators.items():
+        for (g, name, offset), key in _PRIVATE.items():
+            if g != group or name != creator:
+                continue
+            item = elements.get((group << 16) | (block << 8) | offset)
+            if item is None:
+                continue
+            vr_bytes, value = item
+            if key == "siemens_csa_image":
+                private[key] = value
+                continue
+            vr = _PRIVATE_VR[key] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
+            private[key] = _decode_private(value, vr)
+    return private
+
+
+def _decode_private(raw: bytes, vr: str) -> Any:
+    fmt = _BINARY_FMT.get(vr)
+    if fmt is not None:
+        size = struct.calcsize(fmt)
+        n = len(raw) // size
+        if n == 0:
+            return None
+        values = struct.unpack_from(f"<{n}{fmt}", raw)
+        return list(values) if n > 1 else values[0]
+    text = raw.decode("latin-1").strip(" \x00")
+    parts = [p.strip() for p in text.split("\\")]
+    return parts if len(parts) > 1 else parts[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -595,13 +858,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _read_one(path: str, st: os.stat_result) -> dict[str, Any]:
     if st.st_size == 0:
         raise _Skip("empty file (0 bytes)")
-    row = None
-    try:
-        from dicomxr import _header
-    except ImportError:  # pragma: no cover - during development only
-        _header = None  # type: ignore[assignment]
-    if _header is not None:
-        row = _header.read_fast(path)
+    row = read_header_fast(path, st.st_size)
     if row is None:
         row = read_header_pydicom(path)
     row["path"] = path
