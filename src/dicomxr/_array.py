@@ -245,7 +245,7 @@ class FrameGrid:
     def _read_mosaic(self, indices: np.ndarray, ks: list[int], out: np.ndarray) -> None:
         first = self.refs[indices[ks[0]]]
         whole = pixels._replace(
-            first, tile=None, tile_rows=None, tile_cols=None, Rows=first.stored_rows,
+            first, tile=None, mosaic_rows=0, mosaic_cols=0, Rows=first.stored_rows,
             Columns=first.stored_cols,
         )  # fmt: skip
         image = pixels.read_frame(whole)

@@ -136,10 +136,10 @@ class FrameRef:
     TransferSyntaxUID, Rows, Columns, SamplesPerPixel, BitsAllocated, BitsStored, PixelRepresentation, PhotometricInterpretation, PlanarConfiguration, NumberOfFrames
         The Image Pixel module values. For a Siemens MOSAIC tile, ``Rows``/``Columns`` are the
         *tile* size.
-    tile, tile_rows, tile_cols
-        Siemens MOSAIC: the 0-based tile index and the number of tile rows and tile columns
-        in the mosaic grid (the stored image is ``Rows * tile_rows`` by
-        ``Columns * tile_cols``). ``tile=None`` for ordinary frames.
+    tile, mosaic_rows, mosaic_cols
+        Siemens MOSAIC (the ``dicomxr.frames`` columns): the 0-based tile index (row-major in
+        the mosaic grid) and the size of the whole stored mosaic image. ``tile=None`` (or
+        ``-1`` in a table) for ordinary frames.
     """
 
     path: str
@@ -156,8 +156,8 @@ class FrameRef:
     PlanarConfiguration: int = 0
     NumberOfFrames: int = 1
     tile: int | None = None
-    tile_rows: int | None = None
-    tile_cols: int | None = None
+    mosaic_rows: int = 0
+    mosaic_cols: int = 0
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any] | Any) -> FrameRef:
@@ -169,9 +169,17 @@ class FrameRef:
         get = row.get if hasattr(row, "get") else lambda k, d=None: getattr(row, k, d)
         bits_allocated = _int(get("BitsAllocated"), 16)
         tile = _int(get("tile"), None)
+        if tile is not None and tile < 0:
+            tile = None
+        nframes = _int(get("NumberOfFrames"), 1) or 1
+        frame = _int(get("frame"), 0)
+        if tile is not None and nframes == 1:
+            # a MOSAIC image is one stored frame whatever the tile (frames tables may number
+            # the tiles in the frame column)
+            frame = 0
         return cls(
             path=os.fspath(get("path")),
-            frame=_int(get("frame"), 0),
+            frame=frame,
             pixel_data_offset=_int(get("pixel_data_offset"), -1),
             TransferSyntaxUID=_str(get("TransferSyntaxUID"), EXPLICIT_VR_LITTLE_ENDIAN),
             Rows=_int(get("Rows"), 0),
@@ -182,10 +190,10 @@ class FrameRef:
             PixelRepresentation=_int(get("PixelRepresentation"), 0),
             PhotometricInterpretation=_str(get("PhotometricInterpretation"), "MONOCHROME2"),
             PlanarConfiguration=_int(get("PlanarConfiguration"), 0),
-            NumberOfFrames=_int(get("NumberOfFrames"), 1) or 1,
+            NumberOfFrames=nframes,
             tile=tile,
-            tile_rows=_int(get("tile_rows"), None) if tile is not None else None,
-            tile_cols=_int(get("tile_cols"), None) if tile is not None else None,
+            mosaic_rows=_int(get("mosaic_rows"), 0) if tile is not None else 0,
+            mosaic_cols=_int(get("mosaic_cols"), 0) if tile is not None else 0,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -200,12 +208,12 @@ class FrameRef:
     @property
     def stored_rows(self) -> int:
         """Rows of the stored image (the whole mosaic for a tile)."""
-        return self.Rows * (self.tile_rows or 1) if self.is_mosaic_tile else self.Rows
+        return (self.mosaic_rows or self.Rows) if self.is_mosaic_tile else self.Rows
 
     @property
     def stored_cols(self) -> int:
         """Columns of the stored image (the whole mosaic for a tile)."""
-        return self.Columns * (self.tile_cols or 1) if self.is_mosaic_tile else self.Columns
+        return (self.mosaic_cols or self.Columns) if self.is_mosaic_tile else self.Columns
 
 
 # ----------------------------------------------------------------------------- layout
@@ -577,7 +585,7 @@ def _read_deflated(ref: FrameRef) -> np.ndarray:
 
 
 def _mosaic_tile(arr: np.ndarray, ref: FrameRef) -> np.ndarray:
-    ncols = ref.tile_cols or 1
+    ncols = max(arr.shape[1] // ref.Columns, 1)
     tr, tc = divmod(ref.tile, ncols)
     r0, c0 = tr * ref.Rows, tc * ref.Columns
     if r0 + ref.Rows > arr.shape[0] or c0 + ref.Columns > arr.shape[1]:
