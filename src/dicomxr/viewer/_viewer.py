@@ -1,0 +1,795 @@
+"""The interactive viewer: ipywidgets + PNG frames, computing only the planes on screen.
+
+The widget is a ``VBox`` whose state lives in traits, so a script or a test drives it the
+same way a person does:
+
+- ``position``: ``{dim: index}`` for every dim (extra dims, ``slice``, ``row``, ``col``);
+- ``level`` / ``window``: the display window (centre and width, in the array's units);
+- ``preset``: the name of the window preset in use (``"custom"`` once moved by hand);
+- ``view``: which plane is shown (``"axial"``... or ``"orthogonal"`` for the three planes);
+- ``colormap``, ``overlay_opacity``.
+
+:meth:`Viewer.displayed` returns the RGB array on screen and :meth:`Viewer.plane_values`
+the values behind it.
+
+Laziness. A slider step reads the frames the new picture needs and nothing else: the native
+plane (fixed ``slice``) is one frame. The two other planes cut through every frame of the
+stack, so they need the whole column of frames at the current extra index; that is why
+the viewer opens on the native plane alone and computes the other two only when asked
+(``view="orthogonal"`` or one of their names). Frames read once stay in an LRU
+(``cache_mb``), so the crosshair then moves through them without reading again.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import traitlets
+
+from dicomxr.viewer import windowing
+from dicomxr.viewer.planes import SPATIAL, Plane, planes_from_affine
+from dicomxr.viewer.render import COLORMAPS, encode_png, render
+from dicomxr.viewer.volume import LRU, Volume, as_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Viewer", "view"]
+
+ORTHOGONAL = "orthogonal"
+_META_ATTRS = (
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "Manufacturer",
+    "PhotometricInterpretation",
+    "PixelSpacing",
+    "SliceThickness",
+    "RescaleType",
+    "units",
+    "series_key",
+)
+_SKIP_COORDS = {"SOPInstanceUID"}
+
+
+class Viewer(widgets.VBox):
+    """Slice viewer over a (lazy) DataArray from :func:`dicomxr.open_series`.
+
+    Build it with :func:`dicomxr.view`; see the module docstring for the traits.
+    """
+
+    position = traitlets.Dict(help="index along every dim, {dim: int}")
+    level = traitlets.Float(0.0, help="window centre")
+    window = traitlets.Float(1.0, help="window width")
+    preset = traitlets.Unicode("custom", help="name of the window preset in use")
+    view = traitlets.Unicode(help="plane shown: a plane name, or 'orthogonal' for three")
+    colormap = traitlets.Unicode("gray")
+    overlay_opacity = traitlets.Float(0.4)
+    show_crosshair = traitlets.Bool(True)
+
+    def __init__(
+        self,
+        obj: Any,
+        *,
+        overlay: Any = None,
+        view: str | None = None,
+        preset: str | None = None,
+        level: float | None = None,
+        window: float | None = None,
+        colormap: str = "gray",
+        position: Mapping[str, int] | None = None,
+        overlay_opacity: float = 0.4,
+        size: int = 448,
+        cache_mb: float = 256,
+        auto_planes: int = 3,
+    ) -> None:
+        da = as_image(obj)
+        self.volume = Volume(da, cache_bytes=int(cache_mb * 2**20))
+        self.data = self.volume.da
+        self.attrs: dict[str, Any] = dict(self.data.attrs)
+        self.planes: dict[str, Plane] = planes_from_affine(self.attrs)
+        self._by_name = {p.name: p for p in self.planes.values()}
+        self._invert = windowing.is_inverted(self.attrs)
+        self._size = int(size)
+        self._auto_planes = int(auto_planes)
+        self._png = LRU(64 * 2**20)
+        self._plane_cache = LRU(128 * 2**20)
+        self._quiet = 0
+        self._auto: windowing.Window | None = None
+        self.overlay = self._check_overlay(overlay)
+        sizes = self.volume.sizes
+        self._initial_position = {d: 0 for d in self.volume.extra}
+        self._initial_position.update(
+            {"slice": sizes["slice"] // 2, "row": sizes["row"] // 2, "col": sizes["col"] // 2}
+        )
+        self.presets = self._collect_presets()
+        native = self.planes["slice"].name
+        self._initial = {
+            "view": native,
+            "colormap": colormap,
+            "preset": windowing.default_window({**self.attrs, **self._frame_window_attrs()}),
+            "overlay_opacity": float(overlay_opacity),
+        }
+        super().__init__()
+        self.add_class("dicomxr-viewer")
+        self._build_widgets()
+        with self._batch():
+            self.position = {**self._initial_position, **dict(position or {})}
+            self.colormap = colormap
+            self.overlay_opacity = float(overlay_opacity)
+            self.view = self._check_view(view or native)
+            if level is not None or window is not None:
+                w = self._window_for(self._initial["preset"])
+                self.level = float(level if level is not None else w.center)
+                self.window = float(window if window is not None else w.width)
+                self.preset = "custom"
+            else:
+                self._apply_preset(preset or self._initial["preset"])
+        self._refresh()
+
+    # ------------------------------------------------------------------ setup
+    def _frame_window_attrs(self) -> dict[str, Any]:
+        """WindowCenter/Width from the frame coords when the loader keeps them per frame."""
+        out = {}
+        extra_idx = tuple(0 for _ in self.volume.extra)
+        coords = self.volume.coords_at(extra_idx, self.volume.sizes["slice"] // 2)
+        for name in ("WindowCenter", "WindowWidth"):
+            if self.attrs.get(name) is None and name in coords:
+                out[name] = coords[name]
+        return out
+
+    def _collect_presets(self) -> dict[str, windowing.Window]:
+        attrs = {**self.attrs, **self._frame_window_attrs()}
+        presets = windowing.presets_for(attrs)
+        return presets
+
+    def _check_overlay(self, overlay: Any) -> Volume | None:
+        if overlay is None:
+            return None
+        ov = Volume(as_image(overlay), cache_bytes=64 * 2**20)
+        for d in SPATIAL:
+            if ov.sizes[d] != self.volume.sizes[d]:
+                raise ValueError(
+                    f"overlay has {ov.sizes[d]} along {d!r} but the image has "
+                    f"{self.volume.sizes[d]}: an overlay must lie on the image's grid"
+                )
+        for d in ov.extra:
+            if d not in self.volume.extra or ov.sizes[d] != self.volume.sizes[d]:
+                raise ValueError(
+                    f"overlay dim {d!r} (size {ov.sizes[d]}) does not match the image's dims "
+                    f"{dict(self.volume.sizes)}"
+                )
+        if ov.rgb:
+            raise ValueError("an overlay holds labels or a mask, not RGB")
+        return ov
+
+    def _check_view(self, name: str) -> str:
+        if name == ORTHOGONAL or name in self._by_name:
+            return name
+        for dim, plane in self.planes.items():  # also accept the dim it fixes
+            if name == dim:
+                return plane.name
+        raise ValueError(f"unknown view {name!r}; choose one of {[*self._by_name, ORTHOGONAL]}")
+
+    def _build_widgets(self) -> None:
+        sizes = self.volume.sizes
+        self._title = widgets.HTML(self._title_html())
+        names = [self.planes[d].name for d in SPATIAL]
+        self._view_w = widgets.ToggleButtons(
+            options=[*[(n, n) for n in names], ("3 planes", ORTHOGONAL)],
+            description="view",
+            style={"button_width": "80px"},
+        )
+        self._preset_w = widgets.Dropdown(
+            options=[*self.presets, "auto", "custom"],
+            description="window",
+            layout={"width": "230px"},
+        )
+        lo, hi = self._value_span()
+        self._level_w = widgets.FloatSlider(
+            min=lo,
+            max=hi,
+            step=(hi - lo) / 1000 or 1,
+            description="level",
+            readout_format=".4g",
+            continuous_update=True,
+        )
+        self._width_w = widgets.FloatSlider(
+            min=max((hi - lo) / 1000, 1e-6),
+            max=2 * (hi - lo),
+            step=(hi - lo) / 1000 or 1,
+            description="width",
+            readout_format=".4g",
+            continuous_update=True,
+        )
+        cmaps = list(COLORMAPS)
+        self._cmap_w = widgets.Dropdown(
+            options=cmaps, description="colormap", layout={"width": "200px"}
+        )
+        self._reset_w = widgets.Button(description="reset", icon="undo", layout={"width": "90px"})
+        self._reset_w.on_click(lambda _b: self.reset())
+        self._opacity_w = widgets.FloatSlider(min=0, max=1, step=0.05, description="overlay")
+        self._images: dict[str, widgets.Image] = {}
+        self._captions: dict[str, widgets.HTML] = {}
+        self._panels: dict[str, widgets.VBox] = {}
+        self._events: list[Any] = []
+        for d in SPATIAL:
+            img = widgets.Image(format="png")
+            img.add_class("dicomxr-plane")
+            img.add_class(f"dicomxr-plane-{d}")
+            cap = widgets.HTML()
+            self._images[d] = img
+            self._captions[d] = cap
+            self._panels[d] = widgets.VBox([cap, img], layout={"margin": "0 6px 0 0"})
+            self._attach_click(d, img)
+        self._image_box = widgets.HBox()
+        self._sliders: dict[str, Any] = {}
+        for d in SPATIAL:
+            s = widgets.IntSlider(
+                min=0,
+                max=sizes[d] - 1,
+                description=self.planes[d].name if d != "slice" else "slice",
+                continuous_update=True,
+                layout={"width": "480px"},
+            )
+            s.add_class(f"dicomxr-slider-{d}")
+            s.observe(self._on_slider(d), "value")
+            self._sliders[d] = s
+        self._slice_info = widgets.HTML()
+        self._slice_info.add_class("dicomxr-slice-info")
+        self._extra_w: dict[str, widgets.SelectionSlider] = {}
+        for d in self.volume.extra:
+            options = self._extra_options(d)
+            s = widgets.SelectionSlider(
+                options=options, description=d, continuous_update=True, layout={"width": "480px"}
+            )
+            s.add_class(f"dicomxr-slider-{d}")
+            s.observe(self._on_slider(d), "value")
+            self._extra_w[d] = s
+        self._meta = widgets.HTML()
+        self._meta.add_class("dicomxr-metadata")
+        self._meta_box = widgets.Accordion(children=[self._meta])
+        self._meta_box.set_title(0, "metadata of the frame on screen")
+        self._status = widgets.HTML()
+        self._status.add_class("dicomxr-status")
+        # links: widget -> trait
+        self._view_w.observe(lambda ch: setattr(self, "view", ch["new"]), "value")
+        self._preset_w.observe(self._on_preset_widget, "value")
+        self._level_w.observe(lambda ch: self._set_window_by_hand(level=ch["new"]), "value")
+        self._width_w.observe(lambda ch: self._set_window_by_hand(window=ch["new"]), "value")
+        self._cmap_w.observe(lambda ch: setattr(self, "colormap", ch["new"]), "value")
+        self._opacity_w.observe(lambda ch: setattr(self, "overlay_opacity", ch["new"]), "value")
+        toolbar = [self._view_w]
+        window_row = [self._preset_w, self._level_w, self._width_w]
+        style_row = [self._cmap_w, self._reset_w]
+        if self.overlay is not None:
+            style_row.insert(1, self._opacity_w)
+        if self.volume.rgb:
+            window_row = []
+        self.children = [
+            self._title,
+            widgets.HBox(toolbar),
+            widgets.HBox(window_row),
+            widgets.HBox(style_row),
+            self._image_box,
+            widgets.VBox(),  # spatial sliders, filled by _layout()
+            self._slice_info,
+            widgets.VBox(list(self._extra_w.values())),
+            self._meta_box,
+            self._status,
+        ]
+
+    def _attach_click(self, dim: str, img: widgets.Image) -> None:
+        try:
+            from ipyevents import Event
+        except ImportError:
+            logger.info(
+                "ipyevents is not installed: clicking a plane will not move the others "
+                "(pip install 'dicomxr[viewer]'); the sliders still do"
+            )
+            return
+        ev = Event(source=img, watched_events=["click"], prevent_default_action=True)
+        ev.on_dom_event(lambda event, d=dim: self.click(d, event.get("dataY"), event.get("dataX")))
+        self._events.append(ev)
+
+    def _title_html(self) -> str:
+        a = self.attrs
+        parts = [
+            str(a.get(k))
+            for k in ("Modality", "SeriesNumber", "SeriesDescription")
+            if a.get(k) not in (None, "")
+        ]
+        dims = " × ".join(f"{d} {n}" for d, n in self.volume.sizes.items())
+        title = html.escape(" · ".join(parts) or str(self.data.name or "image"))
+        lazy = "lazy" if self.volume.lazy else "in memory"
+        return f"<b>{title}</b> <span style='color:#777'>({html.escape(dims)}; {lazy})</span>"
+
+    def _value_span(self) -> tuple[float, float]:
+        dtype = self.data.dtype
+        lows, highs = [], []
+        for w in self.presets.values():
+            lows.append(w.low)
+            highs.append(w.high)
+        if windowing._is_ct(self.attrs):
+            lows.append(-1024.0)
+            highs.append(3071.0)
+        if not lows:
+            # no presets: read the frame on screen (it is read anyway to show it)
+            extra_idx = tuple(0 for _ in self.volume.extra)
+            s = self.volume.sizes["slice"] // 2
+            frame = self.volume.load(extra_idx, [s])[s]
+            if frame.size:
+                finite = frame[np.isfinite(frame)] if frame.dtype.kind == "f" else frame
+                if finite.size:
+                    lows.append(float(finite.min()))
+                    highs.append(float(finite.max()))
+        if not lows:
+            if np.issubdtype(dtype, np.integer):
+                info = np.iinfo(dtype)
+                return float(info.min), float(info.max)
+            return 0.0, 1.0
+        lo, hi = min(lows), max(highs)
+        if not hi > lo:
+            hi = lo + 1.0
+        return lo, hi
+
+    def _extra_options(self, dim: str) -> list[tuple[str, int]]:
+        n = self.volume.sizes[dim]
+        along = self.volume.values_along(dim)
+        labels = []
+        for i in range(n):
+            bits = []
+            if dim in along:
+                bits.append(_fmt(along[dim][i]))
+            for name, values in along.items():
+                if name != dim:
+                    bits.append(f"{name}={_fmt(values[i])}")
+            labels.append(" · ".join(bits) if bits else str(i))
+        if len(set(labels)) < n:
+            labels = [f"{i}: {lab}" for i, lab in enumerate(labels)]
+        return list(zip(labels, range(n), strict=True))
+
+    # ------------------------------------------------------------------ traits
+    @contextmanager
+    def _batch(self) -> Iterator[None]:
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+
+    @traitlets.validate("position")
+    def _valid_position(self, proposal: Any) -> dict[str, int]:
+        new = dict(self.position or self._initial_position)
+        for dim, idx in dict(proposal["value"]).items():
+            if dim not in self.volume.sizes or dim == "channel":
+                raise traitlets.TraitError(
+                    f"unknown dim {dim!r}; dims are {list(self.volume.sizes)}"
+                )
+            n = self.volume.sizes[dim]
+            i = int(idx)
+            if not 0 <= i < n:
+                raise traitlets.TraitError(f"{dim} index {i} out of range 0..{n - 1}")
+            new[dim] = i
+        return new
+
+    @traitlets.validate("view")
+    def _valid_view(self, proposal: Any) -> str:
+        try:
+            return self._check_view(proposal["value"])
+        except ValueError as exc:
+            raise traitlets.TraitError(str(exc)) from None
+
+    @traitlets.validate("colormap")
+    def _valid_cmap(self, proposal: Any) -> str:
+        from dicomxr.viewer.render import lut
+
+        try:
+            lut(proposal["value"])
+        except ValueError as exc:
+            raise traitlets.TraitError(str(exc)) from None
+        return proposal["value"]
+
+    @traitlets.validate("window")
+    def _valid_window(self, proposal: Any) -> float:
+        w = float(proposal["value"])
+        if not w > 0:
+            raise traitlets.TraitError(f"window width must be > 0, got {w}")
+        return w
+
+    @traitlets.observe(
+        "position", "level", "window", "view", "colormap", "overlay_opacity", "show_crosshair"
+    )
+    def _on_state(self, change: Any) -> None:
+        self._sync_widgets()
+        if not self._quiet:
+            self._refresh()
+
+    def _on_slider(self, dim: str) -> Any:
+        def handler(change: Any) -> None:
+            if self.position.get(dim) != change["new"]:
+                self.position = {**self.position, dim: int(change["new"])}
+
+        return handler
+
+    def _on_preset_widget(self, change: Any) -> None:
+        if change["new"] != "custom" and change["new"] != self.preset:
+            self._apply_preset(change["new"])
+
+    def _set_window_by_hand(self, level: float | None = None, window: float | None = None) -> None:
+        if self._quiet:
+            return
+        new_level = self.level if level is None else float(level)
+        new_window = self.window if window is None else float(window)
+        if new_level == self.level and new_window == self.window:
+            return
+        with self._batch():
+            self.level, self.window = new_level, new_window
+            self.preset = "custom"
+        self._sync_widgets()
+        self._refresh()
+
+    def _window_for(self, name: str) -> windowing.Window:
+        if name == "auto":
+            return self.auto_window()
+        try:
+            return self.presets[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown window preset {name!r}; choose one of {[*self.presets, 'auto']}"
+            ) from None
+
+    def _apply_preset(self, name: str) -> None:
+        w = self._window_for(name)
+        with self._batch():
+            self.preset = name
+            self.level = w.center
+            self.window = w.width
+        self._sync_widgets()
+        if not self._quiet:
+            self._refresh()
+
+    def set_preset(self, name: str) -> None:
+        """Use a window preset by name (see :attr:`presets`, or ``"auto"``)."""
+        self._apply_preset(name)
+
+    def auto_window(self) -> windowing.Window:
+        """Return the automatic window, from ``auto_planes`` sampled native planes (computed once)."""
+        if self._auto is None:
+            extra_idx = self._extra_idx()
+            s_now = self.position.get("slice", self.volume.sizes["slice"] // 2)
+            picks = windowing.sample_indices(
+                self.volume.sizes["slice"], self._auto_planes, include=s_now
+            )
+            frames = self.volume.load(extra_idx, picks)
+            self._auto = windowing.auto_window(frames.values(), self.attrs.get("Modality"))
+            logger.debug("auto window from slices %s: %s", picks, self._auto)
+        return self._auto
+
+    def reset(self) -> None:
+        """Back to the opening state: middle slice, first extra index, default window and view."""
+        with self._batch():
+            self.position = dict(self._initial_position)
+            self.view = self._initial["view"]
+            self.colormap = self._initial["colormap"]
+            self.overlay_opacity = self._initial["overlay_opacity"]
+            self._apply_preset(self._initial["preset"])
+        self._sync_widgets()
+        self._refresh()
+
+    def set_position(self, **index: int) -> None:
+        """Move to indices, e.g. ``v.set_position(slice=10, time=2)``."""
+        self.position = {**self.position, **index}
+
+    def click(self, dim: str, y: Any, x: Any) -> None:
+        """Act on a click at screen pixel ``(y, x)`` of the plane fixing ``dim``: move the others there."""
+        if y is None or x is None:
+            return
+        plane = self.planes[dim]
+        moved = plane.from_display(int(y), int(x), self.volume.sizes)
+        self.position = {**self.position, **moved}
+
+    # ------------------------------------------------------------------ data
+    def _extra_idx(self) -> tuple[int, ...]:
+        return tuple(int(self.position[d]) for d in self.volume.extra)
+
+    def visible(self) -> list[str]:
+        """Return the dims whose planes are on screen (``["slice"]`` for the native plane alone)."""
+        if self.view == ORTHOGONAL:
+            return list(SPATIAL)
+        return [self._by_name[self.view].fixed]
+
+    def _plane_data(self, dim: str) -> np.ndarray:
+        extra_idx = self._extra_idx()
+        idx = int(self.position[dim])
+        key = ("img", dim, extra_idx, idx)
+        hit = self._plane_cache.get(key)
+        if hit is not None:
+            return hit
+        raw = self.volume.plane(extra_idx, dim, idx)
+        shown = self.planes[dim].orient(raw, tuple(d for d in SPATIAL if d != dim))
+        shown = np.ascontiguousarray(shown)
+        self._plane_cache.put(key, shown)
+        return shown
+
+    def _overlay_data(self, dim: str) -> np.ndarray | None:
+        if self.overlay is None:
+            return None
+        extra_idx = tuple(int(self.position[d]) for d in self.overlay.extra)
+        idx = int(self.position[dim])
+        key = ("ov", dim, extra_idx, idx)
+        hit = self._plane_cache.get(key)
+        if hit is not None:
+            return hit
+        raw = self.overlay.plane(extra_idx, dim, idx)
+        shown = np.ascontiguousarray(
+            self.planes[dim].orient(raw, tuple(d for d in SPATIAL if d != dim))
+        )
+        self._plane_cache.put(key, shown)
+        return shown
+
+    def _crosshair(self, dim: str) -> tuple[int, int] | None:
+        if not self.show_crosshair or self.view != ORTHOGONAL:
+            return None
+        return self.planes[dim].to_display(self.position, self.volume.sizes)
+
+    def displayed(self, view: str | None = None) -> np.ndarray:
+        """Return the RGB image on screen for a plane, ``(H, W, 3)`` uint8, in display orientation.
+
+        Parameters
+        ----------
+        view
+            A plane name (``"axial"``...) or the dim it fixes; default the main plane.
+        """
+        dim = self._dim_of(view)
+        return render(
+            self._plane_data(dim),
+            center=self.level,
+            width=self.window,
+            cmap=self.colormap,
+            invert=self._invert,
+            overlay=self._overlay_data(dim),
+            opacity=self.overlay_opacity,
+            crosshair=self._crosshair(dim),
+        )
+
+    def plane_values(self, view: str | None = None) -> Any:
+        """Return the values behind a plane as a DataArray (index order, with its coordinates)."""
+        dim = self._dim_of(view)
+        sel = {d: int(self.position[d]) for d in self.volume.extra}
+        sel[dim] = int(self.position[dim])
+        raw = self.volume.plane(self._extra_idx(), dim, int(self.position[dim]))
+        return self.data.isel(sel).copy(data=raw)
+
+    def _dim_of(self, view: str | None) -> str:
+        if view is None:
+            return self.visible()[0]
+        if view in self.planes:
+            return view
+        if view in self._by_name:
+            return self._by_name[view].fixed
+        raise ValueError(f"unknown plane {view!r}; planes are {list(self._by_name)}")
+
+    def png(self, view: str | None = None) -> bytes:
+        """PNG bytes of a plane as displayed (cached by state)."""
+        dim = self._dim_of(view)
+        key = (
+            dim,
+            self._extra_idx(),
+            int(self.position[dim]),
+            self._crosshair(dim),
+            self.level,
+            self.window,
+            self.colormap,
+            self.overlay_opacity if self.overlay is not None else None,
+        )
+        hit = self._png.get(key)
+        if hit is None:
+            hit = encode_png(self.displayed(dim))
+            self._png.put(key, hit)
+        return hit
+
+    # ------------------------------------------------------------------ screen
+    def _sync_widgets(self) -> None:
+        """Push trait values into the controls (without re-entering the handlers)."""
+        with self._batch():
+            for d, s in self._sliders.items():
+                if d in self.position and s.value != self.position[d]:
+                    s.value = self.position[d]
+            for d, s in self._extra_w.items():
+                if d in self.position and s.value != self.position[d]:
+                    s.value = self.position[d]
+            if self._view_w.value != self.view and self.view:
+                self._view_w.value = self.view
+            if self._preset_w.value != self.preset and self.preset in self._preset_w.options:
+                self._preset_w.value = self.preset
+            for w, v in ((self._level_w, self.level), (self._width_w, self.window)):
+                if v < w.min:
+                    w.min = v
+                if v > w.max:
+                    w.max = v
+                if w.value != v:
+                    w.value = v
+            if self.colormap in self._cmap_w.options and self._cmap_w.value != self.colormap:
+                self._cmap_w.value = self.colormap
+            if self._opacity_w.value != self.overlay_opacity:
+                self._opacity_w.value = self.overlay_opacity
+
+    def _refresh(self) -> None:
+        """Render the planes on screen and the text around them."""
+        if not self.view:
+            return
+        reads_before = self.volume.reads
+        visible = self.visible()
+        size = self._size if len(visible) == 1 else max(160, int(self._size * 0.66))
+        for d in visible:
+            img = self._images[d]
+            img.value = self.png(d)
+            w, h = self.planes[d].display_size(self.volume.sizes, size)
+            img.width, img.height = str(w), str(h)
+            self._captions[d].value = self._caption(d)
+        self._image_box.children = [self._panels[d] for d in visible]
+        self.children[5].children = [self._sliders[d] for d in visible]
+        self._slice_info.value = self._slice_html()
+        self._meta.value = self._meta_html()
+        new_reads = self.volume.reads - reads_before
+        self._status.value = (
+            f"<span style='color:#777;font-size:90%'>frames read: {self.volume.reads} "
+            f"(+{new_reads}); cached {self.volume.frames.nbytes / 2**20:.1f} MiB</span>"
+        )
+
+    def _caption(self, dim: str) -> str:
+        p = self.planes[dim]
+        n = self.volume.sizes[dim]
+        oblique = f", {p.oblique_deg:.1f}° off axis" if p.oblique_deg > 0.5 else ""
+        label = {"slice": "slice", "row": "row", "col": "column"}[dim]
+        return (
+            f"<span class='dicomxr-caption'>{html.escape(p.name)} "
+            f"<span style='color:#777'>({label} {self.position[dim] + 1}/{n}{oblique})</span></span>"
+        )
+
+    def _slice_html(self) -> str:
+        s = int(self.position["slice"])
+        coords = self.volume.coords_at(self._extra_idx(), s)
+        bits = [f"slice {s + 1}/{self.volume.sizes['slice']}"]
+        if "slice" in self.data.coords:
+            bits.append(f"{float(self.data['slice'].values[s]):.2f} mm")
+        if "InstanceNumber" in coords:
+            bits.append(f"InstanceNumber {_fmt(coords['InstanceNumber'])}")
+        if "path" in coords:
+            path = str(coords["path"])
+            frame = coords.get("frame")
+            name = Path(path).name + (f" [frame {_fmt(frame)}]" if frame not in (None, 0) else "")
+            bits.append(f"<span title='{html.escape(path)}'>{html.escape(name)}</span>")
+        for d in self.volume.extra:
+            bits.append(f"{html.escape(d)} {self.position[d] + 1}/{self.volume.sizes[d]}")
+        return "<span>" + " · ".join(bits) + "</span>"
+
+    def _meta_html(self) -> str:
+        rows = []
+        for k in _META_ATTRS:
+            v = self.attrs.get(k)
+            if v not in (None, "", []):
+                rows.append((k, _fmt(v)))
+        coords = self.volume.coords_at(self._extra_idx(), int(self.position["slice"]))
+        for k, v in coords.items():
+            if k in _SKIP_COORDS:
+                continue
+            rows.append((k, _fmt(v)))
+        r, c = int(self.position["row"]), int(self.position["col"])
+        if not self.volume.rgb:
+            frame = self.volume.plane(self._extra_idx(), "slice", int(self.position["slice"]))
+            units = self.attrs.get("units") or ""
+            rows.append((f"value at row {r}, col {c}", f"{_fmt(frame[r, c])} {units}".strip()))
+        rows.append(
+            ("window (level / width)", f"{self.level:.6g} / {self.window:.6g} ({self.preset})")
+        )
+        body = "".join(
+            f"<tr><td style='padding-right:1em;color:#555'>{html.escape(str(k))}</td>"
+            f"<td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        return f"<table style='font-size:90%'>{body}</table>"
+
+    def _repr_png_(self) -> bytes:  # a static picture where widgets cannot render
+        return self.png()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.6g}"
+    if isinstance(value, np.ndarray):
+        return (
+            "["
+            + ", ".join(_fmt(v) for v in value.ravel()[:8])
+            + (", …]" if value.size > 8 else "]")
+        )
+    if isinstance(value, list | tuple):
+        return (
+            "[" + ", ".join(_fmt(v) for v in list(value)[:8]) + (", …]" if len(value) > 8 else "]")
+        )
+    if isinstance(value, np.generic):
+        return str(value.item())
+    return str(value)
+
+
+def view(
+    obj: Any,
+    *,
+    overlay: Any = None,
+    view: str | None = None,
+    preset: str | None = None,
+    level: float | None = None,
+    window: float | None = None,
+    colormap: str = "gray",
+    position: Mapping[str, int] | None = None,
+    overlay_opacity: float = 0.4,
+    size: int = 448,
+    cache_mb: float = 256,
+) -> Viewer:
+    """Open an interactive viewer on a series (a widget for Jupyter, JupyterLab, VS Code, Voila).
+
+    Only the planes on screen are computed: opening reads the one frame shown (plus, for an
+    MR/PET series without a window in its files, two more planes for the automatic window).
+    The planes that cut across the stack (coronal/sagittal of an axial series) need every
+    frame of the stack at the current time point, so they are shown on request only
+    (``view="orthogonal"``, or the "3 planes" button).
+
+    Parameters
+    ----------
+    obj
+        A DataArray from :func:`dicomxr.open_series` (dims ``(*extra, slice, row, col)``,
+        ``affine`` attr), or a series Dataset with variable ``image``.
+    overlay
+        Labels or a mask on the same grid (may lack the extra dims), drawn in colour.
+    view
+        ``"axial"``/``"coronal"``/``"sagittal"`` (or ``"slice"``/``"row"``/``"column"`` for
+        oblique series) or ``"orthogonal"`` for the three planes with a linked crosshair.
+    preset, level, window
+        Window preset name (the file's, CT presets, ``"auto"``) or an explicit window.
+    colormap
+        Any matplotlib colormap name.
+    position
+        Opening indices, e.g. ``{"slice": 10, "time": 2}`` (default: middle slice, first
+        index of the extra dims).
+    overlay_opacity
+        Opacity of the overlay, 0 to 1.
+    size
+        Longest side of a plane on screen, in pixels.
+    cache_mb
+        Frames kept in memory once read, in MiB.
+
+    Returns
+    -------
+    Viewer
+        The widget; its traits (``position``, ``level``, ``window``, ``preset``, ``view``,
+        ``colormap``) drive it from Python, :meth:`Viewer.displayed` returns the picture.
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> da = dicomxr.open_series(dicomxr.data.sample_path())  # doctest: +SKIP
+    >>> v = dicomxr.view(da)  # doctest: +SKIP
+    >>> v.position = {**v.position, "slice": 3, "time": 1}  # doctest: +SKIP
+    >>> v.displayed().shape  # doctest: +SKIP
+    (96, 96, 3)
+    """
+    return Viewer(
+        obj,
+        overlay=overlay,
+        view=view,
+        preset=preset,
+        level=level,
+        window=window,
+        colormap=colormap,
+        position=position,
+        overlay_opacity=overlay_opacity,
+        size=size,
+        cache_mb=cache_mb,
+    )

@@ -1,0 +1,234 @@
+"""Static pictures where widgets cannot render: a montage of planes, as PNG.
+
+:func:`montage` reads only the frames it shows (``n`` native planes spread over the stack),
+windows them exactly as the interactive viewer does (same presets, MONOCHROME1 inverted,
+same colormaps and label overlay) and lays them out with matplotlib at their physical aspect.
+It needs no widget library and no display: it works in scripts, CI, nbconvert and docs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicomxr.viewer import windowing
+from dicomxr.viewer.planes import SPATIAL, planes_from_affine
+from dicomxr.viewer.render import render
+from dicomxr.viewer.volume import Volume, as_image
+
+__all__ = ["Montage", "montage"]
+
+
+class Montage:
+    """A rendered montage: PNG bytes, the matplotlib figure, and the tiles as arrays.
+
+    Displays as an image in notebooks (``_repr_png_``), saves with :meth:`save`.
+    """
+
+    def __init__(self, figure: Any, tiles: list[np.ndarray], indices: list[int]) -> None:
+        self.figure = figure
+        #: RGB arrays of the planes, in display orientation, as windowed
+        self.tiles = tiles
+        #: index along the montage dim of each tile
+        self.indices = indices
+        self._png: bytes | None = None
+
+    @property
+    def png(self) -> bytes:
+        """The montage as PNG bytes."""
+        if self._png is None:
+            buf = io.BytesIO()
+            self.figure.savefig(buf, format="png", facecolor="black")
+            self._png = buf.getvalue()
+        return self._png
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the PNG atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.png)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def montage(
+    obj: Any,
+    *,
+    n: int = 12,
+    indices: Sequence[int] | None = None,
+    plane: str = "slice",
+    isel: Mapping[str, int] | None = None,
+    preset: str | None = None,
+    level: float | None = None,
+    window: float | None = None,
+    colormap: str = "gray",
+    overlay: Any = None,
+    overlay_opacity: float = 0.4,
+    ncols: int | None = None,
+    tile_inches: float = 2.0,
+    dpi: int = 100,
+    path: str | os.PathLike[str] | None = None,
+) -> Montage:
+    """Draw a grid of planes of a series (a static fallback for :func:`dicomxr.view`).
+
+    Parameters
+    ----------
+    obj
+        A DataArray from :func:`dicomxr.open_series`, or a series Dataset with ``image``.
+    n
+        Number of planes, evenly spread along the stack (ignored when ``indices`` is given).
+    indices
+        Exact indices along the montage dim.
+    plane
+        Which planes: ``"slice"`` (the native plane, one frame each - the cheap choice),
+        ``"row"`` or ``"col"``, or a plane name (``"axial"``, ``"coronal"``...). Planes other
+        than the native one read the whole stack at the chosen extra index.
+    isel
+        Index along each extra dim (default 0), e.g. ``{"time": 2}``.
+    preset, level, window
+        Window preset (the file's, a CT preset, ``"auto"``) or explicit centre/width.
+    colormap
+        Matplotlib colormap name.
+    overlay, overlay_opacity
+        Labels or a mask on the same grid, drawn in colour.
+    ncols
+        Columns of the grid (default about square).
+    tile_inches, dpi
+        Size of a tile and resolution of the PNG.
+    path
+        Also write the PNG there (atomically).
+
+    Returns
+    -------
+    Montage
+        ``.png`` bytes, ``.figure``, ``.tiles`` (RGB arrays) and ``.indices``.
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> from dicomxr.viewer import montage
+    >>> da = dicomxr.open_series(dicomxr.data.sample_path())  # doctest: +SKIP
+    >>> montage(da, n=8, isel={"time": 1}).save("pcasl.png")  # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    vol = Volume(as_image(obj))
+    attrs = dict(vol.da.attrs)
+    planes = planes_from_affine(attrs)
+    by_name = {p.name: d for d, p in planes.items()}
+    dim = by_name.get(plane, plane)
+    if dim not in SPATIAL:
+        raise ValueError(f"unknown plane {plane!r}; choose one of {[*SPATIAL, *by_name]}")
+    pl = planes[dim]
+    isel = dict(isel or {})
+    unknown = set(isel) - set(vol.extra)
+    if unknown:
+        raise ValueError(f"isel names {sorted(unknown)}, but the extra dims are {list(vol.extra)}")
+    extra_idx = tuple(int(isel.get(d, 0)) for d in vol.extra)
+    size = vol.sizes[dim]
+    if indices is None:
+        k = max(1, min(int(n), size))
+        indices = (
+            sorted({round(x) for x in np.linspace(0, size - 1, k + 2)[1:-1]})
+            if k < size
+            else list(range(size))
+        )
+    indices = [int(i) for i in indices]
+    bad = [i for i in indices if not 0 <= i < size]
+    if bad:
+        raise IndexError(f"indices {bad} out of range 0..{size - 1} along {dim!r}")
+    ov = Volume(as_image(overlay)) if overlay is not None else None
+
+    if level is not None and window is not None:
+        center, width = float(level), float(window)
+    else:
+        name = preset or windowing.default_window(attrs)
+        if name == "auto":
+            # sample the native planes the montage shows anyway (at most 3 of them)
+            if dim == "slice":
+                picks = indices[:: max(1, len(indices) // 3)][:3]
+            else:
+                picks = windowing.sample_indices(vol.sizes["slice"], 3)
+            w = windowing.auto_window(vol.load(extra_idx, picks).values(), attrs.get("Modality"))
+        else:
+            presets = windowing.presets_for(attrs)
+            if name not in presets:
+                raise ValueError(
+                    f"unknown window preset {name!r}; choose one of {[*presets, 'auto']}"
+                )
+            w = presets[name]
+        center = float(level) if level is not None else w.center
+        width = float(window) if window is not None else w.width
+    invert = windowing.is_inverted(attrs)
+    other = tuple(d for d in SPATIAL if d != dim)
+    if dim == "slice":
+        vol.load(extra_idx, indices)  # one compute for every tile
+    tiles = []
+    for i in indices:
+        values = pl.orient(vol.plane(extra_idx, dim, i), other)
+        ov_plane = None
+        if ov is not None:
+            ov_idx = tuple(int(isel.get(d, 0)) for d in ov.extra)
+            ov_plane = pl.orient(ov.plane(ov_idx, dim, i), other)
+        tiles.append(
+            render(
+                values,
+                center=center,
+                width=width,
+                cmap=colormap,
+                invert=invert,
+                overlay=ov_plane,
+                opacity=overlay_opacity,
+            )
+        )
+
+    count = len(tiles)
+    cols = int(ncols) if ncols else int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / cols))
+    h_mm = vol.sizes[pl.vertical] * pl.spacing_vertical
+    w_mm = vol.sizes[pl.horizontal] * pl.spacing_horizontal
+    tile_w = tile_inches * min(1.0, w_mm / h_mm)
+    tile_h = tile_inches * min(1.0, h_mm / w_mm)
+    fig = Figure(figsize=(cols * tile_w, rows * (tile_h + 0.25)), dpi=dpi, facecolor="black")
+    coords = vol.da.coords
+    for k, (i, rgb) in enumerate(zip(indices, tiles, strict=True)):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(rgb, extent=(0, w_mm, h_mm, 0), interpolation="nearest")
+        ax.set_axis_off()
+        label = f"{pl.name} {i + 1}/{size}"
+        if dim == "slice" and "slice" in coords:
+            label += f"  {float(coords['slice'].values[i]):.1f} mm"
+        ax.set_title(label, color="white", fontsize=8)
+    title = " · ".join(
+        str(attrs[k])
+        for k in ("Modality", "SeriesNumber", "SeriesDescription")
+        if attrs.get(k) not in (None, "")
+    )
+    extra = ", ".join(f"{d}={i}" for d, i in zip(vol.extra, extra_idx, strict=True))
+    fig.suptitle(
+        " ".join(
+            x for x in (title, f"({extra})" if extra else "", f"L/W {center:g}/{width:g}") if x
+        ),
+        color="white",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    result = Montage(fig, tiles, indices)
+    if path is not None:
+        result.save(path)
+    return result
