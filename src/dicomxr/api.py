@@ -362,6 +362,12 @@ def _coord_values(values: Any) -> np.ndarray:
         flat = [v for v in arr.ravel().tolist() if not _missing(v)]
         if flat and all(isinstance(v, (bool, np.bool_)) for v in flat):
             return arr.astype(bool)
+        if (
+            flat
+            and len(flat) == arr.size
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in flat)
+        ):
+            return arr.astype(np.int64)
         if flat and all(isinstance(v, (int, float, np.number)) for v in flat):
             return np.array(
                 [np.nan if _missing(v) else v for v in arr.ravel().tolist()], dtype=np.float64

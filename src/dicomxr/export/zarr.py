@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,16 @@ _SPATIAL = ("row", "col", "channel")
 
 
 def _prepared(da: xr.DataArray, chunks: dict[str, int] | None) -> xr.Dataset:
+    import dask.array
+
     da = da.copy(deep=False)
     da.encoding = {}
-    # string coordinates as fixed-width unicode: portable across Zarr formats
+    # strings as variable-length (object) strings: the portable Zarr v3 string type
     for name, coord in list(da.coords.items()):
-        if coord.dtype == object or coord.dtype.kind in "OT":
-            da = da.assign_coords({name: coord.copy(data=np.asarray(coord.values, dtype=str))})
+        if coord.dtype.kind in "OUT":
+            values = np.asarray(coord.values).astype(object)
+            da = da.assign_coords({name: (coord.dims, values, coord.attrs)})
+    for name in da.coords:
         da[name].encoding = {}
     sizes = dict(da.sizes)
     wanted = {d: (sizes[d] if d in _SPATIAL else 1) for d in da.dims}
@@ -39,8 +44,27 @@ def _prepared(da: xr.DataArray, chunks: dict[str, int] | None) -> xr.Dataset:
         if unknown:
             raise ValueError(f"chunks names unknown dims {sorted(unknown)}; dims are {da.dims}")
         wanted.update(chunks)
-    da = da.chunk(wanted)
+    target = tuple(wanted[d] for d in da.dims)
+    data = _plain_dask(da.data)
+    if isinstance(data, dask.array.Array):
+        data = data.rechunk(target)
+    else:
+        data = dask.array.from_array(np.asarray(data), chunks=target)
+    # only the image is chunked; coordinates stay in memory and are written whole
+    da = da.copy(data=data)
     return da.to_dataset(name="image", promote_attrs=True)
+
+
+def _plain_dask(data):
+    """Return a plain dask array over the same graph.
+
+    xarray's writers reject a dask subclass mixed with the plain dask arrays it makes.
+    """
+    import dask.array
+
+    if isinstance(data, dask.array.Array) and type(data) is not dask.array.Array:
+        return dask.array.Array(data.dask, data.name, data.chunks, meta=data._meta)
+    return data
 
 
 def to_zarr(
@@ -91,7 +115,10 @@ def to_zarr(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         kwargs = {} if zarr_format is None else {"zarr_format": zarr_format}
-        ds.to_zarr(tmp, mode="w", consolidated=True, **kwargs)
+        with warnings.catch_warnings():
+            # consolidated metadata is not in the Zarr v3 spec yet, but xarray reads it
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            ds.to_zarr(tmp, mode="w", consolidated=True, **kwargs)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
