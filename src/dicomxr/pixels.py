@@ -347,7 +347,7 @@ def _locate_pixel_data(path: str) -> tuple[int, Any]:
         head = f.read(4)
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LITTLE_ENDIAN))
     end = _endian(tsyntax)
-    if len(head) == 4:
+    if len(head) == 4 and tsyntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         group, elem = struct.unpack(end + "HH", head)
         if group == 0x7FE0 and elem in _PIXEL_ELEMENTS:
             return pos, ds
@@ -420,13 +420,14 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
         arr = _mosaic_tile(arr, ref)
     if is_palette(ref):
         arr = _apply_palette(arr, ref)
-    if out is not None and arr is not out and not np.shares_memory(arr, out):
+    if out is None:
+        return arr
+    if not np.shares_memory(arr, out):
         if out.dtype.itemsize == arr.dtype.itemsize and out.dtype != arr.dtype:
             out.view(arr.dtype)[...] = arr
         else:
             out[...] = arr
-        return out
-    return arr
+    return out
 
 
 def _replace(ref: FrameRef, **changes: Any) -> FrameRef:
@@ -616,7 +617,8 @@ def file_frame_refs(path: str | os.PathLike[str]) -> list[FrameRef]:
     path = os.fspath(path)
     offset, ds = _locate_pixel_data(path)
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LITTLE_ENDIAN))
-    if offset < 0 and tsyntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+    deflated = tsyntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    if (offset < 0 and not deflated) or "Rows" not in ds or "Columns" not in ds:
         raise PixelDataError(f"{path}: the file has no pixel data element")
     bits = int(ds.get("BitsAllocated", 16) or 16)
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
