@@ -500,15 +500,18 @@ def _mosaic_tiles(row: pd.Series, n_tiles: int) -> dict[str, list[Any]]:
 
 def _csa_slice_normal(path: str) -> np.ndarray | None:
     """SliceNormalVector from the Siemens CSA image header, or ``None`` when unavailable."""
+    import warnings
+
     try:
         import pydicom
-        from nibabel.nicom import csareader
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nibabel.nicom warns on import that it is experimental
+            from nibabel.nicom import csareader
     except ImportError:  # nibabel is optional: the cross product gives the same axis
         return None
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00291010, 0x00290010])
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             header = csareader.get_csa_header(ds, "image")

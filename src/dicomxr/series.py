@@ -340,13 +340,21 @@ class _Columns:
         self.df = frames
         self.n = len(frames)
         self._cache: dict[str, np.ndarray] = {}
+        self._loc = {name: i for i, name in enumerate(frames.columns)}
+
+    def _array(self, name: str) -> Any:
+        """Return the column's values without building a Series (which deep-copies ``attrs``)."""
+        try:
+            return self.df._get_column_array(self._loc[name])
+        except AttributeError:  # pragma: no cover - older/newer pandas without the helper
+            return self.df[name].array
 
     def obj(self, name: str) -> np.ndarray:
         key = "o:" + name
         arr = self._cache.get(key)
         if arr is None:
-            if name in self.df.columns:
-                arr = self.df[name].to_numpy(dtype=object, na_value=None)
+            if name in self._loc:
+                arr = _to_object(self._array(name))
             else:
                 arr = np.full(self.n, None, dtype=object)
             self._cache[key] = arr
@@ -356,14 +364,8 @@ class _Columns:
         key = "f:" + name
         arr = self._cache.get(key)
         if arr is None:
-            if name in self.df.columns:
-                try:
-                    arr = self.df[name].to_numpy(dtype=np.float64, na_value=np.nan)
-                except (TypeError, ValueError):
-                    arr = np.array(
-                        [_to_float(v) for v in self.df[name].to_numpy(dtype=object)],
-                        dtype=np.float64,
-                    )
+            if name in self._loc:
+                arr = _to_float_array(self._array(name))
             else:
                 arr = np.full(self.n, np.nan)
             self._cache[key] = arr
@@ -374,8 +376,8 @@ class _Columns:
         arr = self._cache.get(key)
         if arr is None:
             arr = np.full((self.n, width), np.nan)
-            if name in self.df.columns:
-                for i, v in enumerate(self.df[name].to_numpy(dtype=object)):
+            if name in self._loc:
+                for i, v in enumerate(self.obj(name)):
                     if v is not None and not (isinstance(v, float) and math.isnan(v)):
                         try:
                             if len(v) == width:
@@ -386,7 +388,34 @@ class _Columns:
         return arr
 
     def has(self, name: str) -> bool:
-        return name in self.df.columns
+        return name in self._loc
+
+    def flag(self, name: str) -> np.ndarray:
+        values = self._array(name)
+        if isinstance(values, np.ndarray) and values.dtype == bool:
+            return values
+        return np.array(
+            [bool(v) if v is not None else False for v in _to_object(values)], dtype=bool
+        )
+
+
+def _to_object(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        if values.dtype == object:
+            out = values.copy()
+            out[pd.isna(out)] = None
+            return out
+        return values.astype(object)
+    return values.to_numpy(dtype=object, na_value=None)
+
+
+def _to_float_array(values: Any) -> np.ndarray:
+    try:
+        if isinstance(values, np.ndarray):
+            return values.astype(np.float64)
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        return np.array([_to_float(v) for v in _to_object(values)], dtype=np.float64)
 
 
 def _to_float(v: Any) -> float:
@@ -546,11 +575,11 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
     reason = np.full(n, None, dtype=object)
     sop = cols.obj("SOPClassUID")
     if cols.has("has_pixels"):
-        no_pixels = ~cols.df["has_pixels"].to_numpy(dtype=bool, na_value=False)
+        no_pixels = ~cols.flag("has_pixels")
         for i in np.flatnonzero(no_pixels):
             reason[i] = f"no pixel data (raw data or non-image object, SOP class {sop[i]})"
     if cols.has("pixel_data_truncated"):
-        cut = cols.df["pixel_data_truncated"].to_numpy(dtype=bool, na_value=False)
+        cut = cols.flag("pixel_data_truncated")
         reason[cut & _free(reason)] = "pixel data cut short (file truncated)"
     rows, columns = cols.num("Rows"), cols.num("Columns")
     reason[~((rows > 0) & (columns > 0)) & _free(reason)] = "no image size (Rows/Columns missing)"
@@ -1133,14 +1162,16 @@ def _varying_axes(values: np.ndarray) -> list[int]:
 
 
 def _reduce(values: np.ndarray, keep_axes: list[int]) -> np.ndarray:
-    index = tuple(slice(None) if a in keep_axes else 0 for a in range(values.ndim))
-    return values[index]
+    index = tuple(slice(None) if a in keep_axes else slice(0, 1) for a in range(values.ndim))
+    return values[index].reshape([values.shape[a] for a in keep_axes])
 
 
 def _numeric_or_object(values: np.ndarray) -> np.ndarray:
     """float64 / int64 when every value is a number, else object (str, tuples, None)."""
     out = np.empty(len(values), dtype=object)
     out[:] = list(values)
+    if not all(v is None or isinstance(v, (int, float, np.integer, np.floating)) for v in out):
+        return out
     try:
         floats = np.array([np.nan if v is None else float(v) for v in out], dtype=np.float64)
     except (TypeError, ValueError):
