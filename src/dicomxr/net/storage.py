@@ -1,0 +1,189 @@
+"""Where fetched instances land: ``dest/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``.
+
+Every name built from a value sent by the peer is sanitised (a hostile ``../../x`` UID
+cannot leave ``dest``), every file is written under a temporary name in its final folder
+and renamed into place (``os.replace``), so a file under its final name is always complete;
+a transfer interrupted by Ctrl-C, a timeout or a dead peer leaves only complete files, and
+fetching again skips them (resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DicomStorage", "RetrieveReport", "safe_name"]
+
+PART_SUFFIX = ".part"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def safe_name(value: object, *, fallback: str = "unknown") -> str:
+    """Turn a value sent by a peer (normally a UID) into a safe single path component.
+
+    Well-formed UIDs (digits and dots, at most 64 characters) are kept as they are.
+    Anything else has every character outside ``[A-Za-z0-9._-]`` replaced by ``_``, leading
+    dots stripped (no ``.``/``..``/hidden names), is cut to 64 characters and gets a short
+    hash of the original appended, so two different hostile values never share a name.
+
+    Examples
+    --------
+    >>> safe_name("1.2.840.10008.5.1.4.1.1.2")
+    '1.2.840.10008.5.1.4.1.1.2'
+    >>> safe_name("../../x").startswith("_.._x-")
+    True
+    """
+    text = "" if value is None else str(value).strip().strip("\x00").strip()
+    if text and len(text) <= 64 and _UID.match(text):
+        return text
+    if not text:
+        return fallback
+    cleaned = _SAFE.sub("_", text).lstrip(".")[:64] or "_"
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{cleaned}-{digest}"
+
+
+@dataclass
+class RetrieveReport:
+    """What a retrieval did.
+
+    Attributes
+    ----------
+    dest
+        The destination folder.
+    requested
+        SOPInstanceUIDs the plan asked for (all of them, including those already on disk).
+    skipped
+        Instances already on disk before the transfer (resume).
+    received
+        Paths written by this transfer.
+    failed, warning, completed
+        Sub-operation counts from the peer's final response (summed over associations).
+    missing
+        Requested instances still not on disk after the transfer.
+    status
+        Final status of the peer, as a short text per association.
+    cancelled
+        True when the transfer was cancelled (Ctrl-C).
+    """
+
+    dest: Path
+    requested: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    received: list[Path] = field(default_factory=list)
+    failed: int = 0
+    warning: int = 0
+    completed: int = 0
+    missing: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    unexpected: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every requested instance is on disk and no sub-operation failed."""
+        return not self.missing and not self.failed and not self.cancelled
+
+    @property
+    def images_per_second(self) -> float:
+        """Received instances per second of transfer."""
+        return len(self.received) / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        """One line for logs and error messages."""
+        parts = [
+            f"{len(self.received)} received",
+            f"{len(self.skipped)} already on disk",
+            f"{len(self.missing)} missing",
+        ]
+        if self.failed:
+            parts.append(f"{self.failed} failed sub-operation(s)")
+        if self.warning:
+            parts.append(f"{self.warning} warning(s)")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unrequested instance(s) kept")
+        if self.cancelled:
+            parts.append("cancelled")
+        return f"{len(self.requested)} requested: " + ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<RetrieveReport {self.summary()} -> {self.dest}>"
+
+
+class DicomStorage:
+    """The destination folder of a retrieval; thread-safe atomic writes.
+
+    Parameters
+    ----------
+    dest
+        Root folder; created when missing.
+    """
+
+    def __init__(self, dest: str | os.PathLike) -> None:
+        self.root = Path(dest).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.written: list[Path] = []
+        self.written_uids: list[str] = []
+
+    def path_for(self, study_uid: object, series_uid: object, sop_uid: object) -> Path:
+        """Return the final path of an instance; always inside :attr:`root`."""
+        path = (
+            self.root
+            / safe_name(study_uid, fallback="unknown-study")
+            / safe_name(series_uid, fallback="unknown-series")
+            / (safe_name(sop_uid, fallback="unknown-instance") + ".dcm")
+        )
+        resolved = path.resolve()
+        if self.root not in resolved.parents:  # belt and braces: safe_name already forbids it
+            raise ValueError(f"refusing to write outside {self.root}: {resolved}")
+        return path
+
+    def exists(self, study_uid: object, series_uid: object, sop_uid: object) -> bool:
+        """Return True when the instance is already on disk under its final name."""
+        return self.path_for(study_uid, series_uid, sop_uid).is_file()
+
+    def write(self, study_uid: object, series_uid: object, sop_uid: object, data: bytes) -> Path:
+        """Write one encoded instance (DICOM file bytes) atomically; return its path."""
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        with self._lock:
+            self.written.append(final)
+            self.written_uids.append(str(sop_uid))
+        return final
+
+    def clean_partial(self, folders: Iterable[Path] | None = None) -> int:
+        """Remove temporary files left by an interrupted transfer; return how many."""
+        count = 0
+        roots = list(folders) if folders is not None else [self.root]
+        for folder in roots:
+            if not folder.is_dir():
+                continue
+            for tmp in folder.rglob(f"*{PART_SUFFIX}"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    count += 1
+        if count:
+            logger.info("removed %d partial file(s) under %s", count, self.root)
+        return count
