@@ -58,3 +58,21 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("DICOMXR_ARTIFACTS", ROOT / "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def scanned():
+    """``dicomxr.scan`` cached per source string, shared by the tests of a session.
+
+    Scans only read headers, but the real corpora are large enough that scanning them once
+    per test would dominate the test time. Tests must not modify the returned frames.
+    """
+    import functools
+
+    import dicomxr
+
+    @functools.cache
+    def _scan(source: str):
+        return dicomxr.scan(source, progress=False, warn=False)
+
+    return _scan
