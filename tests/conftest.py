@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# loopback PACS peers (Orthanc, dcmqrscp) for the network tests; imports nothing heavy
+pytest_plugins = ["net_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
