@@ -329,7 +329,10 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
 def _mosaic_from_csa(raw: bytes) -> int | None:
     """NumberOfImagesInMosaic from a Siemens CSA image header (via nibabel.nicom)."""
     try:
-        from nibabel.nicom import csareader
+        with warnings.catch_warnings():
+            # nibabel warns that its DICOM readers are experimental on import
+            warnings.simplefilter("ignore", UserWarning)
+            from nibabel.nicom import csareader
 
         csa = csareader.read(bytes(raw))
         return _to_int(csareader.get_n_mosaic(csa))
@@ -345,14 +348,13 @@ def _mosaic_from_csa(raw: bytes) -> int | None:
 def _private_creators(ds: Any) -> dict[tuple[int, int], str]:
     """(group, block) -> upper-cased private creator, for the vendor groups we read."""
     out: dict[tuple[int, int], str] = {}
-    for group in _PRIVATE_GROUPS:
-        for elem in range(0x10, 0x100):
-            tag = (group << 16) | elem
-            if tag in ds:
-                value = ds[tag].value
-                if isinstance(value, bytes):
-                    value = value.decode("latin-1")
-                out[(group, elem)] = str(value).strip(" \x00").upper()
+    for tag in list(ds.keys()):
+        group, elem = tag >> 16, tag & 0xFFFF
+        if group in _PRIVATE_GROUPS and 0x10 <= elem < 0x100:
+            value = ds[tag].value
+            if isinstance(value, bytes):
+                value = value.decode("latin-1")
+            out[(group, elem)] = str(value).strip(" \x00").upper()
     return out
 
 

@@ -1,0 +1,402 @@
+"""Catalog layer: ``dicomxr.scan`` and its fast header reader.
+
+The values in the catalog are checked against pydicom reading the same files (an
+independent parser), on every file of the real corpora and of pydicom's test files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+
+import dicomxr
+from dicomxr import catalog
+
+PIXEL_TAGS = {0x7FE00010, 0x7FE00009, 0x7FE00008}
+
+
+def _all_corpus_files(root: Path) -> list[str]:
+    files = [str(p) for p in sorted(root.rglob("*")) if p.is_file()]
+    files += [p for p in get_testdata_files() if os.path.isfile(p)]
+    return files
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def ct(philips_ct: Path) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dicomxr.SkippedFileWarning)
+        return dicomxr.scan(philips_ct)
+
+
+# ---------------------------------------------------------------------------------------
+# the column contract
+
+
+def test_columns_follow_the_contract(ct: pd.DataFrame) -> None:
+    assert tuple(ct.columns) == catalog.COLUMNS
+    required = {
+        "path", "file_size", "mtime", "pixel_data_offset", "TransferSyntaxUID", "SOPClassUID",
+        "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID",
+        "PatientID", "PatientName", "StudyDate", "StudyTime", "StudyDescription", "StudyID",
+        "AccessionNumber", "SeriesNumber", "SeriesDescription", "Modality", "Manufacturer",
+        "ManufacturerModelName", "InstanceNumber", "AcquisitionNumber", "Rows", "Columns",
+        "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit",
+        "PixelRepresentation", "PlanarConfiguration", "PhotometricInterpretation",
+        "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+        "SpacingBetweenSlices", "SliceLocation", "GantryDetectorTilt", "ImageType",
+        "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",
+        "AcquisitionDate", "AcquisitionTime", "ContentTime", "AcquisitionDateTime",
+        "TriggerTime", "EchoTime", "EchoNumbers", "TemporalPositionIdentifier",
+        "NumberOfTemporalPositions", "TemporalPositionIndex", "DiffusionBValue",
+        "DiffusionGradientOrientation", "is_mosaic", "NumberOfImagesInMosaic", "is_enhanced",
+        "has_pixels",
+    }  # fmt: skip
+    assert required <= set(ct.columns)
+
+
+def test_one_row_per_instance_with_types(ct: pd.DataFrame, philips_ct: Path) -> None:
+    images = sorted(p for p in philips_ct.iterdir() if p.name.startswith("I"))
+    assert len(ct) == len(images) == 140
+    assert ct["SOPInstanceUID"].is_unique
+    assert set(ct["path"]) == {str(p.resolve()) for p in images}
+    assert all(os.path.isabs(p) for p in ct["path"])
+    assert ct["file_size"].dtype == np.int64 and ct["pixel_data_offset"].dtype == np.int64
+    assert ct["InstanceNumber"].dtype == "Int64" and ct["Rows"].dtype == "Int64"
+    assert ct["RescaleIntercept"].dtype == np.float64
+    assert ct["is_mosaic"].dtype == bool and not ct["is_mosaic"].any()
+    assert ct["has_pixels"].all() and not ct["is_enhanced"].any()
+    assert (ct["NumberOfFrames"] == 1).all()
+    assert (ct["RescaleIntercept"] == -1024).all()
+    for col, n in (
+        ("ImagePositionPatient", 3),
+        ("ImageOrientationPatient", 6),
+        ("PixelSpacing", 2),
+    ):
+        assert all(isinstance(v, tuple) and len(v) == n for v in ct[col]), col
+        assert all(isinstance(x, float) for v in ct[col] for x in v), col
+    assert all(isinstance(v, tuple) and all(isinstance(s, str) for s in v) for v in ct["ImageType"])
+
+
+def test_values_equal_pydicom_dataset(ct: pd.DataFrame) -> None:
+    """Compare directly with pydicom's Dataset attributes (not through the catalog code)."""
+    for row in ct.iloc[::17].itertuples():
+        ds = pydicom.dcmread(row.path, stop_before_pixels=True)
+        assert row.SOPInstanceUID == ds.SOPInstanceUID
+        assert row.SeriesInstanceUID == ds.SeriesInstanceUID
+        assert row.InstanceNumber == ds.InstanceNumber
+        assert row.ImagePositionPatient == tuple(float(v) for v in ds.ImagePositionPatient)
+        assert row.ImageOrientationPatient == tuple(float(v) for v in ds.ImageOrientationPatient)
+        assert row.PixelSpacing == tuple(float(v) for v in ds.PixelSpacing)
+        assert row.Rows == ds.Rows and row.Columns == ds.Columns
+        assert row.RescaleSlope == float(ds.RescaleSlope)
+        assert row.PatientName == str(ds.PatientName)
+        assert row.ImageType == tuple(ds.ImageType)
+        assert row.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert row.file_size == os.path.getsize(row.path)
+
+
+def test_pixel_data_offset_points_at_the_tag(ct: pd.DataFrame) -> None:
+    for row in ct.iloc[::23].itertuples():
+        with open(row.path, "rb") as fp:
+            fp.seek(row.pixel_data_offset)
+            head = fp.read(12)
+        assert struct.unpack("<HH", head[:4]) == (0x7FE0, 0x0010)
+        ds = pydicom.dcmread(row.path)
+        value_tell = ds.get_item(0x7FE00010).value_tell
+        # explicit VR OB/OW: tag(4) + VR(2) + reserved(2) + length(4)
+        assert row.pixel_data_offset == value_tell - 12
+        (length,) = struct.unpack("<I", head[8:12])
+        assert length == row.Rows * row.Columns * row.BitsAllocated // 8
+
+
+# ---------------------------------------------------------------------------------------
+# the forms of the source
+
+
+def test_source_forms(philips_ct: Path, tmp_path: Path) -> None:
+    images = sorted(str(p) for p in philips_ct.glob("I1*"))
+    one = dicomxr.scan(images[0])
+    assert len(one) == 1 and one["path"].iloc[0] == images[0]
+    assert len(dicomxr.scan(Path(images[0]))) == 1
+    as_list = dicomxr.scan(images[:5])
+    assert list(as_list["path"]) == images[:5]
+    by_glob = dicomxr.scan(str(philips_ct / "I1*"))
+    assert set(by_glob["path"]) == set(images)
+    # a file named twice is catalogued once
+    assert len(dicomxr.scan([images[0], images[0], str(philips_ct / "I1*")])) == len(images)
+    # recursion
+    parent = philips_ct.parent
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+        flat = dicomxr.scan(parent, recursive=False)
+        deep = dicomxr.scan(parent, recursive=True)
+    assert len(flat) == 0 and len(deep) > 140
+    assert (deep["path"].str.startswith(str(philips_ct))).sum() == 140
+
+
+def test_missing_sources_raise(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        dicomxr.scan(tmp_path / "nothing-here")
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        dicomxr.scan(str(tmp_path / "*.dcm"))
+    with pytest.raises(TypeError, match="expects a path"):
+        dicomxr.scan(42)  # type: ignore[arg-type]
+
+
+def test_missing_entries_of_a_list_are_reported(philips_ct: Path, tmp_path: Path) -> None:
+    good = str(next(philips_ct.glob("I1*")))
+    with pytest.warns(dicomxr.SkippedFileWarning, match="file not found"):
+        df = dicomxr.scan([good, str(tmp_path / "gone.dcm")])
+    assert len(df) == 1
+    report = catalog.skipped(df)
+    assert list(report["path"]) == [str(tmp_path / "gone.dcm")]
+
+
+def test_empty_folder_gives_empty_catalog_with_columns(tmp_path: Path) -> None:
+    df = dicomxr.scan(tmp_path)
+    assert len(df) == 0 and tuple(df.columns) == catalog.COLUMNS
+    assert catalog.skipped(df).empty
+
+
+def test_progress_bar(philips_ct: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(str(p) for p in philips_ct.glob("I1*"))[:6]
+    with dicomxr.set_options(progress_min_files=5):
+        dicomxr.scan(files)
+    assert "scanning DICOM headers" in capsys.readouterr().err
+    dicomxr.scan(files)  # default threshold is far higher
+    assert "scanning DICOM headers" not in capsys.readouterr().err
+    dicomxr.scan(files[:2], progress=True)
+    assert "scanning DICOM headers" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# real corpora: MOSAIC, enhanced, diffusion
+
+
+def test_siemens_mosaic(data_root: Path) -> None:
+    df = dicomxr.scan(data_root / "dcm_qa_ts" / "In")
+    assert len(df) == 9
+    assert df["is_mosaic"].all()
+    assert (df["NumberOfImagesInMosaic"] == 35).all()
+    # explicit LE, implicit LE, big endian (pydicom path) and the compressed ones
+    assert df["TransferSyntaxUID"].nunique() == 7
+
+
+def test_mosaic_count_from_csa_when_the_tag_is_missing(data_root: Path, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(data_root / "dcm_qa_ts" / "In" / "1.dcm")
+    del ds[0x0019100A]
+    path = tmp_path / "mosaic_no_0019100A.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    row = dicomxr.scan(path).iloc[0]
+    assert bool(row["is_mosaic"]) and row["NumberOfImagesInMosaic"] == 35
+
+
+def test_enhanced_and_raw_objects(data_root: Path) -> None:
+    folder = data_root / "dcm_qa_philips_enh" / "In" / "enh"
+    df = dicomxr.scan(folder)
+    images = df[df["has_pixels"]]
+    raw = df[~df["has_pixels"]]
+    assert images["is_enhanced"].all() and (images["NumberOfFrames"] > 1).all()
+    assert len(raw) >= 1 and (raw["pixel_data_offset"] == -1).all()
+    assert raw["path"].str.endswith("_Raw.dcm").all()
+    for row in images.itertuples():
+        ds = pydicom.dcmread(row.path, stop_before_pixels=True)
+        assert row.NumberOfFrames == int(ds.NumberOfFrames)
+        assert row.is_enhanced == ("PerFrameFunctionalGroupsSequence" in ds)
+
+
+def test_diffusion_bvalues_match_dcm2niix(data_root: Path) -> None:
+    """Philips classic DWI: the catalog's b-values are the set dcm2niix wrote."""
+    cl = data_root / "dcm_qa_philips_enh" / "In" / "cl"
+    files = sorted(cl.glob("2301*"))
+    assert files, "the DWI series 2301 is missing from the corpus"
+    df = dicomxr.scan(files)
+    ref = (data_root / "dcm_qa_philips_enh" / "Ref" / "2301_WIP_DTIphase_S2MB2_cl.bval").read_text()
+    assert set(df["DiffusionBValue"]) == {float(v) for v in ref.split()}
+    assert all(isinstance(v, tuple) and len(v) == 3 for v in df["DiffusionGradientOrientation"])
+
+
+def _vendor_file(tmp_path: Path, name: str, private: list, *, implicit: bool) -> Path:
+    """A small MR file carrying vendor private diffusion tags (and no standard ones)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"]
+    for group, block, creator, elements in private:
+        ds.add_new((group << 16) | block, "LO", creator)
+        for offset, vr, value in elements:
+            ds.add_new((group << 16) | (block << 8) | offset, vr, value)
+    ds.Rows = ds.Columns = 2
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = b"\x00" * 8
+    path = tmp_path / f"{name}_{'implicit' if implicit else 'explicit'}.dcm"
+    ds.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_vendor_private_diffusion(tmp_path: Path, implicit: bool) -> None:
+    siemens = _vendor_file(
+        tmp_path,
+        "siemens",
+        # the private block need not be 0x10: the creator decides
+        [
+            (
+                0x0019,
+                0x11,
+                "SIEMENS MR HEADER",
+                [(0x0C, "IS", "1000"), (0x0E, "FD", [0.6, 0.8, 0.0])],
+            )
+        ],
+        implicit=implicit,
+    )
+    ge = _vendor_file(
+        tmp_path,
+        "ge",
+        [
+            (0x0043, 0x10, "GEMS_PARM_01", [(0x39, "IS", ["1000000700", "8", "0", "0"])]),
+            (
+                0x0019,
+                0x10,
+                "GEMS_ACQU_01",
+                [(0xBB, "DS", "0.0"), (0xBC, "DS", "-1.0"), (0xBD, "DS", "0.0")],
+            ),
+        ],
+        implicit=implicit,
+    )
+    philips = _vendor_file(
+        tmp_path,
+        "philips",
+        [
+            (0x2001, 0x10, "Philips Imaging DD 001", [(0x03, "FL", 1500.0)]),
+            (
+                0x2005,
+                0x10,
+                "Philips MR Imaging DD 001",
+                [(0xB0, "FL", 0.0), (0xB1, "FL", 0.0), (0xB2, "FL", 1.0)],
+            ),
+        ],
+        implicit=implicit,
+    )
+    # a block owned by another creator must not be read as Siemens
+    other = _vendor_file(
+        tmp_path,
+        "other",
+        [(0x0019, 0x10, "SOMEONE ELSE", [(0x0C, "IS", "999")])],
+        implicit=implicit,
+    )
+    df = dicomxr.scan([siemens, ge, philips, other]).set_index(
+        pd.Index(["siemens", "ge", "philips", "other"])
+    )
+    assert df.loc["siemens", "DiffusionBValue"] == 1000.0
+    assert df.loc["siemens", "DiffusionGradientOrientation"] == (0.6, 0.8, 0.0)
+    assert df.loc["ge", "DiffusionBValue"] == 700.0
+    assert df.loc["ge", "DiffusionGradientOrientation"] == (0.0, -1.0, 0.0)
+    assert df.loc["philips", "DiffusionBValue"] == 1500.0
+    assert df.loc["philips", "DiffusionGradientOrientation"] == (0.0, 0.0, 1.0)
+    assert math.isnan(df.loc["other", "DiffusionBValue"])
+    # the pydicom reader agrees
+    for path in (siemens, ge, philips, other):
+        ref = catalog.read_header_pydicom(path)
+        fast = catalog.read_header_fast(str(path), os.path.getsize(path))
+        assert fast is not None
+        for key in ("DiffusionBValue", "DiffusionGradientOrientation"):
+            assert _same(ref[key], fast[key]), (path.name, key)
+
+
+# ---------------------------------------------------------------------------------------
+# the fast reader against pydicom, on every file we have
+
+
+def test_fast_reader_equals_pydicom_on_every_file(data_root: Path) -> None:
+    """Every catalog column, fast reader vs pydicom, for every real and pydicom test file."""
+    handled = declined = 0
+    mismatches: list[str] = []
+    for path in _all_corpus_files(data_root):
+        size = os.path.getsize(path)
+        try:
+            fast = catalog.read_header_fast(path, size)
+            fast_err = None
+        except catalog._Skip as exc:
+            fast, fast_err = None, str(exc)
+        try:
+            ref = catalog.read_header_pydicom(path)
+            ref_err = None
+        except catalog._Skip as exc:
+            ref, ref_err = None, str(exc)
+        if fast is None and fast_err is None:
+            declined += 1
+            continue
+        handled += 1
+        if fast_err is not None:
+            if ref is not None:
+                # pydicom reads a header cut short silently; the fast reader refuses it
+                assert fast_err.startswith("truncated header"), (path, fast_err)
+                assert os.path.basename(path) == "rtplan_truncated.dcm", path
+            continue
+        assert ref is not None, (path, ref_err)
+        for key, value in ref.items():
+            if not _same(value, fast.get(key)):
+                mismatches.append(f"{path}: {key}: pydicom {value!r} != fast {fast.get(key)!r}")
+        assert set(fast) == set(ref)
+    assert not mismatches, "\n".join(mismatches[:20])
+    # the fast reader must carry the bulk of real files, not decline its way to green
+    assert handled > 1600 and declined < 130, (handled, declined)
+
+
+def test_fast_reader_declines_big_endian_and_deflated(data_root: Path) -> None:
+    for name in ("MR_small_bigendian.dcm", "image_dfl.dcm"):
+        path = get_testdata_file(name)
+        assert catalog.read_header_fast(path, os.path.getsize(path)) is None
+        row = catalog.read_header(path)  # pydicom takes over
+        assert row["SOPInstanceUID"]
+    deflated = catalog.read_header(get_testdata_file("image_dfl.dcm"))
+    assert deflated["has_pixels"] and deflated["pixel_data_offset"] == -1
+    big = catalog.read_header(get_testdata_file("MR_small_bigendian.dcm"))
+    with open(big["path"], "rb") as fp:
+        fp.seek(big["pixel_data_offset"])
+        assert struct.unpack(">HH", fp.read(4)) == (0x7FE0, 0x0010)
+
+
+def test_read_header_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not an image\n")
+    with pytest.raises(ValueError, match=r"notes\.txt: not a DICOM file"):
+        catalog.read_header(path)
+
+
+def test_catalog_is_cheap_to_copy_and_keeps_the_report(data_root: Path) -> None:
+    with pytest.warns(dicomxr.SkippedFileWarning):
+        df = dicomxr.scan(data_root / "dcm_qa_ct" / "DICOMDIR")
+    sub = df[df["has_pixels"]]
+    assert catalog.skipped(sub).equals(catalog.skipped(df))
+    assert all(set(r) == {"path", "reason"} for r in df.attrs["skipped"])
