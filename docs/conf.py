@@ -56,8 +56,9 @@ source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 # --- MyST / myst-nb ----------------------------------------------------------------------------
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath", "fieldlist"]
 myst_heading_anchors = 3
-# "cache" re-executes a notebook only when its code changed; the cache lives inside the build
-# directory, so a fresh build (CI) executes every notebook exactly once.
+# "cache" re-executes a notebook only when its code changed; the cache lives in the doctree
+# directory of the build (set in setup() below), so a fresh build (CI) executes every notebook
+# exactly once and two builds into different folders never share results.
 nb_execution_mode = os.environ.get("DICOMXR_NB_EXECUTION_MODE", "cache")
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
@@ -103,5 +104,11 @@ def _check_srcdir(app):
         )
 
 
+def _cache_in_doctrees(app, config):
+    if not config.nb_execution_cache_path:
+        config.nb_execution_cache_path = str(Path(app.doctreedir) / "jupyter_cache")
+
+
 def setup(app):
+    app.connect("config-inited", _cache_in_doctrees)
     app.connect("builder-inited", _check_srcdir)
