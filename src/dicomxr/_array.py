@@ -330,35 +330,57 @@ def _finalize(results: Any) -> np.ndarray:
     return finalize(results)
 
 
+def _spec_of(value: Any) -> FrameGrid | None:
+    """The FrameGrid held by a graph value (raw, or wrapped as a dask DataNode)."""
+    if isinstance(value, FrameGrid):
+        return value
+    inner = getattr(value, "value", None)
+    return inner if isinstance(inner, FrameGrid) else None
+
+
+def _full_read_tasks(name: str, spec_key: str, ndim: int, chunk_keys: list) -> dict:
+    """Graph entries: one full read, and every chunk key as a view of it."""
+    full_key = f"{name}-full"
+    try:
+        from dask._task_spec import Task, TaskRef
+    except ImportError:  # older dask: legacy tuple tasks
+        tasks: dict = {full_key: (_read_all, spec_key)}
+        for key in chunk_keys:
+            tasks[key] = (_chunk_view, full_key, tuple(key[1 : 1 + ndim]))
+        return tasks
+    tasks = {full_key: Task(full_key, _read_all, TaskRef(spec_key))}
+    for key in chunk_keys:
+        tasks[key] = Task(key, _chunk_view, TaskRef(full_key), tuple(key[1 : 1 + ndim]))
+    return tasks
+
+
 def _optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
-    """Dask optimiser: a compute of every chunk of a frame grid becomes one full read."""
+    """Dask optimiser: when every chunk of a frame grid is needed, read them in one task.
+
+    The chunk tasks are replaced by views of one full read (:meth:`FrameGrid.read_all`),
+    and :func:`_finalize` returns that array itself. Any other request (a slice, a few
+    frames) goes through dask's ordinary array optimisation, one frame per task.
+    """
     from dask.array.optimization import optimize
     from dask.core import flatten
-
-    graph = dict(dsk)
-    wanted = list(flatten(keys)) if isinstance(keys, list) else list(keys)
-    by_name: dict[str, list] = {}
-    for key in wanted:
-        if isinstance(key, tuple) and key and isinstance(key[0], str):
-            by_name.setdefault(key[0], []).append(key)
-    changed = False
-    for name, chunk_keys in by_name.items():
-        spec_key = f"{name}-spec"
-        spec = graph.get(spec_key)
-        if not isinstance(spec, FrameGrid) or len(chunk_keys) != spec.grid.size:
-            continue
-        full_key = f"{name}-full"
-        graph[full_key] = (_read_all, spec_key)
-        ndim = spec.grid.ndim
-        for key in chunk_keys:
-            graph[key] = (_chunk_view, full_key, tuple(key[1 : 1 + ndim]))
-        changed = True
-    if not changed:
-        return optimize(dsk, keys, **kwargs)
     from dask.optimization import cull
+    from dask.utils import ensure_dict
 
-    culled, _ = cull(graph, wanted)
-    return culled
+    wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
+    graph, _ = cull(ensure_dict(dsk), wanted)
+    rewrites: dict = {}
+    for key, value in graph.items():
+        spec = _spec_of(value) if isinstance(key, str) and key.endswith("-spec") else None
+        if spec is None:
+            continue
+        name = key[: -len("-spec")]
+        chunk_keys = [k for k in graph if isinstance(k, tuple) and k and k[0] == name]
+        if len(chunk_keys) == spec.grid.size > 1:
+            rewrites.update(_full_read_tasks(name, key, spec.grid.ndim, chunk_keys))
+    if not rewrites:
+        return optimize(dsk, keys, **kwargs)
+    graph.update(rewrites)
+    return graph
 
 
 class FrameGridArray(da.Array):
