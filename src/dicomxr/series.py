@@ -654,9 +654,29 @@ def _group(cols: _Columns, keep: np.ndarray) -> list[tuple[np.ndarray, str]]:
             if uids[g[0][0]] == uids[i] and sops[g[0][0]] == sops[i] and nums[g[0][0]] == nums[i]
         ]
         if len(same_series) > 1:
-            bits.append("geometry or image size differs")
+            bits.extend(_what_differs(cols, i, [g[0][0] for g in same_series]))
         notes.append((rows_idx, ", ".join(bits)))
     return notes
+
+
+def _what_differs(cols: _Columns, i: int, others: list[int]) -> list[str]:
+    """Describe how group ``i`` differs from the other groups of its series (for the label)."""
+    rows, columns = cols.num("Rows"), cols.num("Columns")
+    iop, spacing = cols.vec("ImageOrientationPatient", 6), cols.vec("PixelSpacing", 2)
+    bits = []
+    if len({(rows[j], columns[j]) for j in others}) > 1:
+        bits.append(f"{int(rows[i])}x{int(columns[i])} pixels")
+    if len({tuple(np.round(iop[j], 4)) for j in others}) > 1:
+        normal = np.cross(iop[i, :3], iop[i, 3:]) if not np.isnan(iop[i]).any() else None
+        plane = (
+            "no orientation"
+            if normal is None
+            else ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+        )
+        bits.append(f"{plane} orientation")
+    if len({tuple(np.round(spacing[j], 4)) for j in others}) > 1 and not np.isnan(spacing[i]).any():
+        bits.append(f"pixel spacing {spacing[i, 0]:.4g}x{spacing[i, 1]:.4g} mm")
+    return bits or ["samples per pixel differ"]
 
 
 # ---------------------------------------------------------------------------------------
