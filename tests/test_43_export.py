@@ -77,18 +77,20 @@ def test_nifti_gz_and_selection(oblique, tmp_path):
 
 def test_nifti_4d_sample(sample_dir, tmp_path):
     da = open_series(sample_dir)
-    extra = [d for d in da.dims if d not in ("slice", "row", "col")]
+    assert da.dims[:2] == ("time", "label")
     img = nib.load(da.dicom.to_nifti(tmp_path / "pcasl.nii"))
-    assert img.shape == (96, 96, 40, da.sizes[extra[0]])
-    vol3 = da.isel({extra[0]: 2, "slice": 17}).values
-    np.testing.assert_allclose(np.asanyarray(img.dataobj)[:, :, 17, 2], vol3.T)
+    assert img.shape == (96, 96, 40, 6)
+    data = np.asanyarray(img.dataobj)
+    # extra dims flattened in C order: volume = time * n_label + label
+    for t, lab in [(0, 0), (1, 1), (2, 0)]:
+        expected = da.isel(time=t, label=lab, slice=17).values
+        np.testing.assert_allclose(data[:, :, 17, t * da.sizes["label"] + lab], expected.T)
+    one = nib.load(da.isel(label=1).dicom.to_nifti(tmp_path / "label.nii"))
+    assert one.shape == (96, 96, 40, 3)
 
 
 def test_nifti_refuses_what_it_cannot_hold(oblique, tmp_path):
     da, _ = oblique
-    five = da.expand_dims(echo=2, time=3)
-    with pytest.raises(ValueError, match=r"\.isel"):
-        five.dicom.to_nifti(tmp_path / "x.nii")
     with pytest.raises(ValueError, match=r"\.nii"):
         da.dicom.to_nifti(tmp_path / "x.img")
     with pytest.raises(FileNotFoundError):

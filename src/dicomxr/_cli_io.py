@@ -145,9 +145,10 @@ def _info(args: argparse.Namespace) -> int:
     for i, plan in enumerate(plans):
         if i:
             print("\n" + "-" * 72 + "\n")
-        print(_describe(plan))
+        text = _describe(plan)
+        print(text)
         report = getattr(plan, "geometry", None)
-        if report is not None:
+        if report is not None and "GeometryReport" not in text:
             print()
             print(report)
     return 0
@@ -171,10 +172,11 @@ def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     plans = list_series(folder)
     plan = plans[0]
-    print("== series plan (headers only, no pixel read yet)")
-    print(_describe(plan))
-    print("\n== geometry report")
-    print(plan.geometry)
+    print("== series plan and geometry report (headers only, no pixel read yet)")
+    text = _describe(plan)
+    print(text)
+    if "GeometryReport" not in text:
+        print(plan.geometry)
     da = open_series(plan)
     print(f"\n== lazy DataArray (opened in {time.perf_counter() - start:.2f} s)")
     print(da)

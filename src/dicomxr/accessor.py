@@ -79,17 +79,20 @@ def series_affine(da: xr.DataArray) -> np.ndarray:
     names = ("position_x", "position_y", "position_z")
     if not all(n in da.coords for n in names):
         return affine
-    pos = np.stack([np.asarray(da.coords[n].values, dtype=np.float64) for n in names], axis=-1)
-    cdims = da.coords["position_x"].dims
-    # reduce to one position per slice (first along every other frame dim)
-    for dim in reversed(cdims):
-        if dim != "slice":
-            pos = pos.take(0, axis=cdims.index(dim))
+    n_slices = da.sizes.get("slice", 1)
+    columns = []
+    for name in names:
+        coord = da.coords[name]
+        # one value per slice: the first along every other frame dim; constant -> broadcast
+        coord = coord.isel({d: 0 for d in coord.dims if d != "slice"})
+        values = np.asarray(coord.values, dtype=np.float64)
+        columns.append(np.broadcast_to(values, (n_slices,)) if values.ndim == 0 else values)
+    pos = np.stack(columns, axis=-1)
     pos = pos.reshape(-1, 3)
     if not np.all(np.isfinite(pos)) or len(pos) == 0:
         return affine
     affine[:3, 3] = pos[0]
-    if "slice" in cdims and len(pos) > 1:
+    if len(pos) > 1:
         affine[:3, 0] = (pos[-1] - pos[0]) / (len(pos) - 1)
     return affine
 

@@ -122,7 +122,13 @@ def list_series(
     if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
         return list(source)  # type: ignore[arg-type]
     catalog = _catalog(source, recursive=recursive)
-    return list(plan_series(catalog, on_irregular=on_irregular))
+    plans = plan_series(catalog, on_irregular=on_irregular)
+    # keep the scan's skipped-files report with the plans, for error messages
+    try:
+        plans.skipped = list(catalog.attrs.get("skipped", []))
+    except AttributeError:  # a plain list from a plan_series stand-in
+        plans = list(plans)
+    return plans
 
 
 def _is_plan(obj: Any) -> bool:
@@ -206,7 +212,7 @@ def _format_table(plans: Sequence[SeriesPlan]) -> str:
 def _select(plans: Sequence[SeriesPlan], series: Any, source: Any) -> SeriesPlan:
     """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description."""
     if not plans:
-        raise NoSeriesError(f"no image series found in {_describe_source(source)}")
+        raise NoSeriesError(_no_series_message(plans, source))
     if series is None:
         if len(plans) == 1:
             return plans[0]
@@ -250,6 +256,31 @@ def _select(plans: Sequence[SeriesPlan], series: Any, source: Any) -> SeriesPlan
         f"{_format_table(candidates)}\nUse the key to pick one, "
         f"for example series={candidates[0].key!r}."
     )
+
+
+def _no_series_message(plans: Sequence[SeriesPlan], source: Any) -> str:
+    """Say why nothing can be opened: what the scan skipped and what the planner set apart."""
+    lines = [f"no image series found in {_describe_source(source)}"]
+    skipped = getattr(plans, "skipped", None) or []
+    if skipped:
+        reasons: dict[str, int] = {}
+        for item in skipped:
+            reason = str(item.get("reason", "")).split(" (")[0]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        lines.append(
+            f"{len(skipped)} file(s) skipped by the scan: "
+            + "; ".join(f"{n} x {r}" for r, n in reasons.items())
+            + " (see dicomxr.catalog.skipped(dicomxr.scan(...)))"
+        )
+    set_apart = getattr(plans, "set_apart", None)
+    if set_apart is not None and len(set_apart):
+        counts = set_apart.groupby("reason").size()
+        lines.append(
+            f"{len(set_apart)} frame(s) set apart: "
+            + "; ".join(f"{n} x {reason}" for reason, n in counts.items())
+            + " (plan_series(..., include=[...]) plans localizers / secondary captures)"
+        )
+    return "\n".join(lines)
 
 
 def _describe_source(source: Any) -> str:
@@ -336,6 +367,12 @@ def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
             value = _jsonable(_attr(plan, name))
             if value is not None:
                 attrs[name] = value
+    if include_patient:
+        for name in sorted(PATIENT_ATTRIBUTES):
+            if name not in attrs:
+                value = _jsonable(_attr(plan, name))
+                if value not in (None, ""):
+                    attrs[name] = value
     attrs["affine"] = np.asarray(plan.affine, dtype=np.float64).tolist()
     attrs["geometry"] = _report_dict(getattr(plan, "geometry", None))
     attrs["series_key"] = plan.key
@@ -575,7 +612,7 @@ def open_study(
     """
     plans = list_series(source, on_irregular=on_irregular, recursive=recursive)
     if not plans:
-        raise NoSeriesError(f"no image series found in {_describe_source(source)}")
+        raise NoSeriesError(_no_series_message(plans, source))
     tree: dict[str, xr.Dataset] = {"/": xr.Dataset()}
     for plan in plans:
         patient = _node_name(_attr(plan, "PatientID"), "unknown_patient")

@@ -5,9 +5,9 @@ Layout of the file
 - voxel axes ``(i, j, k)`` = ``(col, row, slice)``: i runs along the DICOM row direction
   cosine (ImageOrientationPatient[:3]), j along the column cosine, k along the stack, so the
   in-plane layout is DICOM's and the array is written without resampling;
-- a 4D series (one extra frame dim: ``time``, ``echo``, ``diffusion``, ...) goes on the 4th
-  axis; more than one extra dim is refused with a message naming them (select with ``.isel``
-  or combine with ``.stack`` first);
+- a 4D series (extra frame dims: ``time``, ``echo``, ``diffusion``, ``label``, ...) goes on the
+  4th axis; several extra dims are flattened into it in the DataArray's dim order (C order,
+  the last extra dim varying fastest - ``.transpose`` first to choose, ``.isel`` to pick one);
 - colour images (``channel`` dim of 3 uint8) are written as NIfTI RGB24;
 - sform and qform are both set, code 1 (scanner), in RAS (NIfTI's world space). The sform is
   the exact affine, sheared for a gantry-tilted stack; the qform cannot hold a shear, so for a
@@ -194,8 +194,9 @@ def to_nifti(
     ----------
     da
         A DataArray from :func:`dicomxr.open_series` (or a selection of one), dims
-        ``(*frame dims, "slice", "row", "col")``; at most one frame dim besides ``slice``.
-        A Dataset is accepted and its ``image`` variable written.
+        ``(*frame dims, "slice", "row", "col")``; frame dims besides ``slice`` go on the
+        4th axis (several are flattened, the last fastest). A Dataset is accepted and its
+        ``image`` variable written.
     path
         Destination; ``.nii.gz`` is compressed.
     bvals
@@ -228,14 +229,14 @@ def to_nifti(
     _check_in_plane(da)
     colour = "channel" in da.dims
     extra = [d for d in da.dims if d not in (*_SPATIAL, "channel")]
-    if len(extra) > 1:
-        raise ValueError(
-            f"NIfTI holds one axis beyond space but this image has frame dims {extra}: pick one "
-            f"with .isel({extra[0]}=0) (or .sel), or combine them with "
-            f".stack(volume={tuple(extra)}) before exporting"
-        )
     order = [*extra, *_SPATIAL, *(["channel"] if colour else [])]
     values = np.asarray(da.transpose(*order).values)
+    if len(extra) > 1:  # NIfTI has one axis beyond space: flatten, last extra dim fastest
+        logger.info("flattening frame dims %s into the 4th NIfTI axis", extra)
+        values = values.reshape((-1, *values.shape[len(extra) :]))
+        flat = "volume"
+        da = da.stack({flat: extra}) if "DiffusionBValue" in da.coords else da
+        extra = [flat]
     # (extra?, slice, row, col, channel?) -> (col, row, slice, extra?, channel?)
     spatial_axes = [len(extra) + 2, len(extra) + 1, len(extra)]
     axes = spatial_axes + list(range(len(extra))) + ([values.ndim - 1] if colour else [])
