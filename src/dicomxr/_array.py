@@ -331,7 +331,7 @@ def _finalize(results: Any) -> np.ndarray:
 
 
 def _spec_of(value: Any) -> FrameGrid | None:
-    """The FrameGrid held by a graph value (raw, or wrapped as a dask DataNode)."""
+    """Return the FrameGrid held by a graph value (raw, or wrapped as a dask DataNode)."""
     if isinstance(value, FrameGrid):
         return value
     inner = getattr(value, "value", None)
