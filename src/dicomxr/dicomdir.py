@@ -113,6 +113,15 @@ def referenced_files(
                 }
             )
             return
+        truncated = _truncated_at(directory_file)
+        if truncated is not None:
+            dangling.append(
+                {
+                    "path": directory_file,
+                    "reason": f"truncated directory file (cut short at byte {truncated}; "
+                    "records past that point are lost)",
+                }
+            )
         if records is None:
             dangling.append(
                 {"path": directory_file, "reason": "directory file without DirectoryRecordSequence"}
@@ -168,3 +177,13 @@ def _refers_to_directory_file(record: Any, path: str) -> bool:
     from dicomxr.catalog import _is_dicomdir
 
     return _is_dicomdir(path)
+
+
+def _truncated_at(path: str) -> int | None:
+    """Offset where a directory file is cut short, or ``None`` if it is complete."""
+    from dicomxr._header import read_raw
+
+    raw = read_raw(path, os.path.getsize(path), frozenset(), {}, frozenset())
+    if raw is None or raw.truncated_at is None:
+        return None
+    return raw.truncated_at[1]
