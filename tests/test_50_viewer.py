@@ -160,7 +160,7 @@ def test_displayed_image_equals_windowed_slice():
     # the PNG that goes to the browser holds exactly that picture
     import io
 
-    png = np.asarray(Image.open(io.BytesIO(v._images["slice"].value)))
+    png = np.asarray(Image.open(io.BytesIO(v._images["slice"].value)).convert("RGB"))
     np.testing.assert_array_equal(png, v.displayed())
 
 
@@ -221,16 +221,17 @@ def test_coronal_has_head_up_and_crosshair_links_the_planes():
     da, counter = make_series()
     values = counter.values
     v = dicomxr.view(da, view="orthogonal", position={"slice": 2, "row": 5, "col": 7})
-    v.show_crosshair = False
     coronal = v.plane_values("coronal").values  # (slice, col) at row 5
     np.testing.assert_array_equal(coronal, values[:, 5, :])
     shown = v.displayed("coronal")[..., 0]
     # slices run toward +z (head): the last slice is on the top row
     np.testing.assert_array_equal(shown, expected_gray(values[::-1, 5, :], v.level, v.window))
-    v.show_crosshair = True
-    y, x = v.planes["row"].to_display(v.position, v.volume.sizes)
-    assert (y, x) == (12 - 1 - 2, 7)
-    assert tuple(v.displayed("coronal")[y, 0]) == (255, 196, 0)
+    # the crosshair: where the axial (slice 2) and sagittal (col 7) planes cut the coronal one
+    assert v.crosshair("coronal") == (12 - 1 - 2, 7)
+    svg = v._layers["row"].value
+    assert 'y1="9.5"' in svg and 'x1="7.5"' in svg and 'viewBox="0 0 30 12"' in svg
+    v.show_crosshair = False
+    assert "<line" not in v._layers["row"].value
     # a click on the axial plane moves the coronal and sagittal planes there
     v.click("slice", 30, 4)
     assert (v.position["row"], v.position["col"]) == (30, 4)
@@ -238,6 +239,18 @@ def test_coronal_has_head_up_and_crosshair_links_the_planes():
     # a click on the coronal plane (screen row 0 = top = last slice) moves the slice
     v.click("row", 0, 10)
     assert (v.position["slice"], v.position["col"]) == (11, 10)
+    # what the browser sends (ipyevents): pixels of the layer's box, scaled to the plane
+    w, h = int(v._images["col"].width), int(v._images["col"].height)
+    v._on_click_event(
+        "col",
+        {
+            "relativeX": w * 0.5,
+            "relativeY": h * 0.99,
+            "boundingRectWidth": w,
+            "boundingRectHeight": h,
+        },
+    )
+    assert (v.position["slice"], v.position["row"]) == (0, 20)
 
 
 def test_extra_dim_sliders_are_labelled_with_their_values():

@@ -35,7 +35,7 @@ import traitlets
 
 from dicomxr.viewer import windowing
 from dicomxr.viewer.planes import SPATIAL, Plane, planes_from_affine
-from dicomxr.viewer.render import COLORMAPS, encode_png, render
+from dicomxr.viewer.render import COLORMAPS, encode_png, lut, render
 from dicomxr.viewer.volume import LRU, Volume, as_image
 
 logger = logging.getLogger(__name__)
@@ -219,15 +219,24 @@ class Viewer(widgets.VBox):
         self._captions: dict[str, widgets.HTML] = {}
         self._panels: dict[str, widgets.VBox] = {}
         self._events: list[Any] = []
+        self._layers: dict[str, widgets.HTML] = {}
+        self._stacks: dict[str, widgets.GridBox] = {}
         for d in SPATIAL:
-            img = widgets.Image(format="png")
+            # the picture and, in the same grid cell above it, an SVG layer for the crosshair
+            # (moving the crosshair then re-encodes no picture); clicks land on the layer
+            img = widgets.Image(format="png", layout={"grid_area": "1 / 1 / 2 / 2", "margin": "0"})
             img.add_class("dicomxr-plane")
             img.add_class(f"dicomxr-plane-{d}")
+            layer = widgets.HTML(layout={"grid_area": "1 / 1 / 2 / 2", "margin": "0"})
+            layer.add_class("dicomxr-layer")
+            stack = widgets.GridBox([img, layer])
             cap = widgets.HTML()
             self._images[d] = img
+            self._layers[d] = layer
+            self._stacks[d] = stack
             self._captions[d] = cap
-            self._panels[d] = widgets.VBox([cap, img], layout={"margin": "0 6px 0 0"})
-            self._attach_click(d, img)
+            self._panels[d] = widgets.VBox([cap, stack], layout={"margin": "0 6px 0 0"})
+            self._attach_click(d, layer)
         self._image_box = widgets.HBox()
         self._sliders: dict[str, Any] = {}
         for d in SPATIAL:
@@ -285,7 +294,7 @@ class Viewer(widgets.VBox):
             self._status,
         ]
 
-    def _attach_click(self, dim: str, img: widgets.Image) -> None:
+    def _attach_click(self, dim: str, layer: widgets.HTML) -> None:
         try:
             from ipyevents import Event
         except ImportError:
@@ -294,9 +303,23 @@ class Viewer(widgets.VBox):
                 "(pip install 'dicomxr[viewer]'); the sliders still do"
             )
             return
-        ev = Event(source=img, watched_events=["click"], prevent_default_action=True)
-        ev.on_dom_event(lambda event, d=dim: self.click(d, event.get("dataY"), event.get("dataX")))
+        ev = Event(source=layer, watched_events=["click"], prevent_default_action=True)
+        ev.on_dom_event(lambda event, d=dim: self._on_click_event(d, event))
         self._events.append(ev)
+
+    def _on_click_event(self, dim: str, event: Mapping[str, Any]) -> None:
+        """Map a browser click (pixels of the layer's box) to a pixel of the plane."""
+        try:
+            bw = float(event["boundingRectWidth"])
+            bh = float(event["boundingRectHeight"])
+            rx, ry = float(event["relativeX"]), float(event["relativeY"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if bw <= 0 or bh <= 0:
+            return
+        p = self.planes[dim]
+        ny, nx = self.volume.sizes[p.vertical], self.volume.sizes[p.horizontal]
+        self.click(dim, int(ry / bh * ny), int(rx / bw * nx))
 
     def _title_html(self) -> str:
         a = self.attrs
@@ -534,10 +557,31 @@ class Viewer(widgets.VBox):
         self._plane_cache.put(key, shown)
         return shown
 
-    def _crosshair(self, dim: str) -> tuple[int, int] | None:
+    def crosshair(self, view: str | None = None) -> tuple[int, int] | None:
+        """Return the screen pixel ``(y, x)`` where the crosshair crosses a plane (``None`` if hidden)."""
+        dim = self._dim_of(view)
         if not self.show_crosshair or self.view != ORTHOGONAL:
             return None
         return self.planes[dim].to_display(self.position, self.volume.sizes)
+
+    def _layer_svg(self, dim: str, width: int, height: int) -> str:
+        p = self.planes[dim]
+        ny, nx = self.volume.sizes[p.vertical], self.volume.sizes[p.horizontal]
+        lines = ""
+        cross = self.crosshair(dim)
+        if cross is not None:
+            y, x = cross
+            style = 'stroke="#ffc400" stroke-width="1" vector-effect="non-scaling-stroke"'
+            lines = (
+                f'<line class="dicomxr-crosshair-h" x1="0" y1="{y + 0.5}" x2="{nx}" '
+                f'y2="{y + 0.5}" {style}/>'
+                f'<line class="dicomxr-crosshair-v" x1="{x + 0.5}" y1="0" x2="{x + 0.5}" '
+                f'y2="{ny}" {style}/>'
+            )
+        return (
+            f'<svg width="{width}" height="{height}" viewBox="0 0 {nx} {ny}" '
+            f'preserveAspectRatio="none" style="display:block">{lines}</svg>'
+        )
 
     def displayed(self, view: str | None = None) -> np.ndarray:
         """Return the RGB image on screen for a plane, ``(H, W, 3)`` uint8, in display orientation.
@@ -556,7 +600,6 @@ class Viewer(widgets.VBox):
             invert=self._invert,
             overlay=self._overlay_data(dim),
             opacity=self.overlay_opacity,
-            crosshair=self._crosshair(dim),
         )
 
     def plane_values(self, view: str | None = None) -> Any:
@@ -583,7 +626,6 @@ class Viewer(widgets.VBox):
             dim,
             self._extra_idx(),
             int(self.position[dim]),
-            self._crosshair(dim),
             self.level,
             self.window,
             self.colormap,
@@ -591,7 +633,14 @@ class Viewer(widgets.VBox):
         )
         hit = self._png.get(key)
         if hit is None:
-            hit = encode_png(self.displayed(dim))
+            if self.overlay is None and not self.volume.rgb:
+                # grey levels + the colormap as palette: exact, small, fast
+                idx = windowing.apply_window(
+                    self._plane_data(dim), self.level, self.window, invert=self._invert
+                )
+                hit = encode_png(idx, palette=lut(self.colormap))
+            else:
+                hit = encode_png(self.displayed(dim))
             self._png.put(key, hit)
         return hit
 
@@ -632,7 +681,14 @@ class Viewer(widgets.VBox):
             img = self._images[d]
             img.value = self.png(d)
             w, h = self.planes[d].display_size(self.volume.sizes, size)
-            img.width, img.height = str(w), str(h)
+            if img.width != str(w) or img.height != str(h):
+                img.width, img.height = str(w), str(h)
+                img.layout.width, img.layout.height = f"{w}px", f"{h}px"
+                self._layers[d].layout.width = f"{w}px"
+                self._layers[d].layout.height = f"{h}px"
+                self._stacks[d].layout.grid_template_columns = f"{w}px"
+                self._stacks[d].layout.grid_template_rows = f"{h}px"
+            self._layers[d].value = self._layer_svg(d, w, h)
             self._captions[d].value = self._caption(d)
         self._image_box.children = [self._panels[d] for d in visible]
         self.children[5].children = [self._sliders[d] for d in visible]

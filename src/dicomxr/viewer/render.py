@@ -1,9 +1,14 @@
 """Turn a plane of values into the RGB picture on screen, and that picture into PNG bytes.
 
 Kept apart from the widgets so that tests, the static montage and scripts get exactly what
-the viewer shows: window -> colormap -> label overlay -> crosshair, in numpy, then a fast
-PNG encode (Pillow, which matplotlib already depends on). Matplotlib is used for its
-colormaps only: drawing a figure per slider step would cost far more than the 50 ms budget.
+the viewer shows: window -> colormap -> label overlay, in numpy, then a fast PNG encode
+(Pillow, which matplotlib already depends on). Matplotlib is used for its colormaps only:
+drawing a figure per slider step would cost far more than the 50 ms budget.
+
+Without an overlay the picture is sent as a *palette* PNG: the windowed grey levels (one byte
+a pixel) plus the colormap as its 256-entry palette - exact, a third of the RGB size and
+about five times faster to encode. The crosshair is not burnt into the picture: the viewer
+draws it as an SVG layer above the image, so moving it re-encodes nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +22,9 @@ from dicomxr.viewer.windowing import apply_window
 
 __all__ = ["COLORMAPS", "encode_png", "label_colors", "lut", "render"]
 
+
 #: Colormaps offered in the viewer's menu (any matplotlib name works through the trait).
 COLORMAPS = ("gray", "bone", "viridis", "magma", "inferno", "plasma", "hot", "cividis", "jet")
-
-CROSSHAIR_RGB = (255, 196, 0)
 
 
 @lru_cache(maxsize=32)
@@ -73,7 +77,6 @@ def render(
     invert: bool = False,
     overlay: np.ndarray | None = None,
     opacity: float = 0.4,
-    crosshair: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Render one displayed plane to an RGB ``uint8`` array ``(H, W, 3)``.
 
@@ -89,8 +92,6 @@ def render(
         Show low values bright (MONOCHROME1).
     overlay
         ``(H, W)`` labels (0 = none) or mask, blended with ``opacity``.
-    crosshair
-        Screen ``(y, x)`` where the other planes cut this one.
     """
     values = np.asarray(values)
     if values.ndim == 3:
@@ -102,7 +103,7 @@ def render(
             np.subtract(255, rgb, out=rgb)
     else:
         idx = apply_window(values, center, width, invert=invert)
-        rgb = lut(cmap)[idx]
+        rgb = np.take(lut(cmap), idx, axis=0)
     if overlay is not None:
         ov = np.asarray(overlay)
         mask = ov.astype(bool) if ov.dtype != bool else ov
@@ -111,22 +112,26 @@ def render(
             a = float(np.clip(opacity, 0.0, 1.0))
             blended = rgb[mask].astype(np.float32) * (1.0 - a) + colors.astype(np.float32) * a
             rgb[mask] = (blended + 0.5).astype(np.uint8)
-    if crosshair is not None:
-        y, x = crosshair
-        h, w = rgb.shape[:2]
-        if 0 <= y < h:
-            rgb[y, :] = CROSSHAIR_RGB
-        if 0 <= x < w:
-            rgb[:, x] = CROSSHAIR_RGB
     return rgb
 
 
-def encode_png(rgb: np.ndarray, *, compress_level: int = 1) -> bytes:
-    """PNG bytes of an ``(H, W, 3)`` or ``(H, W)`` uint8 array (fast, lossless)."""
+def encode_png(
+    pixels: np.ndarray, *, palette: np.ndarray | None = None, compress_level: int = 1
+) -> bytes:
+    """PNG bytes of an ``(H, W, 3)`` or ``(H, W)`` uint8 array (fast, lossless).
+
+    With ``palette`` (256 x 3 uint8), a 2-D array is written as palette indices.
+    """
     from PIL import Image
 
+    pixels = np.ascontiguousarray(pixels)
+    if palette is not None:
+        if pixels.ndim != 2:
+            raise ValueError("a palette PNG needs a 2-D array of indices")
+        image = Image.frombytes("P", (pixels.shape[1], pixels.shape[0]), pixels.tobytes())
+        image.putpalette(np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
+    else:
+        image = Image.fromarray(pixels)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(
-        buf, format="PNG", compress_level=compress_level
-    )
+    image.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()

@@ -127,6 +127,14 @@ class Volume:
         self.extra: tuple[str, ...] = extra
         self.sizes: dict[str, int] = {str(d): int(n) for d, n in da.sizes.items()}
         self.lazy = _is_dask(da.data)
+        frame_dims = {*extra, "slice"}
+        # numpy copies of the per-frame coordinates: xarray's isel costs ~1 ms a coordinate,
+        # too much for every slider step
+        self._frame_coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
+            str(name): (tuple(map(str, c.dims)), np.asarray(c.values))
+            for name, c in da.coords.items()
+            if c.dims and set(c.dims) <= frame_dims
+        }
         self.frames = LRU(cache_bytes)
         #: frames read from the array so far (for tests and the status line)
         self.reads = 0
@@ -172,7 +180,9 @@ class Volume:
 
             data = self.da.data
             if len(missing) == 1:
-                (block,) = dask.compute(data[(*extra_idx, missing[0])])
+                # one chunk: the synchronous scheduler saves the thread pool's start-up
+                # (tens of ms a step on a busy 2-core machine)
+                (block,) = dask.compute(data[(*extra_idx, missing[0])], scheduler="sync")
                 computed = [block]
             else:
                 # one graph for the whole set: dask reads the chunks in parallel
@@ -206,16 +216,13 @@ class Volume:
         return np.stack([f[:, index] for f in stack])
 
     def coords_at(self, extra_idx: tuple[int, ...], s: int) -> dict[str, Any]:
-        """Values of every coordinate along the frame dims at one frame (for the metadata panel)."""
+        """Return every coordinate along the frame dims at one frame (for the metadata panel)."""
         sel = dict(zip(self.extra, extra_idx, strict=True))
         sel["slice"] = int(s)
         out: dict[str, Any] = {}
-        for name, coord in self.da.coords.items():
-            dims = coord.dims
-            if not dims or any(d not in sel for d in dims):
-                continue
-            value = coord.isel({d: sel[d] for d in dims}).values
-            out[str(name)] = value.item() if value.ndim == 0 else value
+        for name, (dims, values) in self._frame_coords.items():
+            value = values[tuple(sel[d] for d in dims)]
+            out[name] = value.item() if isinstance(value, np.generic) else value
         return out
 
     def values_along(self, dim: str) -> Mapping[str, np.ndarray]:
