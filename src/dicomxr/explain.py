@@ -636,6 +636,34 @@ def _as_dataarray(obj: Any) -> xr.DataArray:
     )
 
 
+def _default_order(da: xr.DataArray) -> np.ndarray:
+    """Flat frame indices of the first volume (index 0 of every frame dim but ``slice``)."""
+    dims = _frame_dims(da)
+    index = np.arange(int(np.prod([da.sizes[d] for d in dims]))).reshape(
+        [da.sizes[d] for d in dims]
+    )
+    return index[tuple(slice(None) if d == "slice" else 0 for d in dims)]
+
+
+def _lines(da: xr.DataArray, frames: np.ndarray, col: int) -> np.ndarray:
+    """Column ``col`` of the given flat frames, ``(len(frames), rows)``; each frame read once."""
+    dims = _frame_dims(da)
+    line = da.isel(col=col)
+    if "channel" in line.dims:
+        line = line.mean("channel")
+    flat = line.transpose(*dims, "row").stack(_frame=dims).transpose("_frame", "row")
+    unique, inverse = np.unique(np.asarray(frames, dtype=int), return_inverse=True)
+    values = np.asarray(flat.isel(_frame=unique).values)
+    return values[inverse.reshape(-1)]
+
+
+def _check_col(da: xr.DataArray, col: int | None) -> int:
+    col = da.sizes["col"] // 2 if col is None else int(col)
+    if not 0 <= col < da.sizes["col"]:
+        raise IndexError(f"col {col} outside 0..{da.sizes['col'] - 1}")
+    return col
+
+
 def reformat(obj: Any, order: np.ndarray | None = None, *, col: int | None = None) -> np.ndarray:
     """Cut across the stack at one column: one line of pixels from every frame, in ``order``.
 
@@ -656,24 +684,14 @@ def reformat(obj: Any, order: np.ndarray | None = None, *, col: int | None = Non
     Returns
     -------
     numpy.ndarray
-        ``(frames, rows)``, the stored values after rescale as the DataArray gives them (colour
-        frames are averaged over the channel). Only that column of each frame is kept, but
-        every frame in ``order`` is read.
+        ``(frames, rows)``, the values as the DataArray gives them (rescaled; colour frames are
+        averaged over the channel). Each frame in ``order`` is read once, whole (frames are
+        the unit of storage), and only the column is kept.
     """
     da = _as_dataarray(obj)
-    dims = _frame_dims(da)
-    col = da.sizes["col"] // 2 if col is None else int(col)
-    if not 0 <= col < da.sizes["col"]:
-        raise IndexError(f"col {col} outside 0..{da.sizes['col'] - 1}")
-    line = da.isel(col=col)
-    if "channel" in line.dims:
-        line = line.mean("channel")
-    if order is None:
-        line = line.isel({d: 0 for d in dims if d != "slice"})
-        return np.asarray(line.transpose("slice", "row").values)
-    flat = line.transpose(*dims, "row").stack(_frame=dims).transpose("_frame", "row")
-    order = np.asarray(order, dtype=int)
-    return np.asarray(flat.isel(_frame=order).values)
+    col = _check_col(da, col)
+    frames = _default_order(da) if order is None else np.asarray(order, dtype=int)
+    return _lines(da, frames, col)
 
 
 def compare_orders(
@@ -715,8 +733,12 @@ def compare_orders(
     wrong_order = _order(sl, by)
     differs = not np.array_equal(right_order, wrong_order)
 
-    good = reformat(da, col=col)
-    bad = reformat(da, wrong_order, col=col)
+    col = _check_col(da, col)
+    first_volume = _default_order(da)
+    # read every frame once, then arrange the lines both ways
+    lines = _lines(da, np.arange(len(s_all)), col)
+    good = lines[first_volume]
+    bad = lines[wrong_order]
     s_good = np.asarray(da["slice"].values, dtype=float)
     steps = np.diff(np.sort(s_all))
     even = float(np.median(steps[steps > 1e-3])) if np.any(steps > 1e-3) else 1.0
@@ -760,7 +782,7 @@ def compare_orders(
     ax_line.set_ylabel("s of the frame placed there (mm)")
     ax_line.legend(fontsize=8)
     ax_line.grid(alpha=0.3)
-    fig.suptitle(f"{sl.label}: reformat across the slices at column {_col(da, col)}")
+    fig.suptitle(f"{sl.label}: reformat across the slices at column {col}")
     fig.dicomxr_orders_differ = differs  # type: ignore[attr-defined]
     return fig
 
@@ -777,10 +799,6 @@ def _display_range(attrs: dict[str, Any], values: np.ndarray) -> tuple[float, fl
         return centre - width / 2, centre + width / 2
     lo, hi = np.nanpercentile(values, [1, 99.5])
     return float(lo), float(hi)
-
-
-def _col(da: xr.DataArray, col: int | None) -> int:
-    return da.sizes["col"] // 2 if col is None else int(col)
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
