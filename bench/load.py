@@ -1,0 +1,200 @@
+"""Load benchmark: dicomxr against a plain read(), a pydicom loop and SimpleITK.
+
+Run from the project root (warm cache, one variant per subprocess so memory is measured
+cleanly)::
+
+    python bench/load.py                 # Philips 140 x 512^2 CT + a 300 x 512^2 phantom
+    python bench/load.py --repeat 5 --only philips
+
+Printed per series:
+
+* full load time / plain ``read()`` of the same files           (goal <= 1.5)
+* speed-up over a pydicom ``dcmread`` + ``pixel_array`` + ``np.stack`` loop (goal >= 4)
+* speed-up over SimpleITK ``ImageSeriesReader``                   (goal >= 5)
+* lazy open time / a pydicom ``stop_before_pixels`` loop          (goal <= 0.33)
+* peak RSS / array bytes                                          (goal <= 1.2)
+
+Times are the best of ``--repeat`` runs inside one process (warm page cache). "Peak RSS" is
+the growth of the process's peak resident set during the *first* load, over the resident set
+just before it (after imports and, for dicomxr, after the lazy open): the memory the load
+itself costs, not the interpreter's. The machine is shared, so the numbers are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DICOMXR_TEST_DATA", ROOT.parent / "shared" / "data"))
+PHILIPS = DATA / "dcm_qa_ct" / "In" / "Philips" / "S21570" / "S2020"
+
+VARIANTS = ("raw", "headers", "pydicom", "sitk", "dicomxr_open", "dicomxr_load")
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name != "DIRFILE")
+
+
+def _peak_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _current_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _run_variant(variant: str, folder: Path, repeat: int) -> dict:
+    """Inside the subprocess: time one variant, measure the first load's memory."""
+    import numpy as np
+
+    files = _files(folder)
+    if variant == "raw":
+
+        def job():
+            out = []
+            for f in files:
+                with open(f, "rb") as fh:
+                    out.append(fh.read())
+            return out
+
+    elif variant == "headers":
+        import pydicom
+
+        def job():
+            return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+
+    elif variant == "pydicom":
+        import pydicom
+
+        def job():
+            return np.stack([pydicom.dcmread(f).pixel_array for f in files])
+
+    elif variant == "sitk":
+        import SimpleITK as sitk
+
+        def job():
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+            return sitk.GetArrayFromImage(reader.Execute())
+
+    elif variant == "dicomxr_open":
+        import dicomxr
+
+        def job():
+            return dicomxr.open_series(folder)
+
+    elif variant == "dicomxr_load":
+        import dicomxr
+
+        image = dicomxr.open_series(folder)
+
+        def job():
+            return image.values
+
+    else:
+        raise ValueError(variant)
+
+    before = _current_kib()
+    t0 = time.perf_counter()
+    result = job()
+    times = [time.perf_counter() - t0]
+    grown = max(_peak_kib() - before, 0) * 1024
+    nbytes = int(getattr(result, "nbytes", 0) or 0)
+    del result
+    for _ in range(repeat - 1):
+        t0 = time.perf_counter()
+        result = job()
+        times.append(time.perf_counter() - t0)
+        del result
+    return {"variant": variant, "time": min(times), "peak_growth": grown, "nbytes": nbytes}
+
+
+def _measure(variant: str, folder: Path, repeat: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--folder", str(folder)]
+    cmd += ["--repeat", str(repeat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    if proc.returncode != 0:
+        return {"variant": variant, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _report(label: str, folder: Path, repeat: int) -> dict:
+    # warm the page cache once
+    for f in _files(folder):
+        Path(f).read_bytes()
+    res = {v: _measure(v, folder, repeat) for v in VARIANTS}
+    print(f"\n== {label}: {folder} ({len(_files(folder))} files)")
+    for v, r in res.items():
+        if "error" in r:
+            print(f"  {v:14s} FAILED: {r['error']}")
+        else:
+            print(
+                f"  {v:14s} {r['time']:8.3f} s   peak RSS growth {r['peak_growth'] / 2**20:7.1f} MiB"
+            )
+    t = {v: r.get("time", float("nan")) for v, r in res.items()}
+    load = res["dicomxr_load"]
+    nbytes = load.get("nbytes") or 0
+    ratios = {
+        "load / raw read": (t["dicomxr_load"] / t["raw"], "<= 1.5"),
+        "(open + load) / raw read": ((t["dicomxr_open"] + t["dicomxr_load"]) / t["raw"], "-"),
+        "speed-up vs pydicom loop": (t["pydicom"] / t["dicomxr_load"], ">= 4"),
+        "speed-up vs SimpleITK": (t["sitk"] / t["dicomxr_load"], ">= 5"),
+        "lazy open / pydicom header loop": (t["dicomxr_open"] / t["headers"], "<= 0.33"),
+        "peak RSS / array bytes": (
+            load.get("peak_growth", float("nan")) / nbytes if nbytes else float("nan"),
+            "<= 1.2",
+        ),
+        "pydicom loop peak RSS / array bytes": (
+            res["pydicom"].get("peak_growth", float("nan")) / nbytes if nbytes else float("nan"),
+            "-",
+        ),
+    }
+    print(f"  array: {nbytes / 2**20:.1f} MiB")
+    for name, (value, goal) in ratios.items():
+        print(f"  {name:36s} {value:7.2f}   (goal {goal})")
+    return {"label": label, "times": t, "ratios": {k: v for k, (v, _) in ratios.items()}}
+
+
+def _phantom(dest: Path, n: int = 300) -> Path:
+    from dicomxr.phantom import phantom_volume, write_series
+
+    folder = dest / f"phantom_{n}"
+    if not folder.exists():
+        write_series(folder, phantom_volume((n, 512, 512), dtype="int16"), rescale=(1.0, -1024.0))
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--child``, one variant in this process)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=("philips", "phantom"))
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_run_variant(args.child, args.folder, args.repeat)))
+        return 0
+    results = []
+    if args.only in (None, "philips"):
+        if not PHILIPS.is_dir():
+            print(f"Philips CT not found at {PHILIPS}: set DICOMXR_TEST_DATA", file=sys.stderr)
+            return 2
+        results.append(_report("Philips CT 140 x 512^2", PHILIPS, args.repeat))
+    if args.only in (None, "phantom"):
+        with tempfile.TemporaryDirectory(prefix="dicomxr-bench-") as tmp:
+            results.append(_report("phantom 300 x 512^2", _phantom(Path(tmp)), args.repeat))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
