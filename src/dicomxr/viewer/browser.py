@@ -34,7 +34,7 @@ class Browser(widgets.VBox):
     """Pick a study and a series from a catalog and open the viewer on it.
 
     Build it with :func:`browse`. ``study`` (StudyInstanceUID) and ``series`` (plan key)
-    are traits; :meth:`open` opens the selected series and returns its :class:`Viewer`.
+    are traits; :meth:`open_viewer` opens the selected series and returns its :class:`Viewer`.
     """
 
     study = traitlets.Unicode("", help="StudyInstanceUID of the selected study")
@@ -159,12 +159,12 @@ class Browser(widgets.VBox):
 
     def _open_clicked(self) -> None:
         try:
-            self.open()
+            self.open_viewer()
         except Exception as exc:
             logger.warning("could not open series %s: %s", self.series, exc)
             self._message.value = f"<span style='color:#b00'>{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
 
-    def open(self, series: str | None = None) -> Any:
+    def open_viewer(self, series: str | None = None) -> Any:
         """Open a series (default: the selected one), show its viewer below the lists, return it."""
         from dicomxr.api import open_series
         from dicomxr.viewer._viewer import view
@@ -206,13 +206,13 @@ def browse(
     Returns
     -------
     Browser
-        The widget; ``study``/``series`` traits select, :meth:`Browser.open` views.
+        The widget; ``study``/``series`` traits select, :meth:`Browser.open_viewer` views.
 
     Examples
     --------
     >>> import dicomxr
     >>> b = dicomxr.browse(dicomxr.scan("/data/dicom"))  # doctest: +SKIP
-    >>> v = b.open()  # the first series of the first study  # doctest: +SKIP
+    >>> v = b.open_viewer()  # the first series of the first study  # doctest: +SKIP
     """
     import pandas as pd
 
