@@ -187,8 +187,10 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
             "mosaic_cols": zeros,
         }
         for col in FRAME_COLUMNS[6:]:
-            new[col] = _empty(n)
-        new["ComplexImageComponent"] = component
+            if col not in cols:  # a catalog may already carry some (e.g. LabelType)
+                new[col] = _empty(n)
+        if "ComplexImageComponent" not in cols:
+            new["ComplexImageComponent"] = component
         out = catalog.assign(**new)
         out.index = pd.RangeIndex(n)
         return out
@@ -208,8 +210,13 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
         "mosaic_cols": np.zeros(total, np.int64),
     }
     for col in FRAME_COLUMNS[6:]:
-        values[col] = _empty(total)
-    values["ComplexImageComponent"] = component[src]
+        values[col] = (
+            catalog[col].to_numpy(dtype=object, na_value=None)[src]
+            if col in cols
+            else _empty(total)
+        )
+    if "ComplexImageComponent" not in cols:
+        values["ComplexImageComponent"] = component[src]
     overrides: dict[str, np.ndarray] = {}
     errors: list[dict[str, str]] = []
 

@@ -818,6 +818,7 @@ def _plan_group(
             _has_duplicates(cand, useful, slice_id)
             and "label" not in useful
             and _is_philips(cols, rows)
+            and _label_type_unread(cand["label"])
         ):
             from dicomxr.frames import read_label_type
 
@@ -995,6 +996,15 @@ def _stacklevel() -> int:
 def _is_philips(cols: _Columns, rows: np.ndarray) -> bool:
     man = cols.obj("Manufacturer")[rows[0]]
     return isinstance(man, str) and "philips" in man.lower()
+
+
+def _label_type_unread(labels: np.ndarray) -> bool:
+    """Tell whether the ASL label type is unknown because nobody read it (classic Philips files)."""
+    if any(v is not None for v in labels):
+        return False
+    from dicomxr import catalog
+
+    return "LabelType" not in getattr(catalog, "COLUMNS", ())
 
 
 def _useful_kinds(cand: dict[str, np.ndarray], slice_id: np.ndarray, n_slices: int) -> list[str]:
