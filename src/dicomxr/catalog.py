@@ -202,6 +202,9 @@ _DEFLATED = frozenset(
     {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
 )
 
+# at least one of these (or pixel data) makes a parsed file an instance worth a row
+_IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality")
+
 # skip reasons that are listed in the report without a warning
 _BENIGN = ("DICOMDIR file", "not a DICOM file")
 
@@ -863,6 +866,13 @@ def _read_one(path: str, st: os.stat_result) -> dict[str, Any]:
     row = read_header_fast(path, st.st_size)
     if row is None:
         row = read_header_pydicom(path)
+    if not row["has_pixels"] and all(row[k] is None for k in _IDENTITY):
+        # parsed as DICOM, but nothing in it identifies an instance: noise behind a
+        # DICM marker, or a stray file that happens to start like an element
+        raise _Skip(
+            "no usable DICOM attributes (no SOP Class/Instance UID, Series UID, "
+            "Modality or Pixel Data)"
+        )
     row["path"] = path
     row["file_size"] = st.st_size
     row["mtime"] = st.st_mtime
