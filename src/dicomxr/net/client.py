@@ -70,8 +70,9 @@ MAX_CONTEXTS = 128
 REACTOR_DELAY = 0.0  # FastSocket.ready blocks in select instead
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
-# most common first: when the 128-context budget is tight the rarer ones are dropped
-COMPRESSED = (
+# one extra context each, most common first: when the 128-context budget is tight the rarer
+# ones are dropped (and the peer converts those instances to an uncompressed syntax)
+EXTRA_SYNTAXES = (
     JPEGLosslessSV1,
     JPEGBaseline8Bit,
     JPEG2000Lossless,
@@ -82,6 +83,8 @@ COMPRESSED = (
     JPEGLossless,
     JPEGLSNearLossless,
     DeflatedExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
 )
 
 _MODELS = {
@@ -193,8 +196,9 @@ def plan_contexts(
 
     The acceptor picks ONE transfer syntax per presentation context, so to receive an
     instance in the syntax it is stored in, each SOP class gets one context for the
-    uncompressed syntaxes plus one context per compressed syntax, the most common first,
-    as far as the budget of ``max_contexts - reserved`` contexts allows.
+    little endian uncompressed syntaxes plus one context per other syntax (compressed
+    first, the most common first, then implicit VR and big endian alone), as far as the
+    budget of ``max_contexts - reserved`` contexts allows.
 
     Parameters
     ----------
@@ -213,7 +217,7 @@ def plan_contexts(
     --------
     >>> plan = plan_contexts(["1.2.840.10008.5.1.4.1.1.2"])
     >>> len(plan), plan[0][1][0]
-    (11, '1.2.840.10008.1.2.1')
+    (13, '1.2.840.10008.1.2.1')
     """
     classes = list(dict.fromkeys(str(c) for c in sop_classes if c))
     budget = max_contexts - reserved
@@ -222,9 +226,11 @@ def plan_contexts(
             f"{len(classes)} SOP classes do not fit in one association "
             f"({budget} presentation contexts); split them"
         )
-    plan: list[tuple[str, list[str]]] = [(c, [str(ts) for ts in UNCOMPRESSED]) for c in classes]
+    plan: list[tuple[str, list[str]]] = [
+        (c, [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]) for c in classes
+    ]
     if compressed:
-        for ts in COMPRESSED:
+        for ts in EXTRA_SYNTAXES:
             for c in classes:
                 if len(plan) >= budget:
                     return plan
@@ -1083,10 +1089,15 @@ class DicomClient:
         ae_title, port, bind = move
         ae = self._ae()
         ae.ae_title = ae_title
+        # the acceptor takes the first of OUR syntaxes the peer proposes: explicit VR
+        # little endian, then the compressed ones, then the rest
+        syntaxes = list(
+            dict.fromkeys([ExplicitVRLittleEndian, *EXTRA_SYNTAXES, *ALL_TRANSFER_SYNTAXES])
+        )
         for cls in dict.fromkeys(
             [*classes, *(cx.abstract_syntax for cx in AllStoragePresentationContexts)]
         ):
-            ae.add_supported_context(cls, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cls, syntaxes)
         ae.require_called_aet = False
         server = ae.start_server(
             (bind, int(port)), block=False, evt_handlers=[(evt.EVT_C_STORE, state.on_store)]
