@@ -396,6 +396,7 @@ class _Walker:
             creator = ctx.creators.get(tag >> 8 & 0xFF) if elem & 0xFF00 else None
             if 0x10 <= elem < 0x100:
                 keyword, name = "", "Private Creator"
+                dict_vr = "LO"
             else:
                 pvr, pname = _private_entry(tag, creator)
                 name = pname or (f"private tag of {creator!r}" if creator else "private tag")
@@ -450,6 +451,23 @@ class _Walker:
             elif node.vr == "SQ":
                 node.length = header + length
                 self.sequence(node, vpos, vpos + length, elem_implicit, little, depth, ctx)
+            elif node.vr == "UN" and dict_vr == "SQ" and not elem_implicit and length:
+                # a sequence written as UN: its value is implicit VR little endian (PS3.5 6.2.2)
+                node.length = header + length
+                try:
+                    self.sequence(node, vpos, vpos + length, True, True, depth, ctx)
+                    notes.append(
+                        "written as UN; the dictionary says SQ: walked as a sequence in "
+                        "implicit VR little endian"
+                    )
+                except _Broken as exc:
+                    node.children.clear()
+                    node.length = header + length
+                    self.leaf_value(node, vpos, length, little, ctx)
+                    notes.append(
+                        f"written as UN; the dictionary says SQ, but its value is not a "
+                        f"sequence ({exc.reason})"
+                    )
             else:
                 node.length = header + length
                 self.leaf_value(node, vpos, length, little, ctx)
