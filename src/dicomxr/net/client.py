@@ -925,6 +925,19 @@ class DicomClient:
 
         storage.clean_partial(series_dirs)
         _finish_report(report, storage, state, where, started)
+        if mode == "move" and not state.dest_unknown and state.refused:
+            if state.scp_connections == 0 and not report.received:
+                # Orthanc answers 0xC000 without a comment: say what it most likely means
+                raise MoveDestinationError(
+                    f"{self.called_ae}@{self.host}:{self.port} refused the C-MOVE before any "
+                    f"sub-operation ({', '.join(dict.fromkeys(state.statuses))}) and never "
+                    f"connected to our storage SCP: most likely it does not know the move "
+                    f"destination {move[0]!r}. Register it with our host and port "  # type: ignore[index]
+                    f"(Orthanc: PUT /modalities/<id> {{'AET': '{move[0]}', 'Host': ..., "  # type: ignore[index]
+                    f"'Port': {state.scp_port}}}; DCMTK dcmqrscp: HostTable); the peer's "
+                    "log has the exact reason",
+                    report,
+                )
         if state.dest_unknown:
             raise MoveDestinationError(
                 f"{self.called_ae}@{self.host}:{self.port} does not know the move destination "
@@ -1070,6 +1083,8 @@ class DicomClient:
                     state.finish(counts_key, status, code)
                     if code == 0xA801:
                         state.dest_unknown = True
+                    elif code_to_category(code) == "Failure" and done == 0:
+                        state.refused = True
                     elif code not in (0x0000, 0xFE00, 0xB000) and not (0xB000 <= code <= 0xBFFF):
                         comment = status.get("ErrorComment", "")
                         state.errors.append(
@@ -1100,7 +1115,12 @@ class DicomClient:
             ae.add_supported_context(cls, syntaxes)
         ae.require_called_aet = False
         server = ae.start_server(
-            (bind, int(port)), block=False, evt_handlers=[(evt.EVT_C_STORE, state.on_store)]
+            (bind, int(port)),
+            block=False,
+            evt_handlers=[
+                (evt.EVT_C_STORE, state.on_store),
+                (evt.EVT_CONN_OPEN, state.on_connection),
+            ],
         )
         state.scp_port = int(server.server_address[1])
         self._servers.append(server)
@@ -1334,9 +1354,16 @@ class _RetrieveState:
         self.errors: list[str] = []
         self.unexpected: list[str] = []
         self.dest_unknown = False
+        self.refused = False  # a failure status before any sub-operation
+        self.scp_connections = 0
         self.scp_port: int | None = None
         self.stored = 0
         self._lock = threading.Lock()
+
+    def on_connection(self, event: Any) -> None:
+        """EVT_CONN_OPEN handler of the C-MOVE storage SCP: the peer did reach us."""
+        with self._lock:
+            self.scp_connections += 1
 
     def on_store(self, event: Any) -> int:
         """EVT_C_STORE handler: write the dataset as received, atomically."""
