@@ -24,6 +24,12 @@ How dcm2niix is run, and why
 - ``-z n``: plain ``.nii`` (faster to write and to read back).
 - ``-s y`` (single-file inputs only): convert exactly that file.
 
+Overlays
+--------
+``<name>_ROI1`` files are bitmaps dcm2niix extracts from DICOM overlay planes (60xx,3000)
+of the Philips "Exam Summary" pages; overlays are not pixel data and dicomxr does not read
+them, so these files are not compared (:attr:`RefImage.overlay`).
+
 Outputs dcm2niix resamples on purpose
 -------------------------------------
 For a CT with gantry tilt dcm2niix writes, next to the acquired slices, a ``_Tilt_1`` copy
@@ -52,6 +58,8 @@ AFFINE_ATOL_MM = 1e-3
 
 # dcm2niix's file-name post-fixes (see dcm2niix's docs/FileNaming); order matters for parsing
 _RESAMPLED = re.compile(r"_(Tilt|Eq)(_|$)")
+# "_ROI1": a bitmap dcm2niix extracts from a DICOM overlay plane (60xx,3000) - not pixel data
+_OVERLAY = re.compile(r"_ROI\d+$")
 
 
 def dcm2niix_exe() -> str:
@@ -96,6 +104,11 @@ class RefImage:
         return is_resampled(self.name)
 
     @property
+    def overlay(self) -> bool:
+        """Whether this is an overlay bitmap (``_ROI<n>``) rather than image pixel data."""
+        return bool(_OVERLAY.search(self.name))
+
+    @property
     def series_uid(self) -> str | None:
         """SeriesInstanceUID from the JSON sidecar."""
         return self.sidecar.get("SeriesInstanceUID")
@@ -124,20 +137,21 @@ class Conversion:
     images: list[RefImage] = field(default_factory=list)
 
     def for_series(self, series_uid: str | None, series_number: int | None) -> list[RefImage]:
-        """Unresampled outputs of one series (by UID and, when given, SeriesNumber)."""
+        """Unresampled image outputs of one series.
+
+        Paired by SeriesInstanceUID (a series' identity; one UID may carry several
+        SeriesNumbers, as the Philips exam-summary pages do); by SeriesNumber only for an
+        output whose sidecar has no UID.
+        """
         found = []
         for image in self.images:
-            if image.resampled:
+            if image.resampled or image.overlay:
                 continue
-            if series_uid is not None and image.series_uid not in (None, series_uid):
-                continue
-            if (
-                series_number is not None
-                and image.series_number is not None
-                and image.series_number != series_number
-            ):
-                continue
-            found.append(image)
+            if image.series_uid is not None and series_uid is not None:
+                if image.series_uid == series_uid:
+                    found.append(image)
+            elif image.series_number is not None and image.series_number == series_number:
+                found.append(image)
         return found
 
     def resampled(self) -> list[RefImage]:
@@ -337,6 +351,13 @@ def compare_images(ours_img, ref_img, *, compare_affine: bool = True) -> Compari
     identical, max_diff = values_equal(da, db)
     order = None
     note = ""
+    if not identical and not compare_affine and da.ndim >= 2:
+        # without spatial information dcm2niix still stores rows bottom-up (NIfTI's
+        # convention: j flipped); dicomxr writes DICOM's top-down row order
+        flipped, flipped_diff = values_equal(da[:, ::-1], db)
+        if flipped:
+            identical, max_diff = True, flipped_diff
+            note = "no geometry: rows compared bottom-up (dcm2niix flips j)"
     if not identical and da.ndim == 4 and da.shape == db.shape:
         order = match_volumes(da, db)
         if order is not None:

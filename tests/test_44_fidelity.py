@@ -84,10 +84,14 @@ def d2n(tmp_path_factory) -> Dcm2niixCache:
     return Dcm2niixCache(tmp_path_factory.mktemp("dcm2niix"))
 
 
-def _open_all(source: Path):
+# localizers and secondary-capture pages are image series too: plan them for the comparison
+INCLUDE = ("localizer", "secondary_capture")
+
+
+def _open_all(source: Path, on_irregular: str = "warn"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plans = list_series(source)
+        plans = list_series(source, include=INCLUDE, on_irregular=on_irregular)
         arrays = [open_series(plan) for plan in plans]
     return plans, arrays
 
@@ -97,51 +101,51 @@ def _extra_dims(da) -> list[str]:
 
 
 def _candidates(da, ref_shape: tuple[int, ...]):
-    """Sub-selections of ``da`` that could be what dcm2niix wrote into one file."""
+    """Sub-selections of ``da`` that could be what dcm2niix wrote into one file.
+
+    dcm2niix splits what dicomxr keeps as one series with extra dims (echo, magnitude/phase,
+    label/control, ...) into separate files, and writes pages without geometry one per file;
+    so a file can be a 3D selection (every extra dim fixed), a 4D one (one extra dim kept,
+    or several flattened in order), or a single slice.
+    """
     extra = _extra_dims(da)
     n_vol = ref_shape[3] if len(ref_shape) == 4 else 1
-    if not extra:
-        yield {}, da
+    in_plane = sorted(ref_shape[:2])
+    if sorted((da.sizes["row"], da.sizes["col"])) != in_plane:
         return
-    for keep in [*extra, None]:
-        if keep is not None and da.sizes[keep] != n_vol:
+    slice_choices: list[dict] = [{}]
+    if len(ref_shape) >= 3 and ref_shape[2] == 1 and da.sizes["slice"] > 1:
+        slice_choices = [{"slice": k} for k in range(da.sizes["slice"])]
+    keeps: list[tuple[str, ...]] = [()]
+    if extra:
+        keeps = [(d,) for d in extra] + [tuple(extra)]
+    for keep in keeps:
+        n_kept = int(np.prod([da.sizes[d] for d in keep])) if keep else 1
+        if n_kept != n_vol:
             continue
-        if keep is None and n_vol != 1:
-            continue
-        fixed = [d for d in extra if d != keep]
+        fixed = [d for d in extra if d not in keep]
         for combo in itertools.product(*(range(da.sizes[d]) for d in fixed)):
-            sel = dict(zip(fixed, combo, strict=True))
-            yield sel, da.isel(sel)
+            for extra_sel in slice_choices:
+                sel = dict(zip(fixed, combo, strict=True)) | extra_sel
+                yield sel, da.isel(sel) if sel else da
 
 
-def _compare_series(da, refs, tmp_path: Path, tag: str) -> list[dict]:
+def _compare_pair(da, ref, tmp_path: Path, tag: str) -> list[dict]:
+    """Every selection of ``da`` identical to ``ref`` (or the closest miss, for the record)."""
     import nibabel as nib
 
-    outcomes = []
-    for ref in refs:
-        ref_img = ref.load()
-        spatial = int(ref_img.header["sform_code"]) > 0 or int(ref_img.header["qform_code"]) > 0
-        best = None
-        for k, (sel, sub) in enumerate(_candidates(da, ref_img.shape)):
-            out = tmp_path / f"{tag}_{ref.name}_{k}.nii"
-            sub.dicom.to_nifti(out)
-            cmp = compare_images(nib.load(out), ref_img, compare_affine=spatial)
-            if best is None or (cmp.ok, cmp.identical_voxels) > (
-                best[1].ok,
-                best[1].identical_voxels,
-            ):
-                best = (sel, cmp, out)
-            if cmp.ok:
-                break
-        if best is None:
-            outcomes.append(
-                {"ref": ref.name, "ok": False, "why": f"no sub-array fits {ref_img.shape}"}
-            )
-            continue
-        sel, cmp, out = best
+    ref_img = ref.load()
+    spatial = int(ref_img.header["sform_code"]) > 0 or int(ref_img.header["qform_code"]) > 0
+    matches, best = [], None
+    for k, (sel, sub) in enumerate(_candidates(da, ref_img.shape)):
+        out = tmp_path / f"{tag}_{k}.nii"
+        sub.dicom.to_nifti(out)
+        cmp = compare_images(nib.load(out), ref_img, compare_affine=spatial)
         outcome = {
             "ref": ref.name,
-            "selection": {k: int(v) for k, v in sel.items()},
+            "ours_path": str(out),
+            "ref_path": str(ref.path),
+            "selection": {key: int(v) for key, v in sel.items()},
             "ok": cmp.ok,
             "voxels_identical": cmp.identical_voxels,
             "max_abs_diff": cmp.max_abs_diff,
@@ -154,8 +158,13 @@ def _compare_series(da, refs, tmp_path: Path, tag: str) -> list[dict]:
         if ref.bval is not None:
             outcome.update(_compare_diffusion(out, ref, cmp.volume_order))
             outcome["ok"] = outcome["ok"] and outcome["bvals_equal"] and outcome["bvecs_equal"]
-        outcomes.append(outcome)
-    return outcomes
+        if cmp.identical_voxels:
+            matches.append(outcome)
+        elif best is None:
+            best = outcome
+        if len(matches) and not outcome["selection"]:
+            break
+    return matches or ([best] if best else [])
 
 
 def _compare_diffusion(ours_path: Path, ref, order) -> dict:
@@ -190,11 +199,22 @@ def _compare_diffusion(ours_path: Path, ref, order) -> dict:
 
 
 def _check_unit(unit: str, single_file: bool, data_root: Path, d2n, tmp_path: Path):
+    """Compare every series of one input with dcm2niix's outputs of the same SeriesInstanceUID.
+
+    Pairing is many-to-many within a SeriesInstanceUID: a dicomxr series is identical when
+    every one of its volumes (and, for pages without geometry, slices) is covered by a
+    dcm2niix output equal to the matching selection; a dcm2niix output no dicomxr series
+    matches is a failure too.
+    """
     source = data_root / unit
     conv = d2n.convert(source, single_file=single_file)
     plans, arrays = _open_all(source)
+    if not plans:
+        _explain_no_series(source)
     failures = []
-    for plan, da in zip(plans, arrays, strict=True):
+    records = []
+    ref_matched: dict[str, bool] = {}
+    for n, (plan, da) in enumerate(zip(plans, arrays, strict=True)):
         uid = _attr(plan, "SeriesInstanceUID")
         number = _attr(plan, "SeriesNumber")
         refs = conv.for_series(uid, None if number is None else int(number))
@@ -208,48 +228,145 @@ def _check_unit(unit: str, single_file: bool, data_root: Path, d2n, tmp_path: Pa
             "refs": [r.name for r in refs],
             "resampled_refs_ignored": [r.name for r in conv.resampled() if r.series_uid == uid],
         }
+        records.append(record)
         if not refs:
             record["status"] = "no reference"
             record["dcm2niix_log"] = [
                 line for line in conv.log.splitlines() if "Error" in line or "Unsupported" in line
             ]
-            _RESULTS.append(record)
             continue
-        tag = f"s{len(_RESULTS)}"
-        outcomes = _compare_series(da, refs, tmp_path, tag)
-        # a series is identical when every dcm2niix output of it matched a selection of ours
-        # and every volume of ours was covered by some output
-        covered = _covered(da, outcomes)
-        ok = all(o["ok"] for o in outcomes) and covered
-        record.update({"status": "identical" if ok else "different", "outcomes": outcomes})
-        record["covered"] = covered
-        known = KNOWN_DIFFERENCES.get(f"{unit}::{plan.key}") or KNOWN_DIFFERENCES.get(
-            f"{unit}::{number}"
-        )
-        if not ok and known:
+        outcomes = []
+        for m, ref in enumerate(refs):
+            found = _compare_pair(da, ref, tmp_path, f"s{n}_r{m}")
+            outcomes += found
+            ref_matched.setdefault(ref.name, False)
+            if any(o["voxels_identical"] for o in found):
+                ref_matched[ref.name] = True
+        identical = [o for o in outcomes if o["ok"]]
+        same_voxels = [o for o in outcomes if o["voxels_identical"]]
+        record["outcomes"] = outcomes
+        if _covered(da, identical):
+            record["status"] = "identical"
+            continue
+        known = KNOWN_DIFFERENCES.get(f"{unit}::{plan.key}")
+        if not known and _covered(da, same_voxels):
+            known = _by_design(da, same_voxels, source)
+        if known:
             record["status"] = "known difference"
             record["reason"] = known
-        elif not ok:
+        else:
+            record["status"] = "different"
             failures.append(record)
-        _RESULTS.append(record)
-    return failures, [r for r in _RESULTS if r["unit"] == unit and r.get("reason")]
+    unmatched = [name for name, hit in ref_matched.items() if not hit]
+    if unmatched:
+        failures.append({"unit": unit, "dcm2niix outputs no dicomxr series matches": unmatched})
+    _RESULTS.extend(records)
+    return failures, [r for r in records if r.get("reason")]
+
+
+# ---------------------------------------------------------------------------------------
+# where dcm2niix differs by design: tilted or unevenly spaced stacks. dcm2niix's unresampled
+# output keeps the acquired voxels (we compare them: identical) but gives the stack one
+# orthogonal step, so its affine puts slices away from their ImagePositionPatient; dicomxr's
+# affine is sheared for a tilt, and an uneven stack is split into regular blocks, each
+# mapping every slice to its recorded position. That is checked here against pydicom.
+
+
+def _pydicom_position(path: str, frame: int) -> np.ndarray:
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    if "ImagePositionPatient" in ds:
+        return np.array([float(v) for v in ds.ImagePositionPatient])
+    item = ds.PerFrameFunctionalGroupsSequence[frame]
+    return np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+
+
+def _per_slice(da, name):
+    coord = da.coords[name]
+    coord = coord.isel({d: 0 for d in coord.dims if d != "slice"})
+    values = np.asarray(coord.values)
+    return np.broadcast_to(values, (da.sizes["slice"],)) if values.ndim == 0 else values
+
+
+def _position_errors(da) -> np.ndarray:
+    """|affine @ (k, 0, 0) - ImagePositionPatient of slice k| (pydicom), per slice, in mm."""
+    affine = da.dicom.affine
+    paths, frames = _per_slice(da, "path"), _per_slice(da, "frame")
+    errors = []
+    for k in range(da.sizes["slice"]):
+        ipp = _pydicom_position(str(paths[k]), int(frames[k]))
+        errors.append(np.abs((affine @ [k, 0, 0, 1])[:3] - ipp).max())
+    return np.array(errors)
+
+
+def _ref_position_errors(da, outcome) -> float:
+    """How far dcm2niix's affine puts each slice's first voxel from its recorded position."""
+    import nibabel as nib
+
+    ours = nib.load(outcome["ours_path"])
+    ref = nib.load(outcome["ref_path"])
+    ours_can, ref_can = nib.as_closest_canonical(ours), nib.as_closest_canonical(ref)
+    paths, frames = _per_slice(da, "path"), _per_slice(da, "frame")
+    worst = 0.0
+    for k in range(da.sizes["slice"]):
+        world = ours.affine @ [0, 0, k, 1]  # our NIfTI voxel (col 0, row 0, slice k)
+        index = np.linalg.solve(ours_can.affine, world).round()
+        ref_world = ref_can.affine @ index
+        ipp = _pydicom_position(str(paths[k]), int(frames[k])) * [-1, -1, 1]
+        worst = max(worst, float(np.abs(ref_world[:3] - ipp).max()))
+    return worst
+
+
+def _by_design(da, outcomes, source: Path) -> str | None:
+    """A precise reason when dcm2niix's affine differs by design and ours is verified right."""
+    report = da.dicom.report
+    if not outcomes or not all(o.get("voxels_identical") for o in outcomes):
+        return None
+    if not (report.tilted or not report.uniform):
+        return None
+    if report.affine_exact:
+        blocks = [da]
+    else:  # uneven spacing: the regular blocks are what dicomxr offers with an exact affine
+        uid = da.attrs["SeriesInstanceUID"]
+        _, arrays = _open_all(source, on_irregular="split")
+        blocks = [a for a in arrays if a.attrs["SeriesInstanceUID"] == uid]
+        if sum(b.sizes["slice"] for b in blocks) != da.sizes["slice"]:
+            return None
+    ours_worst = max(float(_position_errors(b).max()) for b in blocks)
+    if ours_worst > 1e-3:
+        return None
+    ref_worst = max(_ref_position_errors(da, o) for o in outcomes if "ours_path" in o)
+    what = []
+    if report.tilted:
+        what.append(f"gantry tilt {report.tilt_deg:+.1f} deg")
+    if not report.uniform:
+        what.append(
+            f"uneven spacing {report.spacing_min:.3g}-{report.spacing_max:.3g} mm "
+            f"(dicomxr: {len(blocks)} regular blocks with on_irregular='split')"
+        )
+    return (
+        f"{', '.join(what)}: voxels identical to dcm2niix's unresampled output, but its affine "
+        f"steps the stack orthogonally and puts a slice up to {ref_worst:.2f} mm from its "
+        f"ImagePositionPatient; dicomxr's affine matches every position within "
+        f"{max(ours_worst, 1e-6):.1e} mm (pydicom)"
+    )
 
 
 def _covered(da, outcomes) -> bool:
-    extra = _extra_dims(da)
-    if not extra:
-        return any(o["ok"] for o in outcomes)
-    total = int(np.prod([da.sizes[d] for d in extra]))
+    """Whether the selections in ``outcomes`` cover every volume (and slice) of ``da``."""
+    if not outcomes:
+        return False
+    dims = [*_extra_dims(da), "slice"]
+    total = int(np.prod([da.sizes[d] for d in dims]))
     seen = set()
     for o in outcomes:
-        if not o.get("ok"):
-            continue
         sel = o["selection"]
-        free = [d for d in extra if d not in sel]
+        free = [d for d in dims if d not in sel]
         for combo in itertools.product(*(range(da.sizes[d]) for d in free)):
             full = dict(sel)
             full.update(zip(free, combo, strict=True))
-            seen.add(tuple(full[d] for d in extra))
+            seen.add(tuple(full[d] for d in dims))
     return len(seen) == total
 
 

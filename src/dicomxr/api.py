@@ -97,6 +97,7 @@ def list_series(
     source: Source | pd.DataFrame,
     *,
     on_irregular: str = "warn",
+    include: Sequence[str] = (),
     recursive: bool = True,
 ) -> list[SeriesPlan]:
     """Scan ``source`` and return the plan of every image series in it (no pixel is read).
@@ -108,6 +109,9 @@ def list_series(
         :func:`dicomxr.scan`.
     on_irregular
         Policy for irregular stacks, passed to :func:`dicomxr.plan_series`.
+    include
+        Frames normally set apart to plan anyway (``"localizer"``, ``"secondary_capture"``),
+        passed to :func:`dicomxr.plan_series`.
     recursive
         Descend into sub-folders.
 
@@ -122,7 +126,7 @@ def list_series(
     if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
         return list(source)  # type: ignore[arg-type]
     catalog = _catalog(source, recursive=recursive)
-    plans = plan_series(catalog, on_irregular=on_irregular)
+    plans = plan_series(catalog, on_irregular=on_irregular, include=tuple(include))
     # keep the scan's skipped-files report with the plans, for error messages
     try:
         plans.skipped = list(catalog.attrs.get("skipped", []))
@@ -144,10 +148,15 @@ def _attr(plan: SeriesPlan, name: str, default: Any = None) -> Any:
 
 
 def _missing(value: Any) -> bool:
+    """Whether a scalar is None, NaN, NaT or pandas' NA (never true for containers)."""
     if value is None:
         return True
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        return False
+    import pandas as pd
+
     try:
-        return bool(value != value)  # NaN / NA
+        return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
 
@@ -491,6 +500,7 @@ def open_series(
     on_irregular: str = "warn",
     dtype: str | np.dtype | type = "auto",
     include_patient: bool = False,
+    include: Sequence[str] = (),
     recursive: bool = True,
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
@@ -514,6 +524,9 @@ def open_series(
         numpy dtype.
     include_patient
         Keep patient-identifying attributes (PatientName, PatientID, ...) in ``attrs``.
+    include
+        Frames normally set apart that should be opened as series too: ``"localizer"``,
+        ``"secondary_capture"``.
     recursive
         Descend into sub-folders of a folder source.
 
@@ -541,7 +554,7 @@ def open_series(
     >>> da.dicom.affine_ras.shape
     (4, 4)
     """
-    plans = list_series(source, on_irregular=on_irregular, recursive=recursive)
+    plans = list_series(source, on_irregular=on_irregular, include=include, recursive=recursive)
     plan = _select(plans, series, source)
     return _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient)
 
@@ -584,6 +597,7 @@ def open_study(
     on_irregular: str = "warn",
     dtype: str | np.dtype | type = "auto",
     include_patient: bool = False,
+    include: Sequence[str] = (),
     recursive: bool = True,
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
@@ -597,7 +611,7 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, dtype, include_patient, recursive
+    on_irregular, dtype, include_patient, include, recursive
         As for :func:`open_series`.
 
     Returns
@@ -610,7 +624,7 @@ def open_study(
     >>> tree = dicomxr.open_study(dicomxr.data.sample_path())
     >>> [node.path for node in tree.leaves]  # doctest: +SKIP
     """
-    plans = list_series(source, on_irregular=on_irregular, recursive=recursive)
+    plans = list_series(source, on_irregular=on_irregular, include=include, recursive=recursive)
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))
     tree: dict[str, xr.Dataset] = {"/": xr.Dataset()}
