@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,13 +42,18 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name != "DIRFILE")
 
 
-def _peak_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _current_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+def _reset_peak() -> None:
+    """Reset the peak resident set (VmHWM) to the current one (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def _run_variant(variant: str, folder: Path, repeat: int) -> dict:
@@ -103,11 +107,12 @@ def _run_variant(variant: str, folder: Path, repeat: int) -> dict:
     else:
         raise ValueError(variant)
 
-    before = _current_kib()
+    _reset_peak()
+    before = _status_kib("VmRSS")
     t0 = time.perf_counter()
     result = job()
     times = [time.perf_counter() - t0]
-    grown = max(_peak_kib() - before, 0) * 1024
+    grown = max(_status_kib("VmHWM") - before, 0) * 1024
     nbytes = int(getattr(result, "nbytes", 0) or 0)
     del result
     for _ in range(repeat - 1):
@@ -165,11 +170,16 @@ def _report(label: str, folder: Path, repeat: int) -> dict:
 
 
 def _phantom(dest: Path, n: int = 300) -> Path:
+    import numpy as np
+
     from dicomxr.phantom import phantom_volume, write_series
 
     folder = dest / f"phantom_{n}"
     if not folder.exists():
-        write_series(folder, phantom_volume((n, 512, 512), dtype="int16"), rescale=(1.0, -1024.0))
+        # phantom_volume works in float64 on the whole grid: build 300 slices from blocks
+        block = phantom_volume((10, 512, 512), dtype="int16")
+        volume = np.concatenate([block + np.int16(10 * i) for i in range(-(-n // 10))])[:n]
+        write_series(folder, volume, rescale=(1.0, -1024.0))
     return folder
 
 

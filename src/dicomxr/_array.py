@@ -183,17 +183,26 @@ class FrameGrid:
         )
 
     # -- reading
-    def read_frame_into(self, index: int, dst: np.ndarray) -> None:
-        """Read grid value ``index`` (a ref index, or -1) into the frame-shaped ``dst``."""
+    def read_frame_into(
+        self, index: int, dst: np.ndarray, scratch: np.ndarray | None = None
+    ) -> None:
+        """Read grid value ``index`` (a ref index, or -1) into the frame-shaped ``dst``.
+
+        ``scratch`` is an optional reusable buffer of the stored dtype and frame size, used
+        when the stored values cannot land in ``dst`` itself (a wider or float output).
+        """
         if index < 0:
             dst[...] = self.fill
             return
         ref = self.refs[index]
         slope, intercept = self.slopes[index], self.intercepts[index]
-        if (
+        native = (
             ref.TransferSyntaxUID in _NATIVE
             and not ref.is_mosaic_tile
             and not pixels.is_palette(ref)
+        )
+        if (
+            native
             and dst.flags.c_contiguous
             and self.stored.itemsize == self.dtype.itemsize
             and (self.dtype.kind in "iu" or self.dtype == self.stored)
@@ -204,7 +213,10 @@ class FrameGrid:
                 dst.view(self.stored), slope, intercept, self.dtype, out=dst.view(self.dtype)
             )
             return
-        arr = pixels.read_frame(ref)
+        if native and scratch is not None and scratch.dtype == pixels.stored_dtype(ref):
+            arr = pixels.read_frame(ref, out=scratch)
+        else:
+            arr = pixels.read_frame(ref)
         pixels.apply_rescale(arr, slope, intercept, self.dtype, out=dst)
 
     def read_block(self, grid_index: tuple) -> np.ndarray:
@@ -221,25 +233,46 @@ class FrameGrid:
         return out
 
     def _read_many(self, indices: np.ndarray, out: np.ndarray) -> None:
-        """Read ref ``indices[k]`` into ``out[k]`` for every k, with a thread pool."""
+        """Read ref ``indices[k]`` into ``out[k]`` for every k, with a thread pool.
+
+        The work is split into one batch per thread; each batch reuses one scratch buffer,
+        so a full read allocates nothing per frame.
+        """
         if len(indices) == 0:
             return
-        mosaic = [k for k, i in enumerate(indices) if i >= 0 and self.refs[i].is_mosaic_tile]
-        others = [k for k, i in enumerate(indices) if not (i >= 0 and self.refs[i].is_mosaic_tile)]
-        jobs: list = [(self.read_frame_into, int(indices[k]), out[k]) for k in others]
-        if mosaic:
-            # one decode per mosaic image, however many of its tiles are wanted
-            groups: dict[tuple, list[int]] = {}
-            for k in mosaic:
-                ref = self.refs[indices[k]]
-                groups.setdefault((ref.path, ref.frame), []).append(k)
-            jobs += [(self._read_mosaic, indices, ks, out) for ks in groups.values()]
-        if len(jobs) == 1:
-            func, *args = jobs[0]
-            func(*args)
+        units: list[tuple[str, Any]] = []
+        groups: dict[tuple, list[int]] = {}
+        for k, i in enumerate(indices):
+            if i >= 0 and self.refs[i].is_mosaic_tile:
+                # one decode per mosaic image, however many of its tiles are wanted
+                ref = self.refs[i]
+                key = (ref.path, ref.frame)
+                if key not in groups:
+                    groups[key] = []
+                    units.append(("mosaic", groups[key]))
+                groups[key].append(k)
+            else:
+                units.append(("frame", k))
+        nthreads = min(READ_THREADS, len(units))
+
+        def run(batch: list[tuple[str, Any]]) -> None:
+            scratch = None
+            if self.stored.itemsize != self.dtype.itemsize or self.dtype.kind == "f":
+                rows, cols = self.frame_shape[:2]
+                size = rows * cols * (self.frame_shape[2] if len(self.frame_shape) > 2 else 1)
+                scratch = np.empty(size, dtype=self.stored).reshape(self.frame_shape)
+            for kind, item in batch:
+                if kind == "frame":
+                    self.read_frame_into(int(indices[item]), out[item], scratch)
+                else:
+                    self._read_mosaic(indices, item, out)
+
+        if nthreads == 1:
+            run(units)
             return
-        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(jobs))) as pool:
-            for fut in [pool.submit(func, *args) for func, *args in jobs]:
+        with ThreadPoolExecutor(max_workers=nthreads) as pool:
+            futures = [pool.submit(run, units[b::nthreads]) for b in range(nthreads)]
+            for fut in futures:
                 fut.result()
 
     def _read_mosaic(self, indices: np.ndarray, ks: list[int], out: np.ndarray) -> None:
