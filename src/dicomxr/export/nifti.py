@@ -179,6 +179,8 @@ def _diffusion(da: xr.DataArray, dim: str | None) -> tuple[np.ndarray, np.ndarra
             directions[:, axis] = values
     directions = np.nan_to_num(directions, nan=0.0)
     bvals = np.nan_to_num(bvals, nan=0.0)
+    # a b=0 volume has no direction (scanners may still record one): FSL writes 0 0 0
+    directions[bvals == 0] = 0.0
     return bvals, directions
 
 
