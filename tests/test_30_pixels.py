@@ -321,3 +321,11 @@ def test_apply_rescale_in_place_wraps_exactly() -> None:
     buf = values.copy()
     out = pixels.apply_rescale(buf, 1.0, -32768.0, np.int16, out=buf.view(np.int16))
     np.testing.assert_array_equal(out, values.astype(np.int64) - 32768)
+
+
+def test_apply_rescale_float32_rounds_once() -> None:
+    """Phase-map style rescale (tiny slope, large negative intercept): no float32 cancellation."""
+    stored = np.arange(0, 4096, 7, dtype=np.uint16)
+    slope, intercept = 1.534355, -3142.0
+    got = pixels.apply_rescale(stored, slope, intercept, np.float32)
+    np.testing.assert_array_equal(got, (stored * slope + intercept).astype(np.float32))

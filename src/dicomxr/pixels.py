@@ -758,12 +758,17 @@ def apply_rescale(
                 wrapped -= 1 << bits
             np.add(view, dtype.type(wrapped), out=view, casting="unsafe")
         return out
-    if slope == 1.0:
+    if slope == 1.0 and (intercept == 0.0 or dtype.itemsize >= 8):
         np.copyto(out, arr, casting="unsafe")
-    else:
-        np.multiply(arr, dtype.type(slope), out=out, casting="unsafe")
+        if intercept:
+            np.add(out, intercept, out=out, casting="unsafe")
+        return out
+    # in float64, rounded once: a large intercept cancelling a large product (Philips phase
+    # maps: slope ~1.5e-3, intercept -3142) would lose digits in float32 arithmetic
+    wide = np.multiply(arr, slope, dtype=np.float64)
     if intercept:
-        np.add(out, dtype.type(intercept), out=out)
+        np.add(wide, intercept, out=wide)
+    np.copyto(out, wide, casting="unsafe")
     return out
 
 
