@@ -23,12 +23,12 @@ from pathlib import Path
 import pydicom
 import pydicom.data
 import pytest
-from conftest import _data_root
 from pydicom.dataelem import RawDataElement
 from pydicom.encaps import parse_fragments
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from conftest import _data_root
 from dicomxr.anatomy import UNDEFINED, anatomy
 
 DEFER = 2048  # pydicom does not read values longer than this; offsets and lengths still agree
@@ -38,9 +38,7 @@ def _corpus_files() -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     root = _data_root()
     if root.is_dir():
-        out += [
-            (f"data/{p.relative_to(root)}", p) for p in sorted(root.rglob("*")) if p.is_file()
-        ]
+        out += [(f"data/{p.relative_to(root)}", p) for p in sorted(root.rglob("*")) if p.is_file()]
     base = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent
     for name in sorted(pydicom.data.get_testdata_files()):
         p = Path(name)
@@ -114,7 +112,9 @@ def _norm(value):
 
 def _same(mine, theirs) -> bool:
     if isinstance(mine, list) and isinstance(theirs, list):
-        return len(mine) == len(theirs) and all(_same(a, b) for a, b in zip(mine, theirs))
+        return len(mine) == len(theirs) and all(
+            _same(a, b) for a, b in zip(mine, theirs, strict=True)
+        )
     if isinstance(mine, list) and len(mine) == 1:
         return _same(mine[0], theirs)
     if isinstance(mine, float) and isinstance(theirs, float):

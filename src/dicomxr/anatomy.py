@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -50,9 +51,7 @@ SEQ_DELIM = 0xFFFEE0DD
 PIXEL_TAGS = {0x7FE00010, 0x7FE00009, 0x7FE00008}
 
 #: VRs whose explicit-VR header is tag(4) + VR(2) + reserved(2) + 4-byte length (PS3.5 7.1.2)
-LONG_VRS = frozenset(
-    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-)
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 KNOWN_VRS = frozenset(
     {
         "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD",
@@ -246,23 +245,38 @@ def _short(text: str, width: int = 64) -> str:
 
 def _dict_entry(tag: int) -> tuple[str | None, str, str]:
     """Return (VR or None, keyword, name) from pydicom's public dictionary."""
-    from pydicom.datadict import dictionary_description, dictionary_keyword, dictionary_VR
+    from pydicom.datadict import DicomDictionary
+
+    entry = DicomDictionary.get(tag)
+    if entry is None:
+        if tag >> 16 & 1:  # private groups are never in the public dictionary
+            return None, "", ""
+        return _repeater_entry(tag)
+    return entry[0], entry[4], entry[2]
+
+
+@functools.lru_cache(maxsize=1024)
+def _repeater_entry(tag: int) -> tuple[str | None, str, str]:
+    from pydicom.datadict import get_entry
 
     try:
-        return dictionary_VR(tag), dictionary_keyword(tag), dictionary_description(tag)
+        entry = get_entry(tag)
     except KeyError:
         return None, "", ""
+    return entry[0], entry[4], entry[2]
 
 
+@functools.lru_cache(maxsize=4096)
 def _private_entry(tag: int, creator: str | None) -> tuple[str | None, str]:
     if not creator:
         return None, ""
-    from pydicom.datadict import private_dictionary_description, private_dictionary_VR
+    from pydicom.datadict import get_private_entry
 
     try:
-        return private_dictionary_VR(tag, creator), private_dictionary_description(tag, creator)
+        entry = get_private_entry(tag, creator)
     except KeyError:
         return None, ""
+    return entry[0], entry[2]
 
 
 class _Ctx:
@@ -335,9 +349,8 @@ class _Walker:
                 return pos
             if pos > limit:  # pragma: no cover - guarded by the length checks
                 raise _Broken(pos, "element overruns the enclosing item")
-            if end is None and depth == 0 and stop_group is None:
-                rest = self.buf[pos : self.n]
-                if len(rest) < 8 and not bytes(rest).strip(b"\x00"):
+            if end is None and depth == 0 and stop_group is None and self.n - pos < 8:
+                if not bytes(self.buf[pos : self.n]).strip(b"\x00"):
                     out.append(self._padding(pos, depth))
                     return self.n
             self.need(pos, 8, limit, "an element header")
@@ -689,9 +702,7 @@ class _Walker:
                 pos += 8
                 break
             if tag != ITEM:
-                raise _Broken(
-                    pos, f"expected a fragment item (FFFE,E000), found {_tagstr(tag)}"
-                )
+                raise _Broken(pos, f"expected a fragment item (FFFE,E000), found {_tagstr(tag)}")
             flen = self.u32(pos + 4, little)
             if flen == UNDEFINED or pos + 8 + flen > limit:
                 raise _Broken(
@@ -734,7 +745,7 @@ class _Walker:
 
 
 def _cut(node: Node, exc: _Broken) -> None:
-    """A container cut short by a break ends where the break is."""
+    """End a container cut short by a break where the break is."""
     node.length = max(exc.offset - node.offset, node.header_length)
     node.error = node.error or f"cut short by the break at offset {exc.offset}"
 
@@ -917,7 +928,7 @@ class Anatomy:
 
     # -- views -------------------------------------------------------------------------
     def summary(self) -> str:
-        """A few lines: what the file is made of."""
+        """Return a few lines: what the file is made of."""
         lines = [f"{self.source or '<bytes>'}: {self.size} bytes"]
         pre = {
             "missing": "no preamble",
@@ -993,13 +1004,13 @@ class Anatomy:
         offset: int | None = None,
         width: int = 16,
     ) -> str:
-        """The terminal view: offsets, coloured header bytes and what they mean."""
+        """Return the terminal view: offsets, coloured header bytes and what they mean."""
         from dicomxr.anatomy_render import render_text
 
         return render_text(self, color=color, max_elements=max_elements, offset=offset)
 
     def to_html(self, *, max_elements: int | None = 400, max_value_bytes: int = 32) -> str:
-        """A self-contained annotated hex view (inline CSS, ``<details>`` for sequences)."""
+        """Return a self-contained annotated hex view (inline CSS, ``<details>``)."""
         from dicomxr.anatomy_render import render_html
 
         return render_html(self, max_elements=max_elements, max_value_bytes=max_value_bytes)
@@ -1008,7 +1019,7 @@ class Anatomy:
         return self.to_html()
 
     def widget(self) -> Any:
-        """An ipywidgets browser: step through the elements, jump to an offset."""
+        """Return an ipywidgets browser: step through the elements, jump to an offset."""
         from dicomxr.anatomy_widget import AnatomyWidget
 
         return AnatomyWidget(self).widget
@@ -1093,9 +1104,7 @@ def _walk_file(a: Anatomy, buf: Any, ts_override: str | None, decode_limit: int)
         a.nodes.append(
             Node("preamble", 0, 0, 128, value_repr=a.preamble_note, note=a.preamble_kind)
         )
-        a.nodes.append(
-            Node("prefix", 128, 0, 4, value="DICM", value_repr="'DICM' magic prefix")
-        )
+        a.nodes.append(Node("prefix", 128, 0, 4, value="DICM", value_repr="'DICM' magic prefix"))
         a.has_prefix = True
         pos = 132
     elif n >= 4 and bytes(buf[:4]) == b"DICM":
