@@ -411,6 +411,7 @@ class OrthancServer(DicomServer):
             "SaveJobs": False,
             "StableAge": 2,
             "HttpTimeout": 30,
+            "HttpCompressionEnabled": False,  # gzip of pixel data costs more than it saves
             "KeepAlive": True,
             "TcpNoDelay": True,
             "LimitFindResults": 0,
