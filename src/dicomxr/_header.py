@@ -53,6 +53,7 @@ _VRS = frozenset(
         b"US",
     }
 )
+_VR_HEADER: dict[bytes, int] = {vr: 8 for vr in _VRS} | {vr: 12 for vr in _LONG_VRS}
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
@@ -73,6 +74,7 @@ _unpack_hh = struct.Struct("<HH").unpack_from
 _unpack_h = struct.Struct("<H").unpack_from
 _unpack_i = struct.Struct("<I").unpack_from
 _unpack_hhi = struct.Struct("<HHI").unpack_from
+_unpack_hh2sh = struct.Struct("<HH2sH").unpack_from
 
 
 class _Decline(Exception):
@@ -285,42 +287,100 @@ def _walk_top(
     wanted_groups: dict[int, frozenset[int]],
     presence: frozenset[int],
 ) -> None:
-    elements = out.elements
+    # The hot loop of a scan. The inner loop runs while a whole element header (12
+    # bytes) lies inside the window and the file, with locals only and one unpack per
+    # element; every rare case (a kept value, a sequence, pixel data, the window's or
+    # the file's end) leaves it through one set test or its loop condition.
     size = r.size
+    keep, special = _special_tags(wanted, presence, wanted_groups)
+    elements = out.elements
+    vr_header = _VR_HEADER
+    unpack_i = _unpack_i
+    unpack_main = _unpack_hhi if implicit else _unpack_hh2sh
+    undefined = _UNDEFINED
     last_tag = -1
-    while pos + 8 <= size:
-        r.need(pos, 12 if pos + 12 <= size else 8)
+    tag = group = elem = length = 0
+    header = 8 if implicit else 0
+    vr: bytes | None = None
+    while True:
+        if pos + 8 > size:
+            break
+        if pos + 12 > r.base + len(r.buf) and pos + 12 <= size:
+            r.need(pos, 12)
         b = r.buf
-        p = pos - r.base
-        group, elem = _unpack_hh(b, p)
-        tag = (group << 16) | elem
-        if tag <= last_tag:
-            raise _Decline("tags out of order")
-        last_tag = tag
-        if implicit:
-            vr = None
-            (length,) = _unpack_i(b, p + 4)
-            header = 8
-        else:
-            vr = b[p + 4 : p + 6]
-            if vr in _LONG_VRS:
-                (length,) = _unpack_i(b, p + 8)
-                header = 12
-            elif vr in _VRS:
-                (length,) = _unpack_h(b, p + 6)
-                header = 8
+        base = r.base
+        avail = min(len(b), size - base)
+        limit = avail - 12
+        p = pos - base
+        if p > limit:
+            # 8 to 11 bytes left in the file: a last, short element (implicit VR, or
+            # explicit VR with a 2-byte length); decode it on the slow path below
+            r.need(pos, 8)
+            b = r.buf
+            base = r.base
+            p = pos - base
+            if implicit:
+                group, elem, length = _unpack_hhi(b, p)
+                vr, header = None, 8
             else:
-                raise _Decline("invalid VR")
+                group, elem, vr, length = _unpack_hh2sh(b, p)
+                header = vr_header.get(vr, 0)
+                if header != 8:
+                    raise _Decline("invalid VR at the end of the file")
+            tag = (group << 16) | elem
+        elif implicit:
+            while p <= limit:
+                group, elem, length = unpack_main(b, p)
+                tag = (group << 16) | elem
+                # without VRs, tag order is the check that we are still in step
+                if tag <= last_tag:
+                    raise _Decline("tags out of order")
+                last_tag = tag
+                if tag in special or length == undefined:
+                    end = p + 8 + length
+                    if tag in keep and length != undefined and end <= avail:
+                        elements[tag] = (None, b[p + 8 : end])
+                        p = end
+                        continue
+                    break
+                p += 8 + length
+            else:
+                pos = base + p
+                continue
+            vr, header = None, 8
+        else:
+            while p <= limit:
+                group, elem, vr, length = unpack_main(b, p)
+                header = vr_header.get(vr, 0)
+                if header == 12:
+                    (length,) = unpack_i(b, p + 8)
+                elif not header:
+                    raise _Decline("invalid VR")
+                tag = (group << 16) | elem
+                if tag in special or length == undefined:
+                    end = p + header + length
+                    if tag in keep and length != undefined and end <= avail:
+                        elements[tag] = (vr, b[p + header : end])
+                        p = end
+                        continue
+                    break
+                p += header + length
+            else:
+                pos = base + p
+                continue
+        # the element at p needs a closer look
+        pos = base + p
+        last_tag = tag
         if tag in _PIXEL_TAGS:
             out.pixel_data_offset = pos
             out.pixel_data_length = length
             out.pixel_data_value_offset = pos + header
             return
-        if tag >= 0xFFFE0000:
-            raise _Decline("delimiter at top level")
-        if length == _UNDEFINED:
-            if tag in presence:
-                out.present.add(tag)
+        if tag in presence:
+            out.present.add(tag)
+        if length == undefined:
+            if tag >= 0xFFFE0000:
+                raise _Decline("delimiter at top level")
             # a sequence (or, explicit VR UN, an implicit VR encoded sequence)
             try:
                 pos = _skip_sequence(r, pos + header, implicit or vr == b"UN")
@@ -328,7 +388,8 @@ def _walk_top(
                 out.truncated_at = (tag, pos)
                 raise
             continue
-        if pos + header + length > size:
+        end = pos + header + length
+        if end > size:
             out.truncated_at = (tag, pos)
             raise _Truncated(pos)
         if tag in wanted or (
@@ -338,11 +399,45 @@ def _walk_top(
             r.need(pos + header, length)
             start = pos + header - r.base
             elements[tag] = (vr, r.buf[start : start + length])
-        elif tag in presence:
-            out.present.add(tag)
-        pos += header + length
+        pos = end
+    if pos > size:
+        # the value of the last element runs past the end of the file
+        out.truncated_at = (tag, pos - header - length)
+        raise _Truncated(pos)
     if pos != size:
         raise _Decline("trailing bytes")
+
+
+_SPECIAL_CACHE: dict[tuple[int, int, int], tuple[frozenset[int], frozenset[int]]] = {}
+
+
+def _special_tags(
+    wanted: frozenset[int] | set[int],
+    presence: frozenset[int],
+    wanted_groups: dict[int, frozenset[int]],
+) -> tuple[frozenset[int], frozenset[int]]:
+    """Return ``(keep, special)``: tags whose value is kept, and tags to look at twice.
+
+    With both precomputed, the hot loop needs one set test per element.
+
+    Memoised by the arguments' identity (they are module constants of the catalog); the
+    entry is checked before use, and a stale superset could only cost time anyway.
+    """
+    key = (id(wanted), id(presence), id(wanted_groups))
+    hit = _SPECIAL_CACHE.get(key)
+    if hit is not None and wanted <= hit[0] and presence <= hit[1]:
+        return hit
+    private = {
+        (group << 16) | elem
+        for group, offsets in wanted_groups.items()
+        for block in range(0x10, 0x100)
+        for elem in (block, *((block << 8) | off for off in offsets))
+    }
+    keep = frozenset(wanted) | private
+    special = keep | presence | _PIXEL_TAGS
+    if len(_SPECIAL_CACHE) < 16:
+        _SPECIAL_CACHE[key] = (keep, special)
+    return keep, special
 
 
 def _skip_sequence(r: _Reader, pos: int, implicit: bool) -> int:

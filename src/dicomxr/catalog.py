@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dicomxr.errors import SkippedFileWarning
@@ -707,6 +708,88 @@ def _raw_value(raw: bytes, vr: str, kind: str, charset: list[str] | None) -> Any
     return _CONVERT[kind](parts if len(parts) > 1 else parts[0])
 
 
+# Fast converters for values in their dictionary VR: each either returns what the
+# general decoder (and pydicom) would, or raises so that the general decoder takes over.
+_unpack_us = struct.Struct("<H").unpack
+_unpack_ul = struct.Struct("<I").unpack
+_unpack_fd = struct.Struct("<d").unpack
+
+
+def _fast_plain(v: bytes) -> str | None:
+    t = v.rstrip(b" \x00")
+    return t.decode("latin-1") if t else None
+
+
+def _fast_text(v: bytes) -> str | None:
+    # ASCII without ESC decodes the same in every character set DICOM allows
+    if not v.isascii() or b"\x1b" in v or b"\\" in v:
+        raise ValueError("needs the general decoder")
+    t = v.rstrip(b" \x00")
+    return t.decode("ascii") if t else None
+
+
+def _fast_strs(v: bytes) -> tuple[str, ...] | None:
+    t = v.rstrip(b" \x00")
+    return tuple(t.decode("latin-1").split("\\")) if t else None
+
+
+def _fast_is(v: bytes) -> int:
+    return int(v)
+
+
+def _fast_ds(v: bytes) -> float:
+    return float(v)
+
+
+def _fast_ds_multi(v: bytes) -> tuple[float, ...]:
+    return tuple(map(float, v.split(b"\\")))
+
+
+def _fast_us(v: bytes) -> int:
+    return _unpack_us(v)[0]
+
+
+def _fast_ul(v: bytes) -> int:
+    return _unpack_ul(v)[0]
+
+
+def _fast_fd(v: bytes) -> float:
+    return _unpack_fd(v)[0]
+
+
+def _fast_fd_multi(v: bytes) -> tuple[float, ...]:
+    n, rem = divmod(len(v), 8)
+    if rem or not n:
+        raise ValueError("not a whole number of doubles")
+    return struct.unpack(f"<{n}d", v)
+
+
+_FAST_BY_KIND_VR: dict[tuple[str, str], Callable[[bytes], Any]] = {
+    ("uid", "UI"): _fast_plain,
+    ("str", "CS"): _fast_plain,
+    ("str", "DA"): _fast_plain,
+    ("str", "TM"): _fast_plain,
+    ("str", "DT"): _fast_plain,
+    ("str", "SH"): _fast_text,
+    ("str", "LO"): _fast_text,
+    ("str", "PN"): _fast_text,
+    ("strs", "CS"): _fast_strs,
+    ("int", "IS"): _fast_is,
+    ("int", "US"): _fast_us,
+    ("int", "UL"): _fast_ul,
+    ("float", "DS"): _fast_ds,
+    ("float", "FD"): _fast_fd,
+    ("floats", "DS"): _fast_ds_multi,
+    ("floats", "FD"): _fast_fd_multi,
+}
+# tag -> (keyword, kind, dictionary VR as bytes, fast converter or None)
+_FAST_SPEC: dict[int, tuple[str, str, bytes, Callable[[bytes], Any] | None]] = {
+    tag: (kw, kind, _TAG_VR[tag].encode(), _FAST_BY_KIND_VR.get((kind, _TAG_VR[tag])))
+    for tag, (kw, kind) in _TAGS.items()
+}
+_EMPTY_ROW: dict[str, Any] = dict.fromkeys(kw for kw, _ in _TAGS.values())
+
+
 def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | None:
     item = elements.get(0x00080005)
     if item is None:
@@ -760,13 +843,20 @@ def read_header_fast(path: str, size: int) -> dict[str, Any] | None:
     except Exception:
         return None
     implicit = raw.implicit
-    row: dict[str, Any] = {}
-    for tag, (keyword, kind) in _TAGS.items():
-        item = elements.get(tag)
-        if item is None:
-            row[keyword] = None
+    row = dict(_EMPTY_ROW)
+    has_private = False
+    for tag, (vr_bytes, value) in elements.items():
+        spec = _FAST_SPEC.get(tag)
+        if spec is None:
+            has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
             continue
-        vr_bytes, value = item
+        keyword, kind, dict_vr, fast = spec
+        if fast is not None and (vr_bytes is None or vr_bytes == dict_vr):
+            try:
+                row[keyword] = fast(value)
+                continue
+            except (ValueError, UnicodeDecodeError, struct.error):
+                pass  # the general decoder below knows the corner cases
         vr = _TAG_VR[tag] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
         row[keyword] = _raw_value(value, vr, kind, charset)
     row["TransferSyntaxUID"] = raw.transfer_syntax
@@ -787,7 +877,7 @@ def read_header_fast(path: str, size: int) -> dict[str, Any] | None:
         and raw.pixel_data_value_offset + raw.pixel_data_length > size
     )
     row["is_enhanced"] = _PERFRAME_TAG in raw.present
-    return _finish_row(row, _fast_private(elements, implicit))
+    return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
 
 
 def _fast_private(
@@ -1070,19 +1160,23 @@ def scan(
 
 
 def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    # column by column, straight into arrays: far cheaper than letting pandas infer
+    n = len(rows)
     data: dict[str, Any] = {}
     for col, dtype in _SCHEMA.items():
         values = [r.get(col) for r in rows]
         if dtype == "object":
-            series = pd.Series(values, dtype="object")
+            arr = np.empty(n, dtype=object)
+            for i, v in enumerate(values):
+                arr[i] = v  # element-wise: tuples must stay tuples, not become a 2-D array
+            data[col] = arr
         elif dtype == "bool":
-            series = pd.Series([bool(v) for v in values], dtype="bool")
-        elif dtype == "str":
-            series = pd.Series(values, dtype="str")
+            data[col] = np.array([bool(v) for v in values], dtype=bool)
+        elif dtype in ("float64", "int64"):
+            data[col] = np.array(values, dtype=dtype)
         else:
-            series = pd.Series(values, dtype=dtype)
-        data[col] = series
-    return pd.DataFrame(data, columns=list(_SCHEMA))
+            data[col] = pd.array(values, dtype=dtype)
+    return pd.DataFrame(data, columns=list(_SCHEMA), copy=False)
 
 
 def skipped(df: pd.DataFrame) -> pd.DataFrame:
