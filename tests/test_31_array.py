@@ -338,3 +338,13 @@ def test_open_series_reads_no_pixels_until_asked(philips_ct, ct_reference, monke
     values = image.isel(slice=70).values
     assert count.frames == 1 and len(count.opens) == 1
     np.testing.assert_array_equal(values, ct_reference[70])
+
+
+def test_monochrome1_grid_keeps_values_and_says_so(tmp_path) -> None:
+    vol = phantom_volume((3, 16, 12), dtype="uint16")
+    files = write_series(
+        tmp_path, vol, rescale=(1.0, 0.0), extra={"PhotometricInterpretation": "MONOCHROME1"}
+    )
+    spec = _array.FrameGrid.from_plan(_stand_in_plan(files))
+    assert spec.inverted
+    np.testing.assert_array_equal(_array.lazy_array(spec).compute(), vol)

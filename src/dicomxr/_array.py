@@ -164,6 +164,11 @@ class FrameGrid:
         return tuple(self.grid.shape) + tuple(self.frame_shape)
 
     @property
+    def inverted(self) -> bool:
+        """Whether the frames are MONOCHROME1 (stored values kept; display inverted)."""
+        return any(pixels.is_inverted(r) for r in self.refs)
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the whole array."""
         return int(np.prod(self.shape)) * self.dtype.itemsize
