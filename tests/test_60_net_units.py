@@ -1,0 +1,98 @@
+"""Pieces of dicomxr.net that need no peer: context planning, safe names, atomic storage,
+and that ``import dicomxr`` does not import the network stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dicomxr.net.storage import DicomStorage, RetrieveReport, safe_name
+
+
+def test_plan_contexts_budget_and_order():
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
+
+    from dicomxr.net.client import MAX_CONTEXTS, plan_contexts
+
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+    plan = plan_contexts([ct, mr, ct])
+    assert [c for c, _ in plan[:2]] == [ct, mr]  # one base context per class, deduplicated
+    assert plan[0][1][0] == ExplicitVRLittleEndian
+    assert (ct, [JPEGLosslessSV1]) in plan and (mr, [JPEGLosslessSV1]) in plan
+    assert len(plan) == 2 * 13
+    # many classes: every class keeps its base context, the extras fill the budget
+    classes = [f"1.2.3.{i}" for i in range(100)]
+    big = plan_contexts(classes, reserved=1)
+    assert len(big) == MAX_CONTEXTS - 1
+    assert {c for c, _ in big} == set(classes)
+    assert all(len(ts) == 1 for _, ts in big[100:])  # the 27 extras are compressed ones
+    assert plan_contexts(classes, compressed=False) == big[:100]
+    with pytest.raises(ValueError, match="split"):
+        plan_contexts([f"1.2.3.{i}" for i in range(128)])
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["../../x", "..", ".", "/etc/passwd", "a/b\\c", "C:\\x", "\x00", "x" * 300, "../" * 40],
+)
+def test_safe_name_never_escapes(value, tmp_path):
+    name = safe_name(value)
+    assert name and "/" not in name and "\\" not in name and not name.startswith(".")
+    assert len(name) <= 64 + 11
+    storage = DicomStorage(tmp_path)
+    path = storage.path_for(value, value, value).resolve()
+    assert tmp_path.resolve() in path.parents
+
+
+def test_safe_name_keeps_uids_and_separates_collisions():
+    assert safe_name("1.2.840.113619.2.55.3") == "1.2.840.113619.2.55.3"
+    assert safe_name("a/b") != safe_name("a_b")  # the hash keeps distinct inputs distinct
+    assert safe_name(None) == "unknown"
+    assert safe_name("") == "unknown"
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    storage = DicomStorage(tmp_path)
+    final = storage.write("1.2", "1.2.3", "1.2.3.4", b"complete")
+    assert final.read_bytes() == b"complete"
+
+    import os
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        storage.write("1.2", "1.2.3", "1.2.3.5", b"half")
+    monkeypatch.undo()
+    names = sorted(p.name for p in final.parent.iterdir())
+    assert names == ["1.2.3.4.dcm"]  # neither a final nor a temporary file for the failed one
+    (final.parent / ".1.2.3.6.dcm.abcd.part").write_bytes(b"left by a crash")
+    assert storage.clean_partial() == 1
+    assert sorted(p.name for p in final.parent.iterdir()) == ["1.2.3.4.dcm"]
+
+
+def test_report_summary():
+    report = RetrieveReport(dest=".", requested=["a", "b"], skipped=["a"], missing=["b"], failed=1)
+    assert not report.ok
+    assert "1 missing" in report.summary() and "1 failed" in report.summary()
+
+
+def test_import_dicomxr_does_not_import_the_network_stack():
+    code = (
+        "import sys, dicomxr; "
+        "bad = [m for m in ('dicomxr.net', 'pynetdicom', 'dicomweb_client', 'requests') "
+        "if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    light = "import sys, dicomxr.net; sys.exit('pynetdicom' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", light], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, "dicomxr.net itself must import pynetdicom only on use"
