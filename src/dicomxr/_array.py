@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 #: Threads used by a full read; reads release the GIL, so more threads than cores help I/O.
 READ_THREADS = 8
 _NATIVE = pixels._NATIVE_SYNTAXES
+_REF_COLUMNS = (
+    "path", "frame", "pixel_data_offset", "TransferSyntaxUID", "Rows", "Columns",
+    "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "tile",
+    "mosaic_rows", "mosaic_cols",
+)  # fmt: skip
 
 
 def _column(frames: Any, name: str) -> list | None:
@@ -302,7 +308,17 @@ class FrameGrid:
     def from_plan(cls, plan: Any, *, dtype: Any = "auto", rescale: bool = True) -> FrameGrid:
         """Build from a ``SeriesPlan`` (or anything with ``frames``, ``grid``, ``frame_shape``)."""
         frames = plan.frames
-        rows = frames.to_dict("records") if hasattr(frames, "to_dict") else list(frames)
+        if hasattr(frames, "columns"):
+            # only the columns a FrameRef needs: a frames table has ~80 columns
+            wanted = [*_REF_COLUMNS, "RescaleSlope", "RescaleIntercept", "mtime"]
+            frames = frames[[c for c in wanted if c in frames.columns]]
+            columns = {c: frames[c].tolist() for c in frames.columns}
+            rows = [
+                dict(zip(columns, values, strict=True))
+                for values in zip(*columns.values(), strict=True)
+            ]
+        else:
+            rows = list(frames)
         refs = [FrameRef.from_row(r) for r in rows]
         fg = cls(
             refs,

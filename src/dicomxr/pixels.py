@@ -79,39 +79,29 @@ class PixelDataError(DicomxrError, ValueError):
     """
 
 
-def _int(value: Any, default: int | None = None) -> int | None:
-    """Return ``value`` as int, or ``default`` for None/NaN/empty."""
+def _is_missing(value: Any) -> bool:
+    """None, NaN, pandas.NA or NaT (without importing pandas)."""
     if value is None:
-        return default
-    try:
-        if isinstance(value, float) and math.isnan(value):
-            return default
-        if isinstance(value, str):
-            value = value.strip()
-            if not value:
-                return default
-        return int(value)
-    except (TypeError, ValueError):
-        try:  # pandas.NA and friends
-            import pandas as pd
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(math.isnan(value))
+    return type(value).__name__ in ("NAType", "NaTType")
 
-            if pd.isna(value):
-                return default
-        except (ImportError, TypeError, ValueError):
-            pass
-        raise
+
+def _int(value: Any, default: int | None = None) -> int | None:
+    """Return ``value`` as int, or ``default`` for None/NaN/NA/empty."""
+    if _is_missing(value):
+        return default
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            return default
+    return int(value)
 
 
 def _str(value: Any, default: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _is_missing(value):
         return default
-    try:
-        import pandas as pd
-
-        if pd.isna(value):
-            return default
-    except (ImportError, TypeError, ValueError):
-        pass
     return str(value).strip()
 
 
