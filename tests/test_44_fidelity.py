@@ -80,6 +80,7 @@ KNOWN_DIFFERENCES: dict[str, str] = {}
 # (fragmented multi-frame JPEG, ...) or decodes it differently from its own reading of the
 # uncompressed copy, the uncompressed copy's dcm2niix output is the reference for lossless
 # encodings (same pixels by definition); lossy ones are left to the pydicom comparison.
+# Deflated files (which dcm2niix refuses) get an inflated copy written by pydicom.
 _MF = "dicomParser/testImages/encapsulated/multi-frame/"
 _SF = "dicomParser/testImages/encapsulated/single-frame/"
 UNCOMPRESSED_COPY = {
@@ -313,6 +314,8 @@ def _check_unit(unit: str, single_file: bool, data_root: Path, d2n, tmp_path: Pa
 def _via_uncompressed_copy(unit, da, data_root: Path, d2n, tmp_path: Path, tag: str):
     """Compare with dcm2niix's output of the uncompressed copy of the same image, if any."""
     copy = next((c for prefix, c in UNCOMPRESSED_COPY.items() if unit.startswith(prefix)), None)
+    if da.attrs.get("TransferSyntaxUID") == DEFLATED:
+        copy = str(_inflated_copy(data_root / unit, d2n.root))
     if copy is None or copy == unit or da.attrs.get("TransferSyntaxUID") in LOSSY:
         return None
     conv = d2n.convert(data_root / copy, single_file=True)
@@ -333,6 +336,27 @@ def _via_uncompressed_copy(unit, da, data_root: Path, d2n, tmp_path: Path, tag: 
         else:
             result["ref_vs_copy"] = "different voxel values"
     return result
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _inflated_copy(path: Path, root: Path) -> Path:
+    """An explicit-VR little-endian copy of a deflated file, written by pydicom.
+
+    dcm2niix refuses the deflated transfer syntax and suggests ``dcmconv +te``; pydicom does
+    the same inflation here, independently of dicomxr.
+    """
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    out = root / "inflated" / f"{path.parent.name}_{path.name}.dcm"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(out, enforce_file_format=True)
+    return out
 
 
 def _pydicom_position(path: str, frame: int) -> np.ndarray:
