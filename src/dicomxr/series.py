@@ -590,13 +590,28 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
         )
     if "localizer" not in include:
         image_type = cols.obj("ImageType")
-        loc = np.array([_is_localizer(v) for v in image_type], dtype=bool)
+        loc = _localizer_flags(image_type)
         reason[loc & _free(reason)] = "localizer (scout image); plan it with include=['localizer']"
     return reason
 
 
 def _free(reason: np.ndarray) -> np.ndarray:
     return np.array([r is None for r in reason], dtype=bool)
+
+
+def _localizer_flags(image_types: np.ndarray) -> np.ndarray:
+    seen: dict[Any, bool] = {}
+    out = np.zeros(len(image_types), dtype=bool)
+    for i, value in enumerate(image_types):
+        key = tuple(value) if isinstance(value, list) else value
+        try:
+            flag = seen[key]
+        except KeyError:
+            flag = seen[key] = _is_localizer(value)
+        except TypeError:  # unhashable oddity: no caching
+            flag = _is_localizer(value)
+        out[i] = flag
+    return out
 
 
 def _is_localizer(image_type: Any) -> bool:
