@@ -399,7 +399,7 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
             arr = _read_encapsulated(ref)
     except (PixelDataError, MissingDependencyError):
         raise
-    except FileNotFoundError:
+    except OSError:  # missing file, permissions: the OS error says it best
         raise
     except Exception as exc:
         raise PixelDataError(
