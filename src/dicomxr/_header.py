@@ -60,6 +60,7 @@ _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
+_MEDIA_STORAGE_DIRECTORY = b"1.2.840.10008.1.3.10"
 # little-endian data sets that are not plain: big endian, and the deflated ones
 _DECLINED_TS = frozenset(
     {
@@ -107,6 +108,8 @@ class RawHeader:
         Its value length (``0xFFFFFFFF`` when encapsulated), -1 when none.
     pixel_data_value_offset : int
         Offset of its value, -1 when none.
+    is_directory : bool
+        The file is a DICOMDIR and ``skip_directories`` was asked for.
     truncated_at : tuple of int or None
         ``(tag, offset)`` of the element whose value runs past the end of the file, when
         the header itself is cut short (the other fields are then incomplete).
@@ -115,6 +118,7 @@ class RawHeader:
     __slots__ = (
         "elements",
         "implicit",
+        "is_directory",
         "meta",
         "pixel_data_length",
         "pixel_data_offset",
@@ -127,6 +131,7 @@ class RawHeader:
     def __init__(self) -> None:
         self.transfer_syntax = ""
         self.implicit = False
+        self.is_directory = False
         self.meta: dict[int, bytes] = {}
         self.elements: dict[int, tuple[bytes | None, bytes]] = {}
         self.present: set[int] = set()
@@ -175,6 +180,8 @@ def read_raw(
     wanted: frozenset[int] | set[int],
     wanted_groups: dict[int, frozenset[int]],
     presence: frozenset[int],
+    *,
+    skip_directories: bool = False,
 ) -> RawHeader | None:
     """Read the header of one file, or return ``None`` when pydicom should do it.
 
@@ -192,6 +199,9 @@ def read_raw(
         the group's private creator elements ``(gggg,0010-00FF)`` are kept too.
     presence
         Top-level tags whose presence to record (values skipped).
+    skip_directories
+        Stop after the meta information of a DICOMDIR (Media Storage Directory): the
+        result then has ``is_directory`` set and no elements.
 
     Returns
     -------
@@ -200,7 +210,7 @@ def read_raw(
     out = RawHeader()
     try:
         with open(path, "rb") as fp:
-            _read(fp, size, wanted, wanted_groups, presence, out)
+            _read(fp, size, wanted, wanted_groups, presence, out, skip_directories)
     except (_Decline, struct.error, UnicodeDecodeError, IndexError):
         return None
     except _Truncated as exc:
@@ -218,6 +228,7 @@ def _read(
     wanted_groups: dict[int, frozenset[int]],
     presence: frozenset[int],
     out: RawHeader,
+    skip_directories: bool,
 ) -> None:
     r = _Reader(fp, size)
     buf = r.buf
@@ -235,6 +246,10 @@ def _read(
     if ts_str in _DECLINED_TS or not ts_str.startswith("1.2.840.10008.1.2"):
         raise _Decline("transfer syntax not handled")
     out.transfer_syntax = ts_str
+    sop_class = out.meta.get(0x00020002, b"").rstrip(b"\x00 ")
+    if skip_directories and sop_class == _MEDIA_STORAGE_DIRECTORY:
+        out.is_directory = True
+        return
     implicit = ts_str == _IMPLICIT_LE
     if pos + 8 <= size:
         # like pydicom, trust the first element over the meta information: some files
@@ -249,6 +264,25 @@ def _read(
 def _read_meta(r: _Reader, pos: int, out: RawHeader) -> int:
     """Read the group 0002 elements (always explicit VR little endian)."""
     meta = out.meta
+    # fast path: the meta information lies in the first chunk (base 0) of any sane file
+    b = r.buf
+    avail = min(len(b), r.size) if r.base == 0 else 0
+    while pos + 12 <= avail:
+        group, elem, vr, length = _unpack_hh2sh(b, pos)
+        if group != 0x0002:
+            return pos
+        if vr in _LONG_VRS:
+            (length,) = _unpack_i(b, pos + 8)
+            header = 12
+        elif vr in _VRS:
+            header = 8
+        else:
+            raise _Decline("implicit VR meta information")
+        end = pos + header + length
+        if length == _UNDEFINED or end > avail:
+            break  # the careful loop below decides
+        meta[0x00020000 | elem] = b[pos + header : end]
+        pos = end
     while True:
         if pos + 8 > r.size:
             return pos
@@ -295,6 +329,8 @@ def _walk_top(
     keep, special = _special_tags(wanted, presence, wanted_groups)
     elements = out.elements
     vr_header = _VR_HEADER
+    short_vrs = _VRS
+    long_vrs = _LONG_VRS
     unpack_i = _unpack_i
     unpack_main = _unpack_hhi if implicit else _unpack_hh2sh
     undefined = _UNDEFINED
@@ -351,10 +387,12 @@ def _walk_top(
         else:
             while p <= limit:
                 group, elem, vr, length = unpack_main(b, p)
-                header = vr_header.get(vr, 0)
-                if header == 12:
+                if vr in short_vrs:
+                    header = 8
+                elif vr in long_vrs:
+                    header = 12
                     (length,) = unpack_i(b, p + 8)
-                elif not header:
+                else:
                     raise _Decline("invalid VR")
                 tag = (group << 16) | elem
                 if tag in special or length == undefined:

@@ -222,7 +222,12 @@ class _Skip(Exception):
 
 
 def _is_multi(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))
+    # list/tuple first: the ABC check is slow and only pydicom's MultiValue needs it
+    if isinstance(value, (list, tuple)):
+        return True
+    if isinstance(value, (str, bytes, bytearray, int, float)) or value is None:
+        return False
+    return isinstance(value, Sequence)
 
 
 def _first(value: Any) -> Any:
@@ -822,9 +827,14 @@ def read_header_fast(path: str, size: int) -> dict[str, Any] | None:
     """
     from dicomxr._header import read_raw
 
-    raw = read_raw(path, size, _FAST_WANTED, _FAST_GROUPS, _FAST_PRESENCE)
+    raw = read_raw(path, size, _FAST_WANTED, _FAST_GROUPS, _FAST_PRESENCE, skip_directories=True)
     if raw is None:
         return None
+    if raw.is_directory:
+        raise _Skip(
+            "DICOMDIR file (a directory of a file-set, not an instance; "
+            "pass it to scan() to read the files it lists)"
+        )
     if raw.truncated_at is not None:
         tag, offset = raw.truncated_at
         where = f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag >= 0 else "an element"
