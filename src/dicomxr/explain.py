@@ -292,7 +292,7 @@ def _slices(obj: Any) -> _Slices:
                 "select one, for example with dicomxr.plan_series"
             )
         return _slices_from_frame(obj.reset_index(drop=True), "table")
-    if hasattr(obj, "grid") and hasattr(obj, "frames"):
+    if _is_plan(obj):
         return _slices_from_plan(obj)
     if isinstance(obj, (str, os.PathLike)):
         return _slices_from_dataarray(_open(obj))
@@ -630,12 +630,16 @@ def _as_dataarray(obj: Any) -> xr.DataArray:
         return obj
     if isinstance(obj, xr.Dataset) and "image" in obj:
         return obj["image"]
-    if isinstance(obj, (str, os.PathLike)):
-        return _open(obj)
+    if isinstance(obj, (str, os.PathLike, pd.DataFrame)) or _is_plan(obj):
+        return _open(obj)  # the loader opens paths, catalogs and plans lazily
     raise TypeError(
-        "pixels are needed: pass the DataArray from dicomxr.open_series (or a path to open), "
-        f"got {type(obj).__name__}"
+        "pixels are needed: pass the DataArray from dicomxr.open_series, or a path, catalog or "
+        f"series plan to open with it; got {type(obj).__name__}"
     )
+
+
+def _is_plan(obj: Any) -> bool:
+    return hasattr(obj, "grid") and hasattr(obj, "frames")
 
 
 def _default_order(da: xr.DataArray) -> np.ndarray:
@@ -675,7 +679,8 @@ def reformat(obj: Any, order: np.ndarray | None = None, *, col: int | None = Non
     Parameters
     ----------
     obj
-        A DataArray from :func:`dicomxr.open_series` (or a path to open).
+        A DataArray from :func:`dicomxr.open_series` (or a path, catalog or series plan, which
+        are opened with it).
     order
         Frame indices (as from :func:`frame_order`) into the DataArray's flattened frame
         dimensions. By default the DataArray's own slice order, at the first index of every
@@ -714,7 +719,8 @@ def compare_orders(
     Parameters
     ----------
     obj
-        A DataArray from :func:`dicomxr.open_series` (or a path to open).
+        A DataArray from :func:`dicomxr.open_series` (or a path, catalog or series plan, which
+        are opened with it).
     by
         The wrong order to show: ``"InstanceNumber"`` or ``"filename"``.
     col
