@@ -211,8 +211,9 @@ def _check_fragments(a, node, path: Path) -> None:
 def test_every_kind_of_file_is_met() -> None:
     # the corpus covers what the walk must handle; if it stopped doing so the test above
     # would prove less than it claims
-    kinds = {"deflated": False, "big": False, "implicit": False, "encaps": False, "nometa": False}
-    kinds |= {"tiff_or_other_preamble": True}  # none of the corpora has one; see views tests
+    kinds = dict.fromkeys(
+        ["deflated", "big", "implicit", "encaps", "nometa", "tiff", "broken"], False
+    )
     for key, path in FILES:
         if not key.startswith("pydicom/") and "deflate" not in key:
             continue
@@ -224,4 +225,6 @@ def test_every_kind_of_file_is_met() -> None:
         kinds["implicit"] |= a.implicit_vr and a.has_meta and a.is_sound
         kinds["encaps"] |= any(n.kind == "fragment" for n in a.walk())
         kinds["nometa"] |= not a.has_meta and a.is_sound and len(a.elements()) > 10
+        kinds["tiff"] |= a.preamble_kind == "tiff"
+        kinds["broken"] |= bool(a.breaks) and a.has_meta
     assert all(kinds.values()), kinds

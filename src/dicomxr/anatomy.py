@@ -1177,6 +1177,8 @@ def _walk_file(a: Anatomy, buf: Any, ts_override: str | None, decode_limit: int)
     if pos >= n:
         if not a.nodes:
             a.notes.append("the file is empty")
+        elif not a.has_meta:
+            a.breaks.append(Break(n, "file", "the file ends right after the 'DICM' prefix"))
         return
     if a.deflated:
         _walk_deflated(a, buf, pos, decode_limit, walker.encodings)
