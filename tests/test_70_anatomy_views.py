@@ -101,7 +101,7 @@ def test_100_mb_multiframe_walks_fast_without_reading_pixels(big_files, kind) ->
     assert peak < 20_000_000, f"the walk allocated {peak / 1e6:.1f} MB: it read pixel bytes"
     pixel = a["PixelData"]
     if kind == "encapsulated":
-        table = [c for c in pixel.children if c.kind == "offset_table"][0]
+        table = next(c for c in pixel.children if c.kind == "offset_table")
         frags = [c for c in pixel.children if c.kind == "fragment"]
         assert len(frags) == 1000
         assert table.value == [
@@ -169,7 +169,7 @@ def test_big_endian_reads_the_same_values_as_little_endian() -> None:
 def test_deflated_dataset_is_inflated_and_labelled() -> None:
     a = anatomy(get_testdata_file("image_dfl.dcm"))
     assert a.deflated and a.is_sound and a.inflated_size > a.size
-    deflated = [n for n in a.nodes if n.kind == "deflated"][0]
+    deflated = next(n for n in a.nodes if n.kind == "deflated")
     assert all(c.stream == "inflated" for c in deflated.walk() if c is not deflated)
     df = a.to_dataframe()
     assert set(df["stream"]) == {"file", "inflated"}
@@ -227,7 +227,7 @@ def test_not_dicom_and_folders() -> None:
 
 # -- views ------------------------------------------------------------------------------
 class _Balance(html.parser.HTMLParser):
-    VOID = {"br", "hr", "img", "meta", "input", "col", "wbr"}
+    VOID = frozenset({"br", "hr", "img", "meta", "input", "col", "wbr"})
 
     def __init__(self):
         super().__init__()
