@@ -206,6 +206,23 @@ def test_missing_slice(tmp_path: Path, scanned) -> None:
         assert np.abs(true - mapped).max() < 1e-5
 
 
+def test_fill_missing_slices(tmp_path: Path, ge_tilt_ct: Path, scanned) -> None:
+    phantom.write_series(tmp_path, phantom.phantom_volume((5, 4, 4)), slice_step=[2, 2, 6, 2])
+    (plan,) = _quiet(scanned(str(tmp_path)), on_irregular="fill")
+    assert plan.grid.tolist() == [0, 1, 2, -1, -1, 3, 4]
+    assert plan.coords["slice"][1] == pytest.approx([-50, -48, -46, -44, -42, -40, -38])
+    assert np.isnan(plan.coords["position_z"][1][3:5]).all()
+    rep = plan.geometry
+    assert rep.missing_slices == 2 and rep.affine_exact and rep.policy == "fill"
+    assert any("filled 2 missing slice" in i for i in rep.issues)
+    true, mapped = _positions_on_grid(plan)
+    assert np.abs(true - mapped).max() < 1e-6
+    # uneven spacing cannot be filled: kept, warned
+    with pytest.warns(GeometryWarning, match="not uniform"):
+        (ge,) = plan_series(scanned(str(ge_tilt_ct)), on_irregular="fill")
+    assert not ge.geometry.affine_exact
+
+
 def test_off_line_positions(tmp_path: Path, scanned) -> None:
     pos = [(0.0, 0.0, 0.0), (0.0, 0.0, 1.0), (3.0, 0.0, 2.0), (0.0, 0.0, 3.0)]
     phantom.write_series(tmp_path, phantom.phantom_volume((4, 4, 4)), positions=pos)

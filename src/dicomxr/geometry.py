@@ -33,6 +33,9 @@ dimension (time, echo, ...) explains. The caller picks what happens
     raise :class:`~dicomxr.errors.GeometryError` naming what is wrong.
 ``"split"``
     cut the stack into regular blocks, each its own series plan with an exact affine.
+``"fill"``
+    when the only irregularity is whole missing slices, insert empty frames (``-1`` in the
+    grid, NaN in the array) so that the affine is exact; otherwise like ``"warn"``.
 ``"ignore"``
     keep everything like ``"warn"`` but without the warning (the report still says it).
 """
@@ -65,8 +68,8 @@ __all__ = [
     "slice_normal",
 ]
 
-#: Accepted values of ``on_irregular`` / ``on_duplicate``.
-POLICIES = ("warn", "raise", "split", "ignore")
+#: Accepted values of ``on_irregular`` (``on_duplicate`` takes all but ``"fill"``).
+POLICIES = ("warn", "raise", "split", "fill", "ignore")
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _AXIS_NAMES = ("sagittal", "coronal", "axial")
@@ -281,6 +284,8 @@ class GeometryReport:
     max_off_line_mm
         Largest distance of a slice position from the straight line through the first and
         last one (in-plane shifts between slices).
+    positions_on_line
+        ``max_off_line_mm`` is within tolerance.
     tilt_deg
         Signed angle between the stack direction (first to last position) and the slice
         normal, positive by the right-hand rule about the row direction; derived from the
@@ -318,6 +323,7 @@ class GeometryReport:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     duplicate_positions: int = 0
     max_off_line_mm: float = 0.0
+    positions_on_line: bool = True
     tilt_deg: float = 0.0
     tilt_tag_deg: float | None = None
     tilt_tag_agrees: bool | None = None
@@ -529,6 +535,7 @@ def analyze_stack(
         fitted = pos[0] + np.outer(along / total, span)
         rep.max_off_line_mm = float(np.linalg.norm(pos - fitted, axis=1).max())
     off_line = rep.max_off_line_mm > 10 * max(atol, 1e-3 * abs(med))
+    rep.positions_on_line = not off_line
     if off_line:
         rep.issues.append(
             f"slice positions are not on a straight line (up to {rep.max_off_line_mm:.3g} mm off): "

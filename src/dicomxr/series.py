@@ -465,7 +465,9 @@ def plan_series(
         line, or whose frame grid is incomplete: ``"warn"`` (keep all frames, true
         positions as the ``slice`` coordinate, approximate affine, :class:`GeometryWarning`),
         ``"raise"`` (:class:`GeometryError`), ``"split"`` (regular blocks become separate
-        plans), ``"ignore"`` (like ``"warn"``, silently; the report still tells).
+        plans), ``"fill"`` (whole missing slices become empty NaN frames so the affine is
+        exact; otherwise like ``"warn"``), ``"ignore"`` (like ``"warn"``, silently; the report
+        still tells).
     on_duplicate
         What to do with frames that share a position and that no dimension tells apart:
         ``"warn"`` (keep them along an extra ``volume`` dim in InstanceNumber order, with a
@@ -492,9 +494,13 @@ def plan_series(
     >>> plans = dicomxr.plan_series(dicomxr.scan("folder"))  # doctest: +SKIP
     >>> print(plans[0].describe())  # doctest: +SKIP
     """
-    for name, value in (("on_irregular", on_irregular), ("on_duplicate", on_duplicate)):
-        if value not in geometry.POLICIES:
-            raise ValueError(f"{name}={value!r}; choose one of {list(geometry.POLICIES)}")
+    duplicate_policies = tuple(p for p in geometry.POLICIES if p != "fill")
+    for name, value, allowed in (
+        ("on_irregular", on_irregular, geometry.POLICIES),
+        ("on_duplicate", on_duplicate, duplicate_policies),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r}; choose one of {list(allowed)}")
     include = frozenset(include)
     unknown = include - _INCLUDABLE
     if unknown:
@@ -880,15 +886,7 @@ def _plan_group(
         dims = _arrange_dims(dims)
 
     # the grid
-    shape = (*(len(d.levels) for d in dims), n_slices)
-    index = (*(d.codes for d in dims), slice_id)
-    flat = np.ravel_multi_index(index, shape)
-    if len(np.unique(flat)) != n:  # pragma: no cover - guarded by the rank above
-        raise GeometryError("internal error: two frames in one grid cell")
-    grid_flat = np.full(int(np.prod(shape)), -1, np.int64)
-    grid_order = np.argsort(flat, kind="stable")
-    grid_flat[flat[grid_order]] = np.arange(n)
-    grid = grid_flat.reshape(shape)
+    grid, grid_order = _build_grid(dims, slice_id, n_slices)
     plan_rows = rows[grid_order]  # frames in grid order
     missing_cells = int((grid < 0).sum())
 
@@ -916,15 +914,41 @@ def _plan_group(
         duplicate_positions=dup_count,
         policy=on_irregular,
     )
+    geometry_irregular = geometric and (
+        not report.uniform or report.missing_slices > 0 or not report.positions_on_line
+    )
+    if (
+        on_irregular == "fill"
+        and geometry_irregular
+        and report.uniform
+        and report.positions_on_line
+        and report.spacing_median
+    ):
+        # whole missing slices become empty (NaN) frames: the affine is then exact
+        k = np.rint((slice_d - slice_d[0]) / report.spacing_median).astype(np.int64)
+        n_new = int(k[-1]) + 1
+        step = (slice_pos[-1] - slice_pos[0]) / k[-1]
+        filled_pos = slice_pos[0] + np.arange(n_new)[:, None] * step
+        filled_pos[k] = slice_pos
+        slice_id, n_slices = k[slice_id], n_new
+        grid, grid_order = _build_grid(dims, slice_id, n_slices)
+        plan_rows = rows[grid_order]
+        slice_pos, slice_d = filled_pos, filled_pos @ normal
+        report.issues.append(
+            f"filled {report.missing_slices} missing slice(s) with empty (NaN) frames "
+            "(on_irregular='fill'): the affine is exact"
+        )
+        report.affine_exact = True
+        geometry_irregular = False
+        missing_cells = int((grid < 0).sum()) - report.missing_slices * int(
+            np.prod(grid.shape[:-1])
+        )
     if missing_cells:
         report.issues.append(_missing_cells_message(grid, dims, slice_d))
-    irregular = geometric and (
-        not report.uniform
-        or report.missing_slices > 0
-        or not report.affine_exact
-        or missing_cells > 0
-    )
+    irregular = geometry_irregular or (geometric and missing_cells > 0)
     label = _label(cols, rows[0], split_note)
+    if irregular and on_irregular == "fill":
+        on_irregular = "warn"  # spacing not a whole multiple: nothing to fill, keep and warn
     if irregular:
         problems = [
             i
@@ -957,7 +981,8 @@ def _plan_group(
                 GeometryWarning,
                 stacklevel=_stacklevel(),
             )
-        report.affine_exact = False
+        if geometry_irregular:
+            report.affine_exact = False
 
     if geometric:
         affine = geometry.affine_from_positions(
@@ -994,6 +1019,20 @@ def _plan_group(
             patient=patient,
         )
     ]
+
+
+def _build_grid(
+    dims: list[_Dim], slice_id: np.ndarray, n_slices: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the frame grid (index into the frames in grid order, -1 missing) and that order."""
+    shape = (*(len(d.levels) for d in dims), n_slices)
+    flat = np.ravel_multi_index((*(d.codes for d in dims), slice_id), shape)
+    if len(np.unique(flat)) != len(flat):  # pragma: no cover - guarded by the rank above
+        raise GeometryError("internal error: two frames in one grid cell")
+    grid_flat = np.full(int(np.prod(shape)), -1, np.int64)
+    grid_order = np.argsort(flat, kind="stable")
+    grid_flat[flat[grid_order]] = np.arange(len(flat))
+    return grid_flat.reshape(shape), grid_order
 
 
 def _stacklevel() -> int:
