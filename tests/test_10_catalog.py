@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -400,3 +401,55 @@ def test_catalog_is_cheap_to_copy_and_keeps_the_report(data_root: Path) -> None:
     sub = df[df["has_pixels"]]
     assert catalog.skipped(sub).equals(catalog.skipped(df))
     assert all(set(r) == {"path", "reason"} for r in df.attrs["skipped"])
+
+
+# ---------------------------------------------------------------------------------------
+# the opt-in persistent cache
+
+
+def test_cache_reads_unchanged_files_once(
+    tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DICOMXR_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for src in sorted(philips_ct.glob("I1*"))[:5]:
+        shutil.copy(src, data / src.name)
+    (data / "notes.txt").write_text("not DICOM\n")
+    before = sorted(p.name for p in data.iterdir())
+
+    first = dicomxr.scan(data, cache=True)
+    assert (tmp_path / "cache" / "catalog.sqlite").is_file()
+    assert sorted(p.name for p in data.iterdir()) == before  # nothing next to the data
+
+    calls: list[str] = []
+    real_read_one = catalog._read_one
+
+    def counting(path: str, st: os.stat_result) -> dict:
+        calls.append(path)
+        return real_read_one(path, st)
+
+    monkeypatch.setattr(catalog, "_read_one", counting)
+    second = dicomxr.scan(data, cache=True)
+    assert calls == []  # every header, and the non-DICOM verdict, came from the cache
+    pd.testing.assert_frame_equal(first, second)
+    assert second.attrs == first.attrs
+    assert all(isinstance(v, tuple) for v in second["ImagePositionPatient"])
+
+    changed = sorted(data.glob("I*"))[0]
+    os.utime(changed, (1_000_000_000, 1_000_000_000))
+    third = dicomxr.scan(data, cache=True)
+    assert calls == [str(changed)]
+    assert third.loc[third["path"] == str(changed), "mtime"].iloc[0] == 1_000_000_000
+    # without cache=True the cache is neither read nor written
+    calls.clear()
+    dicomxr.scan(data)
+    assert len(calls) == 6
+
+
+def test_broken_cache_is_dropped_with_a_warning(tmp_path: Path, philips_ct: Path) -> None:
+    db = tmp_path / "broken.sqlite"
+    db.write_bytes(b"this is not an SQLite database" * 100)
+    with pytest.warns(RuntimeWarning, match="cannot be used|unreadable"):
+        df = dicomxr.scan(sorted(philips_ct.glob("I1*"))[:2], cache=db)
+    assert len(df) == 2

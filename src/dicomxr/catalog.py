@@ -1079,6 +1079,7 @@ def scan(
     recursive: bool = True,
     progress: bool | None = None,
     warn: bool = True,
+    cache: bool | str | os.PathLike[str] = False,
 ) -> pd.DataFrame:
     """Scan DICOM headers into a catalog: one row per instance.
 
@@ -1102,6 +1103,13 @@ def scan(
         Emit a :class:`~dicomxr.SkippedFileWarning` summarising skipped files that look
         like damaged DICOM (empty, truncated or unreadable headers, dangling DICOMDIR
         references). Non-DICOM files and directory files are only listed in the report.
+    cache
+        Keep what was read in a persistent cache, so that scanning the same files again
+        (in this or a later session) reads no header that has not changed. Opt-in:
+        ``True`` uses ``<user cache dir>/dicomxr/catalog.sqlite`` (see
+        :func:`dicomxr.data.cache_dir`; ``$DICOMXR_CACHE_DIR`` moves it), a path names
+        another database file. Entries are keyed by absolute path, size and
+        modification time; nothing is ever written next to the data.
 
     Returns
     -------
@@ -1138,6 +1146,9 @@ def scan(
         from tqdm.auto import tqdm
 
         iterator = tqdm(paths, desc="scanning DICOM headers", unit="file")
+    store = _Cache.open(cache) if cache else None
+    known = store.lookup(paths) if store is not None else {}
+    fresh: list[tuple[str, int, float, dict[str, Any] | None, str | None]] = []
     rows: list[dict[str, Any]] = []
     for path in iterator:
         try:
@@ -1145,12 +1156,28 @@ def scan(
         except OSError as exc:
             skipped_list.append({"path": path, "reason": f"cannot stat: {exc.strerror or exc}"})
             continue
+        hit = known.get(path)
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime:
+            row, reason = hit[2], hit[3]
+            if row is not None:
+                rows.append(row)
+            else:
+                skipped_list.append({"path": path, "reason": reason or "skipped"})
+            continue
         try:
-            rows.append(_read_one(path, st))
+            row = _read_one(path, st)
+            rows.append(row)
+            if store is not None:
+                fresh.append((path, st.st_size, st.st_mtime, row, None))
         except _Skip as exc:
             skipped_list.append({"path": path, "reason": str(exc)})
+            if store is not None:
+                fresh.append((path, st.st_size, st.st_mtime, None, str(exc)))
         except OSError as exc:
             skipped_list.append({"path": path, "reason": f"cannot read: {exc.strerror or exc}"})
+    if store is not None:
+        store.store(fresh)
+        store.close()
     df = _to_frame(rows)
     df.attrs["skipped"] = skipped_list
     # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
@@ -1167,6 +1194,124 @@ def scan(
             stacklevel=2,
         )
     return df
+
+
+_TUPLE_COLUMNS = tuple(c for c, dtype in _SCHEMA.items() if dtype == "object")
+
+
+def _row_from_json(row: dict[str, Any]) -> dict[str, Any]:
+    # JSON (not pickle: the cache must never execute what it reads) turns tuples into lists
+    for col in _TUPLE_COLUMNS:
+        value = row.get(col)
+        if isinstance(value, list):
+            row[col] = tuple(value)
+    return row
+
+
+class _Cache:
+    """Persistent catalog cache: an SQLite table of (path, size, mtime) -> row or reason.
+
+    SQLite gives atomic transactions and safe use from several processes; a cache that
+    cannot be opened or read is dropped with a warning, never an error.
+    """
+
+    # bump when the row format changes: older entries are then ignored
+    VERSION = 1
+
+    def __init__(self, con: Any, path: str) -> None:
+        self.con = con
+        self.path = path
+
+    @classmethod
+    def default_path(cls) -> str:
+        from dicomxr.data import cache_dir
+
+        return os.path.join(os.fspath(cache_dir()), "catalog.sqlite")
+
+    @classmethod
+    def open(cls, cache: bool | str | os.PathLike[str]) -> _Cache | None:
+        import sqlite3
+
+        path = cls.default_path() if cache is True else os.path.abspath(os.fspath(cache))
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            con = sqlite3.connect(path, timeout=10)
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS headers (path TEXT PRIMARY KEY, size INTEGER, "
+                "mtime REAL, version INTEGER, columns TEXT, row BLOB, reason TEXT)"
+            )
+            con.commit()
+        except (OSError, sqlite3.Error) as exc:
+            warnings.warn(
+                f"catalog cache {path} cannot be used ({exc}); scanning without it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        return cls(con, path)
+
+    def lookup(self, paths: list[str]) -> dict[str, tuple[int, float, Any, str | None]]:
+        import json
+        import sqlite3
+
+        out: dict[str, tuple[int, float, Any, str | None]] = {}
+        signature = ",".join(COLUMNS)
+        try:
+            for i in range(0, len(paths), 500):
+                chunk = paths[i : i + 500]
+                query = (
+                    "SELECT path, size, mtime, row, reason FROM headers WHERE version = ? "
+                    f"AND columns = ? AND path IN ({','.join('?' * len(chunk))})"
+                )
+                for path, size, mtime, blob, reason in self.con.execute(
+                    query, (self.VERSION, signature, *chunk)
+                ):
+                    row = None if blob is None else _row_from_json(json.loads(blob))
+                    out[path] = (size, mtime, row, reason)
+        except (sqlite3.Error, ValueError, TypeError, AttributeError) as exc:
+            warnings.warn(
+                f"catalog cache {self.path} is unreadable ({exc}); scanning without it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return {}
+        return out
+
+    def store(
+        self, entries: list[tuple[str, int, float, dict[str, Any] | None, str | None]]
+    ) -> None:
+        import json
+        import sqlite3
+
+        if not entries:
+            return
+        signature = ",".join(COLUMNS)
+        try:
+            with self.con:
+                self.con.executemany(
+                    "INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            path,
+                            size,
+                            mtime,
+                            self.VERSION,
+                            signature,
+                            None if row is None else json.dumps(row),
+                            reason,
+                        )
+                        for path, size, mtime, row, reason in entries
+                    ],
+                )
+        except sqlite3.Error as exc:
+            warnings.warn(
+                f"catalog cache {self.path} could not be updated ({exc})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def close(self) -> None:
+        self.con.close()
 
 
 def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
