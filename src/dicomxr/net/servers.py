@@ -40,6 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,11 @@ def _is_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 class DicomServer:
     """Base class: a child process serving DICOM on ``host:port`` from a temporary folder.
 
@@ -223,6 +229,8 @@ class DicomServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a notebook must not hit the server first
         )
+        # a server must never outlive this Python process (notebook kernel shut down, error)
+        self._finalizer = weakref.finalize(self, _kill_group, self.proc.pid)
         try:
             self._wait_ready()
         except BaseException:
@@ -263,6 +271,8 @@ class DicomServer:
             # forked children (dcmqrscp) may outlive the parent
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+            if getattr(self, "_finalizer", None) is not None:
+                self._finalizer.detach()
             self.proc = None
         if self._log_fh is not None:
             self._log_fh.close()
@@ -274,6 +284,8 @@ class DicomServer:
         """Start the server again on the same port with the same storage (after :meth:`kill`)."""
         if self.proc is not None and self.proc.poll() is None:
             raise ServerError("server is still running")
+        if getattr(self, "_finalizer", None) is not None:
+            self._finalizer.detach()
         self.proc = None
         if self._log_fh is not None:
             self._log_fh.close()
