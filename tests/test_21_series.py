@@ -356,3 +356,29 @@ def test_incomplete_grid_policies(tmp_path: Path, scanned) -> None:
     parts = _plans(cat, on_irregular="split")
     assert sorted(p.grid.shape for p in parts) == [(1,), (2, 2), (2, 2)]
     assert all((p.grid >= 0).all() for p in parts)
+
+
+def test_cardiac_phases_from_trigger_times(tmp_path: Path, scanned) -> None:
+    """Cine: one AcquisitionTime, trigger times that differ a little from slice to slice."""
+    vol = phantom.phantom_volume((12, 4, 4))
+    pos = [(0.0, 0.0, float(k // 4)) for k in range(12)]
+    per = [
+        {"TriggerTime": 50.0 * (k % 4) + 0.7 * (k // 4), "AcquisitionTime": "101010.0"}
+        for k in range(12)
+    ]
+    phantom.write_series(tmp_path, vol, positions=pos, per_frame=per, modality="MR")
+    plan = _plans(scanned(str(tmp_path)))[0]
+    assert plan.dims == ("time", "slice") and plan.grid.shape == (4, 3)
+    dims, trigger = plan.coords["TriggerTime"]
+    assert dims == ("time", "slice")
+    assert trigger[:, 0].tolist() == [0.0, 50.0, 100.0, 150.0]
+
+
+def test_echoes_told_apart_by_echo_time_alone(tmp_path: Path, scanned) -> None:
+    vol = phantom.phantom_volume((6, 4, 4))
+    pos = [(0.0, 0.0, float(k % 3)) for k in range(6)]
+    per = [{"EchoTime": 4.0 if k < 3 else 9.0, "EchoNumbers": 1} for k in range(6)]
+    phantom.write_series(tmp_path, vol, positions=pos, per_frame=per, modality="MR")
+    plan = _plans(scanned(str(tmp_path)))[0]
+    assert plan.dims == ("echo", "slice")
+    assert plan.coords["echo"][1].tolist() == [4.0, 9.0]

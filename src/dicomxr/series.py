@@ -723,7 +723,8 @@ def _kind_candidates(cols: _Columns, rows: np.ndarray) -> dict[str, np.ndarray]:
     out["label"] = cols.obj("LabelType")[rows]
     echo = cols.num("EchoNumbers")[rows]
     te = cols.num("EchoTime")[rows]
-    out["echo"] = echo if not np.isnan(echo).all() else te
+    # echo time identifies echoes when it varies (some exports number every echo 1)
+    out["echo"] = te if len(np.unique(te[~np.isnan(te)])) > 1 or np.isnan(echo).all() else echo
     out["component"] = cols.obj("ComplexImageComponent")[rows]
     b = np.round(cols.num("DiffusionBValue")[rows], 3)
     bvec = np.round(cols.vec("DiffusionGradientOrientation", 3)[rows], 4)
@@ -1087,7 +1088,8 @@ def _cells_with_duplicates(cell: np.ndarray) -> np.ndarray:
 
 
 def _acq_time_codes(cols: _Columns, rows: np.ndarray) -> np.ndarray:
-    """Return a sortable per-frame acquisition time (NaN when unknown)."""
+    """Return sortable per-frame times ``(n, 2)``: acquisition time, trigger time (NaN unknown)."""
+    out = np.full((len(rows), 2), np.nan)
     for name in (
         "FrameAcquisitionDateTime",
         "AcquisitionDateTime",
@@ -1096,25 +1098,30 @@ def _acq_time_codes(cols: _Columns, rows: np.ndarray) -> np.ndarray:
     ):
         vals = cols.obj(name)[rows]
         if any(v is not None for v in vals):
-            return np.array(
-                [_to_float(str(v).replace(":", "")) if v is not None else np.nan for v in vals]
-            )
-    return np.full(len(rows), np.nan)
+            out[:, 0] = [
+                _to_float(str(v).replace(":", "")) if v is not None else np.nan for v in vals
+            ]
+            break
+    out[:, 1] = cols.num("TriggerTime")[rows]
+    return out
 
 
 def _distinct_within(cell: np.ndarray, times: np.ndarray, dup_cells: np.ndarray) -> bool:
-    """Tell whether, in every cell holding several frames, their acquisition times all differ."""
-    if not len(dup_cells) or np.isnan(times).any():
+    """Tell whether, in every cell holding several frames, their times (acquisition, trigger) differ."""
+    if not len(dup_cells):
         return False
     mask = np.isin(cell, dup_cells)
-    pairs = np.unique(np.column_stack([cell[mask], times[mask]]), axis=0)
+    usable = [k for k in range(times.shape[1]) if not np.isnan(times[mask, k]).any()]
+    if not usable:
+        return False
+    pairs = np.unique(np.column_stack([cell[mask], times[mask][:, usable]]), axis=0)
     return len(pairs) == int(mask.sum())
 
 
 def _rank_within(cell: np.ndarray, times: np.ndarray, order_key: np.ndarray) -> np.ndarray:
-    """0-based rank of each frame within its cell, by acquisition time then InstanceNumber."""
+    """0-based rank of each frame within its cell, by acquisition/trigger time then InstanceNumber."""
     t = np.where(np.isnan(times), np.inf, times)
-    order = np.lexsort((order_key, t, cell))
+    order = np.lexsort((order_key, t[:, 1], t[:, 0], cell))
     sorted_cells = cell[order]
     start = np.concatenate([[True], sorted_cells[1:] != sorted_cells[:-1]])
     group_start = np.maximum.accumulate(np.where(start, np.arange(len(cell)), 0))
