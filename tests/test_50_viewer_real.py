@@ -59,12 +59,12 @@ def test_ct_opens_on_one_frame_and_steps_read_one_frame_each(ct, reads):
     assert v.planes["slice"].name == "axial"
     assert v.position["slice"] == 70
     for s in (71, 72, 73):
-        v._sliders["slice"].value = s
+        v._sliders["slice"].value = s + 1  # the slider counts from 1
     assert len(reads) == 4
     shown_files = {Path(p).name for p, _ in reads}
     expected = {Path(str(ct["path"].values[s])).name for s in (70, 71, 72, 73)}
     assert shown_files == expected
-    v._sliders["slice"].value = 71  # seen: served from the frame cache
+    v._sliders["slice"].value = 72  # slice 71, seen: served from the frame cache
     assert len(reads) == 4
 
 

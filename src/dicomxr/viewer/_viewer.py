@@ -229,8 +229,10 @@ class Viewer(widgets.VBox):
             img.add_class(f"dicomxr-plane-{d}")
             layer = widgets.HTML(layout={"grid_area": "1 / 1 / 2 / 2", "margin": "0"})
             layer.add_class("dicomxr-layer")
+            layer.add_class(f"dicomxr-layer-{d}")
             stack = widgets.GridBox([img, layer])
             cap = widgets.HTML()
+            cap.add_class(f"dicomxr-caption-{d}")
             self._images[d] = img
             self._layers[d] = layer
             self._stacks[d] = stack
@@ -240,19 +242,21 @@ class Viewer(widgets.VBox):
         self._image_box = widgets.HBox()
         self._sliders: dict[str, Any] = {}
         for d in SPATIAL:
+            # people count slices from 1 (as the captions do); ``position`` stays 0-based
             s = widgets.IntSlider(
-                min=0,
-                max=sizes[d] - 1,
+                min=1,
+                max=sizes[d],
                 description=self.planes[d].name if d != "slice" else "slice",
                 continuous_update=True,
                 layout={"width": "480px"},
             )
             s.add_class(f"dicomxr-slider-{d}")
-            s.observe(self._on_slider(d), "value")
+            s.observe(self._on_slider(d, 1), "value")
             self._sliders[d] = s
         self._slice_info = widgets.HTML()
         self._slice_info.add_class("dicomxr-slice-info")
         self._extra_w: dict[str, widgets.SelectionSlider] = {}
+        self._extra_info: dict[str, widgets.HTML] = {}
         for d in self.volume.extra:
             options = self._extra_options(d)
             s = widgets.SelectionSlider(
@@ -261,6 +265,8 @@ class Viewer(widgets.VBox):
             s.add_class(f"dicomxr-slider-{d}")
             s.observe(self._on_slider(d), "value")
             self._extra_w[d] = s
+            self._extra_info[d] = widgets.HTML()
+            self._extra_info[d].add_class(f"dicomxr-info-{d}")
         self._meta = widgets.HTML()
         self._meta.add_class("dicomxr-metadata")
         self._meta_box = widgets.Accordion(children=[self._meta])
@@ -289,7 +295,9 @@ class Viewer(widgets.VBox):
             self._image_box,
             widgets.VBox(),  # spatial sliders, filled by _layout()
             self._slice_info,
-            widgets.VBox(list(self._extra_w.values())),
+            widgets.VBox(
+                [widgets.HBox([self._extra_w[d], self._extra_info[d]]) for d in self._extra_w]
+            ),
             self._meta_box,
             self._status,
         ]
@@ -308,11 +316,13 @@ class Viewer(widgets.VBox):
         self._events.append(ev)
 
     def _on_click_event(self, dim: str, event: Mapping[str, Any]) -> None:
-        """Map a browser click (pixels of the layer's box) to a pixel of the plane."""
+        """Map a browser click (pixels from the layer's top left) to a pixel of the plane."""
         try:
-            bw = float(event["boundingRectWidth"])
-            bh = float(event["boundingRectHeight"])
             rx, ry = float(event["relativeX"]), float(event["relativeY"])
+            # the picture's size on screen is the one we set; the layer's own box can be a
+            # few pixels taller (line height of the HTML widget), so it is only a fallback
+            bw = float(self._images[dim].width or event["boundingRectWidth"])
+            bh = float(self._images[dim].height or event["boundingRectHeight"])
         except (KeyError, TypeError, ValueError):
             return
         if bw <= 0 or bh <= 0:
@@ -363,20 +373,30 @@ class Viewer(widgets.VBox):
         return lo, hi
 
     def _extra_options(self, dim: str) -> list[tuple[str, int]]:
+        """Slider stops of an extra dim, labelled with its coordinate (index + 1 without one)."""
         n = self.volume.sizes[dim]
         along = self.volume.values_along(dim)
-        labels = []
-        for i in range(n):
-            bits = []
-            if dim in along:
-                bits.append(_fmt(along[dim][i]))
-            for name, values in along.items():
-                if name != dim:
-                    bits.append(f"{name}={_fmt(values[i])}")
-            labels.append(" · ".join(bits) if bits else str(i))
-        if len(set(labels)) < n:
-            labels = [f"{i}: {lab}" for i, lab in enumerate(labels)]
+        if dim in along:
+            labels = [_fmt(v) for v in along[dim]]
+        else:
+            labels = [str(i + 1) for i in range(n)]
+        if len(set(labels)) < n:  # the slider needs distinct labels
+            labels = [f"{i + 1}: {lab}" for i, lab in enumerate(labels)]
         return list(zip(labels, range(n), strict=True))
+
+    def _extra_html(self, dim: str) -> str:
+        """Return the other coordinates along an extra dim at the current index (beside its slider)."""
+        i = int(self.position[dim])
+        along = self.volume.values_along(dim)
+        bits = [
+            f"{html.escape(name)}={html.escape(_fmt(values[i]))}"
+            for name, values in along.items()
+            if name != dim
+        ]
+        n = self.volume.sizes[dim]
+        return (
+            f"<span style='color:#555'>{i + 1}/{n}{' · ' if bits else ''}{' · '.join(bits)}</span>"
+        )
 
     # ------------------------------------------------------------------ traits
     @contextmanager
@@ -434,10 +454,11 @@ class Viewer(widgets.VBox):
         if not self._quiet:
             self._refresh()
 
-    def _on_slider(self, dim: str) -> Any:
+    def _on_slider(self, dim: str, offset: int = 0) -> Any:
         def handler(change: Any) -> None:
-            if self.position.get(dim) != change["new"]:
-                self.position = {**self.position, dim: int(change["new"])}
+            index = int(change["new"]) - offset
+            if self.position.get(dim) != index:
+                self.position = {**self.position, dim: index}
 
         return handler
 
@@ -649,8 +670,8 @@ class Viewer(widgets.VBox):
         """Push trait values into the controls (without re-entering the handlers)."""
         with self._batch():
             for d, s in self._sliders.items():
-                if d in self.position and s.value != self.position[d]:
-                    s.value = self.position[d]
+                if d in self.position and s.value != self.position[d] + 1:
+                    s.value = self.position[d] + 1
             for d, s in self._extra_w.items():
                 if d in self.position and s.value != self.position[d]:
                     s.value = self.position[d]
@@ -693,6 +714,8 @@ class Viewer(widgets.VBox):
         self._image_box.children = [self._panels[d] for d in visible]
         self.children[5].children = [self._sliders[d] for d in visible]
         self._slice_info.value = self._slice_html()
+        for d, info in self._extra_info.items():
+            info.value = self._extra_html(d)
         self._meta.value = self._meta_html()
         new_reads = self.volume.reads - reads_before
         self._status.value = (
