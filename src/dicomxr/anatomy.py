@@ -30,6 +30,8 @@ import logging
 import mmap
 import os
 import struct
+import sys
+import types
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -1009,11 +1011,29 @@ class Anatomy:
 
         return render_text(self, color=color, max_elements=max_elements, offset=offset)
 
-    def to_html(self, *, max_elements: int | None = 400, max_value_bytes: int = 32) -> str:
-        """Return a self-contained annotated hex view (inline CSS, ``<details>``)."""
+    def to_html(
+        self,
+        *,
+        max_elements: int | None = 400,
+        max_value_bytes: int = 32,
+        offset: int | None = None,
+    ) -> str:
+        """Return a self-contained annotated hex view (inline CSS, ``<details>``).
+
+        Parameters
+        ----------
+        max_elements
+            Parts shown at most (``None``: all of them).
+        max_value_bytes
+            Value bytes shown per element; the rest is elided.
+        offset
+            Start at the top-level part covering this file offset.
+        """
         from dicomxr.anatomy_render import render_html
 
-        return render_html(self, max_elements=max_elements, max_value_bytes=max_value_bytes)
+        return render_html(
+            self, max_elements=max_elements, max_value_bytes=max_value_bytes, offset=offset
+        )
 
     def _repr_html_(self) -> str:
         return self.to_html()
@@ -1269,3 +1289,18 @@ def compare_encodings(dataset_or_path: Any) -> Any:
     from dicomxr.anatomy_render import compare_encodings as _compare
 
     return _compare(dataset_or_path)
+
+
+class _CallableModule(types.ModuleType):
+    """``dicomxr.anatomy`` is both this module and the function :func:`anatomy`.
+
+    Importing the submodule (``from dicomxr.anatomy import ...``) rebinds the package
+    attribute ``dicomxr.anatomy`` to the module; calling the module calls the function, so
+    ``dicomxr.anatomy(path)`` works whichever of the two the name holds.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Anatomy:
+        return anatomy(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -243,6 +243,7 @@ def render_html(
     nodes: list[Node] | None = None,
     current: int | None = None,
     summary: bool = True,
+    offset: int | None = None,
 ) -> str:
     """Return the annotated hex view of a walk as self-contained HTML.
 
@@ -260,6 +261,8 @@ def render_html(
         Index of a node to highlight.
     summary
         Include the summary and legend.
+    offset
+        Start at the top-level part that covers this file offset.
     """
     out = io.StringIO()
     out.write(f'<div class="dxr-anatomy"><style>{CSS}</style>')
@@ -274,6 +277,8 @@ def render_html(
                 out.write(_row(node, read, max_value_bytes, extra))
         else:
             for node in a.nodes:
+                if offset is not None and node.stream == "file" and node.end <= offset:
+                    continue
                 _write_tree(out, node, read, max_value_bytes, budget)
             left = len(a) - (max_elements or 0) if budget[0] == 0 else 0
             if budget[0] == 0 and left > 0:
