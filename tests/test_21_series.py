@@ -382,3 +382,26 @@ def test_echoes_told_apart_by_echo_time_alone(tmp_path: Path, scanned) -> None:
     plan = _plans(scanned(str(tmp_path)))[0]
     assert plan.dims == ("echo", "slice")
     assert plan.coords["echo"][1].tolist() == [4.0, 9.0]
+
+
+def test_frames_without_geometry(data_root: Path, scanned) -> None:
+    """Ultrasound cine loops carry no positions: each file is a volume, frames in order."""
+    folder = data_root / "dicomParser" / "testImages" / "encapsulated" / "multi-frame"
+    cat = scanned(str(folder / "IM00001.*.dcm"))
+    (plan,) = _plans(cat)
+    assert plan.dims == ("volume", "slice") and plan.grid.shape == (2, 8)
+    assert plan.frame_shape == (240, 320, 3)
+    assert plan.coords["frame"][1].tolist() == list(range(8))
+    assert plan.geometry.orientation is None and "no patient geometry" in plan.geometry.issues[0]
+    assert "geometry" in str(plan.geometry) and "tilt" not in str(plan.geometry)
+
+
+def test_secondary_capture_pages_when_asked(data_root: Path, scanned) -> None:
+    cat = scanned(str(data_root / "dcm_qa_ct" / "In" / "Philips" / "S21570" / "S4010"))
+    assert len(_plans(cat)) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeometryWarning)
+        pages = plan_series(cat, include=["secondary_capture"])
+    # mixed sizes and RGB pages: one plan per size, labels say which
+    assert len(pages) == len({p.frame_shape for p in pages}) >= 2
+    assert any(p.frame_shape[-1] == 3 and "pixels" in p.label for p in pages)

@@ -363,6 +363,9 @@ class GeometryReport:
             return "-" if v is None else f"{v:.4g} mm"
 
         rows = [("slices", str(self.n_slices))]
+        if self.orientation is None:
+            rows.append(("geometry", "none (no ImagePositionPatient / ImageOrientationPatient)"))
+            return rows
         if self.plane is not None:
             rows.append(("plane", f"{self.plane}, obliquity {self.obliquity_deg:.1f}°"))
         if self.pixel_spacing is not None:

@@ -694,7 +694,7 @@ def _what_differs(cols: _Columns, i: int, others: list[int]) -> list[str]:
             if normal is None
             else ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
         )
-        bits.append(f"{plane} orientation")
+        bits.append(plane if normal is None else f"{plane} orientation")
     if len({tuple(np.round(spacing[j], 4)) for j in others}) > 1 and not np.isnan(spacing[i]).any():
         bits.append(f"pixel spacing {spacing[i, 0]:.4g}x{spacing[i, 1]:.4g} mm")
     return bits or ["samples per pixel differ"]
@@ -786,7 +786,13 @@ def _plan_group(
     has_geo = has_pos & ~np.isnan(iop_all).any(axis=1)
     instance = cols.num("InstanceNumber")[rows]
     frame_no = cols.num("frame")[rows]
-    order_key = np.where(np.isnan(instance), np.inf, instance) * 1e6 + np.nan_to_num(frame_no)
+    # acquisition order: InstanceNumber, then file, then frame (a rank, so ties are stable)
+    path_code = pd.factorize(cols.obj("path")[rows], sort=True)[0]
+    by_order = np.lexsort(
+        (np.nan_to_num(frame_no), path_code, np.where(np.isnan(instance), np.inf, instance))
+    )
+    order_key = np.empty(n, np.float64)
+    order_key[by_order] = np.arange(n)
     if has_geo.any() and not has_geo.all():
         for i in np.flatnonzero(~has_geo):
             set_apart.append(
@@ -827,12 +833,22 @@ def _plan_group(
     counts = np.bincount(slice_id, minlength=n_slices)
     no_geometry_stack = not geometric
     if no_geometry_stack:
-        # no positions: frames in InstanceNumber / frame order form the slice axis
-        order = np.argsort(order_key, kind="stable")
-        slice_id = np.empty(n, np.int64)
-        slice_id[order] = np.arange(n)
-        n_slices = n
-        counts = np.ones(n, np.int64)
+        # no positions: frames in InstanceNumber / frame order form the slice axis; several
+        # multi-frame files (cine loops) each become one 'volume'
+        file_code = pd.factorize(cols.obj("path")[rows])[0]
+        per_file = np.bincount(file_code)
+        if len(per_file) > 1 and per_file.max() > 1:
+            first_of_file = np.full(len(per_file), np.inf)
+            np.minimum.at(first_of_file, file_code, order_key)
+            file_rank = np.argsort(np.argsort(first_of_file, kind="stable"), kind="stable")
+            dims = [_Dim("volume", file_rank[file_code], list(range(len(per_file))))]
+            slice_id = np.nan_to_num(frame_no).astype(np.int64)
+        else:
+            order = np.argsort(order_key, kind="stable")
+            slice_id = np.empty(n, np.int64)
+            slice_id[order] = np.arange(n)
+        n_slices = int(slice_id.max()) + 1
+        counts = np.ones(n_slices, np.int64)
     if counts.max(initial=0) > 1:
         cand = _kind_candidates(cols, rows)
         useful = _useful_kinds(cand, slice_id, n_slices)
@@ -915,6 +931,8 @@ def _plan_group(
         duplicate_positions=dup_count,
         policy=on_irregular,
     )
+    if not geometric:
+        report.n_slices = n_slices
     geometry_irregular = geometric and (
         not report.uniform or report.missing_slices > 0 or not report.positions_on_line
     )
