@@ -736,17 +736,19 @@ def apply_rescale(
                 f"rescale slope {slope} / intercept {intercept} is not exact in {dtype}; "
                 "use a float dtype"
             )
-        if np.shares_memory(arr, out) and arr.dtype.itemsize == dtype.itemsize:
-            view = out
-        else:
+        in_place = np.shares_memory(arr, out) and arr.dtype.itemsize == dtype.itemsize
+        if not intercept:
+            if not in_place:
+                np.copyto(out, arr, casting="unsafe")
+            return out
+        bits = dtype.itemsize * 8
+        wrapped = int(intercept) % (1 << bits)
+        if dtype.kind == "i" and wrapped >= 1 << (bits - 1):
+            wrapped -= 1 << bits
+        # copy-then-add beats a casting ufunc loop (numpy buffers mixed-type loops)
+        if not in_place:
             np.copyto(out, arr, casting="unsafe")
-            view = out
-        if intercept:
-            bits = dtype.itemsize * 8
-            wrapped = int(intercept) % (1 << bits)
-            if dtype.kind == "i" and wrapped >= 1 << (bits - 1):
-                wrapped -= 1 << bits
-            np.add(view, dtype.type(wrapped), out=view, casting="unsafe")
+        np.add(out, dtype.type(wrapped), out=out, casting="unsafe")
         return out
     if slope == 1.0 and (intercept == 0.0 or dtype.itemsize >= 8):
         np.copyto(out, arr, casting="unsafe")
