@@ -555,6 +555,10 @@ def read_label_type(paths: list[str]) -> list[str | None]:
 
     out: list[str | None] = []
     for path in paths:
+        found = _label_type_fast(path)
+        if found is not _MISSING:
+            out.append(found)  # type: ignore[arg-type]
+            continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[_PHILIPS_LABEL_TYPE])
             elem = ds.get(_PHILIPS_LABEL_TYPE)
@@ -563,3 +567,34 @@ def read_label_type(paths: list[str]) -> list[str | None]:
             logger.debug("no label type in %s: %s", path, exc)
             out.append(None)
     return out
+
+
+_PHILIPS_DD005 = b"PHILIPS MR IMAGING DD 005"
+
+
+def _label_type_fast(path: str) -> str | _Missing | None:
+    """Read (2005,1429) with the catalog's raw header reader; ``_MISSING`` when it declines."""
+    import os
+
+    try:
+        from dicomxr import _header
+
+        raw = _header.read_raw(
+            path, os.path.getsize(path), frozenset(), {0x2005: frozenset({0x29})}, frozenset()
+        )
+    except Exception as exc:  # the fast reader is an optimisation: pydicom decides
+        logger.debug("fast header read of %s failed: %s", path, exc)
+        return _MISSING
+    if raw is None or raw.truncated_at is not None:
+        return _MISSING
+    for tag, (_, value) in raw.elements.items():
+        if (
+            tag >> 16 == 0x2005
+            and 0x10 <= (tag & 0xFFFF) <= 0xFF
+            and value.strip(b" \0").upper() == _PHILIPS_DD005
+        ):
+            elem = raw.elements.get(0x20050000 | ((tag & 0xFF) << 8) | 0x29)
+            if elem is None:
+                return None
+            return _text(elem[1].strip(b" \0").decode("ascii", "replace"))
+    return None
