@@ -191,3 +191,24 @@ def test_dtype_argument(two_series):
     da = open_series(root, series=7, dtype="float32")
     assert da.dtype == np.float32
     np.testing.assert_array_equal(da.isel(slice=2).values, vol_a[2] - 1024.0)
+
+
+def test_stored_values(two_series):
+    root, vol_a, vol_b = two_series
+    raw = open_series(root, series=7, rescale=False)
+    np.testing.assert_array_equal(raw.values, vol_a)
+    raw_b = open_series(root, series=8, rescale=False)
+    assert raw_b.dtype == vol_b.dtype
+    np.testing.assert_array_equal(raw_b.values, vol_b)
+
+
+def test_localizer_set_apart_unless_included(tmp_path):
+    vol = phantom.phantom_volume((3, 8, 8))
+    phantom.write_series(
+        tmp_path, vol, series_number=1, extra={"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}
+    )
+    with pytest.raises(NoSeriesError, match="localizer"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        open_series(tmp_path)
+    da = open_series(tmp_path, include=["localizer"])
+    np.testing.assert_array_equal(da.values, vol.astype(np.int32) - 1024)

@@ -99,3 +99,12 @@ def test_engine_module_import_is_light():
     code = "import sys, dicomxr.backend; print(sorted(m for m in ('xarray', 'pandas', 'dask', 'dicomxr.api') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_open_groups_and_stored_values(series_dir):
+    root, vol, _ = series_dir
+    groups = xr.open_groups(root, engine="dicom")
+    images = [ds for ds in groups.values() if "image" in ds]
+    assert len(images) == 2
+    raw = xr.open_dataset(root / "one", engine="dicom", rescale=False)
+    np.testing.assert_array_equal(raw["image"].values, vol)

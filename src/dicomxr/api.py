@@ -501,6 +501,7 @@ def open_series(
     dtype: str | np.dtype | type = "auto",
     include_patient: bool = False,
     include: Sequence[str] = (),
+    rescale: bool = True,
     recursive: bool = True,
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
@@ -527,6 +528,9 @@ def open_series(
     include
         Frames normally set apart that should be opened as series too: ``"localizer"``,
         ``"secondary_capture"``.
+    rescale
+        Apply RescaleSlope/RescaleIntercept (the Modality LUT, per frame where it varies);
+        ``False`` gives the stored values.
     recursive
         Descend into sub-folders of a folder source.
 
@@ -556,13 +560,15 @@ def open_series(
     """
     plans = list_series(source, on_irregular=on_irregular, include=include, recursive=recursive)
     plan = _select(plans, series, source)
-    return _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient)
+    return _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient, rescale=rescale)
 
 
-def _plan_to_dataarray(plan: SeriesPlan, *, dtype: Any, include_patient: bool) -> xr.DataArray:
+def _plan_to_dataarray(
+    plan: SeriesPlan, *, dtype: Any, include_patient: bool, rescale: bool = True
+) -> xr.DataArray:
     from dicomxr._array import lazy_array
 
-    data = lazy_array(plan, dtype=dtype)
+    data = lazy_array(plan, dtype=dtype, rescale=rescale)
     dims = (*plan.dims, "row", "col")
     if data.ndim == len(dims) + 1:
         dims = (*dims, "channel")
@@ -598,6 +604,7 @@ def open_study(
     dtype: str | np.dtype | type = "auto",
     include_patient: bool = False,
     include: Sequence[str] = (),
+    rescale: bool = True,
     recursive: bool = True,
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
@@ -611,7 +618,7 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, dtype, include_patient, include, recursive
+    on_irregular, dtype, include_patient, include, rescale, recursive
         As for :func:`open_series`.
 
     Returns
@@ -632,7 +639,7 @@ def open_study(
         patient = _node_name(_attr(plan, "PatientID"), "unknown_patient")
         study = _node_name(_attr(plan, "StudyInstanceUID"), "unknown_study")
         key = _node_name(plan.key, "series")
-        da = _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient)
+        da = _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient, rescale=rescale)
         ds = da.to_dataset(name="image", promote_attrs=True)
         ds["image"].encoding = dict(da.encoding)
         tree[f"/{patient}/{study}/{key}"] = ds

@@ -58,6 +58,8 @@ def _build_entrypoint() -> type:
             "on_irregular",
             "dtype",
             "include_patient",
+            "include",
+            "rescale",
             "recursive",
         )
 
@@ -80,6 +82,8 @@ def _build_entrypoint() -> type:
             on_irregular: str = "warn",
             dtype: str = "auto",
             include_patient: bool = False,
+            include: tuple[str, ...] = (),
+            rescale: bool = True,
             recursive: bool = True,
         ):
             """Open one series as a Dataset with the variable ``image``.
@@ -90,7 +94,7 @@ def _build_entrypoint() -> type:
                 File, folder or DICOMDIR.
             drop_variables
                 Coordinates to leave out.
-            series, on_irregular, dtype, include_patient, recursive
+            series, on_irregular, dtype, include_patient, include, rescale, recursive
                 As for :func:`dicomxr.open_series`.
             """
             from dicomxr.api import open_series
@@ -101,6 +105,8 @@ def _build_entrypoint() -> type:
                 on_irregular=on_irregular,
                 dtype=dtype,
                 include_patient=include_patient,
+                include=include,
+                rescale=rescale,
                 recursive=recursive,
             )
             ds = da.to_dataset(name="image", promote_attrs=True)
@@ -115,6 +121,8 @@ def _build_entrypoint() -> type:
             on_irregular: str = "warn",
             dtype: str = "auto",
             include_patient: bool = False,
+            include: tuple[str, ...] = (),
+            rescale: bool = True,
             recursive: bool = True,
         ):
             """Open every series as a Patient / Study / Series DataTree.
@@ -125,7 +133,7 @@ def _build_entrypoint() -> type:
                 File, folder or DICOMDIR.
             drop_variables
                 Coordinates to leave out of every series.
-            on_irregular, dtype, include_patient, recursive
+            on_irregular, dtype, include_patient, include, rescale, recursive
                 As for :func:`dicomxr.open_study`.
             """
             from dicomxr.api import open_study
@@ -135,6 +143,8 @@ def _build_entrypoint() -> type:
                 on_irregular=on_irregular,
                 dtype=dtype,
                 include_patient=include_patient,
+                include=include,
+                rescale=rescale,
                 recursive=recursive,
             )
             if drop_variables:
@@ -149,6 +159,8 @@ def _build_entrypoint() -> type:
             on_irregular: str = "warn",
             dtype: str = "auto",
             include_patient: bool = False,
+            include: tuple[str, ...] = (),
+            rescale: bool = True,
             recursive: bool = True,
         ):
             """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
@@ -158,6 +170,8 @@ def _build_entrypoint() -> type:
                 on_irregular=on_irregular,
                 dtype=dtype,
                 include_patient=include_patient,
+                include=include,
+                rescale=rescale,
                 recursive=recursive,
             )
             return {node.path: node.to_dataset() for node in tree.subtree}
