@@ -405,3 +405,11 @@ def test_secondary_capture_pages_when_asked(data_root: Path, scanned) -> None:
     # mixed sizes and RGB pages: one plan per size, labels say which
     assert len(pages) == len({p.frame_shape for p in pages}) >= 2
     assert any(p.frame_shape[-1] == 3 and "pixels" in p.label for p in pages)
+
+
+def test_orientation_noise_does_not_split(tmp_path: Path, scanned) -> None:
+    """Direction cosines that differ in the 5th decimal from slice to slice are one stack."""
+    per = [{"ImageOrientationPatient": [1, 0, 0, 0, 1, 1e-5 * k]} for k in range(4)]
+    phantom.write_series(tmp_path, phantom.phantom_volume((4, 4, 4)), per_frame=per)
+    (plan,) = _plans(scanned(str(tmp_path)))
+    assert plan.grid.shape == (4,)

@@ -634,11 +634,9 @@ def _group(cols: _Columns, keep: np.ndarray) -> list[tuple[np.ndarray, str]]:
     rows = cols.num("Rows")[keep]
     columns = cols.num("Columns")[keep]
     spp = np.nan_to_num(cols.num("SamplesPerPixel")[keep], nan=1.0)
-    iop = np.round(cols.vec("ImageOrientationPatient", 6)[keep], 4)
-    spacing = np.round(cols.vec("PixelSpacing", 2)[keep], 4)
-    geo = np.column_stack(
-        [rows, columns, spp, np.nan_to_num(iop, nan=9.0), np.nan_to_num(spacing, nan=-1.0)]
-    )
+    iop = _cluster_rows(np.nan_to_num(cols.vec("ImageOrientationPatient", 6)[keep], nan=9.0), 1e-3)
+    spacing = _cluster_rows(np.nan_to_num(cols.vec("PixelSpacing", 2)[keep], nan=-1.0), 1e-4)
+    geo = np.column_stack([rows, columns, spp, iop, spacing])
     _, geo_code = np.unique(geo, axis=0, return_inverse=True)
     series_code = _combine(uid, sop, number)
     group = _combine(series_code, geo_code.reshape(-1).astype(np.int64))
@@ -678,6 +676,25 @@ def _group(cols: _Columns, keep: np.ndarray) -> list[tuple[np.ndarray, str]]:
             bits.extend(_what_differs(cols, i, [g[0][0] for g in same_series]))
         notes.append((rows_idx, ", ".join(bits)))
     return notes
+
+
+def _cluster_rows(values: np.ndarray, tol: float) -> np.ndarray:
+    """Code rows that agree within ``tol`` (max abs difference) alike; exact duplicates are cheap."""
+    uniq, inverse = np.unique(values, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if len(uniq) == 1:
+        return np.zeros(len(values), np.int64)
+    labels = np.full(len(uniq), -1, np.int64)
+    reps: list[np.ndarray] = []
+    for i, row in enumerate(uniq):
+        for k, rep in enumerate(reps):
+            if np.abs(row - rep).max() <= tol:
+                labels[i] = k
+                break
+        else:
+            labels[i] = len(reps)
+            reps.append(row)
+    return labels[inverse]
 
 
 def _what_differs(cols: _Columns, i: int, others: list[int]) -> list[str]:
