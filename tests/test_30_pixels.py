@@ -329,3 +329,21 @@ def test_apply_rescale_float32_rounds_once() -> None:
     slope, intercept = 1.534355, -3142.0
     got = pixels.apply_rescale(stored, slope, intercept, np.float32)
     np.testing.assert_array_equal(got, (stored * slope + intercept).astype(np.float32))
+
+
+def test_file_without_meta_and_wrong_syntax(tmp_path: Path) -> None:
+    """An implicit VR dataset without file meta (old archives): located, read, same values."""
+    src = get_testdata_file("MR_small_implicit.dcm")
+    ds = pydicom.dcmread(src)
+    want = ds.pixel_array
+    bare = tmp_path / "no_meta.dcm"
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(bare, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert b"DICM" not in bare.read_bytes()[:200]
+    (ref,) = pixels.file_frame_refs(bare)
+    assert ref.TransferSyntaxUID == "1.2.840.10008.1.2"
+    np.testing.assert_array_equal(pixels.read_frame(ref), want)
+    # a catalog that could not tell the syntax (default explicit VR) still reads it right
+    guessed = pixels._replace(ref, TransferSyntaxUID="1.2.840.10008.1.2.1")
+    np.testing.assert_array_equal(pixels.read_frame(guessed), want)

@@ -314,6 +314,10 @@ def _read_element_header(f: Any, ref: FrameRef) -> tuple[str, str | None, int, i
     # bytes after a long VR are zero, which an implicit 4-byte length almost never is
     if not explicit and vr_bytes in (b"OB", b"OW", b"OF", b"OD") and head[6:8] == b"\0\0":
         explicit = True
+    # and files without file meta (no transfer syntax) are often implicit VR: a VR is two
+    # upper-case letters, a length's low bytes seldom are
+    if explicit and not (vr_bytes.isalpha() and vr_bytes.isupper()):
+        explicit = False
     if not explicit:
         (length,) = struct.unpack(end + "L", head[4:8])
         return element, None, offset + 8, length
@@ -332,16 +336,28 @@ def _locate_pixel_data(path: str) -> tuple[int, Any]:
     import pydicom
 
     with open(path, "rb") as f:
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
         pos = f.tell()
         head = f.read(4)
-    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LITTLE_ENDIAN))
+    tsyntax = _transfer_syntax(ds)
     end = _endian(tsyntax)
     if len(head) == 4 and tsyntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         group, elem = struct.unpack(end + "HH", head)
         if group == 0x7FE0 and elem in _PIXEL_ELEMENTS:
             return pos, ds
     return -1, ds
+
+
+def _transfer_syntax(ds: Any) -> str:
+    """Return the transfer syntax, or the encoding pydicom found when there is no file meta."""
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsyntax:
+        return str(tsyntax)
+    implicit, little = getattr(ds, "original_encoding", (False, True))
+    if implicit:
+        return IMPLICIT_VR_LITTLE_ENDIAN
+    return EXPLICIT_VR_LITTLE_ENDIAN if little is not False else EXPLICIT_VR_BIG_ENDIAN
 
 
 # ----------------------------------------------------------------------------- reading
@@ -606,7 +622,7 @@ def file_frame_refs(path: str | os.PathLike[str]) -> list[FrameRef]:
     """
     path = os.fspath(path)
     offset, ds = _locate_pixel_data(path)
-    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LITTLE_ENDIAN))
+    tsyntax = _transfer_syntax(ds)
     deflated = tsyntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
     if (offset < 0 and not deflated) or "Rows" not in ds or "Columns" not in ds:
         raise PixelDataError(f"{path}: the file has no pixel data element")
