@@ -25,6 +25,14 @@ def folder(tmp_path_factory):
         series_description="second",
         file_names=[f"S{n}.dcm" for n in range(3)],
     )
+    phantom.write_series(
+        root,
+        phantom.phantom_volume((1, 8, 8), seed=3),
+        series_number=13,
+        series_description="scout",
+        file_names=["L0.dcm"],
+        extra={"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]},
+    )
     (root / "readme.txt").write_text("not DICOM")
     return root
 
@@ -57,12 +65,16 @@ def test_scan_lists_series(folder, capsys):
     assert "11" in out and "12" in out
     assert "2 series" in out and "1 skipped" in out
     assert "readme.txt" in out
+    assert "1 frame(s) set apart" in out and "localizer" in out
+    assert main(["scan", str(folder), "--include", "localizer"]) == 0
+    out = capsys.readouterr().out
+    assert "3 series" in out and "scout" in out
 
 
 def test_scan_csv(folder, tmp_path, capsys):
     csv = tmp_path / "catalog.csv"
     assert main(["scan", str(folder), "--csv", str(csv)]) == 0
-    assert len(csv.read_text().splitlines()) == 1 + 7
+    assert len(csv.read_text().splitlines()) == 1 + 8  # header + one row per DICOM file
 
 
 def test_info_one_and_all(folder, capsys):

@@ -44,6 +44,13 @@ def register(subparsers: Any) -> None:
     scan.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
     scan.add_argument("--csv", type=Path, help="also write the per-file catalog to this CSV")
     scan.add_argument(
+        "--include",
+        action="append",
+        choices=("localizer", "secondary_capture"),
+        default=[],
+        help="also list frames normally set apart (repeatable)",
+    )
+    scan.add_argument(
         "--skipped", action="store_true", help="list every skipped file with its reason"
     )
     scan.set_defaults(func=_scan)
@@ -65,6 +72,13 @@ def register(subparsers: Any) -> None:
         "--on-irregular",
         default="warn",
         help="policy for irregular stacks, as for dicomxr.open_series (default: warn)",
+    )
+    info.add_argument(
+        "--include",
+        action="append",
+        choices=("localizer", "secondary_capture"),
+        default=[],
+        help="also plan frames normally set apart (repeatable)",
     )
     info.set_defaults(func=_info)
 
@@ -102,7 +116,7 @@ def _scan(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped files are summarised below
         catalog = scan(args.path, recursive=not args.no_recursive)
-        plans = list_series(catalog)
+        plans = list_series(catalog, include=args.include)
     elapsed = time.perf_counter() - start
     rows = series_table(plans)
     if rows:
@@ -120,6 +134,13 @@ def _scan(args: argparse.Namespace) -> int:
                 print(f"  skipped {path}: {reason}")
         else:
             print("  (list them with --skipped)")
+    set_apart = getattr(plans, "set_apart", None)
+    if set_apart is not None and len(set_apart):
+        counts = set_apart.groupby("reason").size()
+        print(f"{len(set_apart)} frame(s) set apart (not in any series above):")
+        for reason, n in counts.items():
+            print(f"  {n} x {reason}")
+        print("  (list localizers / secondary captures as series with --include)")
     if args.csv:
         catalog.to_csv(args.csv, index=False)
         print(f"catalog written to {args.csv}")
@@ -132,7 +153,7 @@ def _info(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plans = list_series(args.path, on_irregular=args.on_irregular)
+        plans = list_series(args.path, on_irregular=args.on_irregular, include=args.include)
     if args.series is not None:
         try:
             plans = [_select(plans, args.series, args.path)]
@@ -193,7 +214,13 @@ def _demo(args: argparse.Namespace) -> int:
     nii = out / "sample.nii.gz"
     start = time.perf_counter()
     da.dicom.to_nifti(nii)
-    print(f"wrote {nii}  ({time.perf_counter() - start:.2f} s; RAS affine:)")
+    extra_dims = [d for d in da.dims if d not in ("slice", "row", "col", "channel")]
+    volumes = " x ".join(f"{d}={da.sizes[d]}" for d in extra_dims)
+    print(
+        f"wrote {nii}  ({time.perf_counter() - start:.2f} s; voxel axes col, row, slice"
+        + (f", volumes {volumes} flattened ({extra_dims[-1]} fastest)" if extra_dims else "")
+        + "; RAS affine:)"
+    )
     import numpy as np
 
     from dicomxr.export.nifti import nifti_affine

@@ -225,7 +225,11 @@ def _select(plans: Sequence[SeriesPlan], series: Any, source: Any) -> SeriesPlan
     if series is None:
         if len(plans) == 1:
             return plans[0]
-        example = plans[0].key
+        numbers = [_attr(p, "SeriesNumber") for p in plans]
+        first = numbers[0]
+        example: Any = plans[0].key
+        if first is not None and numbers.count(first) == 1:
+            example = int(first)
         raise MultipleSeriesError(
             f"{_describe_source(source)} holds {len(plans)} series:\n{_format_table(plans)}\n"
             f"Open one with series=<SeriesNumber | key | SeriesInstanceUID | description>, "
