@@ -342,10 +342,11 @@ def test_fast_reader_equals_pydicom_on_every_file(data_root: Path) -> None:
     """Every catalog column, fast reader vs pydicom, for every real and pydicom test file."""
     handled = declined = 0
     mismatches: list[str] = []
+    memo: dict = {}  # shared across every file, as within one scan, only more varied
     for path in _all_corpus_files(data_root):
         size = os.path.getsize(path)
         try:
-            fast = catalog.read_header_fast(path, size)
+            fast = catalog.read_header_fast(path, size, memo)
             fast_err = None
         except catalog._Skip as exc:
             fast, fast_err = None, str(exc)
@@ -425,9 +426,9 @@ def test_cache_reads_unchanged_files_once(
     calls: list[str] = []
     real_read_one = catalog._read_one
 
-    def counting(path: str, st: os.stat_result) -> dict:
+    def counting(path: str, st: os.stat_result, memo: dict | None = None) -> dict:
         calls.append(path)
-        return real_read_one(path, st)
+        return real_read_one(path, st, memo)
 
     monkeypatch.setattr(catalog, "_read_one", counting)
     second = dicomxr.scan(data, cache=True)

@@ -76,6 +76,7 @@ _unpack_h = struct.Struct("<H").unpack_from
 _unpack_i = struct.Struct("<I").unpack_from
 _unpack_hhi = struct.Struct("<HHI").unpack_from
 _unpack_hh2sh = struct.Struct("<HH2sH").unpack_from
+_unpack_i2sh = struct.Struct("<I2sH").unpack_from
 
 
 class _Decline(Exception):
@@ -321,23 +322,23 @@ def _walk_top(
     wanted_groups: dict[int, frozenset[int]],
     presence: frozenset[int],
 ) -> None:
-    # The hot loop of a scan. The inner loop runs while a whole element header (12
+    # The hot loop of a scan. The inner loops run while a whole element header (12
     # bytes) lies inside the window and the file, with locals only and one unpack per
-    # element; every rare case (a kept value, a sequence, pixel data, the window's or
-    # the file's end) leaves it through one set test or its loop condition.
+    # element; kept values are sliced out in place, and every rare case (a sequence,
+    # pixel data, a value crossing the window, the end of the file) leaves the inner
+    # loop for the careful code below it.
     size = r.size
     keep, special = _special_tags(wanted, presence, wanted_groups)
+    keep_swapped = _swapped(keep)
+    special_swapped = _swapped(special)
     elements = out.elements
-    vr_header = _VR_HEADER
     short_vrs = _VRS
     long_vrs = _LONG_VRS
     unpack_i = _unpack_i
-    unpack_main = _unpack_hhi if implicit else _unpack_hh2sh
+    unpack_hhi = _unpack_hhi
+    unpack_i2sh = _unpack_i2sh
     undefined = _UNDEFINED
     last_tag = -1
-    tag = group = elem = length = 0
-    header = 8 if implicit else 0
-    vr: bytes | None = None
     while True:
         if pos + 8 > size:
             break
@@ -347,26 +348,26 @@ def _walk_top(
         base = r.base
         avail = min(len(b), size - base)
         limit = avail - 12
-        p = pos - base
+        p = start_p = pos - base
         if p > limit:
             # 8 to 11 bytes left in the file: a last, short element (implicit VR, or
-            # explicit VR with a 2-byte length); decode it on the slow path below
+            # explicit VR with a 2-byte length); decode it on the careful path below
             r.need(pos, 8)
             b = r.buf
             base = r.base
             p = pos - base
             if implicit:
-                group, elem, length = _unpack_hhi(b, p)
+                group, elem, length = unpack_hhi(b, p)
                 vr, header = None, 8
             else:
                 group, elem, vr, length = _unpack_hh2sh(b, p)
-                header = vr_header.get(vr, 0)
-                if header != 8:
+                if vr not in short_vrs:
                     raise _Decline("invalid VR at the end of the file")
+                header = 8
             tag = (group << 16) | elem
         elif implicit:
             while p <= limit:
-                group, elem, length = unpack_main(b, p)
+                group, elem, length = unpack_hhi(b, p)
                 tag = (group << 16) | elem
                 # without VRs, tag order is the check that we are still in step
                 if tag <= last_tag:
@@ -382,30 +383,48 @@ def _walk_top(
                 p += 8 + length
             else:
                 pos = base + p
+                if pos > size:
+                    _truncated_in_window(b, base, start_p, size, True, out)
                 continue
             vr, header = None, 8
         else:
+            # explicit VR: the tag is read as one little-endian int, (elem << 16) | group,
+            # and tested against swapped sets; a 2-byte length cannot be undefined
             while p <= limit:
-                group, elem, vr, length = unpack_main(b, p)
+                stag, vr, length = unpack_i2sh(b, p)
                 if vr in short_vrs:
-                    header = 8
+                    if stag in special_swapped:
+                        end = p + 8 + length
+                        if stag in keep_swapped and end <= avail:
+                            elements[((stag & 0xFFFF) << 16) | (stag >> 16)] = (vr, b[p + 8 : end])
+                            p = end
+                            continue
+                        header = 8
+                        break
+                    p += 8 + length
                 elif vr in long_vrs:
-                    header = 12
                     (length,) = unpack_i(b, p + 8)
+                    if stag in special_swapped or length == undefined:
+                        end = p + 12 + length
+                        if stag in keep_swapped and length != undefined and end <= avail:
+                            elements[((stag & 0xFFFF) << 16) | (stag >> 16)] = (
+                                vr,
+                                b[p + 12 : end],
+                            )
+                            p = end
+                            continue
+                        header = 12
+                        break
+                    p += 12 + length
                 else:
                     raise _Decline("invalid VR")
-                tag = (group << 16) | elem
-                if tag in special or length == undefined:
-                    end = p + header + length
-                    if tag in keep and length != undefined and end <= avail:
-                        elements[tag] = (vr, b[p + header : end])
-                        p = end
-                        continue
-                    break
-                p += header + length
             else:
                 pos = base + p
+                if pos > size:
+                    _truncated_in_window(b, base, start_p, size, False, out)
                 continue
+            group, elem = stag & 0xFFFF, stag >> 16
+            tag = (group << 16) | elem
         # the element at p needs a closer look
         pos = base + p
         last_tag = tag
@@ -430,23 +449,47 @@ def _walk_top(
         if end > size:
             out.truncated_at = (tag, pos)
             raise _Truncated(pos)
-        if tag in wanted or (
-            group in wanted_groups
-            and (0x10 <= elem < 0x100 or (elem & 0xFF) in wanted_groups[group])
-        ):
+        if tag in keep:
             r.need(pos + header, length)
             start = pos + header - r.base
             elements[tag] = (vr, r.buf[start : start + length])
         pos = end
-    if pos > size:
-        # the value of the last element runs past the end of the file
-        out.truncated_at = (tag, pos - header - length)
-        raise _Truncated(pos)
     if pos != size:
         raise _Decline("trailing bytes")
 
 
+def _truncated_in_window(
+    b: bytes, base: int, p: int, size: int, implicit: bool, out: RawHeader
+) -> None:
+    """Find the element whose value runs past the end of the file (rare: walk again)."""
+    while True:
+        if implicit:
+            group, elem, length = _unpack_hhi(b, p)
+            header = 8
+        else:
+            group, elem, vr, length = _unpack_hh2sh(b, p)
+            header = 8
+            if vr in _LONG_VRS:
+                (length,) = _unpack_i(b, p + 8)
+                header = 12
+        if base + p + header + length > size:
+            out.truncated_at = ((group << 16) | elem, base + p)
+            raise _Truncated(base + p)
+        p += header + length
+
+
 _SPECIAL_CACHE: dict[tuple[int, int, int], tuple[frozenset[int], frozenset[int]]] = {}
+_SWAPPED_CACHE: dict[frozenset[int], frozenset[int]] = {}
+
+
+def _swapped(tags: frozenset[int]) -> frozenset[int]:
+    """Return the tags as a little-endian uint32 read of their bytes gives them."""
+    out = _SWAPPED_CACHE.get(tags)
+    if out is None:
+        out = frozenset(((t & 0xFFFF) << 16) | (t >> 16) for t in tags)
+        if len(_SWAPPED_CACHE) < 16:
+            _SWAPPED_CACHE[tags] = out
+    return out
 
 
 def _special_tags(

@@ -302,7 +302,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
     """Fill the derived columns (vendor diffusion, MOSAIC) from vendor private values."""
     # Diffusion: standard tags win; vendor private tags fill the gaps.
-    if row.get("DiffusionBValue") is None:
+    if private and row.get("DiffusionBValue") is None:
         bval = None
         for key in ("siemens_bval", "philips_bval"):
             bval = _to_float(private.get(key))
@@ -314,7 +314,7 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
                 # newer GE software adds 1e9 to flag the value as a b-value
                 bval = float(int(bval) % 1_000_000_000)
         row["DiffusionBValue"] = bval
-    if row.get("DiffusionGradientOrientation") is None:
+    if private and row.get("DiffusionGradientOrientation") is None:
         bvec = _to_floats(private.get("siemens_bvec"))
         if bvec is None:
             for prefix in ("philips_bvec_", "ge_bvec_"):
@@ -323,8 +323,8 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
                     bvec = tuple(parts)
                     break
         row["DiffusionGradientOrientation"] = bvec if bvec and len(bvec) == 3 else None
-    image_type = row.get("ImageType") or ()
-    is_mosaic = any(str(v).upper() == "MOSAIC" for v in image_type)
+    image_type = row.get("ImageType")
+    is_mosaic = bool(image_type) and any(str(v).upper() == "MOSAIC" for v in image_type)
     n_mosaic = _to_int(private.get("siemens_mosaic_n")) if is_mosaic else None
     if is_mosaic and n_mosaic is None and private.get("siemens_csa_image") is not None:
         n_mosaic = _mosaic_from_csa(private["siemens_csa_image"])
@@ -809,7 +809,9 @@ def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | Non
         return convert_encodings(names)
 
 
-def read_header_fast(path: str, size: int) -> dict[str, Any] | None:
+def read_header_fast(
+    path: str, size: int, memo: dict[Any, Any] | None = None
+) -> dict[str, Any] | None:
     """Read the catalog row of one file with the fast header reader.
 
     Parameters
@@ -818,6 +820,8 @@ def read_header_fast(path: str, size: int) -> dict[str, Any] | None:
         A DICOM file.
     size
         Its size in bytes.
+    memo
+        A dict shared by the calls of one scan, to convert repeated raw values once.
 
     Returns
     -------
@@ -848,25 +852,43 @@ def read_header_fast(path: str, size: int) -> dict[str, Any] | None:
             "pass it to scan() to read the files it lists)"
         )
     elements = raw.elements
-    try:
-        charset = _charset(elements)
-    except Exception:
-        return None
+    if memo is None:
+        memo = {}
+    charset_key = ("charset", elements.get(0x00080005))
+    charset = memo.get(charset_key, memo)
+    if charset is memo:
+        try:
+            charset = _charset(elements)
+        except Exception:
+            return None
+        memo[charset_key] = charset
     implicit = raw.implicit
     row = dict(_EMPTY_ROW)
     has_private = False
-    for tag, (vr_bytes, value) in elements.items():
+    for tag, item in elements.items():
+        key = (tag, item)
+        hit = memo.get(key, memo)
+        if hit is not memo:
+            row[hit[0]] = hit[1]
+            continue
         spec = _FAST_SPEC.get(tag)
         if spec is None:
             has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
             continue
         keyword, kind, dict_vr, fast = spec
+        vr_bytes, value = item
         if fast is not None and (vr_bytes is None or vr_bytes == dict_vr):
             try:
-                row[keyword] = fast(value)
-                continue
+                converted = fast(value)
             except (ValueError, UnicodeDecodeError, struct.error):
                 pass  # the general decoder below knows the corner cases
+            else:
+                row[keyword] = converted
+                # values repeat across the files of a series (UIDs, sizes, spacing...):
+                # the fast converters do not depend on the character set, so their
+                # results can be shared within a scan
+                memo[key] = (keyword, converted)
+                continue
         vr = _TAG_VR[tag] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
         row[keyword] = _raw_value(value, vr, kind, charset)
     row["TransferSyntaxUID"] = raw.transfer_syntax
@@ -960,10 +982,10 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def _read_one(path: str, st: os.stat_result) -> dict[str, Any]:
+def _read_one(path: str, st: os.stat_result, memo: dict[Any, Any] | None = None) -> dict[str, Any]:
     if st.st_size == 0:
         raise _Skip("empty file (0 bytes)")
-    row = read_header_fast(path, st.st_size)
+    row = read_header_fast(path, st.st_size, memo)
     if row is None:
         row = read_header_pydicom(path)
     if not row["has_pixels"] and all(row[k] is None for k in _IDENTITY):
@@ -1150,6 +1172,7 @@ def scan(
     known = store.lookup(paths) if store is not None else {}
     fresh: list[tuple[str, int, float, dict[str, Any] | None, str | None]] = []
     rows: list[dict[str, Any]] = []
+    memo: dict[Any, Any] = {}
     for path in iterator:
         try:
             st = os.stat(path)
@@ -1165,7 +1188,7 @@ def scan(
                 skipped_list.append({"path": path, "reason": reason or "skipped"})
             continue
         try:
-            row = _read_one(path, st)
+            row = _read_one(path, st, memo)
             rows.append(row)
             if store is not None:
                 fresh.append((path, st.st_size, st.st_mtime, row, None))
