@@ -376,8 +376,17 @@ class _Columns:
         arr = self._cache.get(key)
         if arr is None:
             arr = np.full((self.n, width), np.nan)
-            if name in self._loc:
-                for i, v in enumerate(self.obj(name)):
+            values = self.obj(name) if name in self._loc else None
+            fast = None
+            if values is not None and self.n:
+                try:  # every row a tuple of the right length: one conversion
+                    fast = np.array(values.tolist(), dtype=np.float64)
+                except (TypeError, ValueError):
+                    fast = None
+            if fast is not None and fast.shape == (self.n, width):
+                arr = fast
+            elif values is not None:
+                for i, v in enumerate(values):
                     if v is not None and not (isinstance(v, float) and math.isnan(v)):
                         try:
                             if len(v) == width:
@@ -427,8 +436,22 @@ def _to_float(v: Any) -> float:
 
 def _codes(values: np.ndarray) -> np.ndarray:
     """Integer codes of hashable values; None/NaN get their own code."""
+    if len(values) and values[0] is not None and _all_equal(values, values[0]):
+        return np.zeros(len(values), np.int64)
     codes, _ = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
     return codes.astype(np.int64)
+
+
+def _all_equal(values: np.ndarray, first: Any) -> bool:
+    """Tell whether every element equals ``first`` (vectorised for scalars)."""
+    if isinstance(first, (str, int, float, np.number)) and not (
+        isinstance(first, float) and math.isnan(first)
+    ):
+        try:
+            return bool(np.all(values == first))
+        except (TypeError, ValueError):
+            pass
+    return all(v == first for v in values)
 
 
 def _combine(*codes: np.ndarray) -> np.ndarray:
@@ -680,6 +703,8 @@ def _group(cols: _Columns, keep: np.ndarray) -> list[tuple[np.ndarray, str]]:
 
 def _cluster_rows(values: np.ndarray, tol: float) -> np.ndarray:
     """Code rows that agree within ``tol`` (max abs difference) alike; exact duplicates are cheap."""
+    if not len(values) or (values == values[0]).all():
+        return np.zeros(len(values), np.int64)
     uniq, inverse = np.unique(values, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     if len(uniq) == 1:
@@ -1296,6 +1321,9 @@ def _numeric_or_object(values: np.ndarray) -> np.ndarray:
     """float64 / int64 when every value is a number, else object (str, tuples, None)."""
     out = np.empty(len(values), dtype=object)
     out[:] = list(values)
+    first = next((v for v in out if v is not None), None)
+    if isinstance(first, (str, tuple, bytes)):
+        return out
     if not all(v is None or isinstance(v, (int, float, np.integer, np.floating)) for v in out):
         return out
     try:
@@ -1469,7 +1497,7 @@ def _attrs(
         first = values[0]
         if first is None or (isinstance(first, float) and math.isnan(first)):
             continue
-        if any(v != first for v in values[1:]):
+        if not _all_equal(values, first):
             continue
         value = _json(first)
         if value is not None:
