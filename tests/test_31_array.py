@@ -185,6 +185,7 @@ def test_pickle_round_trip(ct_plan, ct_reference) -> None:
     again = pickle.loads(pickle.dumps(arr))
     assert isinstance(again, da.Array) and again.name == arr.name
     np.testing.assert_array_equal(again[4].compute(), ct_reference[4])
+    np.testing.assert_array_equal(again.compute(), ct_reference)
     spec = pickle.loads(pickle.dumps(_array.FrameGrid.from_plan(ct_plan)))
     np.testing.assert_array_equal(spec.read_block((slice(8, 9),))[0], ct_reference[8])
 

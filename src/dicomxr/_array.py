@@ -450,8 +450,7 @@ class FrameGridArray(da.Array):
         return _finalize, ()
 
     def __reduce__(self):
-        # pickles as a plain dask array: the graph is all it needs
-        return da.Array, (self.dask, self.name, self.chunks, self.dtype, self._meta)
+        return FrameGridArray, (self.dask, self.name, self.chunks, self.dtype, self._meta)
 
 
 def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True) -> Any:
