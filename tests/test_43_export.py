@@ -49,6 +49,7 @@ def test_nifti_layout_and_affine(oblique, tmp_path):
     img = nib.load(path)
     assert img.shape == (SHAPE[2], SHAPE[1], SHAPE[0])  # (col, row, slice)
     assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
+    assert img.get_data_dtype() == np.int16  # smallest exact integer type, as DICOM stored it
     data = np.asanyarray(img.dataobj)
     np.testing.assert_array_equal(data, np.transpose(vol.astype(np.int32) - 1000, (2, 1, 0)))
     # voxel (i=col, j=row, k=slice) lands where DICOM says, in RAS

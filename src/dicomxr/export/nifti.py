@@ -8,7 +8,8 @@ Layout of the file
 - a 4D series (extra frame dims: ``time``, ``echo``, ``diffusion``, ``label``, ...) goes on the
   4th axis; several extra dims are flattened into it in the DataArray's dim order (C order,
   the last extra dim varying fastest - ``.transpose`` first to choose, ``.isel`` to pick one);
-- colour images (``channel`` dim of 3 uint8) are written as NIfTI RGB24;
+- colour images (``channel`` dim of 3 uint8) are written as NIfTI RGB24; integer images in
+  the smallest of int16/uint16/int32/uint32 that holds their values exactly;
 - sform and qform are both set, code 1 (scanner), in RAS (NIfTI's world space). The sform is
   the exact affine, sheared for a gantry-tilted stack; the qform cannot hold a shear, so for a
   tilted stack it is nibabel's closest rigid approximation (like dcm2niix's);
@@ -137,10 +138,14 @@ def _nifti_data(data: np.ndarray, colour: bool) -> np.ndarray:
         return data.astype(np.uint8)
     if data.dtype == np.float16:
         return data.astype(np.float32)
-    if data.dtype.kind in "iu" and data.dtype.itemsize == 8:
-        info32 = np.iinfo(np.int32)
-        if data.size == 0 or (data.min() >= info32.min and data.max() <= info32.max):
-            return data.astype(np.int32)
+    if data.dtype.kind in "iu" and data.dtype.itemsize > 2 and data.size:
+        # the smallest integer type that holds the values exactly (dicomxr widens a rescaled
+        # int16 series to int32 in memory; the file need not be twice as large)
+        low, high = int(data.min()), int(data.max())
+        for candidate in (np.int16, np.uint16, np.int32, np.uint32):
+            info = np.iinfo(candidate)
+            if info.min <= low and high <= info.max:
+                return data.astype(candidate) if candidate != data.dtype else data
     return data
 
 
