@@ -342,3 +342,30 @@ def test_montage_reads_only_its_frames_and_saves_png(tmp_path):
     assert img.format == "PNG" and img.size[0] > 100
     assert list(tmp_path.iterdir()) == [tmp_path / "m.png"]  # no temporary left behind
     assert m._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_frame_file_window_follows_the_frame_and_auto_is_per_volume():
+    # Philips stores one window per volume of a 4D series: the loader keeps it as a coordinate
+    da, counter = make_series(extra={"time": [1.0, 2.0]}, windows=None, modality="MR")
+    centers = np.array([[1070.0] * 12, [51.0] * 12])
+    da = da.assign_coords(
+        WindowCenter=(("time", "slice"), centers), WindowWidth=(("time", "slice"), centers * 1.7)
+    )
+    v = dicomxr.view(da)
+    assert (v.preset, v.level, v.window) == ("file 1", 1070.0, 1819.0)
+    assert counter.reads == [(0, 6)]  # a file window: no sampled planes
+    v.set_position(time=1)
+    assert (v.preset, v.level, v.window) == ("file 1", 51.0, 51.0 * 1.7)
+    assert v._level_w.value == 51.0
+    np.testing.assert_array_equal(
+        v.displayed()[..., 0], expected_gray(counter.values[1, 6], 51.0, 51.0 * 1.7)
+    )
+    counter.reads.clear()
+    v.set_preset("auto")  # sampled from the volume on screen
+    assert sorted(counter.reads) == [
+        (1, s) for s in windowing.sample_indices(12, 3, include=6) if s != 6
+    ]
+    auto = (v.level, v.window)
+    counter.reads.clear()
+    v.set_position(time=0, slice=3)  # a step reads the frame shown, and the auto window stays
+    assert counter.reads == [(0, 3)] and (v.level, v.window) == auto

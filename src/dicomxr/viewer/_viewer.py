@@ -101,8 +101,12 @@ class Viewer(widgets.VBox):
         self._png = LRU(64 * 2**20)
         self._plane_cache = LRU(128 * 2**20)
         self._quiet = 0
-        self._auto: windowing.Window | None = None
+        self._auto: dict[tuple[int, ...], windowing.Window] = {}
         self.overlay = self._check_overlay(overlay)
+        self._per_frame_window = any(
+            self.attrs.get(n) is None and n in self.volume._frame_coords
+            for n in ("WindowCenter", "WindowWidth")
+        )
         sizes = self.volume.sizes
         self._initial_position = {d: 0 for d in self.volume.extra}
         self._initial_position.update(
@@ -135,10 +139,17 @@ class Viewer(widgets.VBox):
 
     # ------------------------------------------------------------------ setup
     def _frame_window_attrs(self) -> dict[str, Any]:
-        """WindowCenter/Width from the frame coords when the loader keeps them per frame."""
-        out = {}
-        extra_idx = tuple(0 for _ in self.volume.extra)
-        coords = self.volume.coords_at(extra_idx, self.volume.sizes["slice"] // 2)
+        """WindowCenter/Width of the frame on screen when the loader keeps them per frame.
+
+        Scanners may store a different window for each frame (Philips does, per volume of a
+        4D series); the file's presets then follow the frame on screen, as on a scanner console.
+        """
+        out: dict[str, Any] = {}
+        if self.position:
+            extra_idx, s = self._extra_idx(), int(self.position["slice"])
+        else:
+            extra_idx, s = tuple(0 for _ in self.volume.extra), self.volume.sizes["slice"] // 2
+        coords = self.volume.coords_at(extra_idx, s)
         for name in ("WindowCenter", "WindowWidth"):
             if self.attrs.get(name) is None and name in coords:
                 out[name] = coords[name]
@@ -450,6 +461,15 @@ class Viewer(widgets.VBox):
         "position", "level", "window", "view", "colormap", "overlay_opacity", "show_crosshair"
     )
     def _on_state(self, change: Any) -> None:
+        if (
+            change["name"] == "position"
+            and self._per_frame_window
+            and self.preset.startswith("file")
+        ):
+            w = self._window_for(self.preset)
+            if (w.center, w.width) != (self.level, self.window):
+                with self._batch():
+                    self.level, self.window = w.center, w.width
         self._sync_widgets()
         if not self._quiet:
             self._refresh()
@@ -482,6 +502,10 @@ class Viewer(widgets.VBox):
     def _window_for(self, name: str) -> windowing.Window:
         if name == "auto":
             return self.auto_window()
+        if name.startswith("file") and self._per_frame_window:
+            for w in windowing.file_presets({**self.attrs, **self._frame_window_attrs()}):
+                if w.name == name:
+                    return w
         try:
             return self.presets[name]
         except KeyError:
@@ -504,17 +528,23 @@ class Viewer(widgets.VBox):
         self._apply_preset(name)
 
     def auto_window(self) -> windowing.Window:
-        """Return the automatic window, from ``auto_planes`` sampled native planes (computed once)."""
-        if self._auto is None:
-            extra_idx = self._extra_idx()
+        """Return the automatic window of the volume on screen, from ``auto_planes`` sampled planes.
+
+        Computed when the ``"auto"`` preset is chosen (once per volume of a 4D series) and
+        kept while the sliders move: a slider step never reads more than the frames it shows.
+        """
+        extra_idx = self._extra_idx() if self.position else tuple(0 for _ in self.volume.extra)
+        if extra_idx not in self._auto:
             s_now = self.position.get("slice", self.volume.sizes["slice"] // 2)
             picks = windowing.sample_indices(
                 self.volume.sizes["slice"], self._auto_planes, include=s_now
             )
             frames = self.volume.load(extra_idx, picks)
-            self._auto = windowing.auto_window(frames.values(), self.attrs.get("Modality"))
-            logger.debug("auto window from slices %s: %s", picks, self._auto)
-        return self._auto
+            self._auto[extra_idx] = windowing.auto_window(
+                frames.values(), self.attrs.get("Modality")
+            )
+            logger.debug("auto window from slices %s: %s", picks, self._auto[extra_idx])
+        return self._auto[extra_idx]
 
     def reset(self) -> None:
         """Back to the opening state: middle slice, first extra index, default window and view."""
@@ -776,8 +806,11 @@ class Viewer(widgets.VBox):
         )
         return f"<table style='font-size:90%'>{body}</table>"
 
-    def _repr_png_(self) -> bytes:  # a static picture where widgets cannot render
-        return self.png()
+    def _repr_png_(self) -> tuple[bytes, dict[str, int]]:
+        # a static picture (at its physical aspect) where widgets cannot render
+        dim = self.visible()[0]
+        w, h = self.planes[dim].display_size(self.volume.sizes, self._size)
+        return self.png(dim), {"width": w, "height": h}
 
 
 def _fmt(value: Any) -> str:

@@ -222,7 +222,7 @@ def montage(
     extra = ", ".join(f"{d}={i}" for d, i in zip(vol.extra, extra_idx, strict=True))
     fig.suptitle(
         " ".join(
-            x for x in (title, f"({extra})" if extra else "", f"L/W {center:g}/{width:g}") if x
+            x for x in (title, f"({extra})" if extra else "", f"L/W {center:.4g}/{width:.4g}") if x
         ),
         color="white",
         fontsize=9,
