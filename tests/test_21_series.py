@@ -413,3 +413,30 @@ def test_orientation_noise_does_not_split(tmp_path: Path, scanned) -> None:
     phantom.write_series(tmp_path, phantom.phantom_volume((4, 4, 4)), per_frame=per)
     (plan,) = _plans(scanned(str(tmp_path)))
     assert plan.grid.shape == (4,)
+
+
+def test_minimal_catalog_and_frame_without_position() -> None:
+    """A hand-made catalog with only the geometry columns plans; a frame without position is set apart."""
+    df = pd.DataFrame(
+        {
+            "path": [f"/nowhere/{i}.dcm" for i in range(3)],
+            "SeriesInstanceUID": ["1.2.3"] * 3,
+            "SOPClassUID": ["1.2.840.10008.5.1.4.1.1.2"] * 3,
+            "Rows": [4] * 3,
+            "Columns": [4] * 3,
+            "ImagePositionPatient": [None, (0.0, 0.0, 1.0), (0.0, 0.0, 2.0)],
+            "ImageOrientationPatient": [(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)] * 3,
+            "PixelSpacing": [(1.0, 1.0)] * 3,
+        }
+    )
+    plans = _plans(df)
+    (plan,) = plans
+    assert plan.grid.shape == (2,) and plan.coords["path"][1].tolist() == [
+        "/nowhere/1.dcm",
+        "/nowhere/2.dcm",
+    ]
+    assert plan.set_apart == [
+        {"path": "/nowhere/0.dcm", "frame": 0, "reason": "no ImagePositionPatient"}
+    ]
+    assert plans.set_apart["reason"].tolist() == ["no ImagePositionPatient"]
+    assert len(plan_series(df.iloc[:0])) == 0

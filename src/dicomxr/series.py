@@ -577,6 +577,18 @@ def plan_series(
             "reason": reason[gone],
         }
     )
+    local = [
+        {
+            "SeriesInstanceUID": plan.attrs.get("SeriesInstanceUID"),
+            "SeriesNumber": plan.attrs.get("SeriesNumber"),
+            "SeriesDescription": plan.attrs.get("SeriesDescription"),
+            **item,
+        }
+        for plan in plans
+        for item in plan.set_apart
+    ]
+    if local:  # frames a plan left out itself (no position in a positioned series)
+        table = pd.concat([table, pd.DataFrame(local)], ignore_index=True)
     if len(gone):
         extra: dict[str, list[dict[str, Any]]] = {}
         for i in gone:
