@@ -369,3 +369,25 @@ def test_per_frame_file_window_follows_the_frame_and_auto_is_per_volume():
     counter.reads.clear()
     v.set_position(time=0, slice=3)  # a step reads the frame shown, and the auto window stays
     assert counter.reads == [(0, 3)] and (v.level, v.window) == auto
+
+
+def test_rgb_series_shown_as_stored_and_overlay_with_extra_dims():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 255, size=(4, 20, 16, 3), dtype=np.uint8)
+    da = xr.DataArray(
+        dsa.from_array(rgb, chunks=(1, 20, 16, 3)),
+        dims=("slice", "row", "col", "channel"),
+        attrs={"PhotometricInterpretation": "RGB", "Modality": "US"},
+    )
+    v = dicomxr.view(da)
+    np.testing.assert_array_equal(v.displayed(), rgb[2])
+    assert v._preset_w not in v.children[2].children  # no window for colour images
+    # an overlay that varies along an extra dim follows that slider
+    gray, counter = make_series(extra={"time": [1.0, 2.0]})
+    labels = np.zeros((2, 12, 40, 30), np.uint8)
+    labels[1, :, :5, :5] = 3
+    ov = xr.DataArray(labels, dims=("time", "slice", "row", "col"))
+    v = dicomxr.view(gray, overlay=ov, overlay_opacity=1.0)
+    assert tuple(v.displayed()[0, 0]) == (expected_gray(counter.values[0, 6, 0, 0], 40, 400),) * 3
+    v.set_position(time=1)
+    assert len(set(v.displayed()[0, 0].tolist())) > 1  # label 3 in colour
