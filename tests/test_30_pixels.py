@@ -347,3 +347,67 @@ def test_file_without_meta_and_wrong_syntax(tmp_path: Path) -> None:
     # a catalog that could not tell the syntax (default explicit VR) still reads it right
     guessed = pixels._replace(ref, TransferSyntaxUID="1.2.840.10008.1.2.1")
     np.testing.assert_array_equal(pixels.read_frame(guessed), want)
+
+
+def _rle_multiframe_without_offset_table(path: Path, n: int = 24) -> np.ndarray:
+    """Write an RLE multi-frame file with an empty Basic Offset Table; return its frames."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels.encoders import RLELosslessEncoder
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    base = ds.pixel_array[:32, :48]
+    frames = np.stack([base + i for i in range(n)]).astype(np.int16)
+    opts = dict(
+        rows=32, columns=48, samples_per_pixel=1, bits_allocated=16, bits_stored=16,
+        pixel_representation=1, photometric_interpretation="MONOCHROME2", number_of_frames=1,
+    )  # fmt: skip
+    encoded = [RLELosslessEncoder.encode(f, encoding_plugin="pydicom", **opts) for f in frames]
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 32, 48, n
+    ds.PixelData = encapsulate(encoded, has_bot=False)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.save_as(path, enforce_file_format=True)
+    return frames
+
+
+def test_read_frames_one_pass_without_offset_table(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "rle_no_bot.dcm"
+    frames = _rle_multiframe_without_offset_table(path)
+    np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, frames)
+    refs = pixels.file_frame_refs(path)
+    assert pixels.is_encapsulated(refs[0])
+    opened = []
+    real_open = open
+    monkeypatch.setattr(
+        pixels, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k), raising=False
+    )
+    got = dict(pixels.read_frames(refs[5], [20, 3, 7, 3]))
+    assert sorted(got) == [3, 7, 20] and len(opened) == 1
+    for i, arr in got.items():
+        np.testing.assert_array_equal(arr, frames[i])
+        np.testing.assert_array_equal(arr, pixels.read_frame(refs[i]))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in PARSER_SAMPLES if "multi-frame" in n],
+)
+def test_read_frames_equals_pydicom(data_root: Path, name: str) -> None:
+    path = data_root / "dicomParser" / "testImages" / name
+    expected, _ = _reference(path)
+    refs = pixels.file_frame_refs(path)
+    got = dict(pixels.read_frames(refs[0], range(len(refs))))
+    assert sorted(got) == list(range(len(refs)))
+    for i, arr in got.items():
+        np.testing.assert_array_equal(arr, expected[i])
+
+
+def test_read_frames_cut_short(tmp_path: Path) -> None:
+    path = tmp_path / "rle_cut.dcm"
+    _rle_multiframe_without_offset_table(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    refs = pixels.file_frame_refs(path)
+    with pytest.raises(PixelDataError, match=r"rle_cut\.dcm: frame"):
+        dict(pixels.read_frames(refs[0], range(len(refs))))

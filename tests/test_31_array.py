@@ -349,3 +349,19 @@ def test_monochrome1_grid_keeps_values_and_says_so(tmp_path) -> None:
     spec = _array.FrameGrid.from_plan(_stand_in_plan(files))
     assert spec.inverted
     np.testing.assert_array_equal(_array.lazy_array(spec).compute(), vol)
+
+
+def test_compressed_multiframe_full_read_is_one_pass(monkeypatch) -> None:
+    """30 JPEG frames (YBR_FULL_422 -> RGB) of one file: one open for the whole array."""
+    from pydicom.data import get_testdata_file
+
+    path = Path(get_testdata_file("examples_ybr_color.dcm"))
+    plan = _stand_in_plan([path])
+    want = pydicom.dcmread(path).pixel_array
+    arr = _array.lazy_array(plan)
+    assert arr.shape == (30, 240, 320, 3)
+    count = _Counter(monkeypatch)
+    np.testing.assert_array_equal(arr.compute(), want)
+    assert len(count.opens) == 1
+    np.testing.assert_array_equal(arr[17].compute(), want[17])
+    assert count.frames == 1 and len(count.opens) == 2

@@ -253,17 +253,23 @@ class FrameGrid:
             return
         units: list[tuple[str, Any]] = []
         groups: dict[tuple, list[int]] = {}
+        files: dict[str, list[int]] = {}
         for k, i in enumerate(indices):
-            if i >= 0 and self.refs[i].is_mosaic_tile:
+            ref = self.refs[i] if i >= 0 else None
+            if ref is not None and ref.is_mosaic_tile:
                 # one decode per mosaic image, however many of its tiles are wanted
-                ref = self.refs[i]
                 key = (ref.path, ref.frame)
                 if key not in groups:
                     groups[key] = []
                     units.append(("mosaic", groups[key]))
                 groups[key].append(k)
+            elif ref is not None and ref.NumberOfFrames > 1 and pixels.is_encapsulated(ref):
+                files.setdefault(ref.path, []).append(k)
             else:
                 units.append(("frame", k))
+        for ks in files.values():
+            # compressed multi-frame: one pass over the fragments of the file
+            units.extend([("frame", ks[0])] if len(ks) == 1 else [("file", ks)])
         nthreads = min(READ_THREADS, len(units))
 
         def run(batch: list[tuple[str, Any]]) -> None:
@@ -275,6 +281,8 @@ class FrameGrid:
             for kind, item in batch:
                 if kind == "frame":
                     self.read_frame_into(int(indices[item]), out[item], scratch)
+                elif kind == "file":
+                    self._read_file(indices, item, out)
                 else:
                     self._read_mosaic(indices, item, out)
 
@@ -285,6 +293,19 @@ class FrameGrid:
             futures = [pool.submit(run, units[b::nthreads]) for b in range(nthreads)]
             for fut in futures:
                 fut.result()
+
+    def _read_file(self, indices: np.ndarray, ks: list[int], out: np.ndarray) -> None:
+        """Read several frames of one encapsulated file in one pass (:func:`pixels.read_frames`)."""
+        slots: dict[int, list[int]] = {}
+        for k in ks:
+            slots.setdefault(self.refs[indices[k]].frame, []).append(k)
+        first = self.refs[indices[ks[0]]]
+        for frame, arr in pixels.read_frames(first, slots):
+            for k in slots[frame]:
+                i = int(indices[k])
+                pixels.apply_rescale(
+                    arr, self.slopes[i], self.intercepts[i], self.dtype, out=out[k]
+                )
 
     def _read_mosaic(self, indices: np.ndarray, ks: list[int], out: np.ndarray) -> None:
         first = self.refs[indices[ks[0]]]

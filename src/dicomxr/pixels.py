@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -50,8 +50,10 @@ __all__ = [
     "file_frame_refs",
     "frame_dtype",
     "frame_shape",
+    "is_encapsulated",
     "is_inverted",
     "read_frame",
+    "read_frames",
     "rescale_dtype",
     "stored_dtype",
 ]
@@ -576,6 +578,87 @@ def _read_encapsulated(ref: FrameRef) -> np.ndarray:
             f, index=ref.frame, **_decode_options(ref, vr=vr, element=element)
         )
     return arr
+
+
+def is_encapsulated(ref: FrameRef) -> bool:
+    """Whether the frames of ``ref`` are compressed frame by frame (encapsulated)."""
+    return ref.TransferSyntaxUID not in _NATIVE_SYNTAXES and (
+        ref.TransferSyntaxUID != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    )
+
+
+def read_frames(ref: FrameRef, frames: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode several frames of one file, in frame order, with one pass over the file.
+
+    For encapsulated multi-frame files this walks the fragments once, where reading frame
+    after frame with :func:`read_frame` would walk them from the start each time when the
+    file has no offset table. Other files are read frame by frame.
+
+    Parameters
+    ----------
+    ref
+        A reference to any frame of the file (its ``frame`` is ignored).
+    frames
+        The 0-based frame indices wanted.
+
+    Yields
+    ------
+    (int, numpy.ndarray)
+        Frame index and its stored values, as :func:`read_frame` returns them.
+    """
+    wanted = sorted(set(int(i) for i in frames))
+    if not wanted:
+        return
+    if not is_encapsulated(ref) or ref.is_mosaic_tile or len(wanted) == 1:
+        for i in wanted:
+            yield i, read_frame(_replace(ref, frame=i))
+        return
+    if ref.pixel_data_offset < 0:
+        offset, _ = _locate_pixel_data(ref.path)
+        ref = _replace(ref, pixel_data_offset=offset)
+    nframes = max(ref.NumberOfFrames, 1)
+    if wanted[0] < 0 or wanted[-1] >= nframes:
+        raise PixelDataError(
+            f"{ref.path}: frames {wanted[0]}..{wanted[-1]} requested, the file has {nframes}"
+        )
+    from pydicom.encaps import encapsulate, generate_frames
+
+    decoder = _get_decoder(ref)
+    single = _decode_options(ref)
+    single["number_of_frames"] = 1
+    todo = set(wanted)
+    index = -1
+    with open(ref.path, "rb") as f:
+        _, vr, start, length = _read_element_header(f, ref)
+        if length != _UNDEFINED_LENGTH:
+            for i in wanted:
+                yield i, read_frame(_replace(ref, frame=i))
+            return
+        if vr is not None:
+            single["pixel_vr"] = vr
+        f.seek(start)
+        try:
+            for index, data in enumerate(generate_frames(f, number_of_frames=nframes)):
+                if index in todo:
+                    arr, _ = decoder.as_array(encapsulate([data]), index=0, **single)
+                    if is_palette(ref):
+                        arr = _apply_palette(arr, ref)
+                    todo.discard(index)
+                    yield index, arr
+                if not todo:
+                    return
+        except (PixelDataError, MissingDependencyError):
+            raise
+        except Exception as exc:
+            raise PixelDataError(
+                f"{ref.path}: frame {index + 1} could not be decoded "
+                f"({ref.TransferSyntaxUID}): {type(exc).__name__}: {exc}"
+            ) from exc
+    if todo:
+        raise PixelDataError(
+            f"{ref.path}: frame {min(todo)} not found: the encapsulated pixel data holds "
+            f"{index + 1} of {nframes} frames (pixel data cut short?)"
+        )
 
 
 def _read_deflated(ref: FrameRef) -> np.ndarray:
