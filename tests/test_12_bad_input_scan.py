@@ -160,7 +160,7 @@ def test_non_dicom_companions_do_not_warn(tmp_path: Path, philips_ct: Path) -> N
     assert len(df) == 1
     assert list(catalog.skipped(df)["path"]) == [str(tmp_path / "LICENSE")]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", dicomxr.DicomxrWarning)
         dicomxr.scan([tmp_path / "I10", tmp_path / "missing"], warn=False)
 
 
