@@ -440,3 +440,21 @@ def test_minimal_catalog_and_frame_without_position() -> None:
     ]
     assert plans.set_apart["reason"].tolist() == ["no ImagePositionPatient"]
     assert len(plan_series(df.iloc[:0])) == 0
+
+
+def test_kinds_that_are_not_a_product_share_a_volume_dim(tmp_path: Path, scanned) -> None:
+    """Three (time, echo) combinations out of four: one 'volume' dim with a coordinate per kind."""
+    combos = [(1, 4.0), (1, 9.0), (2, 4.0)]
+    per, pos = [], []
+    for t, te in combos:
+        for z in range(2):
+            per.append({"TemporalPositionIdentifier": t, "EchoTime": te})
+            pos.append((0.0, 0.0, float(z)))
+    phantom.write_series(
+        tmp_path, phantom.phantom_volume((6, 4, 4)), positions=pos, per_frame=per, modality="MR"
+    )
+    (plan,) = _plans(scanned(str(tmp_path)))
+    assert plan.dims == ("volume", "slice") and plan.grid.shape == (3, 2)
+    assert plan.coords["volume_time"] == (("volume",), pytest.approx(np.array([1, 1, 2])))
+    assert plan.coords["volume_echo"][1].tolist() == [4.0, 9.0, 4.0]
+    assert plan.coords["EchoTime"][0] == ("volume",)

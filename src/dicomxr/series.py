@@ -553,6 +553,7 @@ def plan_series(
             for plan in made:
                 by_uid.setdefault(plan.attrs.get("SeriesInstanceUID", ""), []).append(plan)
         for uid, uid_plans in by_uid.items():
+            uid_plans.sort(key=_key_order)
             if len(uid_plans) == 1:
                 uid_plans[0].key = uid
             else:
@@ -609,6 +610,26 @@ def plan_series(
     out = SeriesPlans(sorted(plans, key=sort_key))
     out.set_apart = table
     return out
+
+
+def _key_order(plan: SeriesPlan) -> tuple[Any, ...]:
+    """Order of the plans of one UID for their ``/<n>`` keys (independent of file order)."""
+    num = plan.attrs.get("SeriesNumber")
+    iop = plan.attrs.get("ImageOrientationPatient")
+    slice_values = plan.coords["slice"][1]
+    inst = plan.coords.get("InstanceNumber", ((), np.array([])))[1]
+    inst = (
+        np.asarray(inst, dtype=np.float64) if np.asarray(inst).dtype.kind in "if" else np.array([])
+    )
+    return (
+        str(plan.attrs.get("SOPClassUID", "")),
+        num if isinstance(num, int) else 1 << 62,
+        tuple(plan.frame_shape),
+        tuple(round(float(v), 4) for v in iop) if isinstance(iop, list) else (),
+        float(slice_values[0]) if len(slice_values) else 0.0,
+        float(np.nanmin(inst)) if inst.size and not np.isnan(inst).all() else 0.0,
+        str(plan.frames["path"].iloc[0]) if len(plan.frames) else "",
+    )
 
 
 def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
@@ -682,9 +703,6 @@ def _group(cols: _Columns, keep: np.ndarray) -> list[tuple[np.ndarray, str]]:
         rows_idx = keep[chunk]
         out.append((rows_idx, ""))
     # note why a UID was split, for the label
-    per_series: dict[int, list[int]] = {}
-    for gi, (rows_idx, _) in enumerate(out):
-        per_series.setdefault(int(series_code[np.searchsorted(keep, rows_idx[0])]), []).append(gi)
     uids, sops, nums = (
         cols.obj("SeriesInstanceUID"),
         cols.obj("SOPClassUID"),
@@ -763,6 +781,8 @@ class _Dim:
     kind: str
     codes: np.ndarray  # per frame (group-local), level index 0..n-1
     levels: list[Any]  # value per level (dimension coordinate)
+    # for a 'volume' made of several kinds: (the kinds' _Dims, level codes per volume)
+    parts: tuple[list[_Dim], np.ndarray] | None = None
 
 
 def _kind_candidates(cols: _Columns, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -1213,12 +1233,9 @@ def _arrange_dims(dims: list[_Dim]) -> list[_Dim]:
     # not a product: volumes are the distinct combinations, in kind order
     stacked = np.stack([d.codes for d in dims], axis=1)
     uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)  # lexicographic = kind order
-    levels = [
-        tuple(d.levels[c] for d, c in zip(dims, combo_codes, strict=True)) for combo_codes in uniq
+    return [
+        _Dim("volume", inverse.reshape(-1).astype(np.int64), list(range(len(uniq))), (dims, uniq))
     ]
-    vol = _Dim("volume", inverse.reshape(-1).astype(np.int64), list(range(len(levels))))
-    vol.parts = (dims, uniq)  # type: ignore[attr-defined]
-    return [vol]
 
 
 def _split_pieces(grid: np.ndarray, slice_d: np.ndarray) -> list[slice]:
@@ -1364,7 +1381,7 @@ def _coords(
     }
     for d in dims:
         coords[d.kind] = ((d.kind,), _dim_values(d, cols, plan_rows, grid, dim_names))
-        parts = getattr(d, "parts", None)
+        parts = d.parts
         if parts is not None:  # a 'volume' made of several kinds: each kind along volume
             sub_dims, uniq = parts
             for j, sd in enumerate(sub_dims):
