@@ -138,3 +138,16 @@ def test_zarr_round_trip(oblique, tmp_path):
     da.isel(slice=slice(0, 2)).dicom.to_zarr(store, overwrite=True)
     assert xr.open_zarr(store)["image"].sizes["slice"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series.zarr"]
+
+
+def test_nifti_sidecar_names_the_volumes(sample_dir, tmp_path):
+    import json
+
+    da = open_series(sample_dir)
+    da.dicom.to_nifti(tmp_path / "pcasl.nii.gz", sidecar=True)
+    info = json.loads((tmp_path / "pcasl.json").read_text())
+    assert info["nifti_axes"] == ["col", "row", "slice", "volume"]
+    assert len(info["volumes"]) == 6
+    assert info["volumes"][1] == {"time_index": 0, "time": 1, "label_index": 1, "label": "LABEL"}
+    assert info["SeriesInstanceUID"] == da.attrs["SeriesInstanceUID"]
+    assert "PatientName" not in info

@@ -194,6 +194,7 @@ def to_nifti(
     path: str | os.PathLike[str],
     *,
     bvals: bool = True,
+    sidecar: bool = False,
 ) -> Path:
     """Write ``da`` as a NIfTI-1 file (``.nii`` or ``.nii.gz``), with bval/bvec for diffusion.
 
@@ -208,6 +209,9 @@ def to_nifti(
         Destination; ``.nii.gz`` is compressed.
     bvals
         Write ``.bval``/``.bvec`` next to the image when it is a diffusion series.
+    sidecar
+        Also write ``<stem>.json``: the series attrs (JSON-friendly, as in ``da.attrs``)
+        plus ``"volumes"``, the frame-dim coordinates of each 4th-axis volume in order.
 
     Returns
     -------
@@ -236,6 +240,7 @@ def to_nifti(
     _check_in_plane(da)
     colour = "channel" in da.dims
     extra = [d for d in da.dims if d not in (*_SPATIAL, "channel")]
+    volumes = _volume_labels(da, extra)
     order = [*extra, *_SPATIAL, *(["channel"] if colour else [])]
     values = np.asarray(da.transpose(*order).values)
     if len(extra) > 1:  # NIfTI has one axis beyond space: flatten, last extra dim fastest
@@ -273,8 +278,42 @@ def to_nifti(
             tmp.write_text(" ".join(_fmt(b) for b in bval) + "\n")
         with _atomic_path(stem.with_name(stem.name + ".bvec"), ".bvec") as tmp:
             tmp.write_text("\n".join(" ".join(_fmt(v) for v in row) for row in bvec) + "\n")
+    if sidecar:
+        import json
+
+        info = {k: v for k, v in da.attrs.items() if _json_ok(v)}
+        info["volumes"] = volumes
+        info["nifti_axes"] = ["col", "row", "slice", *(["volume"] if volumes else [])]
+        with _atomic_path(stem.with_name(stem.name + ".json"), ".json") as tmp:
+            tmp.write_text(json.dumps(info, indent=1))
     logger.info("wrote %s %s", path, data.shape)
     return path
+
+
+def _volume_labels(da: xr.DataArray, extra: list[str]) -> list[dict[str, Any]]:
+    """List the frame-dim index and coordinate value of each 4th-axis volume, in file order."""
+    import itertools
+
+    labels = []
+    for combo in itertools.product(*(range(da.sizes[d]) for d in extra)):
+        label: dict[str, Any] = {}
+        for dim, i in zip(extra, combo, strict=True):
+            label[f"{dim}_index"] = i
+            if dim in da.coords:
+                value = da.coords[dim].values[i]
+                label[dim] = value.item() if hasattr(value, "item") else value
+        labels.append(label)
+    return labels if extra else []
+
+
+def _json_ok(value: Any) -> bool:
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _fmt(value: Any) -> str:
