@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob as _glob
 import logging
+import operator
 import os
 import struct
 import warnings
@@ -1341,8 +1342,13 @@ def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     # column by column, straight into arrays: far cheaper than letting pandas infer
     n = len(rows)
     data: dict[str, Any] = {}
-    for col, dtype in _SCHEMA.items():
-        values = [r.get(col) for r in rows]
+    getter = operator.itemgetter(*COLUMNS)
+    try:
+        # transpose in C: one tuple per row, then one tuple per column
+        columns = list(zip(*map(getter, rows), strict=True)) if rows else [() for _ in COLUMNS]
+    except KeyError:  # a row without some column (never from scan(); be lenient)
+        columns = [[r.get(col) for r in rows] for col in COLUMNS]
+    for (col, dtype), values in zip(_SCHEMA.items(), columns, strict=True):
         if dtype == "object":
             arr = np.empty(n, dtype=object)
             for i, v in enumerate(values):
@@ -1353,7 +1359,7 @@ def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         elif dtype in ("float64", "int64"):
             data[col] = np.array(values, dtype=dtype)
         else:
-            data[col] = pd.array(values, dtype=dtype)
+            data[col] = pd.array(list(values), dtype=dtype)
     return pd.DataFrame(data, columns=list(_SCHEMA), copy=False)
 
 
