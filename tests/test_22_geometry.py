@@ -119,6 +119,10 @@ def test_philips_tilt_sign_from_positions(data_root: Path, scanned) -> None:
     assert rep.tilt_tag_deg == 16.5 and rep.tilt_tag_agrees is False
     assert any("opposite sign" in i for i in rep.issues)
     assert rep.regular and rep.affine_exact and rep.uniform
+    # SpacingBetweenSlices (2.5) is the table step along the tilted stack, not the spacing
+    assert rep.spacing_median == pytest.approx(2.5 * np.cos(np.radians(16.5)), abs=1e-3)
+    assert rep.step_mm == pytest.approx(2.5) and rep.spacing_tag_agrees is False
+    assert any("along the tilted stack" in i for i in rep.issues)
     true, mapped = _positions_on_grid(plan)
     assert np.abs(true - mapped).max() < 1e-4
     # the slice column is the measured step (0, 0, 2.5), not the normal times a spacing

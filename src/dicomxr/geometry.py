@@ -272,6 +272,12 @@ class GeometryReport:
         SliceThickness as recorded.
     spacing_tag
         SpacingBetweenSlices as recorded (``None`` when absent).
+    spacing_tag_agrees
+        Whether that tag matches the median spacing along the normal (``None`` without a tag
+        or for uneven spacing).
+    step_mm
+        Median distance between neighbouring slice positions along the stack direction
+        (equals the spacing unless the stack is tilted).
     uniform
         All steps equal within tolerance (missing slices aside).
     missing_slices
@@ -318,6 +324,8 @@ class GeometryReport:
     spacing_max: float | None = None
     slice_thickness: float | None = None
     spacing_tag: float | None = None
+    spacing_tag_agrees: bool | None = None
+    step_mm: float | None = None
     uniform: bool = True
     missing_slices: int = 0
     gaps: list[dict[str, Any]] = field(default_factory=list)
@@ -377,7 +385,12 @@ class GeometryReport:
                 (
                     "slice spacing",
                     f"min {mm(self.spacing_min)}, median {mm(self.spacing_median)}, max {mm(self.spacing_max)}"
-                    + ("" if self.uniform else "  (NOT uniform)"),
+                    + ("" if self.uniform else "  (NOT uniform)")
+                    + (
+                        f"; step along the tilted stack {mm(self.step_mm)}"
+                        if self.tilted and self.step_mm
+                        else ""
+                    ),
                 )
             )
         rows.append(("slice thickness", mm(self.slice_thickness)))
@@ -555,6 +568,23 @@ def analyze_stack(
             "the affine is sheared so that every slice keeps its acquired position"
         )
     _check_tilt_tag(rep)
+    # distance between neighbouring positions along the stack (differs from the spacing
+    # along the normal when the stack is tilted)
+    rep.step_mm = float(np.median(np.linalg.norm(np.diff(pos, axis=0), axis=1)))
+    if rep.spacing_tag is not None and rep.uniform:
+        if abs(rep.spacing_tag - med) <= max(atol, 0.01 * med):
+            rep.spacing_tag_agrees = True
+        else:
+            rep.spacing_tag_agrees = False
+            along = abs(rep.spacing_tag - rep.step_mm) <= max(atol, 0.01 * rep.step_mm)
+            rep.issues.append(
+                f"SpacingBetweenSlices tag says {rep.spacing_tag:.4g} mm, the positions {med:.4g} mm along the normal"
+                + (
+                    f" ({rep.step_mm:.4g} mm along the tilted stack)"
+                    if along and rep.tilted
+                    else ""
+                )
+            )
     rep.affine_exact = bool(rep.uniform and rep.missing_slices == 0 and not off_line)
     return rep
 
