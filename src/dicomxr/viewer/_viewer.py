@@ -806,6 +806,18 @@ class Viewer(widgets.VBox):
         )
         return f"<table style='font-size:90%'>{body}</table>"
 
+    def __repr__(self) -> str:
+        title = " · ".join(
+            str(self.attrs[k])
+            for k in ("Modality", "SeriesNumber", "SeriesDescription")
+            if self.attrs.get(k) not in (None, "")
+        )
+        return (
+            f"<dicomxr Viewer {title!r} {dict(self.volume.sizes)} view={self.view!r} "
+            f"position={self.position} level={self.level:g} window={self.window:g} "
+            f"({self.preset})>"
+        )
+
     def _repr_png_(self) -> tuple[bytes, dict[str, int]]:
         # a static picture (at its physical aspect) where widgets cannot render
         dim = self.visible()[0]

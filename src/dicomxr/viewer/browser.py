@@ -83,6 +83,12 @@ class Browser(widgets.VBox):
         if self._studies:
             self.study = self._studies[0][0]
 
+    def __repr__(self) -> str:
+        return (
+            f"<dicomxr Browser: {len(self.catalog)} instances, {len(self._studies)} studies, "
+            f"study={self.study!r}, series={self.series!r}>"
+        )
+
     def _study_rows(self) -> list[tuple[str, str]]:
         df = self.catalog
         if len(df) == 0:
