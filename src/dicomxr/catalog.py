@@ -1033,7 +1033,9 @@ def _expand_one(
         return _walk(item, recursive)
     if os.path.isfile(item):
         path = os.path.abspath(item)
-        if _is_dicomdir(path):
+        # one look inside for a lone file; in long lists, only files named like a
+        # directory file (DICOMDIR is the name PS3.10 gives it) are worth the extra read
+        if (top or _looks_like_dicomdir_name(path)) and _is_dicomdir(path):
             from dicomxr import dicomdir
 
             files, dangling = dicomdir.referenced_files(path)
@@ -1067,6 +1069,11 @@ def _walk(folder: str, recursive: bool) -> list[str]:
         dirnames.sort()
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames))
     return out
+
+
+def _looks_like_dicomdir_name(path: str) -> bool:
+    name = os.path.basename(path).upper()
+    return name.startswith("DICOMDIR") or name.startswith("DIRFILE")
 
 
 def _is_dicomdir(path: str) -> bool:
