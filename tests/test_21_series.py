@@ -458,3 +458,26 @@ def test_kinds_that_are_not_a_product_share_a_volume_dim(tmp_path: Path, scanned
     assert plan.coords["volume_time"] == (("volume",), pytest.approx(np.array([1, 1, 2])))
     assert plan.coords["volume_echo"][1].tolist() == [4.0, 9.0, 4.0]
     assert plan.coords["EchoTime"][0] == ("volume",)
+
+
+def test_stacks_at_the_same_positions() -> None:
+    """Two enhanced stacks over the same slab (same orientation, same positions): a 'stack' dim."""
+    n = 6
+    df = pd.DataFrame(
+        {
+            "path": ["/nowhere/enh.dcm"] * n,
+            "frame": list(range(n)),
+            "SeriesInstanceUID": ["1.2.4"] * n,
+            "SOPClassUID": ["1.2.840.10008.5.1.4.1.1.4.1"] * n,
+            "Rows": [4] * n,
+            "Columns": [4] * n,
+            "StackID": ["1", "1", "1", "2", "2", "2"],
+            "ImagePositionPatient": [(0.0, 0.0, float(k % 3)) for k in range(n)],
+            "ImageOrientationPatient": [(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)] * n,
+            "PixelSpacing": [(1.0, 1.0)] * n,
+        }
+    )
+    (plan,) = _plans(df)
+    assert plan.dims == ("stack", "slice") and plan.grid.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert plan.coords["stack"][1].tolist() == ["1", "2"]  # StackID is text (SH)
+    assert plan.coords["frame"][1].tolist() == [[0, 1, 2], [3, 4, 5]]
