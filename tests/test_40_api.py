@@ -141,7 +141,9 @@ def test_several_series_error_lists_them(two_series):
         assert key in message
 
 
-@pytest.mark.parametrize("how", ["number", "key", "uid", "description", "number_text"])
+@pytest.mark.parametrize(
+    "how", ["number", "key", "uid", "description", "number_text", "key_suffix"]
+)
 def test_select_series(two_series, how):
     root, *_ = two_series
     plans = dicomxr.api.list_series(root)
@@ -152,6 +154,7 @@ def test_select_series(two_series, how):
         "key": target.key,
         "uid": dicomxr.api._attr(target, "SeriesInstanceUID"),
         "description": "small",
+        "key_suffix": target.key[-8:],
     }[how]
     da = open_series(root, series=choice)
     assert da.attrs["SeriesNumber"] == 8

@@ -248,6 +248,9 @@ def _select(plans: Sequence[SeriesPlan], series: Any, source: Any) -> SeriesPlan
         if not candidates:
             candidates = [p for p in plans if str(_attr(p, "SeriesInstanceUID", "")) == text]
             how = "SeriesInstanceUID"
+        if not candidates and len(text) >= 6:  # the end of a long key, as tables cut them
+            candidates = [p for p in plans if p.key.endswith(text)]
+            how = "key suffix"
         if not candidates and text.strip().lstrip("-").isdigit():
             candidates = [p for p in plans if _attr(p, "SeriesNumber") == int(text)]
             how = "SeriesNumber"
@@ -519,8 +522,9 @@ def open_series(
         catalog from :func:`dicomxr.scan`, or a :class:`~dicomxr.SeriesPlan`.
     series
         Which series to open when ``source`` holds several: a SeriesNumber (int), a plan
-        key (as listed in the error and by ``dicomxr scan``), a SeriesInstanceUID, or a
-        case-insensitive part of the SeriesDescription.
+        key (as listed in the error and by ``dicomxr scan``, or its unique end, at least 6
+        characters), a SeriesInstanceUID, or a case-insensitive part of the
+        SeriesDescription.
     on_irregular
         What to do with an irregular stack (missing or duplicate slices, uneven spacing,
         tilt), passed to :func:`dicomxr.plan_series`.
