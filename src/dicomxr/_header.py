@@ -16,10 +16,11 @@ corpora and of pydicom's own test files.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any
 
-__all__ = ["RawHeader", "read_raw"]
+__all__ = ["RawHeader", "read_meta", "read_raw"]
 
 _UNDEFINED = 0xFFFFFFFF
 _CHUNK = 16384
@@ -220,6 +221,32 @@ def read_raw(
         if out.truncated_at is None:
             out.truncated_at = (-1, exc.args[0])
     return out
+
+
+def read_meta(path: str) -> dict[int, bytes] | None:
+    """Read only the file meta information (group 0002) of a Part 10 file.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    dict or None
+        ``tag -> raw value`` of the meta elements, ``None`` when the file has no
+        preamble and ``DICM`` marker or cannot be read.
+    """
+    out = RawHeader()
+    try:
+        with open(path, "rb") as fp:
+            r = _Reader(fp, os.fstat(fp.fileno()).st_size)
+            if len(r.buf) < 132 or r.buf[128:132] != b"DICM":
+                return None
+            _read_meta(r, 132, out)
+    except (OSError, _Decline, _Truncated, struct.error):
+        return None
+    return out.meta
 
 
 def _read(

@@ -164,21 +164,6 @@ _TAGS: dict[int, tuple[str, str]] = {
     0x00281054: ("RescaleType", "str"),
 }
 
-#: Tags whose value is text that may need the dataset's character set to decode.
-_TEXT_KEYWORDS = frozenset(
-    {
-        "PatientName",
-        "PatientID",
-        "StudyDescription",
-        "SeriesDescription",
-        "Manufacturer",
-        "ManufacturerModelName",
-        "AccessionNumber",
-        "StudyID",
-        "RescaleType",
-    }
-)
-
 # Vendor private tags: (group, private creator, element offset within the block) -> name.
 # Private creators are matched case-insensitively after stripping padding.
 _PRIVATE: dict[tuple[int, str, int], str] = {
@@ -1077,26 +1062,14 @@ def _looks_like_dicomdir_name(path: str) -> bool:
 
 
 def _is_dicomdir(path: str) -> bool:
-    """Whether a file is a DICOMDIR (Media Storage Directory), judged from its meta header."""
-    name = os.path.basename(path).upper()
-    try:
-        with open(path, "rb") as fp:
-            head = fp.read(1024)
-    except OSError:
+    """Tell whether a file is a DICOMDIR (Media Storage Directory), from its meta header."""
+    from dicomxr._header import read_meta
+
+    meta = read_meta(path)
+    if meta is None:
         return False
-    if len(head) < 132 or head[128:132] != b"DICM":
-        return False
-    if _MEDIA_STORAGE_DIRECTORY.encode() + b"\x00" in head[132:] or (
-        name == "DICOMDIR" and _MEDIA_STORAGE_DIRECTORY.encode() in head[132:]
-    ):
-        return True
-    # UID padded to even length with a NUL, or exactly even: check the (0002,0002) value
-    idx = head.find(b"\x02\x00\x02\x00", 132)
-    if idx < 0:
-        return False
-    length = struct.unpack_from("<H", head, idx + 6)[0]
-    value = head[idx + 8 : idx + 8 + length].rstrip(b"\x00 ")
-    return value == _MEDIA_STORAGE_DIRECTORY.encode()
+    sop_class = meta.get(0x00020002, b"").rstrip(b"\x00 ")
+    return sop_class == _MEDIA_STORAGE_DIRECTORY.encode()
 
 
 # ----------------------------------------------------------------------------------------
