@@ -395,3 +395,18 @@ def test_value_bytes_and_node_lookup() -> None:
     with redirect_stdout(buf):
         print(repr(a))
     assert "Anatomy" in buf.getvalue()
+
+
+def test_dicomxr_anatomy_is_callable_as_function_and_module() -> None:
+    # ``from dicomxr.anatomy import ...`` rebinds dicomxr.anatomy to the module: both call
+    code = (
+        "import dicomxr, sys; from pydicom.data import get_testdata_file as g;"
+        "a = dicomxr.anatomy(g('CT_small.dcm'));"
+        "from dicomxr.anatomy import compare_encodings;"
+        "b = dicomxr.anatomy(g('CT_small.dcm'));"
+        "print(len(a.elements()) == len(b.elements()) > 100)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "True"

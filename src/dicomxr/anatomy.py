@@ -1004,9 +1004,18 @@ class Anatomy:
         color: bool = True,
         max_elements: int | None = None,
         offset: int | None = None,
-        width: int = 16,
     ) -> str:
-        """Return the terminal view: offsets, coloured header bytes and what they mean."""
+        """Return the terminal view: offsets, coloured header bytes and what they mean.
+
+        Parameters
+        ----------
+        color
+            ANSI colours for the header parts (tag, VR, reserved, length, value).
+        max_elements
+            Parts shown at most (``None``: all).
+        offset
+            Start at the part covering this file offset.
+        """
         from dicomxr.anatomy_render import render_text
 
         return render_text(self, color=color, max_elements=max_elements, offset=offset)

@@ -232,7 +232,11 @@ def _summary_html(a: Anatomy) -> str:
             else ("dxr-note" if line.startswith("note:") else "")
         )
         items.append(f'<li class="{cls}">{e(line)}</li>')
-    return f'<div class="dxr-summary"><b>{e(lines[0])}</b><ul>{"".join(items)}</ul></div>'
+    head = f"{a.source.name}: {a.size} bytes" if a.source is not None else lines[0]
+    return (
+        f'<div class="dxr-summary"><b title="{e(str(a.source or ""))}">{e(head)}</b>'
+        f"<ul>{''.join(items)}</ul></div>"
+    )
 
 
 def render_html(
