@@ -632,3 +632,45 @@ def test_open_series_equals_pydicom_folder(unit, data_root):
 @pytest.mark.parametrize("unit", FILE_UNITS)
 def test_open_series_equals_pydicom_file(unit, data_root):
     _check_against_pydicom(data_root / unit)
+
+
+# ---------------------------------------------------------------------------------------
+# the judge itself: the comparison must catch what it claims to catch
+
+
+def test_comparison_catches_differences(tmp_path):
+    import nibabel as nib
+
+    from dicomxr import phantom
+
+    vol = phantom.phantom_volume((5, 12, 10), dtype="int16")
+    phantom.write_series(tmp_path / "dcm", vol, orientation=(1, 0, 0, 0, 0.8, -0.6), rescale=(1, 0))
+    path = open_series(tmp_path / "dcm").dicom.to_nifti(tmp_path / "ours.nii")
+    ours = nib.load(path)
+    data = np.asanyarray(ours.dataobj)
+
+    assert compare_images(ours, ours).ok
+    # the same voxels stored flipped along i, with the affine updated: the same image
+    flip = np.diag([-1.0, 1, 1, 1])
+    flip[0, 3] = data.shape[0] - 1
+    same = nib.Nifti1Image(data[::-1].copy(), ours.affine @ flip)
+    assert compare_images(same, ours).ok
+    # flipped without updating the affine: caught
+    assert not compare_images(
+        nib.Nifti1Image(data[::-1].copy(), ours.affine), ours
+    ).identical_voxels
+    # one voxel changed: caught
+    changed = data.copy()
+    changed[3, 4, 2] += 1
+    assert not compare_images(nib.Nifti1Image(changed, ours.affine), ours).identical_voxels
+    # affine off by 0.01 mm: caught (tolerance 1e-3 mm)
+    moved = ours.affine.copy()
+    moved[2, 3] += 0.01
+    cmp = compare_images(nib.Nifti1Image(data, moved), ours)
+    assert cmp.identical_voxels and not cmp.ok
+    # 4D volumes in another order: the same volume set, and the order is reported
+    four = np.stack([data, data + 1, data + 2], axis=-1)
+    a = nib.Nifti1Image(four, ours.affine)
+    b = nib.Nifti1Image(four[..., [2, 0, 1]].copy(), ours.affine)
+    cmp = compare_images(a, b)
+    assert cmp.ok and cmp.volume_order == [2, 0, 1]
