@@ -145,6 +145,7 @@ def test_every_notebook_is_a_page(site: Path) -> None:
         assert "cell_output" in text, f"notebooks/{stem}.ipynb has no outputs on its page"
 
 
+@pytest.mark.browser
 def test_anatomy_tutorial_hex_view_in_browser(
     browser, server: str, site: Path, artifacts_dir: Path
 ) -> None:
@@ -172,13 +173,15 @@ def test_anatomy_tutorial_hex_view_in_browser(
         prefix_text = page.locator(".dxr-prefix").first.inner_text().upper()
         assert "DICM" in prefix_text or "44 49 43 4D" in prefix_text
         assert counts["dxr-element"] >= 10, counts
-        page.locator(".dxr-prefix").first.scroll_into_view_if_needed()
+        # the file's summary, the preamble and the first elements in view
+        page.locator(".dxr-prefix").first.evaluate("el => el.scrollIntoView({block: 'center'})")
         page.screenshot(path=str(artifacts_dir / "docs_anatomy_tutorial.png"), full_page=False)
         assert not errors, f"JavaScript errors on {url}: {errors}"
     finally:
         page.close()
 
 
+@pytest.mark.browser
 def test_getting_started_and_api_pages_render(browser, server: str, artifacts_dir: Path) -> None:
     page, errors = _open(browser, f"{server}/docs/getting_started.html")
     try:
