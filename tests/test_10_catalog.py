@@ -454,3 +454,80 @@ def test_broken_cache_is_dropped_with_a_warning(tmp_path: Path, philips_ct: Path
     with pytest.warns(RuntimeWarning, match="cannot be used|unreadable"):
         df = dicomxr.scan(sorted(philips_ct.glob("I1*"))[:2], cache=db)
     assert len(df) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# the fast reader on hand-made layouts the corpora may not cover
+
+
+def _tricky_dataset(*, pixels: bool) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.SeriesDescription = "Kopf nativ, Schädel"  # non-ASCII in UTF-8
+    # nested sequences of undefined length, holding the same tags as the top level
+    inner = Dataset()
+    inner.ImagePositionPatient = [9.0, 9.0, 9.0]
+    inner.InstanceNumber = 99
+    outer = Dataset()
+    outer.SOPInstanceUID = "9.9.9"
+    outer.ReferencedImageSequence = pydicom.Sequence([inner])
+    ds.ReferencedImageSequence = pydicom.Sequence([outer, Dataset()])
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    ds.ReferencedImageSequence[0]["ReferencedImageSequence"].is_undefined_length = True
+    for item in ds.ReferencedImageSequence:
+        item.is_undefined_length_sequence_item = True
+    ds.PatientName = "Doe^Jane"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.InstanceNumber = 7
+    ds.ImagePositionPatient = [-1.5, 2.25, 3e2]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    # a private value far larger than the reader's first chunk, then a kept value that
+    # itself crosses a chunk boundary
+    ds.add_new(0x00291010, "OB", b"\x01" * 40_000)
+    ds.Rows = ds.Columns = 4
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.WindowCenter = [str(40 + i) for i in range(5000)]  # ~25 kB
+    ds.WindowWidth = "400"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    if pixels:
+        ds.PixelData = np.arange(16, dtype="<i2").tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize("pixels", [True, False])
+def test_fast_reader_on_tricky_layouts(tmp_path: Path, implicit: bool, pixels: bool) -> None:
+    ds = _tricky_dataset(pixels=pixels)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    path = tmp_path / "tricky.dcm"
+    ds.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    size = os.path.getsize(path)
+    fast = catalog.read_header_fast(str(path), size)
+    assert fast is not None, "the fast reader declined a plain little-endian file"
+    ref = catalog.read_header_pydicom(path)
+    for key, value in ref.items():
+        assert _same(value, fast[key]), (key, value, fast[key])
+    # the top-level values, not the ones nested in the sequences
+    assert fast["InstanceNumber"] == 7 and fast["ImagePositionPatient"] == (-1.5, 2.25, 300.0)
+    assert fast["SeriesDescription"] == "Kopf nativ, Schädel"
+    assert len(fast["WindowCenter"]) == 5000 and fast["WindowCenter"][-1] == 5039.0
+    if pixels:
+        with open(path, "rb") as fp:
+            fp.seek(fast["pixel_data_offset"])
+            assert struct.unpack("<HH", fp.read(4)) == (0x7FE0, 0x0010)
+        assert fast["pixel_data_offset"] == size - (8 if implicit else 12) - 32
+    else:
+        # the file ends on a 10-byte element (PixelRepresentation): no pixels, no error
+        assert fast["pixel_data_offset"] == -1 and not fast["has_pixels"]
+        assert fast["PixelRepresentation"] == 1
