@@ -151,3 +151,23 @@ def test_nifti_sidecar_names_the_volumes(sample_dir, tmp_path):
     assert info["volumes"][1] == {"time_index": 0, "time": 1, "label_index": 1, "label": "LABEL"}
     assert info["SeriesInstanceUID"] == da.attrs["SeriesInstanceUID"]
     assert "PatientName" not in info
+
+
+def test_nifti_warns_when_it_cannot_place_every_slice(tmp_path):
+    import warnings
+
+    from dicomxr.errors import GeometryWarning
+
+    vol = phantom.phantom_volume((6, 8, 8), dtype="int16")
+    phantom.write_series(
+        tmp_path / "uneven", vol, slice_step=[2.0, 2.0, 2.0, 5.0, 5.0], rescale=(1, 0)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeometryWarning)  # the open's own warning
+        da = open_series(tmp_path / "uneven")
+    with pytest.warns(GeometryWarning, match="on_irregular='split'") as record:
+        da.dicom.to_nifti(tmp_path / "uneven.nii")
+    assert record[0].filename == __file__  # points at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)
+        da.isel(slice=slice(0, 4)).dicom.to_nifti(tmp_path / "regular.nii")  # a regular block

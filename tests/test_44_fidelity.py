@@ -162,7 +162,9 @@ def _compare_pair(da, ref, tmp_path: Path, tag: str) -> list[dict]:
     matches, best = [], None
     for k, (sel, sub) in enumerate(_candidates(da, ref_img.shape)):
         out = tmp_path / f"{tag}_{k}.nii"
-        sub.dicom.to_nifti(out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dicomxr.GeometryWarning)  # uneven stacks, judged below
+            sub.dicom.to_nifti(out)
         cmp = compare_images(nib.load(out), ref_img, compare_affine=spatial)
         outcome = {
             "ref": ref.name,

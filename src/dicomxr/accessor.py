@@ -97,6 +97,32 @@ def series_affine(da: xr.DataArray) -> np.ndarray:
     return affine
 
 
+def position_residual_mm(da: xr.DataArray, affine: np.ndarray | None = None) -> float:
+    """Largest distance between a slice's recorded position and where the affine puts it.
+
+    Zero (to rounding) for a regular stack; large for uneven spacing or missing slices, whose
+    positions no single affine can hold. ``nan`` when the positions are not coordinates.
+    """
+    names = ("position_x", "position_y", "position_z")
+    if not all(n in da.coords for n in names):
+        return float("nan")
+    affine = series_affine(da) if affine is None else affine
+    n_slices = da.sizes.get("slice", 1)
+    columns = []
+    for name in names:
+        coord = da.coords[name]
+        coord = coord.isel({d: 0 for d in coord.dims if d != "slice"})
+        values = np.asarray(coord.values, dtype=np.float64)
+        columns.append(np.broadcast_to(values, (n_slices,)) if values.ndim == 0 else values)
+    pos = np.stack(columns, axis=-1)
+    index = np.zeros((n_slices, 4))
+    index[:, 0] = np.arange(n_slices)
+    index[:, 3] = 1
+    mapped = (affine @ index.T).T[:, :3]
+    with np.errstate(invalid="ignore"):
+        return float(np.nanmax(np.linalg.norm(mapped - pos, axis=1)))
+
+
 def _pixel_spacing(da: xr.DataArray) -> tuple[float, float]:
     spacing = da.attrs.get("PixelSpacing")
     if spacing is not None and len(spacing) == 2:

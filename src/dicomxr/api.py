@@ -562,7 +562,7 @@ def open_series(
     >>> import dicomxr
     >>> da = dicomxr.open_series(dicomxr.data.sample_path())
     >>> da.dims
-    ('time', 'slice', 'row', 'col')
+    ('time', 'label', 'slice', 'row', 'col')
     >>> da.dicom.affine_ras.shape
     (4, 4)
     """

@@ -26,14 +26,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from dicomxr.errors import require
+from dicomxr.errors import GeometryWarning, require
 
 __all__ = ["fsl_bvecs", "nifti_affine", "to_nifti"]
 
@@ -42,6 +44,15 @@ logger = logging.getLogger(__name__)
 _SPATIAL = ("slice", "row", "col")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _DIFFUSION_DIMS = ("diffusion",)
+_POSITION_TOL_MM = 0.01
+
+
+def _user_stacklevel() -> int:
+    """Stack level of the first frame outside dicomxr (warnings point at the user's line)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("dicomxr"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def nifti_affine(affine_lps: np.ndarray) -> np.ndarray:
@@ -224,7 +235,7 @@ def to_nifti(
     >>> da = dicomxr.open_series(dicomxr.data.sample_path())
     >>> da.dicom.to_nifti("pcasl.nii.gz")  # doctest: +SKIP
     """
-    from dicomxr.accessor import _image_of, series_affine
+    from dicomxr.accessor import _image_of, position_residual_mm, series_affine
 
     nib = require("nibabel", extra="nifti", purpose="NIfTI export")
     da = _image_of(da) if isinstance(da, xr.Dataset) else da
@@ -253,7 +264,18 @@ def to_nifti(
     spatial_axes = [len(extra) + 2, len(extra) + 1, len(extra)]
     axes = spatial_axes + list(range(len(extra))) + ([values.ndim - 1] if colour else [])
     data = _nifti_data(np.transpose(values, axes), colour)
-    affine = nifti_affine(series_affine(da))
+    lps = series_affine(da)
+    residual = position_residual_mm(da, lps)
+    if residual > _POSITION_TOL_MM:
+        warnings.warn(
+            f"the slices are not evenly spaced (a slice is {residual:.3g} mm from where the "
+            "NIfTI affine puts it): NIfTI holds one affine, so this file misplaces slices. "
+            "Open with on_irregular='split' for regular blocks, or export a regular "
+            "selection (.isel(slice=...)).",
+            GeometryWarning,
+            stacklevel=_user_stacklevel(),
+        )
+    affine = nifti_affine(lps)
 
     img = nib.Nifti1Image(data, affine)
     header = img.header
