@@ -98,7 +98,7 @@ def test_reasons_are_specific(bad_tree: Path, scanned: tuple[pd.DataFrame, pd.Da
     assert _reason(report, bad_tree / "notes.txt").startswith("not a DICOM file")
     assert _reason(report, bad_tree / "noise.bin").startswith("not a DICOM file")
     assert _reason(report, bad_tree / "tiny.dcm").startswith("not a DICOM file")
-    assert _reason(report, bad_tree / "dangling_link.dcm").startswith("cannot stat")
+    assert _reason(report, bad_tree / "dangling_link.dcm").startswith("broken symbolic link")
     header_cut = _reason(report, bad_tree / "header_cut.dcm")
     assert header_cut.startswith("truncated header (element (01F7,1019) at byte 3782")
     assert "4096 bytes" in header_cut
@@ -141,6 +141,14 @@ def test_pixel_data_cut_short_is_flagged(
         group, elem, vr, _, length = struct.unpack("<HH2sHI", fp.read(12))
     assert (group, elem, vr) == (0x7FE0, 0x0010, b"OW")
     assert row["pixel_data_offset"] + 12 + length > row["file_size"]
+
+
+def test_non_recursive_scan_reports_dangling_links(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "gone.dcm", tmp_path / "link.dcm")
+    (tmp_path / "sub").mkdir()
+    with pytest.warns(dicomxr.SkippedFileWarning, match="broken symbolic link"):
+        df = dicomxr.scan(tmp_path, recursive=False)
+    assert list(catalog.skipped(df)["path"]) == [str(tmp_path / "link.dcm")]
 
 
 def test_a_single_bad_file_is_reported_not_raised(tmp_path: Path) -> None:

@@ -1048,7 +1048,8 @@ def _walk(folder: str, recursive: bool) -> list[str]:
     folder = os.path.abspath(folder)
     if not recursive:
         with os.scandir(folder) as it:
-            return sorted(e.path for e in it if e.is_file())
+            # not is_dir() rather than is_file(): a dangling link is reported, not dropped
+            return sorted(e.path for e in it if not e.is_dir())
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
@@ -1158,7 +1159,11 @@ def scan(
         try:
             st = os.stat(path)
         except OSError as exc:
-            skipped_list.append({"path": path, "reason": f"cannot stat: {exc.strerror or exc}"})
+            if os.path.islink(path):
+                reason = f"broken symbolic link (to {os.readlink(path)})"
+            else:
+                reason = f"cannot stat: {exc.strerror or exc}"
+            skipped_list.append({"path": path, "reason": reason})
             continue
         hit = known.get(path)
         if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime:
