@@ -411,3 +411,19 @@ def test_read_frames_cut_short(tmp_path: Path) -> None:
     refs = pixels.file_frame_refs(path)
     with pytest.raises(PixelDataError, match=r"rle_cut\.dcm: frame"):
         dict(pixels.read_frames(refs[0], range(len(refs))))
+
+
+def test_float_pixel_data(tmp_path: Path) -> None:
+    """(7FE0,0008) Float Pixel Data: float32 values read from their offset."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    values = ds.pixel_array.astype(np.float32) * 0.5 - 3.25
+    del ds.PixelData
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
+    ds.FloatPixelData = values.tobytes()
+    path = tmp_path / "float.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    (ref,) = pixels.file_frame_refs(path)
+    assert pixels.frame_dtype(ref) == np.float32
+    got = pixels.read_frame(ref)
+    np.testing.assert_array_equal(got, pydicom.dcmread(path).pixel_array)
+    np.testing.assert_array_equal(got, values)
