@@ -391,3 +391,13 @@ def test_rgb_series_shown_as_stored_and_overlay_with_extra_dims():
     assert tuple(v.displayed()[0, 0]) == (expected_gray(counter.values[0, 6, 0, 0], 40, 400),) * 3
     v.set_position(time=1)
     assert len(set(v.displayed()[0, 0].tolist())) > 1  # label 3 in colour
+
+
+def test_snapshot_draws_the_planes_on_screen():
+    da, _counter = make_series()
+    v = dicomxr.view(da, view="orthogonal", position={"slice": 3})
+    snap = v.snapshot()
+    assert snap.indices == [3, 20, 15]
+    for got, dim in zip(snap.tiles, ("slice", "row", "col"), strict=True):
+        np.testing.assert_array_equal(got, v.displayed(dim))
+    assert snap.png[:8] == b"\x89PNG\r\n\x1a\n"

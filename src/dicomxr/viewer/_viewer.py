@@ -806,6 +806,16 @@ class Viewer(widgets.VBox):
         )
         return f"<table style='font-size:90%'>{body}</table>"
 
+    def snapshot(self) -> Any:
+        """Return a static picture of what is on screen (planes, crosshair, window), as PNG.
+
+        For pages without a live kernel, reports and scripts; see
+        :func:`dicomxr.viewer.static.snapshot`.
+        """
+        from dicomxr.viewer.static import snapshot
+
+        return snapshot(self)
+
     def __repr__(self) -> str:
         title = " · ".join(
             str(self.attrs[k])

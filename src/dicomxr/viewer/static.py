@@ -22,7 +22,7 @@ from dicomxr.viewer.planes import SPATIAL, planes_from_affine
 from dicomxr.viewer.render import render
 from dicomxr.viewer.volume import Volume, as_image
 
-__all__ = ["Montage", "montage"]
+__all__ = ["Montage", "montage", "snapshot"]
 
 
 class Montage:
@@ -232,3 +232,58 @@ def montage(
     if path is not None:
         result.save(path)
     return result
+
+
+def snapshot(viewer: Any, *, inches: float = 3.5, dpi: int = 100) -> Montage:
+    """Draw what a viewer shows now (its planes, crosshair and captions) as a static picture.
+
+    Parameters
+    ----------
+    viewer
+        A :class:`dicomxr.viewer.Viewer`.
+    inches, dpi
+        Height of the tallest plane and resolution of the PNG.
+
+    Returns
+    -------
+    Montage
+        ``.png``, ``.figure``, ``.tiles`` (the RGB arrays on screen) and ``.indices`` (the
+        index of each plane along the dim it fixes).
+    """
+    from matplotlib.figure import Figure
+
+    dims = viewer.visible()
+    tiles = [viewer.displayed(d) for d in dims]
+    extents = []
+    for d in dims:
+        p = viewer.planes[d]
+        extents.append(
+            (
+                viewer.volume.sizes[p.horizontal] * p.spacing_horizontal,
+                viewer.volume.sizes[p.vertical] * p.spacing_vertical,
+            )
+        )
+    tallest = max(h for _, h in extents)
+    widths = [w / tallest * inches for w, _ in extents]
+    fig = Figure(figsize=(sum(widths) + 0.2 * len(dims), inches + 0.5), dpi=dpi, facecolor="black")
+    axes = fig.subplots(1, len(dims), squeeze=False, width_ratios=widths)[0]
+    for ax, d, rgb, (w_mm, h_mm) in zip(axes, dims, tiles, extents, strict=True):
+        p = viewer.planes[d]
+        ax.imshow(rgb, extent=(0, w_mm, h_mm, 0), interpolation="nearest")
+        ax.set_axis_off()
+        n = viewer.volume.sizes[d]
+        ax.set_title(f"{p.name} {viewer.position[d] + 1}/{n}", color="white", fontsize=9)
+        cross = viewer.crosshair(d)
+        if cross is not None:
+            y, x = cross
+            ny = viewer.volume.sizes[p.vertical]
+            nx = viewer.volume.sizes[p.horizontal]
+            ax.axhline((y + 0.5) * h_mm / ny, color="#ffc400", lw=0.8)
+            ax.axvline((x + 0.5) * w_mm / nx, color="#ffc400", lw=0.8)
+    extra = ", ".join(f"{d}={viewer.position[d]}" for d in viewer.volume.extra)
+    fig.suptitle(
+        f"{extra + '  ' if extra else ''}L/W {viewer.level:.4g}/{viewer.window:.4g} ({viewer.preset})",
+        color="white",
+        fontsize=9,
+    )
+    return Montage(fig, tiles, [int(viewer.position[d]) for d in dims])
