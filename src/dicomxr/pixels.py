@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -861,7 +861,3 @@ def apply_rescale(
         np.add(wide, intercept, out=wide)
     np.copyto(out, wide, casting="unsafe")
     return out
-
-
-def _as_refs(rows: Sequence[Mapping[str, Any]]) -> list[FrameRef]:
-    return [r if isinstance(r, FrameRef) else FrameRef.from_row(r) for r in rows]
