@@ -18,6 +18,10 @@ Pixel module values. No pydicom dataset is parsed to read a frame:
   naming the ``dicomxr[codecs]`` extra.
 * **Deflated** files are compressed as a whole: they fall back to a pydicom whole-file decode.
 
+:func:`read_frames` decodes several frames of one compressed multi-frame file in one pass over
+its fragments (a file without an offset table would otherwise be walked from the start for
+every frame); the lazy array's full reads use it.
+
 Values are the *stored* values, decoded exactly as ``pydicom``'s ``Dataset.pixel_array``
 does (unused high bits cleared or sign-extended, ``YBR_FULL``/``YBR_FULL_422`` converted to
 RGB, colour samples last) with two documented exceptions: ``PALETTE COLOR`` frames are
