@@ -59,6 +59,7 @@ def bad_tree(tmp_path_factory: pytest.TempPathFactory, philips_ct: Path) -> Path
     (root / "dicm_then_noise.dcm").write_bytes(b"\0" * 128 + b"DICM" + rng.bytes(2048))
     (root / "tiny.dcm").write_bytes(b"\x08\x00")
     os.symlink(root / "no-such-target.dcm", root / "dangling_link.dcm")
+    os.mkfifo(root / "pipe.dcm")  # opening it would block: it must not be opened
     odd = root / "pydicom_odd"
     odd.mkdir()
     for name in PYDICOM_ODD:
@@ -95,6 +96,7 @@ def test_every_file_is_accounted_for_once(
 def test_reasons_are_specific(bad_tree: Path, scanned: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     _, report = scanned
     assert _reason(report, bad_tree / "empty.dcm") == "empty file (0 bytes)"
+    assert _reason(report, bad_tree / "pipe.dcm").startswith("not a regular file")
     assert _reason(report, bad_tree / "notes.txt").startswith("not a DICOM file")
     assert _reason(report, bad_tree / "noise.bin").startswith("not a DICOM file")
     assert _reason(report, bad_tree / "tiny.dcm").startswith("not a DICOM file")

@@ -17,6 +17,7 @@ corpora and of pydicom's own test files.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from typing import Any
 
@@ -239,6 +240,8 @@ def read_meta(path: str) -> dict[int, bytes] | None:
     """
     out = RawHeader()
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # never open a pipe: it would block
         with open(path, "rb") as fp:
             r = _Reader(fp, os.fstat(fp.fileno()).st_size)
             if len(r.buf) < 132 or r.buf[128:132] != b"DICM":

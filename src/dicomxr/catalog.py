@@ -18,6 +18,7 @@ import glob as _glob
 import logging
 import operator
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -193,7 +194,7 @@ _DEFLATED = frozenset(
 _IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality")
 
 # skip reasons that are listed in the report without a warning
-_BENIGN = ("DICOMDIR file", "not a DICOM file")
+_BENIGN = ("DICOMDIR file", "not a DICOM file", "not a regular file")
 
 # characters that make a string source a glob pattern rather than a path
 _GLOB_CHARS = frozenset("*?[")
@@ -969,6 +970,9 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _read_one(path: str, st: os.stat_result, memo: dict[Any, Any] | None = None) -> dict[str, Any]:
+    if not stat.S_ISREG(st.st_mode):
+        # opening a FIFO would block the scan forever
+        raise _Skip("not a regular file (a pipe, socket or device)")
     if st.st_size == 0:
         raise _Skip("empty file (0 bytes)")
     row = read_header_fast(path, st.st_size, memo)
