@@ -152,6 +152,7 @@ def test_instance_number_breaks_ties_between_copies(tmp_path: Path, scanned) -> 
         file_names=["a1", "a2", "a3"],
         instance_numbers=[1, 2, 3],
         series_number=1,
+        uid_root="1.2.826.0.1.3680043.10.1187.5",  # other SOPInstanceUIDs: a second acquisition
     )
     cat = scanned(str(tmp_path))
     with pytest.warns(GeometryWarning, match="share a position"):
@@ -161,7 +162,7 @@ def test_instance_number_breaks_ties_between_copies(tmp_path: Path, scanned) -> 
     assert plan.geometry.duplicate_positions == 3
     with pytest.raises(GeometryError, match=r"share a position.*on_duplicate='warn'"):
         plan_series(cat, on_duplicate="raise")
-    split = _plans(cat, on_duplicate="split")
+    split = sorted(_plans(cat, on_duplicate="split"), key=lambda p: p.key)
     assert [p.key for p in split] == [f"{uid}/1", f"{uid}/2"]
     assert [p.coords["InstanceNumber"][1].tolist() for p in split] == [[1, 2, 3], [4, 5, 6]]
 
@@ -481,3 +482,20 @@ def test_stacks_at_the_same_positions() -> None:
     assert plan.dims == ("stack", "slice") and plan.grid.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert plan.coords["stack"][1].tolist() == ["1", "2"]  # StackID is text (SH)
     assert plan.coords["frame"][1].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_copies_of_one_instance_are_set_apart(tmp_path: Path, scanned) -> None:
+    """The same instance stored twice is one image: the second copy is set apart, named."""
+    vol = phantom.phantom_volume((3, 4, 4))
+    phantom.write_series(tmp_path / "a", vol)
+    phantom.write_series(
+        tmp_path / "b", vol, transfer_syntax="1.2.840.10008.1.2"
+    )  # same UIDs, implicit VR
+    plans = _plans(scanned(str(tmp_path)))
+    (plan,) = plans
+    assert plan.grid.shape == (3,)
+    assert all("/a/" in p for p in plan.frames["path"])
+    reasons = plans.set_apart["reason"].tolist()
+    assert len(reasons) == 3 and all(
+        r.startswith("copy of the same instance") and "/a/" in r for r in reasons
+    )

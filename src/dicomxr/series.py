@@ -542,6 +542,7 @@ def plan_series(
     cols = _Columns(frames)
     n = cols.n
     reason = _set_apart_reasons(cols, include)
+    _mark_copies(cols, reason)
     keep = np.flatnonzero(_free(reason))
 
     plans: list[SeriesPlan] = []
@@ -655,6 +656,37 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
         loc = _localizer_flags(image_type)
         reason[loc & _free(reason)] = "localizer (scout image); plan it with include=['localizer']"
     return reason
+
+
+def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
+    """Set apart second copies of one instance's frame (same SOPInstanceUID, frame and tile).
+
+    The same instance stored twice (a file copied into two folders, or re-encoded in another
+    transfer syntax) is one image, not a second volume: the first copy in path order is kept.
+    """
+    if not cols.has("SOPInstanceUID"):
+        return
+    sop = cols.obj("SOPInstanceUID")
+    free = _free(reason) & np.array([v is not None for v in sop], dtype=bool)
+    idx = np.flatnonzero(free)
+    if len(idx) < 2:
+        return
+    key = pd.DataFrame(
+        {
+            "sop": sop[idx],
+            "frame": cols.num("frame")[idx],
+            "tile": cols.num("tile")[idx],
+            "path": cols.obj("path")[idx],
+        }
+    )
+    if not key.duplicated(["sop", "frame", "tile"]).any():
+        return
+    key = key.sort_values("path", kind="stable")
+    dup = key.duplicated(["sop", "frame", "tile"], keep="first")
+    first = key[~dup].set_index(["sop", "frame", "tile"])["path"]
+    for row in key[dup].itertuples():
+        kept = first.loc[(row.sop, row.frame, row.tile)]
+        reason[idx[row.Index]] = f"copy of the same instance (SOPInstanceUID and frame) as {kept}"
 
 
 def _free(reason: np.ndarray) -> np.ndarray:
