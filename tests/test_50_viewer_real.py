@@ -148,3 +148,19 @@ def test_ct_montage_reads_only_its_slices(ct, reads, tmp_path):
     hu = reference_hu(str(ct["path"].values[m.indices[2]]))
     np.testing.assert_array_equal(m.tiles[2][..., 0], grey(hu, 40, 80))
     assert Image.open(tmp_path / "ct.png").format == "PNG"
+
+
+def test_tilted_ge_ct_is_not_called_axial(ge_tilt_ct):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the loader reports the tilt and the uneven spacing
+        da = dicomxr.open_series(ge_tilt_ct)
+    v = dicomxr.view(da)
+    tilt = v.planes["slice"].oblique_deg
+    assert tilt == pytest.approx(18.5, abs=0.5)
+    # the tilted stack's own plane is named after its index; the planes that contain the
+    # tilt axis are still exactly coronal / sagittal
+    assert v.view == "slice" and v.planes["slice"].name == "slice"
+    assert "18.5° off axis" in v._captions["slice"].value
+    assert (v.planes["row"].name, v.planes["col"].name) == ("coronal", "sagittal")
