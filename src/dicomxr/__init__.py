@@ -49,6 +49,7 @@ _LAZY: dict[str, str] = {
     "set_options": "dicomxr.options:set_options",
     "get_options": "dicomxr.options:get_options",
     "data": "dicomxr.data",
+    "explain": "dicomxr.explain",
 }
 
 __all__ = [
