@@ -381,7 +381,13 @@ class _Walker:
             ):
                 out.append(self._padding(pos, depth))
                 return self.n
-            node = self.element(pos, limit, implicit, little, depth, ctx, path, out)
+            try:
+                node = self.element(pos, limit, implicit, little, depth, ctx, path, out)
+            except (struct.error, ValueError, IndexError, RecursionError) as exc:
+                # malformed bytes the checks above did not foresee: a break, never a crash
+                if out and out[-1].offset == pos and out[-1].stream == self.stream:
+                    out.pop()
+                raise _Broken(pos, f"cannot parse an element here ({exc})") from exc
             pos = node.end
 
     def _padding(self, pos: int, depth: int) -> Node:
@@ -432,7 +438,7 @@ class _Walker:
             header, length_size, reserved = 8, 4, 0
             vr, source = self.implied_vr(tag, dict_vr, is_private, ctx, length, pos, little)
         else:
-            vr = vrb.decode("ascii")
+            vr = vrb.decode("latin-1")
             source = "explicit"
             if vr in LONG_VRS:
                 self.need(pos, 12, limit, f"the {vr} element header")
@@ -1187,12 +1193,12 @@ def _walk_file(a: Anatomy, buf: Any, ts_override: str | None, decode_limit: int)
     if ts is not None and ts in TRANSFER_SYNTAXES:
         a.transfer_syntax_name, a.implicit_vr, a.little_endian, a.deflated = TRANSFER_SYNTAXES[ts]
     elif ts is not None:
-        try:
-            from pydicom.uid import UID
+        from pydicom._uid_dict import UID_dictionary
 
-            a.transfer_syntax_name = UID(ts).name
-        except Exception:  # pragma: no cover
-            a.transfer_syntax_name = "unknown"
+        entry = UID_dictionary.get(ts)
+        a.transfer_syntax_name = entry[0] if entry else "unknown transfer syntax"
+        if not entry:
+            a.notes.append(f"transfer syntax {ts!r} is unknown: read as explicit VR little endian")
         a.implicit_vr, a.little_endian = False, True  # all others: explicit VR little endian
     elif n - pos >= 6:
         group, vrb = struct.unpack_from("<H", buf, pos)[0], bytes(buf[pos + 4 : pos + 6])
