@@ -177,3 +177,18 @@ def assert_same_dataset(fetched: Path, original: Path, *, same_syntax: bool = Tr
 
 def env_with_nodelay() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
+
+
+@pytest.fixture(scope="session")
+def qrscp(data_root: Path) -> Iterator[Peer]:
+    """pynetdicom's qrscp app (no UID-list retrieval), seeded with 8 slices of MR 1901."""
+    from dicomxr.net.servers import QRSCPServer
+
+    server = QRSCPServer(ae_title="QRSCP")
+    server.start()
+    try:
+        mr = _mr_files(data_root)[:8]
+        server.seed(mr)
+        yield Peer(server, 0, Path(), mr, [])
+    finally:
+        server.stop()

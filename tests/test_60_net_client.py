@@ -220,3 +220,17 @@ def test_open_matches_local_originals(orthanc, tmp_path):
     for name in ("slice", "position_x", "position_y", "position_z", "SOPInstanceUID"):
         np.testing.assert_array_equal(fetched[name].values, local[name].values)
     assert fetched.attrs["affine"] == local.attrs["affine"]
+
+
+def test_qrscp_peer_without_uid_lists_falls_back_to_series(qrscp, tmp_path):
+    # pynetdicom's qrscp fails a C-GET whose SOPInstanceUID is a list: the client then
+    # fetches the series whole, once, and still writes every instance exactly once
+    originals = originals_by_uid(qrscp.mr_files)
+    with qrscp.client(parallel=2) as c:
+        series = c.find("SERIES")
+        assert len(series) == 1  # qrscp answers per instance; rows are deduplicated
+        report = c.get(tmp_path, series=series.SeriesInstanceUID[0])
+    assert report.ok
+    assert sorted(p.stem for p in report.received) == sorted(originals)
+    for f in report.received:
+        assert_same_dataset(f, originals[f.stem])

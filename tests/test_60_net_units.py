@@ -12,14 +12,15 @@ from dicomxr.net.storage import DicomStorage, RetrieveReport, safe_name
 
 
 def test_plan_contexts_budget_and_order():
-    from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1
 
     from dicomxr.net.client import MAX_CONTEXTS, plan_contexts
 
     ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
     plan = plan_contexts([ct, mr, ct])
     assert [c for c, _ in plan[:2]] == [ct, mr]  # one base context per class, deduplicated
-    assert plan[0][1][0] == ExplicitVRLittleEndian
+    assert plan[0][1] == [ExplicitVRLittleEndian]
+    assert plan[2] == (ct, [ImplicitVRLittleEndian])  # the safety net comes first
     assert (ct, [JPEGLosslessSV1]) in plan and (mr, [JPEGLosslessSV1]) in plan
     assert len(plan) == 2 * 13
     # many classes: every class keeps its base context, the extras fill the budget

@@ -21,6 +21,7 @@ import contextlib
 import datetime as _dt
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -73,6 +74,7 @@ UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEnd
 # one extra context each, most common first: when the 128-context budget is tight the rarer
 # ones are dropped (and the peer converts those instances to an uncompressed syntax)
 EXTRA_SYNTAXES = (
+    ImplicitVRLittleEndian,
     JPEGLosslessSV1,
     JPEGBaseline8Bit,
     JPEG2000Lossless,
@@ -83,7 +85,6 @@ EXTRA_SYNTAXES = (
     JPEGLossless,
     JPEGLSNearLossless,
     DeflatedExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     ExplicitVRBigEndian,
 )
 
@@ -195,10 +196,10 @@ def plan_contexts(
     """Plan the presentation contexts for receiving the given SOP classes.
 
     The acceptor picks ONE transfer syntax per presentation context, so to receive an
-    instance in the syntax it is stored in, each SOP class gets one context for the
-    little endian uncompressed syntaxes plus one context per other syntax (compressed
-    first, the most common first, then implicit VR and big endian alone), as far as the
-    budget of ``max_contexts - reserved`` contexts allows.
+    instance in the syntax it is stored in, each SOP class gets one context per transfer
+    syntax: explicit VR little endian for every class, then implicit VR, then the compressed
+    syntaxes (the most common first) and big endian, as far as the budget of
+    ``max_contexts - reserved`` contexts allows.
 
     Parameters
     ----------
@@ -226,9 +227,9 @@ def plan_contexts(
             f"{len(classes)} SOP classes do not fit in one association "
             f"({budget} presentation contexts); split them"
         )
-    plan: list[tuple[str, list[str]]] = [
-        (c, [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]) for c in classes
-    ]
+    # explicit VR alone: an acceptor offered [explicit, implicit] in one context may pick
+    # implicit and then convert every explicit instance (pynetdicom-based peers do)
+    plan: list[tuple[str, list[str]]] = [(c, [str(ExplicitVRLittleEndian)]) for c in classes]
     if compressed:
         for ts in EXTRA_SYNTAXES:
             for c in classes:
@@ -447,6 +448,7 @@ class DicomClient:
             )
             if assoc.is_established:
                 _tune_reactor(assoc)
+                _quiet_logging(assoc)
                 with self._live_lock:
                     self._live.add(assoc)
                 return assoc
@@ -599,6 +601,10 @@ class DicomClient:
         wanted = list(dict.fromkeys([*DEFAULT_KEYS[level], *return_keys, *keys]))
         rows = self._find_hierarchical(level, model, keys, wanted)
         df = pd.DataFrame.from_records(rows, columns=wanted)
+        unique = _UNIQUE[level]
+        if len(df) and df[unique].notna().all() and not df[unique].is_unique:
+            # some peers (pynetdicom's qrscp) answer once per instance at higher levels
+            df = df.drop_duplicates(subset=[unique]).reset_index(drop=True)
         for col in df.columns:
             if col.startswith("NumberOf") or col in ("SeriesNumber", "InstanceNumber"):
                 with contextlib.suppress(TypeError, ValueError):
@@ -708,14 +714,16 @@ class DicomClient:
                 keys["SeriesInstanceUID"] = keys["SeriesInstanceUID"][0]
         if instances:
             keys["SOPInstanceUID"] = [instances] if isinstance(instances, str) else list(instances)
-        if isinstance(keys.get("SeriesInstanceUID"), list):
-            frames = [
-                self.find("IMAGE", **{**keys, "SeriesInstanceUID": s})
-                for s in keys["SeriesInstanceUID"]
-            ]
-            df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        else:
-            df = self.find("IMAGE", **keys)
+        # only the UIDs: asking for more (SOPClassUID) makes Orthanc open every file
+        wanted = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"]
+        series_keys = keys.get("SeriesInstanceUID")
+        rows: list[dict[str, Any]] = []
+        for one in series_keys if isinstance(series_keys, list) else [series_keys]:
+            sub = dict(keys)
+            if one is not None:
+                sub["SeriesInstanceUID"] = one
+            rows.extend(self._find_hierarchical("IMAGE", "study", sub, wanted))
+        df = pd.DataFrame.from_records(rows, columns=wanted)
         if df.empty:
             what = ", ".join(f"{k}={v}" for k, v in keys.items())
             raise RetrieveError(
@@ -725,25 +733,40 @@ class DicomClient:
         return df
 
     def _sop_classes(self, plan: pd.DataFrame) -> list[str]:
-        classes = [c for c in plan["SOPClassUID"].dropna().unique() if c]
-        if classes:
-            return list(classes)
-        # the peer did not return SOPClassUID at IMAGE level: ask the study
-        studies = plan["StudyInstanceUID"].dropna().unique()
+        """SOP classes to propose: SOPClassesInStudy, else an IMAGE-level C-FIND, else common."""
         found: list[str] = []
-        for study in studies:
+        for study in plan["StudyInstanceUID"].dropna().unique():
             with contextlib.suppress(QueryError):
-                df = self.find("STUDY", StudyInstanceUID=study, return_keys=["SOPClassesInStudy"])
-                for value in df.get("SOPClassesInStudy", []):
-                    if isinstance(value, tuple):
-                        found.extend(value)
-                    elif value:
-                        found.append(value)
+                rows = self._find_once(
+                    "STUDY", "study", {"StudyInstanceUID": study}, ["SOPClassesInStudy"]
+                )
+                for row in rows:
+                    value = row.get("SOPClassesInStudy")
+                    found.extend(value if isinstance(value, tuple) else [value] if value else [])
+        if not found:
+            for series in plan["SeriesInstanceUID"].dropna().unique():
+                with contextlib.suppress(QueryError):
+                    rows = self._find_once(
+                        "IMAGE",
+                        "study",
+                        {
+                            "StudyInstanceUID": plan.loc[
+                                plan.SeriesInstanceUID == series, "StudyInstanceUID"
+                            ].iloc[0],
+                            "SeriesInstanceUID": series,
+                        },
+                        ["SOPClassUID"],
+                    )
+                    found.extend(r["SOPClassUID"] for r in rows if r.get("SOPClassUID"))
         if found:
             return list(dict.fromkeys(found))
         from pynetdicom.presentation import StoragePresentationContexts
 
-        logger.warning("the peer named no SOP classes; proposing the common storage classes")
+        logger.warning(
+            "the peer named no SOP classes (neither SOPClassesInStudy nor SOPClassUID at "
+            "IMAGE level); proposing the %d most common storage classes",
+            MAX_CONTEXTS - 1,
+        )
         return [cx.abstract_syntax for cx in StoragePresentationContexts[: MAX_CONTEXTS - 1]]
 
     # -- C-GET / C-MOVE -----------------------------------------------------------------
@@ -980,7 +1003,11 @@ class DicomClient:
             attempt = 0
             while True:
                 try:
-                    self._transfer(mode, remaining, classes, model, state, move)
+                    outcome = self._transfer(mode, remaining, classes, model, state, move)
+                    if self._list_refused(outcome, remaining, state):
+                        self._series_fallback(mode, remaining, classes, model, state, move)
+                    else:
+                        self._record(state, outcome, mode)
                     return
                 except (AssociationError, NetTimeoutError) as exc:
                     if state.cancel.is_set() or isinstance(exc, AssociationRejectedError):
@@ -1002,7 +1029,17 @@ class DicomClient:
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    def _transfer(
+    @staticmethod
+    def _list_refused(outcome: Any, group: pd.DataFrame, state: _RetrieveState) -> bool:
+        """Return True when the peer failed a multi-UID request outright (no list support)."""
+        if outcome is None or len(group) < 2:
+            return False
+        _key, _status, code, done = outcome
+        if code == 0xA801 or code_to_category(code) != "Failure" or done:
+            return False
+        return not any(state.storage.exists(*state.where[u], u) for u in group.SOPInstanceUID)
+
+    def _series_fallback(
         self,
         mode: str,
         group: pd.DataFrame,
@@ -1011,6 +1048,31 @@ class DicomClient:
         state: _RetrieveState,
         move: tuple[str, int, str] | None,
     ) -> None:
+        """Fetch the group's series whole (SERIES level), once per series across workers.
+
+        Instances already on disk are not written again; other instances of the series
+        that arrive are kept (they belong to the same series folder).
+        """
+        logger.info("the peer refused a list of SOPInstanceUIDs: retrieving whole series")
+        for series, part in group.groupby("SeriesInstanceUID", sort=False):
+            with state.series_lock(str(series)):
+                if str(series) in state.series_done:
+                    continue
+                outcome = self._transfer(mode, part, classes, model, state, move, "SERIES")
+                self._record(state, outcome, mode)
+                state.series_done.add(str(series))
+
+    def _transfer(
+        self,
+        mode: str,
+        group: pd.DataFrame,
+        classes: list[str],
+        model: str,
+        state: _RetrieveState,
+        move: tuple[str, int, str] | None,
+        level: str = "IMAGE",
+    ) -> Any:
+        """Run one C-GET/C-MOVE for ``group``; return its final response (or None)."""
         query_model = _MODELS[(model, mode)]
         contexts = [build_context(query_model)]
         ext_neg: list[Any] = []
@@ -1021,7 +1083,7 @@ class DicomClient:
             ext_neg = [build_role(c, scp_role=True) for c in dict.fromkeys(classes)]
             handlers = [(evt.EVT_C_STORE, state.on_store)]
         ident = Dataset()
-        ident.QueryRetrieveLevel = "IMAGE"
+        ident.QueryRetrieveLevel = level
         if model == "patient":
             ident.PatientID = ""  # filled below when known
         studies = group.StudyInstanceUID.unique()
@@ -1030,7 +1092,8 @@ class DicomClient:
             ident.StudyInstanceUID = studies[0]
         if len(series) == 1:
             ident.SeriesInstanceUID = series[0]
-        ident.SOPInstanceUID = list(group.SOPInstanceUID)
+        if level == "IMAGE":
+            ident.SOPInstanceUID = list(group.SOPInstanceUID)
         if model == "patient" and "PatientID" in group:
             ids = group["PatientID"].dropna().unique()
             if len(ids) == 1:
@@ -1080,20 +1143,27 @@ class DicomClient:
                     if code in (0xFF00, 0xFF01):
                         state.subop_done[counts_key] = done
                         continue
-                    state.finish(counts_key, status, code)
-                    if code == 0xA801:
-                        state.dest_unknown = True
-                    elif code_to_category(code) == "Failure" and done == 0:
-                        state.refused = True
-                    elif code not in (0x0000, 0xFE00, 0xB000) and not (0xB000 <= code <= 0xBFFF):
-                        comment = status.get("ErrorComment", "")
-                        state.errors.append(
-                            f"C-{mode.upper()} status {_status_text(code)} {comment}".strip()
-                        )
-                    break
+                    state.subop_done[counts_key] = done
+                    return counts_key, status, code, done
             finally:
                 state.assocs.discard(assoc)
                 state.requests.pop(assoc, None)
+        return None
+
+    @staticmethod
+    def _record(state: _RetrieveState, outcome: Any, mode: str) -> None:
+        """Book the final response of one C-GET/C-MOVE into the shared state."""
+        if outcome is None:
+            return
+        key, status, code, done = outcome
+        state.finish(key, status, code)
+        if code == 0xA801:
+            state.dest_unknown = True
+        elif code_to_category(code) == "Failure" and done == 0:
+            state.refused = True
+        elif code not in (0x0000, 0xFE00) and not (0xB000 <= code <= 0xBFFF):
+            comment = status.get("ErrorComment", "")
+            state.errors.append(f"C-{mode.upper()} status {_status_text(code)} {comment}".strip())
 
     def _start_store_scp(
         self, move: tuple[str, int, str], classes: list[str], state: _RetrieveState
@@ -1155,16 +1225,17 @@ class DicomClient:
             len(entries), progress if progress is not None else self.progress, "store"
         )
         try:
-            for batch_keys in _chunks(keys, MAX_CONTEXTS):
+            for batch_keys in _chunks(keys, MAX_CONTEXTS // 2):
                 wanted = set(batch_keys)
-                contexts = []
-                for cls, ts in batch_keys:
-                    syntaxes = (
-                        [ts]
-                        if ts not in UNCOMPRESSED
-                        else [ts, *(t for t in UNCOMPRESSED if t != ts)]
-                    )
-                    contexts.append(build_context(cls, syntaxes))
+                # each instance in its own syntax (an acceptor picks ONE syntax per context,
+                # so a context offering several could convert it); uncompressed ones also
+                # get a fallback context the peer may prefer
+                contexts = [build_context(cls, [ts]) for cls, ts in batch_keys]
+                fallback = dict.fromkeys(cls for cls, ts in batch_keys if ts in UNCOMPRESSED)
+                contexts += [
+                    build_context(cls, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+                    for cls in fallback
+                ]
                 with self._association(contexts, purpose="C-STORE") as assoc:
                     for item, cls, ts, uid in entries:
                         if (cls, ts) not in wanted:
@@ -1256,6 +1327,67 @@ def _folders_of(report: RetrieveReport, series: str | None) -> list[Path]:
     if not folders:
         raise RetrieveError(f"nothing was fetched into {root}", report)
     return folders
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _text(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii", "replace")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta_bytes(
+    sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str = ""
+) -> bytes:
+    """Return the preamble, ``DICM`` and File Meta Information of a received instance.
+
+    Hand-encoded (explicit VR little endian, group 0002): pydicom's generic writer costs
+    about as much per image as the rest of the receive path together.
+    """
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    body = b"".join(
+        (
+            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, 0x0002, b"UI", _text(sop_class, b"\x00")),
+            _element(0x0002, 0x0003, b"UI", _text(sop_instance, b"\x00")),
+            _element(0x0002, 0x0010, b"UI", _text(transfer_syntax, b"\x00")),
+            _element(0x0002, 0x0012, b"UI", _text(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            _element(0x0002, 0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+            *(
+                (_element(0x0002, 0x0016, b"AE", _text(source_ae.strip(), b" ")),)
+                if source_ae.strip()
+                else ()
+            ),
+        )
+    )
+    group_length = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+def _quiet_logging(assoc: Any) -> None:
+    """Unbind pynetdicom's per-PDU/per-message log handlers when nobody listens to them.
+
+    They format a log line for every PDU and DIMSE message even when the log level drops it.
+    """
+    import logging as _logging
+
+    if _logging.getLogger("pynetdicom").isEnabledFor(_logging.INFO):
+        return
+    from pynetdicom import _handlers
+
+    for event, handler in (
+        (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
+        (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+        (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
+        (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
+    ):
+        with contextlib.suppress(Exception):
+            assoc.unbind(event, handler)
 
 
 def _tune_reactor(assoc: Any) -> None:
@@ -1356,9 +1488,16 @@ class _RetrieveState:
         self.dest_unknown = False
         self.refused = False  # a failure status before any sub-operation
         self.scp_connections = 0
+        self.series_done: set[str] = set()
+        self._series_locks: dict[str, threading.Lock] = {}
         self.scp_port: int | None = None
         self.stored = 0
         self._lock = threading.Lock()
+
+    def series_lock(self, series: str) -> threading.Lock:
+        """One lock per series, for the SERIES-level fallback."""
+        with self._lock:
+            return self._series_locks.setdefault(series, threading.Lock())
 
     def on_connection(self, event: Any) -> None:
         """EVT_CONN_OPEN handler of the C-MOVE storage SCP: the peer did reach us."""
@@ -1378,7 +1517,18 @@ class _RetrieveState:
                     self.unexpected.append(sop_uid)
             if self.storage.exists(*loc, sop_uid):
                 return 0x0000  # resume: already complete on disk
-            self.storage.write(*loc, sop_uid, event.encoded_dataset())
+            request = event.request
+            meta = file_meta_bytes(
+                str(request.AffectedSOPClassUID),
+                sop_uid,
+                str(event.context.transfer_syntax),
+                str(
+                    event.assoc.requestor.ae_title
+                    if event.assoc.is_acceptor
+                    else event.assoc.acceptor.ae_title
+                ),
+            )
+            self.storage.write(*loc, sop_uid, (meta, request.DataSet.getbuffer()))
             with self._lock:
                 self.stored += 1
             return 0x0000

@@ -135,34 +135,57 @@ class DicomStorage:
         self.root = Path(dest).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._folders: dict[tuple[str, str], Path] = {}
+        self._made: set[Path] = set()
         self.written: list[Path] = []
         self.written_uids: list[str] = []
 
+    def folder(self, study_uid: object, series_uid: object) -> Path:
+        """Return the series folder ``root/<study>/<series>``; always inside :attr:`root`."""
+        key = (str(study_uid), str(series_uid))
+        folder = self._folders.get(key)
+        if folder is None:
+            folder = (
+                self.root
+                / safe_name(study_uid, fallback="unknown-study")
+                / safe_name(series_uid, fallback="unknown-series")
+            )
+            # belt and braces: safe_name already forbids separators and leading dots
+            if self.root not in folder.resolve().parents:
+                raise ValueError(f"refusing to write outside {self.root}: {folder}")
+            self._folders[key] = folder
+        return folder
+
     def path_for(self, study_uid: object, series_uid: object, sop_uid: object) -> Path:
         """Return the final path of an instance; always inside :attr:`root`."""
-        path = (
-            self.root
-            / safe_name(study_uid, fallback="unknown-study")
-            / safe_name(series_uid, fallback="unknown-series")
-            / (safe_name(sop_uid, fallback="unknown-instance") + ".dcm")
-        )
-        resolved = path.resolve()
-        if self.root not in resolved.parents:  # belt and braces: safe_name already forbids it
-            raise ValueError(f"refusing to write outside {self.root}: {resolved}")
-        return path
+        name = safe_name(sop_uid, fallback="unknown-instance") + ".dcm"
+        return self.folder(study_uid, series_uid) / name
 
     def exists(self, study_uid: object, series_uid: object, sop_uid: object) -> bool:
         """Return True when the instance is already on disk under its final name."""
-        return self.path_for(study_uid, series_uid, sop_uid).is_file()
+        return os.path.isfile(self.path_for(study_uid, series_uid, sop_uid))
 
-    def write(self, study_uid: object, series_uid: object, sop_uid: object, data: bytes) -> Path:
-        """Write one encoded instance (DICOM file bytes) atomically; return its path."""
+    def write(
+        self,
+        study_uid: object,
+        series_uid: object,
+        sop_uid: object,
+        data: bytes | Iterable[bytes],
+    ) -> Path:
+        """Write one encoded instance (DICOM file bytes, or chunks of them) atomically."""
         final = self.path_for(study_uid, series_uid, sop_uid)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
+        folder = final.parent
+        if folder not in self._made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
+        tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
         try:
             with open(tmp, "wb") as fh:
-                fh.write(data)
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    fh.write(data)
+                else:
+                    for chunk in data:
+                        fh.write(chunk)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
