@@ -67,6 +67,7 @@ __all__ = [
     "anatomy",
     "browse",
     "data",
+    "explain",
     "get_options",
     "open_series",
     "open_study",
