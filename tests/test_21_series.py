@@ -351,6 +351,7 @@ def test_incomplete_grid_policies(tmp_path: Path, scanned) -> None:
         plan = plan_series(cat)[0]
     assert plan.dims == ("echo", "slice")
     assert plan.grid.shape == (2, 5) and plan.grid[1, 2] == -1 and plan.n_frames == 9
+    assert plan.geometry.missing_frames == 1 and plan.geometry.affine_exact
     assert plan.coords["echo"][1].tolist() == [5.0, 10.0]
     with pytest.raises(GeometryError, match=r"incomplete frame grid.*echo=.*slice at 2 mm"):
         plan_series(cat, on_irregular="raise")

@@ -287,6 +287,9 @@ class GeometryReport:
     duplicate_positions
         Frames that share a position with another frame and are not told apart by any
         dimension (time, echo, b-value, ...).
+    missing_frames
+        Cells of the frame grid without a frame (a volume lacking a slice the others have;
+        filled slices counted too), set by :func:`~dicomxr.series.plan_series`.
     max_off_line_mm
         Largest distance of a slice position from the straight line through the first and
         last one (in-plane shifts between slices).
@@ -330,6 +333,7 @@ class GeometryReport:
     missing_slices: int = 0
     gaps: list[dict[str, Any]] = field(default_factory=list)
     duplicate_positions: int = 0
+    missing_frames: int = 0
     max_off_line_mm: float = 0.0
     positions_on_line: bool = True
     tilt_deg: float = 0.0
@@ -396,6 +400,10 @@ class GeometryReport:
         rows.append(("slice thickness", mm(self.slice_thickness)))
         rows.append(("missing slices", str(self.missing_slices)))
         rows.append(("duplicate positions", str(self.duplicate_positions)))
+        if self.missing_frames:
+            rows.append(
+                ("missing frames", f"{self.missing_frames} (empty cells of the frame grid)")
+            )
         tilt = f"{self.tilt_deg:+.2f}° (from positions)"
         if self.tilt_tag_deg is not None:
             tilt += f", GantryDetectorTilt tag {self.tilt_tag_deg:+.2f}°"

@@ -1068,6 +1068,7 @@ def _plan_group(
         missing_cells = int((grid < 0).sum()) - report.missing_slices * int(
             np.prod(grid.shape[:-1])
         )
+    report.missing_frames = int((grid < 0).sum())
     if missing_cells:
         report.issues.append(_missing_cells_message(grid, dims, slice_d))
     irregular = geometry_irregular or (geometric and missing_cells > 0)
