@@ -68,8 +68,9 @@ def _same_points(a: np.ndarray, b: np.ndarray, atol: float = 1e-3) -> bool:
 
 def test_ge_tilt_and_spacing_change(ge_tilt_ct: Path, scanned) -> None:
     cat = scanned(str(ge_tilt_ct))
-    with pytest.warns(GeometryWarning, match="not uniform"):
+    with pytest.warns(GeometryWarning, match="not uniform") as record:
         plans = plan_series(cat)
+    assert record[0].filename == __file__  # the warning points at the caller's line
     (plan,) = plans
     rep = plan.geometry
     assert rep.n_slices == 28
