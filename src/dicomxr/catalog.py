@@ -774,9 +774,31 @@ _FAST_BY_KIND_VR: dict[tuple[str, str], Callable[[bytes], Any]] = {
     ("floats", "DS"): _fast_ds_multi,
     ("floats", "FD"): _fast_fd_multi,
 }
-# tag -> (keyword, kind, dictionary VR as bytes, fast converter or None)
-_FAST_SPEC: dict[int, tuple[str, str, bytes, Callable[[bytes], Any] | None]] = {
-    tag: (kw, kind, _TAG_VR[tag].encode(), _FAST_BY_KIND_VR.get((kind, _TAG_VR[tag])))
+# attributes that differ from file to file within a series: not worth remembering
+_PER_INSTANCE = frozenset(
+    {
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "ImagePositionPatient",
+        "SliceLocation",
+        "AcquisitionTime",
+        "ContentTime",
+        "AcquisitionDateTime",
+        "TriggerTime",
+        "TemporalPositionIdentifier",
+        "TemporalPositionIndex",
+    }
+)
+_MEMO_LIMIT = 100_000
+# tag -> (keyword, kind, dictionary VR as bytes, fast converter or None, shared in memo)
+_FAST_SPEC: dict[int, tuple[str, str, bytes, Callable[[bytes], Any] | None, bool]] = {
+    tag: (
+        kw,
+        kind,
+        _TAG_VR[tag].encode(),
+        _FAST_BY_KIND_VR.get((kind, _TAG_VR[tag])),
+        kw not in _PER_INSTANCE,
+    )
     for tag, (kw, kind) in _TAGS.items()
 }
 _EMPTY_ROW: dict[str, Any] = dict.fromkeys(kw for kw, _ in _TAGS.values())
@@ -852,17 +874,23 @@ def read_header_fast(
     implicit = raw.implicit
     row = dict(_EMPTY_ROW)
     has_private = False
+    if len(memo) > _MEMO_LIMIT:
+        memo.clear()  # a scan of a huge, varied tree: start afresh rather than grow
     for tag, item in elements.items():
-        key = (tag, item)
-        hit = memo.get(key, memo)
-        if hit is not memo:
-            row[hit[0]] = hit[1]
-            continue
         spec = _FAST_SPEC.get(tag)
         if spec is None:
             has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
             continue
-        keyword, kind, dict_vr, fast = spec
+        keyword, kind, dict_vr, fast, shared = spec
+        if shared:
+            # values that repeat across the files of a series (UIDs, sizes, spacing...)
+            # are converted once per scan; the fast converters ignore the character set,
+            # so their results can be shared
+            key = (tag, item)
+            hit = memo.get(key)
+            if hit is not None:
+                row[keyword] = hit[0]
+                continue
         vr_bytes, value = item
         if fast is not None and (vr_bytes is None or vr_bytes == dict_vr):
             try:
@@ -871,10 +899,8 @@ def read_header_fast(
                 pass  # the general decoder below knows the corner cases
             else:
                 row[keyword] = converted
-                # values repeat across the files of a series (UIDs, sizes, spacing...):
-                # the fast converters do not depend on the character set, so their
-                # results can be shared within a scan
-                memo[key] = (keyword, converted)
+                if shared:
+                    memo[key] = (converted,)
                 continue
         vr = _TAG_VR[tag] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
         row[keyword] = _raw_value(value, vr, kind, charset)
