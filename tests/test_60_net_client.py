@@ -234,3 +234,52 @@ def test_qrscp_peer_without_uid_lists_falls_back_to_series(qrscp, tmp_path):
     assert sorted(p.stem for p in report.received) == sorted(originals)
     for f in report.received:
         assert_same_dataset(f, originals[f.stem])
+
+
+def test_failed_suboperations_are_counted_not_hidden(orthanc, tmp_path, monkeypatch):
+    # propose only CT Image Storage for an MR series: the peer cannot send a single instance
+    from dicomxr.net import DicomClient, RetrieveError
+
+    originals = originals_by_uid(orthanc.ts_files)
+    with orthanc.client(parallel=1) as c:
+        uid = c.find("IMAGE", SOPInstanceUID=list(originals)).SeriesInstanceUID[0]
+        monkeypatch.setattr(
+            DicomClient, "_sop_classes", lambda self, plan: ["1.2.840.10008.5.1.4.1.1.2"]
+        )
+        with pytest.raises(RetrieveError, match="failed sub-operation") as info:
+            c.get(tmp_path, series=uid)
+    report = info.value.report
+    # the peer's own count (Orthanc stops after the first failure and says so)
+    assert report.failed >= 1 and f"{report.failed} failed sub-operation" in str(info.value)
+    assert len(report.missing) == 9 and not report.received
+    assert not any(tmp_path.rglob("*.dcm"))
+
+
+def test_our_sockets_have_tcp_nodelay(orthanc):
+    import socket
+
+    from pynetdicom import build_context, sop_class
+
+    with orthanc.client() as c:
+        assoc = c._associate([build_context(sop_class.Verification)])
+        try:
+            sock = assoc.dul.socket.socket
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        finally:
+            c._release(assoc)
+
+
+def test_open_study_gives_a_tree_like_local(orthanc, tmp_path):
+    import xarray as xr
+
+    import dicomxr
+
+    with orthanc.client() as c:
+        tree = c.open(tmp_path, study=CT_STUDY)
+    assert isinstance(tree, xr.DataTree)
+    images = [node.ds["image"] for node in tree.subtree if "image" in node.ds]
+    assert [im.shape for im in images] == [(140, 512, 512)]
+    local = dicomxr.open_series(orthanc.ct_dir)
+    assert images[0].shape == local.shape
+    assert images[0].attrs["affine"] == local.attrs["affine"]
+    assert (images[0].isel(slice=70).values == local.isel(slice=70).values).all()

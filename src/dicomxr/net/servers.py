@@ -258,8 +258,12 @@ class DicomServer:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and remove its temporary folder."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the server (SIGTERM, SIGKILL after ``timeout`` s) and remove its temporary folder.
+
+        The servers are throwaway: a slow graceful shutdown (Orthanc takes seconds) is cut
+        short rather than waited for.
+        """
         if self.proc is not None:
             if self.proc.poll() is None:
                 self._signal(signal.SIGTERM)
@@ -267,7 +271,7 @@ class DicomServer:
                     self.proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     self._signal(signal.SIGKILL)
-                    self.proc.wait(timeout=timeout)
+                    self.proc.wait(timeout=10)
             # forked children (dcmqrscp) may outlive the parent
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
