@@ -189,3 +189,16 @@ def test_raw_data_objects_and_secondary_capture_pages(data_root: Path) -> None:
     assert sc["has_pixels"].all() and set(sc["SamplesPerPixel"]) == {1, 3}  # RGB and grey
     assert sc.loc[sc["SamplesPerPixel"] == 3, "ImagePositionPatient"].isna().all()
     assert sc["SOPClassUID"].eq("1.2.840.10008.5.1.4.1.1.7").all()
+
+
+def test_file_names_that_are_not_utf8(tmp_path: Path, philips_ct: Path) -> None:
+    folder = os.fsencode(tmp_path)
+    shutil.copy(philips_ct / "I10", os.path.join(folder, b"slice\xff.dcm"))
+    with open(os.path.join(folder, b"notes\xfe.txt"), "wb") as fh:
+        fh.write(b"not DICOM")
+    df = dicomxr.scan(tmp_path)
+    (path,) = df["path"]
+    assert os.fsencode(path) == os.path.join(folder, b"slice\xff.dcm")
+    assert os.path.isfile(path)
+    (skipped_path,) = catalog.skipped(df)["path"]
+    assert os.fsencode(skipped_path).endswith(b"notes\xfe.txt")

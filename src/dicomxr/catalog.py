@@ -1373,6 +1373,13 @@ def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             data[col] = np.array([bool(v) for v in values], dtype=bool)
         elif dtype in ("float64", "int64"):
             data[col] = np.array(values, dtype=dtype)
+        elif dtype == "str":
+            try:
+                data[col] = pd.array(list(values), dtype="str")
+            except UnicodeEncodeError:
+                # file names that are not valid UTF-8 come back from the OS with lone
+                # surrogates, which an Arrow-backed str dtype refuses: keep them as objects
+                data[col] = np.array(list(values), dtype=object)
         else:
             data[col] = pd.array(list(values), dtype=dtype)
     return pd.DataFrame(data, columns=list(_SCHEMA), copy=False)
