@@ -500,3 +500,25 @@ def test_copies_of_one_instance_are_set_apart(tmp_path: Path, scanned) -> None:
     assert len(reasons) == 3 and all(
         r.startswith("copy of the same instance") and "/a/" in r for r in reasons
     )
+
+
+def test_frames_of_one_multiframe_file_at_one_position_are_time() -> None:
+    """A classic multi-frame file whose frames share one position (cine) is a time series."""
+    n = 5
+    df = pd.DataFrame(
+        {
+            "path": ["/nowhere/cine.dcm"] * n,
+            "frame": list(range(n)),
+            "SeriesInstanceUID": ["9.9"] * n,
+            "SOPInstanceUID": ["9.9.1"] * n,
+            "SOPClassUID": ["1.2.840.10008.5.1.4.1.1.4"] * n,
+            "Rows": [4] * n,
+            "Columns": [4] * n,
+            "ImagePositionPatient": [(0.0, 0.0, 0.0)] * n,
+            "ImageOrientationPatient": [(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)] * n,
+            "PixelSpacing": [(1.0, 1.0)] * n,
+        }
+    )
+    (plan,) = _plans(df)  # no GeometryWarning: these are not duplicates
+    assert plan.dims == ("time", "slice") and plan.grid[:, 0].tolist() == list(range(n))
+    assert plan.coords["frame"] == (("time",), pytest.approx(np.arange(n)))

@@ -979,7 +979,12 @@ def _plan_group(
             rank = _rank_within(cell, times, order_key)
             dup_cells = _cells_with_duplicates(cell)
             distinct_times = _distinct_within(cell, times, dup_cells)
-            if distinct_times and "time" not in useful:
+            # frames of one multi-frame file at one position (cine, NM dynamics): a time
+            # series in frame order, not copies
+            one_file = _frames_of_one_file(cols, rows, cell, dup_cells)
+            if one_file and "time" not in useful:
+                rank = _rank_within(cell, np.full_like(times, np.nan), order_key)
+            if (distinct_times or one_file) and "time" not in useful:
                 dims.append(_Dim("time", rank, list(range(int(rank.max()) + 1))))
             else:
                 dup_count = int(n - len(np.unique(cell)))
@@ -1241,6 +1246,25 @@ def _distinct_within(cell: np.ndarray, times: np.ndarray, dup_cells: np.ndarray)
         return False
     pairs = np.unique(np.column_stack([cell[mask], times[mask][:, usable]]), axis=0)
     return len(pairs) == int(mask.sum())
+
+
+def _frames_of_one_file(
+    cols: _Columns, rows: np.ndarray, cell: np.ndarray, dup_cells: np.ndarray
+) -> bool:
+    """Tell whether every shared cell holds distinct frames of one and the same file."""
+    if not len(dup_cells):
+        return False
+    mask = np.isin(cell, dup_cells)
+    paths = pd.factorize(cols.obj("path")[rows[mask]])[0]
+    frame_no = cols.num("frame")[rows[mask]]
+    tiles = cols.num("tile")[rows[mask]]
+    if np.nanmax(np.nan_to_num(tiles, nan=-1)) >= 0:
+        return False  # MOSAIC tiles are slices, never time points of one file
+    cells = cell[mask]
+    per_cell_paths = np.unique(np.column_stack([cells, paths]), axis=0)
+    if len(per_cell_paths) != len(np.unique(cells)):
+        return False  # some cell mixes files
+    return len(np.unique(np.column_stack([cells, frame_no]), axis=0)) == int(mask.sum())
 
 
 def _rank_within(cell: np.ndarray, times: np.ndarray, order_key: np.ndarray) -> np.ndarray:
