@@ -1011,6 +1011,7 @@ def _plan_group(
                         stacklevel=_stacklevel(),
                     )
                 dims.append(_Dim("volume", rank, list(range(int(rank.max()) + 1))))
+        dims.sort(key=lambda d: _KIND_ORDER.index(d.kind))
         dims = _arrange_dims(dims)
 
     # the grid
