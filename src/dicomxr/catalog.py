@@ -200,7 +200,7 @@ _BENIGN = ("DICOMDIR file", "not a DICOM file", "not a regular file")
 _GLOB_CHARS = frozenset("*?[")
 
 
-class _Skip(Exception):
+class _Skip(ValueError):
     """A file that cannot be catalogued; the message is the reason shown to the user."""
 
 
@@ -437,7 +437,7 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises
     ------
-    _Skip
+    ValueError
         When the file is not DICOM or cannot be read; the message is the reason.
     """
     import pydicom
