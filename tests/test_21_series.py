@@ -270,6 +270,8 @@ def test_pcasl_six_volumes_are_time_by_label(
     assert plan.grid.shape == (3, 2, 40) and (plan.grid >= 0).all()
     assert plan.coords["time"][1].tolist() == [1, 2, 3]
     assert plan.coords["label"][1].tolist() == ["CONTROL", "LABEL"]
+    assert plan.attrs["dim_sources"]["label"].startswith("LabelType (Philips")
+    assert "(from LabelType" in plan.describe()
     inst = plan.coords["InstanceNumber"][1]
     # flattening (time, label) gives dcm2niix's volume order: InstanceNumber blocks of 40
     flat = inst.reshape(6, 40)

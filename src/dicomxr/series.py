@@ -226,9 +226,11 @@ class SeriesPlan:
             ("dims", ", ".join(f"{d}={n}" for d, n in self.sizes.items()) + " | row, col"),
             ("shape", " x ".join(str(s) for s in self.shape)),
         ]
+        sources = self.attrs.get("dim_sources", {})
         for dim in self.dims[:-1]:
             values = self.coords.get(dim, ((), np.array([])))[1]
-            rows.append((dim, _short(values)))
+            source = sources.get(dim)
+            rows.append((dim, _short(values) + (f"  (from {source})" if source else "")))
         extra = [name for name, (dims, _) in self.coords.items() if dims and name not in self.dims]
         if extra:
             rows.append(("coordinates", ", ".join(extra)))
@@ -815,6 +817,30 @@ class _Dim:
     levels: list[Any]  # value per level (dimension coordinate)
     # for a 'volume' made of several kinds: (the kinds' _Dims, level codes per volume)
     parts: tuple[list[_Dim], np.ndarray] | None = None
+    source: str = ""  # what tells the levels apart (shown to the user)
+
+
+_SOURCES = {
+    "stack": "StackID",
+    "label": "LabelType (Philips ASL label/control, 2005,1429)",
+    "component": "ComplexImageComponent / ImageType",
+    "diffusion": "DiffusionBValue + DiffusionGradientOrientation",
+}
+
+
+def _kind_sources(cols: _Columns, rows: np.ndarray) -> dict[str, str]:
+    tpi = cols.num("TemporalPositionIdentifier")[rows]
+    te = cols.num("EchoTime")[rows]
+    echo_by_time = (
+        len(np.unique(te[~np.isnan(te)])) > 1 or np.isnan(cols.num("EchoNumbers")[rows]).all()
+    )
+    return {
+        **_SOURCES,
+        "time": "TemporalPositionIdentifier"
+        if not np.isnan(tpi).all()
+        else "TemporalPositionIndex",
+        "echo": "EchoTime" if echo_by_time else "EchoNumbers",
+    }
 
 
 def _kind_candidates(cols: _Columns, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -865,14 +891,14 @@ def _level_order(kind: str, values: list[Any], first_seen: list[float]) -> list[
     return sorted(idx, key=lambda i: (first_seen[i], str(values[i])))
 
 
-def _make_dim(kind: str, values: np.ndarray, order_key: np.ndarray) -> _Dim:
+def _make_dim(kind: str, values: np.ndarray, order_key: np.ndarray, source: str = "") -> _Dim:
     codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
     uniques = list(uniques)
     first_seen = [float(np.min(order_key[codes == k])) for k in range(len(uniques))]
     order = _level_order(kind, uniques, first_seen)
     remap = np.empty(len(order), np.int64)
     remap[order] = np.arange(len(order))
-    return _Dim(kind, remap[codes], [uniques[i] for i in order])
+    return _Dim(kind, remap[codes], [uniques[i] for i in order], source=source)
 
 
 def _plan_group(
@@ -947,7 +973,7 @@ def _plan_group(
             first_of_file = np.full(len(per_file), np.inf)
             np.minimum.at(first_of_file, file_code, order_key)
             file_rank = np.argsort(np.argsort(first_of_file, kind="stable"), kind="stable")
-            dims = [_Dim("volume", file_rank[file_code], list(range(len(per_file))))]
+            dims = [_Dim("volume", file_rank[file_code], list(range(len(per_file))), source="file")]
             slice_id = np.nan_to_num(frame_no).astype(np.int64)
         else:
             order = np.argsort(order_key, kind="stable")
@@ -970,7 +996,8 @@ def _plan_group(
             labels[:] = read_label_type([str(p) for p in cols.obj("path")[rows]])
             cand["label"] = labels
             useful = _useful_kinds(cand, slice_id, n_slices)
-        dims = [_make_dim(k, cand[k], order_key) for k in _KIND_ORDER if k in useful]
+        sources = _kind_sources(cols, rows)
+        dims = [_make_dim(k, cand[k], order_key, sources[k]) for k in _KIND_ORDER if k in useful]
         key_codes = [d.codes for d in dims]
         cell = _combine(*key_codes, slice_id) if key_codes else slice_id
         if len(np.unique(cell)) < n:
@@ -985,7 +1012,10 @@ def _plan_group(
             if one_file and "time" not in useful:
                 rank = _rank_within(cell, np.full_like(times, np.nan), order_key)
             if (distinct_times or one_file) and "time" not in useful:
-                dims.append(_Dim("time", rank, list(range(int(rank.max()) + 1))))
+                source = (
+                    "frame order within one file" if one_file else "acquisition / trigger times"
+                )
+                dims.append(_Dim("time", rank, list(range(int(rank.max()) + 1)), source=source))
             else:
                 dup_count = int(n - len(np.unique(cell)))
                 what = _duplicate_message(cols, rows, cell, dist)
@@ -1010,7 +1040,14 @@ def _plan_group(
                         GeometryWarning,
                         stacklevel=_stacklevel(),
                     )
-                dims.append(_Dim("volume", rank, list(range(int(rank.max()) + 1))))
+                dims.append(
+                    _Dim(
+                        "volume",
+                        rank,
+                        list(range(int(rank.max()) + 1)),
+                        source="InstanceNumber order (copies)",
+                    )
+                )
         dims.sort(key=lambda d: _KIND_ORDER.index(d.kind))
         dims = _arrange_dims(dims)
 
@@ -1135,6 +1172,8 @@ def _plan_group(
     attrs["affine"] = affine.tolist()
     attrs["geometry"] = report.to_dict()
     attrs["units"] = _units(attrs)
+    if dims:
+        attrs["dim_sources"] = {d.kind: d.source for d in dims}
     return [
         SeriesPlan(
             key=str(attrs.get("SeriesInstanceUID", "")),
@@ -1292,7 +1331,13 @@ def _arrange_dims(dims: list[_Dim]) -> list[_Dim]:
     stacked = np.stack([d.codes for d in dims], axis=1)
     uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)  # lexicographic = kind order
     return [
-        _Dim("volume", inverse.reshape(-1).astype(np.int64), list(range(len(uniq))), (dims, uniq))
+        _Dim(
+            "volume",
+            inverse.reshape(-1).astype(np.int64),
+            list(range(len(uniq))),
+            (dims, uniq),
+            source=" x ".join(f"{d.kind} ({d.source})" for d in dims) + " (not a full product)",
+        )
     ]
 
 
