@@ -62,8 +62,9 @@ def main() -> None:
         dicomxr.scan(folder, warn=False, progress=False)
 
     def read_rows_only() -> None:
+        memo: dict = {}  # as scan() does: repeated values converted once
         for path in instances:
-            _read_one(path, os.stat(path))
+            _read_one(path, os.stat(path), memo)
 
     pydicom_loop()  # warm the page cache and imports
     scan()
