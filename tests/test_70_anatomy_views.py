@@ -435,3 +435,28 @@ def test_random_corruption_is_a_break_never_a_crash(name: str) -> None:
         a.to_html(max_elements=40)
         a.dump(color=False, max_elements=40)
         assert len(a.to_dataframe()) == len(a)
+
+
+def test_command_group_is_implicit_like_pydicom_reads_it() -> None:
+    import struct
+
+    def implicit(g, e, val):
+        return struct.pack("<HHL", g, e, len(val)) + val
+
+    def explicit(g, e, vr, val):
+        return struct.pack("<HH2sH", g, e, vr, len(val)) + val
+
+    data = (
+        implicit(0, 0, struct.pack("<L", 10))
+        + implicit(0, 0x0100, struct.pack("<H", 1))
+        + explicit(8, 0x16, b"UI", b"1.2.840.10008.5.1.4.1.1.2\x00")
+        + explicit(0x28, 0x10, b"US", struct.pack("<H", 512))
+    )
+    a = anatomy(data)
+    _tiles(a)
+    assert a.is_sound and not a.implicit_vr
+    assert any("command group" in n for n in a.notes)
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    assert [(e.tag, e.vr, e.value) for e in a.elements()] == [
+        (int(e.tag), e.VR, e.value) for e in ds
+    ]

@@ -1185,6 +1185,23 @@ def _walk_file(a: Anatomy, buf: Any, ts_override: str | None, decode_limit: int)
         pos = end
     else:
         a.notes.append("no file meta information group (0002,xxxx)")
+    # a command group (0000,xxxx), as DIMSE messages carry, is always implicit VR little endian
+    if (
+        n - pos >= 8
+        and walker.tag_at(pos, True) >> 16 == 0
+        and bytes(buf[pos : pos + 8]).strip(b"\x00")
+    ):
+        cmd: list[Node] = []
+        try:
+            pos = walker.dataset(pos, None, True, True, 0, root, cmd, stop_group=0)
+        except _Broken as exc:
+            a.nodes += cmd
+            _break(a, exc, n, "file")
+            return
+        a.nodes += cmd
+        a.notes.append(
+            "a command group (0000,xxxx) precedes the dataset (implicit VR little endian)"
+        )
     ts = a.transfer_syntax or ts_override
     if ts_override and not a.transfer_syntax:
         ts = ts_override
