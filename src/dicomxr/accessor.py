@@ -119,8 +119,9 @@ def position_residual_mm(da: xr.DataArray, affine: np.ndarray | None = None) -> 
     index[:, 0] = np.arange(n_slices)
     index[:, 3] = 1
     mapped = (affine @ index.T).T[:, :3]
-    with np.errstate(invalid="ignore"):
-        return float(np.nanmax(np.linalg.norm(mapped - pos, axis=1)))
+    distance = np.linalg.norm(mapped - pos, axis=1)
+    distance = distance[np.isfinite(distance)]
+    return float(distance.max()) if distance.size else float("nan")
 
 
 def _pixel_spacing(da: xr.DataArray) -> tuple[float, float]:
