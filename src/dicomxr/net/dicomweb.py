@@ -65,6 +65,53 @@ def _multipart_parts(content_type: str, body: bytes) -> list[bytes]:
     return parts
 
 
+def _boundary(content_type: str) -> bytes:
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            return value.strip().strip('"').encode("ascii")
+    raise RetrieveError(f"WADO-RS answer is not multipart (Content-Type {content_type!r})")
+
+
+def _iter_multipart(content_type: str, response: Any, chunk: int = 1 << 20) -> Any:
+    """Yield the bytes of each part of a streamed ``multipart/related`` answer."""
+    boundary = _boundary(content_type)
+    opening = b"--" + boundary
+    delimiter = b"\r\n--" + boundary
+    buf = bytearray()
+    started = False
+    for data in response.iter_content(chunk_size=chunk):
+        buf += data
+        while True:
+            if not started:
+                at = buf.find(opening)
+                if at < 0:
+                    break
+                del buf[: at + len(opening)]
+                started = True
+                continue
+            if buf[:2] == b"--":
+                return
+            at = buf.find(delimiter, 2)
+            if at < 0:
+                break
+            part = bytes(buf[:at])
+            del buf[: at + len(delimiter)]
+            _headers, _, content = part.partition(b"\r\n\r\n")
+            yield content
+    if started and buf.strip() not in (b"", b"--", b"--\r\n"):
+        raise RetrieveError("WADO-RS answer ended in the middle of a part (connection lost?)")
+
+
+def _sop_instance_uid(part: bytes) -> str:
+    import io as _io
+
+    ds = pydicom.dcmread(
+        _io.BytesIO(part), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+    )
+    return str(ds.SOPInstanceUID)
+
+
 def _get_checked(session: Any, url: str, headers: dict[str, str], timeout: Any) -> Any:
     response = session.get(url, headers=headers, timeout=timeout)
     response.raise_for_status()
@@ -300,9 +347,13 @@ class DicomWebClient:
         storage = DicomStorage(dest)
         series_list = [series] if isinstance(series, str) else list(series or [None])
         plan_rows: list[dict[str, Any]] = []
+        uid_keys = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
         for s in series_list:
-            df = self.search("IMAGE", study=study, series=s)
-            plan_rows.extend(df.to_dict("records"))
+            # UIDs only: other fields can make the server open every file (Orthanc does)
+            path = f"/studies/{study}/series/{s}/instances" if s else f"/studies/{study}/instances"
+            for item in self._qido(path, uid_keys, {}, limit=None, fuzzy=None):
+                ds = Dataset.from_json(item)
+                plan_rows.append({k: str(ds[k].value) if k in ds else None for k in uid_keys})
         if instances is not None:
             keep = set(instances)
             plan_rows = [r for r in plan_rows if r["SOPInstanceUID"] in keep]
@@ -329,40 +380,62 @@ class DicomWebClient:
                 todo.append(r)
         errors: list[str] = []
         if todo:
-            n = max(1, min(parallel or self.parallel, len(todo)))
-            groups = [todo[i::n] for i in range(n)]
+            # whole series missing: one streamed request per series; otherwise per instance
+            counts: dict[str, int] = {}
+            for r in plan:
+                counts[r["SeriesInstanceUID"]] = counts.get(r["SeriesInstanceUID"], 0) + 1
+            missing: dict[str, list[dict[str, Any]]] = {}
+            for r in todo:
+                missing.setdefault(r["SeriesInstanceUID"], []).append(r)
+            jobs: list[tuple[str, Any]] = []
+            for series_uid, rows in missing.items():
+                if len(rows) == counts[series_uid] and instances is None and len(rows) > 1:
+                    jobs.append(("series", rows))
+                else:
+                    jobs.extend(("instance", r) for r in rows)
+            n = max(1, min(parallel or self.parallel, len(jobs)))
+            queues = [jobs[i::n] for i in range(n)]
             bar = _progress_bar(
                 len(todo), progress if progress is not None else self.progress, "wado-rs"
             )
             lock = threading.Lock()
+            wanted = {r["SOPInstanceUID"]: r for r in todo}
 
-            def work(group: list[dict[str, Any]]) -> None:
+            def tick() -> None:
+                with lock:
+                    bar.update(1)
+
+            def work(queue: list[tuple[str, Any]]) -> None:
                 session = self._client()._session
                 try:
-                    for r in group:
+                    for kind, job in queue:
+                        if kind == "series":
+                            self._call(
+                                "WADO-RS", self._stream_series, session, job, storage, wanted, tick
+                            )
+                            continue
                         data = self._call(
                             "WADO-RS",
                             self._instance_bytes,
                             session,
-                            r["StudyInstanceUID"],
-                            r["SeriesInstanceUID"],
-                            r["SOPInstanceUID"],
+                            job["StudyInstanceUID"],
+                            job["SeriesInstanceUID"],
+                            job["SOPInstanceUID"],
                         )
                         storage.write(
-                            r["StudyInstanceUID"],
-                            r["SeriesInstanceUID"],
-                            r["SOPInstanceUID"],
+                            job["StudyInstanceUID"],
+                            job["SeriesInstanceUID"],
+                            job["SOPInstanceUID"],
                             data,
                         )
-                        with lock:
-                            bar.update(1)
+                        tick()
                 except Exception as exc:
                     with lock:
                         errors.append(str(exc))
                 finally:
                     self.close()
 
-            threads = [threading.Thread(target=work, args=(g,), daemon=True) for g in groups]
+            threads = [threading.Thread(target=work, args=(q,), daemon=True) for q in queues]
             try:
                 for t in threads:
                     t.start()
@@ -392,6 +465,34 @@ class DicomWebClient:
         return report
 
     get = retrieve
+
+    def _stream_series(
+        self,
+        session: Any,
+        rows: list[dict[str, Any]],
+        storage: DicomStorage,
+        wanted: dict[str, dict[str, Any]],
+        tick: Any,
+    ) -> None:
+        """GET a whole series as stored and write each part as it arrives."""
+        from urllib.parse import quote
+
+        study, series = rows[0]["StudyInstanceUID"], rows[0]["SeriesInstanceUID"]
+        url = f"{self.url}/studies/{quote(study, safe='')}/series/{quote(series, safe='')}"
+        with session.get(
+            url,
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+            timeout=self.timeout,
+            stream=True,
+        ) as response:
+            response.raise_for_status()
+            for part in _iter_multipart(response.headers.get("Content-Type", ""), response):
+                uid = _sop_instance_uid(part)
+                row = wanted.get(uid)
+                if row is None:  # not asked for (appeared since the search): keep it anyway
+                    row = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+                storage.write(row["StudyInstanceUID"], row["SeriesInstanceUID"], uid, part)
+                tick()
 
     def _instance_bytes(self, session: Any, study: str, series: str, sop: str) -> bytes:
         """GET one instance as stored and return its Part-10 bytes, untouched.

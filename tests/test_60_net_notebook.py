@@ -1,0 +1,50 @@
+"""notebooks/pacs.ipynb runs top to bottom against the Orthanc it starts, and stops it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(300)]
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "pacs.ipynb"
+
+
+def _orthancs() -> set[int]:
+    import psutil
+
+    return {
+        p.pid
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "Orthanc"
+        and any("dicomxr-OrthancServer" in part for part in p.info["cmdline"] or [])
+    }
+
+
+def test_pacs_notebook_executes_and_stops_its_server(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    before = _orthancs()
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    text = "\n".join(
+        out.get("text", "") + str(out.get("data", {}).get("text/plain", ""))
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
+    assert "240 requested: 240 received" in text
+    assert "240 already on disk" in text
+    assert "<xarray.DataArray 'image'" in text
+    assert any(
+        "image/png" in out.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
+    assert text.rstrip().endswith("stopped>")
+    assert _orthancs() <= before  # the notebook's server is gone
