@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import Any
 
 __all__ = ["RawHeader", "read_meta", "read_raw"]
 
@@ -144,16 +143,26 @@ class RawHeader:
         self.truncated_at: tuple[int, int] | None = None
 
 
+def _pread_fallback(fd: int, n: int, offset: int) -> bytes:
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, n)
+
+
+# positioned reads on a bare descriptor: no file object to build for every file scanned
+_pread = getattr(os, "pread", _pread_fallback)
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+
+
 class _Reader:
     """A growable window on a file: ``buf`` holds bytes ``[base, base + len(buf))``."""
 
-    __slots__ = ("base", "buf", "fp", "size")
+    __slots__ = ("base", "buf", "fd", "size")
 
-    def __init__(self, fp: Any, size: int) -> None:
-        self.fp = fp
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
         self.size = size
         self.base = 0
-        self.buf = fp.read(_CHUNK)
+        self.buf = _pread(fd, _CHUNK, 0)
 
     def need(self, pos: int, n: int) -> None:
         """Make ``[pos, pos + n)`` available in ``buf`` or decline (past end of file)."""
@@ -164,13 +173,11 @@ class _Reader:
             return
         if pos >= end or pos < self.base:
             # a jump over a long value: restart the window at pos
-            self.fp.seek(pos)
             self.base = pos
-            self.buf = self.fp.read(max(n, _CHUNK))
+            self.buf = _pread(self.fd, max(n, _CHUNK), pos)
         else:
-            self.fp.seek(end)
             # keep the part of the window from pos on, then grow it
-            more = self.fp.read(max(pos + n - end, _CHUNK))
+            more = _pread(self.fd, max(pos + n - end, _CHUNK), end)
             self.buf = self.buf[pos - self.base :] + more
             self.base = pos
         if pos + n > self.base + len(self.buf):
@@ -212,8 +219,11 @@ def read_raw(
     """
     out = RawHeader()
     try:
-        with open(path, "rb") as fp:
-            _read(fp, size, wanted, wanted_groups, presence, out, skip_directories)
+        fd = os.open(path, _OPEN_FLAGS)
+        try:
+            _read(fd, size, wanted, wanted_groups, presence, out, skip_directories)
+        finally:
+            os.close(fd)
     except (_Decline, struct.error, UnicodeDecodeError, IndexError):
         return None
     except _Truncated as exc:
@@ -242,18 +252,21 @@ def read_meta(path: str) -> dict[int, bytes] | None:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None  # never open a pipe: it would block
-        with open(path, "rb") as fp:
-            r = _Reader(fp, os.fstat(fp.fileno()).st_size)
+        fd = os.open(path, _OPEN_FLAGS)
+        try:
+            r = _Reader(fd, os.fstat(fd).st_size)
             if len(r.buf) < 132 or r.buf[128:132] != b"DICM":
                 return None
             _read_meta(r, 132, out)
+        finally:
+            os.close(fd)
     except (OSError, _Decline, _Truncated, struct.error):
         return None
     return out.meta
 
 
 def _read(
-    fp: Any,
+    fd: int,
     size: int,
     wanted: frozenset[int] | set[int],
     wanted_groups: dict[int, frozenset[int]],
@@ -261,7 +274,7 @@ def _read(
     out: RawHeader,
     skip_directories: bool,
 ) -> None:
-    r = _Reader(fp, size)
+    r = _Reader(fd, size)
     buf = r.buf
     if len(buf) >= 132 and buf[128:132] == b"DICM":
         pos = 132
