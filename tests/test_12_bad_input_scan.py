@@ -202,3 +202,24 @@ def test_file_names_that_are_not_utf8(tmp_path: Path, philips_ct: Path) -> None:
     assert os.path.isfile(path)
     (skipped_path,) = catalog.skipped(df)["path"]
     assert os.fsencode(skipped_path).endswith(b"notes\xfe.txt")
+
+
+def test_compressed_pixel_data_cut_short(tmp_path: Path, data_root: Path) -> None:
+    """Encapsulated pixel data: whole files pass, a file cut inside a fragment is flagged."""
+    whole = dicomxr.scan(data_root / "dcm_qa_ts" / "In")
+    compressed = whole[whole["TransferSyntaxUID"].str.startswith("1.2.840.10008.1.2.4")]
+    assert len(compressed) >= 5 and not compressed["pixel_data_truncated"].any()
+    row = compressed.iloc[0]
+    cut = tmp_path / "cut_in_fragment.dcm"
+    cut.write_bytes(Path(row["path"]).read_bytes()[: row["pixel_data_offset"] + 2000])
+    # the same bytes with trailing padding after a complete pixel data element
+    padded = tmp_path / "padded.dcm"
+    padded.write_bytes(
+        Path(row["path"]).read_bytes() + b"\xfc\xff\xfc\xffOB\x00\x00\x02\x00\x00\x00\x00\x00"
+    )
+    df = dicomxr.scan([cut, padded]).set_index("path")
+    assert df.loc[str(cut), "pixel_data_truncated"]
+    assert df.loc[str(cut), "pixel_data_offset"] == row["pixel_data_offset"]
+    assert not df.loc[str(padded), "pixel_data_truncated"]
+    for path, expected in ((cut, True), (padded, False)):
+        assert catalog.read_header_pydicom(path)["pixel_data_truncated"] is expected

@@ -20,7 +20,7 @@ import os
 import stat
 import struct
 
-__all__ = ["RawHeader", "read_meta", "read_raw"]
+__all__ = ["RawHeader", "encapsulated_complete", "read_meta", "read_raw"]
 
 _UNDEFINED = 0xFFFFFFFF
 _CHUNK = 16384
@@ -110,6 +110,9 @@ class RawHeader:
         Its value length (``0xFFFFFFFF`` when encapsulated), -1 when none.
     pixel_data_value_offset : int
         Offset of its value, -1 when none.
+    encapsulated_complete : bool
+        For encapsulated (compressed) pixel data: whether its fragments run to the
+        sequence delimiter within the file (False when the file is cut short).
     is_directory : bool
         The file is a DICOMDIR and ``skip_directories`` was asked for.
     truncated_at : tuple of int or None
@@ -119,6 +122,7 @@ class RawHeader:
 
     __slots__ = (
         "elements",
+        "encapsulated_complete",
         "implicit",
         "is_directory",
         "meta",
@@ -134,6 +138,7 @@ class RawHeader:
         self.transfer_syntax = ""
         self.implicit = False
         self.is_directory = False
+        self.encapsulated_complete = True
         self.meta: dict[int, bytes] = {}
         self.elements: dict[int, tuple[bytes | None, bytes]] = {}
         self.present: set[int] = set()
@@ -222,6 +227,10 @@ def read_raw(
         fd = os.open(path, _OPEN_FLAGS)
         try:
             _read(fd, size, wanted, wanted_groups, presence, out, skip_directories)
+            if out.pixel_data_offset >= 0 and out.pixel_data_length == _UNDEFINED:
+                out.encapsulated_complete = _encapsulated_complete(
+                    fd, out.pixel_data_value_offset, size
+                )
         finally:
             os.close(fd)
     except (_Decline, struct.error, UnicodeDecodeError, IndexError):
@@ -232,6 +241,47 @@ def read_raw(
         if out.truncated_at is None:
             out.truncated_at = (-1, exc.args[0])
     return out
+
+
+def encapsulated_complete(path: str, value_offset: int) -> bool:
+    """Tell whether encapsulated pixel data starting at ``value_offset`` is whole.
+
+    Parameters
+    ----------
+    path
+        The file.
+    value_offset
+        Offset of the Pixel Data *value* (its first item, the basic offset table).
+
+    Returns
+    -------
+    bool
+        True when the fragments run to the sequence delimiter inside the file.
+    """
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        return _encapsulated_complete(fd, value_offset, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _encapsulated_complete(fd: int, pos: int, size: int) -> bool:
+    # the usual case in one read: the file ends with the sequence delimiter
+    if size >= pos + 8 and _pread(fd, 8, size - 8) == b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
+        return True
+    # otherwise (trailing elements or padding, or a cut): follow the fragment items
+    while pos + 8 <= size:
+        head = _pread(fd, 8, pos)
+        if len(head) < 8:
+            return False
+        group, elem, length = _unpack_hhi(head, 0)
+        tag = (group << 16) | elem
+        if tag == _SEQ_END:
+            return True
+        if tag != _ITEM or length == _UNDEFINED:
+            return False
+        pos += 8 + length
+    return False
 
 
 def read_meta(path: str) -> dict[int, bytes] | None:

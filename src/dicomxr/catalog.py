@@ -537,7 +537,7 @@ def _deflated_has_pixels(path: str) -> bool:
 
 
 def _pixel_value_truncated(fp: Any, offset: int, ds: Any) -> bool:
-    """Tell whether the Pixel Data value (defined length) runs past the end of the file."""
+    """Tell whether the Pixel Data value runs past the end of the file (or its fragments do)."""
     fp.seek(0, os.SEEK_END)
     size = fp.tell()
     fp.seek(offset)
@@ -557,7 +557,9 @@ def _pixel_value_truncated(fp: Any, offset: int, ds: Any) -> bool:
         (length,) = struct.unpack(end + "I", head[8:12])
         start = offset + 12
     if length == 0xFFFFFFFF:
-        return False  # encapsulated: fragment integrity is the pixel reader's business
+        from dicomxr._header import encapsulated_complete
+
+        return not encapsulated_complete(os.fspath(fp.name), start)
     return start + length > size
 
 
@@ -916,11 +918,11 @@ def read_header_fast(
     has_pixels = raw.pixel_data_offset >= 0
     row["pixel_data_offset"] = raw.pixel_data_offset
     row["has_pixels"] = has_pixels
-    row["pixel_data_truncated"] = bool(
-        has_pixels
-        and raw.pixel_data_length != 0xFFFFFFFF
-        and raw.pixel_data_value_offset + raw.pixel_data_length > size
-    )
+    if raw.pixel_data_length == 0xFFFFFFFF:
+        truncated = not raw.encapsulated_complete
+    else:
+        truncated = raw.pixel_data_value_offset + raw.pixel_data_length > size
+    row["pixel_data_truncated"] = bool(has_pixels and truncated)
     row["is_enhanced"] = _PERFRAME_TAG in raw.present
     return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
 
