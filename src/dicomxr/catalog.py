@@ -1162,6 +1162,17 @@ def scan(
     FileNotFoundError
         When ``source`` is a path that does not exist or a pattern that matches nothing.
 
+    Notes
+    -----
+    ``DiffusionBValue`` and ``DiffusionGradientOrientation`` come from the standard
+    tags (0018,9087) and (0018,9089) when present, else from the vendor's private tags
+    (Siemens (0019,100C)/(0019,100E), GE (0043,1039) first value/(0019,10BB-BD),
+    Philips (2001,1003)/(2005,10B0-B2)), each found through its private creator.
+    ``NumberOfImagesInMosaic`` is Siemens' (0019,100A); when a MOSAIC lacks it, it is
+    read from the CSA image header with :mod:`nibabel.nicom` (``dicomxr[nifti]``).
+    ``pixel_data_truncated`` is True when the pixel data (or, compressed, its fragments)
+    runs past the end of the file: the header is sound, the pixels cannot all be read.
+
     Examples
     --------
     >>> import dicomxr
