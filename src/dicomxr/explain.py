@@ -42,14 +42,14 @@ if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
     from matplotlib.figure import Figure
 
-__all__ = [
-    "compare_orders",
-    "frame_order",
-    "plot_orientation",
-    "plot_slice_positions",
-    "reformat",
-    "slice_normal",
+__all__ = [  # reading order, which the API page follows
     "slice_positions",
+    "plot_slice_positions",
+    "plot_orientation",
+    "frame_order",
+    "reformat",
+    "compare_orders",
+    "slice_normal",
 ]
 
 logger = logging.getLogger(__name__)
