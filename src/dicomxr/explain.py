@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
     from matplotlib.figure import Figure
 
-__all__ = [  # reading order, which the API page follows
+__all__ = [  # noqa: RUF022 - reading order, which the API page follows
     "slice_positions",
     "plot_slice_positions",
     "plot_orientation",
