@@ -160,8 +160,8 @@ class SeriesPlan:
     label
         Human name: SeriesNumber, SeriesDescription, SOP class (and why it was split).
     frames
-        One row per frame of this plan (:func:`dicomxr.frames.expand` columns), in grid
-        order.
+        One row per frame of this plan (:func:`dicomxr.frames.expand` columns); ``grid``
+        holds row positions into it (not necessarily in grid order).
     dims
         Names of the frame-grid dims, always ending with ``"slice"``.
     grid
@@ -400,6 +400,14 @@ class _Columns:
 
     def has(self, name: str) -> bool:
         return name in self._loc
+
+    def is_numeric(self, name: str) -> bool:
+        dtype = getattr(self._array(name), "dtype", None)
+        return dtype is not None and pd.api.types.is_numeric_dtype(dtype)
+
+    def is_integer(self, name: str) -> bool:
+        dtype = getattr(self._array(name), "dtype", None)
+        return dtype is not None and pd.api.types.is_integer_dtype(dtype)
 
     def flag(self, name: str) -> np.ndarray:
         values = self._array(name)
@@ -1163,12 +1171,18 @@ def _plan_group(
     else:
         affine = np.eye(4)
 
-    frames = cols.df.take(plan_rows)
-    frames.index = pd.RangeIndex(len(frames))
     frame_shape = _frame_shape(cols, rows[0])
     dim_names = (*(d.kind for d in dims), "slice")
     coords = _coords(cols, plan_rows, grid, dims, dim_names, slice_d)
     attrs, patient = _attrs(cols, plan_rows, coords)
+    if len(plan_rows) == cols.n:
+        # the plan uses every frame: share the table (a cheap copy-on-write view) and let
+        # the grid index it in its own row order
+        frames = cols.df.copy(deep=False)
+        grid = np.where(grid >= 0, plan_rows[np.maximum(grid, 0)], -1)
+    else:
+        frames = cols.df.take(plan_rows)
+        frames.index = pd.RangeIndex(len(frames))
     attrs["affine"] = affine.tolist()
     attrs["geometry"] = report.to_dict()
     attrs["units"] = _units(attrs)
@@ -1505,6 +1519,11 @@ def _coords(
             columns[name] = np.array([_first_number(v) for v in raw], dtype=np.float64)
         elif name in ("frame", "tile"):
             columns[name] = cols.num(name)[plan_rows]
+        elif cols.is_numeric(name):
+            values = cols.num(name)[plan_rows]
+            if cols.is_integer(name) and not np.isnan(values).any():
+                values = values.astype(np.int64)
+            columns[name] = values
         else:
             columns[name] = _numeric_or_object(cols.obj(name)[plan_rows])
     if cols.has("DiffusionGradientOrientation"):
