@@ -100,19 +100,24 @@ def test_frames_follow_the_grid(philips_ct: Path, scanned) -> None:
 def test_speed_of_plan_series(philips_ct: Path, scanned) -> None:
     cat = scanned(str(philips_ct))
     plan_series(cat)  # warm up imports
-    n = 5
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fr = frames.expand(cat)
-    t1 = time.perf_counter()
-    for _ in range(n):
-        plan_series(fr)
-    t2 = time.perf_counter()
-    expand_s, plan_s = (t1 - t0) / n, (t2 - t1) / n
-    print(f"140-slice CT: frames.expand {expand_s * 1e3:.1f} ms, plan_series {plan_s * 1e3:.1f} ms")
-    # budget for the whole lazy open is 35 ms; planning must stay a small part of it
+
+    def best(fn, n: int = 7) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    expand_s = best(lambda: frames.expand(cat))
+    fr = frames.expand(cat)
+    plan_s = best(lambda: plan_series(fr))
+    print(
+        f"140-slice CT (best of 7): frames.expand {expand_s * 1e3:.1f} ms, plan_series {plan_s * 1e3:.1f} ms"
+    )
+    # the whole lazy open has a 35 ms budget; planning must stay a small part of it
     # (generous bound: the shared test machine is noisy)
-    assert expand_s + plan_s < 0.1
+    assert expand_s + plan_s < 0.06
 
 
 # ---------------------------------------------------------------------------------------
