@@ -142,6 +142,20 @@ def _wait_for_text(page, selector: str, pattern: str, timeout: float = 30.0) -> 
         time.sleep(0.1)
 
 
+def _src(page, selector: str) -> str:
+    return page.locator(selector).evaluate("e => e.src")
+
+
+def _wait_new_picture(page, selector: str, old_src: str) -> None:
+    """Wait until the plane shows a new picture (a new blob URL), fully decoded."""
+    page.wait_for_function(
+        "([sel, old]) => { const e = document.querySelector(sel);"
+        " return e.src !== old && e.complete && e.naturalWidth > 0; }",
+        arg=[selector, old_src],
+        timeout=30_000,
+    )
+
+
 def _state(page) -> dict:
     """Slice, file path and window as the page shows them (slice info + metadata panel)."""
     info = page.locator(".dicomxr-slice-info").inner_text()
@@ -181,13 +195,14 @@ def test_viewer_in_voila_moves_slice_and_window(voila_page: str, artifacts_dir: 
             )
 
             # slice slider: focus its handle and step with the keyboard, like a person
+            src0 = _src(page, plane)
             handle = page.locator(".dicomxr-slider-slice .noUi-handle")
             handle.focus()
             for _ in range(5):
                 page.keyboard.press("ArrowRight")
             target = before["slice"] + 5
             _wait_for_text(page, ".dicomxr-slice-info", rf"slice {target + 1}/")
-            page.wait_for_timeout(300)  # let the new picture decode
+            _wait_new_picture(page, plane, src0)
             after = _state(page)
             assert after["slice"] == target and after["path"] != before["path"]
             shot1 = _plane_png(page, plane)
@@ -200,6 +215,7 @@ def test_viewer_in_voila_moves_slice_and_window(voila_page: str, artifacts_dir: 
 
             # window: type a level in the level slider's readout (twice the current one)
             level = round(after["level"] + after["width"] / 2, 1)
+            src1 = _src(page, plane)
             readout = page.locator(
                 ".dicomxr-viewer .widget-slider:has-text('level') .widget-readout"
             ).first
@@ -207,8 +223,10 @@ def test_viewer_in_voila_moves_slice_and_window(voila_page: str, artifacts_dir: 
             page.keyboard.press("Control+A")
             page.keyboard.type(str(level))
             page.keyboard.press("Enter")
-            _wait_for_text(page, ".dicomxr-metadata", r"\(custom\)")
-            page.wait_for_timeout(300)
+            _wait_for_text(
+                page, ".dicomxr-metadata", rf"level / width\)\s+{re.escape(f'{level:g}')} /"
+            )
+            _wait_new_picture(page, plane, src1)
             windowed = _state(page)
             assert windowed["level"] == pytest.approx(level, rel=1e-3)
             shot2 = _plane_png(page, plane)

@@ -203,18 +203,23 @@ class Viewer(widgets.VBox):
             layout={"width": "230px"},
         )
         lo, hi = self._value_span()
+        # a round step with the range on its grid: the browser's slider snaps values to the
+        # grid, and a preset such as 40/80 HU must not turn into 39.7 when it is touched
+        step = 10.0 ** np.floor(np.log10(max(hi - lo, 1e-9) / 500.0))
+        lo, hi = np.floor(lo / step) * step, np.ceil(hi / step) * step
+        self._step = float(step)
         self._level_w = widgets.FloatSlider(
-            min=lo,
-            max=hi,
-            step=(hi - lo) / 1000 or 1,
+            min=float(lo),
+            max=float(hi),
+            step=self._step,
             description="level",
             readout_format=".4g",
             continuous_update=True,
         )
         self._width_w = widgets.FloatSlider(
-            min=max((hi - lo) / 1000, 1e-6),
-            max=2 * (hi - lo),
-            step=(hi - lo) / 1000 or 1,
+            min=self._step,
+            max=float(2 * (hi - lo)),
+            step=self._step,
             description="width",
             readout_format=".4g",
             continuous_update=True,
@@ -711,9 +716,9 @@ class Viewer(widgets.VBox):
                 self._preset_w.value = self.preset
             for w, v in ((self._level_w, self.level), (self._width_w, self.window)):
                 if v < w.min:
-                    w.min = v
+                    w.min = float(np.floor(v / self._step) * self._step)
                 if v > w.max:
-                    w.max = v
+                    w.max = float(np.ceil(v / self._step) * self._step)
                 if w.value != v:
                     w.value = v
             if self.colormap in self._cmap_w.options and self._cmap_w.value != self.colormap:
