@@ -78,6 +78,7 @@ def test_enhanced_frames_match_functional_groups(enh_frames: pd.DataFrame, data_
     assert sorted(rows["InstanceNumber"]) == list(range(1, 241))
     assert rows["LabelType"].value_counts().to_dict() == {"CONTROL": 120, "LABEL": 120}
     assert set(rows["ComplexImageComponent"]) == {"MAGNITUDE"}
+    assert set(rows["FrameLaterality"]) == {"U"}  # FrameAnatomySequence, shared group
 
 
 def test_enhanced_equals_classic_export(enh_frames: pd.DataFrame, data_root: Path, scanned) -> None:

@@ -24,7 +24,7 @@ Columns added to the catalog's
 ``DimensionIndexValues``, ``FrameAcquisitionDateTime``, ``FrameType``,
 ``ComplexImageComponent`` (``MAGNITUDE``/``PHASE``/``REAL``/``IMAGINARY``, from the frame type
 or, for classic files, from ImageType), ``LabelType`` (Philips ASL ``CONTROL``/``LABEL``),
-``DiffusionDirectionality``.
+``DiffusionDirectionality``, ``FrameLaterality`` (frame anatomy).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "ComplexImageComponent",
     "LabelType",
     "DiffusionDirectionality",
+    "FrameLaterality",
 )
 
 _INT_FRAME_COLUMNS = ("frame", "tile", "tile_rows", "tile_cols", "mosaic_rows", "mosaic_cols")
@@ -403,6 +404,9 @@ def _enhanced_frames(path: str, n_expected: int) -> dict[str, list[Any]]:
         if item is not None:
             setv("WindowCenter", k, _floats(item.get("WindowCenter")))
             setv("WindowWidth", k, _floats(item.get("WindowWidth")))
+        item = grp("FrameAnatomySequence")
+        if item is not None and item.get("FrameLaterality") is not None:
+            setv("FrameLaterality", k, _text(item.FrameLaterality))
         item = grp("MREchoSequence")
         if item is not None and item.get("EffectiveEchoTime") is not None:
             setv("EchoTime", k, _float(item.EffectiveEchoTime))
