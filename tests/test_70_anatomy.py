@@ -75,6 +75,12 @@ def _check_tiling(a) -> None:
         assert pos == total, f"{stream}: walk ends at {pos}, stream has {total} bytes"
 
 
+# (VR, value bytes) pairs whose decoded value already agreed with pydicom's in some file:
+# the same bytes decode the same way, so later files compare bytes only (series repeat most
+# of their values from file to file)
+_VERIFIED: set[tuple[str, bool, bytes]] = set()
+
+
 def _pydicom_elements(ds, stream: str, out: list, base: int = 0, convert: bool = True) -> None:
     """Flatten pydicom's reading: (stream, value offset, tag, raw, converted element or None).
 
@@ -87,7 +93,11 @@ def _pydicom_elements(ds, stream: str, out: list, base: int = 0, convert: bool =
     for tag in list(ds._dict):
         raw = ds._dict[tag]
         is_raw = isinstance(raw, RawDataElement)
-        need = convert or not is_raw or raw.VR in (None, "SQ", "UN")
+        need = (
+            not is_raw
+            or raw.VR in (None, "SQ", "UN")
+            or (convert and (raw.VR, raw.is_little_endian, raw.value) not in _VERIFIED)
+        )
         elem = ds[tag] if need else None  # converted: VR resolved, value decoded
         if is_raw:
             tell = base + raw.value_tell
@@ -200,6 +210,9 @@ def test_walk_tiles_and_agrees_with_pydicom(key: str, path: Path) -> None:
             assert _same(node.value, _norm(elem.value)), (
                 f"{node.tag_str} {node.vr}: walk {node.value!r} != pydicom {elem.value!r}"
             )
+            if len(data) <= 256 and data.isascii() and b"\x1b" not in data:
+                # ASCII without escapes decodes alike in every character set
+                _VERIFIED.add((raw.VR, raw.is_little_endian, data))
     if theirs and not a.breaks:
         assert compared > 0
     # and the other way round: every element of the walk is one pydicom read, but for
