@@ -248,3 +248,28 @@ def test_import_is_light() -> None:
     code = "import sys, dicomxr.explain; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_slice_order_notebook_fails_loudly_without_corpora(
+    tmp_path: Path, monkeypatch, data_root: Path
+) -> None:
+    """The tutorial's data lookup raises (never skips) when the corpora are missing.
+
+    Only the lookup cell is run here: the notebook itself is executed once, by the docs build.
+    """
+    import nbformat
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "slice_order.ipynb"
+    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    (lookup,) = [src for src in cells if "def find_corpora" in src]
+    definition = lookup.split("\ncorpora = ")[0]
+    namespace = {"os": __import__("os"), "Path": Path}
+    exec(definition, namespace)
+    monkeypatch.setenv("DICOMXR_TEST_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="DICOMXR_TEST_DATA"):
+        namespace["find_corpora"]()
+
+    # and finds the real corpora through the variable
+    monkeypatch.setenv("DICOMXR_TEST_DATA", str(data_root))
+    assert namespace["find_corpora"]() == data_root
