@@ -483,10 +483,15 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
         # pydicom converts values lazily and warns about invalid ones: the catalog
         # turns an unparseable value into a missing one instead
         warnings.simplefilter("ignore")
-        for tag, (keyword, kind) in _TAGS.items():
-            elem = ds.get(tag)
-            row[keyword] = None if elem is None else _pydicom_value(elem, kind)
-        private = _pydicom_private(ds)
+        try:
+            for tag, (keyword, kind) in _TAGS.items():
+                elem = ds.get(tag)
+                row[keyword] = None if elem is None else _pydicom_value(elem, kind)
+            private = _pydicom_private(ds)
+        except Exception as exc:
+            # an element pydicom cannot decode at all (a VR that is no VR, a value of
+            # the wrong size): the header is damaged where the catalog needs it
+            raise _Skip(f"damaged header ({type(exc).__name__}: {exc})") from None
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is None:
         ts = _guess_ts(ds)
