@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -966,9 +966,10 @@ class Anatomy:
     def to_dataframe(self) -> pd.DataFrame:
         """One row per part (elements, items, delimiters, fragments, preamble, ...).
 
-        Columns: ``index, kind, stream, offset, end, header_length, length, depth, path, tag,
-        keyword, name, VR, vr_source, length_size, reserved_size, value_length,
-        undefined_length, value, note, error``.
+        Columns: ``index`` (the index), ``kind, stream, offset, end, header_length,
+        value_offset, length, depth, path, tag, keyword, name, VR, vr_source, length_size,
+        reserved_size, value_length, undefined_length, value, note, error``; ``value`` is the
+        short text of the value, ``value_length`` the length field (``0xFFFFFFFF``: undefined).
         """
         import pandas as pd
 
@@ -982,6 +983,7 @@ class Anatomy:
                     "offset": n.offset,
                     "end": n.end,
                     "header_length": n.header_length,
+                    "value_offset": n.value_offset,
                     "length": n.length,
                     "depth": n.depth,
                     "path": n.path,
@@ -1074,7 +1076,7 @@ def _open_buffer(path: Path) -> tuple[Any, Any]:
 
 
 def anatomy(
-    path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO,
     *,
     transfer_syntax: str | None = None,
     decode_limit: int = DECODE_LIMIT,
@@ -1084,7 +1086,7 @@ def anatomy(
     Parameters
     ----------
     path_or_bytes
-        A file path, or the file's bytes.
+        A file path, the file's bytes, or an open binary file (read to its end).
     transfer_syntax
         Only for a bare dataset (no preamble, no meta): the transfer syntax UID to read it
         with, instead of guessing it from its first bytes.
@@ -1107,6 +1109,8 @@ def anatomy(
     start = time.perf_counter()
     result = Anatomy()
     fh = None
+    if hasattr(path_or_bytes, "read"):  # an open binary file or a BytesIO
+        path_or_bytes = path_or_bytes.read()
     if isinstance(path_or_bytes, bytes | bytearray | memoryview):
         buf: Any = bytes(path_or_bytes)
         result._bytes = buf
