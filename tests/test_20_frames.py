@@ -216,3 +216,16 @@ def test_component_from_image_type() -> None:
     assert frames.component_from_image_type(("DERIVED", "SECONDARY", "REAL")) == "REAL"
     assert frames.component_from_image_type(("ORIGINAL", "PRIMARY", "AXIAL")) is None
     assert frames.component_from_image_type(None) is None
+
+
+def test_rt_dose_frames_positioned_by_grid_frame_offsets(scanned) -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("rtdose.dcm")
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    out = frames.expand(scanned(str(path)))
+    assert len(out) == int(ds.NumberOfFrames)
+    origin = np.array([float(v) for v in ds.ImagePositionPatient])
+    for k, offset in enumerate(ds.GridFrameOffsetVector):
+        # axial dose grid: the offsets run along +z from the first frame
+        assert out["ImagePositionPatient"].iloc[k] == pytest.approx(origin + [0, 0, float(offset)])

@@ -246,6 +246,14 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
         for col, vals in per_frame.items():
             put(col, rows, vals)
 
+    # classic multi-frame files (RT Dose, some NM/US): frame positions from the Grid Frame
+    # Offset Vector when the file has one
+    for i in np.flatnonzero(~enhanced & ~mosaic & (counts > 1)):
+        rows = slice(int(starts[i]), int(starts[i] + counts[i]))
+        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]))
+        if positions is not None:
+            put("ImagePositionPatient", rows, positions)
+
     for i in np.flatnonzero(mosaic):
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
         row = catalog.iloc[i]
@@ -465,6 +473,40 @@ _MISSING = _Missing()
 
 def _is_seq(value: Any) -> bool:
     return hasattr(value, "__len__") and not isinstance(value, (str, bytes))
+
+
+def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ...]] | None:
+    """Per-frame positions of a classic multi-frame file from its GridFrameOffsetVector.
+
+    Offsets run along the slice normal from ImagePositionPatient (PS3.3 C.8.8.3.2; in the
+    retired form whose first value is not 0 they are z coordinates, hence relative to the
+    first). ``None`` when the file has no usable vector.
+    """
+    ipp, iop = row.get("ImagePositionPatient"), row.get("ImageOrientationPatient")
+    if ipp is None or iop is None or isinstance(ipp, float) or isinstance(iop, float):
+        return None
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(row["path"]), stop_before_pixels=True, specific_tags=[0x3004000C])
+        offsets = ds.get("GridFrameOffsetVector")
+        if offsets is None:
+            return None
+        off = np.asarray([float(v) for v in offsets], dtype=np.float64)
+    except Exception as exc:  # no vector, or unreadable: frames keep the file's position
+        logger.debug("no GridFrameOffsetVector in %s: %s", row["path"], exc)
+        return None
+    if len(off) != n_frames:
+        logger.warning(
+            "%s: GridFrameOffsetVector has %d values for %d frames; frame positions not set",
+            row["path"],
+            len(off),
+            n_frames,
+        )
+        return None
+    normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+    origin = np.asarray(ipp, dtype=np.float64)
+    return [tuple(float(v) for v in origin + (o - off[0]) * normal) for o in off]
 
 
 # ---------------------------------------------------------------------------------------
