@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,22 +12,20 @@ pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(300)]
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "pacs.ipynb"
 
 
-def _orthancs() -> set[int]:
-    import psutil
+def _listening(port: int) -> bool:
+    import socket
 
-    return {
-        p.pid
-        for p in psutil.process_iter(["name", "cmdline"])
-        if p.info["name"] == "Orthanc"
-        and any("dicomxr-OrthancServer" in part for part in p.info["cmdline"] or [])
-    }
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def test_pacs_notebook_executes_and_stops_its_server(tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
-    before = _orthancs()
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
@@ -47,4 +46,6 @@ def test_pacs_notebook_executes_and_stops_its_server(tmp_path):
         for out in cell.get("outputs", [])
     )
     assert text.rstrip().endswith("stopped>")
-    assert _orthancs() <= before  # the notebook's server is gone
+    match = re.search(r"<OrthancServer ORTHANC@127\.0\.0\.1:(\d+) running>", text)
+    assert match, "the first cell shows the server it started"
+    assert not _listening(int(match.group(1)))  # the notebook's server is gone
