@@ -251,6 +251,12 @@ def test_coronal_has_head_up_and_crosshair_links_the_planes():
         },
     )
     assert (v.position["slice"], v.position["row"]) == (0, 20)
+    # the mouse wheel over a plane steps through its own stack, within bounds
+    v._on_dom_event("slice", {"type": "wheel", "deltaY": 100})
+    assert v.position["slice"] == 1
+    v._on_dom_event("slice", {"type": "wheel", "deltaY": -3})
+    v._on_dom_event("slice", {"type": "wheel", "deltaY": -3})
+    assert v.position["slice"] == 0
 
 
 def test_extra_dim_sliders_are_labelled_with_their_values():

@@ -254,5 +254,11 @@ def test_viewer_in_voila_moves_slice_and_window(voila_page: str, artifacts_dir: 
             )
             lines = page.locator(".dicomxr-layer-row line").count()
             assert lines == 2  # the crosshair on the coronal plane
+
+            # the mouse wheel over the axial plane steps to the next slice
+            s_now = _state(page)["slice"]
+            layer.hover(position={"x": w / 2, "y": h / 2})
+            page.mouse.wheel(0, 120)
+            _wait_for_text(page, ".dicomxr-slice-info", rf"slice {s_now + 2}/")
         finally:
             browser.close()

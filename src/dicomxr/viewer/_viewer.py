@@ -327,9 +327,36 @@ class Viewer(widgets.VBox):
                 "(pip install 'dicomxr[viewer]'); the sliders still do"
             )
             return
-        ev = Event(source=layer, watched_events=["click"], prevent_default_action=True)
-        ev.on_dom_event(lambda event, d=dim: self._on_click_event(d, event))
+        # click: move the other planes there; wheel: step through this plane's stack (the
+        # page does not scroll while the pointer is over a plane)
+        ev = Event(
+            source=layer,
+            watched_events=["click", "wheel"],
+            prevent_default_action=True,
+            throttle_or_debounce="throttle",
+            wait=40,  # at most one wheel step every 40 ms reaches the kernel
+        )
+        ev.on_dom_event(lambda event, d=dim: self._on_dom_event(d, event))
         self._events.append(ev)
+
+    def _on_dom_event(self, dim: str, event: Mapping[str, Any]) -> None:
+        if event.get("type") == "wheel":
+            self._on_wheel_event(dim, event)
+        else:
+            self._on_click_event(dim, event)
+
+    def _on_wheel_event(self, dim: str, event: Mapping[str, Any]) -> None:
+        """Step the plane's own index by one per wheel notch (down = next)."""
+        try:
+            delta = float(event.get("deltaY") or 0.0)
+        except (TypeError, ValueError):
+            return
+        if delta == 0:
+            return
+        n = self.volume.sizes[dim]
+        new = min(max(int(self.position[dim]) + (1 if delta > 0 else -1), 0), n - 1)
+        if new != self.position[dim]:
+            self.position = {**self.position, dim: new}
 
     def _on_click_event(self, dim: str, event: Mapping[str, Any]) -> None:
         """Map a browser click (pixels from the layer's top left) to a pixel of the plane."""
