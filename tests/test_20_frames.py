@@ -228,4 +228,6 @@ def test_rt_dose_frames_positioned_by_grid_frame_offsets(scanned) -> None:
     origin = np.array([float(v) for v in ds.ImagePositionPatient])
     for k, offset in enumerate(ds.GridFrameOffsetVector):
         # axial dose grid: the offsets run along +z from the first frame
-        assert out["ImagePositionPatient"].iloc[k] == pytest.approx(origin + [0, 0, float(offset)])
+        assert out["ImagePositionPatient"].iloc[k] == pytest.approx(
+            origin + np.array([0.0, 0.0, float(offset)])
+        )
