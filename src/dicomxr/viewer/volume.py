@@ -177,16 +177,26 @@ class Volume:
                 out[s] = hit
         if missing:
             import dask
+            import dask.local
+            import dask.threaded
 
+            # The viewer reads in the kernel's own process, where the files were scanned:
+            # the schedulers are passed as functions, so that dask neither looks for a
+            # distributed client (importing distributed costs a second on first use) nor ships
+            # frames to a cluster and back.
             data = self.da.data
             if len(missing) == 1:
                 # one chunk: the synchronous scheduler saves the thread pool's start-up
                 # (tens of ms a step on a busy 2-core machine)
-                (block,) = dask.compute(data[(*extra_idx, missing[0])], scheduler="sync")
+                (block,) = dask.compute(
+                    data[(*extra_idx, missing[0])], scheduler=dask.local.get_sync
+                )
                 computed = [block]
             else:
-                # one graph for the whole set: dask reads the chunks in parallel
-                (block,) = dask.compute(data[(*extra_idx, np.asarray(missing))])
+                # one graph for the whole set: threads read the chunks in parallel
+                (block,) = dask.compute(
+                    data[(*extra_idx, np.asarray(missing))], scheduler=dask.threaded.get
+                )
                 computed = list(block)
             self.reads += len(missing)
             logger.debug("read %d frame(s) at %s", len(missing), extra_idx)
