@@ -164,3 +164,28 @@ def test_tilted_ge_ct_is_not_called_axial(ge_tilt_ct):
     assert v.view == "slice" and v.planes["slice"].name == "slice"
     assert "18.5° off axis" in v._captions["slice"].value
     assert (v.planes["row"].name, v.planes["col"].name) == ("coronal", "sagittal")
+
+
+def test_browser_switches_studies_and_opens_the_chosen_series(data_root, reads):
+    import warnings
+
+    catalog = dicomxr.scan(data_root / "dcm_qa_ct" / "In")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # irregular stacks in these studies are reported
+        b = dicomxr.browse(catalog)
+        studies = [uid for _, uid in b._study_w.options]
+        assert sorted(studies) == sorted(catalog["StudyInstanceUID"].dropna().astype(str).unique())
+        assert reads == []  # listing reads headers only
+        for uid in studies:
+            b._study_w.value = uid  # what a person clicking the study list does
+            assert b.study == uid
+            keys = [key for _, key in b._series_w.options]
+            assert keys and b.series == keys[0]
+            for key in keys:
+                uids = set(b.plans[key].frames["StudyInstanceUID"].astype(str))
+                assert uids == {uid}  # only this study's series are offered
+        b._series_w.value = keys[-1]
+        b._open_w.click()
+    assert b.viewer is not None and b._slot.children == (b.viewer,)
+    assert b.viewer.attrs["series_key"] == keys[-1]
+    assert len(reads) == 1  # the frame on screen
