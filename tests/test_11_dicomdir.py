@@ -11,6 +11,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -148,3 +149,31 @@ def test_unreadable_dicomdir_is_reported(tmp_path: Path) -> None:
     assert (report["path"] == str(broken)).sum() == 1
     # whatever records survived before the cut are still followed
     assert len(df) + len(report) >= 1
+
+
+def test_mutated_dicomdirs_never_crash_a_scan(tmp_path: Path) -> None:
+    """Seeded fuzzing of pydicom's DICOMDIR: damaged records are reported, never raised."""
+    source = Path(get_testdata_file("DICOMDIR")).parent
+    root = tmp_path / "fs"
+    shutil.copytree(source, root)
+    original = (root / "DICOMDIR").read_bytes()
+    rng = np.random.default_rng(7)
+    outcomes = set()
+    for _ in range(120):
+        data = bytearray(original)
+        for _ in range(int(rng.integers(1, 6))):
+            pos = int(rng.integers(132, len(data)))
+            kind = rng.random()
+            if kind < 0.6:
+                data[pos] = int(rng.integers(0, 256))
+            elif kind < 0.8:
+                data[pos : pos + 4] = rng.bytes(4)
+            else:
+                del data[pos:]
+        (root / "DICOMDIR").write_bytes(bytes(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            df = dicomxr.scan(root / "DICOMDIR", progress=False)
+        assert set(df["path"]) <= {str(p) for p in root.rglob("*") if p.is_file()}
+        outcomes.add((len(df) > 0, not catalog.skipped(df).empty))
+    assert (True, True) in outcomes or (False, True) in outcomes  # damage was reported

@@ -488,17 +488,17 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
                 elem = ds.get(tag)
                 row[keyword] = None if elem is None else _pydicom_value(elem, kind)
             private = _pydicom_private(ds)
+            ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+            if ts is None:
+                ts = _guess_ts(ds)
+            row["TransferSyntaxUID"] = str(ts) if ts else None
+            if row["SOPClassUID"] is None and hasattr(ds, "file_meta"):
+                msc = ds.file_meta.get("MediaStorageSOPClassUID")
+                row["SOPClassUID"] = str(msc) if msc else None
         except Exception as exc:
             # an element pydicom cannot decode at all (a VR that is no VR, a value of
             # the wrong size): the header is damaged where the catalog needs it
             raise _Skip(f"damaged header ({type(exc).__name__}: {exc})") from None
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if ts is None:
-        ts = _guess_ts(ds)
-    row["TransferSyntaxUID"] = str(ts) if ts else None
-    if row["SOPClassUID"] is None and hasattr(ds, "file_meta"):
-        msc = ds.file_meta.get("MediaStorageSOPClassUID")
-        row["SOPClassUID"] = str(msc) if msc else None
     if row["SOPClassUID"] == _MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise _Skip(
             "DICOMDIR file (a directory of a file-set, not an instance; "

@@ -30,7 +30,7 @@ def _file_id_to_path(root: str, file_id: Any) -> str:
     parts = [str(p).strip() for p in parts if str(p).strip()]
     for p in parts:
         # components are CS values (A-Z, 0-9, _); refuse anything that would escape the root
-        if p in (".", "..") or "/" in p or "\\" in p or os.sep in p:
+        if p in (".", "..") or "/" in p or "\\" in p or os.sep in p or "\x00" in p:
             raise ValueError(f"invalid ReferencedFileID component {p!r}")
     return os.path.join(root, *parts)
 
@@ -127,17 +127,31 @@ def referenced_files(
                 {"path": directory_file, "reason": "directory file without DirectoryRecordSequence"}
             )
             return
-        for record in records:
-            file_id = record.get("ReferencedFileID")
+        for index, record in enumerate(records):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    # pydicom decodes lazily: a damaged record fails here, not at read time
+                    file_id = record.get("ReferencedFileID")
+                    rtype = str(record.get("DirectoryRecordType", "")).strip()
+                    sop_in_file = record.get("ReferencedSOPClassUIDInFile")
+            except Exception as exc:
+                dangling.append(
+                    {
+                        "path": directory_file,
+                        "reason": f"damaged directory record #{index} "
+                        f"({type(exc).__name__}: {exc})",
+                    }
+                )
+                continue
             if file_id is None or file_id == "":
                 continue
             try:
                 target = _file_id_to_path(root_dir, file_id)
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 dangling.append({"path": directory_file, "reason": str(exc)})
                 continue
             real = _resolve_case(target)
-            rtype = str(record.get("DirectoryRecordType", "")).strip()
             if real is None:
                 dangling.append(
                     {
@@ -152,7 +166,7 @@ def referenced_files(
                     {"path": real, "reason": f"DICOMDIR reference to a folder ({rtype} record)"}
                 )
                 continue
-            if _refers_to_directory_file(record, real):
+            if _refers_to_directory_file(rtype, sop_in_file, real):
                 visit(real, depth + 1)
                 continue
             if real not in seen:
@@ -164,13 +178,18 @@ def referenced_files(
     return files, dangling
 
 
-def _refers_to_directory_file(record: Any, path: str) -> bool:
-    """Whether a record's referenced file is itself a (nested) directory file."""
-    sop = record.get("ReferencedSOPClassUIDInFile")
-    if sop is not None:
-        return str(sop) == _MEDIA_STORAGE_DIRECTORY
-    rtype = str(record.get("DirectoryRecordType", "")).strip().upper()
-    if rtype in ("IMAGE", "RT DOSE", "RT STRUCTURE SET", "RT PLAN", "SR DOCUMENT", "PRESENTATION"):
+def _refers_to_directory_file(rtype: str, sop_in_file: Any, path: str) -> bool:
+    """Tell whether a record's referenced file is itself a (nested) directory file."""
+    if sop_in_file is not None:
+        return str(sop_in_file) == _MEDIA_STORAGE_DIRECTORY
+    if rtype.upper() in (
+        "IMAGE",
+        "RT DOSE",
+        "RT STRUCTURE SET",
+        "RT PLAN",
+        "SR DOCUMENT",
+        "PRESENTATION",
+    ):
         return False
     # PATIENT/STUDY/SERIES records referencing a file: only a directory file makes sense,
     # but check its meta header rather than trust the record type
