@@ -24,6 +24,7 @@ __all__ = ["RawHeader", "encapsulated_complete", "read_meta", "read_raw"]
 
 _UNDEFINED = 0xFFFFFFFF
 _CHUNK = 16384
+_MAX_KEPT = 16 * 1024 * 1024
 
 # explicit VRs whose length field is 4 bytes (after 2 reserved bytes)
 _LONG_VRS = frozenset(
@@ -543,6 +544,9 @@ def _walk_top(
             out.truncated_at = (tag, pos)
             raise _Truncated(pos)
         if tag in keep:
+            if length > _MAX_KEPT:
+                # no attribute the catalog keeps is this large: a damaged length field
+                raise _Decline("implausibly long value")
             r.need(pos + header, length)
             start = pos + header - r.base
             elements[tag] = (vr, r.buf[start : start + length])
