@@ -141,22 +141,33 @@ def test_xarray_isel_reads_one_frame(ct_plan, ct_reference, monkeypatch) -> None
     np.testing.assert_array_equal(values, ct_reference[3])
 
 
-def test_full_compute_is_one_threaded_read(ct_plan, ct_reference, monkeypatch) -> None:
-    """A whole-array compute becomes one task reading into one preallocated array."""
-    calls = []
-    real = _array.FrameGrid.read_all
-    monkeypatch.setattr(_array.FrameGrid, "read_all", lambda self: calls.append(1) or real(self))
+def test_full_read_is_one_threaded_read_into_one_array(ct_plan, ct_reference, monkeypatch) -> None:
+    """The fast route behind ``.dicom.load()``: one preallocated array, no per-chunk tasks."""
     chunk_calls = []
     real_chunk = _array._read_chunk
     monkeypatch.setattr(_array, "_read_chunk", lambda *a: chunk_calls.append(1) or real_chunk(*a))
     arr = _array.lazy_array(ct_plan)
-    values = np.asarray(arr)
-    assert calls == [1] and chunk_calls == []
+    spec = _array.frame_grid_of(arr)
+    assert isinstance(spec, _array.FrameGrid) and spec.shape == arr.shape
+    values = spec.read_all()
+    assert chunk_calls == []
     assert values.base is None  # the preallocated array itself, no concatenated copy
     np.testing.assert_array_equal(values, ct_reference)
-    # a derived array takes the ordinary per-chunk path
+    # only the untouched array qualifies: a derived one takes dask's per-chunk path
+    assert _array.frame_grid_of(arr[:3]) is None and _array.frame_grid_of(arr + 1) is None
     np.testing.assert_array_equal((arr[:3] + 1).compute(), ct_reference[:3] + 1)
     assert chunk_calls == [1, 1, 1]
+
+
+def test_lazy_array_is_a_plain_dask_array_xarray_can_mix(ct_plan, ct_reference) -> None:
+    """xarray refuses to mix chunked array types: the lazy array must be dask's own class."""
+    arr = _array.lazy_array(ct_plan)
+    assert type(arr) is dask.array.Array
+    image = xr.DataArray(arr, dims=("slice", "row", "col"))
+    both = xr.Dataset({"image": image, "double": image * 2}).isel(slice=[0, 70]).compute()
+    np.testing.assert_array_equal(both["double"].values, 2 * ct_reference[[0, 70]])
+    chunked = image.assign_coords(k=("slice", dask.array.arange(140, chunks=10)))
+    assert chunked.isel(slice=5).compute().k.item() == 5
 
 
 def test_compute_with_other_collections(ct_plan, ct_reference) -> None:
@@ -361,7 +372,7 @@ def test_compressed_multiframe_full_read_is_one_pass(monkeypatch) -> None:
     arr = _array.lazy_array(plan)
     assert arr.shape == (30, 240, 320, 3)
     count = _Counter(monkeypatch)
-    np.testing.assert_array_equal(arr.compute(), want)
+    np.testing.assert_array_equal(_array.frame_grid_of(arr).read_all(), want)
     assert len(count.opens) == 1
     np.testing.assert_array_equal(arr[17].compute(), want[17])
     assert count.frames == 1 and len(count.opens) == 2

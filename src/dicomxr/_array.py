@@ -10,13 +10,16 @@ independent, which is why no lock is taken: each read uses its own file handle.
 
 Two views of it:
 
-* :func:`lazy_array` - a :class:`dask.array.Array` with one frame per chunk and a name
-  derived from the paths, modification times, offsets and chunks (the same files give the
-  same graph keys). Computing one slice reads one frame. A compute of the *whole* array is
-  recognised by the graph optimiser and becomes a single task that reads every frame with
-  a thread pool straight into one preallocated array (no per-chunk copies, no
-  concatenation), so a full load costs about one plain ``read()`` of the files and the
-  array's bytes in memory.
+* :func:`lazy_array` - a plain :class:`dask.array.Array` with one frame per chunk and a
+  name derived from the paths, modification times, offsets and chunks (the same files give
+  the same graph keys). Computing one slice reads one frame. It is deliberately *not* a
+  dask subclass: xarray refuses to mix chunked array types in one object (a Dataset of an
+  image and a derived variable, chunked coordinates), so a subclass would break ordinary
+  xarray use. A dask compute of the whole array reads one frame per task and concatenates.
+* :meth:`FrameGrid.read_all` - the fast full read: every frame read with a thread pool
+  straight into one preallocated array (no per-chunk copies, no concatenation), about one
+  plain ``read()`` of the files and the array's bytes in memory. ``DataArray.dicom.load()``
+  uses it for an untouched series (:func:`frame_grid_of` finds it behind the dask array).
 * :class:`DicomBackendArray` - an :class:`xarray.backends.BackendArray` for xarray's own lazy
   indexing (``chunks=None``), with the same full-read fast path.
 
@@ -29,6 +32,7 @@ This is the only module that uses ``xarray.core.indexing``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -44,7 +48,7 @@ from xarray.core import indexing
 from dicomxr import pixels
 from dicomxr.pixels import FrameRef
 
-__all__ = ["DicomBackendArray", "FrameGrid", "lazy_array"]
+__all__ = ["DicomBackendArray", "FrameGrid", "frame_grid_of", "lazy_array"]
 
 logger = logging.getLogger(__name__)
 
@@ -374,104 +378,53 @@ def _read_chunk(spec: FrameGrid, position: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _read_all(spec: FrameGrid) -> np.ndarray:
-    return spec.read_all()
+def _read_grid_block(spec: FrameGrid, index: tuple[slice, ...]) -> np.ndarray:
+    return spec.read_block(index)
 
 
-def _chunk_view(full: np.ndarray, position: tuple[int, ...]) -> np.ndarray:
-    return full[tuple(slice(p, p + 1) for p in position)]
+def _stored_frame_runs(spec: FrameGrid) -> tuple[int, ...] | None:
+    """Chunk sizes along ``slice`` that keep each MOSAIC image's tiles together, or None.
+
+    ``None`` (one frame per chunk) unless the grid holds MOSAIC tiles and every row of the
+    grid splits into the same runs of tiles from one stored image.
+    """
+    if spec.grid.size == 0 or not any(r.is_mosaic_tile for r in spec.refs):
+        return None
+    rows = spec.grid.reshape(-1, spec.grid.shape[-1])
+    pattern: tuple[int, ...] | None = None
+    for row in rows:
+        sources = [(spec.refs[i].path, spec.refs[i].frame) if i >= 0 else None for i in row]
+        runs: list[int] = []
+        for k, source in enumerate(sources):
+            if k and source is not None and source == sources[k - 1]:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+        if pattern is None:
+            pattern = tuple(runs)
+        elif tuple(runs) != pattern:
+            return None
+    return pattern if pattern and len(pattern) < spec.grid.shape[-1] else None
 
 
-def _finalize(results: Any) -> np.ndarray:
-    """Return the whole array without a copy when every chunk is a view of one full read."""
-    from dask.array.core import finalize
+def frame_grid_of(array: Any) -> FrameGrid | None:
+    """Return the :class:`FrameGrid` behind an array :func:`lazy_array` made, else ``None``.
 
-    leaves = []
-    stack = [results]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple)):
-            stack.extend(item)
-        else:
-            leaves.append(item)
-    base = getattr(leaves[0], "base", None) if leaves else None
-    if (
-        isinstance(base, np.ndarray)
-        and base.base is None
-        and all(isinstance(x, np.ndarray) and x.base is base for x in leaves)
-        and sum(x.size for x in leaves) == base.size
-    ):
-        return base
-    return finalize(results)
-
-
-def _spec_of(value: Any) -> FrameGrid | None:
-    """Return the FrameGrid held by a graph value (raw, or wrapped as a dask DataNode)."""
-    if isinstance(value, FrameGrid):
-        return value
-    inner = getattr(value, "value", None)
-    return inner if isinstance(inner, FrameGrid) else None
-
-
-def _full_read_tasks(name: str, spec_key: str, ndim: int, chunk_keys: list) -> dict:
-    """Graph entries: one full read, and every chunk key as a view of it."""
-    full_key = f"{name}-full"
+    Only the untouched array qualifies (a slice or an arithmetic result of it has another
+    name): that is the case in which one threaded read of every frame equals a compute.
+    """
+    name = getattr(array, "name", None)
+    if not isinstance(name, str) or not name.startswith("dicomxr-frames-"):
+        return None
+    graph = getattr(array, "dask", None)
+    if graph is None:
+        return None
     try:
-        from dask._task_spec import Task, TaskRef
-    except ImportError:  # older dask: legacy tuple tasks
-        tasks: dict = {full_key: (_read_all, spec_key)}
-        for key in chunk_keys:
-            tasks[key] = (_chunk_view, full_key, tuple(key[1 : 1 + ndim]))
-        return tasks
-    tasks = {full_key: Task(full_key, _read_all, TaskRef(spec_key))}
-    for key in chunk_keys:
-        tasks[key] = Task(key, _chunk_view, TaskRef(full_key), tuple(key[1 : 1 + ndim]))
-    return tasks
-
-
-def _optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
-    """Dask optimiser: when every chunk of a frame grid is needed, read them in one task.
-
-    The chunk tasks are replaced by views of one full read (:meth:`FrameGrid.read_all`),
-    and :func:`_finalize` returns that array itself. Any other request (a slice, a few
-    frames) goes through dask's ordinary array optimisation, one frame per task.
-    """
-    from dask.array.optimization import optimize
-    from dask.core import flatten
-    from dask.optimization import cull
-    from dask.utils import ensure_dict
-
-    wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
-    graph, _ = cull(ensure_dict(dsk), wanted)
-    rewrites: dict = {}
-    for key, value in graph.items():
-        spec = _spec_of(value) if isinstance(key, str) and key.endswith("-spec") else None
-        if spec is None:
-            continue
-        name = key[: -len("-spec")]
-        chunk_keys = [k for k in graph if isinstance(k, tuple) and k and k[0] == name]
-        if len(chunk_keys) == spec.grid.size > 1:
-            rewrites.update(_full_read_tasks(name, key, spec.grid.ndim, chunk_keys))
-    if not rewrites:
-        return optimize(dsk, keys, **kwargs)
-    graph.update(rewrites)
-    return graph
-
-
-class FrameGridArray(da.Array):
-    """A dask array over a frame grid whose full compute is one preallocated read.
-
-    Only the array :func:`lazy_array` returns has this class; anything derived from it
-    (slices, arithmetic) is a plain :class:`dask.array.Array`.
-    """
-
-    __dask_optimize__ = staticmethod(_optimize)
-
-    def __dask_postcompute__(self):
-        return _finalize, ()
-
-    def __reduce__(self):
-        return FrameGridArray, (self.dask, self.name, self.chunks, self.dtype, self._meta)
+        value = graph[f"{name}-spec"]
+    except (KeyError, TypeError):
+        return None
+    inner = getattr(value, "value", value)  # dask may wrap raw values as DataNodes
+    return inner if isinstance(inner, FrameGrid) else None
 
 
 def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True) -> Any:
@@ -517,12 +470,27 @@ def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True) -> Any:
     ndim = spec.grid.ndim
     tail = (0,) * len(spec.frame_shape)
     graph: dict = {spec_key: spec}
-    for position in np.ndindex(*spec.grid.shape):
-        graph[(name, *position, *tail)] = (_read_chunk, spec_key, position)
-    chunks = tuple((1,) * n for n in spec.grid.shape) + tuple((n,) for n in spec.frame_shape)
+    runs = _stored_frame_runs(spec)
+    if runs is None:
+        for position in np.ndindex(*spec.grid.shape):
+            graph[(name, *position, *tail)] = (_read_chunk, spec_key, position)
+        slice_chunks = (1,) * spec.grid.shape[-1]
+    else:
+        # MOSAIC: the stored frame is the whole mosaic, so a chunk holds all of its tiles
+        starts = np.cumsum((0, *runs))
+        for outer in np.ndindex(*spec.grid.shape[:-1]):
+            for k, (lo, hi) in enumerate(itertools.pairwise(starts)):
+                index = (*(slice(o, o + 1) for o in outer), slice(int(lo), int(hi)))
+                graph[(name, *outer, k, *tail)] = (_read_grid_block, spec_key, index)
+        slice_chunks = runs
+    chunks = (
+        *((1,) * n for n in spec.grid.shape[:-1]),
+        slice_chunks,
+        *((n,) for n in spec.frame_shape),
+    )
     hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
     meta = np.empty((0,) * (ndim + len(spec.frame_shape)), dtype=spec.dtype)
-    return FrameGridArray(hlg, name, chunks, dtype=spec.dtype, meta=meta)
+    return da.Array(hlg, name, chunks, dtype=spec.dtype, meta=meta)
 
 
 # ----------------------------------------------------------------------------- xarray
