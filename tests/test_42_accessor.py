@@ -144,3 +144,19 @@ def test_view_forwards_to_viewer(sagittal, monkeypatch):
     )
     assert da.dicom.view(slice=2) == "viewer"
     assert seen["obj"] is da and seen["kw"] == {"slice": 2}
+
+
+def test_load_reads_everything_into_one_array_and_leaves_the_original_lazy(sagittal):
+    da, vol = sagittal
+    loaded = da.dicom.load()
+    assert isinstance(loaded.data, np.ndarray) and loaded.data.base is None
+    np.testing.assert_array_equal(loaded.values, vol)
+    assert isinstance(da.data, dask.array.Array)  # the original is untouched
+    assert loaded.attrs == da.attrs and set(loaded.coords) == set(da.coords)
+
+
+def test_load_of_a_selection_takes_dasks_route(sagittal):
+    da, vol = sagittal
+    part = da.isel(slice=slice(2, 5)).dicom.load()
+    assert isinstance(part.data, np.ndarray)
+    np.testing.assert_array_equal(part.values, vol[2:5])
