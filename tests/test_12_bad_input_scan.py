@@ -153,6 +153,14 @@ def test_non_recursive_scan_reports_dangling_links(tmp_path: Path) -> None:
     assert list(catalog.skipped(df)["path"]) == [str(tmp_path / "link.dcm")]
 
 
+def test_a_named_non_dicom_file_is_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "LICENSE"
+    path.write_text("BSD-2-Clause\n")
+    with pytest.warns(dicomxr.SkippedFileWarning, match="1 x not a DICOM file"):
+        df = dicomxr.scan(path)
+    assert len(df) == 0 and list(catalog.skipped(df)["path"]) == [str(path)]
+
+
 def test_a_single_bad_file_is_reported_not_raised(tmp_path: Path) -> None:
     path = tmp_path / "empty.dcm"
     path.write_bytes(b"")

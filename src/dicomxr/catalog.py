@@ -1028,10 +1028,21 @@ def _read_one(path: str, st: os.stat_result, memo: dict[Any, Any] | None = None)
 # sources
 
 
-def _iter_source(source: Any, recursive: bool, skipped_out: list[dict[str, str]]) -> list[str]:
-    """Expand a source into a list of absolute file paths (DICOMDIRs resolved)."""
+def _iter_source(
+    source: Any,
+    recursive: bool,
+    skipped_out: list[dict[str, str]],
+    explicit_out: set[str] | None = None,
+) -> list[str]:
+    """Expand a source into a list of absolute file paths (DICOMDIRs resolved).
+
+    Files named directly (not found by walking a folder, a pattern or a DICOMDIR) are
+    added to ``explicit_out``.
+    """
+    if explicit_out is None:
+        explicit_out = set()
     if isinstance(source, (str, os.PathLike)):
-        return _expand_one(os.fspath(source), recursive, skipped_out, top=True)
+        return _expand_one(os.fspath(source), recursive, skipped_out, explicit_out, top=True)
     if isinstance(source, Iterable):
         out: list[str] = []
         for item in source:
@@ -1039,7 +1050,9 @@ def _iter_source(source: Any, recursive: bool, skipped_out: list[dict[str, str]]
                 raise TypeError(
                     f"scan() got a list holding {type(item).__name__!r}; expected paths"
                 )
-            out.extend(_expand_one(os.fspath(item), recursive, skipped_out, top=False))
+            out.extend(
+                _expand_one(os.fspath(item), recursive, skipped_out, explicit_out, top=False)
+            )
         return out
     raise TypeError(
         f"scan() expects a path, a glob pattern, a DICOMDIR or a list of paths, "
@@ -1048,7 +1061,12 @@ def _iter_source(source: Any, recursive: bool, skipped_out: list[dict[str, str]]
 
 
 def _expand_one(
-    item: str, recursive: bool, skipped_out: list[dict[str, str]], *, top: bool
+    item: str,
+    recursive: bool,
+    skipped_out: list[dict[str, str]],
+    explicit_out: set[str],
+    *,
+    top: bool,
 ) -> list[str]:
     item = os.path.expanduser(item)
     if os.path.isdir(item):
@@ -1063,6 +1081,7 @@ def _expand_one(
             files, dangling = dicomdir.referenced_files(path)
             skipped_out.extend(dangling)
             return files
+        explicit_out.add(path)
         return [path]
     if any(c in item for c in _GLOB_CHARS):
         matches = sorted(_glob.glob(item, recursive=True))
@@ -1143,7 +1162,8 @@ def scan(
     warn
         Emit a :class:`~dicomxr.SkippedFileWarning` summarising skipped files that look
         like damaged DICOM (empty, truncated or unreadable headers, dangling DICOMDIR
-        references). Non-DICOM files and directory files are only listed in the report.
+        references). Non-DICOM files and directory files met while walking a folder are
+        only listed in the report; named explicitly, they are warned about too.
     cache
         Keep what was read in a persistent cache, so that scanning the same files again
         (in this or a later session) reads no header that has not changed. Opt-in:
@@ -1188,7 +1208,8 @@ def scan(
     from dicomxr.options import get_options
 
     skipped_list: list[dict[str, str]] = []
-    paths = _iter_source(source, recursive, skipped_list)
+    explicit: set[str] = set()
+    paths = _iter_source(source, recursive, skipped_list, explicit)
     # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
     paths = list(dict.fromkeys(paths))
     if progress is None:
@@ -1239,7 +1260,9 @@ def scan(
     df.attrs["skipped"] = skipped_list
     # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
     # a tree are listed but are no cause for alarm; damaged DICOM and dangling references are
-    problems = [s for s in skipped_list if not s["reason"].startswith(_BENIGN)]
+    problems = [
+        s for s in skipped_list if s["path"] in explicit or not s["reason"].startswith(_BENIGN)
+    ]
     if skipped_list:
         logger.info("scan skipped %d file(s)", len(skipped_list))
     if problems and warn:
