@@ -344,8 +344,8 @@ def test_montage_reads_only_its_frames_and_saves_png(tmp_path):
     np.testing.assert_array_equal(
         m.tiles[0][..., 0], expected_gray(values[1, m.indices[0]], 40, 80)
     )
-    img = Image.open(tmp_path / "m.png")
-    assert img.format == "PNG" and img.size[0] > 100
+    with Image.open(tmp_path / "m.png") as img:
+        assert img.format == "PNG" and img.size[0] > 100
     assert list(tmp_path.iterdir()) == [tmp_path / "m.png"]  # no temporary left behind
     assert m._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -407,3 +407,13 @@ def test_snapshot_draws_the_planes_on_screen():
     for got, dim in zip(snap.tiles, ("slice", "row", "col"), strict=True):
         np.testing.assert_array_equal(got, v.displayed(dim))
     assert snap.png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_close_frees_the_cache_and_the_widgets():
+    da, _counter = make_series()
+    v = dicomxr.view(da, view="orthogonal")
+    assert v.volume.frames.nbytes > 0
+    image = v._images["row"]
+    v.close()
+    assert v.volume.frames.nbytes == 0 and len(v._png) == 0
+    assert image.comm is None and v.comm is None

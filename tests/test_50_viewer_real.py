@@ -147,7 +147,8 @@ def test_ct_montage_reads_only_its_slices(ct, reads, tmp_path):
     assert len(reads) == 6
     hu = reference_hu(str(ct["path"].values[m.indices[2]]))
     np.testing.assert_array_equal(m.tiles[2][..., 0], grey(hu, 40, 80))
-    assert Image.open(tmp_path / "ct.png").format == "PNG"
+    with Image.open(tmp_path / "ct.png") as img:
+        assert img.format == "PNG"
 
 
 def test_tilted_ge_ct_is_not_called_axial(ge_tilt_ct):

@@ -838,6 +838,31 @@ class Viewer(widgets.VBox):
         )
         return f"<table style='font-size:90%'>{body}</table>"
 
+    def close(self) -> None:
+        """Close the widget and its parts, and free the frames it keeps in memory.
+
+        A notebook keeps every widget alive until it is closed: re-running a cell that opens
+        a viewer keeps the previous one's frame cache unless it is closed.
+        """
+        # also called by Widget.__del__, possibly on a viewer whose __init__ failed half-way
+        for cache in (
+            getattr(getattr(self, "volume", None), "frames", None),
+            getattr(getattr(self, "overlay", None), "frames", None),
+            getattr(self, "_png", None),
+            getattr(self, "_plane_cache", None),
+        ):
+            if cache is not None:
+                cache.clear()
+        parts = [*getattr(self, "_events", ()), *self.children]
+        for name in ("_images", "_layers", "_stacks", "_captions", "_panels", "_sliders"):
+            # planes and sliders not on screen are not among the children
+            parts.extend(getattr(self, name, {}).values())
+        while parts:
+            w = parts.pop()
+            parts.extend(getattr(w, "children", ()) or ())
+            w.close()
+        super().close()
+
     def snapshot(self) -> Any:
         """Return a static picture of what is on screen (planes, crosshair, window), as PNG.
 
