@@ -178,8 +178,11 @@ def test_empty_folder_gives_empty_catalog_with_columns(tmp_path: Path) -> None:
     assert catalog.skipped(df).empty
 
 
-def test_progress_bar(philips_ct: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar(
+    philips_ct: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     files = sorted(str(p) for p in philips_ct.glob("I1*"))[:6]
+    monkeypatch.setattr(catalog, "_PROGRESS_DELAY", 0.0)  # the real one hides fast scans
     with dicomxr.set_options(progress_min_files=5):
         dicomxr.scan(files)
     assert "scanning DICOM headers" in capsys.readouterr().err

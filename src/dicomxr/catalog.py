@@ -196,6 +196,9 @@ _IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality")
 # skip reasons that are listed in the report without a warning
 _BENIGN = ("DICOMDIR file", "not a DICOM file", "not a regular file")
 
+# seconds an automatic progress bar waits before it appears
+_PROGRESS_DELAY = 0.5
+
 # characters that make a string source a glob pattern rather than a path
 _GLOB_CHARS = frozenset("*?[")
 
@@ -1158,7 +1161,8 @@ def scan(
         Descend into sub-folders of a directory source.
     progress
         Show a tqdm progress bar. ``None`` (default) shows it when the scan touches at
-        least ``dicomxr.get_options()["progress_min_files"]`` files.
+        least ``dicomxr.get_options()["progress_min_files"]`` files and is still running
+        half a second after it started.
     warn
         Emit a :class:`~dicomxr.SkippedFileWarning` summarising skipped files that look
         like damaged DICOM (empty, truncated or unreadable headers, dangling DICOMDIR
@@ -1212,13 +1216,17 @@ def scan(
     paths = _iter_source(source, recursive, skipped_list, explicit)
     # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
     paths = list(dict.fromkeys(paths))
+    # automatic: only for many files, and only once the scan has run for a moment, so
+    # that a fast scan of a few hundred cached files does not flash a bar
+    delay = 0.0
     if progress is None:
         progress = len(paths) >= get_options()["progress_min_files"]
+        delay = _PROGRESS_DELAY
     iterator: Iterable[str] = paths
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(paths, desc="scanning DICOM headers", unit="file")
+        iterator = tqdm(paths, desc="scanning DICOM headers", unit="file", delay=delay)
     store = _Cache.open(cache) if cache else None
     known = store.lookup(paths) if store is not None else {}
     fresh: list[tuple[str, int, float, dict[str, Any] | None, str | None]] = []
