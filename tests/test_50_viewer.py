@@ -417,3 +417,15 @@ def test_close_frees_the_cache_and_the_widgets():
     v.close()
     assert v.volume.frames.nbytes == 0 and len(v._png) == 0
     assert image.comm is None and v.comm is None
+
+
+def test_sel_moves_by_coordinate_value():
+    da, _counter = make_series(extra={"time": [10.0, 20.0, 30.0]})
+    da = da.assign_coords(phase=("time", ["a", "b", "c"]))
+    v = dicomxr.view(da)
+    v.sel(slice=4.9, time=21.0)  # slices at -10, -7.5, ... mm: 5.0 is index 6
+    assert (v.position["slice"], v.position["time"]) == (6, 1)
+    with pytest.raises(ValueError, match="no coordinate"):
+        v.sel(row=3)
+    with pytest.raises(ValueError, match="not a time value"):
+        v.sel(time="x")

@@ -593,6 +593,25 @@ class Viewer(widgets.VBox):
         """Move to indices, e.g. ``v.set_position(slice=10, time=2)``."""
         self.position = {**self.position, **index}
 
+    def sel(self, **values: Any) -> None:
+        """Move to coordinate values, e.g. ``v.sel(slice=12.5, label="CONTROL")`` (nearest number).
+
+        Each name is a dim with a dimension coordinate (``slice`` in mm, ``time``, ``echo``...).
+        """
+        index = {}
+        for dim, value in values.items():
+            if dim not in self.data.coords or self.data[dim].dims != (dim,):
+                raise ValueError(f"{dim!r} has no coordinate to select on; use set_position()")
+            coord = np.asarray(self.data[dim].values)
+            if coord.dtype.kind in "iuf" and not isinstance(value, str):
+                index[dim] = int(np.nanargmin(np.abs(coord.astype(float) - float(value))))
+            else:
+                hits = np.flatnonzero(coord.astype(str) == str(value))
+                if not hits.size:
+                    raise ValueError(f"{value!r} is not a {dim} value; values are {coord.tolist()}")
+                index[dim] = int(hits[0])
+        self.position = {**self.position, **index}
+
     def click(self, dim: str, y: Any, x: Any) -> None:
         """Act on a click at screen pixel ``(y, x)`` of the plane fixing ``dim``: move the others there."""
         if y is None or x is None:
