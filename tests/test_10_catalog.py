@@ -154,6 +154,16 @@ def test_source_forms(philips_ct: Path, tmp_path: Path) -> None:
     assert (deep["path"].str.startswith(str(philips_ct))).sum() == 140
 
 
+def test_threads_give_the_same_catalog(data_root: Path) -> None:
+    source = data_root / "dcm_qa_ct"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+        one = dicomxr.scan(source)
+        three = dicomxr.scan(source, workers=3)
+    pd.testing.assert_frame_equal(one, three)
+    assert one.attrs == three.attrs and len(one) > 200
+
+
 def test_missing_sources_raise(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file"):
         dicomxr.scan(tmp_path / "nothing-here")
