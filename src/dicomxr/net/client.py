@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DicomClient", "StoreReport", "plan_contexts"]
 
 MAX_CONTEXTS = 128
+DEFAULT_PARALLEL = 4
 REACTOR_DELAY = 0.0  # FastSocket.ready blocks in select instead
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
@@ -318,7 +319,9 @@ class DicomClient:
         transient rejection), waiting ``backoff * 2**n`` seconds between them.
     parallel
         Associations used in parallel by :meth:`get` and :meth:`move` (the instances are split
-        between them). None picks ``min(4, cpu count)``.
+        between them; default 4). A PACS serves each association one instance at a time
+        (read, send, wait for our response): several in parallel hide that latency, even on
+        a 2-core machine (see ``bench/pacs.py``).
     progress
         Show a tqdm progress bar for retrievals (None: only in a terminal/notebook).
     max_pdu
@@ -366,7 +369,7 @@ class DicomClient:
         self.network_timeout = float(network_timeout)
         self.retries = int(retries)
         self.backoff = float(backoff)
-        self.parallel = parallel if parallel is not None else max(1, min(4, os.cpu_count() or 1))
+        self.parallel = max(1, int(parallel if parallel is not None else DEFAULT_PARALLEL))
         self.progress = progress
         self.max_pdu = int(max_pdu)
         self._live: set[Any] = set()
@@ -1500,9 +1503,24 @@ class _RetrieveState:
             return self._series_locks.setdefault(series, threading.Lock())
 
     def on_connection(self, event: Any) -> None:
-        """EVT_CONN_OPEN handler of the C-MOVE storage SCP: the peer did reach us."""
+        """EVT_CONN_OPEN handler of the C-MOVE storage SCP: the peer did reach us.
+
+        The accepted association gets the same treatment as ours (select-based ``ready``,
+        no idle sleep, no per-PDU log formatting).
+        """
         with self._lock:
             self.scp_connections += 1
+        assoc = event.assoc
+        with contextlib.suppress(Exception):
+            from pynetdicom.transport import AssociationSocket
+
+            from dicomxr.net._transport import FastSocket
+
+            sock = assoc.dul.socket
+            if type(sock) is AssociationSocket:
+                sock.__class__ = FastSocket
+            _tune_reactor(assoc)
+            _quiet_logging(assoc)
 
     def on_store(self, event: Any) -> int:
         """EVT_C_STORE handler: write the dataset as received, atomically."""
