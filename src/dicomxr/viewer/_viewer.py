@@ -61,7 +61,38 @@ _SKIP_COORDS = {"SOPInstanceUID"}
 class Viewer(widgets.VBox):
     """Slice viewer over a (lazy) DataArray from :func:`dicomxr.open_series`.
 
-    Build it with :func:`dicomxr.view`; see the module docstring for the traits.
+    Build it with :func:`dicomxr.view`. Its state is made of traits, so a script drives it
+    the way a person does (and can ``observe`` it).
+
+    Attributes
+    ----------
+    position : dict
+        ``{dim: index}`` for every dim (extra dims, ``slice``, ``row``, ``col``), 0-based.
+        The sliders count from 1, like the captions.
+    level, window : float
+        The display window: centre and width, in the array's units.
+    preset : str
+        Window preset in use (``"file 1"``, ``"brain"``, ``"auto"``..., ``"custom"`` once
+        moved by hand); see :attr:`presets`.
+    view : str
+        Plane shown (``"axial"``, ``"coronal"``, ``"sagittal"``, or ``"slice"``, ``"row"``,
+        ``"column"`` for oblique series) or ``"orthogonal"`` for the three.
+    colormap : str
+        Matplotlib colormap name.
+    overlay_opacity : float
+        Opacity of the label overlay.
+    show_crosshair : bool
+        Draw where the planes cut each other (three-plane view).
+
+    Notes
+    -----
+    A slider step reads the frames the new picture needs and nothing else: the native
+    plane is one frame; the two planes across the stack need every frame of the stack at
+    the current extra index, so they are computed only when shown. Frames once read stay
+    in a cache (``cache_mb``). :meth:`displayed` returns the picture on screen,
+    :meth:`plane_values` the values behind it, :meth:`snapshot` a static PNG; clicking a
+    plane moves the others there and the mouse wheel steps through its stack (with
+    ``ipyevents``, ``pip install 'dicomxr[viewer]'``).
     """
 
     position = traitlets.Dict(help="index along every dim, {dim: int}")
