@@ -1237,25 +1237,28 @@ def scan(
         return _scan_one(path, known, memo, store is not None)
 
     results: Iterable[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]
-    if workers is not None and workers > 1 and len(paths) > 1:
-        from concurrent.futures import ThreadPoolExecutor
+    try:
+        if workers is not None and workers > 1 and len(paths) > 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-        # file system latency overlaps across threads (os.open/pread release the GIL);
-        # the parsing itself still takes turns
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dicomxr-scan") as ex:
-            results = list(_progress(ex.map(one, paths), progress, len(paths), delay))
-    else:
-        results = map(one, _progress(paths, progress, len(paths), delay))
-    for row, skip, entry in results:
-        if row is not None:
-            rows.append(row)
-        if skip is not None:
-            skipped_list.append(skip)
-        if entry is not None:
-            fresh.append(entry)
-    if store is not None:
-        store.store(fresh)
-        store.close()
+            # file system latency overlaps across threads (os.open/pread release the
+            # GIL); the parsing itself still takes turns
+            with ThreadPoolExecutor(workers, thread_name_prefix="dicomxr-scan") as ex:
+                results = list(_progress(ex.map(one, paths), progress, len(paths), delay))
+        else:
+            results = map(one, _progress(paths, progress, len(paths), delay))
+        for row, skip, entry in results:
+            if row is not None:
+                rows.append(row)
+            if skip is not None:
+                skipped_list.append(skip)
+            if entry is not None:
+                fresh.append(entry)
+        if store is not None:
+            store.store(fresh)
+    finally:
+        if store is not None:
+            store.close()
     df = _to_frame(rows)
     df.attrs["skipped"] = skipped_list
     # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
