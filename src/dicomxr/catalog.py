@@ -685,6 +685,7 @@ def _decode_text(raw: bytes, vr: str, charset: list[str] | None) -> str:
 
 
 def _raw_value(raw: bytes, vr: str, kind: str, charset: list[str] | None) -> Any:
+    """Decode a raw value of VR ``vr`` into the catalog's ``kind``, as pydicom would."""
     fmt = _BINARY_FMT.get(vr)
     if fmt is not None:
         size = struct.calcsize(fmt)
@@ -692,8 +693,6 @@ def _raw_value(raw: bytes, vr: str, kind: str, charset: list[str] | None) -> Any
         if n == 0:
             return None
         values = struct.unpack_from(f"<{n}{fmt}", raw)
-        if kind in ("str", "uid", "strs"):
-            return _CONVERT[kind](list(values) if n > 1 else values[0])
         return _CONVERT[kind](list(values) if n > 1 else values[0])
     if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "SQ", "UN", "AT"):
         return None
