@@ -7,11 +7,13 @@ elements the catalog uses, skips everything else by length (walking undefined-le
 sequences item by item) and stops at the Pixel Data element, recording its offset.
 
 It handles the encodings almost every file uses - explicit and implicit VR little endian,
-with or without the 128-byte preamble, native or encapsulated pixel data - and *declines*
-(returns ``None``) on anything else (big endian, deflated, private or missing transfer
-syntax, an element stream that does not parse cleanly). The caller then falls back to
-pydicom. The catalog's tests compare this reader with pydicom on every file of the real
-corpora and of pydicom's own test files.
+file meta information with or without the 128-byte preamble, native or encapsulated
+pixel data - and *declines* (returns ``None``) on anything else (big endian, deflated,
+private or missing transfer syntax, an element stream that does not parse cleanly). The
+caller then falls back to pydicom. A header cut short is not declined but reported
+(``RawHeader.truncated_at``): pydicom would read such a file silently. The catalog's
+tests compare this reader with pydicom on every file of the real corpora and of
+pydicom's own test files, on hand-made layouts, and under seeded byte-level fuzzing.
 """
 
 from __future__ import annotations
