@@ -215,6 +215,8 @@ def test_honest_plane_names_and_physical_aspect():
     oblique, _c = make_series(rotate_deg=25.0)
     names = [p.name for p in planes_from_affine(oblique.attrs).values()]
     assert names == ["slice", "row", "sagittal"]  # rotated about x: the sagittal plane stays
+    flat = {"affine": np.asarray(da.attrs["affine"]).ravel().tolist()}  # as netCDF keeps it
+    assert planes_from_affine(flat) == planes_from_affine(da.attrs)
 
 
 def test_coronal_has_head_up_and_crosshair_links_the_planes():

@@ -116,6 +116,8 @@ def _affine_or_default(attrs: Mapping[str, Any]) -> np.ndarray:
     affine = attrs.get("affine")
     if affine is not None:
         a = np.asarray(affine, dtype=float)
+        if a.size == 16:  # nested 4x4, or flattened row by row (netCDF keeps 1-D attrs only)
+            a = a.reshape(4, 4)
         if a.shape == (4, 4) and np.all(np.isfinite(a)):
             return a
     # no geometry: assume the usual axial stack with the spacing we know, and say nothing
@@ -141,7 +143,8 @@ def planes_from_affine(attrs: Mapping[str, Any]) -> dict[str, Plane]:
     Parameters
     ----------
     attrs
-        The DataArray's attrs: ``affine`` (4x4, index ``(slice, row, col)`` to LPS mm). When
+        The DataArray's attrs: ``affine`` (4x4, or its 16 values row by row; index
+        ``(slice, row, col)`` to LPS mm). When
         it is missing, ``PixelSpacing`` and ``SliceThickness`` give the aspect and the planes
         are named ``slice``/``row``/``column``.
 
