@@ -85,8 +85,16 @@ def test_sample_contract(sample_dir):
         assert name in da.coords, name
     for name in ("affine", "Modality", "SeriesInstanceUID", "geometry", "series_key"):
         assert name in da.attrs, name
-    assert np.asarray(da.attrs["affine"]).shape == (4, 4)
+    # the 4x4 affine flat, row-major (netCDF attrs are 1-D)
+    assert len(da.attrs["affine"]) == 16
+    np.testing.assert_array_equal(np.reshape(da.attrs["affine"], (4, 4)), da.dicom.affine)
+    assert json.loads(da.attrs["geometry"])["n_slices"] == da.sizes["slice"]
     json.dumps(da.attrs)  # JSON-friendly only
+    for name, value in da.attrs.items():  # scalars, strings or flat lists: what netCDF takes
+        assert isinstance(value, (str, int, float, list)), name
+        if isinstance(value, list):
+            assert all(isinstance(v, (str, int, float)) for v in value), name
+            assert len({type(v) for v in value}) == 1, name
     assert not PATIENT_ATTRIBUTES & set(da.attrs)
     chunks = da.encoding["preferred_chunks"]
     assert chunks["slice"] == 1 and chunks["row"] == 96 and chunks["col"] == 96
@@ -215,3 +223,19 @@ def test_localizer_set_apart_unless_included(tmp_path):
         open_series(tmp_path)
     da = open_series(tmp_path, include=["localizer"])
     np.testing.assert_array_equal(da.values, vol.astype(np.int32) - 1024)
+
+
+def test_opened_series_survives_netcdf(sample_dir, tmp_path):
+    """Every attr goes through xarray's netCDF writer; affine and report come back whole."""
+    pytest.importorskip("h5netcdf")
+    pytest.importorskip("h5py")
+    da = open_series(sample_dir)
+    path = tmp_path / "pcasl.nc"
+    da.to_netcdf(path, engine="h5netcdf")
+    with xr.open_dataarray(path, engine="h5netcdf") as back:
+        np.testing.assert_array_equal(back.dicom.affine, da.dicom.affine)
+        assert back.dicom.report == da.dicom.report
+        assert back.attrs["dim_sources"] == da.attrs["dim_sources"]
+        assert json.loads(back.attrs["dim_sources"])["label"].startswith("LabelType")
+        np.testing.assert_array_equal(back.isel(time=0, label=1, slice=7).values,
+                                      da.isel(time=0, label=1, slice=7).values)  # fmt: skip

@@ -78,6 +78,27 @@ def test_affine_needs_attrs(sagittal):
     assert da.dicom.affine.shape == (4, 4)
 
 
+def test_readers_take_the_old_nested_attrs(sagittal):
+    """A DataArray saved by an older dicomxr (nested 4x4 affine, geometry dict) still reads."""
+    import json
+
+    da, _ = sagittal
+    old = da.copy()
+    old.attrs["affine"] = np.reshape(da.attrs["affine"], (4, 4)).tolist()
+    old.attrs["geometry"] = json.loads(da.attrs["geometry"])
+    np.testing.assert_array_equal(old.dicom.affine, da.dicom.affine)
+    assert old.dicom.report == da.dicom.report
+    assert da.attrs["geometry"] == json.dumps(old.attrs["geometry"])
+
+
+def test_affine_attr_of_the_wrong_size_is_an_error(sagittal):
+    da, _ = sagittal
+    bad = da.copy()
+    bad.attrs["affine"] = [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="16 numbers"):
+        bad.dicom.affine  # noqa: B018
+
+
 def test_report(sagittal):
     from dicomxr.geometry import GeometryReport
 

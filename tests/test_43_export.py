@@ -140,6 +140,33 @@ def test_zarr_round_trip(oblique, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series.zarr"]
 
 
+def test_zarr_round_trips_attrs(sample_dir, tmp_path):
+    da = open_series(sample_dir)
+    store = da.dicom.to_zarr(tmp_path / "pcasl.zarr")
+    back = xr.open_zarr(store)["image"]
+    assert set(back.attrs) == set(da.attrs)
+    for name, value in da.attrs.items():
+        got = back.attrs[name]
+        if isinstance(value, list):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(value), err_msg=name)
+        else:
+            assert got == value, name
+    np.testing.assert_array_equal(back.dicom.affine, da.dicom.affine)
+    assert back.dicom.report == da.dicom.report
+
+
+def test_zarr_writes_old_nested_attrs_in_the_flat_form(oblique, tmp_path):
+    import json
+
+    da, _ = oblique
+    old = da.copy()
+    old.attrs["affine"] = da.dicom.affine.tolist()  # the nested form of earlier versions
+    old.attrs["geometry"] = json.loads(da.attrs["geometry"])
+    back = xr.open_zarr(old.dicom.to_zarr(tmp_path / "old.zarr"))["image"]
+    assert back.attrs["affine"] == da.attrs["affine"]
+    assert back.attrs["geometry"] == da.attrs["geometry"]
+
+
 def test_nifti_sidecar_names_the_volumes(sample_dir, tmp_path):
     import json
 
@@ -151,6 +178,9 @@ def test_nifti_sidecar_names_the_volumes(sample_dir, tmp_path):
     assert info["volumes"][1] == {"time_index": 0, "time": 1, "label_index": 1, "label": "LABEL"}
     assert info["SeriesInstanceUID"] == da.attrs["SeriesInstanceUID"]
     assert "PatientName" not in info
+    np.testing.assert_array_equal(info["affine"], da.dicom.affine)  # 4x4 in the JSON
+    assert info["geometry"]["n_slices"] == da.sizes["slice"]
+    assert info["dim_sources"]["label"].startswith("LabelType")
 
 
 def test_nifti_warns_when_it_cannot_place_every_slice(tmp_path):

@@ -27,14 +27,23 @@ Examples
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["LPS_TO_RAS", "DicomAccessor", "DicomDatasetAccessor"]
+__all__ = [
+    "LPS_TO_RAS",
+    "DicomAccessor",
+    "DicomDatasetAccessor",
+    "affine_from_attr",
+    "encode_attrs",
+    "geometry_from_attr",
+]
 
 #: multiply an LPS affine on the left by this to get the RAS affine
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -55,6 +64,147 @@ def _image_of(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
     )
 
 
+def affine_from_attr(value: Any) -> np.ndarray:
+    """Return the 4x4 affine stored in ``attrs["affine"]``.
+
+    Accepts the stored form (a flat list of 16 floats, row-major, as netCDF and Zarr keep
+    it) and the older nested 4x4 list.
+
+    Parameters
+    ----------
+    value
+        The value of ``attrs["affine"]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        4x4 float64.
+
+    Raises
+    ------
+    ValueError
+        When the value does not hold 16 numbers.
+
+    Examples
+    --------
+    >>> affine_from_attr(list(range(16)))[1]
+    array([4., 5., 6., 7.])
+    """
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.size != 16 or arr.shape not in ((16,), (4, 4)):
+        raise ValueError(
+            f"attrs['affine'] has shape {arr.shape}; expected 16 numbers (row-major 4x4) "
+            "or a 4x4 nested list"
+        )
+    return arr.reshape(4, 4).copy()
+
+
+def geometry_from_attr(value: Any) -> dict[str, Any]:
+    """Return the geometry report stored in ``attrs["geometry"]`` as a dict.
+
+    Accepts the stored form (a JSON string, as netCDF and Zarr keep it) and the older dict.
+
+    Parameters
+    ----------
+    value
+        The value of ``attrs["geometry"]``.
+
+    Returns
+    -------
+    dict
+        :meth:`dicomxr.GeometryReport.to_dict` data.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"attrs['geometry'] is a {type(value).__name__}; expected a JSON string or a dict"
+        )
+    return dict(value)
+
+
+def _netcdf_value(value: Any) -> Any:
+    """One attribute value in a form netCDF and Zarr writers accept, or ``None`` to drop it."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)  # netCDF has no boolean attribute type
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, Mapping):
+        return json.dumps(_plain(value))
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = np.asarray(value, dtype=object).tolist() if isinstance(value, np.ndarray) else value
+        items = list(items)
+        if not items:
+            return None
+        if all(isinstance(v, str) for v in items):
+            return items
+        numbers = (int, float, np.integer, np.floating, bool, np.bool_)
+        if all(v is None or isinstance(v, numbers) for v in items) and any(
+            v is not None for v in items
+        ):
+            if all(isinstance(v, (int, np.integer, bool, np.bool_)) for v in items):
+                return [int(v) for v in items]
+            return [float("nan") if v is None else float(v) for v in items]
+        return json.dumps(_plain(items))  # nested or mixed: JSON text keeps it whole
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars and arrays as Python values, for ``json.dumps``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``attrs`` in the form every xarray writer accepts (netCDF, Zarr).
+
+    Scalars and strings stay; booleans become 0/1; flat lists of numbers or of strings stay
+    (``None`` in a list of numbers becomes NaN); ``affine`` becomes 16 floats (row-major),
+    ``geometry`` and any other dict or nested list become JSON text; ``None`` and empty
+    values are dropped. Readers take both forms (:func:`affine_from_attr`,
+    :func:`geometry_from_attr`).
+
+    Parameters
+    ----------
+    attrs
+        Attributes of a dicomxr DataArray, old or new form.
+
+    Returns
+    -------
+    dict
+    """
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if key == "affine" and value is not None:
+            try:
+                value = affine_from_attr(value).ravel().tolist()
+            except (TypeError, ValueError):
+                pass  # not a 4x4 affine: written as any other value
+        elif key == "geometry" and isinstance(value, Mapping):
+            value = json.dumps(_plain(value))
+        value = _netcdf_value(value)
+        if value is not None and value != "":
+            out[str(key)] = value
+    return out
+
+
 def series_affine(da: xr.DataArray) -> np.ndarray:
     """Return the LPS affine of a DataArray made by dicomxr, following slice selections.
 
@@ -73,9 +223,7 @@ def series_affine(da: xr.DataArray) -> np.ndarray:
             "this DataArray has no 'affine' attribute: it was not opened by dicomxr, or its "
             "attrs were dropped (keep them with xarray.set_options(keep_attrs=True))"
         )
-    affine = np.array(da.attrs["affine"], dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise ValueError(f"attrs['affine'] has shape {affine.shape}, expected (4, 4)")
+    affine = affine_from_attr(da.attrs["affine"])
     names = ("position_x", "position_y", "position_z")
     if not all(n in da.coords for n in names):
         return affine
@@ -128,7 +276,7 @@ def _pixel_spacing(da: xr.DataArray) -> tuple[float, float]:
     spacing = da.attrs.get("PixelSpacing")
     if spacing is not None and len(spacing) == 2:
         return float(spacing[0]), float(spacing[1])
-    affine = np.array(da.attrs.get("affine", np.eye(4)), dtype=np.float64)
+    affine = affine_from_attr(da.attrs.get("affine", np.eye(4)))
     return float(np.linalg.norm(affine[:3, 1])) or 1.0, float(np.linalg.norm(affine[:3, 2])) or 1.0
 
 
@@ -202,9 +350,10 @@ class DicomAccessor:
         Rebuilt from ``attrs["geometry"]`` when the geometry module can; otherwise the
         plain dict.
         """
-        data = self._obj.attrs.get("geometry")
-        if data is None:
+        raw = self._obj.attrs.get("geometry")
+        if raw is None:
             raise ValueError("no 'geometry' attribute: this DataArray was not opened by dicomxr")
+        data = geometry_from_attr(raw)
         try:
             from dicomxr.geometry import GeometryReport
         except ImportError:  # pragma: no cover - geometry is part of the package

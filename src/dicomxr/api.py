@@ -9,8 +9,11 @@ plan -> lazy dask array) and dresses the result as an :class:`xarray.DataArray` 
   ``col`` along ImageOrientationPatient[:3] (DICOM pixel order);
 - the ``slice`` dimension coordinate is the position along the slice normal in mm;
   positions, UIDs, paths, times and every varying attribute are coordinates on the frame dims;
-- attrs hold only JSON-friendly values (the LPS ``affine`` as a nested list, the geometry
-  report as a dict, ...), and no patient identifiers unless ``include_patient=True``;
+- attrs hold only values every xarray writer (netCDF, Zarr) accepts: scalars, strings and
+  flat lists of numbers or strings. The LPS ``affine`` is a flat list of 16 floats, the 4x4
+  matrix in row-major order (``np.reshape(attrs["affine"], (4, 4))``, or
+  ``da.dicom.affine``); the geometry report is JSON text (``da.dicom.report``); other dicts
+  (``dim_sources``) are JSON text too. No patient identifiers unless ``include_patient=True``;
 - ``encoding["preferred_chunks"]`` advertises one frame per chunk.
 
 Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`).
@@ -19,6 +22,7 @@ Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from dicomxr import accessor as _accessor  # noqa: F401  (registers the .dicom accessor)
+from dicomxr import accessor as _accessor  # also registers the .dicom accessor
 from dicomxr.errors import MultipleSeriesError, NoSeriesError
 
 if TYPE_CHECKING:
@@ -389,8 +393,9 @@ def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
                 value = _jsonable(_attr(plan, name))
                 if value not in (None, ""):
                     attrs[name] = value
-    attrs["affine"] = np.asarray(plan.affine, dtype=np.float64).tolist()
-    attrs["geometry"] = _report_dict(getattr(plan, "geometry", None))
+    # flat row-major 16 floats and JSON text: netCDF and Zarr writers take them as they are
+    attrs["affine"] = np.asarray(plan.affine, dtype=np.float64).ravel().tolist()
+    attrs["geometry"] = json.dumps(_report_dict(getattr(plan, "geometry", None)))
     attrs["series_key"] = plan.key
     label = getattr(plan, "label", None)
     if label:
@@ -401,7 +406,7 @@ def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
             attrs["units"] = str(rescale_type)
         elif attrs.get("Modality") == "CT":
             attrs["units"] = "HU"
-    return attrs
+    return _accessor.encode_attrs(attrs)
 
 
 # --------------------------------------------------------------------------------------
@@ -546,8 +551,12 @@ def open_series(
     -------
     xarray.DataArray
         Named ``image``, dims ``(*frame dims, "slice", "row", "col")`` (+ ``"channel"``),
-        coordinates along the frame dims, ``attrs["affine"]`` mapping ``(slice, row, col, 1)``
-        to patient LPS millimetres.
+        coordinates along the frame dims. ``attrs["affine"]`` is the 4x4 matrix mapping
+        ``(slice, row, col, 1)`` to patient LPS millimetres, stored flat as 16 floats in
+        row-major order (``np.reshape(da.attrs["affine"], (4, 4))``; ``da.dicom.affine``
+        gives the matrix). ``attrs["geometry"]`` is the :class:`~dicomxr.GeometryReport` as
+        JSON text (``da.dicom.report`` gives the report). Every attr is a scalar, a string or
+        a flat list, so ``da.to_netcdf(...)`` and ``da.to_zarr(...)`` keep them.
 
     Raises
     ------

@@ -221,8 +221,10 @@ def to_nifti(
     bvals
         Write ``.bval``/``.bvec`` next to the image when it is a diffusion series.
     sidecar
-        Also write ``<stem>.json``: the series attrs (JSON-friendly, as in ``da.attrs``)
-        plus ``"volumes"``, the frame-dim coordinates of each 4th-axis volume in order.
+        Also write ``<stem>.json``: the series attrs as JSON (``affine`` as the 4x4 LPS
+        matrix, ``geometry`` and ``dim_sources`` as objects, whichever form ``da.attrs``
+        holds them in) plus ``"volumes"``, the frame-dim coordinates of each 4th-axis volume
+        in order.
 
     Returns
     -------
@@ -303,7 +305,7 @@ def to_nifti(
     if sidecar:
         import json
 
-        info = {k: v for k, v in da.attrs.items() if _json_ok(v)}
+        info = _sidecar_attrs(da.attrs)
         info["volumes"] = volumes
         info["nifti_axes"] = ["col", "row", "slice", *(["volume"] if volumes else [])]
         with _atomic_path(stem.with_name(stem.name + ".json"), ".json") as tmp:
@@ -326,6 +328,29 @@ def _volume_labels(da: xr.DataArray, extra: list[str]) -> list[dict[str, Any]]:
                 label[dim] = value.item() if hasattr(value, "item") else value
         labels.append(label)
     return labels if extra else []
+
+
+def _sidecar_attrs(attrs: Any) -> dict[str, Any]:
+    """Return the attrs as JSON data: affine as a 4x4 list, JSON-text attrs as objects."""
+    import json
+
+    from dicomxr.accessor import _plain, affine_from_attr, geometry_from_attr
+
+    info: dict[str, Any] = {}
+    for key, value in attrs.items():
+        try:
+            if key == "affine":
+                value = affine_from_attr(value).tolist()
+            elif key == "geometry":
+                value = geometry_from_attr(value)
+            elif isinstance(value, str) and value[:1] in "{[" and value[-1:] in "]}":
+                value = json.loads(value)
+        except ValueError:
+            pass  # kept as it is when it is not what its name says
+        value = _plain(value)
+        if _json_ok(value):
+            info[str(key)] = value
+    return info
 
 
 def _json_ok(value: Any) -> bool:

@@ -2,7 +2,9 @@
 
 The store holds one variable, ``image``, chunked one frame per chunk along the frame dims
 (the storage layout of DICOM, so a later ``xr.open_zarr`` reads one slice with one chunk),
-with every coordinate and the JSON-friendly attrs (affine, geometry report, ...). It is
+with every coordinate and the attrs in the form every xarray writer accepts (``affine`` as
+16 floats in row-major order, the geometry report as JSON text; see
+:func:`dicomxr.accessor.encode_attrs`). It is
 written into a temporary sibling directory and renamed into place, so a reader never sees
 half a store.
 """
@@ -28,8 +30,13 @@ _SPATIAL = ("row", "col", "channel")
 def _prepared(da: xr.DataArray, chunks: dict[str, int] | None) -> xr.Dataset:
     import dask.array
 
+    from dicomxr.accessor import encode_attrs
+
     da = da.copy(deep=False)
     da.encoding = {}
+    # the same attrs as a netCDF file: affine as 16 floats, the geometry report as JSON text,
+    # whichever form (an older nested one included) the image carries
+    da.attrs = encode_attrs(da.attrs)
     # strings as variable-length (object) strings: the portable Zarr v3 string type
     for name, coord in list(da.coords.items()):
         if coord.dtype.kind in "OUT":
