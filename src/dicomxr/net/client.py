@@ -323,7 +323,7 @@ class DicomClient:
         (read, send, wait for our response): several in parallel hide that latency, even on
         a 2-core machine (see ``bench/pacs.py``).
     progress
-        Show a tqdm progress bar for retrievals (None: only in a terminal/notebook).
+        Show a tqdm progress bar for retrievals (None: in a terminal or a notebook).
     max_pdu
         Maximum PDU size we receive; 0 = unlimited (the peer sends as large as it can).
 
@@ -873,6 +873,8 @@ class DicomClient:
         model: str,
         move: tuple[str, int, str] | None,
     ) -> RetrieveReport:
+        if (model, mode) not in _MODELS:
+            raise ValueError(f"model must be 'study' or 'patient', not {model!r}")
         started = time.monotonic()
         storage = DicomStorage(dest)
         plan = self._plan_instances(study, series, instances)
@@ -1589,11 +1591,27 @@ def _finish_report(
     report.seconds = time.monotonic() - started
 
 
+def _interactive() -> bool:
+    """Return True in a terminal or a Jupyter kernel (stderr is no TTY there, a bar helps)."""
+    import sys
+
+    with contextlib.suppress(Exception):
+        if sys.stderr is not None and sys.stderr.isatty():
+            return True
+    shell = sys.modules.get("IPython")
+    if shell is not None:
+        with contextlib.suppress(Exception):
+            ip = shell.get_ipython()
+            return ip is not None and hasattr(ip, "kernel")
+    return False
+
+
 def _progress_bar(total: int, show: bool | None, what: str) -> Any:
     from tqdm.auto import tqdm
 
-    disable = (not show) if show is not None else None  # None: tqdm decides (tty only)
-    return tqdm(total=total, unit="img", desc=f"C-{what.upper()}", disable=disable, leave=False)
+    show = _interactive() if show is None else show
+    label = what.upper() if what.upper().startswith("WADO") else f"C-{what.upper()}"
+    return tqdm(total=total, unit="img", desc=label, disable=not show, leave=False)
 
 
 def _store_entries(
