@@ -106,3 +106,24 @@ def test_unreachable_and_timeouts(dead_port, silent_peer):
     host, port = silent_peer
     with pytest.raises(NetTimeoutError, match="within"):
         DicomWebClient(f"http://{host}:{port}/dicom-web", timeout=(1, 1)).search("STUDY")
+
+
+def test_auth_is_passed_through(philips_ct):
+    from dicomxr.net import DicomWebClient, NetError
+    from dicomxr.net.servers import OrthancServer
+
+    with OrthancServer(ae_title="AUTHED", users={"alice": "s3cret"}) as pacs:
+        pacs.seed(philips_ct / "I10")
+        with pytest.raises(NetError, match="HTTP 401"):
+            DicomWebClient(pacs.dicomweb_url).search("STUDY")
+        with pytest.raises(NetError, match="HTTP 401"):
+            DicomWebClient(pacs.dicomweb_url, auth=("alice", "wrong")).search("STUDY")
+        web = DicomWebClient(pacs.dicomweb_url, auth=("alice", "s3cret"))
+        assert list(web.search("STUDY").StudyInstanceUID) == [CT_STUDY]
+        import requests
+
+        bearer = DicomWebClient(
+            pacs.dicomweb_url,
+            headers={"Authorization": requests.auth._basic_auth_str("alice", "s3cret")},
+        )
+        assert len(bearer.search("IMAGE", study=CT_STUDY)) == 1

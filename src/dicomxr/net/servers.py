@@ -27,6 +27,7 @@ Orthanc builds leave Nagle's algorithm on unless told otherwise, which caps a tr
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -369,6 +370,9 @@ class OrthancServer(DicomServer):
         Load the DICOMweb plugin (``/dicom-web/``) when it is installed.
     config
         Extra configuration keys merged over the defaults.
+    users
+        ``{username: password}``: turns HTTP basic authentication on (REST and DICOMweb);
+        :meth:`rest` then uses the first user.
     """
 
     def __init__(
@@ -379,6 +383,7 @@ class OrthancServer(DicomServer):
         http_port: int | None = None,
         dicomweb: bool = True,
         config: Mapping[str, Any] | None = None,
+        users: Mapping[str, str] | None = None,
         startup_timeout: float = 60.0,
         workdir: str | os.PathLike | None = None,
     ) -> None:
@@ -386,6 +391,7 @@ class OrthancServer(DicomServer):
         self.http_port = http_port or free_port()
         self.dicomweb = dicomweb
         self.extra_config = dict(config or {})
+        self.users = dict(users or {})
 
     @property
     def url(self) -> str:
@@ -408,7 +414,8 @@ class OrthancServer(DicomServer):
             "HttpServerEnabled": True,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": dict(self.users),
             "SslEnabled": False,
             "DicomServerEnabled": True,
             "DicomAet": self.ae_title,
@@ -480,6 +487,10 @@ class OrthancServer(DicomServer):
         else:
             data = (body if isinstance(body, str) else json.dumps(body)).encode()
             headers["Content-Type"] = "application/json"
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(request, timeout=30) as response:
             payload = response.read()
