@@ -175,16 +175,20 @@ def test_browser_switches_studies_and_opens_the_chosen_series(data_root, reads):
         warnings.simplefilter("ignore")  # irregular stacks in these studies are reported
         b = dicomxr.browse(catalog)
         studies = [uid for _, uid in b._study_w.options]
+        messages = []
         assert sorted(studies) == sorted(catalog["StudyInstanceUID"].dropna().astype(str).unique())
         assert reads == []  # listing reads headers only
         for uid in studies:
             b._study_w.value = uid  # what a person clicking the study list does
             assert b.study == uid
+            messages.append(b._message.value)
             keys = [key for _, key in b._series_w.options]
             assert keys and b.series == keys[0]
             for key in keys:
                 uids = set(b.plans[key].frames["StudyInstanceUID"].astype(str))
                 assert uids == {uid}  # only this study's series are offered
+        # the planner's findings show beside the lists (the GE study's uneven spacing)
+        assert any("spacing" in m for m in messages)
         b._series_w.value = keys[-1]
         b._open_w.click()
     assert b.viewer is not None and b._slot.children == (b.viewer,)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+import warnings
 from typing import Any
 
 import ipywidgets as widgets
@@ -54,6 +55,7 @@ class Browser(widgets.VBox):
         self.viewer: Any = None
         self.plans: dict[str, Any] = {}
         self._plans_of: dict[str, list[Any]] = {}
+        self._notes: dict[str, str] = {}
         self._studies = self._study_rows()
         self._study_w = widgets.Select(
             options=[(label, uid) for uid, label in self._studies],
@@ -147,17 +149,29 @@ class Browser(widgets.VBox):
 
     def _plans_for(self, uid: str) -> list[Any]:
         if uid in self._plans_of:
+            self._message.value = self._notes.get(uid, "")
             return self._plans_of[uid]
         from dicomxr.api import list_series
 
         df = self.catalog
         sub = df[df["StudyInstanceUID"].astype(str) == uid] if uid else df
         try:
-            plans = list_series(sub)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                plans = list_series(sub)
         except Exception as exc:  # a broken study must not break the browser
             logger.warning("could not plan the series of study %s: %s", uid, exc)
             self._message.value = f"<span style='color:#b00'>{html.escape(str(exc))}</span>"
             plans = []
+        else:
+            # what the planner noticed (irregular spacing, tilt, frames set apart) shows
+            # beside the lists, and still reaches the caller as the warnings it is
+            self._message.value = "".join(
+                f"<div style='color:#a60'>{html.escape(str(w.message))}</div>" for w in caught
+            )
+            for w in caught:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self._notes[uid] = self._message.value
         self._plans_of[uid] = plans
         for plan in plans:
             self.plans[plan.key] = plan
