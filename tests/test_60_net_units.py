@@ -97,3 +97,44 @@ def test_import_dicomxr_does_not_import_the_network_stack():
         [sys.executable, "-c", light], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, "dicomxr.net itself must import pynetdicom only on use"
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_multipart_stream_parser_across_chunk_boundaries(chunk):
+    from dicomxr.net.dicomweb import _iter_multipart, _multipart_parts
+
+    boundary = "b0und-ary"
+    parts = [b"\x00" * 128 + b"DICM" + bytes(range(256)) * 3, b"second\r\n--not-it", b""]
+    body = (
+        b"preamble\r\n"
+        + b"".join(
+            b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+            for p in parts
+        )
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
+
+    class Response:
+        def iter_content(self, chunk_size):
+            for i in range(0, len(body), chunk):
+                yield body[i : i + chunk]
+
+    content_type = f'multipart/related; type="application/dicom"; boundary="{boundary}"'
+    assert list(_iter_multipart(content_type, Response())) == parts
+    assert _multipart_parts(content_type, body) == parts
+
+
+def test_multipart_stream_cut_short_is_an_error():
+    from dicomxr.net.dicomweb import _iter_multipart
+    from dicomxr.net.errors import RetrieveError
+
+    body = b"--b\r\n\r\nfirst\r\n--b\r\n\r\nsecond, cut"
+
+    class Response:
+        def iter_content(self, chunk_size):
+            yield body
+
+    with pytest.raises(RetrieveError, match="middle of a part"):
+        list(_iter_multipart("multipart/related; boundary=b", Response()))
