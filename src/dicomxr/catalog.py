@@ -95,6 +95,7 @@ _SCHEMA: dict[str, str] = {
     "TemporalPositionIndex": "Int64",
     "DiffusionBValue": "float64",
     "DiffusionGradientOrientation": "object",
+    "LabelType": "str",
     "is_mosaic": "bool",
     "NumberOfImagesInMosaic": "Int64",
     "is_enhanced": "bool",
@@ -180,6 +181,7 @@ _PRIVATE: dict[tuple[int, str, int], str] = {
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB0): "philips_bvec_x",  # FL
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB1): "philips_bvec_y",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB2): "philips_bvec_z",
+    (0x2005, "PHILIPS MR IMAGING DD 005", 0x29): "philips_label_type",  # ASL CONTROL/LABEL, CS
 }
 _PRIVATE_GROUPS = frozenset(g for g, _, _ in _PRIVATE)
 
@@ -313,6 +315,9 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
                     bvec = tuple(parts)
                     break
         row["DiffusionGradientOrientation"] = bvec if bvec and len(bvec) == 3 else None
+    if row.get("LabelType") is None:
+        # Philips ASL: which frames are CONTROL and which LABEL (the classic export's only trace)
+        row["LabelType"] = _to_str(private.get("philips_label_type")) if private else None
     image_type = row.get("ImageType")
     is_mosaic = bool(image_type) and any(str(v).upper() == "MOSAIC" for v in image_type)
     n_mosaic = _to_int(private.get("siemens_mosaic_n")) if is_mosaic else None
@@ -388,6 +393,7 @@ _PRIVATE_VR: dict[str, str] = {
     "philips_bvec_x": "FL",
     "philips_bvec_y": "FL",
     "philips_bvec_z": "FL",
+    "philips_label_type": "CS",
 }
 
 
