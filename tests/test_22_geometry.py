@@ -287,6 +287,24 @@ def test_report_serialises_and_prints(ge_tilt_ct: Path, scanned) -> None:
     assert "<table>" in html and "irregular" in html
 
 
+def test_report_from_dict_inverts_to_dict(ge_tilt_ct: Path, scanned) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeometryWarning)
+        (plan,) = plan_series(scanned(str(ge_tilt_ct)))
+    rep = plan.geometry
+    back = GeometryReport.from_dict(json.loads(json.dumps(rep.to_dict())))
+    assert back == rep
+    assert isinstance(back.orientation, tuple) and isinstance(back.normal, tuple)
+    assert back.regular is False and back.tilted is True and back.gaps == rep.gaps
+    assert back.to_dict() == rep.to_dict()
+    # keys of a later version are ignored; a dict without n_slices is no report
+    assert GeometryReport.from_dict({**rep.to_dict(), "new_field": 1}) == rep
+    with pytest.raises(ValueError, match="n_slices"):
+        GeometryReport.from_dict({"uniform": True})
+    with pytest.raises(ValueError, match="dict"):
+        GeometryReport.from_dict("n_slices")  # type: ignore[arg-type]
+
+
 def test_report_without_positions() -> None:
     rep = geometry.analyze_stack(None, None, None)
     assert rep.n_slices == 0 and not rep.affine_exact

@@ -179,6 +179,27 @@ def test_no_match_and_no_series(two_series, tmp_path):
         open_series(tmp_path)
 
 
+def test_list_series_carries_what_was_skipped(two_series, tmp_path):
+    from dicomxr.api import list_series
+    from dicomxr.series import SeriesPlans
+
+    root, *_ = two_series
+    for path in root.iterdir():
+        (tmp_path / path.name).symlink_to(path)
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+        plans = list_series(tmp_path)
+    assert isinstance(plans, SeriesPlans) and len(plans) == 2
+    assert [item["path"] for item in plans.skipped] == [str(tmp_path / "notes.txt")]
+    assert plans.skipped[0]["reason"].startswith("not a DICOM file")
+    # plans handed back in are SeriesPlans too, with nothing skipped or set apart
+    again = list_series(list(plans))
+    assert isinstance(again, SeriesPlans) and list(again) == list(plans)
+    assert again.skipped == [] and len(again.set_apart) == 0
+    assert open_series(plans[1]).attrs["series_key"] == plans[1].key
+
+
 def test_open_study_tree(two_series):
     root, *_ = two_series
     tree = open_study(root)

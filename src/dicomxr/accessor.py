@@ -31,10 +31,13 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
+
+if TYPE_CHECKING:
+    from dicomxr.geometry import GeometryReport
 
 __all__ = [
     "LPS_TO_RAS",
@@ -344,40 +347,18 @@ class DicomAccessor:
         return tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))  # type: ignore[return-value]
 
     @property
-    def report(self) -> Any:
+    def report(self) -> GeometryReport:
         """The series' geometry report (:class:`dicomxr.GeometryReport`).
 
-        Rebuilt from ``attrs["geometry"]`` when the geometry module can; otherwise the
-        plain dict.
+        Rebuilt from ``attrs["geometry"]`` (JSON text, or the dict older versions stored)
+        with :meth:`dicomxr.GeometryReport.from_dict`.
         """
+        from dicomxr.geometry import GeometryReport
+
         raw = self._obj.attrs.get("geometry")
         if raw is None:
             raise ValueError("no 'geometry' attribute: this DataArray was not opened by dicomxr")
-        data = geometry_from_attr(raw)
-        try:
-            from dicomxr.geometry import GeometryReport
-        except ImportError:  # pragma: no cover - geometry is part of the package
-            return data
-        for name in ("from_dict", "from_attrs"):
-            builder = getattr(GeometryReport, name, None)
-            if callable(builder):
-                try:
-                    return builder(data)
-                except (TypeError, ValueError, KeyError):
-                    break
-        import dataclasses
-
-        if not dataclasses.is_dataclass(GeometryReport) or not isinstance(data, dict):
-            return data
-        known = {f.name for f in dataclasses.fields(GeometryReport)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("orientation", "normal", "pixel_spacing"):
-            if isinstance(kwargs.get(key), list):
-                kwargs[key] = tuple(kwargs[key])
-        try:
-            return GeometryReport(**kwargs)
-        except TypeError:
-            return data
+        return GeometryReport.from_dict(geometry_from_attr(raw))
 
     # -- data -------------------------------------------------------------------------
     def load(self) -> xr.DataArray:

@@ -39,7 +39,7 @@ from dicomxr.errors import MultipleSeriesError, NoSeriesError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from dicomxr.series import SeriesPlan
+    from dicomxr.series import SeriesPlan, SeriesPlans
 
 __all__ = ["PATIENT_ATTRIBUTES", "list_series", "open_series", "open_study", "series_table"]
 
@@ -103,7 +103,7 @@ def list_series(
     on_irregular: str = "warn",
     include: Sequence[str] = (),
     recursive: bool = True,
-) -> list[SeriesPlan]:
+) -> SeriesPlans:
     """Scan ``source`` and return the plan of every image series in it (no pixel is read).
 
     Parameters
@@ -121,26 +121,26 @@ def list_series(
 
     Returns
     -------
-    list of SeriesPlan
+    SeriesPlans
+        The plans (a list), with ``set_apart`` (frames left out) and ``skipped`` (files
+        the scan skipped).
     """
-    from dicomxr.series import plan_series
+    from dicomxr.series import SeriesPlan, SeriesPlans, plan_series
 
-    if _is_plan(source):
-        return [source]  # type: ignore[list-item]
+    if isinstance(source, SeriesPlans):
+        return source
+    if isinstance(source, SeriesPlan):
+        return SeriesPlans([source])
     if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
-        return list(source)  # type: ignore[arg-type]
+        return SeriesPlans(source)  # type: ignore[arg-type]
     catalog = _catalog(source, recursive=recursive)
-    plans = plan_series(catalog, on_irregular=on_irregular, include=tuple(include))
-    # keep the scan's skipped-files report with the plans, for error messages
-    try:
-        plans.skipped = list(catalog.attrs.get("skipped", []))
-    except AttributeError:  # a plain list from a plan_series stand-in
-        plans = list(plans)
-    return plans
+    return plan_series(catalog, on_irregular=on_irregular, include=tuple(include))
 
 
 def _is_plan(obj: Any) -> bool:
-    return hasattr(obj, "grid") and hasattr(obj, "frames") and hasattr(obj, "key")
+    from dicomxr.series import SeriesPlan
+
+    return isinstance(obj, SeriesPlan)
 
 
 def _attr(plan: SeriesPlan, name: str, default: Any = None) -> Any:
@@ -165,10 +165,6 @@ def _missing(value: Any) -> bool:
         return False
 
 
-def _n_frames(plan: SeriesPlan) -> int:
-    return int(np.count_nonzero(np.asarray(plan.grid) >= 0))
-
-
 def series_table(plans: Sequence[SeriesPlan]) -> list[dict[str, Any]]:
     """One row per plan: number, description, modality, shape, frames and key.
 
@@ -185,7 +181,6 @@ def series_table(plans: Sequence[SeriesPlan]) -> list[dict[str, Any]]:
     """
     rows = []
     for plan in plans:
-        shape = tuple(np.asarray(plan.grid).shape) + tuple(plan.frame_shape)
         number = _attr(plan, "SeriesNumber")
         rows.append(
             {
@@ -193,8 +188,8 @@ def series_table(plans: Sequence[SeriesPlan]) -> list[dict[str, Any]]:
                 "SeriesDescription": str(_attr(plan, "SeriesDescription", "")),
                 "Modality": str(_attr(plan, "Modality", "")),
                 "dims": ",".join(plan.dims),
-                "shape": "x".join(str(n) for n in shape),
-                "frames": _n_frames(plan),
+                "shape": "x".join(str(n) for n in plan.shape),
+                "frames": plan.n_frames,
                 "key": plan.key,
                 "SeriesInstanceUID": str(_attr(plan, "SeriesInstanceUID", "")),
             }
@@ -222,7 +217,7 @@ def _format_table(plans: Sequence[SeriesPlan]) -> str:
     return "\n".join("    " + line.rstrip() for line in lines)
 
 
-def _select(plans: Sequence[SeriesPlan], series: Any, source: Any) -> SeriesPlan:
+def _select(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
     """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description."""
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))
@@ -278,10 +273,10 @@ def _select(plans: Sequence[SeriesPlan], series: Any, source: Any) -> SeriesPlan
     )
 
 
-def _no_series_message(plans: Sequence[SeriesPlan], source: Any) -> str:
+def _no_series_message(plans: SeriesPlans, source: Any) -> str:
     """Say why nothing can be opened: what the scan skipped and what the planner set apart."""
     lines = [f"no image series found in {_describe_source(source)}"]
-    skipped = getattr(plans, "skipped", None) or []
+    skipped = plans.skipped
     if skipped:
         reasons: dict[str, int] = {}
         for item in skipped:
@@ -292,8 +287,8 @@ def _no_series_message(plans: Sequence[SeriesPlan], source: Any) -> str:
             + "; ".join(f"{n} x {r}" for r, n in reasons.items())
             + " (see dicomxr.catalog.skipped(dicomxr.scan(...)))"
         )
-    set_apart = getattr(plans, "set_apart", None)
-    if set_apart is not None and len(set_apart):
+    set_apart = plans.set_apart
+    if len(set_apart):
         counts = set_apart.groupby("reason").size()
         lines.append(
             f"{len(set_apart)} frame(s) set apart: "
@@ -351,20 +346,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _report_dict(report: Any) -> dict[str, Any]:
-    if report is None:
-        return {}
-    for name in ("to_dict", "as_dict", "asdict"):
-        method = getattr(report, name, None)
-        if callable(method):
-            return _jsonable(method())
-    if dataclasses.is_dataclass(report):
-        return _jsonable(dataclasses.asdict(report))
-    if isinstance(report, Mapping):
-        return _jsonable(report)
-    return {"text": str(report)}
-
-
 def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     for key, value in (plan.attrs or {}).items():
@@ -395,11 +376,10 @@ def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
                     attrs[name] = value
     # flat row-major 16 floats and JSON text: netCDF and Zarr writers take them as they are
     attrs["affine"] = np.asarray(plan.affine, dtype=np.float64).ravel().tolist()
-    attrs["geometry"] = json.dumps(_report_dict(getattr(plan, "geometry", None)))
+    attrs["geometry"] = json.dumps(_jsonable(plan.geometry.to_dict()))
     attrs["series_key"] = plan.key
-    label = getattr(plan, "label", None)
-    if label:
-        attrs["series_label"] = str(label)
+    if plan.label:
+        attrs["series_label"] = str(plan.label)
     if "units" not in attrs:
         rescale_type = attrs.get("RescaleType")
         if rescale_type:
@@ -438,13 +418,8 @@ def _coord_values(values: Any) -> np.ndarray:
 
 def _frame_coords(plan: SeriesPlan) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
     coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
-    for name, spec in (plan.coords or {}).items():
-        if isinstance(spec, tuple) and len(spec) == 2:
-            dims, values = spec
-            dims = (dims,) if isinstance(dims, str) else tuple(dims)
-        else:
-            dims, values = (name,), spec
-        coords[name] = (dims, _coord_values(values))
+    for name, (dims, values) in plan.coords.items():
+        coords[name] = (tuple(dims), _coord_values(values))
     grid = np.asarray(plan.grid)
     frames = plan.frames
     # per-frame basics the contract promises, taken from the frame table when missing

@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -369,6 +370,46 @@ class GeometryReport:
         out["regular"] = self.regular
         out["tilted"] = self.tilted
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GeometryReport:
+        """Rebuild a report from :meth:`to_dict` data (the inverse of :meth:`to_dict`).
+
+        Parameters
+        ----------
+        data
+            A dict as :meth:`to_dict` returns it (for example ``json.loads`` of a
+            DataArray's ``attrs["geometry"]``). The derived ``regular`` and ``tilted``
+            entries and keys this version does not know are ignored.
+
+        Returns
+        -------
+        GeometryReport
+
+        Raises
+        ------
+        ValueError
+            When ``data`` is not a mapping or lacks ``n_slices``.
+
+        Examples
+        --------
+        >>> report = GeometryReport(n_slices=3, normal=(0.0, 0.0, 1.0))
+        >>> GeometryReport.from_dict(report.to_dict()) == report
+        True
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a geometry report is a dict, not {type(data).__name__}")
+        if "n_slices" not in data:
+            raise ValueError("a geometry report dict needs 'n_slices'")
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("orientation", "normal", "pixel_spacing"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(float(v) for v in kwargs[key])
+        for key in ("gaps", "issues"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = list(kwargs[key])
+        return cls(**kwargs)
 
     def _rows(self) -> list[tuple[str, str]]:
         def mm(v: float | None) -> str:

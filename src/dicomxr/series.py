@@ -268,6 +268,16 @@ class SeriesPlan:
         )
 
 
+_SET_APART_COLUMNS = (
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "path",
+    "frame",
+    "reason",
+)
+
+
 class SeriesPlans(list):
     """The list of plans :func:`plan_series` returns, with what was set apart.
 
@@ -278,9 +288,28 @@ class SeriesPlans(list):
     set_apart : pandas.DataFrame
         Every frame left out of all plans: ``SeriesInstanceUID``, ``SeriesNumber``,
         ``SeriesDescription``, ``path``, ``frame``, ``reason``.
+    skipped : list of dict
+        The files the scan skipped (``{"path", "reason"}``, the catalog's
+        ``attrs["skipped"]``), kept with the plans for error messages.
     """
 
     set_apart: pd.DataFrame
+    skipped: list[dict[str, Any]]
+
+    def __init__(
+        self,
+        plans: Iterable[SeriesPlan] = (),
+        *,
+        set_apart: pd.DataFrame | None = None,
+        skipped: Iterable[dict[str, Any]] = (),
+    ) -> None:
+        super().__init__(plans)
+        if set_apart is None:
+            set_apart = pd.DataFrame(
+                {name: pd.Series([], dtype=object) for name in _SET_APART_COLUMNS}
+            )
+        self.set_apart = set_apart
+        self.skipped = list(skipped)
 
     def get(self, key: str) -> SeriesPlan:
         """Return the plan with this key (or whose key starts with it, when unique)."""
@@ -618,9 +647,11 @@ def plan_series(
             p.key,
         )
 
-    out = SeriesPlans(sorted(plans, key=sort_key))
-    out.set_apart = table
-    return out
+    return SeriesPlans(
+        sorted(plans, key=sort_key),
+        set_apart=table,
+        skipped=catalog_or_frames.attrs.get("skipped", ()),
+    )
 
 
 def _key_order(plan: SeriesPlan) -> tuple[Any, ...]:

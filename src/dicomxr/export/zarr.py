@@ -52,7 +52,7 @@ def _prepared(da: xr.DataArray, chunks: dict[str, int] | None) -> xr.Dataset:
             raise ValueError(f"chunks names unknown dims {sorted(unknown)}; dims are {da.dims}")
         wanted.update(chunks)
     target = tuple(wanted[d] for d in da.dims)
-    data = _plain_dask(da.data)
+    data = da.data
     if isinstance(data, dask.array.Array):
         data = data.rechunk(target)
     else:
@@ -60,18 +60,6 @@ def _prepared(da: xr.DataArray, chunks: dict[str, int] | None) -> xr.Dataset:
     # only the image is chunked; coordinates stay in memory and are written whole
     da = da.copy(data=data)
     return da.to_dataset(name="image", promote_attrs=True)
-
-
-def _plain_dask(data):
-    """Return a plain dask array over the same graph.
-
-    xarray's writers reject a dask subclass mixed with the plain dask arrays it makes.
-    """
-    import dask.array
-
-    if isinstance(data, dask.array.Array) and type(data) is not dask.array.Array:
-        return dask.array.Array(data.dask, data.name, data.chunks, meta=data._meta)
-    return data
 
 
 def to_zarr(
