@@ -65,6 +65,9 @@ nb_execution_show_tb = True
 nb_execution_timeout = int(os.environ.get("DICOMXR_NB_TIMEOUT", "300"))
 nb_execution_in_temp = False  # run in notebooks/, as a reader would
 nb_merge_streams = True
+# A static page has no kernel: widgets (the viewer) would show as an empty box. Objects that
+# also offer a PNG of what they show (the viewer does) are rendered as that picture instead.
+nb_mime_priority_overrides = [("html", "image/png", 5), ("dirhtml", "image/png", 5)]
 
 # --- autodoc / autosummary / napoleon ---------------------------------------------------------
 autosummary_generate = False  # API pages are written by hand; nothing is generated into docs/
