@@ -218,6 +218,33 @@ def test_open_study_tree(two_series):
     assert numbers == [7, 8]
 
 
+def test_open_study_names_patients_neutrally(tmp_path):
+    vol = phantom.phantom_volume((3, 8, 8), dtype="int16", seed=3)
+    who = {"PatientID": "JOHN-42", "PatientName": "Doe^John"}
+    phantom.write_series(tmp_path / "a", vol, series_number=1)  # PatientID PHANTOM-0001
+    phantom.write_series(tmp_path / "b", vol, series_number=2, extra=who)
+    phantom.write_series(tmp_path / "c", vol, series_number=3, extra=who)
+    tree = open_study(tmp_path)
+    assert sorted(tree.children) == ["patient_0", "patient_1"]
+    series_per_patient = sorted(
+        sum(len(study.children) for study in node.children.values())
+        for node in tree.children.values()
+    )
+    assert series_per_patient == [1, 2]  # grouped by PatientID all the same
+    text = repr(tree) + " ".join(node.path for node in tree.subtree)
+    for node in tree.subtree:
+        text += json.dumps(dict(node.dataset.attrs), default=str)
+        for var in node.dataset.variables.values():
+            text += json.dumps(dict(var.attrs), default=str)
+    for secret in ("JOHN-42", "Doe^John", "PHANTOM-0001", "Phantom^Synthetic"):
+        assert secret not in text, secret
+    assert not tree["patient_0"].dataset.attrs
+
+    named = open_study(tmp_path, include_patient=True)
+    assert sorted(named.children) == ["JOHN-42", "PHANTOM-0001"]
+    assert named["JOHN-42"].dataset.attrs["PatientName"] == "Doe^John"
+
+
 def test_dtype_argument(two_series):
     root, vol_a, _ = two_series
     da = open_series(root, series=7, dtype="float32")

@@ -601,17 +601,25 @@ def open_study(
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
 
-    The tree is ``/<PatientID>/<StudyInstanceUID>/<series key>`` (a ``/`` in a key becomes
+    The tree is ``/<patient>/<StudyInstanceUID>/<series key>`` (a ``/`` in a name becomes
     ``_``); each series node holds a Dataset whose image variable is named ``image`` and
-    whose attrs are the series attrs. Study nodes carry the study attributes; patient
-    nodes carry patient attributes only with ``include_patient=True``.
+    whose attrs are the series attrs. Study nodes carry the study attributes.
+
+    Patient nodes are named neutrally, ``patient_0``, ``patient_1``, ... in the order the
+    patients first appear among the series (grouped by PatientID), and carry no
+    identifier at all, so a tree can be shared or written out without leaking who was
+    scanned. With ``include_patient=True`` they are named by PatientID and carry
+    ``PatientID``, ``PatientName``, ``PatientBirthDate`` and ``PatientSex``.
 
     Parameters
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, dtype, include_patient, include, rescale, recursive
+    on_irregular, dtype, include, rescale, recursive
         As for :func:`open_series`.
+    include_patient
+        Name patient nodes by PatientID and keep patient-identifying attributes (in the
+        patient nodes and the series attrs); by default neither appears anywhere in the tree.
 
     Returns
     -------
@@ -627,8 +635,16 @@ def open_study(
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))
     tree: dict[str, xr.Dataset] = {"/": xr.Dataset()}
+    patients: dict[str, str] = {}  # PatientID -> node name
     for plan in plans:
-        patient = _node_name(_attr(plan, "PatientID"), "unknown_patient")
+        patient_id = str(plan.patient.get("PatientID") or "")
+        if patient_id not in patients:
+            patients[patient_id] = (
+                _node_name(patient_id, "unknown_patient")
+                if include_patient
+                else f"patient_{len(patients)}"
+            )
+        patient = patients[patient_id]
         study = _node_name(_attr(plan, "StudyInstanceUID"), "unknown_study")
         key = _node_name(plan.key, "series")
         da = _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient, rescale=rescale)
