@@ -167,6 +167,8 @@ def mosaic(data_root: Path, scanned) -> pd.DataFrame:
 def test_mosaic_tiles(mosaic: pd.DataFrame) -> None:
     assert len(mosaic) == 35
     assert mosaic["tile"].tolist() == list(range(35))
+    # one stored frame: `frame` is the frame within the file, the tile is in `tile`
+    assert mosaic["frame"].tolist() == [0] * 35
     assert set(mosaic["Rows"]) == set(mosaic["tile_rows"]) == {64}
     assert set(mosaic["Columns"]) == set(mosaic["tile_cols"]) == {64}
     assert set(mosaic["mosaic_rows"]) == {384}

@@ -249,6 +249,25 @@ def test_mosaic_tiles_equal_pydicom(data_root: Path, name: str) -> None:
         assert pixels.frame_shape(tref) == (64, 64)
 
 
+def test_mosaic_rows_of_the_frame_table_read_as_tiles(data_root: Path, scanned) -> None:
+    """FrameRef.from_row takes `frame` as it is: 0 for every tile of a MOSAIC image."""
+    from dicomxr import frames
+
+    path = data_root / "dcm_qa_ts" / "In" / "1.dcm"
+    table = frames.expand(scanned(str(path)))
+    full, _ = _reference(path)
+    for tile in (0, 13, 34):
+        ref = FrameRef.from_row(table.iloc[tile])
+        assert ref.frame == 0 and ref.tile == tile
+        tr, tc = divmod(tile, 6)
+        want = full[0, tr * 64 : tr * 64 + 64, tc * 64 : tc * 64 + 64]
+        np.testing.assert_array_equal(pixels.read_frame(ref), want)
+    # a frame index beyond the file is an error, not silently taken as frame 0
+    bad = {**table.iloc[5].to_dict(), "frame": 5}
+    with pytest.raises(PixelDataError, match="frame 5 requested, the file has 1"):
+        pixels.read_frame(FrameRef.from_row(bad))
+
+
 def test_monochrome1_keeps_stored_values(tmp_path: Path) -> None:
     from dicomxr.phantom import phantom_volume, write_series
 

@@ -202,6 +202,8 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     total = len(out)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     frame = np.arange(total) - np.repeat(starts, counts)
+    # a MOSAIC image is one stored frame: its tiles share frame 0 and are told apart by `tile`
+    frame[np.repeat(mosaic, counts)] = 0
     values: dict[str, np.ndarray] = {
         "frame": frame.astype(np.int64),
         "tile": np.full(total, -1, np.int64),

@@ -167,15 +167,9 @@ class FrameRef:
         tile = _int(get("tile"), None)
         if tile is not None and tile < 0:
             tile = None
-        nframes = _int(get("NumberOfFrames"), 1) or 1
-        frame = _int(get("frame"), 0)
-        if tile is not None and nframes == 1:
-            # a MOSAIC image is one stored frame whatever the tile (frames tables may number
-            # the tiles in the frame column)
-            frame = 0
         return cls(
             path=os.fspath(get("path")),
-            frame=frame,
+            frame=_int(get("frame"), 0),
             pixel_data_offset=_int(get("pixel_data_offset"), -1),
             TransferSyntaxUID=_str(get("TransferSyntaxUID"), EXPLICIT_VR_LITTLE_ENDIAN),
             Rows=_int(get("Rows"), 0),
@@ -186,7 +180,7 @@ class FrameRef:
             PixelRepresentation=_int(get("PixelRepresentation"), 0),
             PhotometricInterpretation=_str(get("PhotometricInterpretation"), "MONOCHROME2"),
             PlanarConfiguration=_int(get("PlanarConfiguration"), 0),
-            NumberOfFrames=nframes,
+            NumberOfFrames=_int(get("NumberOfFrames"), 1) or 1,
             tile=tile,
             mosaic_rows=_int(get("mosaic_rows"), 0) if tile is not None else 0,
             mosaic_cols=_int(get("mosaic_cols"), 0) if tile is not None else 0,
