@@ -287,3 +287,45 @@ def test_opened_series_survives_netcdf(sample_dir, tmp_path):
         assert json.loads(back.attrs["dim_sources"])["label"].startswith("LabelType")
         np.testing.assert_array_equal(back.isel(time=0, label=1, slice=7).values,
                                       da.isel(time=0, label=1, slice=7).values)  # fmt: skip
+
+
+def test_on_duplicate_reaches_the_planner(tmp_path):
+    from dicomxr.errors import GeometryError
+
+    vol = phantom.phantom_volume((3, 8, 8), dtype="int16", seed=4)
+    uid = "1.2.826.0.1.3680043.10.1187.77.2"
+    phantom.write_series(tmp_path, vol, series_uid=uid, file_names=["b1", "b2", "b3"])
+    phantom.write_series(
+        tmp_path,
+        vol,
+        series_uid=uid,
+        file_names=["a1", "a2", "a3"],
+        uid_root="1.2.826.0.1.3680043.10.1187.5",  # a second acquisition at the same positions
+    )
+    with pytest.raises(GeometryError, match="share a position"):
+        open_series(tmp_path, on_duplicate="raise")
+    with pytest.raises(GeometryError, match="share a position"):
+        open_study(tmp_path, on_duplicate="raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dicomxr.GeometryWarning)
+        with pytest.raises(MultipleSeriesError, match=f"{uid}/2"):
+            open_series(tmp_path, on_duplicate="split")
+        one = open_series(tmp_path, on_duplicate="split", series=f"{uid}/2")
+        assert one.dims == ("slice", "row", "col")
+        assert len(open_study(tmp_path, on_duplicate="split").leaves) == 2
+        quiet = open_series(tmp_path, on_duplicate="ignore")
+    assert quiet.dims == ("volume", "slice", "row", "col")
+
+
+def test_on_irregular_fill(tmp_path):
+    vol = phantom.phantom_volume((4, 8, 8), dtype="int16", seed=5)
+    phantom.write_series(tmp_path, vol, slice_step=[2.0, 4.0, 2.0], rescale=(1.0, 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.GeometryWarning)
+        da = open_series(tmp_path, on_irregular="fill")
+    assert da.sizes["slice"] == 5
+    values = da.values
+    assert np.isnan(values[2]).all()
+    np.testing.assert_array_equal(values[[0, 1, 3, 4]], vol)
+    assert da.dicom.report.affine_exact
+    np.testing.assert_allclose(np.diff(da.coords["slice"].values), 2.0)

@@ -101,6 +101,7 @@ def list_series(
     source: Source | pd.DataFrame,
     *,
     on_irregular: str = "warn",
+    on_duplicate: str = "warn",
     include: Sequence[str] = (),
     recursive: bool = True,
 ) -> SeriesPlans:
@@ -112,7 +113,16 @@ def list_series(
         A file, folder, glob, list of paths, DICOMDIR, or a catalog from
         :func:`dicomxr.scan`.
     on_irregular
-        Policy for irregular stacks, passed to :func:`dicomxr.plan_series`.
+        What to do with an irregular stack (uneven spacing, missing slices, tilt,
+        incomplete frame grid), passed to :func:`dicomxr.plan_series`: ``"warn"``
+        (default: keep every frame, warn), ``"raise"``, ``"split"`` (regular blocks become
+        separate series), ``"fill"`` (whole missing slices become NaN frames so the affine
+        is exact), ``"ignore"`` (keep silently; the report still tells).
+    on_duplicate
+        What to do with frames that share a position and that no dimension tells apart,
+        passed to :func:`dicomxr.plan_series`: ``"warn"`` (default: keep them along a
+        ``volume`` dim, warn), ``"raise"``, ``"split"`` (one series per copy),
+        ``"ignore"``.
     include
         Frames normally set apart to plan anyway (``"localizer"``, ``"secondary_capture"``),
         passed to :func:`dicomxr.plan_series`.
@@ -134,7 +144,9 @@ def list_series(
     if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
         return SeriesPlans(source)  # type: ignore[arg-type]
     catalog = _catalog(source, recursive=recursive)
-    return plan_series(catalog, on_irregular=on_irregular, include=tuple(include))
+    return plan_series(
+        catalog, on_irregular=on_irregular, on_duplicate=on_duplicate, include=tuple(include)
+    )
 
 
 def _is_plan(obj: Any) -> bool:
@@ -485,6 +497,7 @@ def open_series(
     *,
     series: int | str | SeriesPlan | None = None,
     on_irregular: str = "warn",
+    on_duplicate: str = "warn",
     dtype: str | np.dtype | type = "auto",
     include_patient: bool = False,
     include: Sequence[str] = (),
@@ -506,8 +519,18 @@ def open_series(
         characters), a SeriesInstanceUID, or a case-insensitive part of the
         SeriesDescription.
     on_irregular
-        What to do with an irregular stack (missing or duplicate slices, uneven spacing,
-        tilt), passed to :func:`dicomxr.plan_series`.
+        What to do with an irregular stack (uneven spacing, missing slices, tilt,
+        incomplete frame grid), passed to :func:`dicomxr.plan_series`: ``"warn"``
+        (default: keep every frame, the ``slice`` coordinate holds the true positions, the
+        affine is approximate, :class:`~dicomxr.GeometryWarning`), ``"raise"``
+        (:class:`~dicomxr.GeometryError`), ``"split"`` (regular blocks become separate
+        series, pick one with ``series=``), ``"fill"`` (whole missing slices become NaN
+        frames so the affine is exact), ``"ignore"`` (like ``"warn"`` without the warning).
+    on_duplicate
+        What to do with frames that share a position and that no dimension (time, echo,
+        b-value, ...) tells apart, passed to :func:`dicomxr.plan_series`: ``"warn"``
+        (default: keep them along an extra ``volume`` dim, warn), ``"raise"``, ``"split"``
+        (one series per copy), ``"ignore"``.
     dtype
         ``"auto"`` keeps integers when the rescale is exact (float32 otherwise), or any
         numpy dtype.
@@ -550,7 +573,13 @@ def open_series(
     >>> da.dicom.affine_ras.shape
     (4, 4)
     """
-    plans = list_series(source, on_irregular=on_irregular, include=include, recursive=recursive)
+    plans = list_series(
+        source,
+        on_irregular=on_irregular,
+        on_duplicate=on_duplicate,
+        include=include,
+        recursive=recursive,
+    )
     plan = _select(plans, series, source)
     return _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient, rescale=rescale)
 
@@ -593,6 +622,7 @@ def open_study(
     source: Source | pd.DataFrame,
     *,
     on_irregular: str = "warn",
+    on_duplicate: str = "warn",
     dtype: str | np.dtype | type = "auto",
     include_patient: bool = False,
     include: Sequence[str] = (),
@@ -615,7 +645,7 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, dtype, include, rescale, recursive
+    on_irregular, on_duplicate, dtype, include, rescale, recursive
         As for :func:`open_series`.
     include_patient
         Name patient nodes by PatientID and keep patient-identifying attributes (in the
@@ -631,7 +661,13 @@ def open_study(
     >>> tree = dicomxr.open_study(dicomxr.data.sample_path())
     >>> [node.path for node in tree.leaves]  # doctest: +SKIP
     """
-    plans = list_series(source, on_irregular=on_irregular, include=include, recursive=recursive)
+    plans = list_series(
+        source,
+        on_irregular=on_irregular,
+        on_duplicate=on_duplicate,
+        include=include,
+        recursive=recursive,
+    )
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))
     tree: dict[str, xr.Dataset] = {"/": xr.Dataset()}
