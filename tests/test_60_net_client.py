@@ -209,7 +209,14 @@ def test_open_matches_local_originals(orthanc, tmp_path):
         pytest.fail("dicomxr.open_series is not available")
     with orthanc.client() as c:
         series = c.find("SERIES", Modality="MR", SeriesNumber="1901")
-        fetched = c.open(tmp_path, series=series.SeriesInstanceUID[0])
+        fetched = c.open(tmp_path / "get", series=series.SeriesInstanceUID[0])
+        moved = c.open(
+            tmp_path / "move",
+            series=series.SeriesInstanceUID[0],
+            method="move",
+            fetch_kwargs={"ae_title": MOVE_AE, "port": orthanc.move_port, "bind": "127.0.0.1"},
+        )
+    np.testing.assert_array_equal(moved.values, fetched.values)
     local_dir = tmp_path.parent / (tmp_path.name + "-local")
     local_dir.mkdir()
     for p in orthanc.mr_files:

@@ -1285,6 +1285,7 @@ class DicomClient:
         study: str | None = None,
         series: str | None = None,
         method: str = "get",
+        fetch_kwargs: Mapping[str, Any] | None = None,
         **open_kwargs: Any,
     ) -> Any:
         """Fetch (resuming) and open: a series → ``DataArray``, a study → ``DataTree``.
@@ -1298,40 +1299,30 @@ class DicomClient:
             ``dicomxr.open_series(<series folder>)``, else ``dicomxr.open_study(<study folder>)``.
         method
             ``"get"`` or ``"move"``.
+        fetch_kwargs
+            Further arguments of :meth:`get` / :meth:`move` (``parallel``, ``ae_title``,
+            ``port``, ...).
         **open_kwargs
             Passed to :func:`dicomxr.open_series` / :func:`dicomxr.open_study`.
         """
         import dicomxr
+        from dicomxr.net.storage import safe_name
 
-        fetch = self.get if method == "get" else self.move
+        if method not in ("get", "move"):
+            raise ValueError(f"method must be 'get' or 'move', not {method!r}")
         if series is None and study is None:
             raise ValueError("give study= or series=")
-        report = fetch(dest, study=study, series=series)
-        folders = _folders_of(report, series)
-        if series is not None:
-            return dicomxr.open_series(folders[0], **open_kwargs)
-        return dicomxr.open_study(folders[0].parent if len(folders) else report.dest, **open_kwargs)
-
-
-def _folders_of(report: RetrieveReport, series: str | None) -> list[Path]:
-    paths = [*report.received]
-    root = report.dest
-    folders = sorted({p.parent for p in paths})
-    if not folders:
-        # everything was on disk already: find the series folders by name
-        from dicomxr.net.storage import safe_name
-
-        if series is not None:
-            folders = sorted(p for p in root.glob(f"*/{safe_name(series)}") if p.is_dir())
-        else:
-            folders = sorted(p for p in root.glob("*/*") if p.is_dir())
-    if series is not None:
-        from dicomxr.net.storage import safe_name
-
-        folders = [f for f in folders if f.name == safe_name(series)] or folders
-    if not folders:
-        raise RetrieveError(f"nothing was fetched into {root}", report)
-    return folders
+        fetch = self.get if method == "get" else self.move
+        report = fetch(dest, study=study, series=series, **dict(fetch_kwargs or {}))
+        root = report.dest
+        if series is None:
+            return dicomxr.open_study(root / safe_name(study), **open_kwargs)
+        folders = sorted(p for p in root.glob(f"*/{safe_name(series)}") if p.is_dir())
+        if study is not None:
+            folders = [f for f in folders if f.parent.name == safe_name(study)] or folders
+        if not folders:
+            raise RetrieveError(f"series {series} is not under {root} after the fetch", report)
+        return dicomxr.open_series(folders[0], **open_kwargs)
 
 
 def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
