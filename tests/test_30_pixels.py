@@ -195,6 +195,30 @@ def test_stale_offset_is_a_clear_error(data_root: Path) -> None:
         pixels.read_frame(bad)
 
 
+def test_pixel_data_error_is_a_public_dicomxr_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import dicomxr
+    from dicomxr import errors
+
+    assert dicomxr.PixelDataError is errors.PixelDataError is PixelDataError
+    assert "PixelDataError" in dicomxr.__all__
+    assert issubclass(PixelDataError, errors.DicomxrError)
+    assert issubclass(PixelDataError, ValueError)
+    bad = tmp_path / "empty.dcm"
+    bad.write_bytes(b"")
+    with pytest.raises(dicomxr.DicomxrError):
+        pixels.read_frame(FrameRef(path=str(bad), Rows=2, Columns=2, pixel_data_offset=0))
+    # the top-level name costs no import of the pixel layer
+    code = (
+        "import sys, dicomxr; dicomxr.PixelDataError; "
+        "print(any(m in sys.modules for m in ('dicomxr.pixels', 'pydicom', 'numpy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_unknown_offset_is_located(data_root: Path) -> None:
     path = data_root / "dcm_qa_ts/In/2.dcm"
     (ref,) = pixels.file_frame_refs(path)

@@ -30,6 +30,7 @@ from dicomxr.errors import (
     MissingDependencyError,
     MultipleSeriesError,
     NoSeriesError,
+    PixelDataError,
     SkippedFileWarning,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "MissingDependencyError",
     "MultipleSeriesError",
     "NoSeriesError",
+    "PixelDataError",
     "SeriesPlan",
     "SkippedFileWarning",
     "__version__",

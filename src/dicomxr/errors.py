@@ -23,6 +23,14 @@ class GeometryError(DicomxrError, ValueError):
     """The frames of a series do not form the regular grid the caller asked for."""
 
 
+class PixelDataError(DicomxrError, ValueError):
+    """The pixel data of a frame cannot be read (cut short, malformed, or undecodable).
+
+    The message names the file, the frame and what is wrong. Also importable from
+    :mod:`dicomxr.pixels`, where it was first defined.
+    """
+
+
 class MissingDependencyError(DicomxrError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 

@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from dicomxr.errors import DicomxrError, MissingDependencyError
+# PixelDataError lives in dicomxr.errors; imported here too, where it has always been found
+from dicomxr.errors import MissingDependencyError, PixelDataError
 
 __all__ = [
     "FrameRef",
@@ -76,13 +77,6 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b
 _PIXEL_ELEMENTS = {0x0010: "PixelData", 0x0008: "FloatPixelData", 0x0009: "DoubleFloatPixelData"}
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _CODECS_EXTRA = "codecs"
-
-
-class PixelDataError(DicomxrError, ValueError):
-    """The pixel data of a frame cannot be read (cut short, malformed, or undecodable).
-
-    The message names the file, the frame and what is wrong.
-    """
 
 
 def _is_missing(value: Any) -> bool:
