@@ -329,3 +329,21 @@ def test_on_irregular_fill(tmp_path):
     np.testing.assert_array_equal(values[[0, 1, 3, 4]], vol)
     assert da.dicom.report.affine_exact
     np.testing.assert_allclose(np.diff(da.coords["slice"].values), 2.0)
+
+
+def test_coordinates_come_from_the_plan(two_series, caplog):
+    import dataclasses
+
+    from dicomxr.api import list_series
+
+    root, *_ = two_series
+    plan = next(p for p in list_series(root) if p.attrs["SeriesNumber"] == 7)
+    da = open_series(plan)
+    for name, (dims, _) in plan.coords.items():
+        assert da.coords[name].dims == tuple(dims), name
+    # a coordinate that does not fit the grid is left out loudly, never silently
+    broken = dataclasses.replace(plan, coords={**plan.coords, "bad": (("slice",), np.arange(2))})
+    with caplog.at_level("WARNING", logger="dicomxr.api"):
+        out = open_series(broken)
+    assert "bad" not in out.coords
+    assert "coordinate 'bad'" in caplog.text

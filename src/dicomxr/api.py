@@ -429,63 +429,10 @@ def _coord_values(values: Any) -> np.ndarray:
 
 
 def _frame_coords(plan: SeriesPlan) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
-    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
-    for name, (dims, values) in plan.coords.items():
-        coords[name] = (tuple(dims), _coord_values(values))
-    grid = np.asarray(plan.grid)
-    frames = plan.frames
-    # per-frame basics the contract promises, taken from the frame table when missing
-    wanted = ["InstanceNumber", "SOPInstanceUID", "path", "frame"]
-    for name in wanted:
-        if name in coords or name not in frames.columns:
-            continue
-        coords[name] = (tuple(plan.dims), _coord_values(_gather(frames[name], grid)))
-    if "position_x" not in coords and "ImagePositionPatient" in frames.columns:
-        pos = _gather_vectors(frames["ImagePositionPatient"], grid, 3)
-        for i, axis in enumerate("xyz"):
-            coords[f"position_{axis}"] = (tuple(plan.dims), pos[..., i])
-    if "slice" not in coords:
-        coords["slice"] = (("slice",), _slice_positions(plan))
-    return coords
-
-
-def _gather(column: pd.Series, grid: np.ndarray) -> np.ndarray:
-    values = column.to_numpy(dtype=object)
-    out = np.empty(grid.shape, dtype=object)
-    flat = grid.ravel()
-    out.ravel()[:] = [values[i] if i >= 0 else None for i in flat]
-    return out
-
-
-def _gather_vectors(column: pd.Series, grid: np.ndarray, n: int) -> np.ndarray:
-    values = column.to_numpy(dtype=object)
-    out = np.full((*grid.shape, n), np.nan)
-    for idx, row in np.ndenumerate(grid):
-        if row >= 0 and values[row] is not None and not _missing(values[row]):
-            vec = np.asarray(values[row], dtype=np.float64)
-            if vec.shape == (n,):
-                out[idx] = vec
-    return out
-
-
-def _slice_positions(plan: SeriesPlan) -> np.ndarray:
-    """Position of each slice along the slice normal (mm), from the affine's slice column."""
-    affine = np.asarray(plan.affine, dtype=np.float64)
-    grid = np.asarray(plan.grid)
-    n = grid.shape[-1]
-    normal = np.cross(affine[:3, 2], affine[:3, 1])  # col cosine x row cosine = row dir x col dir
-    norm = np.linalg.norm(normal)
-    if "ImagePositionPatient" in plan.frames.columns and norm > 0:
-        normal /= norm
-        pos = _gather_vectors(plan.frames["ImagePositionPatient"], grid, 3)
-        pos = pos.reshape(-1, n, 3)
-        with np.errstate(invalid="ignore"):
-            along = np.nanmedian(pos @ normal, axis=0) if pos.shape[0] > 1 else pos[0] @ normal
-        if np.all(np.isfinite(along)):
-            return along.astype(np.float64)
-    # no positions (secondary capture): distance along the affine's slice column
-    step = np.linalg.norm(affine[:3, 0]) or 1.0
-    return np.arange(n, dtype=np.float64) * step
+    """Return the plan's coordinates (``slice``, positions, UIDs, paths, varying attributes)."""
+    return {
+        name: (tuple(dims), _coord_values(values)) for name, (dims, values) in plan.coords.items()
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -597,13 +544,17 @@ def _plan_to_dataarray(
         raise ValueError(
             f"series {plan.key}: lazy array has shape {data.shape}, expected dims {dims}"
         )
-    coords = _frame_coords(plan)
-    coords = {
-        name: (cdims, values)
-        for name, (cdims, values) in coords.items()
-        if all(d in dims for d in cdims)
-        and tuple(values.shape) == tuple(data.shape[dims.index(d)] for d in cdims)
-    }
+    coords = {}
+    for name, (cdims, values) in _frame_coords(plan).items():
+        if all(d in dims for d in cdims) and values.shape == tuple(
+            data.shape[dims.index(d)] for d in cdims
+        ):
+            coords[name] = (cdims, values)
+        else:  # a planner bug; the image is still right, say what is left out
+            logger.warning(
+                "series %s: coordinate %r on %s with shape %s does not fit dims %s; left out",
+                plan.key, name, cdims, values.shape, dict(zip(dims, data.shape, strict=True)),
+            )  # fmt: skip
     da = xr.DataArray(data, dims=dims, coords=coords, name="image")
     da.attrs = _series_attrs(plan, include_patient=include_patient)
     preferred = {d: 1 for d in plan.dims}
