@@ -55,6 +55,7 @@ __all__ = [
     "DicomServer",
     "OrthancServer",
     "QRSCPServer",
+    "dcmtk_tool",
     "free_port",
     "orthanc_dicomweb_plugin",
 ]
@@ -326,29 +327,16 @@ class DicomServer:
         return len(files)
 
     def _seed_files(self, files: list[Path]) -> None:
-        storescu = dcmtk_tool("storescu")
-        # one association per call; +xa... storescu proposes the file's own transfer syntax
-        # with -xs/-xv etc. only when asked, so send compressed files one by one
-        batch: list[str] = []
-        for f in files:
-            batch.append(str(f))
+        # one association for all files; --required proposes exactly the presentation
+        # contexts the files need (each file's SOP class in its own transfer syntax)
         cmd = [
-            storescu,
-            "-aet",
-            "SEEDER",
-            "-aec",
-            self.ae_title,
-            "-to",
-            "30",
-            "-ta",
-            "30",
-            "-td",
-            "60",
-            "--propose-lossless",  # plus uncompressed; the rest goes through +r / per file
-            "--required",  # one context per file's own transfer syntax
+            dcmtk_tool("storescu"),
+            *("-aet", "SEEDER", "-aec", self.ae_title),
+            *("-to", "30", "-ta", "30", "-td", "60"),
+            "--required",
             self.host,
             str(self.port),
-            *batch,
+            *(str(f) for f in files),
         ]
         result = subprocess.run(
             cmd, env=self._env(), capture_output=True, text=True, timeout=300, check=False
