@@ -529,3 +529,32 @@ def test_frames_of_one_multiframe_file_at_one_position_are_time() -> None:
     (plan,) = _plans(df)  # no GeometryWarning: these are not duplicates
     assert plan.dims == ("time", "slice") and plan.grid[:, 0].tolist() == list(range(n))
     assert plan.coords["frame"] == (("time",), pytest.approx(np.arange(n)))
+
+
+def _repeat_scan(tmp_path: Path, repeated: list[int], n: int = 6) -> list:
+    """A stack of ``n`` slices whose slices ``repeated`` were acquired a second time, later."""
+    import dicomxr
+
+    vol = phantom.phantom_volume((n + len(repeated), 8, 8))
+    origin = np.array([-100.0, -120.0, -50.0])
+    positions = [origin + np.array([0.0, 0.0, k]) for k in range(n)] + [
+        origin + np.array([0.0, 0.0, k]) for k in repeated
+    ]
+    phantom.write_series(tmp_path, vol, positions=positions)
+    return plan_series(dicomxr.scan(tmp_path, progress=False), on_duplicate="ignore")
+
+
+def test_a_few_slices_acquired_twice_are_duplicates_not_a_time_axis(tmp_path) -> None:
+    # kept as copies along 'volume' (the duplicate policy decides), never read as time
+    (plan,) = _repeat_scan(tmp_path, repeated=[2])
+    assert plan.dims == ("volume", "slice")
+    assert plan.attrs["dim_sources"]["volume"] == "InstanceNumber order (copies)"
+
+
+def test_most_positions_acquired_again_are_a_time_axis(tmp_path) -> None:
+    # five of six positions repeated later: a second time point with one frame missing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeometryWarning)
+        (plan,) = _repeat_scan(tmp_path, repeated=[0, 1, 2, 3, 4])
+    assert plan.dims == ("time", "slice")
+    assert plan.grid.shape == (2, 6) and (plan.grid == -1).sum() == 1

@@ -108,3 +108,21 @@ def test_open_groups_and_stored_values(series_dir):
     assert len(images) == 2
     raw = xr.open_dataset(root / "one", engine="dicom", rescale=False)
     np.testing.assert_array_equal(raw["image"].values, vol)
+
+
+def test_engine_passes_on_duplicate_through(tmp_path):
+    from dicomxr import phantom
+    from dicomxr.errors import GeometryError
+
+    vol = phantom.phantom_volume((4, 8, 8))
+    origin = np.array([-100.0, -120.0, -50.0])
+    positions = [
+        origin,
+        origin + np.array([0.0, 0.0, 1]),
+        origin + np.array([0.0, 0.0, 1]),
+        origin + np.array([0.0, 0.0, 2]),
+    ]
+    phantom.write_series(tmp_path, vol, positions=positions)
+    with pytest.raises(GeometryError, match="duplicate"):
+        xr.open_dataset(tmp_path, engine="dicom", on_duplicate="raise")
+    assert "on_duplicate" in xr.backends.list_engines()["dicom"].open_dataset_parameters

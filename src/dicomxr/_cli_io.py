@@ -103,11 +103,6 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip())
 
 
-def _describe(plan: Any) -> str:
-    describe = getattr(plan, "describe", None)
-    return describe() if callable(describe) else repr(plan)
-
-
 def _scan(args: argparse.Namespace) -> int:
     from dicomxr.api import list_series, series_table
     from dicomxr.catalog import scan, skipped
@@ -134,8 +129,8 @@ def _scan(args: argparse.Namespace) -> int:
                 print(f"  skipped {path}: {reason}")
         else:
             print("  (list them with --skipped)")
-    set_apart = getattr(plans, "set_apart", None)
-    if set_apart is not None and len(set_apart):
+    set_apart = plans.set_apart
+    if len(set_apart):
         counts = set_apart.groupby("reason").size()
         print(f"{len(set_apart)} frame(s) set apart (not in any series above):")
         for reason, n in counts.items():
@@ -166,12 +161,11 @@ def _info(args: argparse.Namespace) -> int:
     for i, plan in enumerate(plans):
         if i:
             print("\n" + "-" * 72 + "\n")
-        text = _describe(plan)
+        text = plan.describe()
         print(text)
-        report = getattr(plan, "geometry", None)
-        if report is not None and "GeometryReport" not in text:
+        if "GeometryReport" not in text:
             print()
-            print(report)
+            print(plan.geometry)
     return 0
 
 
@@ -194,7 +188,7 @@ def _demo(args: argparse.Namespace) -> int:
     plans = list_series(folder)
     plan = plans[0]
     print("== series plan and geometry report (headers only, no pixel read yet)")
-    text = _describe(plan)
+    text = plan.describe()
     print(text)
     if "GeometryReport" not in text:
         print(plan.geometry)

@@ -56,6 +56,7 @@ def _build_entrypoint() -> type:
             "drop_variables",
             "series",
             "on_irregular",
+            "on_duplicate",
             "dtype",
             "include_patient",
             "include",
@@ -80,6 +81,7 @@ def _build_entrypoint() -> type:
             drop_variables: str | Iterable[str] | None = None,
             series: int | str | None = None,
             on_irregular: str = "warn",
+            on_duplicate: str = "warn",
             dtype: str = "auto",
             include_patient: bool = False,
             include: tuple[str, ...] = (),
@@ -94,7 +96,7 @@ def _build_entrypoint() -> type:
                 File, folder or DICOMDIR.
             drop_variables
                 Coordinates to leave out.
-            series, on_irregular, dtype, include_patient, include, rescale, recursive
+            series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
                 As for :func:`dicomxr.open_series`.
             """
             from dicomxr.api import open_series
@@ -103,6 +105,7 @@ def _build_entrypoint() -> type:
                 _source(filename_or_obj),
                 series=series,
                 on_irregular=on_irregular,
+                on_duplicate=on_duplicate,
                 dtype=dtype,
                 include_patient=include_patient,
                 include=include,
@@ -119,6 +122,7 @@ def _build_entrypoint() -> type:
             *,
             drop_variables: str | Iterable[str] | None = None,
             on_irregular: str = "warn",
+            on_duplicate: str = "warn",
             dtype: str = "auto",
             include_patient: bool = False,
             include: tuple[str, ...] = (),
@@ -133,7 +137,7 @@ def _build_entrypoint() -> type:
                 File, folder or DICOMDIR.
             drop_variables
                 Coordinates to leave out of every series.
-            on_irregular, dtype, include_patient, include, rescale, recursive
+            on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
                 As for :func:`dicomxr.open_study`.
             """
             from dicomxr.api import open_study
@@ -141,6 +145,7 @@ def _build_entrypoint() -> type:
             tree = open_study(
                 _source(filename_or_obj),
                 on_irregular=on_irregular,
+                on_duplicate=on_duplicate,
                 dtype=dtype,
                 include_patient=include_patient,
                 include=include,
@@ -157,6 +162,7 @@ def _build_entrypoint() -> type:
             *,
             drop_variables: str | Iterable[str] | None = None,
             on_irregular: str = "warn",
+            on_duplicate: str = "warn",
             dtype: str = "auto",
             include_patient: bool = False,
             include: tuple[str, ...] = (),
@@ -168,6 +174,7 @@ def _build_entrypoint() -> type:
                 filename_or_obj,
                 drop_variables=drop_variables,
                 on_irregular=on_irregular,
+                on_duplicate=on_duplicate,
                 dtype=dtype,
                 include_patient=include_patient,
                 include=include,

@@ -1050,7 +1050,10 @@ def _plan_group(
             one_file = _frames_of_one_file(cols, rows, cell, dup_cells)
             if one_file and "time" not in useful:
                 rank = _rank_within(cell, np.full_like(times, np.nan), order_key)
-            if (distinct_times or one_file) and "time" not in useful:
+            # a repeated acquisition covers most positions; a few positions acquired twice
+            # (a re-scanned slice, an overlapping copy) are duplicates, not a time axis
+            repeated_majority = np.count_nonzero(counts > 1) * 2 >= n_slices
+            if ((distinct_times and repeated_majority) or one_file) and "time" not in useful:
                 source = (
                     "frame order within one file" if one_file else "acquisition / trigger times"
                 )
