@@ -181,3 +181,10 @@ def test_load_of_a_selection_takes_dasks_route(sagittal):
     part = da.isel(slice=slice(2, 5)).dicom.load()
     assert isinstance(part.data, np.ndarray)
     np.testing.assert_array_equal(part.values, vol[2:5])
+
+
+def test_montage_is_a_static_png_of_the_frames_it_shows(sagittal, tmp_path):
+    da, _ = sagittal
+    out = tmp_path / "m.png"
+    da.dicom.montage(n=4, path=out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

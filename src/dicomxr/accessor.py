@@ -497,6 +497,15 @@ class DicomAccessor:
             fig.colorbar(image, ax=ax, shrink=0.8, label=str(da.attrs.get("units", "")))
         return fig
 
+    def montage(self, **kwargs: Any) -> Any:
+        """Draw a static grid of planes (:func:`dicomxr.viewer.static.montage`), to a PNG.
+
+        The fallback where widgets cannot render; reads only the frames it shows.
+        """
+        from dicomxr.viewer.static import montage
+
+        return montage(self._obj, **kwargs)
+
     def view(self, **kwargs: Any) -> Any:
         """Open the interactive notebook viewer (:func:`dicomxr.view`) on this image."""
         from dicomxr.viewer import view
