@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 import types
 from typing import Any
 
@@ -44,10 +45,17 @@ class FastSocket(AssociationSocket):
     """
 
     wait = 0.0005
+    #: True while a dicomxr thread reads the socket itself (``_fastget``): the DUL reactor
+    #: must not read then, so :attr:`ready` answers False after :attr:`paused_wait` seconds
+    paused = False
+    paused_wait = 0.002
 
     @property
     def ready(self) -> bool:
         """Return True when data can be read (waiting at most :attr:`wait` seconds)."""
+        if self.paused:
+            time.sleep(self.paused_wait)
+            return False
         sock = self.socket
         if sock is None or self._is_connected is False:
             return False

@@ -21,7 +21,6 @@ import contextlib
 import datetime as _dt
 import logging
 import os
-import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -51,6 +50,7 @@ from pydicom.uid import (
 from pynetdicom import build_context, build_role, evt, sop_class
 from pynetdicom.status import code_to_category
 
+from dicomxr.net import _fastget
 from dicomxr.net._transport import FastAE
 from dicomxr.net.errors import (
     AssociationError,
@@ -61,7 +61,7 @@ from dicomxr.net.errors import (
     RetrieveError,
     StoreError,
 )
-from dicomxr.net.storage import DicomStorage, RetrieveReport
+from dicomxr.net.storage import DicomStorage, RetrieveReport, file_meta_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -326,6 +326,11 @@ class DicomClient:
         Show a tqdm progress bar for retrievals (None: in a terminal or a notebook).
     max_pdu
         Maximum PDU size we receive; 0 = unlimited (the peer sends as large as it can).
+    fast_get
+        Receive C-GET sub-operations by reading the association's socket directly
+        (``dicomxr.net._fastget``: no per-PDU state machine, no decoding of command sets
+        with pydicom, data sets streamed to disk), about 3x less CPU per image than
+        pynetdicom's generic path. False uses pynetdicom's own receive path.
 
     Examples
     --------
@@ -350,6 +355,7 @@ class DicomClient:
         parallel: int | None = None,
         progress: bool | None = None,
         max_pdu: int = 0,
+        fast_get: bool = True,
     ) -> None:
         for name, value in (
             ("connection_timeout", connection_timeout),
@@ -372,6 +378,7 @@ class DicomClient:
         self.parallel = max(1, int(parallel if parallel is not None else DEFAULT_PARALLEL))
         self.progress = progress
         self.max_pdu = int(max_pdu)
+        self.fast_get = bool(fast_get)
         self._live: set[Any] = set()
         self._live_lock = threading.Lock()
         self._servers: list[Any] = []
@@ -1108,6 +1115,11 @@ class DicomClient:
             contexts, ext_neg=ext_neg, evt_handlers=handlers, purpose=f"C-{mode.upper()}"
         ) as assoc:
             state.assocs.add(assoc)
+            if mode == "get" and self.fast_get and _fastget.can_take_over(assoc):
+                try:
+                    return self._fast_get(assoc, ident, query_model, msg_id, state)
+                finally:
+                    state.assocs.discard(assoc)
             try:
                 if mode == "get":
                     responses = assoc.send_c_get(ident, query_model, msg_id=msg_id)
@@ -1154,6 +1166,32 @@ class DicomClient:
                 state.assocs.discard(assoc)
                 state.requests.pop(assoc, None)
         return None
+
+    def _fast_get(
+        self, assoc: Any, ident: Dataset, query_model: str, msg_id: int, state: _RetrieveState
+    ) -> Any:
+        """Send the C-GET with pynetdicom, then receive it on our own (``_fastget``)."""
+        cx = assoc._get_valid_context(query_model, "", "scu")
+        counts_key = id(assoc)
+        _fastget.take_over(assoc)  # before the request: the DUL must not read the answer
+        try:
+            assoc.send_c_get(ident, query_model, msg_id=msg_id)  # sent now, never iterated
+            status, code, done = _fastget.receive_get(
+                assoc,
+                msg_id=msg_id,
+                get_context_id=cx.context_id,
+                state=state,
+                counts_key=counts_key,
+                timeout=self.dimse_timeout,
+                log=logger,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                assoc.abort()
+            raise
+        finally:
+            _fastget.release_to_pynetdicom(assoc)
+        return counts_key, status, code, done
 
     @staticmethod
     def _record(state: _RetrieveState, outcome: Any, mode: str) -> None:
@@ -1325,46 +1363,6 @@ class DicomClient:
         return dicomxr.open_series(folders[0], **open_kwargs)
 
 
-def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
-    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
-        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
-
-
-def _text(value: str, pad: bytes) -> bytes:
-    raw = value.encode("ascii", "replace")
-    return raw + pad if len(raw) % 2 else raw
-
-
-def file_meta_bytes(
-    sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str = ""
-) -> bytes:
-    """Return the preamble, ``DICM`` and File Meta Information of a received instance.
-
-    Hand-encoded (explicit VR little endian, group 0002): pydicom's generic writer costs
-    about as much per image as the rest of the receive path together.
-    """
-    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-
-    body = b"".join(
-        (
-            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
-            _element(0x0002, 0x0002, b"UI", _text(sop_class, b"\x00")),
-            _element(0x0002, 0x0003, b"UI", _text(sop_instance, b"\x00")),
-            _element(0x0002, 0x0010, b"UI", _text(transfer_syntax, b"\x00")),
-            _element(0x0002, 0x0012, b"UI", _text(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-            _element(0x0002, 0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-            *(
-                (_element(0x0002, 0x0016, b"AE", _text(source_ae.strip(), b" ")),)
-                if source_ae.strip()
-                else ()
-            ),
-        )
-    )
-    group_length = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
-    return b"\x00" * 128 + b"DICM" + group_length + body
-
-
 def _quiet_logging(assoc: Any) -> None:
     """Unbind pynetdicom's per-PDU/per-message log handlers when nobody listens to them.
 
@@ -1518,34 +1516,63 @@ class _RetrieveState:
     def on_store(self, event: Any) -> int:
         """EVT_C_STORE handler: write the dataset as received, atomically."""
         try:
-            sop_uid = str(event.request.AffectedSOPInstanceUID or "")
-            loc = self.where.get(sop_uid)
-            if loc is None:
-                ds = event.dataset
-                loc = (ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"))
-                sop_uid = str(ds.get("SOPInstanceUID", sop_uid))
-                with self._lock:
-                    self.unexpected.append(sop_uid)
-            if self.storage.exists(*loc, sop_uid):
-                return 0x0000  # resume: already complete on disk
             request = event.request
-            meta = file_meta_bytes(
-                str(request.AffectedSOPClassUID),
-                sop_uid,
-                str(event.context.transfer_syntax),
-                str(
-                    event.assoc.requestor.ae_title
-                    if event.assoc.is_acceptor
-                    else event.assoc.acceptor.ae_title
-                ),
+            source_ae = str(
+                event.assoc.requestor.ae_title
+                if event.assoc.is_acceptor
+                else event.assoc.acceptor.ae_title
             )
-            self.storage.write(*loc, sop_uid, (meta, request.DataSet.getbuffer()))
-            with self._lock:
-                self.stored += 1
-            return 0x0000
+            return self.store_instance(
+                str(request.AffectedSOPClassUID),
+                str(request.AffectedSOPInstanceUID or ""),
+                str(event.context.transfer_syntax),
+                source_ae,
+                request.DataSet.getbuffer(),
+            )
         except Exception as exc:
             logger.error("could not store an instance: %s", exc)
             return 0xA700
+
+    def store_instance(
+        self, sop_class: str, sop_uid: str, transfer_syntax: str, source_ae: str, data: Any
+    ) -> int:
+        """Write one received data set (encoded, as sent) with its file meta; return a status.
+
+        An instance that was not requested is placed by the UIDs in its own header.
+        """
+        loc = self.where.get(sop_uid)
+        if loc is None:
+            from io import BytesIO
+
+            from pydicom.filereader import read_dataset
+
+            syntax = pydicom.uid.UID(transfer_syntax)
+            raw = bytes(data)
+            if syntax.is_deflated:
+                import zlib
+
+                raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+            ds = read_dataset(
+                BytesIO(raw),
+                syntax.is_implicit_VR,
+                syntax.is_little_endian,
+                stop_when=lambda tag, vr, length: tag > 0x0020000E,
+            )
+            loc = (ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"))
+            sop_uid = str(ds.get("SOPInstanceUID", sop_uid))
+            with self._lock:
+                self.unexpected.append(sop_uid)
+        if self.storage.exists(*loc, sop_uid):
+            return 0x0000  # resume: already complete on disk
+        meta = file_meta_bytes(sop_class, sop_uid, transfer_syntax, source_ae)
+        self.storage.write(*loc, sop_uid, (meta, data))
+        self.count_stored()
+        return 0x0000
+
+    def count_stored(self) -> None:
+        """Count one instance written by this retrieval."""
+        with self._lock:
+            self.stored += 1
 
     def finish(self, key: int, status: Dataset, code: int) -> None:
         with self._lock:
