@@ -124,3 +124,13 @@ def test_phantom_volume_is_not_symmetric():
     assert not np.array_equal(vol, vol[:, ::-1])
     assert not np.array_equal(vol, vol[:, :, ::-1])
     assert not np.array_equal(vol, vol.transpose(0, 2, 1))
+
+
+def test_warnings_point_at_the_callers_line(tmp_path):
+    # a damaged DICOM file beside a good series: the scan's warning must name the user's
+    # line (here, this test), not a line deep inside dicomxr
+    files = phantom.write_series(tmp_path, phantom.phantom_volume((3, 8, 8)))
+    (tmp_path / "cut.dcm").write_bytes(files[0].read_bytes()[:700])  # header cut short
+    with pytest.warns(dicomxr.SkippedFileWarning) as record:
+        dicomxr.open_series(tmp_path)
+    assert {Path(w.filename) for w in record} == {Path(__file__)}

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dicomxr.errors import SkippedFileWarning
+from dicomxr.errors import SkippedFileWarning, user_stacklevel
 
 logger = logging.getLogger(__name__)
 
@@ -1279,7 +1279,7 @@ def scan(
         warnings.warn(
             f"scan skipped {len(problems)} file(s) ({summary}); see dicomxr.catalog.skipped(df)",
             SkippedFileWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return df
 
@@ -1333,7 +1333,7 @@ class _Cache:
             warnings.warn(
                 f"catalog cache {path} cannot be used ({exc}); scanning without it",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
             return None
         return cls(con, path)
@@ -1360,7 +1360,7 @@ class _Cache:
             warnings.warn(
                 f"catalog cache {self.path} is unreadable ({exc}); scanning without it",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
             return {}
         return out
@@ -1395,7 +1395,7 @@ class _Cache:
             warnings.warn(
                 f"catalog cache {self.path} could not be updated ({exc})",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
     def close(self) -> None:

@@ -47,6 +47,23 @@ class SkippedFileWarning(DicomxrWarning):
     """Files were skipped during a scan; see the catalog's ``skipped`` report."""
 
 
+def user_stacklevel() -> int:
+    """Return the ``stacklevel`` that points a warning at the first caller outside dicomxr.
+
+    Warnings are raised deep inside the package (a scan called by ``open_study`` called by the
+    user); a fixed ``stacklevel`` would blame a dicomxr line. Call it in the ``warnings.warn``
+    call itself: ``warnings.warn(msg, Category, stacklevel=user_stacklevel())``.
+    """
+    import sys
+
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("dicomxr"):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def require(module: str, *, extra: str, purpose: str):
     """Import an optional dependency or raise an error naming the extra to install.
 

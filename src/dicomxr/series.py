@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from dicomxr import geometry
-from dicomxr.errors import GeometryError, GeometryWarning
+from dicomxr.errors import GeometryError, GeometryWarning, user_stacklevel
 from dicomxr.geometry import GeometryReport
 from dicomxr.options import get_options
 
@@ -1080,7 +1080,7 @@ def _plan_group(
                         f"another frame and nothing tells them apart ({what}); kept along a 'volume' dim "
                         "in InstanceNumber order (on_duplicate='raise' or 'split' to change this)",
                         GeometryWarning,
-                        stacklevel=_stacklevel(),
+                        stacklevel=user_stacklevel(),
                     )
                 dims.append(
                     _Dim(
@@ -1190,7 +1190,7 @@ def _plan_group(
                 + ". Kept every frame; the 'slice' coordinate holds "
                 "the true positions and the affine is approximate (on_irregular='raise' or 'split' to change this).",
                 GeometryWarning,
-                stacklevel=_stacklevel(),
+                stacklevel=user_stacklevel(),
             )
         if geometry_irregular:
             report.affine_exact = False
@@ -1252,18 +1252,6 @@ def _build_grid(
     grid_order = np.argsort(flat, kind="stable")
     grid_flat[flat[grid_order]] = np.arange(len(flat))
     return grid_flat.reshape(shape), grid_order
-
-
-def _stacklevel() -> int:
-    """Stack level of the first frame outside dicomxr (the user's call)."""
-    import sys
-
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("dicomxr"):
-        frame = frame.f_back
-        level += 1
-    return level
 
 
 def _is_philips(cols: _Columns, rows: np.ndarray) -> bool:

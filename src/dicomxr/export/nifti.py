@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dicomxr.errors import GeometryWarning, require
+from dicomxr.errors import GeometryWarning, require, user_stacklevel
 
 __all__ = ["fsl_bvecs", "nifti_affine", "to_nifti"]
 
@@ -45,14 +44,6 @@ _SPATIAL = ("slice", "row", "col")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _DIFFUSION_DIMS = ("diffusion",)
 _POSITION_TOL_MM = 0.01
-
-
-def _user_stacklevel() -> int:
-    """Stack level of the first frame outside dicomxr (warnings point at the user's line)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("dicomxr"):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def nifti_affine(affine_lps: np.ndarray) -> np.ndarray:
@@ -275,7 +266,7 @@ def to_nifti(
             "Open with on_irregular='split' for regular blocks, or export a regular "
             "selection (.isel(slice=...)).",
             GeometryWarning,
-            stacklevel=_user_stacklevel(),
+            stacklevel=user_stacklevel(),
         )
     affine = nifti_affine(lps)
 
