@@ -38,10 +38,18 @@ from dicomxr.net.storage import file_meta_bytes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FastGetUnsupported", "can_take_over", "encode_command", "parse_command", "receive_get"]
+__all__ = [
+    "FastGetUnsupported",
+    "can_take_over",
+    "encode_command",
+    "parse_command",
+    "receive_find",
+    "receive_get",
+]
 
 _C_STORE_RQ = 0x0001
 _C_GET_RSP = 0x8010
+_C_FIND_RSP = 0x8020
 _C_STORE_RSP = 0x8001
 _C_CANCEL_RQ = 0x0FFF
 _NO_DATASET = 0x0101
@@ -400,6 +408,88 @@ def _finish_store(state: Any, incoming: _Incoming, sock: Any, *, failed: bool = 
         0x1000: incoming.sop_uid,
     }
     sock.sendall(_command_pdu(incoming.context_id, encode_command(response)))
+
+
+def receive_find(
+    assoc: Any,
+    *,
+    msg_id: int,
+    context_id: int,
+    timeout: float,
+    on_match: Any,
+    cancel: Any = None,
+) -> Dataset:
+    """Receive the responses of a C-FIND already sent on ``assoc`` (taken over).
+
+    Each pending response's identifier goes, still encoded, to ``on_match(bytes)``;
+    returns the final response as a status dataset (``Status``, ``ErrorComment``).
+    Raises :class:`NetTimeoutError` after ``timeout`` seconds of silence and
+    :class:`AssociationError` when the peer goes away.
+    """
+    sock = assoc.dul.socket.socket
+    dul = assoc.dul
+    last_data = time.monotonic()
+
+    def wait() -> None:
+        nonlocal last_data
+        while True:
+            readable, _, _ = select.select([sock], [], [], _POLL)
+            now = time.monotonic()
+            if readable:
+                last_data = now
+                dul._idle_timer.restart()
+                return
+            if now - last_data > timeout:
+                raise NetTimeoutError(f"C-FIND: no response within dimse_timeout={timeout} s")
+
+    blocking = sock.gettimeout()
+    sock.setblocking(False)
+    reader = _Reader(sock, wait, size=1 << 16)
+    command = bytearray()
+    identifier = bytearray()
+    try:
+        while True:
+            try:
+                pdu_type, body = reader.next_pdu()
+            except (ConnectionError, OSError) as exc:
+                if isinstance(exc, NetTimeoutError):
+                    raise
+                raise AssociationError(f"C-FIND: the peer closed the association ({exc})") from None
+            if pdu_type != 0x04:
+                raise AssociationError(
+                    f"C-FIND: unexpected PDU type 0x{pdu_type:02X} from the peer"
+                )
+            pos, end = 0, len(body)
+            while pos < end:
+                item_length, _cx, header = _PDV.unpack_from(body, pos)
+                fragment = body[pos + 6 : pos + 4 + item_length]
+                pos += 4 + item_length
+                if not header & 0x01:  # identifier fragment
+                    identifier += fragment
+                    if header & 0x02:
+                        on_match(bytes(identifier))
+                        identifier.clear()
+                    continue
+                command += fragment
+                if not header & 0x02:
+                    continue
+                fields = parse_command(command)
+                command.clear()
+                if fields.get(0x0100) != _C_FIND_RSP:
+                    raise AssociationError(
+                        f"C-FIND: unexpected DIMSE message 0x{fields.get(0x0100, 0):04X}"
+                    )
+                code = int(fields.get(0x0900, 0xC000))
+                if code in _PENDING:
+                    continue
+                status = Dataset()
+                status.Status = code
+                if fields.get(0x0902):
+                    status.ErrorComment = fields[0x0902]
+                return status
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(blocking)
 
 
 def take_over(assoc: Any) -> None:
