@@ -290,3 +290,50 @@ def test_open_study_gives_a_tree_like_local(orthanc, tmp_path):
     assert images[0].shape == local.shape
     assert images[0].attrs["affine"] == local.attrs["affine"]
     assert (images[0].isel(slice=70).values == local.isel(slice=70).values).all()
+
+
+def test_fast_and_pynetdicom_receive_paths_agree(peer, tmp_path, monkeypatch):
+    # the default receive path reads the socket itself (dicomxr.net._fastget); it must
+    # write byte-identical files and find the same rows as pynetdicom's own path
+    from dicomxr.net import _fastget
+
+    calls = {"get": 0, "find": 0}
+    for name, key in (("receive_get", "get"), ("receive_find", "find")):
+        original = getattr(_fastget, name)
+
+        def counted(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(_fastget, name, counted)
+
+    found = {}
+    for fast in (True, False):
+        with peer.client(parallel=2, fast_receive=fast) as c:
+            report = c.get(tmp_path / str(fast), study=CT_STUDY)
+            assert report.ok and len(report.received) == 140
+            found[fast] = c.find("IMAGE", StudyInstanceUID=CT_STUDY, return_keys=["InstanceNumber"])
+            assert not c._live  # every association released
+    assert calls["get"] >= 2 and calls["find"] >= 2  # the fast path did the work ...
+    fast_files = {p.relative_to(tmp_path / "True"): p for p in _files(tmp_path / "True")}
+    slow_files = {p.relative_to(tmp_path / "False"): p for p in _files(tmp_path / "False")}
+    assert fast_files.keys() == slow_files.keys() and len(fast_files) == 140
+    for rel, path in fast_files.items():
+        assert path.read_bytes() == slow_files[rel].read_bytes(), rel
+    key = "SOPInstanceUID"
+    pd_fast = found[True].sort_values(key).reset_index(drop=True)
+    pd_slow = found[False].sort_values(key).reset_index(drop=True)
+    assert len(pd_fast) == 140 and pd_fast.equals(pd_slow)
+
+
+def test_fast_path_keeps_compressed_syntaxes_and_resumes(orthanc, tmp_path):
+    originals = originals_by_uid(orthanc.ts_files)
+    with orthanc.client(parallel=1) as c:
+        rows = c.find("IMAGE", SOPInstanceUID=list(originals))
+        series = rows.SeriesInstanceUID[0]
+        first = c.get(tmp_path, instances=list(rows.SOPInstanceUID[:4]))
+        assert len(first.received) == 4
+        rest = c.get(tmp_path, series=series)
+    assert len(rest.skipped) == 4 and len(rest.received) == 5 and rest.ok
+    for f in [*first.received, *rest.received]:
+        assert_same_dataset(f, originals[f.stem], same_syntax=True)

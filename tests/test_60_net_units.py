@@ -138,3 +138,82 @@ def test_multipart_stream_cut_short_is_an_error():
 
     with pytest.raises(RetrieveError, match="middle of a part"):
         list(_iter_multipart("multipart/related; boundary=b", Response()))
+
+
+def test_command_set_encode_parse_round_trip():
+    from dicomxr.net._fastget import encode_command, parse_command
+
+    fields = {0x0002: "1.2.840.10008.5.1.4.1.1.2", 0x0100: 0x8001, 0x0120: 7, 0x0900: 0xA700}
+    raw = encode_command(fields)
+    assert len(raw) % 2 == 0
+    # group length first, then the elements in tag order, UIDs padded with NUL
+    assert raw[:8] == b"\x00\x00\x00\x00\x04\x00\x00\x00"
+    assert int.from_bytes(raw[8:12], "little") == len(raw) - 12
+    assert parse_command(raw) == fields
+    # Orthanc appends its Failed SOP Instance UID List (group 0008) to a final response
+    tail = b"\x08\x00\x58\x00\x04\x00\x00\x001.2\x00"
+    assert parse_command(raw + tail) == fields
+
+
+def test_command_set_parses_like_pydicom():
+    from io import BytesIO
+
+    from pydicom.filereader import read_dataset
+
+    from dicomxr.net._fastget import encode_command, parse_command
+
+    raw = encode_command({0x0100: 0x0001, 0x0110: 3, 0x0800: 0x0000, 0x1000: "1.2.33"})
+    ds = read_dataset(BytesIO(raw), True, True)
+    assert ds.CommandField == 1 and ds.MessageID == 3
+    assert ds.AffectedSOPInstanceUID == parse_command(raw)[0x1000] == "1.2.33"
+
+
+def test_pdu_reader_across_chunk_boundaries_and_buffer_growth():
+    import socket
+    import struct
+    import threading
+
+    from dicomxr.net._fastget import _Reader
+
+    bodies = [bytes([i]) * n for i, n in enumerate((10, 3000, 70_000, 1, 5000))]
+    stream = b"".join(struct.pack(">BxL", 4, len(b)) + b for b in bodies) + b"\x07\x00"
+    stream += struct.pack(">L", 4) + b"\x00\x00\x02\x00"
+    a, b = socket.socketpair()
+    b.setblocking(False)
+
+    def send() -> None:
+        for start in range(0, len(stream), 777):  # cuts PDU headers and bodies anywhere
+            a.sendall(stream[start : start + 777])
+        a.close()
+
+    def wait() -> None:
+        import select
+
+        assert select.select([b], [], [], 10)[0], "no data within 10 s"
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    reader = _Reader(b, wait, size=4096)  # smaller than the 70 kB PDU: must grow
+    got = [(t, bytes(body)) for t, body in (reader.next_pdu() for _ in range(6))]
+    sender.join()
+    assert got[:5] == [(4, body) for body in bodies]
+    assert got[5] == (7, b"\x00\x00\x02\x00")
+    with pytest.raises(ConnectionResetError):
+        reader.next_pdu()
+    b.close()
+
+
+def test_instance_writer_is_atomic(tmp_path):
+    storage = DicomStorage(tmp_path)
+    writer = storage.open_instance("1.2", "1.2.3", "1.2.3.4", b"HEAD")
+    writer.write(b"abc")
+    writer.write(memoryview(b"def"))
+    final = storage.path_for("1.2", "1.2.3", "1.2.3.4")
+    assert not final.exists()  # nothing under the final name before commit
+    assert writer.commit() == final
+    assert final.read_bytes() == b"HEADabcdef"
+    assert storage.written == [final] and storage.written_uids == ["1.2.3.4"]
+    dropped = storage.open_instance("1.2", "1.2.3", "1.2.3.5")
+    dropped.write(b"partial")
+    dropped.discard()
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
