@@ -217,3 +217,21 @@ def test_instance_writer_is_atomic(tmp_path):
     dropped.write(b"partial")
     dropped.discard()
     assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
+
+
+def test_spare_file_is_used_in_its_folder_only(tmp_path):
+    storage = DicomStorage(tmp_path)
+    spare = storage.spare("1.2", "1.2.3")
+    assert spare.path.parent == storage.folder("1.2", "1.2.3") and spare.path.exists()
+    writer = storage.open_instance("1.2", "1.2.3", "1.2.3.4", b"H", spare)
+    assert writer.tmp == spare.path  # the file made beforehand is the one written
+    writer.write(b"x")
+    assert writer.commit().read_bytes() == b"Hx"
+    other = storage.spare("1.2", "1.2.3")
+    elsewhere = storage.open_instance("1.2", "1.2.9", "1.2.9.1", b"", other)
+    assert elsewhere.tmp != other.path and not other.path.exists()  # wrong folder: dropped
+    elsewhere.discard()
+    assert storage.clean_partial() == 0
+    leftover = storage.spare("1.2", "1.2.3")
+    leftover.fh.close()
+    assert storage.clean_partial() == 1 and not leftover.path.exists()

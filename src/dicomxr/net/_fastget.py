@@ -34,7 +34,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from dicomxr.net.errors import AssociationError, NetTimeoutError
-from dicomxr.net.storage import file_meta_bytes
+from dicomxr.net.storage import InstanceWriter, SpareFile, file_meta_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ class _Incoming:
     syntax: str = ""
     source_ae: str = ""
     sink: Any = None  # a storage writer, a list (unexpected instance) or None (skip)
+    loc: tuple[str, str] | None = None  # (study, series) of a requested instance
 
 
 class _Reader:
@@ -267,6 +268,7 @@ def receive_get(
     reader = _Reader(sock, wait)
     command = bytearray()
     incoming: _Incoming | None = None
+    spare: SpareFile | None = None
     try:
         while True:
             if state.cancel.is_set() and not cancel_sent:
@@ -300,7 +302,11 @@ def receive_get(
                     command.clear()
                     field_ = fields.get(0x0100)
                     if field_ == _C_STORE_RQ:
-                        incoming = _begin_store(state, fields, context_id, syntaxes, source_ae)
+                        incoming = _begin_store(
+                            state, fields, context_id, syntaxes, source_ae, spare
+                        )
+                        if isinstance(incoming.sink, InstanceWriter):
+                            spare = None  # used, or discarded for another folder
                         if fields.get(0x0800) == _NO_DATASET:  # a C-STORE without data set
                             _finish_store(state, incoming, sock, failed=True)
                             incoming = None
@@ -332,10 +338,16 @@ def receive_get(
                         sink.write(fragment)
                     if header & 0x02:
                         _finish_store(state, incoming, sock)
+                        if spare is None and incoming.loc is not None:
+                            # while the peer reads and sends the next instance
+                            with contextlib.suppress(OSError):
+                                spare = state.storage.spare(*incoming.loc)
                         incoming = None
     finally:
         if incoming is not None and hasattr(incoming.sink, "discard"):
             incoming.sink.discard()
+        if spare is not None:
+            spare.discard()
         with contextlib.suppress(OSError):
             sock.settimeout(blocking)
 
@@ -346,6 +358,7 @@ def _begin_store(
     context_id: int,
     syntaxes: dict[int, str],
     source_ae: str,
+    spare: SpareFile | None = None,
 ) -> _Incoming:
     incoming = _Incoming(
         msg_id=int(fields.get(0x0110, 0)),
@@ -364,8 +377,9 @@ def _begin_store(
     if loc is None:
         incoming.sink = _Collect()  # find out where it belongs once complete
     elif not state.storage.exists(*loc, incoming.sop_uid):
+        incoming.loc = loc
         header = file_meta_bytes(incoming.sop_class, incoming.sop_uid, syntax, source_ae)
-        incoming.sink = state.storage.open_instance(*loc, incoming.sop_uid, header)
+        incoming.sink = state.storage.open_instance(*loc, incoming.sop_uid, header, spare)
     return incoming
 
 
