@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DicomClient", "StoreReport", "plan_contexts"]
 
 MAX_CONTEXTS = 128
-DEFAULT_PARALLEL = 4
+DEFAULT_PARALLEL = 2  # bench/pacs.py on 2 cores: 1-3 equal, 4 slower (Orthanc needs CPU too)
 REACTOR_DELAY = 0.0  # FastSocket.ready blocks in select instead
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
@@ -319,9 +319,10 @@ class DicomClient:
         transient rejection), waiting ``backoff * 2**n`` seconds between them.
     parallel
         Associations used in parallel by :meth:`get` and :meth:`move` (the instances are split
-        between them; default 4). A PACS serves each association one instance at a time
-        (read, send, wait for our response): several in parallel hide that latency, even on
-        a 2-core machine (see ``bench/pacs.py``).
+        between them, at least one association per series; default 2). A PACS serves each
+        association one instance at a time (read, send, wait for our response): two in
+        parallel overlap the peer's work with ours. More only pay when the peer has cores
+        to spare (``bench/pacs.py --parallel 1 2 4`` measures it).
     progress
         Show a tqdm progress bar for retrievals (None: in a terminal or a notebook).
     max_pdu
