@@ -235,3 +235,23 @@ def test_spare_file_is_used_in_its_folder_only(tmp_path):
     leftover = storage.spare("1.2", "1.2.3")
     leftover.fh.close()
     assert storage.clean_partial() == 1 and not leftover.path.exists()
+
+
+def test_split_work_bounds_group_size_and_keeps_series_apart():
+    import pandas as pd
+
+    from dicomxr.net.client import _split_work
+
+    todo = pd.DataFrame(
+        {
+            "SeriesInstanceUID": ["a"] * 140 + ["b"] * 60,
+            "SOPInstanceUID": [f"1.{i}" for i in range(200)],
+        }
+    )
+    groups = _split_work(todo, 2)
+    assert [len(g) for g in groups] == [100, 60, 40]  # largest first, at most 200/2 each
+    assert all(g.SeriesInstanceUID.nunique() == 1 for g in groups)
+    assert sorted(pd.concat(groups).SOPInstanceUID) == sorted(todo.SOPInstanceUID)
+    # many small series: one group each, never more groups than needed
+    many = pd.DataFrame({"SeriesInstanceUID": list("abcdefgh"), "SOPInstanceUID": list("12345678")})
+    assert len(_split_work(many, 2)) == 8 and len(_split_work(many, 1)) == 8

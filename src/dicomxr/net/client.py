@@ -1007,10 +1007,11 @@ class DicomClient:
             server = self._start_store_scp(move, classes, state)  # type: ignore[arg-type]
         threads = []
         errors: list[BaseException] = []
-        for group in groups:
+        queue = list(groups)  # largest first; list.pop(0) under the GIL is atomic
+        for _ in range(min(n_workers, len(groups))):
             t = threading.Thread(
-                target=self._worker,
-                args=(mode, group, classes, model, state, errors, move),
+                target=self._work_queue,
+                args=(mode, queue, classes, model, state, errors, move),
                 name=f"dicomxr-{mode}",
                 daemon=True,
             )
@@ -1092,6 +1093,24 @@ class DicomClient:
                 if assoc.is_established:
                     assoc.send_c_cancel(msg_id, cx_id)
                     logger.info("sent C-CANCEL for message %d", msg_id)
+
+    def _work_queue(
+        self,
+        mode: str,
+        queue: list[pd.DataFrame],
+        classes: list[str],
+        model: str,
+        state: _RetrieveState,
+        errors: list[BaseException],
+        move: tuple[str, int, str] | None,
+    ) -> None:
+        """Fetch groups from ``queue`` one after the other until it is empty or cancelled."""
+        while not state.cancel.is_set():
+            try:
+                group = queue.pop(0)
+            except IndexError:
+                return
+            self._worker(mode, group, classes, model, state, errors, move)
 
     def _worker(
         self,
@@ -1545,14 +1564,18 @@ def _higher_uids(level: str, model: str) -> list[str]:
 
 
 def _split_work(todo: pd.DataFrame, n: int) -> list[pd.DataFrame]:
-    """Split the instances into about ``n`` groups, each within one series."""
-    per_series = [g for _, g in todo.groupby("SeriesInstanceUID", sort=False)]
+    """Split the instances into groups of at most ``ceil(total / n)``, each within one series.
+
+    Largest first: ``n`` workers taking the next group as they finish (longest processing
+    time first) end close together, even when the series differ in size (140 + 60
+    instances over 2 workers: 100 | 60 + 40, not 140 | 60).
+    """
     total = len(todo)
+    size = max(1, -(-total // max(1, n)))
     groups: list[pd.DataFrame] = []
-    for g in per_series:
-        share = max(1, round(n * len(g) / total))
-        size = -(-len(g) // share)
+    for _, g in todo.groupby("SeriesInstanceUID", sort=False):
         groups.extend(g.iloc[i : i + size] for i in range(0, len(g), size))
+    groups.sort(key=len, reverse=True)
     return [g.reset_index(drop=True) for g in groups]
 
 
