@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -126,9 +127,11 @@ def _command_pdu(context_id: int, command: bytes) -> bytes:
 def can_take_over(assoc: Any) -> bool:
     """Return True when the association's socket and reactor can be taken over."""
     sock = getattr(getattr(assoc, "dul", None), "socket", None)
+    raw = getattr(sock, "socket", None)
     return (
         hasattr(sock, "paused")
-        and getattr(sock, "socket", None) is not None
+        and raw is not None
+        and not isinstance(raw, ssl.SSLSocket)  # select() cannot see TLS-buffered data
         and hasattr(assoc, "_reactor_checkpoint")
         and hasattr(assoc.dul, "_idle_timer")
         and hasattr(assoc.dul, "to_provider_queue")
