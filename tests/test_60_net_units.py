@@ -255,3 +255,22 @@ def test_split_work_bounds_group_size_and_keeps_series_apart():
     # many small series: one group each, never more groups than needed
     many = pd.DataFrame({"SeriesInstanceUID": list("abcdefgh"), "SOPInstanceUID": list("12345678")})
     assert len(_split_work(many, 2)) == 8 and len(_split_work(many, 1)) == 8
+
+
+def test_clean_partial_spares_another_retrievals_fresh_files(tmp_path):
+    import os
+    import time
+
+    mine = DicomStorage(tmp_path)
+    theirs = DicomStorage(tmp_path)  # a concurrent retrieval into the same folder
+    in_flight = theirs.open_instance("1.2", "1.2.3", "1.2.3.4", b"H")
+    own = mine.spare("1.2", "1.2.3")
+    folder = mine.folder("1.2", "1.2.3")
+    stale = folder / ".1.2.3.9.dcm.dead.part"
+    stale.write_bytes(b"left by a crash")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    assert mine.clean_partial([folder], older_than=120) == 2  # its own and the stale one
+    assert not own.path.exists() and not stale.exists()
+    in_flight.write(b"x")
+    assert in_flight.commit().read_bytes() == b"Hx"  # the other retrieval was left alone

@@ -70,6 +70,8 @@ __all__ = ["DicomClient", "StoreReport", "plan_contexts"]
 MAX_CONTEXTS = 128
 DEFAULT_PARALLEL = 2  # bench/pacs.py on 2 cores: 1-3 equal, 4 slower (Orthanc needs CPU too)
 REACTOR_DELAY = 0.0  # FastSocket.ready blocks in select instead
+# a temporary file not written for this long is a leftover (else: another retrieval's)
+STALE_PART = 120.0
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 # one extra context each, most common first: when the 128-context budget is tight the rarer
@@ -987,7 +989,7 @@ class DicomClient:
                 storage.path_for(s, se, "x").parent
                 for s, se in zip(plan.StudyInstanceUID, plan.SeriesInstanceUID, strict=True)
             }
-            storage.clean_partial(series_dirs)
+            storage.clean_partial(series_dirs, older_than=STALE_PART)
             on_disk = [storage.exists(*where[u], u) for u in report.requested]
             report.skipped = [u for u, d in zip(report.requested, on_disk, strict=True) if d]
             todo = plan[[not d for d in on_disk]].reset_index(drop=True)
@@ -1037,7 +1039,7 @@ class DicomClient:
             if server is not None:
                 with contextlib.suppress(Exception):
                     server.shutdown()
-            storage.clean_partial(series_dirs)
+            storage.clean_partial(series_dirs, older_than=STALE_PART)
             _finish_report(report, storage, state, where, started)
             report.cancelled = True
             bar.close()
@@ -1052,7 +1054,7 @@ class DicomClient:
                     self._servers.remove(server)
             bar.close()
 
-        storage.clean_partial(series_dirs)
+        storage.clean_partial(series_dirs, older_than=STALE_PART)
         _finish_report(report, storage, state, where, started)
         if mode == "move" and not state.dest_unknown and state.refused:
             if state.scp_connections == 0 and not report.received:

@@ -16,6 +16,7 @@ import os
 import re
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -186,6 +187,7 @@ class DicomStorage:
         self._lock = threading.Lock()
         self._folders: dict[tuple[str, str], Path] = {}
         self._made: set[Path] = set()
+        self._parts: set[Path] = set()  # temporary files made here and not yet renamed
         self.written: list[Path] = []
         self.written_uids: list[str] = []
 
@@ -228,6 +230,7 @@ class DicomStorage:
             folder.mkdir(parents=True, exist_ok=True)
             self._made.add(folder)
         tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+        self._parts.add(tmp)
         try:
             with open(tmp, "wb") as fh:
                 if isinstance(data, (bytes, bytearray, memoryview)):
@@ -240,6 +243,8 @@ class DicomStorage:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
+        finally:
+            self._parts.discard(tmp)
         self._written(final, str(sop_uid))
         return final
 
@@ -265,6 +270,7 @@ class DicomStorage:
             spare.discard()
         self._mkdir(folder)
         tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+        self._parts.add(tmp)
         return InstanceWriter(self, tmp, final, str(sop_uid), header)
 
     def spare(self, study_uid: object, series_uid: object) -> SpareFile:
@@ -276,7 +282,8 @@ class DicomStorage:
         folder = self.folder(study_uid, series_uid)
         self._mkdir(folder)
         path = folder / f".{uuid.uuid4().hex[:12]}{PART_SUFFIX}"
-        return SpareFile(path, open(path, "wb"))
+        self._parts.add(path)
+        return SpareFile(path, open(path, "wb"), self)
 
     def _mkdir(self, folder: Path) -> None:
         if folder not in self._made:
@@ -288,16 +295,31 @@ class DicomStorage:
             self.written.append(final)
             self.written_uids.append(sop_uid)
 
-    def clean_partial(self, folders: Iterable[Path] | None = None) -> int:
-        """Remove temporary files left by an interrupted transfer; return how many."""
+    def clean_partial(
+        self, folders: Iterable[Path] | None = None, *, older_than: float | None = None
+    ) -> int:
+        """Remove temporary files left by an interrupted transfer; return how many.
+
+        With ``older_than`` (seconds), a temporary file this storage did not make is only
+        removed when it was last modified that long ago: another retrieval into the same
+        folder may be writing it right now.
+        """
         count = 0
         roots = list(folders) if folders is not None else [self.root]
+        now = time.time()
         for folder in roots:
             if not folder.is_dir():
                 continue
             for tmp in folder.rglob(f"*{PART_SUFFIX}"):
                 with contextlib.suppress(OSError):
+                    if (
+                        older_than is not None
+                        and tmp not in self._parts
+                        and now - tmp.stat().st_mtime < older_than
+                    ):
+                        continue
                     tmp.unlink()
+                    self._parts.discard(tmp)
                     count += 1
         if count:
             logger.info("removed %d partial file(s) under %s", count, self.root)
@@ -341,6 +363,7 @@ class InstanceWriter:
         except BaseException:
             self.discard()
             raise
+        self.storage._parts.discard(self.tmp)
         self.storage._written(self.final, self.sop_uid)
         return self.final
 
@@ -350,6 +373,7 @@ class InstanceWriter:
             self._fh.close()
         with contextlib.suppress(OSError):
             self.tmp.unlink()
+        self.storage._parts.discard(self.tmp)
 
 
 @dataclass
@@ -358,6 +382,7 @@ class SpareFile:
 
     path: Path
     fh: Any
+    storage: DicomStorage | None = None
 
     def discard(self) -> None:
         """Close and remove it."""
@@ -365,3 +390,5 @@ class SpareFile:
             self.fh.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
+        if self.storage is not None:
+            self.storage._parts.discard(self.path)
