@@ -61,7 +61,7 @@ from dicomxr.net.errors import (
     RetrieveError,
     StoreError,
 )
-from dicomxr.net.storage import DicomStorage, RetrieveReport, file_meta_bytes
+from dicomxr.net.storage import STALE_PART, DicomStorage, RetrieveReport, file_meta_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ __all__ = ["DicomClient", "StoreReport", "plan_contexts"]
 MAX_CONTEXTS = 128
 DEFAULT_PARALLEL = 2  # bench/pacs.py on 2 cores: 1-3 equal, 4 slower (Orthanc needs CPU too)
 REACTOR_DELAY = 0.0  # FastSocket.ready blocks in select instead
-# a temporary file not written for this long is a leftover (else: another retrieval's)
-STALE_PART = 120.0
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 # one extra context each, most common first: when the 128-context budget is tight the rarer

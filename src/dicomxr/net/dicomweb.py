@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from dicomxr.errors import require
 from dicomxr.net.client import DEFAULT_KEYS, _format_value, _progress_bar, _python_value
 from dicomxr.net.errors import NetError, NetTimeoutError, QueryError, RetrieveError, StoreError
-from dicomxr.net.storage import DicomStorage, RetrieveReport
+from dicomxr.net.storage import STALE_PART, DicomStorage, RetrieveReport
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class DicomWebClient:
             storage.path_for(r["StudyInstanceUID"], r["SeriesInstanceUID"], "x").parent
             for r in plan
         }
-        storage.clean_partial(folders)
+        storage.clean_partial(folders, older_than=STALE_PART)
         todo = []
         for r in plan:
             if storage.exists(r["StudyInstanceUID"], r["SeriesInstanceUID"], r["SOPInstanceUID"]):
@@ -444,7 +444,7 @@ class DicomWebClient:
                         t.join(0.05)
             finally:
                 bar.close()
-        storage.clean_partial(folders)
+        storage.clean_partial(folders, older_than=STALE_PART)
         report.received = list(storage.written)
         report.missing = [
             r["SOPInstanceUID"]

@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 PART_SUFFIX = ".part"
+# a temporary file not written for this long is a leftover (else: another retrieval's)
+STALE_PART = 120.0
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
