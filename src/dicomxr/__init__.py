@@ -17,10 +17,10 @@ Examples
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dicomxr._lazy import lazy_getattr
 from dicomxr._version import __version__
 from dicomxr.errors import (
     DicomxrError,
@@ -80,16 +80,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        target = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'dicomxr' has no attribute {name!r}") from None
-    module_name, _, attr = target.partition(":")
-    module = importlib.import_module(module_name)
-    value = getattr(module, attr) if attr else module
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)
 
 
 def __dir__() -> list[str]:
