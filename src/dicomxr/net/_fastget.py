@@ -199,6 +199,31 @@ class _Reader:
         return pdu_type, body
 
 
+def _waiter(sock: Any, dul: Any, timeout: float, what: str, on_poll: Any = None) -> Any:
+    """Return ``wait()``: block until ``sock`` is readable, or raise after ``timeout`` of silence.
+
+    Each poll first calls ``on_poll`` (the C-GET sends its C-CANCEL from there); data keeps
+    pynetdicom's idle timer alive, as its own reader would.
+    """
+    last_data = time.monotonic()
+
+    def wait() -> None:
+        nonlocal last_data
+        while True:
+            if on_poll is not None:
+                on_poll()
+            readable, _, _ = select.select([sock], [], [], _POLL)
+            now = time.monotonic()
+            if readable:
+                last_data = now
+                dul._idle_timer.restart()
+                return
+            if now - last_data > timeout:
+                raise NetTimeoutError(f"{what}: no response within dimse_timeout={timeout} s")
+
+    return wait
+
+
 def receive_get(
     assoc: Any,
     *,
@@ -243,28 +268,17 @@ def receive_get(
     syntaxes = {cx.context_id: str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
     source_ae = str(assoc.acceptor.ae_title).strip()
     cancel_sent = False
-    last_data = time.monotonic()
 
     def send_cancel() -> None:
         nonlocal cancel_sent
+        if cancel_sent or not state.cancel.is_set():
+            return
         cancel_sent = True
         command = encode_command({0x0100: _C_CANCEL_RQ, 0x0120: msg_id, 0x0800: _NO_DATASET})
         sock.sendall(_command_pdu(get_context_id, command))
         log.info("sent C-CANCEL for message %d", msg_id)
 
-    def wait() -> None:
-        nonlocal last_data
-        while True:
-            if state.cancel.is_set() and not cancel_sent:
-                send_cancel()
-            readable, _, _ = select.select([sock], [], [], _POLL)
-            now = time.monotonic()
-            if readable:
-                last_data = now
-                dul._idle_timer.restart()
-                return
-            if now - last_data > timeout:
-                raise NetTimeoutError(f"C-GET: no response within dimse_timeout={timeout} s")
+    wait = _waiter(sock, dul, timeout, "C-GET", on_poll=send_cancel)
 
     blocking = sock.gettimeout()
     sock.setblocking(False)
@@ -274,8 +288,7 @@ def receive_get(
     spare: SpareFile | None = None
     try:
         while True:
-            if state.cancel.is_set() and not cancel_sent:
-                send_cancel()
+            send_cancel()  # only once, and only after Ctrl-C
             try:
                 pdu_type, body = reader.next_pdu()
             except (ConnectionError, OSError) as exc:
@@ -445,19 +458,7 @@ def receive_find(
     """
     sock = assoc.dul.socket.socket
     dul = assoc.dul
-    last_data = time.monotonic()
-
-    def wait() -> None:
-        nonlocal last_data
-        while True:
-            readable, _, _ = select.select([sock], [], [], _POLL)
-            now = time.monotonic()
-            if readable:
-                last_data = now
-                dul._idle_timer.restart()
-                return
-            if now - last_data > timeout:
-                raise NetTimeoutError(f"C-FIND: no response within dimse_timeout={timeout} s")
+    wait = _waiter(sock, dul, timeout, "C-FIND")
 
     blocking = sock.gettimeout()
     sock.setblocking(False)
