@@ -9,6 +9,7 @@ import xarray as xr
 
 from dicomxr import phantom
 from dicomxr.api import open_series
+from dicomxr.errors import GeometryError
 from dicomxr.export.nifti import fsl_bvecs, nifti_affine
 
 SHAPE = (6, 10, 12)
@@ -96,9 +97,25 @@ def test_nifti_refuses_what_it_cannot_hold(oblique, tmp_path):
         da.dicom.to_nifti(tmp_path / "x.img")
     with pytest.raises(FileNotFoundError):
         da.dicom.to_nifti(tmp_path / "missing" / "x.nii")
-    cropped = da.assign_attrs(Rows=SHAPE[1], Columns=SHAPE[2]).isel(row=slice(2, 5))
-    with pytest.raises(ValueError, match="crop"):
-        cropped.dicom.to_nifti(tmp_path / "crop.nii")
+    with pytest.raises(GeometryError, match="not evenly spaced"):
+        da.isel(row=[0, 1, 3]).dicom.to_nifti(tmp_path / "fancy.nii")
+    with pytest.raises(GeometryError, match="reduction over row"):
+        da.mean("row").dicom.to_nifti(tmp_path / "reduced.nii")
+
+
+def test_nifti_of_an_in_plane_crop_is_where_the_voxels_were(oblique, tmp_path):
+    da, vol = oblique
+    crop = da.isel(row=slice(2, 5), col=slice(None, None, -2))
+    img = nib.load(crop.dicom.to_nifti(tmp_path / "crop.nii"))
+    assert img.shape == (crop.sizes["col"], 3, SHAPE[0])
+    # NIfTI voxel (i=col, j=row, k=slice) of the crop is stored voxel (k, 2 + j, last - 2 i)
+    last = SHAPE[2] - 1
+    for i, j, k in [(0, 0, 0), (1, 2, 3), (2, 1, SHAPE[0] - 1)]:
+        expected = [*(_world_lps(k, 2 + j, last - 2 * i) * [-1, -1, 1]), 1]
+        np.testing.assert_allclose(img.affine @ [i, j, k, 1], expected, atol=1e-4)
+    np.testing.assert_array_equal(
+        np.asanyarray(img.dataobj)[..., 1].T, vol[1, 2:5, ::-2].astype(np.int32) - 1000
+    )
 
 
 def test_nifti_affine_permutes_and_flips():

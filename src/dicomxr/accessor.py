@@ -5,15 +5,16 @@ use), or explicitly with ``import dicomxr.accessor``.
 
 Index order
 -----------
-``affine`` maps the array index ``(slice, row, col, 1)`` - the order of the DataArray's
-last spatial dims - to patient coordinates in millimetres, LPS (DICOM's patient system:
-+x left, +y posterior, +z head). ``affine_ras`` is the same map into RAS (+x right,
-+y anterior, +z head), the convention of NIfTI and most neuroimaging tools.
+``affine`` maps the index ``(slice, row, col, 1)`` - in that order of the named dims,
+whatever the order of the array's dims - to patient coordinates in millimetres, LPS
+(DICOM's patient system: +x left, +y posterior, +z head). ``affine_ras`` is the same map
+into RAS (+x right, +y anterior, +z head), the convention of NIfTI and most neuroimaging
+tools.
 
-The affine follows slice selections: when the DataArray still carries the per-frame
-``position_x/_y/_z`` coordinates (it does unless they were dropped), the origin and the
-slice step are recomputed from them, so ``da.isel(slice=slice(10, 20)).dicom.affine`` is
-right. In-plane crops (``row``/``col``) are not tracked; exporting a cropped image raises.
+The affine follows every selection: it is derived from the ``slice``/``row``/``col``
+coordinates and the slice positions (:mod:`dicomxr.spatial`), so a crop, a stride, a
+flip, ``sel`` by millimetres, ``where``, ``pad`` and concatenations keep it exact, and an
+operation that destroys the geometry makes it raise with the reason.
 
 Examples
 --------
@@ -27,17 +28,29 @@ Examples
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
+from dicomxr.attrs import (
+    affine_from_attr,
+    encode_attrs,
+    geometry_from_attr,
+    image_of,
+    to_plain,
+)
+from dicomxr.errors import GeometryError
+from dicomxr.spatial import affine_of, spacing_of
+
 if TYPE_CHECKING:
     from dicomxr.geometry import GeometryReport
+
+# older names, kept for code that imported them from here
+_image_of = image_of
+_plain = to_plain
 
 __all__ = [
     "LPS_TO_RAS",
@@ -54,162 +67,10 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SPATIAL = ("slice", "row", "col")
 
 
-def _image_of(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    if isinstance(obj, xr.DataArray):
-        return obj
-    if "image" in obj.data_vars:
-        return obj["image"]
-    if len(obj.data_vars) == 1:
-        return next(iter(obj.data_vars.values()))
-    raise ValueError(
-        f"the Dataset has variables {list(obj.data_vars)}; the .dicom accessor works on the "
-        "variable named 'image' (as dicomxr.open_study and the 'dicom' engine create it)"
-    )
-
-
-def affine_from_attr(value: Any) -> np.ndarray:
-    """Return the 4x4 affine stored in ``attrs["affine"]``.
-
-    Accepts the stored form (a flat list of 16 floats, row-major, as netCDF and Zarr keep
-    it) and the older nested 4x4 list.
-
-    Parameters
-    ----------
-    value
-        The value of ``attrs["affine"]``.
-
-    Returns
-    -------
-    numpy.ndarray
-        4x4 float64.
-
-    Raises
-    ------
-    ValueError
-        When the value does not hold 16 numbers.
-
-    Examples
-    --------
-    >>> affine_from_attr(list(range(16)))[1]
-    array([4., 5., 6., 7.])
-    """
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.size != 16 or arr.shape not in ((16,), (4, 4)):
-        raise ValueError(
-            f"attrs['affine'] has shape {arr.shape}; expected 16 numbers (row-major 4x4) "
-            "or a 4x4 nested list"
-        )
-    return arr.reshape(4, 4).copy()
-
-
-def geometry_from_attr(value: Any) -> dict[str, Any]:
-    """Return the geometry report stored in ``attrs["geometry"]`` as a dict.
-
-    Accepts the stored form (a JSON string, as netCDF and Zarr keep it) and the older dict.
-
-    Parameters
-    ----------
-    value
-        The value of ``attrs["geometry"]``.
-
-    Returns
-    -------
-    dict
-        :meth:`dicomxr.GeometryReport.to_dict` data.
-    """
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    if isinstance(value, str):
-        value = json.loads(value)
-    if not isinstance(value, Mapping):
-        raise ValueError(
-            f"attrs['geometry'] is a {type(value).__name__}; expected a JSON string or a dict"
-        )
-    return dict(value)
-
-
-def _netcdf_value(value: Any) -> Any:
-    """One attribute value in a form netCDF and Zarr writers accept, or ``None`` to drop it."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)  # netCDF has no boolean attribute type
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, Mapping):
-        return json.dumps(_plain(value))
-    if isinstance(value, (list, tuple, np.ndarray)):
-        items = np.asarray(value, dtype=object).tolist() if isinstance(value, np.ndarray) else value
-        items = list(items)
-        if not items:
-            return None
-        if all(isinstance(v, str) for v in items):
-            return items
-        numbers = (int, float, np.integer, np.floating, bool, np.bool_)
-        if all(v is None or isinstance(v, numbers) for v in items) and any(
-            v is not None for v in items
-        ):
-            if all(isinstance(v, (int, np.integer, bool, np.bool_)) for v in items):
-                return [int(v) for v in items]
-            return [float("nan") if v is None else float(v) for v in items]
-        return json.dumps(_plain(items))  # nested or mixed: JSON text keeps it whole
-    return str(value)
-
-
-def _plain(value: Any) -> Any:
-    """Numpy scalars and arrays as Python values, for ``json.dumps``."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``attrs`` in the form every xarray writer accepts (netCDF, Zarr).
-
-    Scalars and strings stay; booleans become 0/1; flat lists of numbers or of strings stay
-    (``None`` in a list of numbers becomes NaN); ``affine`` becomes 16 floats (row-major),
-    ``geometry`` and any other dict or nested list become JSON text; ``None`` and empty
-    values are dropped. Readers take both forms (:func:`affine_from_attr`,
-    :func:`geometry_from_attr`).
-
-    Parameters
-    ----------
-    attrs
-        Attributes of a dicomxr DataArray, old or new form.
-
-    Returns
-    -------
-    dict
-    """
-    out: dict[str, Any] = {}
-    for key, value in attrs.items():
-        if key == "affine" and value is not None:
-            try:
-                value = affine_from_attr(value).ravel().tolist()
-            except (TypeError, ValueError):
-                pass  # not a 4x4 affine: written as any other value
-        elif key == "geometry" and isinstance(value, Mapping):
-            value = json.dumps(_plain(value))
-        value = _netcdf_value(value)
-        if value is not None and value != "":
-            out[str(key)] = value
-    return out
-
-
 def series_affine(da: xr.DataArray) -> np.ndarray:
-    """Return the LPS affine of a DataArray made by dicomxr, following slice selections.
+    """Return the LPS affine of a DataArray made by dicomxr, following any selection.
+
+    The same as :func:`dicomxr.spatial.affine_of` (kept under this name for older code).
 
     Parameters
     ----------
@@ -221,66 +82,19 @@ def series_affine(da: xr.DataArray) -> np.ndarray:
     numpy.ndarray
         4x4, maps ``(slice, row, col, 1)`` to LPS millimetres.
     """
-    if "affine" not in da.attrs:
-        raise ValueError(
-            "this DataArray has no 'affine' attribute: it was not opened by dicomxr, or its "
-            "attrs were dropped (keep them with xarray.set_options(keep_attrs=True))"
-        )
-    affine = affine_from_attr(da.attrs["affine"])
-    names = ("position_x", "position_y", "position_z")
-    if not all(n in da.coords for n in names):
-        return affine
-    n_slices = da.sizes.get("slice", 1)
-    columns = []
-    for name in names:
-        coord = da.coords[name]
-        # one value per slice: the first along every other frame dim; constant -> broadcast
-        coord = coord.isel({d: 0 for d in coord.dims if d != "slice"})
-        values = np.asarray(coord.values, dtype=np.float64)
-        columns.append(np.broadcast_to(values, (n_slices,)) if values.ndim == 0 else values)
-    pos = np.stack(columns, axis=-1)
-    pos = pos.reshape(-1, 3)
-    if not np.all(np.isfinite(pos)) or len(pos) == 0:
-        return affine
-    affine[:3, 3] = pos[0]
-    if len(pos) > 1:
-        affine[:3, 0] = (pos[-1] - pos[0]) / (len(pos) - 1)
-    return affine
-
-
-def position_residual_mm(da: xr.DataArray, affine: np.ndarray | None = None) -> float:
-    """Largest distance between a slice's recorded position and where the affine puts it.
-
-    Zero (to rounding) for a regular stack; large for uneven spacing or missing slices, whose
-    positions no single affine can hold. ``nan`` when the positions are not coordinates.
-    """
-    names = ("position_x", "position_y", "position_z")
-    if not all(n in da.coords for n in names):
-        return float("nan")
-    affine = series_affine(da) if affine is None else affine
-    n_slices = da.sizes.get("slice", 1)
-    columns = []
-    for name in names:
-        coord = da.coords[name]
-        coord = coord.isel({d: 0 for d in coord.dims if d != "slice"})
-        values = np.asarray(coord.values, dtype=np.float64)
-        columns.append(np.broadcast_to(values, (n_slices,)) if values.ndim == 0 else values)
-    pos = np.stack(columns, axis=-1)
-    index = np.zeros((n_slices, 4))
-    index[:, 0] = np.arange(n_slices)
-    index[:, 3] = 1
-    mapped = (affine @ index.T).T[:, :3]
-    distance = np.linalg.norm(mapped - pos, axis=1)
-    distance = distance[np.isfinite(distance)]
-    return float(distance.max()) if distance.size else float("nan")
+    return affine_of(da)
 
 
 def _pixel_spacing(da: xr.DataArray) -> tuple[float, float]:
-    spacing = da.attrs.get("PixelSpacing")
-    if spacing is not None and len(spacing) == 2:
-        return float(spacing[0]), float(spacing[1])
-    affine = affine_from_attr(da.attrs.get("affine", np.eye(4)))
-    return float(np.linalg.norm(affine[:3, 1])) or 1.0, float(np.linalg.norm(affine[:3, 2])) or 1.0
+    """``(row step, col step)`` in mm of the array as it is (strides included)."""
+    try:
+        _, row_mm, col_mm = spacing_of(da)
+    except GeometryError:
+        spacing = da.attrs.get("PixelSpacing")
+        if spacing is not None and len(spacing) == 2:
+            return float(spacing[0]), float(spacing[1])
+        return 1.0, 1.0
+    return row_mm, col_mm
 
 
 def window_array(da: xr.DataArray, center: float, width: float) -> xr.DataArray:
@@ -332,8 +146,14 @@ class DicomAccessor:
     # -- geometry ---------------------------------------------------------------------
     @property
     def affine(self) -> np.ndarray:
-        """4x4 affine mapping ``(slice, row, col, 1)`` to patient LPS millimetres."""
-        return series_affine(self._obj)
+        """4x4 affine mapping ``(slice, row, col, 1)`` to patient LPS millimetres.
+
+        Derived from the coordinates (:func:`dicomxr.spatial.affine_of`), so it is exact
+        after any crop, stride, flip or ``sel``; raises :class:`~dicomxr.GeometryError`
+        when an operation destroyed the geometry (a reduction over ``row``, an unevenly
+        spaced fancy index).
+        """
+        return affine_of(self._obj)
 
     @property
     def affine_ras(self) -> np.ndarray:
@@ -343,8 +163,7 @@ class DicomAccessor:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size ``(slice step, row spacing, col spacing)`` in mm, from the affine."""
-        affine = self.affine
-        return tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))  # type: ignore[return-value]
+        return spacing_of(self._obj)
 
     @property
     def report(self) -> GeometryReport:

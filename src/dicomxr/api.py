@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from dicomxr import accessor as _accessor  # also registers the .dicom accessor
+from dicomxr import accessor as _accessor  # noqa: F401 (registers the .dicom accessor)
+from dicomxr.attrs import encode_attrs
 from dicomxr.errors import MultipleSeriesError, NoSeriesError
 
 if TYPE_CHECKING:
@@ -398,7 +399,7 @@ def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
             attrs["units"] = str(rescale_type)
         elif attrs.get("Modality") == "CT":
             attrs["units"] = "HU"
-    return _accessor.encode_attrs(attrs)
+    return encode_attrs(attrs)
 
 
 # --------------------------------------------------------------------------------------
@@ -432,6 +433,19 @@ def _frame_coords(plan: SeriesPlan) -> dict[str, tuple[tuple[str, ...], np.ndarr
     """Return the plan's coordinates (``slice``, positions, UIDs, paths, varying attributes)."""
     return {
         name: (tuple(dims), _coord_values(values)) for name, (dims, values) in plan.coords.items()
+    }
+
+
+def _in_plane_coords(affine: Any, rows: int, cols: int) -> dict[str, tuple[str, np.ndarray]]:
+    """``row``/``col`` index coordinates: mm from each slice's first stored pixel.
+
+    They let :func:`dicomxr.spatial.affine_of` give the exact affine of any in-plane crop,
+    stride or flip (see :mod:`dicomxr.spatial`).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    return {
+        "row": ("row", np.arange(rows) * float(np.linalg.norm(affine[:3, 1]))),
+        "col": ("col", np.arange(cols) * float(np.linalg.norm(affine[:3, 2]))),
     }
 
 
@@ -555,6 +569,8 @@ def _plan_to_dataarray(
                 "series %s: coordinate %r on %s with shape %s does not fit dims %s; left out",
                 plan.key, name, cdims, values.shape, dict(zip(dims, data.shape, strict=True)),
             )  # fmt: skip
+    rows, cols = data.shape[dims.index("row")], data.shape[dims.index("col")]
+    coords.update(_in_plane_coords(plan.affine, rows, cols))
     da = xr.DataArray(data, dims=dims, coords=coords, name="image")
     da.attrs = _series_attrs(plan, include_patient=include_patient)
     preferred = {d: 1 for d in plan.dims}

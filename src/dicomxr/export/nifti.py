@@ -115,18 +115,6 @@ def _atomic_path(path: Path, suffix: str):
             tmp_path.unlink()
 
 
-def _check_in_plane(da: xr.DataArray) -> None:
-    """Refuse in-plane crops: the affine's origin would be wrong for them."""
-    rows, cols = da.attrs.get("Rows"), da.attrs.get("Columns")
-    for dim, expected in (("row", rows), ("col", cols)):
-        if expected is not None and da.sizes.get(dim) not in (None, int(expected)):
-            raise ValueError(
-                f"the image has {da.sizes[dim]} {dim}s but the series has {expected}: an "
-                "in-plane crop is not tracked by the affine; export the full plane and crop "
-                "the NIfTI, or update attrs['affine'] yourself"
-            )
-
-
 def _nifti_data(data: np.ndarray, colour: bool) -> np.ndarray:
     if colour:
         if data.shape[-1] != 3 or data.dtype != np.uint8:
@@ -228,7 +216,8 @@ def to_nifti(
     >>> da = dicomxr.open_series(dicomxr.data.sample_path())
     >>> da.dicom.to_nifti("pcasl.nii.gz")  # doctest: +SKIP
     """
-    from dicomxr.accessor import _image_of, position_residual_mm, series_affine
+    from dicomxr.attrs import image_of as _image_of
+    from dicomxr.spatial import affine_of, position_residual_mm
 
     nib = require("nibabel", extra="nifti", purpose="NIfTI export")
     da = _image_of(da) if isinstance(da, xr.Dataset) else da
@@ -236,12 +225,10 @@ def to_nifti(
     stem, suffix = _split_suffix(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"destination folder {path.parent} does not exist")
-    if "slice" not in da.dims:
-        da = da.expand_dims("slice")
-    missing = [d for d in ("row", "col") if d not in da.dims]
-    if missing:
-        raise ValueError(f"the image has no {missing} dim(s); dims are {da.dims}")
-    _check_in_plane(da)
+    lps = affine_of(da)  # first: a reduced or unevenly selected image is refused here
+    for dim in _SPATIAL:  # a single slice, row or column selected: a voxel thick
+        if dim not in da.dims:
+            da = da.expand_dims(dim)
     colour = "channel" in da.dims
     extra = [d for d in da.dims if d not in (*_SPATIAL, "channel")]
     volumes = _volume_labels(da, extra)
@@ -257,8 +244,7 @@ def to_nifti(
     spatial_axes = [len(extra) + 2, len(extra) + 1, len(extra)]
     axes = spatial_axes + list(range(len(extra))) + ([values.ndim - 1] if colour else [])
     data = _nifti_data(np.transpose(values, axes), colour)
-    lps = series_affine(da)
-    residual = position_residual_mm(da, lps)
+    residual = position_residual_mm(da)
     if residual > _POSITION_TOL_MM:
         warnings.warn(
             f"the slices are not evenly spaced (a slice is {residual:.3g} mm from where the "
@@ -325,7 +311,8 @@ def _sidecar_attrs(attrs: Any) -> dict[str, Any]:
     """Return the attrs as JSON data: affine as a 4x4 list, JSON-text attrs as objects."""
     import json
 
-    from dicomxr.accessor import _plain, affine_from_attr, geometry_from_attr
+    from dicomxr.attrs import affine_from_attr, geometry_from_attr
+    from dicomxr.attrs import to_plain as _plain
 
     info: dict[str, Any] = {}
     for key, value in attrs.items():

@@ -4,7 +4,7 @@ The store holds one variable, ``image``, chunked one frame per chunk along the f
 (the storage layout of DICOM, so a later ``xr.open_zarr`` reads one slice with one chunk),
 with every coordinate and the attrs in the form every xarray writer accepts (``affine`` as
 16 floats in row-major order, the geometry report as JSON text; see
-:func:`dicomxr.accessor.encode_attrs`). It is
+:func:`dicomxr.attrs.encode_attrs`). It is
 written into a temporary sibling directory and renamed into place, so a reader never sees
 half a store.
 """
@@ -30,7 +30,7 @@ _SPATIAL = ("row", "col", "channel")
 def _prepared(da: xr.DataArray, chunks: dict[str, int] | None) -> xr.Dataset:
     import dask.array
 
-    from dicomxr.accessor import encode_attrs
+    from dicomxr.attrs import encode_attrs
 
     da = da.copy(deep=False)
     da.encoding = {}
@@ -97,7 +97,7 @@ def to_zarr(
     >>> path = da.dicom.to_zarr("sample.zarr")  # doctest: +SKIP
     >>> xr.open_zarr(path)["image"]  # doctest: +SKIP
     """
-    from dicomxr.accessor import _image_of
+    from dicomxr.attrs import image_of as _image_of
 
     require("zarr", extra="zarr", purpose="Zarr export")
     image = _image_of(da) if isinstance(da, xr.Dataset) else da
