@@ -179,6 +179,34 @@ class DicomAccessor:
             raise ValueError("no 'geometry' attribute: this DataArray was not opened by dicomxr")
         return GeometryReport.from_dict(geometry_from_attr(raw))
 
+    @property
+    def orientation(self) -> str:
+        """Where the col, row and slice axes point, as a code like ``"LPS"`` or ``"RAS"``.
+
+        See :func:`dicomxr.orientation.orientation_of`.
+        """
+        from dicomxr.orientation import orientation_of
+
+        return orientation_of(self._obj)
+
+    def reorient(self, code: str = "RAS") -> xr.DataArray:
+        """Flip and transpose the spatial dims to orientation ``code``, lazily.
+
+        See :func:`dicomxr.orientation.reorient`: ``"RAS"`` (NIfTI's canonical, and what
+        ``"closest"`` means), ``"LPS"``, or any three letters from L/R, A/P, S/I. No
+        interpolation; coordinates, attrs and the affine follow.
+
+        Examples
+        --------
+        >>> import dicomxr
+        >>> da = dicomxr.open_series(dicomxr.data.sample_path())
+        >>> da.dicom.reorient("RAS").dicom.orientation
+        'RAS'
+        """
+        from dicomxr.orientation import reorient
+
+        return reorient(self._obj, code)
+
     # -- data -------------------------------------------------------------------------
     def load(self) -> xr.DataArray:
         """Return the image with its pixels read into memory, by the fastest route.

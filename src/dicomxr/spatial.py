@@ -48,6 +48,7 @@ __all__ = [
     "POSITION_COORDS",
     "SPATIAL_DIMS",
     "affine_of",
+    "attrs_with_affine",
     "grid_coords",
     "on_grid",
     "position_residual_mm",
@@ -201,7 +202,8 @@ def _assumed_in_plane(da: xr.DataArray, dim: str, spacing: float) -> np.ndarray:
             f".isel({dim}=k) to keep the geometry, or reduce after exporting."
         )
     size = da.sizes[dim]
-    if stored is not None and int(stored) == size:
+    if stored is None or int(stored) == size:
+        # whole as stored, or an array built by hand whose affine describes it as it is
         return np.arange(size) * spacing
     raise GeometryError(
         f"the {dim!r} dim has no coordinate (it was dropped, or the array was made by an "
@@ -223,8 +225,10 @@ def _reference_exact(da: xr.DataArray) -> bool:
 def _slice_axis(da: xr.DataArray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(origin, step)`` as LPS vectors of the slice axis of ``da``."""
     positions = [_coord_1d(da, name, "slice") for name in POSITION_COORDS]
+    values = None
     if all(p is not None for p in positions):
         values = np.stack(positions, axis=-1)  # type: ignore[arg-type]
+    if values is not None and np.isfinite(values).any():
         start, step, residual = _fit_axis(values, reference[:3, 0], "slice")
     else:
         values = _slice_indices(da, reference)
@@ -254,11 +258,22 @@ def _slice_indices(da: xr.DataArray, reference: np.ndarray) -> np.ndarray:
             "the 'slice' dim has neither a coordinate nor slice positions (position_x/_y/_z), "
             "and its size differs from the series': where these slices lie is unknown"
         )
+    if not _has_patient_geometry(da):
+        return values  # no ImagePositionPatient: the slice coordinate is the frame index
     normal = np.cross(_unit(reference[:3, 2], "col"), _unit(reference[:3, 1], "row"))
     along = float(normal @ reference[:3, 0])
     if abs(along) < 1e-9:
         raise GeometryError("attrs['affine'] has a slice axis inside the image plane")
     return (values - float(normal @ reference[:3, 3])) / along
+
+
+def _has_patient_geometry(da: xr.DataArray) -> bool:
+    raw = da.attrs.get("geometry")
+    try:
+        report = json.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw or {})
+    except (TypeError, ValueError):
+        return True
+    return not report or report.get("orientation") is not None
 
 
 def _reference_slices(da: xr.DataArray) -> int | None:
@@ -364,6 +379,43 @@ def position_residual_mm(da: xr.DataArray | xr.Dataset) -> float:
     if not np.isfinite(pos).any():
         return float("nan")
     return _fit_axis(pos, np.zeros(3), "slice")[2]
+
+
+def attrs_with_affine(da: xr.DataArray | xr.Dataset) -> dict[str, Any]:
+    """Return a copy of ``da.attrs`` whose ``affine`` is the array's own (:func:`affine_of`).
+
+    For consumers that read the geometry from attrs (the viewer's planes and aspect). When
+    the geometry cannot be derived, the stale ``affine`` is left out and a
+    :class:`~dicomxr.errors.GeometryWarning` says why, so nothing shows a wrong aspect
+    silently.
+
+    Parameters
+    ----------
+    da
+        A DataArray (or a Dataset with an ``image`` variable).
+
+    Returns
+    -------
+    dict
+    """
+    import warnings
+
+    from dicomxr.errors import GeometryWarning, user_stacklevel
+
+    da = image_of(da)
+    attrs = dict(da.attrs)
+    if "affine" not in attrs:
+        return attrs
+    try:
+        attrs["affine"] = affine_of(da).ravel().tolist()
+    except GeometryError as exc:
+        del attrs["affine"]
+        warnings.warn(
+            f"no geometry for this image, shown in voxel units: {exc}",
+            GeometryWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return attrs
 
 
 def grid_coords(

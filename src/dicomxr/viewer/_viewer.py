@@ -33,6 +33,7 @@ import ipywidgets as widgets
 import numpy as np
 import traitlets
 
+from dicomxr.spatial import attrs_with_affine
 from dicomxr.viewer import windowing
 from dicomxr.viewer.planes import SPATIAL, Plane, planes_from_affine
 from dicomxr.viewer.render import COLORMAPS, encode_png, lut, render
@@ -123,7 +124,7 @@ class Viewer(widgets.VBox):
         da = as_image(obj)
         self.volume = Volume(da, cache_bytes=int(cache_mb * 2**20))
         self.data = self.volume.da
-        self.attrs: dict[str, Any] = dict(self.data.attrs)
+        self.attrs: dict[str, Any] = attrs_with_affine(self.data)
         self.planes: dict[str, Plane] = planes_from_affine(self.attrs)
         self._by_name = {p.name: p for p in self.planes.values()}
         self._invert = windowing.is_inverted(self.attrs)

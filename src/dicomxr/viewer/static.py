@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dicomxr.spatial import attrs_with_affine
 from dicomxr.viewer import windowing
 from dicomxr.viewer.planes import SPATIAL, planes_from_affine
 from dicomxr.viewer.render import render
@@ -128,7 +129,7 @@ def montage(
     from matplotlib.figure import Figure
 
     vol = Volume(as_image(obj))
-    attrs = dict(vol.da.attrs)
+    attrs = attrs_with_affine(vol.da)
     planes = planes_from_affine(attrs)
     by_name = {p.name: d for d, p in planes.items()}
     dim = by_name.get(plane, plane)
