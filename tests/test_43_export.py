@@ -218,3 +218,15 @@ def test_nifti_warns_when_it_cannot_place_every_slice(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", GeometryWarning)
         da.isel(slice=slice(0, 4)).dicom.to_nifti(tmp_path / "regular.nii")  # a regular block
+
+
+def test_zarr_and_netcdf_keep_the_geometry_of_a_selection(sample_dir, tmp_path):
+    da = open_series(sample_dir)
+    part = da.isel(row=slice(10, 60, 2), col=slice(80, 5, -3)).dicom.reorient("RAS")
+    back = xr.open_zarr(part.dicom.to_zarr(tmp_path / "part.zarr"))["image"]
+    np.testing.assert_allclose(back.dicom.affine, part.dicom.affine, atol=1e-9)
+    assert back.dicom.orientation == "RAS"
+    one = part.isel(time=0, label=0)
+    one.to_netcdf(tmp_path / "part.nc", engine="h5netcdf")
+    with xr.open_dataarray(tmp_path / "part.nc", engine="h5netcdf") as reread:
+        np.testing.assert_allclose(reread.dicom.affine, one.dicom.affine, atol=1e-9)
