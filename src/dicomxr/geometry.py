@@ -46,15 +46,18 @@ import html
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from dicomxr.errors import GeometryError
 from dicomxr.options import get_options
 
-if TYPE_CHECKING:  # pragma: no cover
-    from dicomxr.series import SeriesPlan
+
+class _HasAffine(Protocol):
+    """Anything with an ``affine`` (a :class:`~dicomxr.series.SeriesPlan`, for one)."""
+
+    affine: Any
 
 __all__ = [
     "POLICIES",
@@ -179,7 +182,7 @@ def affine_from_positions(
     return affine
 
 
-def affine_lps(plan: SeriesPlan) -> np.ndarray:
+def affine_lps(plan: _HasAffine) -> np.ndarray:
     """Return the 4x4 LPS affine of a series plan for the index ``(slice, row, col, 1)``.
 
     The frame dims other than ``slice`` (time, echo, ...) do not move in space and are not
