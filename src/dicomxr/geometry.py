@@ -59,6 +59,7 @@ class _HasAffine(Protocol):
 
     affine: Any
 
+
 __all__ = [
     "POLICIES",
     "GeometryReport",

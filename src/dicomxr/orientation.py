@@ -66,7 +66,9 @@ def check_code(code: str) -> str:
     text = code.upper()
     hint = "a code takes one letter from each of L/R, A/P, S/I, e.g. 'RAS' or 'LPS'"
     if len(text) != 3 or any(c not in "LRAPSI" for c in text):
-        raise ValueError(f"orientation code {code!r} is not three of the letters L/R, A/P, S/I; {hint}")
+        raise ValueError(
+            f"orientation code {code!r} is not three of the letters L/R, A/P, S/I; {hint}"
+        )
     names = ("left-right", "anterior-posterior", "superior-inferior")
     for axis, pair in enumerate(_PAIRS):
         used = [c for c in text if c in pair]
