@@ -27,6 +27,8 @@ from dicomxr.errors import (
     DicomxrWarning,
     GeometryError,
     GeometryWarning,
+    LabelError,
+    LabelWarning,
     MissingDependencyError,
     MultipleSeriesError,
     NoSeriesError,
@@ -44,6 +46,7 @@ _LAZY: dict[str, str] = {
     "GeometryReport": "dicomxr.geometry:GeometryReport",
     "open_series": "dicomxr.api:open_series",
     "open_study": "dicomxr.api:open_study",
+    "open_labels": "dicomxr.labels:open_labels",
     "view": "dicomxr.viewer:view",
     "browse": "dicomxr.viewer:browse",
     "anatomy": "dicomxr.anatomy:anatomy",
@@ -59,6 +62,8 @@ __all__ = [
     "GeometryError",
     "GeometryReport",
     "GeometryWarning",
+    "LabelError",
+    "LabelWarning",
     "MissingDependencyError",
     "MultipleSeriesError",
     "NoSeriesError",
@@ -71,6 +76,7 @@ __all__ = [
     "data",
     "explain",
     "get_options",
+    "open_labels",
     "open_series",
     "open_study",
     "plan_series",
@@ -93,6 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dicomxr.api import open_series, open_study
     from dicomxr.catalog import scan
     from dicomxr.geometry import GeometryReport
+    from dicomxr.labels import open_labels
     from dicomxr.options import get_options, set_options
     from dicomxr.series import SeriesPlan, plan_series
     from dicomxr.viewer import browse, view

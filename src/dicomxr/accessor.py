@@ -372,6 +372,12 @@ class DicomAccessor:
 
         return to_zarr(self._obj, store, **kwargs)
 
+    def to_seg(self, labels: xr.DataArray, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Write ``labels`` on this image's grid as a DICOM SEG (see :func:`dicomxr.labels.to_seg`)."""
+        from dicomxr.labels import to_seg
+
+        return to_seg(self._obj, labels, path, **kwargs)
+
 
 def _display(frame: np.ndarray, colour: bool) -> np.ndarray:
     if not colour:

@@ -31,6 +31,14 @@ class PixelDataError(DicomxrError, ValueError):
     """
 
 
+class LabelError(DicomxrError, ValueError):
+    """A label object (DICOM SEG, RTSTRUCT) does not fit the image it is read onto or written from.
+
+    The message names what differs (Frame of Reference, referenced series or instances, a frame
+    or contour between the image's slices), the expected and the found values, and the fix.
+    """
+
+
 class MissingDependencyError(DicomxrError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 
@@ -41,6 +49,10 @@ class DicomxrWarning(UserWarning):
 
 class GeometryWarning(DicomxrWarning):
     """A series has irregular geometry (gaps, uneven spacing, tilt, duplicates) that was kept."""
+
+
+class LabelWarning(DicomxrWarning):
+    """Labels were read or written with a change the caller should know about (renumbering)."""
 
 
 class SkippedFileWarning(DicomxrWarning):
