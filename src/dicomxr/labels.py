@@ -423,7 +423,7 @@ def _read_rtstruct(
                 {str(c.ContourGeometricType) for c in roi_contour.get("ContourSequence", [])}
             )
             skipped.append(
-                f"{number} {name!r}: {'/'.join(kinds) or 'no'} contours, no area to fill"
+                f"ROI {number} {name!r}: {'/'.join(kinds) or 'no'} contours, no area to fill"
             )
             continue
         mask = np.zeros(grid.shape, dtype=bool)
@@ -739,7 +739,29 @@ def _source_datasets(image: xr.DataArray) -> list[Any]:
             "several slices of the image come from one file (enhanced multi-frame): writing a "
             "SEG of multi-frame sources is not supported yet"
         )
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in names]
+    return [_with_type2(pydicom.dcmread(p, stop_before_pixels=True)) for p in names]
+
+
+# patient and study attributes a SEG must carry (Type 2: present, possibly empty)
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def _with_type2(ds: Any) -> Any:
+    """Give a source header the Type 2 attributes it lacks, empty, as DICOM allows."""
+    for keyword in _TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
 
 
 def _source_plane(ds: Any) -> _Plane:
@@ -809,7 +831,8 @@ def to_seg(
 
     The SEG is made by highdicom from the image's own files (``image.coords["path"]``,
     headers only), so it references the image's study, series, Frame of Reference and,
-    frame by frame, the source instances. Empty frames are left out.
+    frame by frame, the source instances. Empty frames are left out. Patient and study
+    attributes of Type 2 that the sources lack (synthetic series) are written empty.
 
     Parameters
     ----------
