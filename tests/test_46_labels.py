@@ -310,6 +310,73 @@ def test_image_without_slice_dim(ct, seg_file):
         dicomxr.open_labels(seg_file, like=ct.isel(slice=3))
 
 
+def _seg_of_kind(headers, pixels: np.ndarray, kind: str, path: Path, **kwargs) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        seg = hd.seg.Segmentation(
+            source_images=headers[FIRST : FIRST + len(pixels)],
+            pixel_array=pixels,
+            segmentation_type=kind,
+            segment_descriptions=[_description(1, "a"), _description(2, "b")],
+            series_instance_uid=hd.UID(),
+            series_number=901,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="test",
+            manufacturer_model_name="test",
+            software_versions="1",
+            device_serial_number="1",
+            **kwargs,
+        )
+    seg.save_as(path)
+    return path
+
+
+def test_labelmap_seg_is_read(ct, headers, tmp_path):
+    # Label Map Segmentation Storage: one frame per slice holding segment numbers
+    values = np.zeros((4, 512, 512), np.uint8)
+    values[1:3, 10:20, 10:30] = 1
+    values[2:4, 100:120, 300:330] = 2
+    path = _seg_of_kind(headers, values, "LABELMAP", tmp_path / "labelmap.dcm")
+    assert str(pydicom.dcmread(path).SOPClassUID) == dicomxr.labels.SEG_SOP_CLASSES[1]
+    labelmap = dicomxr.open_labels(path, like=ct, form="labelmap")
+    np.testing.assert_array_equal(labelmap.values[FIRST : FIRST + 4], values)
+    assert not labelmap.values[:FIRST].any() and not labelmap.values[FIRST + 4 :].any()
+
+
+def test_fractional_seg_is_thresholded(ct, headers, tmp_path):
+    fraction = np.zeros((2, 512, 512, 2), np.float32)
+    fraction[0, 50:60, 50:60, 0] = 0.3
+    fraction[0, 50:60, 60:70, 0] = 0.8
+    fraction[1, 200:210, 200:220, 1] = 1.0
+    path = _seg_of_kind(
+        headers, fraction, "FRACTIONAL", tmp_path / "fractional.dcm", max_fractional_value=200
+    )
+    labels = dicomxr.open_labels(path, like=ct)
+    expected = np.moveaxis(fraction >= 0.5, -1, 0)
+    np.testing.assert_array_equal(labels.values[:, FIRST : FIRST + 2], expected)
+    strict = dicomxr.open_labels(path, like=ct, threshold=0.2)
+    assert int(strict.sel(segment=1).sum()) == 200  # the 0.3 fractions count too
+
+
+def test_rtstruct_contour_referencing_another_instance(tmp_path):
+    image = _rt_grid(tmp_path / "ct")
+    ds = _rtstruct()
+    uids = [str(u) for u in image.SOPInstanceUID.values]
+    contour = ds.ROIContourSequence[0].ContourSequence[0]  # z = -200: slice 1
+    ref = pydicom.Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ref.ReferencedSOPInstanceUID = uids[1]
+    contour.ContourImageSequence = [ref]
+    path = tmp_path / "rt.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    assert dicomxr.open_labels(path, like=image).sum() > 0  # the right instance: fine
+    ref.ReferencedSOPInstanceUID = uids[3]
+    ds.save_as(path, enforce_file_format=False)
+    with pytest.raises(LabelError, match=rf"references the instance {uids[3]} but lies on slice 1"):
+        dicomxr.open_labels(path, like=image)
+
+
 # --------------------------------------------------------------------------------------
 # writing a SEG
 
@@ -373,6 +440,35 @@ def test_to_seg_refuses_labels_off_the_grid(ct, seg_file, tmp_path):
     with pytest.raises(LabelError, match="does not fall on the image's pixels"):
         strided.dicom.to_seg(labels.isel(row=slice(None, None, 2)), tmp_path / "x.dcm")
     assert not list(tmp_path.iterdir())
+
+
+def test_to_seg_of_a_4d_series_and_of_a_phantom(tmp_path, sample_dir):
+    # the pCASL sample: (time, label, slice, row, col); the SEG references the first volume
+    mr = dicomxr.open_series(sample_dir)
+    first = mr.isel(time=0, label=0)
+    mask = np.zeros((1, *first.shape), bool)
+    mask[0, 10:20, 30:60, 40:50] = True
+    labels = xr.DataArray(mask, dims=("segment", *first.dims), coords={"segment": [1]})
+    labels = labels.assign_coords(
+        {n: c.variable for n, c in first.coords.items() if n in first.dims}
+    )
+    out = mr.dicom.to_seg(labels, tmp_path / "mr_seg.dcm")
+    back = dicomxr.open_labels(out, like=mr)
+    assert back.dims == ("segment", "slice", "row", "col")
+    np.testing.assert_array_equal(back.values, mask)
+    seg = pydicom.dcmread(out, stop_before_pixels=True)
+    refs = {
+        str(i.ReferencedSOPInstanceUID)
+        for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
+    assert refs == {str(u) for u in first.SOPInstanceUID.values}
+    # a synthetic series without AccessionNumber or ReferringPhysicianName (Type 2 in a SEG)
+    from dicomxr.phantom import write_series
+
+    write_series(tmp_path / "phantom", np.zeros((3, 16, 16), np.int16))
+    phantom = dicomxr.open_series(tmp_path / "phantom")
+    out = phantom.dicom.to_seg((phantom > -5000).expand_dims(segment=[1]), tmp_path / "ph.dcm")
+    assert int(dicomxr.open_labels(out, like=phantom).sum()) == 3 * 16 * 16
 
 
 def test_to_seg_renumbers_with_a_warning(ct, seg_file, tmp_path):

@@ -322,9 +322,11 @@ def _read_seg(
     seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     _check_frame_of_reference(grid, [str(seg.get("FrameOfReferenceUID", ""))], what)
     _check_series(grid, _seg_referenced_series(seg), what, check_references)
-    numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
-    labels = [str(s.get("SegmentLabel", f"Segment {s.SegmentNumber}")) for s in seg.SegmentSequence]
     kind = str(seg.SegmentationType)
+    # a LABELMAP SEG may describe its background as segment 0: not a segment of the image
+    segments = [s for s in seg.SegmentSequence if int(s.SegmentNumber) > 0]
+    numbers = [int(s.SegmentNumber) for s in segments]
+    labels = [str(s.get("SegmentLabel", f"Segment {s.SegmentNumber}")) for s in segments]
     scale = float(seg.get("MaximumFractionalValue", 1)) if kind == "FRACTIONAL" else 1.0
     masks = np.zeros((len(numbers), *grid.shape), dtype=bool)
     shared = (
