@@ -439,6 +439,8 @@ def test_to_seg_refuses_labels_off_the_grid(ct, seg_file, tmp_path):
     strided = part.isel(row=slice(None, None, 2))
     with pytest.raises(LabelError, match="does not fall on the image's pixels"):
         strided.dicom.to_seg(labels.isel(row=slice(None, None, 2)), tmp_path / "x.dcm")
+    with pytest.raises(LabelError, match=r"the dims \['time'\].*labels.isel\(time=0\)"):
+        part.dicom.to_seg(labels.expand_dims(time=2), tmp_path / "x.dcm")
     assert not list(tmp_path.iterdir())
 
 

@@ -218,7 +218,8 @@ def _onto_plane(
     whole = np.round(coef)
     off_mm = np.abs(coef - whole) * np.array([[row_mm], [col_mm]])
     reach = np.array([1.0, max(height - 1, 1), max(width - 1, 1)])
-    if np.any(off_mm * reach > tol_mm) or not np.any(whole[:, 1:]):
+    singular = round(abs(float(np.linalg.det(whole[:, 1:])))) == 0  # image pixels would collide
+    if np.any(off_mm * reach > tol_mm) or singular:
         raise LabelError(
             f"{what} does not fall on the image's pixels: one image pixel is "
             f"{coef[:, 1:].round(4).tolist()} label pixels per (row, col) step and the first "
@@ -887,6 +888,7 @@ def to_seg(
             f"the labels are not on the image's grid ({exc}). Read them with "
             "dicomxr.open_labels(path, like=image), or select the image as the labels were."
         ) from None
+    _check_label_dims(labels)
     masks = _masks_of(labels).transpose("segment", *_SPATIAL)
     grid = _grid_of(image)
     if masks.shape[1:] != grid.shape:
@@ -920,6 +922,21 @@ def to_seg(
     )
     _write_atomic(seg, path)
     return path
+
+
+def _check_label_dims(labels: xr.DataArray) -> None:
+    missing = [d for d in _SPATIAL if d not in labels.dims]
+    if missing:
+        raise LabelError(
+            f"labels need the dims {_SPATIAL}; these have {tuple(labels.dims)} (missing "
+            f"{missing}): keep the dims when selecting (.isel(slice=[k]), not .isel(slice=k))"
+        )
+    extra = [d for d in labels.dims if d not in (*_SPATIAL, "segment")]
+    if extra:
+        raise LabelError(
+            f"labels have the dims {extra} besides {_SPATIAL} and 'segment': a SEG holds one "
+            f"volume; select one first (labels.isel({extra[0]}=0))"
+        )
 
 
 def _source_frames(masks: np.ndarray, grid: _Grid, sources: list[Any]) -> np.ndarray:
