@@ -473,6 +473,26 @@ def test_to_seg_of_a_4d_series_and_of_a_phantom(tmp_path, sample_dir):
     assert int(dicomxr.open_labels(out, like=phantom).sum()) == 3 * 16 * 16
 
 
+def test_to_seg_round_trip_on_a_tilted_ct(data_root, tmp_path):
+    # Philips CT with gantry tilt: the affine is sheared (slices stacked along z, rows tilted)
+    image = dicomxr.open_series(data_root / "dcm_qa_ct" / "In" / "Philips" / "S21610" / "S3010")
+    assert abs(image.dicom.affine[2, 1]) > 0.05  # really sheared
+    part = image.isel(slice=slice(5, 15))
+    mask = np.zeros((1, *part.shape), bool)
+    mask[0, 2:7, 100:200, 150:250] = True
+    labels = xr.DataArray(mask, dims=("segment", *part.dims), coords={"segment": [1]})
+    out = part.dicom.to_seg(labels, tmp_path / "tilt.dcm")
+    back = dicomxr.open_labels(out, like=image)  # onto the whole series
+    expected = np.zeros((1, *image.shape), bool)
+    expected[:, 5:15] = mask
+    np.testing.assert_array_equal(back.values, expected)
+    # highdicom places the frames by their source instances: the same slices
+    seg = hd.seg.segread(out)
+    uids = [str(u) for u in part.SOPInstanceUID.values]
+    pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[..., 0].astype(bool), mask[0])
+
+
 def test_to_seg_renumbers_with_a_warning(ct, seg_file, tmp_path):
     part = ct.isel(slice=slice(FIRST, LAST))
     labels = dicomxr.open_labels(seg_file, like=part).assign_coords(segment=[3, 7])
