@@ -632,3 +632,26 @@ def test_rtstruct_of_another_series(tmp_path):
         get_testdata_file("rtstruct.dcm"), like=image, check_references=False
     )
     assert int(labels.sum()) == 3 * 400 * 300 // 4
+
+
+# --------------------------------------------------------------------------------------
+# the package around it
+
+
+def test_open_labels_is_lazy_and_imports_no_highdicom_until_a_seg():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dicomxr; dicomxr.open_labels; "
+        "print('highdicom' in sys.modules, 'matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+    assert "open_labels" in dicomxr.__all__ and "LabelError" in dicomxr.__all__
+
+
+def test_missing_highdicom_names_the_extra(ct, seg_file, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "highdicom", None)
+    with pytest.raises(dicomxr.MissingDependencyError, match=r"dicomxr\[labels\]"):
+        dicomxr.open_labels(seg_file, like=ct)
