@@ -648,6 +648,12 @@ def open_labels(
         image's, frames or contours between the image's slices or pixels, a file that is
         neither SEG nor RTSTRUCT, overlapping segments for ``form="labelmap"``.
 
+    Notes
+    -----
+    The labels are read whole into memory (numpy; a SEG's frames are bit-packed and small
+    next to the image) and the image's pixels are never read: only its coordinates, attrs
+    and affine are used.
+
     Examples
     --------
     >>> labels = dicomxr.open_labels("seg.dcm", like=image)  # doctest: +SKIP
