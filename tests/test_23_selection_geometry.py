@@ -192,17 +192,17 @@ def _shift(k: int, i: int, j: int) -> np.ndarray:
 def test_operations_that_destroy_the_geometry_say_so(philips_ct):
     da = dicomxr.open_series(philips_ct)
     with pytest.raises(GeometryError, match="reduction over row"):
-        da.mean("row").dicom.affine
+        _ = da.mean("row").dicom.affine
     with pytest.raises(GeometryError, match="reduction over slice"):
-        da.max("slice").drop_vars(["position_x", "position_y"]).dicom.affine
+        _ = da.max("slice").drop_vars(["position_x", "position_y"]).dicom.affine
     with pytest.raises(GeometryError, match="not evenly spaced"):
-        da.isel(col=[0, 5, 6]).dicom.affine
+        _ = da.isel(col=[0, 5, 6]).dicom.affine
     with pytest.raises(GeometryError, match="not evenly spaced"):
-        da.isel(slice=[0, 1, 5]).dicom.affine
+        _ = da.isel(slice=[0, 1, 5]).dicom.affine
     with pytest.raises(GeometryError, match="not evenly spaced"):
-        xr.concat([da.isel(row=slice(0, 10)), da.isel(row=slice(20, 30))], "row").dicom.affine
+        _ = xr.concat([da.isel(row=slice(0, 10)), da.isel(row=slice(20, 30))], "row").dicom.affine
     with pytest.raises(GeometryError, match="no 'affine' attribute"):
-        (da + 1).drop_attrs().dicom.affine
+        _ = (da + 1).drop_attrs().dicom.affine
     with pytest.warns(dicomxr.GeometryWarning, match="voxel units"):
         from dicomxr.spatial import attrs_with_affine
 
@@ -257,7 +257,7 @@ def test_reorient_any_code_is_lazy_and_carries_coords(sample_dir):
         i = {"time": 1, "label": 0, "slice": 7, "row": 11, "col": 60}
         world = (da.dicom.affine @ [i["slice"], i["row"], i["col"], 1])[:3]
         inv = np.linalg.inv(out.dicom.affine) @ [*world, 1]
-        k, r, c = (int(round(v)) for v in inv[:3])
+        k, r, c = (round(v) for v in inv[:3])
         assert float(out.isel(time=1, label=0, slice=k, row=r, col=c)) == float(da.isel(i))
     # PSR: row points superior, so the stored (axial) slices run along row: the UIDs follow
     coronal_rows = da.dicom.reorient("PSR")
