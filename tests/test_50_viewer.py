@@ -100,11 +100,12 @@ def make_series(
 
 
 def expected_gray(values, center, width, invert=False):
-    """Independent window: linear from center-width/2 (0) to center+width/2 (255)."""
-    lo = center - width / 2
-    out = np.clip(np.floor((values.astype(float) - lo) * (255 / width) + 0.5), 0, 255).astype(
-        np.uint8
-    )
+    """Independent window: DICOM LINEAR (PS3.3 C.11.2.1.2.1) to 0..255, rounded half up."""
+    x = values.astype(float)
+    ramp = (x - (center - 0.5)) / (width - 1) + 0.5
+    y = np.where(x <= center - 0.5 - (width - 1) / 2, 0.0, ramp)
+    y = np.where(x > center - 0.5 + (width - 1) / 2, 1.0, y)
+    out = np.floor(y * 255 + 0.5).astype(np.uint8)
     return 255 - out if invert else out
 
 

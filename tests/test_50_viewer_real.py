@@ -49,8 +49,10 @@ def reference_hu(path: str) -> np.ndarray:
 
 
 def grey(values, center, width):
-    lo = center - width / 2
-    return np.clip(np.floor((values - lo) * (255 / width) + 0.5), 0, 255).astype(np.uint8)
+    """DICOM LINEAR window (PS3.3 C.11.2.1.2.1) to grey levels 0..255, rounded half up."""
+    x = np.asarray(values, dtype=float)
+    y = np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    return np.floor(y * 255 + 0.5).astype(np.uint8)
 
 
 def test_ct_opens_on_one_frame_and_steps_read_one_frame_each(ct, reads):

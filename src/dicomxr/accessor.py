@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from dicomxr import intensity
 from dicomxr.attrs import (
     affine_from_attr,
     encode_attrs,
@@ -100,41 +101,9 @@ def _pixel_spacing(da: xr.DataArray) -> tuple[float, float]:
 def window_array(da: xr.DataArray, center: float, width: float) -> xr.DataArray:
     """Linear VOI window (DICOM PS3.3 C.11.2.1.2): values mapped to [0, 1], lazily.
 
-    Parameters
-    ----------
-    da
-        Image values (after rescale).
-    center, width
-        Window centre and width in the image's units (``width`` >= 1).
-
-    Returns
-    -------
-    xarray.DataArray
-        float32 in [0, 1], lazy when ``da`` is.
+    Kept for older code: :func:`dicomxr.intensity.window` without the MONOCHROME1 flip.
     """
-    center = float(center)
-    width = float(width)
-    if not width >= 1:
-        raise ValueError(f"window width must be >= 1, got {width}")
-    # DICOM's linear function: centre - 0.5 and width - 1 place the ramp between pixel values
-    low = center - 0.5 - (width - 1) / 2
-    scaled = (da.astype(np.float32) - np.float32(low)) / np.float32(width - 1)
-    out = scaled.clip(0.0, 1.0)
-    out.attrs = dict(da.attrs)
-    out.attrs.update({"window_center": center, "window_width": width})
-    out.name = da.name
-    return out
-
-
-def _default_window(da: xr.DataArray) -> tuple[float, float] | None:
-    center, width = da.attrs.get("WindowCenter"), da.attrs.get("WindowWidth")
-    if isinstance(center, (list, tuple)):
-        center = center[0] if center else None
-    if isinstance(width, (list, tuple)):
-        width = width[0] if width else None
-    if center is None or width is None or not float(width) >= 1:
-        return None
-    return float(center), float(width)
+    return intensity.window(da, center, width, invert=False)
 
 
 class DicomAccessor:
@@ -238,21 +207,63 @@ class DicomAccessor:
         return da.copy(data=spec.read_all())
 
     # -- display ----------------------------------------------------------------------
-    def window(self, center: float | None = None, width: float | None = None) -> xr.DataArray:
-        """Apply a linear window, lazily: values mapped to [0, 1] (float32).
+    def window(
+        self,
+        preset: str | tuple[float, float] | float | None = None,
+        width: float | None = None,
+        *,
+        center: float | None = None,
+        function: str | None = None,
+        invert: bool | None = None,
+    ) -> xr.DataArray:
+        """Window the image lazily: values mapped to [0, 1] (float32), 1 = white.
+
+        One implementation for the package (:func:`dicomxr.intensity.window`): the DICOM
+        VOI function, the file's presets, named presets, MONOCHROME1 flipped.
 
         Parameters
         ----------
-        center, width
-            Window centre and width; default: the series' first WindowCenter/WindowWidth
-            preset, else the 1st-99th percentile of three sampled slices.
+        preset
+            Nothing for the default window (the viewer's too: the file's, else the
+            modality's, else sampled percentiles), a name (``"brain"``, ``"lung"``,
+            ``"file 1"``, ``"auto"``...), a ``(center, width)`` pair, or the centre.
+        width, center
+            Window width (and centre, by keyword); a missing one comes from the default.
+        function, invert
+            VOI function (default the file's, else LINEAR) and flip (default MONOCHROME1).
+
+        Examples
+        --------
+        >>> import dicomxr
+        >>> da = dicomxr.open_series(dicomxr.data.sample_path())
+        >>> da.dicom.window(300, 600).attrs["window_width"]
+        600.0
         """
-        da = self._obj
-        if center is None or width is None:
-            preset = _default_window(da) or _sampled_window(da)
-            center = preset[0] if center is None else center
-            width = preset[1] if width is None else width
-        return window_array(da, center, width)
+        if center is not None and preset is not None:
+            raise TypeError("give the centre either as the first argument or as center=")
+        preset = center if center is not None else preset
+        numeric = preset is None or isinstance(preset, (int, float))
+        if numeric and (preset is None) != (width is None):
+            default = intensity.default_window(self._obj)
+            preset = default.center if preset is None else preset
+            width = default.width if width is None else width
+        return intensity.window(self._obj, preset, width, function=function, invert=invert)
+
+    def clip(self, low: float | None = None, high: float | None = None) -> xr.DataArray:
+        """Clip lazily to ``[low, high]``, keeping coords and attrs (:func:`dicomxr.intensity.clip`)."""
+        return intensity.clip(self._obj, low, high)
+
+    def clip_percentile(
+        self, low: float = 1.0, high: float = 99.0, *, sample: bool = True
+    ) -> xr.DataArray:
+        """Clip lazily to percentiles of sampled slices (:func:`dicomxr.intensity.clip_percentile`)."""
+        return intensity.clip_percentile(self._obj, low, high, sample=sample)
+
+    def zscore(
+        self, *, mask: xr.DataArray | None = None, over: tuple[str, ...] = _SPATIAL
+    ) -> xr.DataArray:
+        """Standardise lazily, per volume by default (:func:`dicomxr.intensity.zscore`)."""
+        return intensity.zscore(self._obj, mask=mask, over=over)
 
     def plot(
         self,
@@ -263,6 +274,7 @@ class DicomAccessor:
         width: float | None = None,
         ax: Any = None,
         cmap: str = "gray",
+        preset: str | None = None,
         **isel: int,
     ) -> Any:
         """Show one slice, or a montage of evenly spaced slices, with the physical aspect.
@@ -276,7 +288,10 @@ class DicomAccessor:
         montage
             ``True`` for 12 slices, or the number of slices to tile.
         center, width
-            Display window (default: the series preset, else sampled percentiles).
+            Display window (default: :func:`dicomxr.intensity.default_window`, the
+            viewer's; a file window that varies by frame is the shown slice's).
+        preset
+            A window preset by name instead (``"brain"``, ``"file 1"``, ``"auto"``...).
         ax
             Axes to draw into (single slice only); a new figure otherwise.
         cmap
@@ -302,14 +317,8 @@ class DicomAccessor:
         row_mm, col_mm = _pixel_spacing(da)
         aspect = row_mm / col_mm
         colour = "channel" in da.dims
-        if center is None or width is None:
-            preset = None if colour else (_default_window(da) or _sampled_window(da))
-            if preset is not None:
-                center = preset[0] if center is None else center
-                width = preset[1] if width is None else width
-        vmin = vmax = None
-        if center is not None and width is not None:
-            vmin, vmax = center - width / 2, center + width / 2
+        k_shown = n // 2 if montage or slice is None else int(slice)
+        vmin, vmax, cmap = _plot_window(da, preset, center, width, k_shown, cmap, colour)
         title = str(da.attrs.get("SeriesDescription") or da.attrs.get("series_key", ""))
         if montage:
             count = 12 if montage is True else int(montage)
@@ -388,20 +397,26 @@ def _display(frame: np.ndarray, colour: bool) -> np.ndarray:
     return frame
 
 
-def _sampled_window(da: xr.DataArray) -> tuple[float, float]:
-    """1st-99th percentile window from three slices (never a full compute)."""
-    extra = [d for d in da.dims if d not in (*_SPATIAL, "channel")]
-    sub = da.isel({d: 0 for d in extra})
-    if "slice" in sub.dims:
-        n = sub.sizes["slice"]
-        sub = sub.isel(slice=sorted({0, n // 2, n - 1}))
-    values = np.asarray(sub.values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return 0.5, 1.0
-    lo, hi = np.percentile(values, [1, 99])
-    width = max(float(hi - lo), 1.0)
-    return float(lo + hi) / 2, width
+def _plot_window(
+    da: xr.DataArray,
+    preset: str | None,
+    center: float | None,
+    width: float | None,
+    k: int,
+    cmap: str,
+    colour: bool,
+) -> tuple[float | None, float | None, str]:
+    """``vmin, vmax, cmap`` for imshow: the VOI ramp of the window, reversed for MONOCHROME1."""
+    if colour:
+        return None, None, cmap
+    w = intensity.resolve_window(da, preset, at={"slice": k})
+    if center is not None or width is not None:
+        c = w.center if center is None else float(center)
+        w = intensity.Window(c, w.width if width is None else float(width), "custom", w.function)
+    vmin, vmax = w.ramp
+    if intensity.is_inverted(da.attrs):
+        cmap = cmap[:-2] if cmap.endswith("_r") else f"{cmap}_r"
+    return vmin, vmax, cmap
 
 
 class DicomDatasetAccessor(DicomAccessor):

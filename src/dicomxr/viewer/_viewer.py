@@ -33,6 +33,7 @@ import ipywidgets as widgets
 import numpy as np
 import traitlets
 
+from dicomxr.intensity import check_width, voi_function
 from dicomxr.spatial import attrs_with_affine
 from dicomxr.viewer import windowing
 from dicomxr.viewer.planes import SPATIAL, Plane, planes_from_affine
@@ -128,6 +129,8 @@ class Viewer(widgets.VBox):
         self.planes: dict[str, Plane] = planes_from_affine(self.attrs)
         self._by_name = {p.name: p for p in self.planes.values()}
         self._invert = windowing.is_inverted(self.attrs)
+        # VOI function of the window in use (the preset's; the file's for a window by hand)
+        self._function = voi_function(self.attrs)
         self._size = int(size)
         self._auto_planes = int(auto_planes)
         self._png = LRU(64 * 2**20)
@@ -162,6 +165,7 @@ class Viewer(widgets.VBox):
             self.view = self._check_view(view or native)
             if level is not None or window is not None:
                 w = self._window_for(self._initial["preset"])
+                self._function = w.function
                 self.level = float(level if level is not None else w.center)
                 self.window = float(window if window is not None else w.width)
                 self.preset = "custom"
@@ -517,8 +521,10 @@ class Viewer(widgets.VBox):
     @traitlets.validate("window")
     def _valid_window(self, proposal: Any) -> float:
         w = float(proposal["value"])
-        if not w > 0:
-            raise traitlets.TraitError(f"window width must be > 0, got {w}")
+        try:
+            check_width(w, self._function)
+        except ValueError as exc:
+            raise traitlets.TraitError(str(exc)) from None
         return w
 
     @traitlets.observe(
@@ -580,6 +586,7 @@ class Viewer(widgets.VBox):
     def _apply_preset(self, name: str) -> None:
         w = self._window_for(name)
         with self._batch():
+            self._function = w.function
             self.preset = name
             self.level = w.center
             self.window = w.width
@@ -732,6 +739,7 @@ class Viewer(widgets.VBox):
             width=self.window,
             cmap=self.colormap,
             invert=self._invert,
+            function=self._function,
             overlay=self._overlay_data(dim),
             opacity=self.overlay_opacity,
         )
@@ -762,6 +770,7 @@ class Viewer(widgets.VBox):
             int(self.position[dim]),
             self.level,
             self.window,
+            self._function,
             self.colormap,
             self.overlay_opacity if self.overlay is not None else None,
         )
@@ -770,7 +779,11 @@ class Viewer(widgets.VBox):
             if self.overlay is None and not self.volume.rgb:
                 # grey levels + the colormap as palette: exact, small, fast
                 idx = windowing.apply_window(
-                    self._plane_data(dim), self.level, self.window, invert=self._invert
+                    self._plane_data(dim),
+                    self.level,
+                    self.window,
+                    invert=self._invert,
+                    function=self._function,
                 )
                 hit = encode_png(idx, palette=lut(self.colormap))
             else:

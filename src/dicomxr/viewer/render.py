@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from dicomxr.viewer.windowing import apply_window
+from dicomxr.intensity import apply_window
 
 __all__ = ["COLORMAPS", "encode_png", "label_colors", "lut", "render"]
 
@@ -75,6 +75,7 @@ def render(
     width: float,
     cmap: str = "gray",
     invert: bool = False,
+    function: str = "LINEAR",
     overlay: np.ndarray | None = None,
     opacity: float = 0.4,
 ) -> np.ndarray:
@@ -90,6 +91,8 @@ def render(
         Matplotlib colormap name.
     invert
         Show low values bright (MONOCHROME1).
+    function
+        The VOI function (:data:`dicomxr.intensity.VOI_FUNCTIONS`).
     overlay
         ``(H, W)`` labels (0 = none) or mask, blended with ``opacity``.
     """
@@ -98,11 +101,11 @@ def render(
         if values.dtype == np.uint8:
             rgb = np.array(values[..., :3], copy=True)
         else:
-            rgb = apply_window(values[..., :3], center, width)
+            rgb = apply_window(values[..., :3], center, width, function=function)
         if invert:
             np.subtract(255, rgb, out=rgb)
     else:
-        idx = apply_window(values, center, width, invert=invert)
+        idx = apply_window(values, center, width, invert=invert, function=function)
         rgb = np.take(lut(cmap), idx, axis=0)
     if overlay is not None:
         ov = np.asarray(overlay)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from dicomxr import intensity
 from dicomxr.spatial import attrs_with_affine
-from dicomxr.viewer import windowing
 from dicomxr.viewer.planes import SPATIAL, planes_from_affine
 from dicomxr.viewer.render import render
 from dicomxr.viewer.volume import Volume, as_image
@@ -32,8 +32,16 @@ class Montage:
     Displays as an image in notebooks (``_repr_png_``), saves with :meth:`save`.
     """
 
-    def __init__(self, figure: Any, tiles: list[np.ndarray], indices: list[int]) -> None:
+    def __init__(
+        self,
+        figure: Any,
+        tiles: list[np.ndarray],
+        indices: list[int],
+        window: intensity.Window | None = None,
+    ) -> None:
         self.figure = figure
+        #: the window the tiles are drawn with (:class:`dicomxr.intensity.Window`)
+        self.window = window
         #: RGB arrays of the planes, in display orientation, as windowed
         self.tiles = tiles
         #: index along the montage dim of each tile
@@ -102,7 +110,9 @@ def montage(
     isel
         Index along each extra dim (default 0), e.g. ``{"time": 2}``.
     preset, level, window
-        Window preset (the file's, a CT preset, ``"auto"``) or explicit centre/width.
+        Window preset (the file's, a CT preset, ``"auto"``) or explicit centre/width; by
+        default the window every part of dicomxr opens with
+        (:func:`dicomxr.intensity.default_window`, at the middle slice of the volume shown).
     colormap
         Matplotlib colormap name.
     overlay, overlay_opacity
@@ -155,27 +165,18 @@ def montage(
         raise IndexError(f"indices {bad} out of range 0..{size - 1} along {dim!r}")
     ov = Volume(as_image(overlay)) if overlay is not None else None
 
-    if level is not None and window is not None:
-        center, width = float(level), float(window)
-    else:
-        name = preset or windowing.default_window(attrs)
-        if name == "auto":
-            # sample the native planes the montage shows anyway (at most 3 of them)
-            if dim == "slice":
-                picks = indices[:: max(1, len(indices) // 3)][:3]
-            else:
-                picks = windowing.sample_indices(vol.sizes["slice"], 3)
-            w = windowing.auto_window(vol.load(extra_idx, picks).values(), attrs.get("Modality"))
-        else:
-            presets = windowing.presets_for(attrs)
-            if name not in presets:
-                raise ValueError(
-                    f"unknown window preset {name!r}; choose one of {[*presets, 'auto']}"
-                )
-            w = presets[name]
-        center = float(level) if level is not None else w.center
-        width = float(window) if window is not None else w.width
-    invert = windowing.is_inverted(attrs)
+    # the window of the volume shown, at its middle slice: the frame the viewer opens on
+    at = {**dict(zip(vol.extra, extra_idx, strict=True)), "slice": vol.sizes["slice"] // 2}
+    w = intensity.resolve_window(vol.da, preset, at=at)
+    if level is not None or window is not None:
+        w = intensity.Window(
+            float(level) if level is not None else w.center,
+            float(window) if window is not None else w.width,
+            "custom",
+            w.function,
+        )
+    center, width = w.center, w.width
+    invert = intensity.is_inverted(attrs)
     other = tuple(d for d in SPATIAL if d != dim)
     if dim == "slice":
         vol.load(extra_idx, indices)  # one compute for every tile
@@ -193,6 +194,7 @@ def montage(
                 width=width,
                 cmap=colormap,
                 invert=invert,
+                function=w.function,
                 overlay=ov_plane,
                 opacity=overlay_opacity,
             )
@@ -229,7 +231,7 @@ def montage(
         fontsize=9,
     )
     fig.tight_layout()
-    result = Montage(fig, tiles, indices)
+    result = Montage(fig, tiles, indices, w)
     if path is not None:
         result.save(path)
     return result
@@ -287,4 +289,5 @@ def snapshot(viewer: Any, *, inches: float = 3.5, dpi: int = 100) -> Montage:
         color="white",
         fontsize=9,
     )
-    return Montage(fig, tiles, [int(viewer.position[d]) for d in dims])
+    shown = intensity.Window(viewer.level, viewer.window, viewer.preset, viewer._function)
+    return Montage(fig, tiles, [int(viewer.position[d]) for d in dims], shown)
