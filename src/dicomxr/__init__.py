@@ -47,6 +47,7 @@ _LAZY: dict[str, str] = {
     "open_series": "dicomxr.api:open_series",
     "open_study": "dicomxr.api:open_study",
     "open_labels": "dicomxr.labels:open_labels",
+    "convert": "dicomxr.convert:convert",
     "view": "dicomxr.viewer:view",
     "browse": "dicomxr.viewer:browse",
     "anatomy": "dicomxr.anatomy:anatomy",
@@ -73,6 +74,7 @@ __all__ = [
     "__version__",
     "anatomy",
     "browse",
+    "convert",
     "data",
     "explain",
     "get_options",
@@ -98,6 +100,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dicomxr.anatomy import anatomy
     from dicomxr.api import open_series, open_study
     from dicomxr.catalog import scan
+    from dicomxr.convert import convert
     from dicomxr.geometry import GeometryReport
     from dicomxr.labels import open_labels
     from dicomxr.options import get_options, set_options

@@ -1,0 +1,955 @@
+"""Convert a cohort of DICOM series to NIfTI files or one Zarr store: :func:`convert`.
+
+Every image series of the source becomes an output (several when ``split`` splits echoes or
+magnitude/phase into files, as dcm2niix does); frames set apart (localizers, secondary
+captures) and files the scan skipped are listed in the report and the manifest, not lost.
+
+How a run goes
+--------------
+1. **Plan** (main process, headers only): scan the source, plan the series, read the header
+   of each series' first file with pydicom (de-identified first when asked), render the
+   output name from the template, and make one :class:`SeriesTask` per series.
+2. **Convert** each task with :func:`convert_series` - a plain function of picklable
+   arguments (task, destination, options, secret) that writes the series' outputs and its
+   done-record and returns its manifest rows. It is the unit a ``dask.distributed`` client
+   can map over later; here the tasks run one after the other.
+3. **Report**: ``dest/manifest.parquet`` (one row per output, plus failed series and frames
+   set apart) and a :class:`ConvertReport` returned (printed by ``dicomxr convert``).
+
+Resuming
+--------
+A series is done when its done-record ``dest/.dicomxr-convert/done/<hash>.json`` exists,
+names every output file (all still present) and carries the fingerprint of the series'
+files (paths, sizes, mtimes) and of the options that shape the output. The record is written
+last, after every output is in place; every output is written under a temporary name in the
+destination and renamed into place (``os.replace``), so an interrupted run leaves either
+nothing or a complete file, and the next run redoes only the series without a valid record.
+
+De-identification
+-----------------
+``deidentify=True`` applies the PS3.15 Annex E basic profile through dicognito (see
+:mod:`dicomxr.export.deid`) to everything written: names, sidecars, NIfTI headers, Zarr
+attrs and coordinates, the manifest. The key of the UID/ID remap is kept in
+``dest/.dicomxr-convert/secret``, so a resumed run maps the same UID to the same
+replacement. **The state folder is not de-identified (it holds the key): leave it out when
+sharing the destination.**
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import string
+import sys
+import tempfile
+import types
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dicomxr.errors import DicomxrError, require
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from dicomxr.series import SeriesPlan
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "ConvertError",
+    "ConvertOptions",
+    "ConvertReport",
+    "SeriesTask",
+    "convert",
+    "convert_series",
+    "render_name",
+]
+
+logger = logging.getLogger(__name__)
+
+#: output name of a series, relative to ``dest``: ``/`` makes folders (Zarr: groups)
+DEFAULT_TEMPLATE = "{PatientID}/{SeriesNumber}_{SeriesDescription}"
+STATE_DIR = ".dicomxr-convert"
+ZARR_STORE = "cohort.zarr"
+MANIFEST = "manifest.parquet"
+FORMATS = ("nifti", "zarr")
+#: file name suffix of each level of a split dim (dcm2niix's: magnitude has none)
+_COMPONENT_SUFFIX = {"MAGNITUDE": "", "PHASE": "_ph", "REAL": "_real", "IMAGINARY": "_imaginary"}
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_TMP_MARK = ".tmp-dicomxr"
+
+
+class ConvertError(DicomxrError, ValueError):
+    """A conversion that cannot start (bad destination, bad option)."""
+
+
+# --------------------------------------------------------------------------------------
+# options, tasks and the report
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What shapes the outputs (all of it goes into each series' fingerprint)."""
+
+    format: str = "nifti"
+    template: str = DEFAULT_TEMPLATE
+    split: tuple[str, ...] = ()
+    deidentify: bool = False
+    date_shift: int | None = None
+    orientation: str | None = None
+    spacing: tuple[float, ...] | None = None
+    window: tuple[float, float] | bool | None = None
+    dtype: str | None = None
+    compress: bool = True
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Return the options as JSON data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SeriesTask:
+    """One series to convert: its plan, header fields and output name (all picklable)."""
+
+    key: str
+    label: str
+    plan: SeriesPlan
+    fields: dict[str, Any]
+    name: str
+    fingerprint: str
+    record: str
+    burned_in: bool = False
+
+
+@dataclass
+class ConvertReport:
+    """What a :func:`convert` run did.
+
+    Attributes
+    ----------
+    dest
+        The destination folder.
+    done
+        Manifest rows of the outputs written by this run.
+    skipped
+        ``{"series", "reason"}`` per series not converted on purpose (already done).
+    failed
+        ``{"series", "error"}`` per series that failed.
+    set_apart
+        ``{"series", "reason", "frames"}``: frames left out of every series (localizers,
+        secondary captures, ...), listed rather than lost.
+    skipped_files
+        ``{"path", "reason"}``: files the scan skipped (not DICOM, unreadable).
+    burned_in
+        Series whose header says ``BurnedInAnnotation`` is ``YES`` (pixels may show
+        identifiers that no header de-identification removes).
+    manifest
+        Path of the manifest table, or ``None``.
+    """
+
+    dest: Path
+    done: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    set_apart: list[dict[str, Any]] = field(default_factory=list)
+    skipped_files: list[dict[str, Any]] = field(default_factory=list)
+    burned_in: list[str] = field(default_factory=list)
+    manifest: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when no series failed."""
+        return not self.failed
+
+    def __str__(self) -> str:
+        lines = [
+            f"{len(self.done)} output(s) written, {len(self.skipped)} series skipped, "
+            f"{len(self.failed)} failed -> {self.dest}"
+        ]
+        for item in self.skipped:
+            lines.append(f"  skipped {item['series']}: {item['reason']}")
+        for item in self.failed:
+            lines.append(f"  FAILED  {item['series']}: {item['error']}")
+        if self.set_apart:
+            lines.append(f"{len(self.set_apart)} group(s) of frames set apart (not converted):")
+            for item in self.set_apart:
+                lines.append(f"  {item['frames']} frame(s) of {item['series']}: {item['reason']}")
+        if self.skipped_files:
+            lines.append(f"{len(self.skipped_files)} file(s) skipped by the scan")
+        for series in self.burned_in:
+            lines.append(f"  BurnedInAnnotation YES (check the pixels): {series}")
+        if self.manifest is not None:
+            lines.append(f"manifest: {self.manifest}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython
+        p.text(str(self))
+
+
+# --------------------------------------------------------------------------------------
+# names
+
+
+def _template_fields(template: str) -> list[str]:
+    """Return the field names of ``template``; refuse what could escape the destination."""
+    if not template or template.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", template):
+        raise ConvertError(
+            f"template {template!r} must be a relative name like {DEFAULT_TEMPLATE!r}"
+        )
+    names = []
+    for literal, name, _spec, _conv in string.Formatter().parse(template):
+        if any(part in ("..", ".") for part in re.split(r"[/\\]", literal or "")):
+            raise ConvertError(f"template {template!r}: '..' and '.' are not allowed in names")
+        if name is None:
+            continue
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            raise ConvertError(
+                f"template field {{{name}}} is not a DICOM keyword; use fields like "
+                "{PatientID}, {SeriesNumber}, {SeriesDescription}, {StudyDate}"
+            )
+        names.append(name)
+    return names
+
+
+def _sanitise(text: str, limit: int = 64) -> str:
+    """Keep letters, digits, ``.``, ``_``, ``-``; no leading dot (no ``..``, no hidden file)."""
+    text = _SAFE.sub("_", text)
+    text = re.sub(r"_+", "_", text).strip("._-")
+    return text[:limit].rstrip("._-")
+
+
+def render_name(template: str, fields: dict[str, Any]) -> str:
+    """Render a naming template with header ``fields``; every value sanitised.
+
+    Parameters
+    ----------
+    template
+        Python format string over DICOM keywords, ``/`` separating folders, e.g.
+        ``"{PatientID}/{SeriesNumber:03d}_{SeriesDescription}"``.
+    fields
+        Keyword -> value (a missing keyword renders as nothing).
+
+    Returns
+    -------
+    str
+        A relative name: components of letters, digits, ``.``, ``_`` and ``-``, never
+        empty, never ``.`` or ``..``.
+
+    Examples
+    --------
+    >>> render_name("{PatientID}/{SeriesNumber}_{SeriesDescription}",
+    ...             {"PatientID": "../../etc", "SeriesNumber": 3, "SeriesDescription": "T1 w/ gd"})
+    'etc/3_T1_w_gd'
+    """
+    _template_fields(template)
+    out = []
+    for literal, name, spec, _conv in string.Formatter().parse(template):
+        out.append(literal.replace("\\", "/"))
+        if name is None:
+            continue
+        value = fields.get(name)
+        if value is None:
+            text = ""
+        else:
+            try:
+                text = format(value, spec or "")
+            except (TypeError, ValueError):
+                text = str(value)
+            if isinstance(value, (list, tuple)):
+                text = "_".join(str(v) for v in value)
+        out.append(_sanitise(text).replace(".", "_") if text else "")
+    parts = [_sanitise(p, limit=120) or "na" for p in "".join(out).split("/") if p != ""]
+    return "/".join(parts) or "na"
+
+
+# --------------------------------------------------------------------------------------
+# files: atomic writes with the user's permissions
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_default(path: Path) -> None:
+    """Give a file made by ``mkstemp`` (0600) the permissions ``open`` would have given."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~_umask())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_MARK, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        _chmod_default(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _inside(dest: Path, path: Path) -> Path:
+    """Return ``path`` when it lies in ``dest``; a name escaping it is a bug, refused."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(dest.resolve()):
+        raise ConvertError(f"refusing to write {path}: outside the destination {dest}")
+    return path
+
+
+def _prepare_dest(dest: Path) -> Path:
+    """Create ``dest`` and the state folder; a destination that cannot be written is an error."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        state = dest / STATE_DIR
+        (state / "done").mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=_TMP_MARK, dir=dest)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConvertError(
+            f"cannot write to the destination {dest}: {exc.strerror or exc}; "
+            "choose a folder you can write to (or fix its permissions)"
+        ) from exc
+    return state
+
+
+def _secret(state: Path) -> str:
+    """Return the de-identification key of this destination, made on first use (0600)."""
+    path = state / "secret"
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
+
+
+def _remove_stale_temporaries(dest: Path) -> None:
+    """Delete what an interrupted run left under temporary names (never a finished output)."""
+    for path in dest.rglob(f"*{_TMP_MARK}*"):
+        if path.name.startswith("."):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+# --------------------------------------------------------------------------------------
+# planning
+
+
+def _series_fingerprint(plan: SeriesPlan, options: ConvertOptions, name: str) -> str:
+    frames = plan.frames
+    files = sorted(
+        {
+            (str(p), int(s) if s == s else -1, float(m) if m == m else -1.0)
+            for p, s, m in zip(frames["path"], frames["file_size"], frames["mtime"], strict=True)
+        }
+    )
+    payload = json.dumps(
+        {"key": plan.key, "files": files, "options": options.fingerprint(), "name": name},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _record_name(key: str, secret: str) -> str:
+    return hashlib.sha256((secret + "\0" + key).encode()).hexdigest()[:40] + ".json"
+
+
+def _header_fields(plan: SeriesPlan, deid: Any) -> tuple[dict[str, Any], bool]:
+    from dicomxr.export.bids import header_fields, read_header
+
+    ds = read_header(plan.frames["path"].iloc[0])
+    burned = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
+    if deid is not None:
+        deid.dataset(ds)
+    fields = header_fields(ds)
+    fields.setdefault("SeriesNumber", plan.attrs.get("SeriesNumber"))
+    return fields, burned
+
+
+def _public_label(plan: SeriesPlan, fields: dict[str, Any], deid: Any) -> str:
+    if deid is None:
+        return f"{plan.label} ({plan.key})"
+    return f"series {fields.get('SeriesNumber', '?')} ({deid.uids_in(plan.key)})"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _plan_tasks(
+    plans: Sequence[SeriesPlan],
+    options: ConvertOptions,
+    secret: str,
+    deid: Any,
+    report: ConvertReport,
+) -> list[SeriesTask]:
+    tasks, taken = [], set()
+    for plan in plans:
+        try:
+            fields, burned = _header_fields(plan, deid)
+        except Exception as exc:  # one unreadable header fails its series, not the run
+            label = plan.label if deid is None else f"series {plan.attrs.get('SeriesNumber')}"
+            report.failed.append({"series": label, "error": f"header: {exc}", "key": plan.key})
+            continue
+        name = _unique(render_name(options.template, fields), taken)
+        tasks.append(
+            SeriesTask(
+                key=plan.key,
+                label=_public_label(plan, fields, deid),
+                plan=plan,
+                fields=fields,
+                name=name,
+                fingerprint=_series_fingerprint(plan, options, name),
+                record=_record_name(plan.key, secret),
+                burned_in=burned,
+            )
+        )
+    return tasks
+
+
+def _set_apart_rows(plans: Any, deid: Any) -> list[dict[str, Any]]:
+    set_apart = getattr(plans, "set_apart", None)
+    if set_apart is None or not len(set_apart):
+        return []
+    rows = []
+    for (uid, number, reason), group in set_apart.groupby(
+        ["SeriesInstanceUID", "SeriesNumber", "reason"], dropna=False, sort=True
+    ):
+        uid = "" if uid != uid else str(uid)
+        shown = deid.uid(uid) if (deid is not None and uid) else uid
+        number = None if number != number else number
+        rows.append(
+            {"series": f"series {number} ({shown})", "series_uid": shown, "reason": str(reason),
+             "frames": len(group)}
+        )  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# one series
+
+
+def _apply_options(da: xr.DataArray, options: ConvertOptions) -> xr.DataArray:
+    """Reorient, resample, window and cast, in that order (each only when asked)."""
+    if options.orientation:
+        da = da.dicom.reorient(options.orientation)
+    if options.spacing is not None:
+        resample = getattr(da.dicom, "resample", None)
+        if resample is None:
+            raise ConvertError(
+                "spacing= needs da.dicom.resample (dicomxr.resample), which this dicomxr "
+                "does not have yet; convert without spacing= and resample afterwards"
+            )
+        da = resample(spacing=options.spacing)
+    if options.window is not None and options.window is not False:
+        if options.window is True:
+            da = da.dicom.window()
+        else:
+            center, width = options.window  # type: ignore[misc]
+            da = da.dicom.window(center, width)
+    if options.dtype is not None:
+        da = da.astype(options.dtype)
+    return da
+
+
+def _split_levels(da: xr.DataArray, dim: str) -> Iterator[tuple[str, int]]:
+    if dim == "component" and "component" in da.coords:
+        for i, value in enumerate(np.asarray(da.coords["component"].values).tolist()):
+            yield _COMPONENT_SUFFIX.get(str(value).upper(), f"_{_sanitise(str(value)).lower()}"), i
+        return
+    prefix = "_e" if dim == "echo" else f"_{dim}"
+    for i in range(da.sizes[dim]):
+        yield f"{prefix}{i + 1}", i
+
+
+def split_pieces(da: xr.DataArray, dims: Sequence[str]) -> list[tuple[str, xr.DataArray]]:
+    """Split ``da`` into one image per level of each of ``dims`` present (suffix, image).
+
+    Echoes get ``_e1``, ``_e2``...; the magnitude/phase ``component`` dim gets ``""``
+    (magnitude), ``_ph``, ``_real``, ``_imaginary`` (dcm2niix's suffixes); any other dim
+    ``_<dim><n>``. A dim of size one is dropped without a suffix.
+    """
+    pieces = [("", da)]
+    for dim in dims:
+        if dim not in da.dims:
+            continue
+        if da.sizes[dim] == 1:
+            pieces = [(s, p.isel({dim: 0})) for s, p in pieces]
+            continue
+        pieces = [
+            (s + suffix, p.isel({dim: i})) for s, p in pieces for suffix, i in _split_levels(p, dim)
+        ]
+    return pieces
+
+
+def _spacing(da: xr.DataArray) -> list[float]:
+    from dicomxr.spatial import affine_of
+
+    affine = affine_of(da)
+    return [round(float(v), 6) for v in np.linalg.norm(affine[:3, :3], axis=0)]
+
+
+def _row(task: SeriesTask, piece: xr.DataArray, output: str, options: ConvertOptions,
+         sidecar: str | None) -> dict[str, Any]:  # fmt: skip
+    from dicomxr.orientation import orientation_of
+
+    try:
+        orientation, spacing = orientation_of(piece), _spacing(piece)
+    except Exception:  # a reduced image has no affine; the output is still right
+        orientation, spacing = "", []
+    return {
+        "series_uid": str(piece.attrs.get("SeriesInstanceUID", "")),
+        "series_key": str(piece.attrs.get("series_key", task.key)),
+        "series_number": _int_or_none(task.fields.get("SeriesNumber")),
+        "modality": str(task.fields.get("Modality", "")),
+        "format": options.format,
+        "output": output,
+        "sidecar": sidecar or "",
+        "shape": [int(n) for n in piece.shape],
+        "dims": [str(d) for d in piece.dims],
+        "dtype": str(piece.dtype),
+        "spacing": spacing,
+        "orientation": orientation,
+        "burned_in_annotation": bool(task.burned_in),
+        "status": "done",
+        "reason": "",
+    }
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
+                 options: ConvertOptions) -> dict[str, Any]:  # fmt: skip
+    from dicomxr.export.bids import bids_sidecar
+    from dicomxr.export.nifti import _volume_labels, to_nifti
+
+    stem = _inside(dest, dest / name)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if options.compress else ".nii"
+    path = stem.with_name(stem.name + suffix)
+    to_nifti(piece, path, bvals=True, sidecar=False)
+    for written in (path, stem.with_name(stem.name + ".bval"), stem.with_name(stem.name + ".bvec")):
+        if written.exists():
+            _chmod_default(written)
+    sidecar = bids_sidecar(task.fields, piece, in_plane_kept=not options.orientation)
+    extra = [d for d in piece.dims if d not in ("slice", "row", "col", "channel")]
+    sidecar["dicomxr"] = {
+        "series_key": str(piece.attrs.get("series_key", "")),
+        "dims": [str(d) for d in piece.dims],
+        "volumes": _volume_labels(piece, extra),
+    }
+    json_path = stem.with_name(stem.name + ".json")
+    _write_atomic(json_path, json.dumps(sidecar, indent=1, default=str))
+    rel = path.relative_to(dest).as_posix()
+    return _row(task, piece, rel, options, json_path.relative_to(dest).as_posix())
+
+
+def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
+                      options: ConvertOptions) -> dict[str, Any]:  # fmt: skip
+    from dicomxr.export.zarr import _prepared
+
+    root = dest / ZARR_STORE
+    target = _inside(dest, root / name)
+    parent_rel = name.rpartition("/")[0]
+    leaf = f".{target.name}.{uuid.uuid4().hex[:8]}{_TMP_MARK}"
+    tmp_rel = f"{parent_rel}/{leaf}" if parent_rel else leaf
+    tmp = root / tmp_rel
+    ds = _prepared(piece, None)
+    if not options.compress:
+        for var in ds.variables.values():
+            var.encoding["compressors"] = None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+            ds.to_zarr(root, group=tmp_rel, mode="w", consolidated=False)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old{_TMP_MARK}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _row(task, piece, f"{ZARR_STORE}/{name}", options, None)
+
+
+def _open_plan(plan: SeriesPlan) -> xr.DataArray:
+    from dicomxr.api import open_series
+
+    return open_series(plan)
+
+
+def convert_series(
+    task: SeriesTask, dest: str | os.PathLike[str], options: ConvertOptions, secret: str
+) -> list[dict[str, Any]]:
+    """Convert one series: write its outputs, then its done-record; return manifest rows.
+
+    A pure function of picklable arguments, so that a scheduler (``dask.distributed``) can
+    run one call per series; :func:`convert` plans the tasks and calls it.
+
+    Parameters
+    ----------
+    task
+        The series (from :func:`convert`'s planning step).
+    dest
+        The destination folder (already created).
+    options
+        The conversion options.
+    secret
+        The de-identification key of this destination (used when ``options.deidentify``).
+
+    Returns
+    -------
+    list of dict
+        One manifest row per output written.
+    """
+    dest = Path(dest)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        da = _apply_options(_open_plan(task.plan), options)
+        if options.deidentify:
+            from dicomxr.export.deid import Deidentifier
+
+            da = Deidentifier(secret, date_shift=options.date_shift).array(da)
+        write = _write_nifti if options.format == "nifti" else _write_zarr_group
+        rows = [
+            write(task, piece, dest, task.name + suffix, options)
+            for suffix, piece in split_pieces(da, options.split)
+        ]
+    notes = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    for row in rows:
+        row["warnings"] = "" if options.deidentify else "; ".join(notes)[:2000]
+    record = {"fingerprint": task.fingerprint, "rows": rows}
+    _write_atomic(dest / STATE_DIR / "done" / task.record, json.dumps(record, default=str))
+    return rows
+
+
+def _finished_rows(task: SeriesTask, dest: Path) -> list[dict[str, Any]] | None:
+    """Rows of a series a previous run finished with the same inputs and options, else None."""
+    path = dest / STATE_DIR / "done" / task.record
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("fingerprint") != task.fingerprint:
+        return None
+    rows = record.get("rows") or []
+    for row in rows:
+        for rel in (row.get("output"), row.get("sidecar")):
+            if rel and not (dest / rel).exists():
+                return None
+    return rows or None
+
+
+# --------------------------------------------------------------------------------------
+# the run
+
+
+def _normalise_split(split: Any, fmt: str) -> tuple[str, ...]:
+    if split == "auto":
+        return ("echo", "component") if fmt == "nifti" else ()
+    if split is None or split is False:
+        return ()
+    if isinstance(split, str):
+        return tuple(s.strip() for s in split.split(",") if s.strip())
+    return tuple(str(s) for s in split)
+
+
+def _options(**kwargs: Any) -> ConvertOptions:
+    fmt = str(kwargs["format"]).lower()
+    if fmt not in FORMATS:
+        raise ConvertError(f"format={kwargs['format']!r}: choose one of {', '.join(FORMATS)}")
+    template = kwargs["template"] or DEFAULT_TEMPLATE
+    _template_fields(template)
+    spacing = kwargs["spacing"]
+    if spacing is not None:
+        spacing = (float(spacing),) if np.isscalar(spacing) else tuple(float(s) for s in spacing)
+    window = kwargs["window"]
+    if window is not None and not isinstance(window, bool):
+        window = tuple(float(w) for w in window)
+        if len(window) != 2:
+            raise ConvertError("window= takes (center, width) or True for the series' preset")
+    if kwargs["orientation"]:
+        from dicomxr.orientation import check_code
+
+        kwargs["orientation"] = check_code(kwargs["orientation"])
+    return ConvertOptions(
+        format=fmt,
+        template=template,
+        split=_normalise_split(kwargs["split"], fmt),
+        deidentify=bool(kwargs["deidentify"]),
+        date_shift=None if kwargs["date_shift"] is None else int(kwargs["date_shift"]),
+        orientation=kwargs["orientation"],
+        spacing=spacing,
+        window=window,
+        dtype=None if kwargs["dtype"] is None else str(np.dtype(kwargs["dtype"])),
+        compress=bool(kwargs["compress"]),
+    )
+
+
+def _progress_bar(total: int, progress: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    disable = None if progress is None else not progress
+    return tqdm(total=total, disable=disable, unit="series", desc="convert", leave=False)
+
+
+def _write_manifest(dest: Path, report: ConvertReport, rows: list[dict[str, Any]]) -> Path:
+    pd = require("pandas", extra="convert", purpose="the manifest")
+    require("pyarrow", extra="convert", purpose="the parquet manifest")
+    columns = ["series_uid", "series_key", "series_number", "modality", "format", "output",
+               "sidecar", "shape", "dims", "dtype", "spacing", "orientation",
+               "burned_in_annotation", "status", "reason", "warnings"]  # fmt: skip
+    table = list(rows)
+    for item in report.failed:
+        table.append({"series_key": item.get("public_key", ""), "status": "failed",
+                      "reason": item.get("manifest_error", item["error"])})  # fmt: skip
+    for item in report.set_apart:
+        table.append({"series_uid": item["series_uid"], "status": "set_apart",
+                      "reason": f"{item['frames']} frame(s): {item['reason']}"})  # fmt: skip
+    frame = pd.DataFrame(table, columns=columns)
+    for name in ("shape", "dims", "spacing"):
+        frame[name] = [v if isinstance(v, list) else [] for v in frame[name]]
+    for name in ("series_uid", "series_key", "modality", "format", "output", "sidecar",
+                 "dtype", "orientation", "status", "reason", "warnings"):  # fmt: skip
+        frame[name] = frame[name].fillna("").astype(str)
+    frame["burned_in_annotation"] = frame["burned_in_annotation"].fillna(False).astype(bool)
+    frame["series_number"] = frame["series_number"].astype("Int64")
+    path = dest / MANIFEST
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=_TMP_MARK, dir=dest)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        _chmod_default(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
+
+
+def _consolidate(dest: Path) -> None:
+    root = dest / ZARR_STORE
+    if not root.exists():
+        return
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(str(root))
+
+
+def _ensure_zarr_root(dest: Path) -> None:
+    require("zarr", extra="zarr", purpose="Zarr conversion")
+    import zarr
+
+    root = dest / ZARR_STORE
+    if not root.exists():
+        zarr.open_group(str(root), mode="a")
+
+
+def convert(
+    source: Any,
+    dest: str | os.PathLike[str],
+    *,
+    format: str = "nifti",
+    template: str | None = None,
+    split: Sequence[str] | str | None = "auto",
+    deidentify: bool = False,
+    date_shift: int | None = None,
+    orientation: str | None = None,
+    spacing: float | Sequence[float] | None = None,
+    window: tuple[float, float] | bool | None = None,
+    dtype: str | np.dtype | type | None = None,
+    compress: bool = True,
+    resume: bool = True,
+    progress: bool | None = None,
+    on_irregular: str = "split",
+    on_duplicate: str = "warn",
+    recursive: bool = True,
+    on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None = None,
+) -> ConvertReport:
+    """Convert every image series in ``source`` to NIfTI files or one Zarr store under ``dest``.
+
+    Parameters
+    ----------
+    source
+        Anything :func:`dicomxr.api.list_series` takes: a file, a folder tree, a glob, a list
+        of paths, a DICOMDIR, a catalog DataFrame from :func:`dicomxr.scan`, or plans.
+    dest
+        Destination folder (created). Nothing is written outside it.
+    format
+        ``"nifti"``: ``<name>.nii.gz`` + BIDS-style ``<name>.json`` (+ ``.bval``/``.bvec``
+        for diffusion) per output. ``"zarr"``: one store ``dest/cohort.zarr`` with a group
+        ``<name>`` per output (one frame per chunk, compressed, original dtype, coordinates
+        and attrs). Both write ``dest/manifest.parquet``.
+    template
+        Output name from header keywords, ``/`` making folders (Zarr: groups); default
+        ``"{PatientID}/{SeriesNumber}_{SeriesDescription}"``. Values are sanitised (letters,
+        digits, ``.``, ``_``, ``-``); a name taken twice gets ``_2``, ``_3``...
+    split
+        Frame dims to split into separate outputs, as dcm2niix does: ``"echo"`` (suffix
+        ``_e1``, ``_e2``...), ``"component"`` (magnitude: none, phase ``_ph``, real/imaginary).
+        ``"auto"`` (default): ``("echo", "component")`` for NIfTI, nothing for Zarr.
+    deidentify
+        Apply the PS3.15 Annex E basic profile (dicognito, see
+        :mod:`dicomxr.export.deid`) to everything written, with UIDs remapped consistently
+        across the cohort and across resumed runs.
+    date_shift
+        With ``deidentify``: move dates back by this many days (default: a secret offset
+        of 62 to 730 days drawn by dicognito from the destination's key).
+    orientation
+        Reorient each image to this code (``"RAS"``, ``"LPS"``...; flips and transposes).
+    spacing
+        Resample to this voxel spacing in mm (needs ``da.dicom.resample``).
+    window
+        ``(center, width)`` or ``True`` (the series' preset): window to [0, 1] float32.
+    dtype
+        Cast the image to this dtype.
+    compress
+        gzip NIfTI files (``.nii.gz``), compress Zarr chunks.
+    resume
+        Skip the series a previous run into ``dest`` finished with the same inputs and
+        options; ``False`` converts everything again.
+    progress
+        Show a progress bar: ``None`` (default) when the output is a terminal.
+    on_irregular, on_duplicate
+        Policies passed to :func:`dicomxr.plan_series`; ``"split"`` (default for
+        irregular stacks) makes regular blocks separate outputs, so every NIfTI affine is
+        exact.
+    recursive
+        Descend into sub-folders of a folder source.
+    on_series
+        Called with ``(task, rows)`` after each series is written (for logging).
+
+    Returns
+    -------
+    ConvertReport
+        Outputs written, series skipped and failed (with reasons), frames set apart, files
+        the scan skipped, series with burned-in annotation, and the manifest path.
+
+    Raises
+    ------
+    ConvertError
+        When the destination cannot be written or an option is wrong.
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> report = dicomxr.convert(dicomxr.data.sample_path(), "out", progress=False)  # doctest: +SKIP
+    >>> print(report)  # doctest: +SKIP
+    """
+    from dicomxr.api import list_series
+
+    options = _options(
+        format=format, template=template, split=split, deidentify=deidentify,
+        date_shift=date_shift, orientation=orientation, spacing=spacing, window=window,
+        dtype=dtype, compress=compress,
+    )  # fmt: skip
+    dest = Path(dest)
+    state = _prepare_dest(dest)
+    _remove_stale_temporaries(dest)
+    secret = _secret(state) if options.deidentify else ""
+    deid = None
+    if options.deidentify:
+        from dicomxr.export.deid import Deidentifier
+
+        deid = Deidentifier(secret, date_shift=options.date_shift)
+    if options.format == "zarr":
+        _ensure_zarr_root(dest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skipped files and irregular stacks are reported
+        plans = list_series(
+            source, on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive
+        )
+    report = ConvertReport(dest=dest)
+    report.set_apart = _set_apart_rows(plans, deid)
+    report.skipped_files = [] if deid else list(getattr(plans, "skipped", []))
+    if deid is not None:
+        report.skipped_files = [{"path": "", "reason": s.get("reason", "")}
+                                for s in getattr(plans, "skipped", [])]  # fmt: skip
+    tasks = _plan_tasks(plans, options, secret, deid, report)
+    for item in report.failed:
+        item["public_key"] = deid.uids_in(item.pop("key")) if deid else item.pop("key")
+    rows: list[dict[str, Any]] = []
+    with _progress_bar(len(tasks), progress) as bar:
+        for task in tasks:
+            bar.set_postfix_str(task.name[-40:], refresh=False)
+            finished = _finished_rows(task, dest) if resume else None
+            if finished is not None:
+                rows.extend(finished)
+                report.skipped.append({"series": task.label, "reason": "already converted"})
+            else:
+                try:
+                    written = convert_series(task, dest, options, secret)
+                except Exception as exc:
+                    logger.info("series %s failed", task.key, exc_info=True)
+                    report.failed.append(_failure(task, exc, deid))
+                else:
+                    rows.extend(written)
+                    report.done.extend(written)
+                    if on_series is not None:
+                        on_series(task, written)
+            if task.burned_in:
+                report.burned_in.append(task.label)
+            bar.update(1)
+    if options.format == "zarr":
+        _consolidate(dest)
+    report.manifest = _write_manifest(dest, report, rows)
+    return report
+
+
+def _failure(task: SeriesTask, exc: BaseException, deid: Any) -> dict[str, Any]:
+    error = f"{type(exc).__name__}: {exc}"
+    public_key = deid.uids_in(task.key) if deid is not None else task.key
+    # an error message may name files (paths can hold patient names): not in a shared manifest
+    manifest_error = type(exc).__name__ if deid is not None else error
+    return {"series": task.label, "error": error, "public_key": public_key,
+            "manifest_error": manifest_error}  # fmt: skip
+
+
+class _CallableModule(types.ModuleType):
+    """Make ``dicomxr.convert`` callable: it names both this module and the function.
+
+    Importing the submodule sets the package attribute to the module, so the module
+    forwards calls to the function.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ConvertReport:
+        return convert(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,244 @@
+"""BIDS-style JSON sidecars: acquisition parameters in BIDS units (seconds, Tesla, degrees).
+
+The catalog does not carry every acquisition parameter, so :func:`header_fields` reads the
+first file of a series with pydicom (header only, ``stop_before_pixels=True``) and picks the
+fields BIDS names, looking in enhanced multi-frame files' shared and first per-frame
+functional groups too. :func:`bids_sidecar` adds what the written image knows (echo time of a
+split echo, slice timing from per-slice acquisition times) and converts to BIDS units:
+DICOM times in ms become seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["bids_sidecar", "header_fields", "read_header"]
+
+# BIDS name -> DICOM keywords tried in order, and the factor to BIDS units
+_FIELDS: dict[str, tuple[tuple[str, ...], float | None]] = {
+    "Modality": (("Modality",), None),
+    "MagneticFieldStrength": (("MagneticFieldStrength",), 1.0),
+    "Manufacturer": (("Manufacturer",), None),
+    "ManufacturersModelName": (("ManufacturerModelName",), None),
+    "SoftwareVersions": (("SoftwareVersions",), None),
+    "SeriesDescription": (("SeriesDescription",), None),
+    "ProtocolName": (("ProtocolName",), None),
+    "SeriesNumber": (("SeriesNumber",), None),
+    "ImageType": (("ImageType", "FrameType"), None),
+    "BodyPartExamined": (("BodyPartExamined",), None),
+    "ScanningSequence": (("ScanningSequence", "EchoPulseSequence"), None),
+    "SequenceVariant": (("SequenceVariant",), None),
+    "ScanOptions": (("ScanOptions",), None),
+    "SequenceName": (("SequenceName", "PulseSequenceName"), None),
+    "MRAcquisitionType": (("MRAcquisitionType",), None),
+    "SliceThickness": (("SliceThickness",), 1.0),
+    "SpacingBetweenSlices": (("SpacingBetweenSlices",), 1.0),
+    "EchoTime": (("EchoTime", "EffectiveEchoTime"), 1e-3),
+    "RepetitionTime": (("RepetitionTime",), 1e-3),
+    "InversionTime": (("InversionTime",), 1e-3),
+    "FlipAngle": (("FlipAngle",), 1.0),
+    "EchoTrainLength": (("EchoTrainLength",), None),
+    "PixelBandwidth": (("PixelBandwidth",), 1.0),
+    "ImagingFrequency": (("ImagingFrequency",), 1.0),
+    "ReceiveCoilName": (("ReceiveCoilName",), None),
+    "PercentPhaseFOV": (("PercentPhaseFieldOfView",), 1.0),
+    "PercentSampling": (("PercentSampling",), 1.0),
+    "ConvolutionKernel": (("ConvolutionKernel",), None),
+    "KVP": (("KVP",), 1.0),
+    "XRayExposure": (("Exposure",), 1.0),
+    "BurnedInAnnotation": (("BurnedInAnnotation",), None),
+}
+_EXTRA_KEYWORDS = ("InPlanePhaseEncodingDirection",)
+
+
+def read_header(path: str | os.PathLike[str]) -> Any:
+    """Read the header of one DICOM file (no pixel data) with pydicom."""
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+
+
+def _functional_groups(ds: Any) -> list[Any]:
+    """Return the items of an enhanced file's shared and first per-frame functional groups."""
+    items = []
+    for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        seq = ds.get(name)
+        if seq:
+            for element in seq[0]:
+                if element.VR == "SQ" and element.value:
+                    items.append(element.value[0])
+    return items
+
+
+def _find(ds: Any, keyword: str, groups: list[Any]) -> Any:
+    for where in (ds, *groups):
+        value = where.get(keyword)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _plain(value: Any) -> Any:
+    from pydicom.multival import MultiValue
+
+    if isinstance(value, (MultiValue, list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    try:  # DS, IS
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return int(number) if str(value).strip().lstrip("-").isdigit() else number
+
+
+def header_fields(ds: Any) -> dict[str, Any]:
+    """Return the header values the sidecar and the naming template use, by DICOM keyword.
+
+    Parameters
+    ----------
+    ds
+        A pydicom dataset (header only is enough), de-identified already when it should be.
+
+    Returns
+    -------
+    dict
+        Every top-level keyword with a plain value (str, int, float, list), plus the
+        keywords of :data:`_FIELDS` found in enhanced functional groups.
+    """
+    groups = _functional_groups(ds)
+    out: dict[str, Any] = {}
+    for element in ds:
+        if element.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "UN") or not element.keyword:
+            continue
+        if element.value is None or element.value == "":
+            continue
+        out[element.keyword] = _plain(element.value)
+    wanted = {k for keys, _ in _FIELDS.values() for k in keys} | set(_EXTRA_KEYWORDS)
+    for keyword in wanted:
+        if keyword not in out:
+            value = _find(ds, keyword, groups)
+            if value is not None:
+                out[keyword] = _plain(value)
+    return out
+
+
+def _tm_seconds(value: Any) -> float | None:
+    """Seconds since midnight of a DICOM TM (``HHMMSS.frac``) or DT value."""
+    text = str(value).strip()
+    if len(text) >= 14 and text[:8].isdigit():  # DT: YYYYMMDDHHMMSS.frac
+        text = text[8:]
+    text = text.split("+")[0].split("-")[0]
+    try:
+        hours = int(text[0:2])
+        minutes = int(text[2:4] or 0)
+        seconds = float(text[4:] or 0)
+    except ValueError:
+        return None
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def slice_timing(da: xr.DataArray, repetition_time: float | None) -> list[float] | None:
+    """Return the acquisition time of each slice relative to the first, in seconds.
+
+    From the per-slice ``AcquisitionTime`` (or ``FrameAcquisitionDateTime``) coordinate of
+    the first volume; ``None`` when the times do not vary along ``slice``, or spread over more
+    than one repetition time (not a slice timing then).
+    """
+    for name in ("FrameAcquisitionDateTime", "AcquisitionTime"):
+        if name not in da.coords or "slice" not in da.coords[name].dims:
+            continue
+        coord = da.coords[name]
+        first = coord.isel({d: 0 for d in coord.dims if d != "slice"})
+        seconds = [_tm_seconds(v) for v in np.asarray(first.values).ravel().tolist()]
+        if any(s is None for s in seconds):
+            continue
+        times = np.asarray(seconds, dtype=np.float64)
+        times = times - times.min()
+        if not np.any(times > 0):
+            return None
+        if repetition_time and times.max() >= repetition_time:
+            return None
+        return [round(float(t), 6) for t in times]
+    return None
+
+
+def _phase_encoding_axis(fields: Mapping[str, Any], in_plane_kept: bool) -> str | None:
+    """BIDS PhaseEncodingAxis (``i``/``j``) from InPlanePhaseEncodingDirection.
+
+    NIfTI ``i`` runs along the DICOM row direction (``col`` dim): ``ROW`` phase encoding is
+    ``i``, ``COL`` is ``j``. Only while the image keeps DICOM's in-plane layout (not
+    reoriented: a reorientation may swap the axes).
+    """
+    direction = str(fields.get("InPlanePhaseEncodingDirection", "")).upper()
+    if direction not in ("ROW", "COL") or not in_plane_kept:
+        return None
+    return "i" if direction == "ROW" else "j"
+
+
+def bids_sidecar(
+    fields: Mapping[str, Any], da: xr.DataArray, *, in_plane_kept: bool = True
+) -> dict[str, Any]:
+    """Return the BIDS-style sidecar of the image ``da`` written from a series.
+
+    Parameters
+    ----------
+    fields
+        :func:`header_fields` of the series' first file.
+    da
+        The image as written (after selection, split, reorientation).
+    in_plane_kept
+        The image keeps DICOM's in-plane layout (not reoriented), so the phase encoding
+        axis can be named.
+
+    Returns
+    -------
+    dict
+        BIDS keys in BIDS units (times in seconds), only those the headers define.
+    """
+    from dicomxr import __version__
+
+    out: dict[str, Any] = {}
+    for bids, (keywords, factor) in _FIELDS.items():
+        value = next((fields[k] for k in keywords if k in fields), None)
+        if value is None:
+            continue
+        if factor is not None:
+            try:
+                value = round(float(value) * factor, 9)
+            except (TypeError, ValueError):
+                continue
+        out[bids] = value
+    echo = _coordinate_values(da, "EchoTime")
+    if echo is not None:  # the written image knows its echoes better than the first file
+        if len(echo) == 1:
+            out["EchoTime"] = round(echo[0] * 1e-3, 9)
+        else:
+            out.pop("EchoTime", None)
+            out["EchoTimes"] = [round(e * 1e-3, 9) for e in echo]
+    timing = slice_timing(da, out.get("RepetitionTime"))
+    if timing is not None:
+        out["SliceTiming"] = timing
+    axis = _phase_encoding_axis(fields, in_plane_kept)
+    if axis is not None:
+        out["PhaseEncodingAxis"] = axis
+    if "SeriesInstanceUID" in da.attrs:
+        out["SeriesInstanceUID"] = da.attrs["SeriesInstanceUID"]
+    out["ConversionSoftware"] = "dicomxr"
+    out["ConversionSoftwareVersion"] = __version__
+    return out
+
+
+def _coordinate_values(da: xr.DataArray, name: str) -> list[float] | None:
+    if name not in da.coords:
+        return None
+    values = np.unique(np.asarray(da.coords[name].values, dtype=np.float64).ravel())
+    values = values[np.isfinite(values)]
+    return [float(v) for v in values] if values.size else None
