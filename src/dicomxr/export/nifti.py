@@ -23,10 +23,8 @@ place (``os.replace``), so a reader never sees half a file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dicomxr._files import atomic_path
 from dicomxr.errors import GeometryWarning, require, user_stacklevel
 
 __all__ = ["fsl_bvecs", "nifti_affine", "to_nifti"]
@@ -99,20 +98,6 @@ def _split_suffix(path: Path) -> tuple[Path, str]:
         if name.endswith(suffix):
             return path.with_name(name[: -len(suffix)]), suffix
     raise ValueError(f"{path}: a NIfTI file name ends with .nii or .nii.gz")
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path, suffix: str):
-    """Yield a temporary path next to ``path``; rename it into place on success."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def _nifti_data(data: np.ndarray, colour: bool) -> np.ndarray:
@@ -270,14 +255,14 @@ def to_nifti(
     header.set_dim_info(freq=0, phase=1, slice=2)
 
     diffusion = _diffusion(da, extra[0] if extra else None) if bvals else None
-    with _atomic_path(path, suffix) as tmp:
+    with atomic_path(path, suffix=suffix) as tmp:
         nib.save(img, tmp)
     if diffusion is not None:
         bval, directions = diffusion
         bvec = fsl_bvecs(directions, affine)
-        with _atomic_path(stem.with_name(stem.name + ".bval"), ".bval") as tmp:
+        with atomic_path(stem.with_name(stem.name + ".bval"), suffix=".bval") as tmp:
             tmp.write_text(" ".join(_fmt(b) for b in bval) + "\n")
-        with _atomic_path(stem.with_name(stem.name + ".bvec"), ".bvec") as tmp:
+        with atomic_path(stem.with_name(stem.name + ".bvec"), suffix=".bvec") as tmp:
             tmp.write_text("\n".join(" ".join(_fmt(v) for v in row) for row in bvec) + "\n")
     if sidecar:
         import json
@@ -285,7 +270,7 @@ def to_nifti(
         info = _sidecar_attrs(da.attrs)
         info["volumes"] = volumes
         info["nifti_axes"] = ["col", "row", "slice", *(["volume"] if volumes else [])]
-        with _atomic_path(stem.with_name(stem.name + ".json"), ".json") as tmp:
+        with atomic_path(stem.with_name(stem.name + ".json"), suffix=".json") as tmp:
             tmp.write_text(json.dumps(info, indent=1))
     logger.info("wrote %s %s", path, data.shape)
     return path

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from dicomxr._files import umask_mode
 from dicomxr.errors import require
 
 __all__ = ["to_zarr"]
@@ -108,6 +109,7 @@ def to_zarr(
         raise FileNotFoundError(f"destination folder {target.parent} does not exist")
     ds = _prepared(image, chunks)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, umask_mode(directory=True))  # mkdtemp's 0700 would make the store private
     try:
         kwargs = {} if zarr_format is None else {"zarr_format": zarr_format}
         with warnings.catch_warnings():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dicomxr import intensity
+from dicomxr._files import atomic_path
 from dicomxr.spatial import attrs_with_affine
 from dicomxr.viewer.planes import SPATIAL, planes_from_affine
 from dicomxr.viewer.render import render
@@ -61,17 +61,14 @@ class Montage:
         return self.png
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the PNG atomically (temporary file in the same folder, then rename)."""
+        """Write the PNG atomically, with the permissions the umask gives new files.
+
+        A temporary file in the same folder is renamed into place.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.png)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path, suffix=".png") as tmp:
+            tmp.write_bytes(self.png)
         return path
 
 
