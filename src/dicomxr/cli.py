@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # modules that provide ``register(subparsers)``; imported only when the CLI runs
 _REGISTRARS = (
     "dicomxr._cli_io",  # demo, scan, info
+    "dicomxr._cli_convert",  # convert
     "dicomxr._cli_anatomy",  # anatomy
     "dicomxr.net.cli",  # echo, find, get, move, store
 )

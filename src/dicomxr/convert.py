@@ -377,7 +377,9 @@ def _record_name(key: str, secret: str) -> str:
 def _header_fields(plan: SeriesPlan, deid: Any) -> tuple[dict[str, Any], bool]:
     from dicomxr.export.bids import header_fields, read_header
 
-    ds = read_header(plan.frames["path"].iloc[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a malformed character set: pydicom copes, says so
+        ds = read_header(plan.frames["path"].iloc[0])
     burned = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
     if deid is not None:
         deid.dataset(ds)
@@ -392,9 +394,16 @@ def _public_label(plan: SeriesPlan, fields: dict[str, Any], deid: Any) -> str:
     return f"series {fields.get('SeriesNumber', '?')} ({deid.uids_in(plan.key)})"
 
 
+def _clashes(name: str, taken: set[str]) -> bool:
+    """Tell whether a name is taken, is a folder (Zarr group) of a taken one, or holds one."""
+    name = name.lower()
+    parents = {name.rsplit("/", i)[0] for i in range(1, name.count("/") + 1)}
+    return name in taken or bool(parents & taken) or any(t.startswith(name + "/") for t in taken)
+
+
 def _unique(name: str, taken: set[str]) -> str:
     candidate, n = name, 1
-    while candidate.lower() in taken:
+    while _clashes(candidate, taken):
         n += 1
         candidate = f"{name}_{n}"
     taken.add(candidate.lower())
@@ -442,7 +451,7 @@ def _set_apart_rows(plans: Any, deid: Any) -> list[dict[str, Any]]:
     ):
         uid = "" if uid != uid else str(uid)
         shown = deid.uid(uid) if (deid is not None and uid) else uid
-        number = None if number != number else number
+        number = _int_or_none(number)
         rows.append(
             {"series": f"series {number} ({shown})", "series_uid": shown, "reason": str(reason),
              "frames": len(group)}
@@ -893,7 +902,9 @@ def convert(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped files and irregular stacks are reported
         plans = list_series(
-            source, on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive
+            _scanned(source, recursive=recursive, progress=progress),
+            on_irregular=on_irregular,
+            on_duplicate=on_duplicate,
         )
     report = ConvertReport(dest=dest)
     report.set_apart = _set_apart_rows(plans, deid)
@@ -930,6 +941,22 @@ def convert(
         _consolidate(dest)
     report.manifest = _write_manifest(dest, report, rows)
     return report
+
+
+def _scanned(source: Any, *, recursive: bool, progress: bool | None) -> Any:
+    """Scan a path source (with the caller's progress choice); pass catalogs and plans on."""
+    import pandas as pd
+
+    from dicomxr.series import SeriesPlan
+
+    if isinstance(source, (pd.DataFrame, SeriesPlan)):
+        return source
+    if isinstance(source, Sequence) and not isinstance(source, str):
+        if source and all(isinstance(s, SeriesPlan) for s in source):
+            return source
+    from dicomxr.catalog import scan
+
+    return scan(source, recursive=recursive, progress=progress)
 
 
 def _failure(task: SeriesTask, exc: BaseException, deid: Any) -> dict[str, Any]:

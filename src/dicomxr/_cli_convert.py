@@ -1,0 +1,110 @@
+"""Sub-command ``dicomxr convert SRC DEST``: a cohort to NIfTI files or one Zarr store.
+
+Forwards to :func:`dicomxr.convert.convert`, prints its report, and exits non-zero when a
+series failed (1) or the conversion could not start (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``convert`` to the ``dicomxr`` command line."""
+    from dicomxr.convert import DEFAULT_TEMPLATE
+
+    cmd = subparsers.add_parser(
+        "convert",
+        help="convert every series in SRC to NIfTI (+ BIDS sidecars) or one Zarr store",
+        description=(
+            "Convert every image series in SRC (file, folder tree, glob or DICOMDIR) into "
+            "DEST: NIfTI files with BIDS-style JSON sidecars, or one Zarr store "
+            "(DEST/cohort.zarr) with a group per series; DEST/manifest.parquet lists every "
+            "output. A re-run converts only what is missing. Exit code 1 when a series failed."
+        ),
+    )
+    cmd.add_argument("source", metavar="SRC", help="file, folder, glob or DICOMDIR")
+    cmd.add_argument("dest", metavar="DEST", help="destination folder (created)")
+    cmd.add_argument(
+        "--format", choices=("nifti", "zarr"), default="nifti", help="output format (nifti)"
+    )
+    cmd.add_argument(
+        "-f",
+        "--template",
+        default=None,
+        help=f"output name from header keywords, '/' for folders (default: {DEFAULT_TEMPLATE})",
+    )
+    cmd.add_argument(
+        "--split",
+        default="auto",
+        help=(
+            "frame dims to write as separate files, comma separated (echo,component); "
+            "'auto': echo,component for NIfTI, none for Zarr; 'none' to keep them together"
+        ),
+    )
+    cmd.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="apply the DICOM PS3.15 basic de-identification profile to everything written",
+    )
+    cmd.add_argument(
+        "--date-shift",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="with --deidentify: move dates back by DAYS (default: a secret offset)",
+    )
+    cmd.add_argument("--orientation", help="reorient every image, e.g. RAS or LPS")
+    cmd.add_argument(
+        "--spacing",
+        type=float,
+        nargs="+",
+        metavar="MM",
+        help="resample to this voxel spacing in mm (one value, or slice row col)",
+    )
+    cmd.add_argument("--dtype", help="cast images to this dtype, e.g. float32")
+    cmd.add_argument(
+        "--on-irregular",
+        default="split",
+        help="policy for irregular stacks, as for dicomxr.open_series (default: split)",
+    )
+    cmd.add_argument("--no-compress", action="store_true", help="write .nii, uncompressed Zarr")
+    cmd.add_argument("--no-resume", action="store_true", help="convert everything again")
+    cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmd.set_defaults(func=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from dicomxr.convert import ConvertError, convert
+    from dicomxr.errors import DicomxrError
+
+    split = None if args.split.lower() in ("none", "") else args.split
+    try:
+        report = convert(
+            args.source,
+            args.dest,
+            format=args.format,
+            template=args.template,
+            split=split,
+            deidentify=args.deidentify,
+            date_shift=args.date_shift,
+            orientation=args.orientation,
+            spacing=args.spacing,
+            dtype=args.dtype,
+            compress=not args.no_compress,
+            resume=not args.no_resume,
+            progress=False if args.no_progress else None,
+            on_irregular=args.on_irregular,
+        )
+    except (ConvertError, DicomxrError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    if not (report.done or report.skipped or report.failed):
+        print("error: no image series found in the source", file=sys.stderr)
+        return 1
+    return 0 if report.ok else 1
