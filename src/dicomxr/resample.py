@@ -91,8 +91,7 @@ def _check_shape(shape: Any) -> tuple[int, int, int]:
     if np.any(values < 1):
         bad = [f"{d}={int(v)}" for d, v in zip(SPATIAL_DIMS, values, strict=True) if v < 1]
         raise ValueError(
-            f"shape={shape!r} is degenerate ({', '.join(bad)}): every axis needs at least "
-            "one voxel"
+            f"shape={shape!r} is degenerate ({', '.join(bad)}): every axis needs at least one voxel"
         )
     return tuple(int(v) for v in values)  # type: ignore[return-value]
 
@@ -138,7 +137,7 @@ def _fill_value(fill: float | None, dtype: np.dtype) -> Any:
 
 
 def _spatial_source(da: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    """The image with its dims ordered ``(*extra, slice, row, col[, channel])``."""
+    """Return the image with its dims ordered ``(*extra, slice, row, col[, channel])``."""
     da = image_of(da)
     missing = [d for d in SPATIAL_DIMS if d not in da.dims]
     if missing:
@@ -157,7 +156,7 @@ def _spatial_source(da: xr.DataArray | xr.Dataset) -> xr.DataArray:
 
 
 def _orthonormal_axes(affine: np.ndarray) -> np.ndarray:
-    """Unit (slice, row, col) directions: row and col as stored, slice along their normal.
+    """Return unit (slice, row, col) axes: row and col as stored, slice along their normal.
 
     For a gantry-tilted stack the slice step is not perpendicular to the image plane; the
     output slice axis is the plane's normal on the side the slices advance (dcm2niix's
@@ -174,7 +173,7 @@ def _orthonormal_axes(affine: np.ndarray) -> np.ndarray:
 
 
 def _axis_aligned(axes: np.ndarray) -> np.ndarray:
-    """The LPS axes nearest to ``axes`` (a signed permutation: an axial stays axial)."""
+    """Return the LPS axes nearest to ``axes`` (a signed permutation: an axial stays axial)."""
     out = np.zeros((3, 3))
     free = [0, 1, 2]
     for column in np.argsort(-np.max(np.abs(axes), axis=0)):
@@ -356,7 +355,12 @@ def _slab_size(shape: tuple[int, int, int], volumes: int) -> int:
 
 
 def _box(
-    index_map: np.ndarray, z0: int, z1: int, shape_out: tuple[int, int, int], n_in: np.ndarray, pad: int
+    index_map: np.ndarray,
+    z0: int,
+    z1: int,
+    shape_out: tuple[int, int, int],
+    n_in: np.ndarray,
+    pad: int,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Input index box ``[start, stop)`` that output slices ``z0:z1`` map into, or None."""
     _, ny, nx = shape_out
@@ -371,7 +375,7 @@ def _box(
 
 
 def _source_array(source: xr.DataArray) -> Any:
-    """The source as a dask array (a lazily read series is sliced before it is read)."""
+    """Return the source as a dask array (a lazily read series is sliced before it is read)."""
     import dask.array as dsa
 
     if isinstance(source.data, dsa.Array):
