@@ -141,22 +141,64 @@ def test_xarray_isel_reads_one_frame(ct_plan, ct_reference, monkeypatch) -> None
     np.testing.assert_array_equal(values, ct_reference[3])
 
 
+class _Reads:
+    """Counts FrameGrid.read_all and FrameGrid.read_block calls (the two ways frames are read)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = 0
+        self.blocks: list[int] = []  # frames per read_block call
+        real_all, real_block = _array.FrameGrid.read_all, _array.FrameGrid.read_block
+
+        def read_all(spec):
+            self.full += 1
+            return real_all(spec)
+
+        def read_block(spec, index):
+            self.blocks.append(int(np.size(spec.grid[index])))
+            return real_block(spec, index)
+
+        monkeypatch.setattr(_array.FrameGrid, "read_all", read_all)
+        monkeypatch.setattr(_array.FrameGrid, "read_block", read_block)
+
+
 def test_full_read_is_one_threaded_read_into_one_array(ct_plan, ct_reference, monkeypatch) -> None:
-    """The fast route behind ``.dicom.load()``: one preallocated array, no per-chunk tasks."""
-    chunk_calls = []
-    real_chunk = _array._read_chunk
-    monkeypatch.setattr(_array, "_read_chunk", lambda *a: chunk_calls.append(1) or real_chunk(*a))
-    arr = _array.lazy_array(ct_plan)
-    spec = _array.frame_grid_of(arr)
-    assert isinstance(spec, _array.FrameGrid) and spec.shape == arr.shape
-    values = spec.read_all()
-    assert chunk_calls == []
+    """One chunk for the series: a compute is one read_all, no per-frame tasks, no copy."""
+    reads = _Reads(monkeypatch)
+    arr = _array.lazy_array(ct_plan, chunks="series")
+    assert arr.chunks == ((140,), (512,), (512,))
+    values = arr.compute()
+    assert reads.full == 1 and reads.blocks == []
     assert values.base is None  # the preallocated array itself, no concatenated copy
     np.testing.assert_array_equal(values, ct_reference)
-    # only the untouched array qualifies: a derived one takes dask's per-chunk path
-    assert _array.frame_grid_of(arr[:3]) is None and _array.frame_grid_of(arr + 1) is None
+    # dask fuses a selection into one read of the frames it touches
     np.testing.assert_array_equal((arr[:3] + 1).compute(), ct_reference[:3] + 1)
-    assert chunk_calls == [1, 1, 1]
+    np.testing.assert_array_equal(arr[70, 5:9].compute(), ct_reference[70, 5:9])
+    assert reads.full == 1 and reads.blocks == [3, 1]
+    # one frame per chunk: one block read per frame
+    reads.blocks.clear()
+    np.testing.assert_array_equal(_array.lazy_array(ct_plan)[:4].compute(), ct_reference[:4])
+    assert reads.full == 0 + 1 and reads.blocks == [1, 1, 1, 1]
+
+
+def test_one_chunk_pipelines_and_per_frame_rechunk(ct_plan, ct_reference, monkeypatch) -> None:
+    """The documented trade-off: a lazy pipeline selected late computes the whole chunk.
+
+    ``.chunk({"slice": 1})`` first is fused by dask into a one-frame read when one frame is
+    computed; for more, per-frame chunks from the start (``chunks={}``) read only those.
+    """
+    count = _Counter(monkeypatch)
+    image = xr.DataArray(_array.lazy_array(ct_plan, chunks="series"), dims=("slice", "row", "col"))
+    np.testing.assert_array_equal((image * 2).isel(slice=5).values, 2 * ct_reference[5])
+    assert count.frames == 140
+    count.frames = 0
+    per_frame = image.chunk({"slice": 1})
+    np.testing.assert_array_equal((per_frame * 2).isel(slice=5).values, 2 * ct_reference[5])
+    assert count.frames == 1
+    count.frames = 0
+    preferred = xr.DataArray(_array.lazy_array(ct_plan, chunks={}), dims=image.dims)
+    assert preferred.chunks[0] == (1,) * 140
+    np.testing.assert_array_equal((preferred * 2)[[8, 9, 60]].values, 2 * ct_reference[[8, 9, 60]])
+    assert count.frames == 3
 
 
 def test_lazy_array_is_a_plain_dask_array_xarray_can_mix(ct_plan, ct_reference) -> None:
@@ -225,8 +267,25 @@ def test_backend_array_indexing(ct_plan, ct_reference, monkeypatch) -> None:
     pickled = pickle.loads(pickle.dumps(var))
     np.testing.assert_array_equal(pickled[11].values, ct_reference[11])
     count.frames = 0
+    reads = _Reads(monkeypatch)
     np.testing.assert_array_equal(var.values, ct_reference)
-    assert count.frames == 140
+    assert count.frames == 140 and reads.full == 1 and reads.blocks == []
+    # the whole array after a no-op selection is still the full read
+    np.testing.assert_array_equal(var[:, :, :].values, ct_reference)
+    np.testing.assert_array_equal(var[0:500].values, ct_reference)
+    assert reads.full == 3 and reads.blocks == []
+
+
+def test_backend_array_token_is_deterministic(ct_files, tmp_path) -> None:
+    from dask.base import tokenize
+
+    for f in ct_files[:2]:
+        shutil.copy2(f, tmp_path / f.name)
+    files = sorted(tmp_path.iterdir())
+    a = _array.DicomBackendArray(_stand_in_plan(files))
+    assert tokenize(a) == tokenize(_array.DicomBackendArray(_stand_in_plan(files)))
+    os.utime(files[0], (1_000_000_000, 1_000_000_000))
+    assert tokenize(a) != tokenize(_array.DicomBackendArray(_stand_in_plan(files)))
 
 
 def test_missing_frames_filled(ct_plan, ct_reference) -> None:
@@ -316,6 +375,7 @@ def test_mosaic_grid_decodes_each_image_once(data_root, monkeypatch) -> None:
     ]
     spec = _array.FrameGrid(refs, np.arange(35))
     count = _Counter(monkeypatch)
+    assert _array.lazy_array(spec).chunks[0] == (35,)  # one stored image: one chunk
     values = _array.lazy_array(spec).compute()
     assert count.frames == 1
     full = pydicom.dcmread(path).pixel_array
@@ -323,6 +383,33 @@ def test_mosaic_grid_decodes_each_image_once(data_root, monkeypatch) -> None:
     np.testing.assert_array_equal(values, tiles)
     np.testing.assert_array_equal(_array.lazy_array(spec)[12].compute(), tiles[12])
     assert count.frames == 2
+
+
+def test_mosaic_preferred_chunks_are_runs_of_tiles(data_root, tmp_path, monkeypatch) -> None:
+    """Two stored MOSAIC images of 35 tiles: the preferred chunks along slice are (35, 35)."""
+    paths = [tmp_path / "a.dcm", tmp_path / "b.dcm"]
+    for p in paths:
+        shutil.copy2(data_root / "dcm_qa_ts/In/9.dcm", p)
+    refs = [
+        pixels._replace(ref, tile=t, Rows=64, Columns=64, mosaic_rows=384, mosaic_cols=384)
+        for p in paths
+        for ref in pixels.file_frame_refs(p)
+        for t in range(35)
+    ]
+    spec = _array.FrameGrid(refs, np.arange(70))
+    assert _array.preferred_chunks(spec, ("slice", "row", "col")) == {
+        "slice": (35, 35),
+        "row": 64,
+        "col": 64,
+    }
+    arr = _array.lazy_array(spec, chunks={})
+    assert arr.chunks == ((35, 35), (64,), (64,))
+    count = _Counter(monkeypatch)
+    values = arr.compute()
+    assert count.frames == 2  # one decode per stored image
+    np.testing.assert_array_equal(values[:35], values[35:])
+    np.testing.assert_array_equal(arr[40].compute(), values[40])
+    assert count.frames == 3
 
 
 def test_bad_frame_fails_that_chunk_only(ct_files, tmp_path) -> None:
@@ -337,7 +424,9 @@ def test_bad_frame_fails_that_chunk_only(ct_files, tmp_path) -> None:
     with pytest.raises(pixels.PixelDataError, match=rf"{victim.name}: frame 0 .*cut short"):
         arr[1].compute()
     with pytest.raises(pixels.PixelDataError, match=victim.name):
-        arr.compute()
+        # one full read: its thread pool is done when the error surfaces (per-frame dask
+        # tasks would go on reading in the background, into the next test's counters)
+        _array.lazy_array(plan, chunks="series").compute()
 
 
 def test_open_series_reads_no_pixels_until_asked(philips_ct, ct_reference, monkeypatch) -> None:
@@ -369,10 +458,10 @@ def test_compressed_multiframe_full_read_is_one_pass(monkeypatch) -> None:
     path = Path(get_testdata_file("examples_ybr_color.dcm"))
     plan = _stand_in_plan([path])
     want = pydicom.dcmread(path).pixel_array
-    arr = _array.lazy_array(plan)
+    arr = _array.lazy_array(plan, chunks="series")
     assert arr.shape == (30, 240, 320, 3)
     count = _Counter(monkeypatch)
-    np.testing.assert_array_equal(_array.frame_grid_of(arr).read_all(), want)
+    np.testing.assert_array_equal(arr.compute(), want)
     assert len(count.opens) == 1
     np.testing.assert_array_equal(arr[17].compute(), want[17])
     assert count.frames == 1 and len(count.opens) == 2

@@ -54,8 +54,10 @@ def test_compute_with_worker_processes(client, data_root: Path) -> None:
     # chunk by chunk on the workers
     got = client.compute(arr + 0).result(timeout=120)
     np.testing.assert_array_equal(got, want)
-    # the whole array (one full-read task on a worker)
-    np.testing.assert_array_equal(client.compute(arr).result(timeout=120), want)
+    # the whole array as one chunk: one full-read task on a worker
+    whole = _array.lazy_array(spec, chunks="series")
+    np.testing.assert_array_equal(client.compute(whole).result(timeout=120), want)
+    np.testing.assert_array_equal(client.compute(whole[2:4]).result(timeout=120), want[2:4])
     # one slice
     np.testing.assert_array_equal(arr[3].compute(), want[3])
     # every worker process took part in the chunked compute or has at least run a task
@@ -68,3 +70,15 @@ def test_backend_array_ships_to_workers(client, data_root: Path) -> None:
     backend = _array.DicomBackendArray(spec)
     future = client.submit(lambda b: b.spec.read_block((slice(2, 4),)), backend)
     np.testing.assert_array_equal(future.result(timeout=120), want[2:4])
+
+
+@pytest.mark.slow
+def test_open_series_computes_on_worker_processes(client, philips_ct: Path) -> None:
+    import dicomxr
+
+    image = dicomxr.open_series(philips_ct)
+    local = image.isel(slice=slice(60, 62)).values
+    remote = client.compute(image.isel(slice=slice(60, 62)).data).result(timeout=120)
+    np.testing.assert_array_equal(remote, local)
+    total = client.compute(image.data.sum()).result(timeout=120)
+    assert total == image.values.sum()

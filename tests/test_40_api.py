@@ -347,3 +347,77 @@ def test_coordinates_come_from_the_plan(two_series, caplog):
         out = open_series(broken)
     assert "bad" not in out.coords
     assert "coordinate 'bad'" in caplog.text
+
+
+# --------------------------------------------------------------------------------------
+# the one lazy path: what a full read, a selection and the chunks= choices read
+
+
+@pytest.fixture
+def full_reads(monkeypatch):
+    """Counts FrameGrid.read_all (the threaded full read) and frames read one by one."""
+    from dicomxr import _array
+
+    seen = {"full": 0, "blocks": []}
+    real_all, real_block = _array.FrameGrid.read_all, _array.FrameGrid.read_block
+
+    def read_all(spec):
+        seen["full"] += 1
+        return real_all(spec)
+
+    def read_block(spec, index):
+        seen["blocks"].append(int(np.size(spec.grid[index])))
+        return real_block(spec, index)
+
+    monkeypatch.setattr(_array.FrameGrid, "read_all", read_all)
+    monkeypatch.setattr(_array.FrameGrid, "read_block", read_block)
+    return seen
+
+
+def test_values_compute_load_take_the_full_read(two_series, full_reads):
+    root, vol_a, _ = two_series
+    da = open_series(root, series=7)
+    assert da.chunks == ((SHAPE[0],), (SHAPE[1],), (SHAPE[2],))  # one chunk per series
+    want = vol_a.astype(np.int32) - 1024
+    for load in (
+        lambda d: d.values,
+        lambda d: d.compute().values,
+        lambda d: d.load().values,
+        lambda d: d.dicom.load().values,
+        lambda d: np.asarray(d),
+    ):
+        full_reads["full"] = 0
+        np.testing.assert_array_equal(load(da.copy()), want)
+        assert full_reads["full"] == 1 and full_reads["blocks"] == []
+    # a selection of the untouched array: dask fuses it into a read of those frames only
+    np.testing.assert_array_equal(da.isel(slice=4).values, want[4])
+    np.testing.assert_array_equal(da.isel(slice=slice(2, 5), row=3).values, want[2:5, 3])
+    assert full_reads["blocks"] == [1, 3]
+
+
+def test_chunks_choices(two_series, full_reads):
+    import dask.array
+
+    root, vol_a, _ = two_series
+    none = open_series(root, series=7, chunks=None)
+    assert not isinstance(none.variable._data, dask.array.Array) and none.chunks is None
+    np.testing.assert_array_equal(none.isel(slice=3).values, vol_a[3].astype(np.int32) - 1024)
+    assert full_reads == {"full": 0, "blocks": [1]}
+    per_frame = open_series(root, series=7, chunks={})
+    assert per_frame.chunks == ((1,) * SHAPE[0], (SHAPE[1],), (SHAPE[2],))
+    some = open_series(root, series=7, chunks={"slice": 5})
+    assert some.chunks[0] == (5, 5, 2)
+    assert (per_frame * 2).isel(slice=[1, 7]).values.shape == (2, *SHAPE[1:])
+    assert full_reads["blocks"] == [1, 1, 1]
+    tree = open_study(root, chunks=None)
+    assert all(leaf["image"].chunks is None for leaf in tree.leaves)
+    tree = open_study(root)
+    assert all(len(leaf["image"].chunks[0]) == 1 for leaf in tree.leaves)
+
+
+def test_dask_names_are_deterministic(two_series):
+    root, *_ = two_series
+    a, b = open_series(root, series=7), open_series(root, series=7)
+    assert a.data.name == b.data.name and a.data.name.startswith("dicomxr-image-")
+    assert open_series(root, series=7, chunks={}).data.name != a.data.name
+    assert open_series(root, series=7, dtype="float32").data.name != a.data.name

@@ -82,9 +82,32 @@ def test_open_dataset_series_and_drop(series_dir):
 
 
 def test_chunks_follow_storage(series_dir):
-    root, *_ = series_dir
+    root, vol, _ = series_dir
     ds = xr.open_dataset(root / "one", engine="dicom", chunks={})
     assert ds["image"].chunks[0] == (1,) * 6
+    assert ds["image"].encoding["preferred_chunks"] == {"slice": 1, "row": 10, "col": 12}
+    np.testing.assert_array_equal(ds["image"].values, vol)
+
+
+def test_no_chunks_means_no_dask(series_dir, monkeypatch):
+    """xarray's own lazy indexing over the backend array: .values is one full read."""
+    import dask.array
+
+    from dicomxr import _array
+
+    root, vol, _ = series_dir
+    calls = []
+    real = _array.FrameGrid.read_all
+    monkeypatch.setattr(_array.FrameGrid, "read_all", lambda s: calls.append(1) or real(s))
+    ds = xr.open_dataset(root / "one", engine="dicom")
+    assert not isinstance(ds["image"].variable._data, dask.array.Array)
+    assert ds["image"].chunks is None and not any(
+        isinstance(v._data, dask.array.Array) for v in ds.variables.values()
+    )
+    np.testing.assert_array_equal(ds["image"].isel(slice=2).values, vol[2])
+    assert calls == []
+    np.testing.assert_array_equal(ds["image"].values, vol)
+    assert calls == [1]
 
 
 def test_open_datatree(series_dir):
@@ -96,7 +119,13 @@ def test_open_datatree(series_dir):
 
 
 def test_engine_module_import_is_light():
-    code = "import sys, dicomxr.backend; print(sorted(m for m in ('xarray', 'pandas', 'dask', 'dicomxr.api') if m in sys.modules))"
+    """xarray imports every engine when it guesses one: the engine adds nothing heavy to it."""
+    code = (
+        "import sys, xarray; before = set(sys.modules); import dicomxr.backend; "
+        "heavy = ('dask', 'pydicom', 'dicomxr.api', 'dicomxr._array', 'dicomxr.catalog'); "
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in heavy "
+        "or m in heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -1,4 +1,4 @@
-"""The lazy array over a series plan's frame grid: an xarray BackendArray and a dask array.
+"""The one lazy array: an xarray ``BackendArray`` over a series plan's frame grid.
 
 A :class:`FrameGrid` is the picklable description of one series' pixels: one
 :class:`~dicomxr.pixels.FrameRef` per frame (path, frame index, byte offset, layout), the
@@ -8,20 +8,21 @@ no open file and no pydicom dataset - every read opens its file, reads one frame
 it - so it ships to dask.distributed workers as it is. Reads of different files are
 independent, which is why no lock is taken: each read uses its own file handle.
 
-Two views of it:
+:class:`DicomBackendArray` follows xarray's backend contract (as cfgrib's and rioxarray's
+array wrappers do) and is the only lazy array: :func:`lazily_indexed` wraps it for an
+:class:`xarray.Variable`, and dask appears only when a caller chunks that variable
+(:func:`chunk_variable`, which is xarray's own ``Variable.chunk``, i.e.
+``dask.array.from_array`` over the lazily indexed array). Why one path:
 
-* :func:`lazy_array` - a plain :class:`dask.array.Array` with one frame per chunk and a
-  name derived from the paths, modification times, offsets and chunks (the same files give
-  the same graph keys). Computing one slice reads one frame. It is deliberately *not* a
-  dask subclass: xarray refuses to mix chunked array types in one object (a Dataset of an
-  image and a derived variable, chunked coordinates), so a subclass would break ordinary
-  xarray use. A dask compute of the whole array reads one frame per task and concatenates.
-* :meth:`FrameGrid.read_all` - the fast full read: every frame read with a thread pool
-  straight into one preallocated array (no per-chunk copies, no concatenation), about one
-  plain ``read()`` of the files and the array's bytes in memory. ``DataArray.dicom.load()``
-  uses it for an untouched series (:func:`frame_grid_of` finds it behind the dask array).
-* :class:`DicomBackendArray` - an :class:`xarray.backends.BackendArray` for xarray's own lazy
-  indexing (``chunks=None``), with the same full-read fast path.
+* a key covering the whole array is one :meth:`FrameGrid.read_all` - every frame read with a
+  thread pool straight into one preallocated array, about one plain ``read()`` of the files
+  and the array's bytes in memory; a hand-built graph of one task per frame cost twice the
+  time and the memory (140 chunks concatenated);
+* any other key reads only the frames it touches, so xarray's lazy ``isel`` (no dask) and
+  dask's slice fusion (a selection of a one-chunk array becomes one indexed read of the
+  backend array) both read one frame for one slice;
+* :func:`preferred_chunks` advertises storage (one frame per chunk; MOSAIC: the tiles of one
+  stored image) for callers that want per-frame tasks (``chunks={}``).
 
 Missing frames (grid value ``-1``) are filled with NaN; with ``dtype="auto"`` a grid that has
 missing frames therefore gets a float dtype (``float32``). With an explicit integer dtype
@@ -32,23 +33,27 @@ This is the only module that uses ``xarray.core.indexing``.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import dask.array as da
 import numpy as np
-from dask.highlevelgraph import HighLevelGraph
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from dicomxr import pixels
 from dicomxr.pixels import FrameRef
 
-__all__ = ["DicomBackendArray", "FrameGrid", "frame_grid_of", "lazy_array"]
+__all__ = [
+    "DicomBackendArray",
+    "FrameGrid",
+    "chunk_variable",
+    "lazily_indexed",
+    "lazy_array",
+    "preferred_chunks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -378,10 +383,6 @@ def _read_chunk(spec: FrameGrid, position: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _read_grid_block(spec: FrameGrid, index: tuple[slice, ...]) -> np.ndarray:
-    return spec.read_block(index)
-
-
 def _stored_frame_runs(spec: FrameGrid) -> tuple[int, ...] | None:
     """Chunk sizes along ``slice`` that keep each MOSAIC image's tiles together, or None.
 
@@ -407,109 +408,24 @@ def _stored_frame_runs(spec: FrameGrid) -> tuple[int, ...] | None:
     return pattern if pattern and len(pattern) < spec.grid.shape[-1] else None
 
 
-def frame_grid_of(array: Any) -> FrameGrid | None:
-    """Return the :class:`FrameGrid` behind an array :func:`lazy_array` made, else ``None``.
-
-    Only the untouched array qualifies (a slice or an arithmetic result of it has another
-    name): that is the case in which one threaded read of every frame equals a compute.
-    """
-    name = getattr(array, "name", None)
-    if not isinstance(name, str) or not name.startswith("dicomxr-frames-"):
-        return None
-    graph = getattr(array, "dask", None)
-    if graph is None:
-        return None
-    try:
-        value = graph[f"{name}-spec"]
-    except (KeyError, TypeError):
-        return None
-    inner = getattr(value, "value", value)  # dask may wrap raw values as DataNodes
-    return inner if isinstance(inner, FrameGrid) else None
-
-
-def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True) -> Any:
-    """Return a lazy :class:`dask.array.Array` over a series plan's frame grid.
-
-    Parameters
-    ----------
-    plan
-        A ``SeriesPlan`` (``frames``, ``grid``, ``frame_shape``) or a :class:`FrameGrid`.
-    dtype
-        ``"auto"`` (default): stored dtype when nothing is rescaled, an integer dtype when
-        every RescaleSlope is 1 and every RescaleIntercept integral (and the result fits),
-        ``float32`` otherwise, and ``float32`` when the grid has missing frames (filled with
-        NaN). Any numpy dtype forces it (missing frames are 0 in an integer dtype).
-    rescale
-        Apply RescaleSlope/RescaleIntercept per frame (default), or return stored values.
-
-    Returns
-    -------
-    dask.array.Array
-        Shape ``grid.shape + frame_shape``, one frame per chunk, a deterministic name.
-
-    Examples
-    --------
-    >>> import dicomxr
-    >>> plan = dicomxr.plan_series(dicomxr.scan(dicomxr.data.sample_path()))[0]  # doctest: +SKIP
-    >>> arr = lazy_array(plan)  # doctest: +SKIP
-    >>> arr[0, 10].compute().shape  # reads one frame  # doctest: +SKIP
-    (96, 96)
-    """
-    spec = (
-        plan
-        if isinstance(plan, FrameGrid)
-        else FrameGrid.from_plan(plan, dtype=dtype, rescale=rescale)
-    )
-    if isinstance(plan, FrameGrid) and not (isinstance(dtype, str) and dtype == "auto"):
-        spec = FrameGrid(
-            spec.refs, spec.grid, slopes=spec.slopes, intercepts=spec.intercepts,
-            mtimes=spec.mtimes, dtype=dtype, rescale=rescale,
-        )  # fmt: skip
-    name = f"dicomxr-frames-{spec.token()}"
-    spec_key = f"{name}-spec"
-    ndim = spec.grid.ndim
-    tail = (0,) * len(spec.frame_shape)
-    graph: dict = {spec_key: spec}
-    runs = _stored_frame_runs(spec)
-    if runs is None:
-        for position in np.ndindex(*spec.grid.shape):
-            graph[(name, *position, *tail)] = (_read_chunk, spec_key, position)
-        slice_chunks = (1,) * spec.grid.shape[-1]
-    else:
-        # MOSAIC: the stored frame is the whole mosaic, so a chunk holds all of its tiles
-        starts = np.cumsum((0, *runs))
-        for outer in np.ndindex(*spec.grid.shape[:-1]):
-            for k, (lo, hi) in enumerate(itertools.pairwise(starts)):
-                index = (*(slice(o, o + 1) for o in outer), slice(int(lo), int(hi)))
-                graph[(name, *outer, k, *tail)] = (_read_grid_block, spec_key, index)
-        slice_chunks = runs
-    chunks = (
-        *((1,) * n for n in spec.grid.shape[:-1]),
-        slice_chunks,
-        *((n,) for n in spec.frame_shape),
-    )
-    hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
-    meta = np.empty((0,) * (ndim + len(spec.frame_shape)), dtype=spec.dtype)
-    return da.Array(hlg, name, chunks, dtype=spec.dtype, meta=meta)
-
-
 # ----------------------------------------------------------------------------- xarray
 
 
 class DicomBackendArray(BackendArray):
-    """An :class:`xarray.backends.BackendArray` over a plan's frame grid.
+    """The lazy array: an :class:`xarray.backends.BackendArray` over a plan's frame grid.
 
-    Picklable (it holds a :class:`FrameGrid`: paths, offsets, no open handles). Wrap it as
-    xarray backends do: ``indexing.LazilyIndexedArray(DicomBackendArray(plan))``. Indexing
-    everything reads all frames into one preallocated array with threads; any other key
-    reads only the frames it touches.
+    Picklable (it holds a :class:`FrameGrid`: paths, offsets, no open handles) and
+    tokenized by dask from the paths, modification times, offsets and dtype. Wrap it as
+    xarray backends do, with :func:`lazily_indexed`. A key covering the whole array reads
+    every frame with a thread pool into one preallocated array (:meth:`FrameGrid.read_all`);
+    any other key reads only the frames it touches.
 
     Parameters
     ----------
     spec
         A :class:`FrameGrid` or a ``SeriesPlan``.
     dtype, rescale
-        As for :func:`lazy_array` (used when ``spec`` is a plan).
+        As for :meth:`FrameGrid.from_plan` (used when ``spec`` is a plan).
     """
 
     def __init__(self, spec: FrameGrid | Any, *, dtype: Any = "auto", rescale: bool = True) -> None:
@@ -519,18 +435,23 @@ class DicomBackendArray(BackendArray):
         self.shape = spec.shape
         self.dtype = spec.dtype
 
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return ("dicomxr.DicomBackendArray", self.spec.token())
+
     def __getitem__(self, key: Any) -> np.ndarray:
         return indexing.explicit_indexing_adapter(
             key, self.shape, indexing.IndexingSupport.OUTER, self._raw_indexing_method
         )
 
     def _raw_indexing_method(self, key: tuple) -> np.ndarray:
-        ng = self.spec.grid.ndim
-        grid_key, frame_key = key[:ng], key[ng:]
-        full = all(isinstance(k, slice) and k == slice(None) for k in key)
-        if full:
+        if _covers(key, self.shape):
             return self.spec.read_all()
-        # outer indexing over the grid: integer keys drop their axis
+        ng = self.spec.grid.ndim
+        block = self._read_grid(key[:ng])
+        return _index_frames(block, key[ng:], len(self.spec.frame_shape))
+
+    def _read_grid(self, grid_key: tuple) -> np.ndarray:
+        """Read the frames an outer key on the grid touches; integer keys drop their axis."""
         arrays = []
         drop = []
         for axis, k in enumerate(grid_key):
@@ -544,13 +465,129 @@ class DicomBackendArray(BackendArray):
         block = self.spec.read_block(np.ix_(*arrays) if arrays else ())
         if drop:
             block = block.reshape(tuple(s for a, s in enumerate(block.shape) if a not in drop))
-        lead = block.ndim - len(self.spec.frame_shape)
-        # last axis first, so that an integer key dropping an axis moves no other
-        for axis in reversed(range(len(frame_key))):
-            k = frame_key[axis]
-            if isinstance(k, slice) and k == slice(None):
-                continue
-            index = [slice(None)] * block.ndim
-            index[lead + axis] = k
-            block = block[tuple(index)]
         return block
+
+
+def _covers(key: tuple, shape: tuple[int, ...]) -> bool:
+    """Whether an outer key selects the whole array in order (plain or normalised slices)."""
+    return len(key) == len(shape) and all(
+        isinstance(k, slice) and k.indices(n) == (0, n, 1) for k, n in zip(key, shape, strict=True)
+    )
+
+
+def _index_frames(block: np.ndarray, frame_key: tuple, frame_ndim: int) -> np.ndarray:
+    """Apply the in-frame part of an outer key to a block of whole frames."""
+    lead = block.ndim - frame_ndim
+    # last axis first, so that an integer key dropping an axis moves no other
+    for axis in reversed(range(len(frame_key))):
+        k = frame_key[axis]
+        if isinstance(k, slice) and k == slice(None):
+            continue
+        index = [slice(None)] * block.ndim
+        index[lead + axis] = k
+        block = block[tuple(index)]
+    return block
+
+
+def lazily_indexed(backend: DicomBackendArray) -> Any:
+    """Wrap ``backend`` for an :class:`xarray.Variable`, as xarray's own backends do.
+
+    Indexing the variable then stays lazy (keys compose); loading it indexes the backend
+    array once. This is the one use of ``xarray.core.indexing`` outside the backend array.
+    """
+    return indexing.LazilyIndexedArray(backend)
+
+
+def preferred_chunks(spec: FrameGrid, dims: Sequence[str]) -> dict[str, Any]:
+    """Chunks that follow storage: one frame per chunk along the frame dims.
+
+    MOSAIC tiles of one stored image are one stored frame: along ``slice`` (the last frame
+    dim) the chunks are then the runs of tiles (a tuple). The in-frame dims are whole.
+    """
+    ng = spec.grid.ndim
+    chunks: dict[str, Any] = {}
+    for axis, (dim, size) in enumerate(zip(dims, spec.shape, strict=True)):
+        chunks[dim] = 1 if axis < ng else size
+    runs = _stored_frame_runs(spec)
+    if runs is not None:
+        chunks[dims[ng - 1]] = runs
+    return chunks
+
+
+def chunk_variable(variable: Any, backend: DicomBackendArray, chunks: Any) -> Any:
+    """Return ``variable`` (over ``backend``) as dask, chunked by xarray (``dask.array.from_array``).
+
+    Parameters
+    ----------
+    variable
+        An :class:`xarray.Variable` whose data is :func:`lazily_indexed` ``(backend)``, with
+        ``encoding["preferred_chunks"]``.
+    backend
+        Its backend array (the dask name is derived from its token and the chunks).
+    chunks
+        ``"series"``: one chunk for the whole array, so a compute is one full read and a
+        selection is fused by dask into one read of the frames it touches. A mapping:
+        chunk sizes per dim, the preferred chunks (one frame) for dims it does not name
+        (``{}``: the preferred chunks). Anything else (``"auto"``, an int) goes to
+        :meth:`xarray.Variable.chunk` as it is.
+    """
+    from dask.base import tokenize
+
+    preferred = variable.encoding.get("preferred_chunks", {})
+    if isinstance(chunks, str) and chunks == "series":
+        chunks = dict.fromkeys(variable.dims, -1)
+    elif isinstance(chunks, Mapping):
+        chunks = {**preferred, **chunks}
+    name = f"dicomxr-image-{tokenize(backend, str(chunks))}"
+    return variable.chunk(chunks, name=name)
+
+
+def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True, chunks: Any = None) -> Any:
+    """Return the lazy backend array of a series plan as a :class:`dask.array.Array`.
+
+    The same path as :func:`dicomxr.open_series`: a :class:`DicomBackendArray`, chunked by
+    xarray (:func:`chunk_variable`); a convenience for dask users and tests.
+
+    Parameters
+    ----------
+    plan
+        A ``SeriesPlan`` (``frames``, ``grid``, ``frame_shape``) or a :class:`FrameGrid`.
+    dtype
+        ``"auto"`` (default): stored dtype when nothing is rescaled, an integer dtype when
+        every RescaleSlope is 1 and every RescaleIntercept integral (and the result fits),
+        ``float32`` otherwise, and ``float32`` when the grid has missing frames (filled with
+        NaN). Any numpy dtype forces it (missing frames are 0 in an integer dtype).
+    rescale
+        Apply RescaleSlope/RescaleIntercept per frame (default), or return stored values.
+    chunks
+        ``None`` (default): one frame per chunk (MOSAIC: one stored image per chunk);
+        ``"series"``: one chunk; or as for :func:`chunk_variable`.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape ``grid.shape + frame_shape``, a name derived from paths, mtimes and chunks.
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> plan = dicomxr.plan_series(dicomxr.scan(dicomxr.data.sample_path()))[0]  # doctest: +SKIP
+    >>> arr = lazy_array(plan)  # doctest: +SKIP
+    >>> arr[0, 10].compute().shape  # reads one frame  # doctest: +SKIP
+    (96, 96)
+    """
+    import xarray as xr
+
+    if isinstance(plan, FrameGrid) and not (isinstance(dtype, str) and dtype == "auto"):
+        plan = FrameGrid(
+            plan.refs, plan.grid, slopes=plan.slopes, intercepts=plan.intercepts,
+            mtimes=plan.mtimes, dtype=dtype, rescale=rescale,
+        )  # fmt: skip
+    backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale)
+    dims = tuple(f"dim_{i}" for i in range(len(backend.shape)))
+    variable = xr.Variable(
+        dims,
+        lazily_indexed(backend),
+        encoding={"preferred_chunks": preferred_chunks(backend.spec, dims)},
+    )
+    return chunk_variable(variable, backend, {} if chunks is None else chunks).data

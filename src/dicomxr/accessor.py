@@ -178,13 +178,13 @@ class DicomAccessor:
 
     # -- data -------------------------------------------------------------------------
     def load(self) -> xr.DataArray:
-        """Return the image with its pixels read into memory, by the fastest route.
+        """Return the image with its pixels read into memory: :meth:`xarray.DataArray.compute`.
 
-        For a series as :func:`dicomxr.open_series` returned it (not sliced or computed on),
-        every frame is read with a thread pool straight into one preallocated array: about
-        the time of a plain ``read()`` of the files and the array's bytes in memory. Anything
-        else (a selection, an arithmetic result) is computed by dask as usual. Like
-        :meth:`xarray.DataArray.compute`, a new object is returned and this one stays lazy.
+        For a series as :func:`dicomxr.open_series` returned it (one chunk, or no dask),
+        the compute is one read of every frame with a thread pool straight into one
+        preallocated array: about the time of a plain ``read()`` of the files and the array's
+        bytes in memory; ``.values`` and ``.compute()`` take the same route. A new object is
+        returned and this one stays lazy.
 
         Returns
         -------
@@ -198,13 +198,7 @@ class DicomAccessor:
         >>> isinstance(da.dicom.load().data, np.ndarray)
         True
         """
-        from dicomxr._array import frame_grid_of
-
-        da = self._obj
-        spec = frame_grid_of(da.data)
-        if spec is None or spec.shape != da.shape:
-            return da.compute()
-        return da.copy(data=spec.read_all())
+        return self._obj.compute()
 
     # -- display ----------------------------------------------------------------------
     def window(

@@ -47,6 +47,8 @@ __all__ = ["PATIENT_ATTRIBUTES", "list_series", "open_series", "open_study", "se
 logger = logging.getLogger(__name__)
 
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+#: ``None`` (no dask), ``"series"`` (one chunk), ``{}`` (one frame per chunk) or a mapping
+Chunks = str | int | Mapping[str, Any] | None
 
 #: attributes that identify a patient; kept out of ``attrs`` unless ``include_patient=True``
 PATIENT_ATTRIBUTES = frozenset(
@@ -464,10 +466,13 @@ def open_series(
     include: Sequence[str] = (),
     rescale: bool = True,
     recursive: bool = True,
+    chunks: Chunks = "series",
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
 
-    Only headers are read; pixel data is read frame by frame when values are needed.
+    Only headers are read; pixel data is read when values are needed: ``.values``,
+    ``.load()`` and ``.compute()`` read every frame with threads into one array, a selection
+    such as ``.isel(slice=k)`` reads only the frames it touches.
 
     Parameters
     ----------
@@ -505,6 +510,16 @@ def open_series(
         ``False`` gives the stored values.
     recursive
         Descend into sub-folders of a folder source.
+    chunks
+        ``"series"`` (default): one dask chunk for the whole series. A full compute is one
+        threaded read into one array, and dask fuses a selection of the untouched array
+        (``da.isel(slice=k).values``) into a read of just those frames. But a lazy pipeline
+        selected late, such as ``(da * 2).isel(slice=5)``, computes the whole chunk: for
+        per-slice pipelines pass ``chunks={}`` or call ``da.chunk({"slice": 1})`` first (dask
+        fuses that rechunk into per-frame reads). ``{}``: the preferred chunks, one frame per
+        chunk (MOSAIC: the tiles of one stored image), as ``encoding["preferred_chunks"]``
+        says. A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
+        no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).
 
     Returns
     -------
@@ -542,41 +557,66 @@ def open_series(
         recursive=recursive,
     )
     plan = _select(plans, series, source)
-    return _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient, rescale=rescale)
+    ds = _plan_to_dataset(
+        plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks
+    )
+    return ds["image"]
 
 
-def _plan_to_dataarray(
-    plan: SeriesPlan, *, dtype: Any, include_patient: bool, rescale: bool = True
-) -> xr.DataArray:
-    from dicomxr._array import lazy_array
+def _plan_to_dataset(
+    plan: SeriesPlan,
+    *,
+    dtype: Any,
+    include_patient: bool,
+    rescale: bool = True,
+    chunks: Chunks = None,
+) -> xr.Dataset:
+    """Build the Dataset of one series: ``image`` over the lazy backend array, coords, attrs.
 
-    data = lazy_array(plan, dtype=dtype, rescale=rescale)
+    The one function behind :func:`open_series`, :func:`open_study` and the ``"dicom"``
+    engine. ``image`` wraps :class:`dicomxr._array.DicomBackendArray` in xarray's lazy
+    indexing (no dask) with ``encoding["preferred_chunks"]``; ``chunks`` (see
+    :func:`open_series`) then makes it dask through xarray's own chunking.
+    """
+    from dicomxr._array import DicomBackendArray, chunk_variable, lazily_indexed, preferred_chunks
+
+    backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale)
+    shape = backend.shape
     dims = (*plan.dims, "row", "col")
-    if data.ndim == len(dims) + 1:
+    if len(shape) == len(dims) + 1:
         dims = (*dims, "channel")
-    if data.ndim != len(dims):
-        raise ValueError(
-            f"series {plan.key}: lazy array has shape {data.shape}, expected dims {dims}"
-        )
+    if len(shape) != len(dims):
+        raise ValueError(f"series {plan.key}: lazy array has shape {shape}, expected dims {dims}")
+    attrs = _series_attrs(plan, include_patient=include_patient)
+    image = xr.Variable(
+        dims,
+        lazily_indexed(backend),
+        attrs=attrs,
+        encoding={"preferred_chunks": preferred_chunks(backend.spec, dims)},
+    )
+    if chunks is not None:
+        image = chunk_variable(image, backend, chunks)
+    coords = _fitting_coords(plan, dims, shape)
+    coords.update(_in_plane_coords(plan.affine, shape[dims.index("row")], shape[dims.index("col")]))
+    return xr.Dataset({"image": image}, coords=coords, attrs=dict(attrs))
+
+
+def _fitting_coords(
+    plan: SeriesPlan, dims: tuple[str, ...], shape: tuple[int, ...]
+) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """Return the plan's coordinates that fit the image's dims (a misfit is logged, left out)."""
     coords = {}
     for name, (cdims, values) in _frame_coords(plan).items():
         if all(d in dims for d in cdims) and values.shape == tuple(
-            data.shape[dims.index(d)] for d in cdims
+            shape[dims.index(d)] for d in cdims
         ):
             coords[name] = (cdims, values)
         else:  # a planner bug; the image is still right, say what is left out
             logger.warning(
                 "series %s: coordinate %r on %s with shape %s does not fit dims %s; left out",
-                plan.key, name, cdims, values.shape, dict(zip(dims, data.shape, strict=True)),
+                plan.key, name, cdims, values.shape, dict(zip(dims, shape, strict=True)),
             )  # fmt: skip
-    rows, cols = data.shape[dims.index("row")], data.shape[dims.index("col")]
-    coords.update(_in_plane_coords(plan.affine, rows, cols))
-    da = xr.DataArray(data, dims=dims, coords=coords, name="image")
-    da.attrs = _series_attrs(plan, include_patient=include_patient)
-    preferred = {d: 1 for d in plan.dims}
-    preferred.update({d: data.shape[dims.index(d)] for d in dims if d not in plan.dims})
-    da.encoding["preferred_chunks"] = preferred
-    return da
+    return coords
 
 
 def _node_name(text: Any, fallback: str) -> str:
@@ -595,8 +635,11 @@ def open_study(
     include: Sequence[str] = (),
     rescale: bool = True,
     recursive: bool = True,
+    chunks: Chunks = "series",
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
+
+    What ``xr.open_datatree(source, engine="dicom")`` returns, with dask (``chunks``) on.
 
     The tree is ``/<patient>/<StudyInstanceUID>/<series key>`` (a ``/`` in a name becomes
     ``_``); each series node holds a Dataset whose image variable is named ``image`` and
@@ -612,8 +655,8 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, on_duplicate, dtype, include, rescale, recursive
-        As for :func:`open_series`.
+    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks
+        As for :func:`open_series` (per series: ``"series"`` gives one chunk per series).
     include_patient
         Name patient nodes by PatientID and keep patient-identifying attributes (in the
         patient nodes and the series attrs); by default neither appears anywhere in the tree.
@@ -650,10 +693,9 @@ def open_study(
         patient = patients[patient_id]
         study = _node_name(_attr(plan, "StudyInstanceUID"), "unknown_study")
         key = _node_name(plan.key, "series")
-        da = _plan_to_dataarray(plan, dtype=dtype, include_patient=include_patient, rescale=rescale)
-        ds = da.to_dataset(name="image", promote_attrs=True)
-        ds["image"].encoding = dict(da.encoding)
-        tree[f"/{patient}/{study}/{key}"] = ds
+        tree[f"/{patient}/{study}/{key}"] = _plan_to_dataset(
+            plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks
+        )
         study_path = f"/{patient}/{study}"
         if study_path not in tree:
             study_attrs = {n: _jsonable(_attr(plan, n)) for n in _STUDY_ATTRIBUTES}

@@ -1,9 +1,15 @@
 """The xarray ``"dicom"`` engine: ``xr.open_dataset(path, engine="dicom")``.
 
-A thin layer over :func:`dicomxr.open_series` and :func:`dicomxr.open_study`. xarray imports
-every installed engine when it guesses which one opens a file, so importing this module
-costs nothing: the entry-point class is built on first attribute access (xarray's entry-point
-loader does exactly that), and dicomxr's loader is imported inside the open methods.
+A thin layer over :func:`dicomxr.open_series` and :func:`dicomxr.open_study`, called with
+``chunks=None``: the Dataset's ``image`` wraps the lazy backend array
+(:class:`dicomxr._array.DicomBackendArray`) in xarray's lazy indexing, with
+``encoding["preferred_chunks"]`` = one frame per chunk. xarray owns the chunking: without
+``chunks`` there is no dask at all (``.values`` is one threaded full read, ``.isel(slice=k)``
+reads one frame); ``chunks={}`` gives dask with one frame per chunk.
+
+xarray imports every installed engine when it guesses which one opens a file, so this module
+imports only ``xarray.backends`` (already loaded by then) and the standard library; dicomxr's
+loader is imported inside the open methods.
 
 Examples
 --------
@@ -16,11 +22,160 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DicomBackendEntrypoint"]  # noqa: F822 - built on first access (see __getattr__)
+from xarray.backends import BackendEntrypoint
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = ["DicomBackendEntrypoint"]
 
 _DICM_OFFSET = 128
+
+
+class DicomBackendEntrypoint(BackendEntrypoint):
+    """Open DICOM series with xarray (``engine="dicom"``).
+
+    ``open_dataset`` returns a Dataset with one variable, ``image`` (see
+    :func:`dicomxr.open_series` for dims, coordinates and attrs); ``open_datatree`` the
+    Patient / Study / Series tree of :func:`dicomxr.open_study`. Folders, DICOMDIRs and
+    single files are accepted.
+    """
+
+    description = "Lazy, geometry-correct DICOM series (files, folders, DICOMDIR) via dicomxr"
+    url = "https://dicomxr.readthedocs.io"
+    open_dataset_parameters = (
+        "filename_or_obj",
+        "drop_variables",
+        "series",
+        "on_irregular",
+        "on_duplicate",
+        "dtype",
+        "include_patient",
+        "include",
+        "rescale",
+        "recursive",
+    )
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        """Whether ``filename_or_obj`` is a DICOM Part 10 file (``DICM`` at 128) or a DICOMDIR."""
+        try:
+            path = os.fspath(filename_or_obj)
+        except TypeError:
+            return False
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        return _looks_like_dicom(path)
+
+    def open_dataset(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        series: int | str | None = None,
+        on_irregular: str = "warn",
+        on_duplicate: str = "warn",
+        dtype: str = "auto",
+        include_patient: bool = False,
+        include: tuple[str, ...] = (),
+        rescale: bool = True,
+        recursive: bool = True,
+    ) -> xr.Dataset:
+        """Open one series as a Dataset with the variable ``image`` (no dask).
+
+        Parameters
+        ----------
+        filename_or_obj
+            File, folder or DICOMDIR.
+        drop_variables
+            Coordinates to leave out.
+        series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
+            As for :func:`dicomxr.open_series`.
+        """
+        from dicomxr.api import open_series
+
+        image = open_series(
+            _source(filename_or_obj),
+            series=series,
+            on_irregular=on_irregular,
+            on_duplicate=on_duplicate,
+            dtype=dtype,
+            include_patient=include_patient,
+            include=include,
+            rescale=rescale,
+            recursive=recursive,
+            chunks=None,
+        )
+        return _drop(image.to_dataset(promote_attrs=True), drop_variables)
+
+    def open_datatree(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        on_irregular: str = "warn",
+        on_duplicate: str = "warn",
+        dtype: str = "auto",
+        include_patient: bool = False,
+        include: tuple[str, ...] = (),
+        rescale: bool = True,
+        recursive: bool = True,
+    ) -> xr.DataTree:
+        """Open every series as a Patient / Study / Series DataTree (no dask).
+
+        Parameters
+        ----------
+        filename_or_obj
+            File, folder or DICOMDIR.
+        drop_variables
+            Coordinates to leave out of every series.
+        on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
+            As for :func:`dicomxr.open_study`.
+        """
+        from dicomxr.api import open_study
+
+        tree = open_study(
+            _source(filename_or_obj),
+            on_irregular=on_irregular,
+            on_duplicate=on_duplicate,
+            dtype=dtype,
+            include_patient=include_patient,
+            include=include,
+            rescale=rescale,
+            recursive=recursive,
+            chunks=None,
+        )
+        if drop_variables:
+            tree = tree.map_over_datasets(lambda ds: _drop(ds, drop_variables))
+        return tree
+
+    def open_groups_as_dict(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        on_irregular: str = "warn",
+        on_duplicate: str = "warn",
+        dtype: str = "auto",
+        include_patient: bool = False,
+        include: tuple[str, ...] = (),
+        rescale: bool = True,
+        recursive: bool = True,
+    ) -> dict[str, xr.Dataset]:
+        """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
+        tree = self.open_datatree(
+            filename_or_obj,
+            drop_variables=drop_variables,
+            on_irregular=on_irregular,
+            on_duplicate=on_duplicate,
+            dtype=dtype,
+            include_patient=include_patient,
+            include=include,
+            rescale=rescale,
+            recursive=recursive,
+        )
+        return {node.path: node.to_dataset() for node in tree.subtree}
 
 
 def _looks_like_dicom(path: str) -> bool:
@@ -37,169 +192,6 @@ def _looks_like_dicom(path: str) -> bool:
     return head[_DICM_OFFSET : _DICM_OFFSET + 4] == b"DICM"
 
 
-def _build_entrypoint() -> type:
-    from xarray.backends import BackendEntrypoint
-
-    class DicomBackendEntrypoint(BackendEntrypoint):
-        """Open DICOM series with xarray (``engine="dicom"``).
-
-        ``open_dataset`` returns a Dataset with one variable, ``image`` (see
-        :func:`dicomxr.open_series` for dims, coordinates and attrs); ``open_datatree`` the
-        Patient / Study / Series tree of :func:`dicomxr.open_study`. Folders, DICOMDIRs and
-        single files are accepted.
-        """
-
-        description = "Lazy, geometry-correct DICOM series (files, folders, DICOMDIR) via dicomxr"
-        url = "https://dicomxr.readthedocs.io"
-        open_dataset_parameters = (
-            "filename_or_obj",
-            "drop_variables",
-            "series",
-            "on_irregular",
-            "on_duplicate",
-            "dtype",
-            "include_patient",
-            "include",
-            "rescale",
-            "recursive",
-        )
-
-        def guess_can_open(self, filename_or_obj: Any) -> bool:
-            """Whether ``filename_or_obj`` is a DICOM Part 10 file (``DICM`` at 128) or a DICOMDIR."""
-            try:
-                path = os.fspath(filename_or_obj)
-            except TypeError:
-                return False
-            if isinstance(path, bytes):
-                path = os.fsdecode(path)
-            return _looks_like_dicom(path)
-
-        def open_dataset(  # type: ignore[override]
-            self,
-            filename_or_obj: Any,
-            *,
-            drop_variables: str | Iterable[str] | None = None,
-            series: int | str | None = None,
-            on_irregular: str = "warn",
-            on_duplicate: str = "warn",
-            dtype: str = "auto",
-            include_patient: bool = False,
-            include: tuple[str, ...] = (),
-            rescale: bool = True,
-            recursive: bool = True,
-        ):
-            """Open one series as a Dataset with the variable ``image``.
-
-            Parameters
-            ----------
-            filename_or_obj
-                File, folder or DICOMDIR.
-            drop_variables
-                Coordinates to leave out.
-            series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
-                As for :func:`dicomxr.open_series`.
-            """
-            from dicomxr.api import open_series
-
-            da = open_series(
-                _source(filename_or_obj),
-                series=series,
-                on_irregular=on_irregular,
-                on_duplicate=on_duplicate,
-                dtype=dtype,
-                include_patient=include_patient,
-                include=include,
-                rescale=rescale,
-                recursive=recursive,
-            )
-            ds = da.to_dataset(name="image", promote_attrs=True)
-            ds["image"].encoding = dict(da.encoding)
-            return _drop(ds, drop_variables)
-
-        def open_datatree(  # type: ignore[override]
-            self,
-            filename_or_obj: Any,
-            *,
-            drop_variables: str | Iterable[str] | None = None,
-            on_irregular: str = "warn",
-            on_duplicate: str = "warn",
-            dtype: str = "auto",
-            include_patient: bool = False,
-            include: tuple[str, ...] = (),
-            rescale: bool = True,
-            recursive: bool = True,
-        ):
-            """Open every series as a Patient / Study / Series DataTree.
-
-            Parameters
-            ----------
-            filename_or_obj
-                File, folder or DICOMDIR.
-            drop_variables
-                Coordinates to leave out of every series.
-            on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
-                As for :func:`dicomxr.open_study`.
-            """
-            from dicomxr.api import open_study
-
-            tree = open_study(
-                _source(filename_or_obj),
-                on_irregular=on_irregular,
-                on_duplicate=on_duplicate,
-                dtype=dtype,
-                include_patient=include_patient,
-                include=include,
-                rescale=rescale,
-                recursive=recursive,
-            )
-            if drop_variables:
-                tree = tree.map_over_datasets(lambda ds: _drop(ds, drop_variables))
-            return tree
-
-        def open_groups_as_dict(  # type: ignore[override]
-            self,
-            filename_or_obj: Any,
-            *,
-            drop_variables: str | Iterable[str] | None = None,
-            on_irregular: str = "warn",
-            on_duplicate: str = "warn",
-            dtype: str = "auto",
-            include_patient: bool = False,
-            include: tuple[str, ...] = (),
-            rescale: bool = True,
-            recursive: bool = True,
-        ):
-            """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
-            tree = self.open_datatree(
-                filename_or_obj,
-                drop_variables=drop_variables,
-                on_irregular=on_irregular,
-                on_duplicate=on_duplicate,
-                dtype=dtype,
-                include_patient=include_patient,
-                include=include,
-                rescale=rescale,
-                recursive=recursive,
-            )
-            return {node.path: node.to_dataset() for node in tree.subtree}
-
-    DicomBackendEntrypoint.__module__ = __name__
-    DicomBackendEntrypoint.__qualname__ = "DicomBackendEntrypoint"
-    return DicomBackendEntrypoint
-
-
-_ENTRYPOINT: type | None = None
-
-
-def __getattr__(name: str) -> Any:
-    global _ENTRYPOINT
-    if name == "DicomBackendEntrypoint":
-        if _ENTRYPOINT is None:
-            _ENTRYPOINT = _build_entrypoint()
-        return _ENTRYPOINT
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _source(filename_or_obj: Any) -> Any:
     try:
         return os.fspath(filename_or_obj)
@@ -207,7 +199,7 @@ def _source(filename_or_obj: Any) -> Any:
         return filename_or_obj
 
 
-def _drop(ds, drop_variables):
+def _drop(ds: xr.Dataset, drop_variables: str | Iterable[str] | None) -> xr.Dataset:
     if not drop_variables:
         return ds
     names = [drop_variables] if isinstance(drop_variables, str) else list(drop_variables)

@@ -1,8 +1,9 @@
 """The viewer's window onto a lazy DataArray: frames read on demand, kept in a small LRU.
 
-The loader gives one frame per dask chunk, so the cheapest thing to read is a whole frame
-(a ``(row, col)`` plane at one ``slice`` and one index of every extra dim). The viewer asks
-this module for *planes*:
+The loader reads a frame as a whole, so the cheapest thing to read is a whole frame (a
+``(row, col)`` plane at one ``slice`` and one index of every extra dim); frames are asked for
+as basic slices, which dask fuses into reads of just those frames whatever the chunks (one
+chunk per series by default). The viewer asks this module for *planes*:
 
 - the native plane (fixed ``slice``) is one frame: one read;
 - a plane that fixes ``row`` or ``col`` crosses every frame of the stack: it needs the whole
@@ -185,19 +186,23 @@ class Volume:
             # distributed client (importing distributed costs a second on first use) nor ships
             # frames to a cluster and back.
             data = self.da.data
-            if len(missing) == 1:
-                # one chunk: the synchronous scheduler saves the thread pool's start-up
-                # (tens of ms a step on a busy 2-core machine)
-                (block,) = dask.compute(
-                    data[(*extra_idx, missing[0])], scheduler=dask.local.get_sync
-                )
-                computed = [block]
-            else:
-                # one graph for the whole set: threads read the chunks in parallel
-                (block,) = dask.compute(
-                    data[(*extra_idx, np.asarray(missing))], scheduler=dask.threaded.get
-                )
-                computed = list(block)
+            missing = sorted(set(missing))
+            computed = []
+            # One compute per run of consecutive slices, each a basic slice: dask fuses it
+            # into one read of just those frames even when one chunk holds the whole series
+            # (open_series' default); a fancy index or several runs in one graph would read
+            # that chunk whole.
+            for lo, hi in _runs(missing):
+                if hi - lo == 1:
+                    # the synchronous scheduler saves the thread pool's start-up
+                    # (tens of ms a step on a busy 2-core machine)
+                    (block,) = dask.compute(data[(*extra_idx, lo)], scheduler=dask.local.get_sync)
+                    computed.append(block)
+                else:
+                    (block,) = dask.compute(
+                        data[(*extra_idx, slice(lo, hi))], scheduler=dask.threaded.get
+                    )
+                    computed.extend(block)
             self.reads += len(missing)
             logger.debug("read %d frame(s) at %s", len(missing), extra_idx)
             for s, frame in zip(missing, computed, strict=True):
@@ -250,3 +255,14 @@ def _is_dask(data: Any) -> bool:
     except ImportError:  # pragma: no cover - dask is a hard dependency
         return False
     return isinstance(data, dsa.Array)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Split sorted unique ``indices`` into ``(start, stop)`` runs of consecutive values."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
