@@ -32,7 +32,7 @@ Window(center=40.0, width=80.0, name='brain', function='LINEAR')
 >>> intensity.voi(np.array([-0.5, 39.5, 79.5]), 40, 80).tolist()
 [0.0, 0.5, 1.0]
 >>> intensity.apply_window(np.array([0, 40, 80]), 40, 80).tolist()
-[0, 128, 255]
+[0, 129, 255]
 """
 
 from __future__ import annotations
@@ -213,7 +213,8 @@ def voi(
     elif function == "LINEAR_EXACT":
         y = (values - center) / width + 0.5
     else:
-        return (ymax - ymin) / (1.0 + np.exp(-4.0 * (values - center) / width)) + ymin
+        # 1 / (1 + exp(-4 (x - c) / w)) written with tanh: the same, without exp's overflow
+        return (ymax - ymin) * 0.5 * (1.0 + np.tanh(2.0 * (values - center) / width)) + ymin
     y = y.clip(0.0, 1.0)  # the method: np.clip would load an xarray object
     return y if (ymin, ymax) == (0.0, 1.0) else y * (ymax - ymin) + ymin
 
@@ -517,6 +518,7 @@ def resolve_window(
     preset: str | Window | tuple[float, float] | None = None,
     *,
     at: Mapping[str, int] | None = None,
+    function: str | None = None,
 ) -> Window:
     """Turn a preset name (or nothing, or a pair) into the :class:`Window` of a series.
 
@@ -531,28 +533,40 @@ def resolve_window(
     at
         The frame whose file window is used when it varies by frame, and around which
         ``"auto"`` samples (default :func:`reference_index`).
+    function
+        VOI function instead of the window's own (named presets: LINEAR; the file's and
+        pairs: the file's ``VOILUTFunction``, else LINEAR).
 
     Raises
     ------
     ValueError
         For an unknown name (the message lists the known ones) or an invalid width.
     """
-    if isinstance(preset, Window):
-        return preset
     attrs = {**da.attrs, **frame_window_attrs(da, at)}
-    if isinstance(preset, (tuple, list)):
+    explicit = function is not None
+    function = str(function).upper() if explicit else voi_function(attrs)
+    if isinstance(preset, Window):
+        w = preset
+    elif isinstance(preset, (tuple, list)):
         center, width = preset
-        return Window(float(center), float(width), "custom", voi_function(attrs))
-    name = default_preset(attrs) if preset is None else str(preset)
-    if name == "auto":
-        return sampled_window(da, at=at)
-    presets = presets_for(attrs)
-    if name in presets:
-        return presets[name]
+        return Window(float(center), float(width), "custom", function)
+    else:
+        name = default_preset(attrs) if preset is None else str(preset)
+        presets = presets_for(attrs)
+        if name == "auto":
+            w = sampled_window(da, at=at)
+        elif name in presets:
+            w = presets[name]
+        else:
+            raise ValueError(_unknown_preset(name, presets))
+    return replace(w, function=function) if explicit and w.function != function else w
+
+
+def _unknown_preset(name: str, presets: Mapping[str, Window]) -> str:
     hint = ""
     if name in PRESETS:
         hint = f"; {name!r} is a CT preset, for series in Hounsfield units"
-    raise ValueError(f"unknown window preset {name!r}; choose one of {[*presets, 'auto']}{hint}")
+    return f"unknown window preset {name!r}; choose one of {[*presets, 'auto']}{hint}"
 
 
 def default_window(da: xr.DataArray, *, at: Mapping[str, int] | None = None) -> Window:
@@ -618,9 +632,7 @@ def window(
         preset_or_center = (float(preset_or_center), float(width))  # type: ignore[arg-type]
     elif isinstance(preset_or_center, (int, float)):
         raise ValueError(f"a centre needs a width: window(da, {preset_or_center}, width)")
-    w = resolve_window(da, preset_or_center)  # type: ignore[arg-type]
-    if function is not None:
-        w = replace(w, function=str(function).upper())
+    w = resolve_window(da, preset_or_center, function=function)  # type: ignore[arg-type]
     flip = is_inverted(da.attrs) if invert is None else bool(invert)
     record = {"window_name": w.name, "window_function": w.function, "window_inverted": int(flip)}
     per_frame = preset_or_center is None or (
