@@ -31,10 +31,11 @@ def test_import_is_light():
 
 
 def test_backend_module_is_light():
-    # xarray imports every installed engine when it guesses one: ours must be cheap to import
+    # xarray imports every installed engine when it guesses one: ours must add nothing heavy
+    # to the xarray (and its pandas) already imported by then
     code = (
-        "import sys, dicomxr.backend; "
-        f"print([m for m in {(*HEAVY, 'dask', 'pandas')!r} if m in sys.modules])"
+        "import sys, xarray, dicomxr.backend; "
+        f"print([m for m in {(*HEAVY, 'dask', 'pydicom', 'dicomxr.api')!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
