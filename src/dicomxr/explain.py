@@ -796,17 +796,17 @@ def compare_orders(
 
 
 def _display_range(attrs: dict[str, Any], values: np.ndarray) -> tuple[float, float]:
-    """Grey-level range: the file's first window preset if it has one, else percentiles."""
-    centre, width = attrs.get("WindowCenter"), attrs.get("WindowWidth")
-    try:
-        centre = float(np.ravel(centre)[0])
-        width = float(np.ravel(width)[0])
-    except (TypeError, ValueError, IndexError):
-        centre = width = None
-    if centre is not None and width is not None and width > 0:
-        return centre - width / 2, centre + width / 2
-    lo, hi = np.nanpercentile(values, [1, 99.5])
-    return float(lo), float(hi)
+    """Grey-level range: the series' default window (:mod:`dicomxr.intensity`), as vmin/vmax.
+
+    The file's window, else the modality's preset, else percentiles of ``values`` (the
+    planes shown).
+    """
+    from dicomxr import intensity
+
+    w = intensity.presets_for(attrs).get(intensity.default_preset(attrs))
+    if w is None:
+        w = intensity.auto_window([values], attrs.get("Modality"))
+    return w.ramp
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
