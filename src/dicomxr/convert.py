@@ -270,7 +270,7 @@ def render_name(template: str, fields: dict[str, Any]) -> str:
             if isinstance(value, (list, tuple)):
                 text = "_".join(str(v) for v in value)
         out.append(_sanitise(text).replace(".", "_") if text else "")
-    parts = [_sanitise(p, limit=120) or "na" for p in "".join(out).split("/") if p != ""]
+    parts = [_sanitise(p, limit=120) or "na" for p in "".join(out).split("/")]
     return "/".join(parts) or "na"
 
 
@@ -705,6 +705,13 @@ def _options(**kwargs: Any) -> ConvertOptions:
     _template_fields(template)
     spacing = kwargs["spacing"]
     if spacing is not None:
+        from dicomxr.accessor import DicomAccessor
+
+        if not hasattr(DicomAccessor, "resample"):
+            raise ConvertError(
+                "spacing= needs da.dicom.resample (dicomxr.resample), which this dicomxr "
+                "does not have yet; convert without spacing= and resample afterwards"
+            )
         spacing = (float(spacing),) if np.isscalar(spacing) else tuple(float(s) for s in spacing)
     window = kwargs["window"]
     if window is not None and not isinstance(window, bool):
@@ -754,8 +761,8 @@ def _write_manifest(dest: Path, report: ConvertReport, rows: list[dict[str, Any]
         frame[name] = [v if isinstance(v, list) else [] for v in frame[name]]
     for name in ("series_uid", "series_key", "modality", "format", "output", "sidecar",
                  "dtype", "orientation", "status", "reason", "warnings"):  # fmt: skip
-        frame[name] = frame[name].fillna("").astype(str)
-    frame["burned_in_annotation"] = frame["burned_in_annotation"].fillna(False).astype(bool)
+        frame[name] = [_text(v) for v in frame[name]]
+    frame["burned_in_annotation"] = [v is True for v in frame["burned_in_annotation"]]
     frame["series_number"] = frame["series_number"].astype("Int64")
     path = dest / MANIFEST
     fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=_TMP_MARK, dir=dest)
@@ -768,6 +775,10 @@ def _write_manifest(dest: Path, report: ConvertReport, rows: list[dict[str, Any]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
 def _consolidate(dest: Path) -> None:

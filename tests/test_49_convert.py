@@ -1,0 +1,594 @@
+"""dicomxr.convert and ``dicomxr convert``: a cohort to NIfTI + BIDS sidecars or one Zarr store.
+
+References are independent of the code under test: nibabel and xarray reopen what was
+written, pydicom reads the headers for RepetitionTime, and the de-identification check
+takes PS3.15 Table E.1-1 from another package (dicom-anonymizer's transcription of it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import xarray as xr
+
+import dicomxr
+import dicomxr.cli
+from dicomxr.api import list_series, open_series
+from dicomxr.convert import ConvertError, convert, render_name
+from dicomxr.phantom import phantom_volume, write_series
+
+nib = pytest.importorskip("nibabel")
+pd = pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+_SPATIAL = ("slice", "row", "col")
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def nifti_layout(da: xr.DataArray) -> np.ndarray:
+    """The array as to_nifti lays it out: (col, row, slice[, volumes flattened C order])."""
+    extra = [d for d in da.dims if d not in _SPATIAL]
+    values = np.asarray(da.transpose(*extra, *_SPATIAL).values)
+    if extra:
+        values = values.reshape((-1, *values.shape[len(extra) :]))
+        return np.transpose(values, (3, 2, 1, 0))
+    return np.transpose(values, (2, 1, 0))
+
+
+def assert_nifti_equals(path: Path, da: xr.DataArray) -> None:
+    img = nib.load(path)
+    got = np.asanyarray(img.dataobj)
+    want = nifti_layout(da)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-6)
+
+
+def manifest(dest: Path) -> pd.DataFrame:
+    return pd.read_parquet(dest / "manifest.parquet")
+
+
+def done_rows(dest: Path) -> pd.DataFrame:
+    m = manifest(dest)
+    return m[m.status == "done"]
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def cohort(tmp_path: Path) -> Path:
+    """Three small synthetic CT series of one patient (2 share a frame of reference)."""
+    src = tmp_path / "src"
+    for number in (1, 2, 3):
+        write_series(
+            src / f"s{number}",
+            phantom_volume((4, 8, 6), seed=number),
+            series_number=number,
+            series_description=f"phantom {number}",
+            study_uid="1.2.826.0.1.3680043.10.1187.1.77",
+        )
+    return src
+
+
+# --------------------------------------------------------------------------------------
+# NIfTI and Zarr outputs equal open_series
+
+
+def test_sample_to_nifti_equals_open_series(sample_dir: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    report = convert(sample_dir, dest, progress=False)
+    assert report.ok and len(report.done) == 1
+    row = done_rows(dest).iloc[0]
+    da = open_series(sample_dir)
+    assert_nifti_equals(dest / row.output, da)
+    assert list(row.dims) == list(da.dims) and list(row["shape"]) == list(da.shape)
+    sidecar = json.loads((dest / row.sidecar).read_text())
+    header = pydicom.dcmread(da.coords["path"].values.ravel()[0], stop_before_pixels=True)
+    assert sidecar["RepetitionTime"] == pytest.approx(float(header.RepetitionTime) / 1000)
+    assert sidecar["EchoTime"] == pytest.approx(float(header.EchoTime) / 1000)
+    assert sidecar["FlipAngle"] == pytest.approx(float(header.FlipAngle))
+    assert sidecar["MagneticFieldStrength"] == pytest.approx(float(header.MagneticFieldStrength))
+    assert sidecar["Manufacturer"] == header.Manufacturer
+    assert sidecar["SeriesDescription"] == header.SeriesDescription
+    assert len(sidecar["dicomxr"]["volumes"]) == da.sizes["time"] * da.sizes["label"]
+
+
+def test_sample_to_zarr_equals_open_series(sample_dir: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    report = convert(sample_dir, dest, format="zarr", progress=False)
+    assert report.ok
+    row = done_rows(dest).iloc[0]
+    store, _, group = row.output.partition("/")
+    assert store == "cohort.zarr"
+    ds = xr.open_zarr(dest / store, group=group)
+    da = open_series(sample_dir)
+    image = ds["image"]
+    assert image.dims == da.dims and image.dtype == da.dtype
+    assert image.data.chunksize[: len(da.dims) - 2] == (1,) * (len(da.dims) - 2)
+    np.testing.assert_array_equal(image.values, da.values)
+    np.testing.assert_allclose(image["slice"].values, da["slice"].values)
+    np.testing.assert_allclose(image.dicom.affine, da.dicom.affine)
+    assert image.attrs["SeriesInstanceUID"] == da.attrs["SeriesInstanceUID"]
+
+
+def test_fieldmap_splits_into_one_file_per_echo_and_part(data_root: Path, tmp_path: Path) -> None:
+    src = data_root / "dcm_qa_philips_enh" / "In" / "cl"
+    plans = [p for p in list_series(src) if p.attrs.get("SeriesNumber") == 2001]
+    dest = tmp_path / "out"
+    report = convert(plans, dest, progress=False, template="{SeriesNumber}")
+    assert report.ok
+    rows = done_rows(dest)
+    names = sorted(Path(o).name for o in rows.output)
+    assert names == ["2001_e1.nii.gz", "2001_e1_ph.nii.gz", "2001_e2.nii.gz", "2001_e2_ph.nii.gz"]
+    da = open_series(plans[0])
+    assert da.dims[:2] == ("echo", "component")
+    components = [str(c).upper() for c in da["component"].values]
+    header = pydicom.dcmread(plans[0].frames["path"].iloc[0], stop_before_pixels=True)
+    echo_times = []
+    for e in range(da.sizes["echo"]):
+        for c, part in enumerate(components):
+            stem = dest / f"2001_e{e + 1}{'_ph' if part == 'PHASE' else ''}"
+            assert_nifti_equals(stem.with_suffix(".nii.gz"), da.isel(echo=e, component=c))
+            sidecar = json.loads(stem.with_suffix(".json").read_text())
+            assert sidecar["RepetitionTime"] == pytest.approx(float(header.RepetitionTime) / 1e3)
+            echo_times.append(sidecar["EchoTime"])
+            assert (
+                sidecar["EchoTime"] == pytest.approx(float(da["EchoTime"].values.ravel()[0]) / 1e3)
+                or e
+            )
+    assert len(set(echo_times)) == 2 and max(echo_times) < 0.1  # seconds, one per echo
+
+
+def test_split_none_keeps_the_dims_together(data_root: Path, tmp_path: Path) -> None:
+    src = data_root / "dcm_qa_philips_enh" / "In" / "cl"
+    plans = [p for p in list_series(src) if p.attrs.get("SeriesNumber") == 2001]
+    report = convert(plans, tmp_path / "o", progress=False, split=None, template="x")
+    assert [Path(r["output"]).name for r in report.done] == ["x.nii.gz"]
+    assert report.done[0]["dims"][:2] == ["echo", "component"]
+
+
+def test_options_are_passed_through(sample_dir: Path, tmp_path: Path) -> None:
+    report = convert(
+        sample_dir, tmp_path / "o", progress=False, orientation="RAS", dtype="float64",
+        window=(600, 1200),
+    )  # fmt: skip
+    row = report.done[0]
+    assert row["orientation"] == "RAS" and row["dtype"] == "float64"
+    img = nib.load(tmp_path / "o" / row["output"])
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    data = np.asanyarray(img.dataobj)
+    assert data.min() >= 0 and data.max() <= 1
+    want = open_series(sample_dir).dicom.reorient("RAS").dicom.window(600, 1200)
+    assert_nifti_equals(tmp_path / "o" / row["output"], want)
+
+
+def test_spacing_is_passed_to_resample(sample_dir: Path, tmp_path: Path) -> None:
+    da = open_series(sample_dir)
+    if not hasattr(da.dicom, "resample"):
+        with pytest.raises(ConvertError, match="resample"):
+            convert(sample_dir, tmp_path / "o", progress=False, spacing=4.0)
+        return
+    report = convert(sample_dir, tmp_path / "o", progress=False, spacing=4.0)
+    assert report.ok
+    np.testing.assert_allclose(report.done[0]["spacing"], [4.0, 4.0, 4.0], atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------
+# names
+
+
+def test_names_are_sanitised() -> None:
+    fields = {"PatientID": "../../etc/passwd", "SeriesNumber": 7, "SeriesDescription": "T1 w/ gd.."}
+    name = render_name("{PatientID}/{SeriesNumber:03d}_{SeriesDescription}", fields)
+    assert name == "etc_passwd/007_T1_w_gd"
+    assert render_name("{PatientID}", {"PatientID": ".."}) == "na"
+    assert render_name("{Missing}/{SeriesNumber}", {"SeriesNumber": 2}) == "na/2"
+    for bad in ("../{PatientID}", "/abs/{PatientID}", "{PatientID.__class__}", "{0}"):
+        with pytest.raises(ConvertError):
+            render_name(bad, fields)
+
+
+def test_equal_names_are_made_unique(cohort: Path, tmp_path: Path) -> None:
+    report = convert(cohort, tmp_path / "o", progress=False, template="{PatientID}")
+    names = sorted(Path(r["output"]).name for r in report.done)
+    assert names == ["PHANTOM-0001.nii.gz", "PHANTOM-0001_2.nii.gz", "PHANTOM-0001_3.nii.gz"]
+
+
+# --------------------------------------------------------------------------------------
+# resume, atomic outputs, failures, permissions, destination
+
+
+def test_resume_after_an_interruption_does_only_what_is_missing(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "out"
+    real_save = nib.save
+    calls = {"n": 0}
+
+    def interrupted_save(img, filename):  # writes half a file, then Ctrl-C
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(filename).write_bytes(b"\x1f\x8b half a file")
+            raise KeyboardInterrupt
+        return real_save(img, filename)
+
+    monkeypatch.setattr(nib, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        convert(cohort, dest, progress=False)
+    monkeypatch.setattr(nib, "save", real_save)
+    finished = sorted(p.relative_to(dest) for p in dest.rglob("*.nii.gz"))
+    assert len(finished) == 1  # the second series left nothing under a final name
+    records = list((dest / ".dicomxr-convert" / "done").glob("*.json"))
+    assert len(records) == 1
+    first = dest / finished[0]
+    mtime = first.stat().st_mtime_ns
+
+    report = convert(cohort, dest, progress=False)
+    assert report.ok
+    assert len(report.skipped) == 1 and report.skipped[0]["reason"] == "already converted"
+    assert len(report.done) == 2
+    assert first.stat().st_mtime_ns == mtime
+    assert not [p for p in dest.rglob("*") if ".tmp" in p.name]
+    rows = done_rows(dest)
+    assert len(rows) == 3  # the manifest lists every output, old and new
+    for plan in list_series(cohort):
+        row = rows[rows.series_uid == plan.attrs["SeriesInstanceUID"]].iloc[0]
+        assert_nifti_equals(dest / row.output, open_series(plan))
+
+    again = convert(cohort, dest, progress=False)
+    assert not again.done and len(again.skipped) == 3
+
+
+def test_changed_input_is_converted_again(cohort: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    convert(cohort, dest, progress=False)
+    one = next((cohort / "s2").glob("*.dcm"))
+    os.utime(one, (one.stat().st_atime + 10, one.stat().st_mtime + 10))
+    report = convert(cohort, dest, progress=False)
+    assert len(report.done) == 1 and len(report.skipped) == 2
+
+
+def test_killed_subprocess_then_rerun(cohort: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    script = (
+        "import os, dicomxr, dicomxr.convert as c\n"
+        "real = c.convert_series\n"
+        "def once(task, dest, options, secret):\n"
+        "    rows = real(task, dest, options, secret)\n"
+        "    os._exit(9)  # killed right after the first series\n"
+        "c.convert_series = once\n"
+        f"dicomxr.convert({str(cohort)!r}, {str(dest)!r}, progress=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == 9
+    assert len(list(dest.rglob("*.nii.gz"))) == 1
+    assert not (dest / "manifest.parquet").exists()
+    report = convert(cohort, dest, progress=False)
+    assert len(report.skipped) == 1 and len(report.done) == 2
+
+
+def test_a_series_that_fails_to_decode_is_reported_and_the_rest_convert(
+    cohort: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "src" / "bad"
+    files = write_series(
+        bad, phantom_volume((3, 8, 6)), series_number=9, transfer_syntax="1.2.840.10008.1.2.5"
+    )
+    ds = pydicom.dcmread(files[1])
+    item = bytearray(pydicom.encaps.generate_fragments(ds.PixelData).__next__())
+    item[:4] = (15).to_bytes(4, "little")  # an RLE header claiming 15 segments: undecodable
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(item)])
+    ds.save_as(files[1])
+    dest = tmp_path / "out"
+    report = convert(tmp_path / "src", dest, progress=False)
+    assert not report.ok
+    assert len(report.failed) == 1 and "9" in report.failed[0]["series"]
+    assert len(report.done) == 3
+    m = manifest(dest)
+    assert (m.status == "failed").sum() == 1 and (m.status == "done").sum() == 3
+    assert "FAILED" in str(report)
+    assert dicomxr.cli.main([
+        "convert", str(tmp_path / "src"), str(tmp_path / "cli"), "--no-progress"
+    ]) == 1  # fmt: skip
+
+
+def test_files_get_the_users_permissions(cohort: Path, tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        convert(cohort, tmp_path / "o", progress=False)
+        convert(cohort, tmp_path / "z", progress=False, format="zarr")
+    finally:
+        os.umask(old)
+    for root in (tmp_path / "o", tmp_path / "z"):
+        for path in files_under(root):
+            if ".dicomxr-convert" in path.parts:
+                continue
+            assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+def test_nothing_is_written_outside_dest(cohort: Path, tmp_path: Path) -> None:
+    hostile = tmp_path / "src" / "hostile"
+    write_series(
+        hostile, phantom_volume((2, 4, 4)), series_number=5,
+        extra={"PatientID": "../../../escape", "SeriesDescription": "../../x"},
+    )  # fmt: skip
+    before = files_under(tmp_path)
+    dest = tmp_path / "box" / "out"
+    convert(tmp_path / "src", dest, progress=False)
+    convert(tmp_path / "src", dest, progress=False, format="zarr")
+    new = files_under(tmp_path) - before
+    assert new and all(p.is_relative_to(dest) for p in new)
+    with pytest.raises(ConvertError, match=r"\.\."):
+        convert(cohort, dest, progress=False, template="../{PatientID}")
+
+
+def test_unwritable_destination_is_a_clear_error(cohort: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConvertError, match="cannot write to the destination"):
+        convert(cohort, blocker / "out", progress=False)
+    assert dicomxr.cli.main(["convert", str(cohort), str(blocker / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot write to the destination") and "\n" not in err
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(ConvertError, match="cannot write"):
+            convert(cohort, locked / "out", progress=False)
+
+
+def test_set_apart_frames_are_listed(data_root: Path, tmp_path: Path) -> None:
+    src = data_root / "dcm_qa_ct" / "In" / "Philips" / "S21610"
+    report = convert(src, tmp_path / "o", progress=False)
+    reasons = " ".join(item["reason"] for item in report.set_apart)
+    assert "localizer" in reasons
+    m = manifest(tmp_path / "o")
+    assert (m.status == "set_apart").sum() == len(report.set_apart)
+
+
+def test_cli_convert(cohort: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "dicomxr", "convert", str(cohort), str(tmp_path / "o"),
+           "--no-progress", "--format", "zarr", "-f", "{SeriesNumber}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 output(s) written" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "o" / "cohort.zarr").iterdir() if p.is_dir()) == [
+        "1", "2", "3"
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "already converted" in proc.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert dicomxr.cli.main(["convert", str(empty), str(tmp_path / "e"), "--no-progress"]) == 1
+    assert dicomxr.cli.main(["convert", str(cohort), str(tmp_path / "x"), "--format",
+                             "nifti", "--orientation", "XYZ", "--no-progress"]) == 2  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# de-identification, checked against PS3.15 Table E.1-1 from another package
+
+
+def _basic_profile_tags() -> set[int]:
+    selector = pytest.importorskip("dicomanonymizer.dicomfields_selector")
+    db = selector.dicom_anonymization_database_selector("dicomfields_2026c")
+    return {(t[0] << 16) | t[1] for t in db["ALL_TAGS"] if len(t) == 2}
+
+
+_IDENTIFIERS = {
+    "PatientName": "Doe^Jane^Q",
+    "PatientID": "MRN-55501234",
+    "PatientBirthDate": "19610417",
+    "PatientSex": "F",
+    "PatientAge": "062Y",
+    "PatientWeight": "71.5",
+    "OtherPatientIDs": "ALT-99887766",
+    "AccessionNumber": "ACC20240102X",
+    "InstitutionName": "Saint Elsewhere Hospital",
+    "InstitutionAddress": "12 Hospital Road, Springfield",
+    "ReferringPhysicianName": "House^Gregory",
+    "OperatorsName": "Tech^Tina",
+    "PerformingPhysicianName": "Strange^Stephen",
+    "StationName": "CTSTATION07",
+    "DeviceSerialNumber": "SN-4455667788",
+    "StudyDescription": "HEAD WO CONTRAST Jane Doe",
+    "ProtocolName": "Doe research protocol",
+    "ImageComments": "patient moved, call Jane at 555-0199",
+    "StudyID": "STUDY-31337",
+    "StudyTime": "101112",
+    "ContentDate": "20240102",
+    "AcquisitionDate": "20240102",
+}
+
+
+@pytest.fixture
+def identified(tmp_path: Path) -> Path:
+    src = tmp_path / "idsrc"
+    for number, burned in ((11, "NO"), (12, "YES")):
+        files = write_series(
+            src / f"s{number}", phantom_volume((3, 6, 5), seed=number), series_number=number,
+            series_description=f"Jane Doe brain {number}", modality="MR", rescale=(1.0, 0.0),
+            study_uid="1.2.826.0.1.3680043.10.1187.1.4242",
+            extra={**_IDENTIFIERS, "BurnedInAnnotation": burned, "RepetitionTime": 2000.0},
+        )  # fmt: skip
+        for path in files:  # same frame of reference for both series; a private tag
+            ds = pydicom.dcmread(path)
+            ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.1187.3.4242"
+            block = ds.private_block(0x0029, "ACME 1.0", create=True)
+            block.add_new(0x10, "LO", "private note about Jane Doe")
+            ds.save_as(path)
+    return src
+
+
+def _output_strings(dest: Path) -> list[str]:
+    """Every text value written under dest (outside the state folder), and every name."""
+    out: list[str] = []
+
+    def leaves(value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                out.append(str(k))
+                leaves(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                leaves(v)
+        elif value is not None:
+            out.append(str(value))
+
+    for path in dest.rglob("*"):
+        rel = path.relative_to(dest)
+        if rel.parts[0] == ".dicomxr-convert":
+            continue
+        out.extend(rel.parts)
+        if path.suffix == ".json" and path.is_file():
+            leaves(json.loads(path.read_text()))
+        elif path.name.endswith(".nii.gz"):
+            header = nib.load(path).header
+            for field in ("descrip", "aux_file", "intent_name", "db_name"):
+                out.append(header[field].item().decode("latin-1", "replace").strip("\x00"))
+    m = manifest(dest)
+    for column in m.columns:
+        leaves(m[column].tolist())
+    store = dest / "cohort.zarr"
+    if store.exists():
+        for row in m[m.status == "done"].itertuples():
+            ds = xr.open_zarr(store, group=row.output.partition("/")[2])
+            leaves(dict(ds.attrs))
+            for name, var in ds.variables.items():
+                leaves(dict(var.attrs))
+                out.append(str(name))
+                if var.dtype.kind in "OUT" or str(var.dtype).startswith("String"):
+                    leaves(np.asarray(var.values).ravel().tolist())
+    return out
+
+
+def _leaks(source: Path, dest: Path) -> tuple[list[str], int]:
+    """Basic-profile values (and private values) of the inputs found in what dest holds."""
+    written = _output_strings(dest)
+    exact = set(written)
+    text = "\n".join(written)
+    tags = _basic_profile_tags()
+    leaks, checked = [], 0
+    for path in source.rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for element in ds.iterall():
+            if element.VR == "SQ" or (element.tag not in tags and not element.tag.is_private):
+                continue
+            values = element.value if element.VM > 1 else [element.value]
+            for value in (str(v).strip() for v in values):
+                if len(value) < 2:
+                    continue
+                checked += 1
+                if value in exact or (len(value) >= 6 and value in text):
+                    leaks.append(f"{element.keyword or element.tag}={value!r}")
+    return sorted(set(leaks)), checked
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "zarr"])
+def test_deidentified_outputs_hold_no_basic_profile_value(
+    identified: Path, tmp_path: Path, fmt: str
+) -> None:
+    dest = tmp_path / "deid"
+    report = convert(identified, dest, progress=False, deidentify=True, format=fmt)
+    assert report.ok and len(report.done) == 2
+    assert len(report.burned_in) == 1 and "12" in report.burned_in[0]
+    assert manifest(dest).burned_in_annotation.sum() == 1
+    leaks, checked = _leaks(identified, dest)
+    assert checked > 40
+    assert not leaks
+    if fmt == "zarr":  # UIDs replaced consistently: both series keep one frame of reference
+        groups = [o.partition("/")[2] for o in done_rows(dest).output]
+        stores = [xr.open_zarr(dest / "cohort.zarr", group=g) for g in groups]
+        frames = {ds.attrs["FrameOfReferenceUID"] for ds in stores}
+        assert len(frames) == 1 and "1187.3.4242" not in next(iter(frames))
+        assert all("path" not in ds.coords for ds in stores)
+        pixels = sorted(ds["image"].values.sum() for ds in stores)
+        want = sorted(open_series(identified, series=n).values.sum() for n in (11, 12))
+        np.testing.assert_allclose(pixels, want)
+
+
+def test_the_leak_check_finds_identifiers_when_not_deidentified(
+    identified: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "plain"
+    convert(identified, dest, progress=False, format="zarr")
+    leaks, _ = _leaks(identified, dest)
+    found = " ".join(leaks)
+    for keyword in ("PatientID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDescription"):
+        assert keyword in found
+
+
+def test_deidentified_uids_are_stable_across_resumed_runs(identified: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "deid"
+    first = convert(identified / "s11", dest, progress=False, deidentify=True, format="zarr")
+    second = convert(identified, dest, progress=False, deidentify=True, format="zarr")
+    assert len(second.skipped) == 1 and len(second.done) == 1
+    m = done_rows(dest)
+    attrs = [xr.open_zarr(dest / "cohort.zarr", group=o.partition("/")[2]).attrs for o in m.output]
+    assert attrs[0]["StudyInstanceUID"] == attrs[1]["StudyInstanceUID"]
+    assert first.done[0]["series_uid"] in set(m.series_uid)
+    # names carry no identifier: the patient folder is dicognito's replacement ID
+    assert all("MRN" not in o and "Doe" not in o for o in m.output)
+    assert stat.S_IMODE((dest / ".dicomxr-convert" / "secret").stat().st_mode) == 0o600
+
+
+def test_date_shift_moves_dates_back(identified: Path, tmp_path: Path) -> None:
+    report = convert(
+        identified / "s11", tmp_path / "d", progress=False, deidentify=True, date_shift=10,
+        format="zarr",
+    )  # fmt: skip
+    ds = xr.open_zarr(
+        tmp_path / "d" / "cohort.zarr", group=report.done[0]["output"].partition("/")[2]
+    )
+    assert ds.attrs["StudyDate"] == "20231223"
+
+
+def test_dicognito_header_pass_covers_the_basic_profile(identified: Path) -> None:
+    from dicomxr.export.deid import Deidentifier
+
+    tags = _basic_profile_tags()
+    path = next(identified.rglob("*.dcm"))
+    original = pydicom.dcmread(path, stop_before_pixels=True)
+    ds = Deidentifier("k").dataset(pydicom.dcmread(path, stop_before_pixels=True))
+    for element in original:
+        if element.tag in tags and element.value not in (None, ""):
+            kept = ds.get(element.tag)
+            assert kept is None or kept.value != element.value, element.keyword
+        if element.tag.is_private:
+            assert element.tag not in ds
+
+
+# --------------------------------------------------------------------------------------
+# every corpus
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["nifti", "zarr"])
+def test_cli_converts_every_corpus(data_root: Path, tmp_path: Path, fmt: str) -> None:
+    dest = tmp_path / fmt
+    code = dicomxr.cli.main(
+        ["convert", str(data_root), str(dest), "--format", fmt, "--no-progress"]
+    )
+    assert code == 0
+    m = manifest(dest)
+    done = m[m.status == "done"]
+    assert len(done) >= 25 and not (m.status == "failed").any()
+    if fmt == "nifti":
+        for row in done.itertuples():
+            assert (dest / row.output).exists() and (dest / row.sidecar).exists()
+            assert nib.load(dest / row.output).shape
+    else:
+        for row in done.itertuples():
+            image = xr.open_zarr(dest / "cohort.zarr", group=row.output.partition("/")[2])["image"]
+            assert list(image.shape) == list(row.shape)
