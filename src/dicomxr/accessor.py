@@ -176,6 +176,55 @@ class DicomAccessor:
 
         return reorient(self._obj, code)
 
+    def resample(
+        self,
+        *,
+        spacing: float | tuple[float, float, float] | None = None,
+        shape: tuple[int, int, int] | None = None,
+        order: int = 1,
+        fill: float | None = None,
+        dtype: Any = None,
+        grid: str = "input",
+    ) -> xr.DataArray:
+        """Resample to a voxel size (mm) or a number of voxels, lazily, on the full affine.
+
+        See :func:`dicomxr.resample.resample`: a tilted stack comes out de-tilted, extra
+        dims are resampled volume by volume, the result is a dask array in slabs.
+
+        Examples
+        --------
+        >>> import dicomxr
+        >>> da = dicomxr.open_series(dicomxr.data.sample_path())
+        >>> [round(s, 6) for s in da.dicom.resample(spacing=2.0).dicom.spacing]
+        [2.0, 2.0, 2.0]
+        """
+        from dicomxr.resample import resample
+
+        return resample(
+            self._obj, spacing=spacing, shape=shape, order=order, fill=fill, dtype=dtype,
+            grid=grid,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def resample_like(
+        self,
+        other: xr.DataArray | xr.Dataset,
+        *,
+        order: int = 1,
+        fill: float | None = None,
+        dtype: Any = None,
+        check_frame_of_reference: bool = True,
+    ) -> xr.DataArray:
+        """Resample onto the grid of ``other`` (PET on CT, a label on its image), lazily.
+
+        See :func:`dicomxr.resample.resample_like`; use ``order=0`` for labels.
+        """
+        from dicomxr.resample import resample_like
+
+        return resample_like(
+            self._obj, other, order=order, fill=fill, dtype=dtype,
+            check_frame_of_reference=check_frame_of_reference,
+        )  # fmt: skip
+
     # -- data -------------------------------------------------------------------------
     def load(self) -> xr.DataArray:
         """Return the image with its pixels read into memory: :meth:`xarray.DataArray.compute`.

@@ -28,7 +28,7 @@ import xarray as xr
 
 from dicomxr.attrs import image_of
 from dicomxr.errors import GeometryError
-from dicomxr.spatial import SPATIAL_DIMS, affine_of, on_grid
+from dicomxr.spatial import POSITION_COORDS, SPATIAL_DIMS, affine_of, on_grid
 
 __all__ = ["output_grid", "resample", "resample_like", "resample_to"]
 
@@ -220,7 +220,7 @@ def output_grid(
     >>> da = dicomxr.open_series(dicomxr.data.sample_path())
     >>> affine, shape = output_grid(da, spacing=2.0)
     >>> shape
-    (79, 120, 120)
+    (78, 119, 119)
     """
     if (spacing is None) == (shape is None):
         raise ValueError("give exactly one of spacing= (mm) or shape= (voxels)")
@@ -383,6 +383,19 @@ def _source_array(source: xr.DataArray) -> Any:
     return source.chunk({d: -1 for d in source.dims}).data
 
 
+def _read_box(data: Any, key: tuple[slice, ...]) -> Any:
+    """Return the box ``data[key]`` as one chunk whose graph reads only the box.
+
+    Optimising the slice on its own fuses it into the read of a lazily opened series (the
+    slice reaches the backend), before the slabs share the source in one graph, where a
+    chunk with several dependents would be read whole.
+    """
+    import dask
+
+    (piece,) = dask.optimize(data[key].rechunk(-1))
+    return piece
+
+
 def _lazy_resample(
     source: xr.DataArray,
     index_map: np.ndarray,
@@ -432,7 +445,7 @@ def _lazy_resample(
                 dsk[key] = (_resample_slab, None, slab)
                 continue
             window = tuple(slice(int(a), int(b)) for a, b in zip(*box, strict=True))
-            piece = data[tuple(slice(i, i + 1) for i in e) + window].rechunk(-1)
+            piece = _read_box(data, tuple(slice(i, i + 1) for i in e) + window)
             pieces.append(piece)
             dsk[key] = (_resample_slab, (piece.name, *(0,) * piece.ndim), slab)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=pieces)
@@ -559,7 +572,7 @@ def resample(
     >>> da = dicomxr.open_series(dicomxr.data.sample_path())
     >>> iso = resample(da, spacing=2.0)
     >>> iso.sizes["row"], [round(s, 3) for s in iso.dicom.spacing]
-    (120, [2.0, 2.0, 2.0])
+    (119, [2.0, 2.0, 2.0])
     """
     affine, out_shape = output_grid(da, spacing=spacing, shape=shape, grid=grid)
     what = f"spacing={spacing!r}" if spacing is not None else f"shape={shape!r}"
@@ -639,7 +652,7 @@ def resample_like(
                 "place. Register them first, or pass check_frame_of_reference=False if you "
                 "know the coordinates agree."
             )
-    return resample_to(
+    out = resample_to(
         da,
         other_affine,
         other_shape,  # type: ignore[arg-type]
@@ -648,3 +661,21 @@ def resample_like(
         dtype=dtype,
         history=f"resample_like(order={order}) onto {other_shape} voxels",
     )
+    return _with_grid_of(out, other_img, other_affine)
+
+
+def _with_grid_of(out: xr.DataArray, other: xr.DataArray, affine: np.ndarray) -> xr.DataArray:
+    """Give ``out`` the very spatial coordinates of ``other`` (same grid), so they align.
+
+    A crop of ``other`` measures ``row``/``col`` from its series' first pixel; the new grid
+    would measure them from 0. Taking ``other``'s coordinates and reference affine keeps
+    ``xr.align(out, other, join="exact")`` true, and the affine is checked to be unchanged.
+    """
+    names = [n for n in (*SPATIAL_DIMS, *POSITION_COORDS) if n in other.coords]
+    candidate = out.assign_coords({n: other.coords[n].variable for n in names})
+    candidate.attrs = {**out.attrs, "affine": other.attrs["affine"]}
+    try:
+        same = np.allclose(affine_of(candidate), affine, rtol=0, atol=1e-6)
+    except GeometryError:
+        same = False
+    return candidate if same else out
