@@ -55,6 +55,8 @@ _LAZY: dict[str, str] = {
     "get_options": "dicomxr.options:get_options",
     "data": "dicomxr.data",
     "explain": "dicomxr.explain",
+    # the package itself (cheap: its names load on use), so dicomxr.viewer.montage(...) works
+    "viewer": "dicomxr.viewer",
 }
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "scan",
     "set_options",
     "view",
+    "viewer",
 ]
 
 
