@@ -71,7 +71,9 @@ def _same_default_everywhere(da: xr.DataArray, expected: Window) -> None:
     windowed = da.dicom.window().isel(ref).values
     frame = da.isel(ref).values.astype(np.float64)
     np.testing.assert_allclose(
-        windowed, intensity.voi(frame, expected.center, expected.width), atol=1e-6
+        windowed,
+        intensity.voi(frame, expected.center, expected.width, expected.function),
+        atol=1e-6,
     )
     assert windowed.dtype == np.float32
     # the viewer opens on the reference frame with that window
@@ -366,3 +368,27 @@ def test_intensity_imports_no_higher_layer():
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
     assert not {m for m in imported if m.startswith("dicomxr")}
+
+
+def test_the_loader_reads_explanations_and_the_voi_function(tmp_path):
+    from dicomxr.phantom import phantom_volume, write_series
+
+    write_series(
+        tmp_path / "ct",
+        phantom_volume((6, 40, 40)),
+        extra={
+            "WindowCenter": [40, 400],
+            "WindowWidth": [400, 1800],
+            "WindowCenterWidthExplanation": ["SOFT", "BONE"],
+            "VOILUTFunction": "SIGMOID",
+        },
+    )
+    da = dicomxr.open_series(tmp_path / "ct")
+    assert da.attrs["VOILUTFunction"] == "SIGMOID"
+    expected = Window(40.0, 400.0, "file: SOFT", "SIGMOID")
+    _same_default_everywhere(da, expected)
+    assert list(intensity.presets_for(da.attrs))[:2] == ["file: SOFT", "file: BONE"]
+    v = dicomxr.view(da, preset="file: BONE")
+    assert (v.level, v.window) == (400.0, 1800.0)
+    bone = da.dicom.window("file: BONE")
+    assert (bone.attrs["window_function"], bone.attrs["window_center"]) == ("SIGMOID", 400.0)

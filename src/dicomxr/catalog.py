@@ -83,6 +83,8 @@ _SCHEMA: dict[str, str] = {
     "RescaleType": "str",
     "WindowCenter": "object",
     "WindowWidth": "object",
+    "WindowCenterWidthExplanation": "str",
+    "VOILUTFunction": "str",
     "AcquisitionDate": "str",
     "AcquisitionTime": "str",
     "ContentTime": "str",
@@ -164,6 +166,8 @@ _TAGS: dict[int, tuple[str, str]] = {
     0x00281052: ("RescaleIntercept", "float"),
     0x00281053: ("RescaleSlope", "float"),
     0x00281054: ("RescaleType", "str"),
+    0x00281055: ("WindowCenterWidthExplanation", "str"),
+    0x00281056: ("VOILUTFunction", "str"),
 }
 
 # Vendor private tags: (group, private creator, element offset within the block) -> name.
@@ -648,6 +652,8 @@ _TAG_VR: dict[int, str] = {
     0x00281052: "DS",
     0x00281053: "DS",
     0x00281054: "LO",
+    0x00281055: "LO",
+    0x00281056: "CS",
 }
 _BINARY_FMT = {
     "US": "H",

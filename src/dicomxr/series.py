@@ -136,6 +136,8 @@ _ATTR_COLUMNS = (
     "RescaleType",
     "WindowCenter",
     "WindowWidth",
+    "WindowCenterWidthExplanation",
+    "VOILUTFunction",
     "EchoTime",
     "EchoNumbers",
     "TriggerTime",
