@@ -121,8 +121,9 @@ def _plane_png(page, selector: str) -> np.ndarray:
 def _expected(path: str, level: float, width: float, size: tuple[int, int]) -> np.ndarray:
     ds = pydicom.dcmread(path)
     values = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    lo = level - width / 2
-    grey = np.clip(np.floor((values - lo) * (255 / width) + 0.5), 0, 255).astype(np.uint8)
+    # the DICOM LINEAR window (PS3.3 C.11.2.1.2.1) to grey levels, rounded half up
+    y = np.clip((values - (level - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    grey = np.floor(y * 255 + 0.5).astype(np.uint8)
     return np.asarray(Image.fromarray(grey).resize(size, Image.BILINEAR), float)
 
 

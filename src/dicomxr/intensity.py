@@ -197,7 +197,7 @@ def voi(
 
     Returns
     -------
-    Same kind as ``values``, float64; NaN stays NaN.
+    Same kind as ``values``, floating point (float64 for integer input); NaN stays NaN.
     """
     function = str(function).upper()
     for w in np.atleast_1d(np.asarray(width, dtype=np.float64)).ravel():
