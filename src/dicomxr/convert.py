@@ -75,6 +75,7 @@ __all__ = [
     "convert",
     "convert_series",
     "render_name",
+    "split_pieces",
 ]
 
 logger = logging.getLogger(__name__)
