@@ -435,7 +435,7 @@ def _plan_tasks(
                 fields=fields,
                 name=name,
                 fingerprint=_series_fingerprint(plan, options, name),
-                record=_record_name(plan.key, secret),
+                record=_record_name(f"{options.format}:{plan.key}", secret),
                 burned_in=burned,
             )
         )
