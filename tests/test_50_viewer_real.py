@@ -61,13 +61,25 @@ def test_ct_opens_on_one_frame_and_steps_read_one_frame_each(ct, reads):
     assert v.planes["slice"].name == "axial"
     assert v.position["slice"] == 70
     for s in (71, 72, 73):
-        v._sliders["slice"].value = s + 1  # the slider counts from 1
+        v._sliders["slice"].value = s  # the slider counts from 0, like the index
     assert len(reads) == 4
     shown_files = {Path(p).name for p, _ in reads}
     expected = {Path(str(ct["path"].values[s])).name for s in (70, 71, 72, 73)}
     assert shown_files == expected
-    v._sliders["slice"].value = 72  # slice 71, seen: served from the frame cache
+    v._sliders["slice"].value = 71  # seen: served from the frame cache
     assert len(reads) == 4
+
+
+def test_engine_dataset_without_dask_steps_read_one_frame_each(philips_ct, reads):
+    import xarray as xr
+
+    image = xr.open_dataset(philips_ct, engine="dicom")["image"]
+    assert image.chunks is None
+    v = dicomxr.view(image)
+    assert len(reads) == 1
+    v._sliders["slice"].value = 12
+    assert len(reads) == 2
+    assert reads[-1][0] == str(image["path"].values[v.position["slice"]])
 
 
 def test_ct_displayed_equals_pydicom_slice_under_file_and_ct_presets(ct):

@@ -1,8 +1,13 @@
 """Open DICOM series as xarray objects: :func:`open_series` and :func:`open_study`.
 
 This is the layer users meet. It chains the lower layers (catalog scan -> frames -> series
-plan -> lazy dask array) and dresses the result as an :class:`xarray.DataArray` named
-``image``, following the contract in ``docs/dev/architecture.md``:
+plan -> the lazy backend array) and dresses the result as an :class:`xarray.DataArray` named
+``image``, following the contract in ``docs/dev/architecture.md``. One function,
+``_plan_to_dataset``, builds every series' Dataset - for :func:`open_series`,
+:func:`open_study` and the ``"dicom"`` engine alike: ``image`` wraps
+:class:`dicomxr._array.DicomBackendArray` in xarray's lazy indexing, and ``chunks`` makes it
+dask through xarray's own chunking (one chunk per series by default, so a full load is one
+threaded read into one array and a selection reads only its frames):
 
 - dims: the plan's frame-grid dims (ending with ``slice``) + ``("row", "col")``
   (+ ``"channel"`` for colour); ``row`` runs along ImageOrientationPatient[3:],
@@ -14,7 +19,7 @@ plan -> lazy dask array) and dresses the result as an :class:`xarray.DataArray` 
   matrix in row-major order (``np.reshape(attrs["affine"], (4, 4))``, or
   ``da.dicom.affine``); the geometry report is JSON text (``da.dicom.report``); other dicts
   (``dim_sources``) are JSON text too. No patient identifiers unless ``include_patient=True``;
-- ``encoding["preferred_chunks"]`` advertises one frame per chunk.
+- ``encoding["preferred_chunks"]`` advertises one frame per chunk (MOSAIC: tile runs).
 
 Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`).
 """

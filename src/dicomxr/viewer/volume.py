@@ -124,6 +124,10 @@ class Volume:
         tail = (*SPATIAL, "channel") if self.rgb else SPATIAL
         extra = tuple(str(d) for d in da.dims if d not in tail)
         da = da.transpose(*extra, *tail)
+        if da.chunks is None and not getattr(da.variable, "_in_memory", True):
+            # xarray's lazy indexing without dask (xr.open_dataset(..., engine="dicom")):
+            # ``.data`` would load the whole array; as one dask chunk a frame is one fused read
+            da = da.chunk()
         self.da = da
         self.extra: tuple[str, ...] = extra
         self.sizes: dict[str, int] = {str(d): int(n) for d, n in da.sizes.items()}
