@@ -374,6 +374,29 @@ def test_unwritable_destination_is_a_clear_error(cohort: Path, tmp_path: Path, c
             convert(cohort, locked / "out", progress=False)
 
 
+def test_series_tasks_run_in_other_processes(cohort: Path, tmp_path: Path) -> None:
+    """convert_series is the unit a distributed scheduler maps: picklable in and out."""
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dicomxr.convert import ConvertOptions, convert_series
+
+    tasks = []
+    convert(cohort, tmp_path / "a", progress=False, on_series=lambda t, rows: tasks.append(t))
+    assert len(tasks) == 3
+    tasks = pickle.loads(pickle.dumps(tasks))
+    dest = tmp_path / "b"
+    (dest / ".dicomxr-convert" / "done").mkdir(parents=True)
+    options = ConvertOptions(split=("echo", "component"))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        results = list(pool.map(convert_series, tasks, [dest] * 3, [options] * 3, [""] * 3))
+    assert [len(r) for r in results] == [1, 1, 1]
+    for task, rows in zip(tasks, results, strict=True):
+        assert_nifti_equals(dest / rows[0]["output"], open_series(task.plan))
+
+
 def test_set_apart_frames_are_listed(data_root: Path, tmp_path: Path) -> None:
     src = data_root / "dcm_qa_ct" / "In" / "Philips" / "S21610"
     report = convert(src, tmp_path / "o", progress=False)

@@ -61,10 +61,9 @@ def register(subparsers: Any) -> None:
     cmd.add_argument("--orientation", help="reorient every image, e.g. RAS or LPS")
     cmd.add_argument(
         "--spacing",
-        type=float,
-        nargs="+",
-        metavar="MM",
-        help="resample to this voxel spacing in mm (one value, or slice row col)",
+        type=_spacing,
+        metavar="MM[,MM,MM]",
+        help="resample to this voxel spacing in mm (one value, or slice,row,col)",
     )
     cmd.add_argument("--dtype", help="cast images to this dtype, e.g. float32")
     cmd.add_argument(
@@ -76,6 +75,13 @@ def register(subparsers: Any) -> None:
     cmd.add_argument("--no-resume", action="store_true", help="convert everything again")
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmd.set_defaults(func=_convert)
+
+
+def _spacing(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give mm as 1.5 or 3,1,1") from None
 
 
 def _convert(args: argparse.Namespace) -> int:
