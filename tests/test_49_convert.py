@@ -176,6 +176,24 @@ def test_slice_timing_from_per_slice_acquisition_times(tmp_path: Path) -> None:
     assert report.ok
 
 
+def test_mosaic_sidecar_agrees_with_dcm2niix(data_root: Path, tmp_path: Path) -> None:
+    """SliceTiming and PhaseEncodingDirection of a Siemens MOSAIC against dcm2niix's JSON."""
+    src = data_root / "dcm_qa_ts" / "In" / "1.dcm"
+    ref = json.loads((data_root / "dcm_qa_ts" / "Ref" / "1.json").read_text())
+    report = convert(src, tmp_path / "o", progress=False, template="m", deidentify=True)
+    sidecar = json.loads((tmp_path / "o" / "m.json").read_text())
+    mine = nib.load(tmp_path / "o" / report.done[0]["output"]).affine
+    theirs = nib.load(data_root / "dcm_qa_ts" / "Ref" / "1.nii").affine
+    np.testing.assert_allclose(mine[:3, 2], theirs[:3, 2], atol=1e-3)  # same slice order
+    assert sidecar["SliceTiming"] == pytest.approx(ref["SliceTiming"], abs=1e-4)
+    np.testing.assert_allclose(mine[:3, 1], -theirs[:3, 1], atol=1e-3)  # dcm2niix flips j
+    flipped = {"j": "j-", "j-": "j", "i": "i", "i-": "i-"}
+    assert sidecar["PhaseEncodingDirection"] == flipped[ref["PhaseEncodingDirection"]]
+    assert sidecar["RepetitionTime"] == pytest.approx(ref["RepetitionTime"])
+    assert sidecar["EchoTime"] == pytest.approx(ref["EchoTime"])
+    assert sidecar["FlipAngle"] == pytest.approx(ref["FlipAngle"])
+
+
 def test_split_none_keeps_the_dims_together(data_root: Path, tmp_path: Path) -> None:
     src = data_root / "dcm_qa_philips_enh" / "In" / "cl"
     plans = [p for p in list_series(src) if p.attrs.get("SeriesNumber") == 2001]

@@ -376,15 +376,17 @@ def _record_name(key: str, secret: str) -> str:
 
 
 def _header_fields(plan: SeriesPlan, deid: Any) -> tuple[dict[str, Any], bool]:
-    from dicomxr.export.bids import header_fields, read_header
+    from dicomxr.export.bids import header_fields, read_header, siemens_csa_fields
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a malformed character set: pydicom copes, says so
         ds = read_header(plan.frames["path"].iloc[0])
     burned = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
+    csa = siemens_csa_fields(ds)  # private: read before de-identification removes it
     if deid is not None:
         deid.dataset(ds)
     fields = header_fields(ds)
+    fields.update(csa)
     fields.setdefault("SeriesNumber", plan.attrs.get("SeriesNumber"))
     return fields, burned
 

@@ -11,13 +11,14 @@ DICOM times in ms become seconds.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["bids_sidecar", "header_fields", "read_header"]
+__all__ = ["bids_sidecar", "header_fields", "read_header", "siemens_csa_fields", "slice_timing"]
 
 # BIDS name -> DICOM keywords tried in order, and the factor to BIDS units
 _FIELDS: dict[str, tuple[tuple[str, ...], float | None]] = {
@@ -130,6 +131,34 @@ def header_fields(ds: Any) -> dict[str, Any]:
     return out
 
 
+def siemens_csa_fields(ds: Any) -> dict[str, Any]:
+    """Return what a Siemens CSA image header adds to the sidecar (read by nibabel).
+
+    ``CsaPhaseEncodingDirectionPositive`` (1: phase encoded along the + direction of its
+    axis) and ``CsaMosaicRefAcqTimes`` (ms after the volume start, one per MOSAIC tile).
+    The CSA header is private: read it before de-identification removes it.
+    """
+    if "SIEMENS" not in str(ds.get("Manufacturer", "")).upper():
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nibabel.nicom says it is experimental
+            from nibabel.nicom import csareader
+
+            csa = csareader.get_csa_header(ds, "image")
+    except Exception:  # a CSA header nibabel cannot parse: those fields are left out
+        return {}
+    tags = (csa or {}).get("tags", {})
+    out: dict[str, Any] = {}
+    positive = tags.get("PhaseEncodingDirectionPositive", {}).get("items")
+    if positive:
+        out["CsaPhaseEncodingDirectionPositive"] = int(positive[0])
+    times = tags.get("MosaicRefAcqTimes", {}).get("items")
+    if times:
+        out["CsaMosaicRefAcqTimes"] = [float(t) for t in times]
+    return out
+
+
 def _tm_seconds(value: Any) -> float | None:
     """Seconds since midnight of a DICOM TM (``HHMMSS.frac``) or DT value."""
     text = str(value).strip()
@@ -170,6 +199,17 @@ def slice_timing(da: xr.DataArray, repetition_time: float | None) -> list[float]
     return None
 
 
+def _mosaic_slice_timing(fields: Mapping[str, Any], da: xr.DataArray) -> list[float] | None:
+    """Slice timing of a Siemens MOSAIC: each slice's tile in MosaicRefAcqTimes (ms)."""
+    times = fields.get("CsaMosaicRefAcqTimes")
+    if not times or "tile" not in da.coords or da.coords["tile"].dims != ("slice",):
+        return None
+    tiles = np.asarray(da.coords["tile"].values, dtype=np.int64)
+    if tiles.min() < 0 or tiles.max() >= len(times):
+        return None
+    return [round(float(times[t]) / 1000.0, 6) for t in tiles]
+
+
 def _phase_encoding_axis(fields: Mapping[str, Any], in_plane_kept: bool) -> str | None:
     """BIDS PhaseEncodingAxis (``i``/``j``) from InPlanePhaseEncodingDirection.
 
@@ -181,6 +221,18 @@ def _phase_encoding_axis(fields: Mapping[str, Any], in_plane_kept: bool) -> str 
     if direction not in ("ROW", "COL") or not in_plane_kept:
         return None
     return "i" if direction == "ROW" else "j"
+
+
+def _phase_encoding_direction(fields: Mapping[str, Any], axis: str | None) -> str | None:
+    """BIDS PhaseEncodingDirection (``i``, ``i-``, ``j``, ``j-``) where the polarity is known.
+
+    dicomxr keeps DICOM's row order in NIfTI's ``j`` (dcm2niix flips it, so its polarity
+    along ``j`` is the opposite of ours for the same data).
+    """
+    positive = fields.get("CsaPhaseEncodingDirectionPositive")
+    if axis is None or positive not in (0, 1):
+        return None
+    return axis if positive == 1 else axis + "-"
 
 
 def bids_sidecar(
@@ -224,11 +276,16 @@ def bids_sidecar(
             out.pop("EchoTime", None)
             out["EchoTimes"] = [round(e * 1e-3, 9) for e in echo]
     timing = slice_timing(da, out.get("RepetitionTime"))
+    if timing is None:
+        timing = _mosaic_slice_timing(fields, da)
     if timing is not None:
         out["SliceTiming"] = timing
     axis = _phase_encoding_axis(fields, in_plane_kept)
     if axis is not None:
         out["PhaseEncodingAxis"] = axis
+        direction = _phase_encoding_direction(fields, axis)
+        if direction is not None:
+            out["PhaseEncodingDirection"] = direction
     if "SeriesInstanceUID" in da.attrs:
         out["SeriesInstanceUID"] = da.attrs["SeriesInstanceUID"]
     out["ConversionSoftware"] = "dicomxr"
