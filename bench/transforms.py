@@ -1,0 +1,279 @@
+"""Transforms benchmark: resampling to 1 mm isotropic (linear) against SimpleITK and MONAI.
+
+Run from the project root (warm page cache, each variant in its own subprocess, one run)::
+
+    python bench/transforms.py                 # the Philips 140 x 512^2 CT and the 4D pCASL sample
+    python bench/transforms.py --only ct
+
+MONAI needs torch: ``pip install torch==2.13.0`` (a CPU wheel) first, then ``pip install monai``
+(or ``pip install -e ".[bench]"`` after torch). Without them the MONAI lines say so.
+
+Printed per series, each variant timing open + read + resample together:
+
+* ``dicomxr``: ``open_series(...).dicom.resample(spacing=1.0).values`` (lazy slabs, dask threads)
+* ``dicomxr store``: the same graph streamed into one preallocated array with
+  :func:`dask.array.store`: each slab is dropped once copied, so the output is held once
+* ``SimpleITK``: ``ImageSeriesReader`` + ``sitk.Resample`` (linear) onto the very grid dicomxr
+  makes (4D: volume by volume, each volume's files read by ImageSeriesReader)
+* ``MONAI``: ``LoadImaged`` (``PydicomReader``) + ``EnsureChannelFirstd`` +
+  ``Spacingd(pixdim=1.0, mode="bilinear")`` (4D: volume by volume); MONAI picks its own
+  grid (its shape may differ by a voxel)
+* the same chained after ``reorient("RAS")`` (SimpleITK: ``DICOMOrient(image, "RAS")``,
+  MONAI: ``Orientationd(axcodes="RAS")``)
+
+Ratios: time of SimpleITK / dicomxr (goal >= 1), MONAI / dicomxr (goal >= 2), and dicomxr's
+peak RSS growth / output array bytes (goal <= 1.5). "Peak RSS growth" is the rise of the
+process's peak resident set during the run over the resident set just before it (after the
+imports): what the resampling costs, not the interpreter. The machine is shared: noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DICOMXR_TEST_DATA", ROOT.parent / "shared" / "data"))
+CT = DATA / "dcm_qa_ct" / "In" / "Philips" / "S21570" / "S2020"
+SPACING = 1.0
+
+VARIANTS = (
+    "dicomxr",
+    "dicomxr_store",
+    "sitk",
+    "monai",
+    "dicomxr_ras",
+    "dicomxr_ras_store",
+    "sitk_ras",
+    "monai_ras",
+)
+
+
+# --------------------------------------------------------------------------------------
+# inside a subprocess
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Reset the peak resident set (VmHWM) to the current one (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _dicomxr_job(folder: str, ras: bool, store: bool):
+    import numpy as np
+
+    import dicomxr
+
+    def job():
+        da = dicomxr.open_series(folder)
+        if ras:
+            da = da.dicom.reorient("RAS")
+        out = da.dicom.resample(spacing=SPACING).data
+        if not store:
+            return out.compute()
+        import dask.array as dsa
+
+        target = np.empty(out.shape, out.dtype)
+        dsa.store(out, target, lock=False)
+        return target
+
+    return job
+
+
+def _sitk_grid(sitk, grid: dict):
+    import numpy as np
+
+    affine = np.asarray(grid["affine"])
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    image = sitk.Image([int(n) for n in grid["shape"][::-1]], sitk.sitkFloat32)
+    image.SetSpacing([float(s) for s in spacing[::-1]])
+    image.SetOrigin([float(v) for v in affine[:3, 3]])
+    image.SetDirection([float(v) for v in (affine[:3, :3] / spacing)[:, ::-1].ravel()])
+    return image
+
+
+def _sitk_job(volumes: list[list[str]], grid: dict, ras: bool):
+    import numpy as np
+    import SimpleITK as sitk
+
+    def job():
+        reference = _sitk_grid(sitk, grid)
+        out = []
+        for files in volumes:
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+            image = reader.Execute()
+            if ras:
+                image = sitk.DICOMOrient(image, "RAS")
+            resampled = sitk.Resample(
+                image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
+            )
+            out.append(sitk.GetArrayViewFromImage(resampled).copy())
+        return np.stack(out) if len(out) > 1 else out[0]
+
+    return job
+
+
+def _monai_job(folders: list[str], ras: bool):
+    import numpy as np
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
+
+    steps = [LoadImaged(keys="image", reader="PydicomReader"), EnsureChannelFirstd(keys="image")]
+    if ras:
+        steps.append(Orientationd(keys="image", axcodes="RAS"))
+    steps.append(Spacingd(keys="image", pixdim=SPACING, mode="bilinear"))
+    pipeline = Compose(steps)
+
+    def job():
+        out = [np.asarray(pipeline({"image": f})["image"]) for f in folders]
+        return np.stack(out) if len(out) > 1 else out[0]
+
+    return job
+
+
+def _run_variant(variant: str, spec: dict) -> dict:
+    ras = "ras" in variant
+    if variant.startswith("dicomxr"):
+        job = _dicomxr_job(spec["folder"], ras, variant.endswith("store"))
+    elif variant.startswith("sitk"):
+        job = _sitk_job(spec["volumes"], spec["grid_ras" if ras else "grid"], ras)
+    else:
+        try:
+            job = _monai_job(spec["volume_dirs"], ras)
+        except ImportError as exc:
+            return {"variant": variant, "error": f"{exc} (install torch==2.13.0, then monai)"}
+    _reset_peak()
+    before = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    result = job()
+    elapsed = time.perf_counter() - t0
+    grown = max(_status_kib("VmHWM") - before, 0) * 1024
+    return {
+        "variant": variant,
+        "time": elapsed,
+        "peak_growth": grown,
+        "nbytes": int(result.nbytes),
+        "shape": list(result.shape),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# the parent
+
+
+def _spec(folder: Path, tmp: Path) -> dict:
+    """What every variant needs: the files of each volume, the output grids, volume folders."""
+    import numpy as np
+
+    import dicomxr
+    from dicomxr.resample import output_grid
+
+    da = dicomxr.open_series(folder)
+    extra = [d for d in da.dims if d not in ("slice", "row", "col")]
+    paths = da.coords["path"].transpose(*extra, "slice").values
+    volumes = [list(map(str, v)) for v in np.asarray(paths).reshape(-1, da.sizes["slice"])]
+    volume_dirs = []
+    for i, files in enumerate(volumes):
+        target = tmp / f"volume_{i}"
+        target.mkdir()
+        for f in files:
+            (target / Path(f).name).symlink_to(f)
+        volume_dirs.append(str(target))
+    grids = {}
+    for name, image in (("grid", da), ("grid_ras", da.dicom.reorient("RAS"))):
+        affine, shape = output_grid(image, spacing=SPACING)
+        grids[name] = {"affine": affine.tolist(), "shape": list(shape)}
+    for files in volumes:  # warm the page cache once
+        for f in files:
+            Path(f).read_bytes()
+    return {"folder": str(folder), "volumes": volumes, "volume_dirs": volume_dirs, **grids}
+
+
+def _measure(variant: str, spec_path: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--spec", str(spec_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    if proc.returncode != 0:
+        return {"variant": variant, "error": " ".join(proc.stderr.strip().splitlines()[-1:])}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _report(label: str, folder: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="dicomxr-bench-") as tmp:
+        spec = _spec(folder, Path(tmp))
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        res = {v: _measure(v, spec_path) for v in VARIANTS}
+    print(f"\n== {label}: {folder}")
+    for v, r in res.items():
+        if "error" in r:
+            print(f"  {v:18s} FAILED: {r['error']}")
+        else:
+            print(
+                f"  {v:18s} {r['time']:7.3f} s   peak RSS growth {r['peak_growth'] / 2**20:7.1f} MiB"
+                f"   output {tuple(r['shape'])} {r['nbytes'] / 2**20:.1f} MiB"
+            )
+    for suffix, what in (("", "resample"), ("_ras", 'reorient("RAS") + resample')):
+        mine = res[f"dicomxr{suffix}"]
+        if "error" in mine:
+            continue
+        nbytes = mine["nbytes"]
+        lines = []
+        for other, goal in ((f"sitk{suffix}", ">= 1"), (f"monai{suffix}", ">= 2")):
+            if "error" not in res[other]:
+                ratio = res[other]["time"] / mine["time"]
+                lines.append((f"{what}: {other} time / dicomxr time", ratio, goal))
+        for v in (f"dicomxr{suffix}", f"dicomxr{suffix}_store"):
+            if "error" not in res[v]:
+                lines.append(
+                    (
+                        f"{what}: peak RSS / output bytes [{v}]",
+                        res[v]["peak_growth"] / nbytes,
+                        "<= 1.5",
+                    )
+                )
+        for other in (f"sitk{suffix}", f"monai{suffix}"):
+            if "error" not in res[other]:
+                ratio = res[other]["peak_growth"] / res[other]["nbytes"]
+                lines.append((f"{what}: peak RSS / output bytes [{other}]", ratio, "-"))
+        for name, value, goal in lines:
+            print(f"  {name:62s} {value:6.2f}   (goal {goal})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--child``, one variant in this process)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("ct", "pcasl"))
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_run_variant(args.child, json.loads(args.spec.read_text()))))
+        return 0
+    import dicomxr
+
+    if args.only in (None, "ct"):
+        if not CT.is_dir():
+            print(f"Philips CT not found at {CT}: set DICOMXR_TEST_DATA", file=sys.stderr)
+            return 2
+        _report("Philips CT 140 x 512^2", CT)
+    if args.only in (None, "pcasl"):
+        _report("pCASL sample 3 x 2 x 40 x 96^2", dicomxr.data.sample_path())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
