@@ -223,9 +223,14 @@ def test_spacing_is_passed_to_resample(sample_dir: Path, tmp_path: Path) -> None
         with pytest.raises(ConvertError, match="resample"):
             convert(sample_dir, tmp_path / "o", progress=False, spacing=4.0)
         return
-    report = convert(sample_dir, tmp_path / "o", progress=False, spacing=4.0)
+    report = convert(sample_dir, tmp_path / "o", progress=False, spacing=4.0, template="r")
     assert report.ok
     np.testing.assert_allclose(report.done[0]["spacing"], [4.0, 4.0, 4.0], atol=1e-3)
+    assert_nifti_equals(tmp_path / "o" / "r.nii.gz", da.dicom.resample(spacing=4.0))
+    report = convert(sample_dir, tmp_path / "z", progress=False, spacing=(4.0, 3.0, 3.0),
+                     format="zarr", template="r")  # fmt: skip
+    image = xr.open_zarr(tmp_path / "z" / "cohort.zarr", group="r")["image"]
+    np.testing.assert_allclose(image.dicom.spacing, [4.0, 3.0, 3.0], atol=1e-3)
 
 
 # --------------------------------------------------------------------------------------

@@ -477,7 +477,8 @@ def _apply_options(da: xr.DataArray, options: ConvertOptions) -> xr.DataArray:
                 "spacing= needs da.dicom.resample (dicomxr.resample), which this dicomxr "
                 "does not have yet; convert without spacing= and resample afterwards"
             )
-        da = resample(spacing=options.spacing)
+        spacing = options.spacing[0] if len(options.spacing) == 1 else options.spacing
+        da = resample(spacing=spacing)
     if options.window is not None and options.window is not False:
         if options.window is True:
             da = da.dicom.window()
