@@ -517,7 +517,8 @@ def open_series(
         Descend into sub-folders of a folder source.
     chunks
         ``"series"`` (default): one dask chunk for the whole series. A full compute is one
-        threaded read into one array, and dask fuses a selection of the untouched array
+        threaded read into one array (which dask then copies: ~2x the array's bytes at peak,
+        ~1x with ``chunks=None``), and dask fuses a selection of the untouched array
         (``da.isel(slice=k).values``) into a read of just those frames. But a lazy pipeline
         selected late, such as ``(da * 2).isel(slice=5)``, computes the whole chunk: for
         per-slice pipelines pass ``chunks={}`` or call ``da.chunk({"slice": 1})`` first (dask
