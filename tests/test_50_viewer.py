@@ -121,7 +121,7 @@ def test_slider_step_reads_exactly_the_new_frame_and_cache_serves_seen_ones():
     da, counter = make_series(extra={"time": [10.0, 20.0, 30.0]})
     v = dicomxr.view(da)
     counter.reads.clear()
-    v._sliders["slice"].value = 10  # what a person moving the slider does (counts from 1)
+    v._sliders["slice"].value = 9  # what a person moving the slider does (counts from 0)
     assert counter.reads == [(0, 9)]
     assert v.position["slice"] == 9
     v._extra_w["time"].value = 2
@@ -271,14 +271,14 @@ def test_extra_dim_sliders_are_labelled_with_their_values():
     assert "EchoNumbers=1" in v._extra_info["echo"].value
     v._extra_w["echo"].value = 1
     assert v.position["echo"] == 1
-    assert "2/2 · EchoNumbers=2" in v._extra_info["echo"].value
-    assert "echo 2/2" in v._slice_info.value
+    assert "1/1 · EchoNumbers=2" in v._extra_info["echo"].value  # 0-based, like the index
+    assert "echo 1/1" in v._slice_info.value
 
 
 def test_slice_info_and_metadata_panel_follow_the_frame_on_screen():
     da, counter = make_series(extra={"time": [10.0, 20.0]})
     v = dicomxr.view(da, position={"slice": 3, "time": 1})
-    assert "slice 4/12" in v._slice_info.value
+    assert "slice 3/11" in v._slice_info.value  # index 3 of 0..11
     assert "-2.50 mm" in v._slice_info.value  # slice coordinate of index 3
     assert "InstanceNumber 16" in v._slice_info.value  # 12 + 3 + 1
     assert "IM0015.dcm" in v._slice_info.value

@@ -161,7 +161,7 @@ def _state(page) -> dict:
     """Slice, file path and window as the page shows them (slice info + metadata panel)."""
     info = page.locator(".dicomxr-slice-info").inner_text()
     meta = page.locator(".dicomxr-metadata").inner_text()
-    s = int(re.search(r"slice (\d+)/", info).group(1)) - 1
+    s = int(re.search(r"slice (\d+)/", info).group(1))  # 0-based, like the index
     path = re.search(r"path\s+(\S+)", meta).group(1)
     lw = re.search(r"level / width\)\s+(\S+) / (\S+)", meta)
     return {"slice": s, "path": path, "level": float(lw.group(1)), "width": float(lw.group(2))}
@@ -202,7 +202,7 @@ def test_viewer_in_voila_moves_slice_and_window(voila_page: str, artifacts_dir: 
             for _ in range(5):
                 page.keyboard.press("ArrowRight")
             target = before["slice"] + 5
-            _wait_for_text(page, ".dicomxr-slice-info", rf"slice {target + 1}/")
+            _wait_for_text(page, ".dicomxr-slice-info", rf"slice {target}/")
             _wait_new_picture(page, plane, src0)
             after = _state(page)
             assert after["slice"] == target and after["path"] != before["path"]
@@ -247,8 +247,8 @@ def test_viewer_in_voila_moves_slice_and_window(voila_page: str, artifacts_dir: 
             w, h = page.locator(plane).evaluate("e => [e.width, e.height]")
             # aim at the centre of the voxel (row 72, col 24): 2.6 screen pixels a voxel
             layer.click(position={"x": (24 + 0.5) * w / 96, "y": (72 + 0.5) * h / 96})
-            _wait_for_text(page, ".dicomxr-caption-row", r"row 73/96")
-            _wait_for_text(page, ".dicomxr-caption-col", r"column 25/96")
+            _wait_for_text(page, ".dicomxr-caption-row", r"row 72/95")
+            _wait_for_text(page, ".dicomxr-caption-col", r"column 24/95")
             page.wait_for_timeout(300)
             page.screenshot(
                 path=str(artifacts_dir / "viewer_voila_3_orthogonal.png"), full_page=True
@@ -260,6 +260,6 @@ def test_viewer_in_voila_moves_slice_and_window(voila_page: str, artifacts_dir: 
             s_now = _state(page)["slice"]
             layer.hover(position={"x": w / 2, "y": h / 2})
             page.mouse.wheel(0, 120)
-            _wait_for_text(page, ".dicomxr-slice-info", rf"slice {s_now + 2}/")
+            _wait_for_text(page, ".dicomxr-slice-info", rf"slice {s_now + 1}/")
         finally:
             browser.close()

@@ -36,6 +36,7 @@ import traitlets
 from dicomxr.intensity import check_width, voi_function
 from dicomxr.spatial import attrs_with_affine
 from dicomxr.viewer import windowing
+from dicomxr.viewer.annotate import index_label
 from dicomxr.viewer.planes import SPATIAL, Plane, planes_from_affine
 from dicomxr.viewer.render import COLORMAPS, encode_png, lut, render
 from dicomxr.viewer.volume import LRU, Volume, as_image
@@ -294,16 +295,16 @@ class Viewer(widgets.VBox):
         self._image_box = widgets.HBox()
         self._sliders: dict[str, Any] = {}
         for d in SPATIAL:
-            # people count slices from 1 (as the captions do); ``position`` stays 0-based
+            # counts from 0 like the index (da.isel(slice=k)), as every caption and title does
             s = widgets.IntSlider(
-                min=1,
-                max=sizes[d],
+                min=0,
+                max=sizes[d] - 1,
                 description=self.planes[d].name if d != "slice" else "slice",
                 continuous_update=True,
                 layout={"width": "480px"},
             )
             s.add_class(f"dicomxr-slider-{d}")
-            s.observe(self._on_slider(d, 1), "value")
+            s.observe(self._on_slider(d), "value")
             self._sliders[d] = s
         self._slice_info = widgets.HTML()
         self._slice_info.add_class("dicomxr-slice-info")
@@ -452,15 +453,15 @@ class Viewer(widgets.VBox):
         return lo, hi
 
     def _extra_options(self, dim: str) -> list[tuple[str, int]]:
-        """Slider stops of an extra dim, labelled with its coordinate (index + 1 without one)."""
+        """Slider stops of an extra dim, labelled with its coordinate (the index without one)."""
         n = self.volume.sizes[dim]
         along = self.volume.values_along(dim)
         if dim in along:
             labels = [_fmt(v) for v in along[dim]]
         else:
-            labels = [str(i + 1) for i in range(n)]
+            labels = [str(i) for i in range(n)]
         if len(set(labels)) < n:  # the slider needs distinct labels
-            labels = [f"{i + 1}: {lab}" for i, lab in enumerate(labels)]
+            labels = [f"{i}: {lab}" for i, lab in enumerate(labels)]
         return list(zip(labels, range(n), strict=True))
 
     def _extra_html(self, dim: str) -> str:
@@ -473,9 +474,8 @@ class Viewer(widgets.VBox):
             if name != dim
         ]
         n = self.volume.sizes[dim]
-        return (
-            f"<span style='color:#555'>{i + 1}/{n}{' · ' if bits else ''}{' · '.join(bits)}</span>"
-        )
+        sep = " · " if bits else ""
+        return f"<span style='color:#555'>{index_label('', i, n)}{sep}{' · '.join(bits)}</span>"
 
     # ------------------------------------------------------------------ traits
     @contextmanager
@@ -796,8 +796,8 @@ class Viewer(widgets.VBox):
         """Push trait values into the controls (without re-entering the handlers)."""
         with self._batch():
             for d, s in self._sliders.items():
-                if d in self.position and s.value != self.position[d] + 1:
-                    s.value = self.position[d] + 1
+                if d in self.position and s.value != self.position[d]:
+                    s.value = self.position[d]
             for d, s in self._extra_w.items():
                 if d in self.position and s.value != self.position[d]:
                     s.value = self.position[d]
@@ -856,13 +856,13 @@ class Viewer(widgets.VBox):
         label = {"slice": "slice", "row": "row", "col": "column"}[dim]
         return (
             f"<span class='dicomxr-caption'>{html.escape(p.name)} "
-            f"<span style='color:#777'>({label} {self.position[dim] + 1}/{n}{oblique})</span></span>"
+            f"<span style='color:#777'>({index_label(label, self.position[dim], n)}{oblique})</span></span>"
         )
 
     def _slice_html(self) -> str:
         s = int(self.position["slice"])
         coords = self.volume.coords_at(self._extra_idx(), s)
-        bits = [f"slice {s + 1}/{self.volume.sizes['slice']}"]
+        bits = [index_label("slice", s, self.volume.sizes["slice"])]
         if "slice" in self.data.coords:
             bits.append(f"{float(self.data['slice'].values[s]):.2f} mm")
         if "InstanceNumber" in coords:
@@ -873,7 +873,7 @@ class Viewer(widgets.VBox):
             name = Path(path).name + (f" [frame {_fmt(frame)}]" if frame not in (None, 0) else "")
             bits.append(f"<span title='{html.escape(path)}'>{html.escape(name)}</span>")
         for d in self.volume.extra:
-            bits.append(f"{html.escape(d)} {self.position[d] + 1}/{self.volume.sizes[d]}")
+            bits.append(index_label(html.escape(d), self.position[d], self.volume.sizes[d]))
         return "<span>" + " · ".join(bits) + "</span>"
 
     def _meta_html(self) -> str:

@@ -19,7 +19,8 @@ import numpy as np
 from dicomxr import intensity
 from dicomxr._files import atomic_path
 from dicomxr.spatial import attrs_with_affine
-from dicomxr.viewer.planes import SPATIAL, planes_from_affine
+from dicomxr.viewer.annotate import draw_edge_letters, edge_letters, index_label
+from dicomxr.viewer.planes import SPATIAL, Plane, planes_from_affine
 from dicomxr.viewer.render import render
 from dicomxr.viewer.volume import Volume, as_image
 
@@ -89,6 +90,8 @@ def montage(
     tile_inches: float = 2.0,
     dpi: int = 100,
     path: str | os.PathLike[str] | None = None,
+    letters: bool = True,
+    colorbar: bool = False,
 ) -> Montage:
     """Draw a grid of planes of a series (a static fallback for :func:`dicomxr.view`).
 
@@ -118,6 +121,11 @@ def montage(
         Columns of the grid (default about square).
     tile_inches, dpi
         Size of a tile and resolution of the PNG.
+    letters
+        Write the patient directions (A/P/R/L/S/I) on the four edges of every tile, from the
+        array's own affine (:func:`dicomxr.viewer.annotate.edge_letters`).
+    colorbar
+        Add a colour bar of the window (values in the image's ``units``).
     path
         Also write the PNG there (atomically).
 
@@ -205,15 +213,16 @@ def montage(
     tile_w = tile_inches * min(1.0, w_mm / h_mm)
     tile_h = tile_inches * min(1.0, h_mm / w_mm)
     fig = Figure(figsize=(cols * tile_w, rows * (tile_h + 0.25)), dpi=dpi, facecolor="black")
-    coords = vol.da.coords
+    edges = _plane_letters(attrs, pl) if letters else None
+    axes = []
     for k, (i, rgb) in enumerate(zip(indices, tiles, strict=True)):
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.imshow(rgb, extent=(0, w_mm, h_mm, 0), interpolation="nearest")
         ax.set_axis_off()
-        label = f"{pl.name} {i + 1}/{size}"
-        if dim == "slice" and "slice" in coords:
-            label += f"  {float(coords['slice'].values[i]):.1f} mm"
-        ax.set_title(label, color="white", fontsize=8)
+        ax.set_title(_tile_title(vol.da, pl.name, dim, i, size), color="white", fontsize=8)
+        if edges is not None:
+            draw_edge_letters(ax, edges)
+        axes.append(ax)
     title = " · ".join(
         str(attrs[k])
         for k in ("Modality", "SeriesNumber", "SeriesDescription")
@@ -228,10 +237,57 @@ def montage(
         fontsize=9,
     )
     fig.tight_layout()
+    if colorbar:
+        _window_colorbar(fig, axes, center, width, colormap, invert, attrs)
     result = Montage(fig, tiles, indices, w)
     if path is not None:
         result.save(path)
     return result
+
+
+def _tile_title(da: Any, name: str, dim: str, index: int, size: int) -> str:
+    """``"axial 20/139  35.0 mm"``: the 0-based index and the position along ``dim`` in mm."""
+    label = index_label(name, index, size)
+    if dim in da.coords and np.issubdtype(da.coords[dim].dtype, np.number):
+        label += f"  {float(da.coords[dim].values[index]):.1f} mm"
+    return label
+
+
+def _plane_letters(attrs: Mapping[str, Any], plane: Plane) -> dict[str, str] | None:
+    """Return the edge letters of a displayed plane, or None without an affine."""
+    if attrs.get("affine") is None:
+        return None
+    return edge_letters(
+        np.reshape(np.asarray(attrs["affine"], dtype=float), (4, 4)),
+        SPATIAL.index(plane.vertical),
+        SPATIAL.index(plane.horizontal),
+        flip_vertical=plane.flip_vertical,
+        flip_horizontal=plane.flip_horizontal,
+    )
+
+
+def _window_colorbar(
+    fig: Any,
+    axes: list[Any],
+    center: float,
+    width: float,
+    colormap: str,
+    invert: bool,
+    attrs: Mapping[str, Any],
+) -> Any:
+    """Add a colour bar from ``center - width/2`` to ``center + width/2`` beside the tiles."""
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps[colormap]
+    if invert:
+        cmap = cmap.reversed()
+    mappable = mpl.cm.ScalarMappable(
+        norm=mpl.colors.Normalize(center - width / 2, center + width / 2), cmap=cmap
+    )
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.8, fraction=0.04)
+    bar.set_label(str(attrs.get("units") or ""), color="white")
+    bar.ax.tick_params(colors="white", labelsize=7)
+    return bar
 
 
 def snapshot(viewer: Any, *, inches: float = 3.5, dpi: int = 100) -> Montage:
@@ -272,7 +328,7 @@ def snapshot(viewer: Any, *, inches: float = 3.5, dpi: int = 100) -> Montage:
         ax.imshow(rgb, extent=(0, w_mm, h_mm, 0), interpolation="nearest")
         ax.set_axis_off()
         n = viewer.volume.sizes[d]
-        ax.set_title(f"{p.name} {viewer.position[d] + 1}/{n}", color="white", fontsize=9)
+        ax.set_title(index_label(p.name, viewer.position[d], n), color="white", fontsize=9)
         cross = viewer.crosshair(d)
         if cross is not None:
             y, x = cross
