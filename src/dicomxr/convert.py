@@ -425,8 +425,7 @@ def _plan_tasks(
         try:
             fields, burned = _header_fields(plan, deid)
         except Exception as exc:  # one unreadable header fails its series, not the run
-            label = plan.label if deid is None else f"series {plan.attrs.get('SeriesNumber')}"
-            report.failed.append({"series": label, "error": f"header: {exc}", "key": plan.key})
+            report.failed.append(_header_failure(plan, exc, deid))
             continue
         name = _unique(render_name(options.template, fields), taken)
         tasks.append(
@@ -442,6 +441,23 @@ def _plan_tasks(
             )
         )
     return tasks
+
+
+def _header_failure(plan: SeriesPlan, exc: BaseException, deid: Any) -> dict[str, Any]:
+    number = plan.attrs.get("SeriesNumber")
+    error = f"header: {type(exc).__name__}: {exc}"
+    if deid is None:
+        return {"series": plan.label, "error": error, "public_key": plan.key,
+                "manifest_error": error}  # fmt: skip
+    return {"series": f"series {number}", "error": error, "public_key": deid.uids_in(plan.key),
+            "manifest_error": f"header: {type(exc).__name__}"}  # fmt: skip
+
+
+def _skipped_files(plans: Any, deid: Any) -> list[dict[str, Any]]:
+    skipped = list(getattr(plans, "skipped", []))
+    if deid is None:
+        return skipped
+    return [{"path": "", "reason": item.get("reason", "")} for item in skipped]
 
 
 def _set_apart_rows(plans: Any, deid: Any) -> list[dict[str, Any]]:
@@ -923,13 +939,29 @@ def convert(
         )
     report = ConvertReport(dest=dest)
     report.set_apart = _set_apart_rows(plans, deid)
-    report.skipped_files = [] if deid else list(getattr(plans, "skipped", []))
-    if deid is not None:
-        report.skipped_files = [{"path": "", "reason": s.get("reason", "")}
-                                for s in getattr(plans, "skipped", [])]  # fmt: skip
+    report.skipped_files = _skipped_files(plans, deid)
     tasks = _plan_tasks(plans, options, secret, deid, report)
-    for item in report.failed:
-        item["public_key"] = deid.uids_in(item.pop("key")) if deid else item.pop("key")
+    rows = _run_tasks(tasks, dest, options, secret, report, resume=resume, progress=progress,
+                      on_series=on_series, deid=deid)  # fmt: skip
+    if options.format == "zarr":
+        _consolidate(dest)
+    report.manifest = _write_manifest(dest, report, rows)
+    return report
+
+
+def _run_tasks(
+    tasks: Sequence[SeriesTask],
+    dest: Path,
+    options: ConvertOptions,
+    secret: str,
+    report: ConvertReport,
+    *,
+    resume: bool,
+    progress: bool | None,
+    on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
+    deid: Any,
+) -> list[dict[str, Any]]:
+    """Convert the tasks one after the other; return the manifest rows of every output."""
     rows: list[dict[str, Any]] = []
     with _progress_bar(len(tasks), progress) as bar:
         for task in tasks:
@@ -941,7 +973,7 @@ def convert(
             else:
                 try:
                     written = convert_series(task, dest, options, secret)
-                except Exception as exc:
+                except Exception as exc:  # reported; the other series go on
                     logger.info("series %s failed", task.key, exc_info=True)
                     report.failed.append(_failure(task, exc, deid))
                 else:
@@ -952,10 +984,7 @@ def convert(
             if task.burned_in:
                 report.burned_in.append(task.label)
             bar.update(1)
-    if options.format == "zarr":
-        _consolidate(dest)
-    report.manifest = _write_manifest(dest, report, rows)
-    return report
+    return rows
 
 
 def _scanned(source: Any, *, recursive: bool, progress: bool | None) -> Any:
