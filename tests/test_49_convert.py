@@ -233,6 +233,35 @@ def test_spacing_is_passed_to_resample(sample_dir: Path, tmp_path: Path) -> None
     np.testing.assert_allclose(image.dicom.spacing, [4.0, 3.0, 3.0], atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["folder", "glob", "catalog", "file"])
+def test_every_kind_of_source(cohort: Path, tmp_path: Path, kind: str) -> None:
+    source = {
+        "folder": cohort,
+        "glob": str(cohort / "s*" / "*.dcm"),
+        "catalog": dicomxr.scan(cohort, progress=False),
+        "file": next((cohort / "s2").glob("*.dcm")),
+    }[kind]
+    report = convert(source, tmp_path / "o", progress=False, format="zarr")
+    assert report.ok and len(report.done) == (1 if kind == "file" else 3)
+
+
+def test_dicomdir_source(data_root: Path, tmp_path: Path) -> None:
+    dicomdir = data_root / "dcm_qa_ct" / "In" / "Philips" / "DICOMDIR"
+    report = convert(dicomdir, tmp_path / "o", progress=False, template="{SeriesNumber}")
+    assert report.ok and report.done
+    want = {p.key for p in list_series(dicomdir)}
+    assert {r["series_key"] for r in report.done} == want
+
+
+def test_nifti_and_zarr_share_a_destination(cohort: Path, tmp_path: Path) -> None:
+    convert(cohort, tmp_path / "o", progress=False)
+    convert(cohort, tmp_path / "o", progress=False, format="zarr")
+    m = done_rows(tmp_path / "o")
+    assert sorted(m.format.value_counts().items()) == [("nifti", 3), ("zarr", 3)]
+    again = convert(cohort, tmp_path / "o", progress=False)
+    assert len(again.skipped) == 3
+
+
 # --------------------------------------------------------------------------------------
 # names
 

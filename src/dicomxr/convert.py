@@ -763,7 +763,28 @@ def _progress_bar(total: int, progress: bool | None) -> Any:
     return tqdm(total=total, disable=disable, unit="series", desc="convert", leave=False)
 
 
-def _write_manifest(dest: Path, report: ConvertReport, rows: list[dict[str, Any]]) -> Path:
+def _other_format_rows(dest: Path, fmt: str) -> list[dict[str, Any]]:
+    """Rows of outputs an earlier run wrote in the other format (still present): kept."""
+    import pandas as pd
+
+    path = dest / MANIFEST
+    if not path.exists():
+        return []
+    try:
+        old = pd.read_parquet(path)
+    except Exception:  # an unreadable manifest is rebuilt from this run
+        return []
+    keep = old[(old["format"] != fmt) & (old["status"] == "done")]
+    rows = []
+    for row in keep.to_dict("records"):
+        if row.get("output") and (dest / row["output"]).exists():
+            rows.append({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()})
+    return rows
+
+
+def _write_manifest(
+    dest: Path, report: ConvertReport, rows: list[dict[str, Any]], options_format: str
+) -> Path:
     pd = require("pandas", extra="convert", purpose="the manifest")
     require("pyarrow", extra="convert", purpose="the parquet manifest")
     columns = ["series_uid", "series_key", "series_number", "modality", "format", "output",
@@ -776,6 +797,7 @@ def _write_manifest(dest: Path, report: ConvertReport, rows: list[dict[str, Any]
     for item in report.set_apart:
         table.append({"series_uid": item["series_uid"], "status": "set_apart",
                       "reason": f"{item['frames']} frame(s): {item['reason']}"})  # fmt: skip
+    table.extend(_other_format_rows(dest, options_format))
     frame = pd.DataFrame(table, columns=columns)
     for name in ("shape", "dims", "spacing"):
         frame[name] = [v if isinstance(v, list) else [] for v in frame[name]]
@@ -945,7 +967,7 @@ def convert(
                       on_series=on_series, deid=deid)  # fmt: skip
     if options.format == "zarr":
         _consolidate(dest)
-    report.manifest = _write_manifest(dest, report, rows)
+    report.manifest = _write_manifest(dest, report, rows, options.format)
     return report
 
 
