@@ -151,6 +151,10 @@ class RawHeader:
         self.truncated_at: tuple[int, int] | None = None
 
 
+# nesting of undefined-length sequences/items beyond this declines the fast reader
+_MAX_DEPTH = 100_000
+
+
 def _pread_fallback(fd: int, n: int, offset: int) -> bytes:
     os.lseek(fd, offset, os.SEEK_SET)
     return os.read(fd, n)
@@ -622,31 +626,44 @@ def _special_tags(
 
 def _skip_sequence(r: _Reader, pos: int, implicit: bool) -> int:
     """Skip the items of an undefined-length sequence; return the position after it."""
-    while True:
-        r.need(pos, 8)
-        group, elem, length = _unpack_hhi(r.buf, pos - r.base)
-        tag = (group << 16) | elem
-        if tag == _SEQ_END:
-            return pos + 8
-        if tag != _ITEM:
-            raise _Decline("unexpected element in a sequence")
-        pos += 8
-        if length == _UNDEFINED:
-            pos = _skip_item(r, pos, implicit)
-        else:
-            pos += length
+    return _skip_nested(r, pos, [(True, implicit)])
 
 
 def _skip_item(r: _Reader, pos: int, implicit: bool) -> int:
     """Skip the elements of an undefined-length item; return the position after it."""
-    while True:
+    return _skip_nested(r, pos, [(False, implicit)])
+
+
+def _skip_nested(r: _Reader, pos: int, stack: list[tuple[bool, bool]]) -> int:
+    """Skip nested undefined-length sequences and items until ``stack`` is closed.
+
+    Iterative, with an explicit stack of what is open (``(is_sequence, implicit)``): a
+    file with thousands of nested undefined-length sequences must not exhaust Python's
+    stack; nesting deeper than ``_MAX_DEPTH`` declines (pydicom then judges the file).
+    """
+    while stack:
+        in_sequence, implicit = stack[-1]
         r.need(pos, 8)
+        if in_sequence:
+            group, elem, length = _unpack_hhi(r.buf, pos - r.base)
+            tag = (group << 16) | elem
+            pos += 8
+            if tag == _SEQ_END:
+                stack.pop()
+            elif tag != _ITEM:
+                raise _Decline("unexpected element in a sequence")
+            elif length == _UNDEFINED:
+                stack.append((False, implicit))
+            else:
+                pos += length
+            continue
         b = r.buf
         p = pos - r.base
         group, elem = _unpack_hh(b, p)
-        tag = (group << 16) | elem
-        if tag == _ITEM_END:
-            return pos + 8
+        if (group << 16) | elem == _ITEM_END:
+            stack.pop()
+            pos += 8
+            continue
         if implicit or group == 0xFFFE:
             vr = None
             (length,) = _unpack_i(b, p + 4)
@@ -663,6 +680,10 @@ def _skip_item(r: _Reader, pos: int, implicit: bool) -> int:
             else:
                 raise _Decline("invalid VR in an item")
         if length == _UNDEFINED:
-            pos = _skip_sequence(r, pos + header, implicit or vr == b"UN")
+            if len(stack) >= _MAX_DEPTH:
+                raise _Decline("sequences nested too deeply")
+            stack.append((True, implicit or vr == b"UN"))
+            pos += header
         else:
             pos += header + length
+    return pos

@@ -21,13 +21,19 @@ import os
 import stat
 import struct
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dicomxr.errors import SkippedFileWarning, user_stacklevel
+from dicomxr.errors import (
+    SkippedFileWarning,
+    failure_reason,
+    is_per_file_failure,
+    user_stacklevel,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -465,10 +471,22 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
         is_part10 = len(head) >= 132 and head[128:132] == b"DICM"
         if not is_part10 and not _plausible_raw_dataset(head):
             raise _Skip("not a DICOM file (no 'DICM' marker and no recognisable first element)")
+        if is_part10:
+            _check_after_marker(fp)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not is_part10)
+                ds = pydicom.dcmread(
+                    _Window(fp, _PYDICOM_WINDOW),
+                    stop_before_pixels=True,
+                    force=not is_part10,
+                    defer_size=_DEFER_SIZE,
+                )
+                if fp.tell() >= _PYDICOM_WINDOW and os.fstat(fp.fileno()).st_size > fp.tell():
+                    raise _Skip(
+                        f"header walk stopped after {_PYDICOM_WINDOW >> 20} MiB without "
+                        "reaching the pixel data (not a plausible DICOM header)"
+                    )
                 if ds.file_meta.get("TransferSyntaxUID") in _DEFLATED:
                     pixel_offset = -1
                     # the pixel data sits in the deflated stream: its offset means nothing
@@ -484,8 +502,10 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
                     pixel_offset = here if has_pixels else -1
         except InvalidDicomError as exc:
             raise _Skip(f"not a DICOM file: {exc}") from None
+        except _Skip:
+            raise
         except Exception as exc:
-            raise _Skip(f"unreadable header ({type(exc).__name__}: {exc})") from None
+            raise _Skip(f"unreadable header ({failure_reason(exc)})") from None
         truncated = False
         if has_pixels and pixel_offset >= 0:
             truncated = _pixel_value_truncated(fp, pixel_offset, ds)
@@ -543,6 +563,80 @@ def _guess_ts(ds: Any) -> str | None:
     if implicit:
         return "1.2.840.10008.1.2" if little else None
     return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+
+
+# the pydicom fallback walks at most this far into a file (a DICM marker followed by
+# gigabytes of zeros is walked at a few MB/s); values longer than _DEFER_SIZE are skipped
+# by seeking, so a sound header never comes near it
+_PYDICOM_WINDOW = 64 << 20
+_DEFER_SIZE = 1 << 20
+# a deflated data set (header and pixels) larger than this once inflated is not read
+INFLATE_LIMIT = 256 << 20
+
+
+class _Window:
+    """A read-only view of the first ``limit`` bytes of a binary file (reads stop there)."""
+
+    def __init__(self, fp: Any, limit: int) -> None:
+        self._fp = fp
+        self._limit = limit
+        self.name = getattr(fp, "name", None)
+
+    def read(self, n: int = -1) -> bytes:
+        room = max(0, self._limit - self._fp.tell())
+        return self._fp.read(room if n is None or n < 0 else min(n, room))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+    def close(self) -> None:
+        """Leave the underlying file to its owner."""
+
+
+def _check_after_marker(fp: Any) -> None:
+    """Skip a file whose DICM marker is followed by nothing but zeros (or nothing)."""
+    fp.seek(132)
+    after = fp.read(4096)
+    fp.seek(0)
+    if not after.strip(b"\x00"):
+        raise _Skip("no data elements after the 'DICM' marker (only zero bytes)")
+    if _deflated_meta(after):
+        fp.seek(132)
+        _check_inflated_size(fp)
+        fp.seek(0)
+
+
+def _deflated_meta(head: bytes) -> bool:
+    return any(ts.encode() in head for ts in _DEFLATED)
+
+
+def _check_inflated_size(fp: Any, limit: int = INFLATE_LIMIT) -> None:
+    """Skip a deflated file that inflates past ``limit`` bytes (a decompression bomb).
+
+    ``fp`` is anywhere before the deflated stream, which starts after the meta group.
+    """
+    from pydicom.filereader import _read_file_meta_info
+
+    try:
+        _read_file_meta_info(fp)
+    except Exception:
+        return  # pydicom will say what is wrong with the meta information
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while chunk := fp.read(1 << 20):
+            while chunk:
+                total += len(d.decompress(chunk, 1 << 22))
+                if total > limit:
+                    raise _Skip(f"deflated data set inflates past {limit >> 20} MiB (not read)")
+                chunk = d.unconsumed_tail
+            if d.eof:
+                return
+    except zlib.error:
+        return  # pydicom reports the broken stream
 
 
 def _deflated_has_pixels(path: str) -> bool:
@@ -1444,6 +1538,13 @@ def _scan_one(
         return None, {"path": path, "reason": str(exc)}, entry
     except OSError as exc:
         return None, {"path": path, "reason": f"cannot read: {exc.strerror or exc}"}, None
+    except BaseException as exc:
+        # anything else one file does (a recursion, a decoder panic, a lying header's
+        # MemoryError) is that file's problem: report it and go on with the rest
+        if not is_per_file_failure(exc):
+            raise
+        reason = f"unreadable header ({failure_reason(exc)})"
+        return None, {"path": path, "reason": reason}, None
     entry = (path, st.st_size, st.st_mtime, row, None) if caching else None
     return row, None, entry
 

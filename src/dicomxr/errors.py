@@ -43,6 +43,14 @@ class MissingDependencyError(DicomxrError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 
 
+class InputFileError(DicomxrError, OSError):
+    """A file the caller named cannot be read as a file (a pipe, a device, a symlink loop).
+
+    Also an :class:`OSError`, so code that guards file access with ``except OSError`` keeps
+    working. The message names the path and what it is.
+    """
+
+
 class DicomxrWarning(UserWarning):
     """Base class of dicomxr's warnings."""
 
@@ -57,6 +65,29 @@ class LabelWarning(DicomxrWarning):
 
 class SkippedFileWarning(DicomxrWarning):
     """Files were skipped during a scan; see the catalog's ``skipped`` report."""
+
+
+# what a per-file guard must let through: the user (Ctrl-C) or the interpreter stopping
+_NOT_PER_FILE = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def is_per_file_failure(exc: BaseException) -> bool:
+    """Tell whether ``exc`` is a failure to read one input (to report and go on with the rest).
+
+    Every exception is, including ``RecursionError``, ``MemoryError`` from a lying header and
+    the ``pyo3_runtime.PanicException`` a Rust codec raises on corrupt data (it derives from
+    :class:`BaseException`, not :class:`Exception`); only interruption and interpreter exit
+    are not.
+    """
+    return not isinstance(exc, _NOT_PER_FILE)
+
+
+def failure_reason(exc: BaseException, limit: int = 200) -> str:
+    """One line naming an exception's type and message, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def user_stacklevel() -> int:

@@ -1,0 +1,135 @@
+"""One hostile file never takes down a scan, a plan or a load (issue 12).
+
+The folder test: 20 good phantom slices plus one hostile file -> ``open_series`` returns the
+20 slices and the scan's skipped report (or the plan's set-apart table) names the bad one.
+Each hostile file is made here from the phantom or pydicom's test files, so every case
+documents the attack it stands for.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+
+import dicomxr
+from dicomxr.phantom import phantom_volume, write_series
+
+SERIES_UID = "1.2.826.0.1.3680043.10.1187.77.1"
+GOOD = 20
+
+
+def _tag(group: int, elem: int) -> bytes:
+    return struct.pack("<HH", group, elem)
+
+
+def _spare_slice(folder: Path) -> bytes:
+    """A 21st slice of the good series (same UID, next position): a hostile member's seed."""
+    vol = phantom_volume((GOOD + 1, 16, 12))
+    paths = write_series(folder / "_spare", vol, series_uid=SERIES_UID)
+    return paths[-1].read_bytes()
+
+
+def _edit(data: bytes, **values: object) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for key, value in values.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    return buf.getvalue()
+
+
+def deep_nesting(spare: bytes, path: Path) -> None:
+    """5000 nested undefined-length sequences (a recursive reader runs out of stack)."""
+    opened = _tag(0x0009, 0x1001) + b"SQ\0\0\xff\xff\xff\xff" + _tag(0xFFFE, 0xE000) + b"\xff" * 4
+    closed = _tag(0xFFFE, 0xE00D) + b"\0" * 4 + _tag(0xFFFE, 0xE0DD) + b"\0" * 4
+    creator = _tag(0x0009, 0x0010) + b"LO\x04\x00FUZZ"
+    at = spare.index(_tag(0x0010, 0x0010) + b"PN")
+    path.write_bytes(spare[:at] + creator + opened * 5000 + closed * 5000 + spare[at:])
+
+
+def zeros_after_marker(spare: bytes, path: Path) -> None:
+    """Preamble + DICM + 3 GiB of zeros (sparse): a header walk must not crawl through it."""
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * 128 + b"DICM")
+        fh.truncate(3 << 30)
+
+
+def deflate_bomb(spare: bytes, path: Path) -> None:
+    """A deflated data set of a few hundred kB that inflates to 320 MiB."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = _tag(0x0009, 0x0010) + b"LO\x04\x00BOMB" + _tag(0x0009, 0x1001) + b"OB\0\0"
+    parts = [comp.compress(head + struct.pack("<I", 320 << 20))]
+    parts += [comp.compress(b"\0" * (1 << 20)) for _ in range(320)]
+    parts.append(comp.flush())
+    ts = b"1.2.840.10008.1.2.1.99"
+    meta = _tag(0x0002, 0x0010) + b"UI" + struct.pack("<H", len(ts)) + ts
+    group = _tag(0x0002, 0x0000) + b"UL\x04\x00" + struct.pack("<I", len(meta))
+    path.write_bytes(b"\0" * 128 + b"DICM" + group + meta + b"".join(parts))
+
+
+def fifo(spare: bytes, path: Path) -> None:
+    """A named pipe: opening it for reading blocks forever."""
+    os.mkfifo(path)
+
+
+def self_link(spare: bytes, path: Path) -> None:
+    """A symbolic link to itself."""
+    os.symlink(path, path)
+
+
+def link_to_dev_zero(spare: bytes, path: Path) -> None:
+    """A link to an endless device."""
+    os.symlink("/dev/zero", path)
+
+
+HOSTILE: dict[str, Callable[[bytes, Path], None]] = {
+    f.__name__: f
+    for f in (deep_nesting, zeros_after_marker, deflate_bomb, fifo, self_link, link_to_dev_zero)
+}
+
+
+@pytest.fixture(scope="module")
+def good_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("good20")
+    write_series(folder, phantom_volume((GOOD, 16, 12)), series_uid=SERIES_UID)
+    return folder
+
+
+def _with_hostile(good: Path, tmp_path: Path, make: Callable[[bytes, Path], None]) -> Path:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for p in good.iterdir():
+        os.link(p, folder / p.name)
+    make(_spare_slice(tmp_path), folder / "hostile.dcm")
+    return folder
+
+
+def _named(source_report: list[dict[str, str]], path: Path) -> str:
+    reasons = [s["reason"] for s in source_report if s["path"] == str(path)]
+    assert reasons, f"{path.name} is not named in the skipped report"
+    return reasons[0]
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_twenty_good_slices_and_one_hostile_file(
+    kind: str, good_folder: Path, tmp_path: Path
+) -> None:
+    folder = _with_hostile(good_folder, tmp_path, HOSTILE[kind])
+    hostile = folder / "hostile.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = dicomxr.scan(folder)
+        da = dicomxr.open_series(folder, series=SERIES_UID)
+        values = da.values
+    assert da.sizes["slice"] >= GOOD
+    assert values.shape[0] == da.sizes["slice"]
+    if str(hostile) not in set(df["path"]):
+        assert _named(df.attrs["skipped"], hostile)
