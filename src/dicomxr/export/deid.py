@@ -126,6 +126,7 @@ KEEP = frozenset(
         "EchoTime",
         "FlipAngle",
         "FrameType",
+        "GantryDetectorTilt",
         "ImageOrientationPatient",
         "ImageType",
         "InStackPositionNumber",
@@ -137,6 +138,7 @@ KEEP = frozenset(
         "ManufacturerModelName",
         "Modality",
         "NumberOfTemporalPositions",
+        "PatientPosition",
         "PhotometricInterpretation",
         "PixelRepresentation",
         "PixelSpacing",
@@ -152,7 +154,9 @@ KEEP = frozenset(
         "TemporalPositionIdentifier",
         "TemporalPositionIndex",
         "TriggerTime",
+        "VOILUTFunction",
         "WindowCenter",
+        "WindowCenterWidthExplanation",
         "WindowWidth",
     }
 )
@@ -161,6 +165,7 @@ KEEP = frozenset(
 _OWN_SAFE = frozenset(
     {"affine", "geometry", "dim_sources", "units", "frame", "tile", "row", "col", "slice"}
 )
+_OWN_SAFE_PREFIXES = ("position_", "bvec_")
 _DROP_ALWAYS = frozenset({"path", "series_label"})
 _UID = re.compile(r"\d+(?:\.\d+){2,}")
 
@@ -275,8 +280,8 @@ class Deidentifier:
             return self.uids_in(str(value))
         keyword = name.removeprefix("volume_")
         vr = _vr(keyword)
-        if vr is None:  # dicomxr's own names (position_x, bvec_y, dims): geometry, no text
-            return value if name.startswith(("position_", "bvec_")) or name == keyword else None
+        if vr is None:  # dicomxr's own names: geometry kept, anything unknown left out
+            return value if name.startswith(_OWN_SAFE_PREFIXES) else None
         if keyword in KEEP:
             return value
         if vr == "UI" and _is_remapped_uid(keyword):
