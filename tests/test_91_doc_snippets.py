@@ -272,3 +272,24 @@ def test_collector_rules(tmp_path: Path) -> None:
         (10, "c = 3", None),
     ]
     assert "__display__(x)" in _display_last("x = 1\nx")
+
+
+def test_all_extra_has_what_the_docs_use() -> None:
+    """``pip install .[all]`` is enough for every page (the export guide's netCDF example)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    (all_spec,) = extras["all"]
+    included = re.search(r"\[(.*)\]", all_spec)[1].split(",")
+    deps = [d for name in included for d in extras[name.strip()]]
+    assert any(d.startswith("h5netcdf") for d in deps), included
+    assert any(d.startswith("nibabel") for d in project["dependencies"])  # dicomxr demo's NIfTI
+
+
+def test_readme_pictures_are_the_right_way_up() -> None:
+    """xarray's ``.plot()`` puts row 0 at the bottom (the head upside down); the README uses
+    ``.dicom.plot`` (rows down, orientation letters) or says ``yincrease=False``."""
+    code = "\n".join(b.code for b in blocks(ROOT / "README.md") if b.kind == "python")
+    bare = re.findall(r"(?<!dicom)\.plot\((?![^)]*yincrease=False)[^)]*\)", code)
+    assert not bare, bare
