@@ -71,7 +71,7 @@ class Viewer(widgets.VBox):
     ----------
     position : dict
         ``{dim: index}`` for every dim (extra dims, ``slice``, ``row``, ``col``), 0-based.
-        The sliders count from 1, like the captions.
+        The sliders and captions count from 0 too, like the index.
     level, window : float
         The display window: centre and width, in the array's units.
     preset : str
