@@ -32,9 +32,9 @@ from dicomxr.spatial import POSITION_COORDS, SPATIAL_DIMS, affine_of, on_grid
 
 __all__ = ["output_grid", "resample", "resample_like", "resample_to"]
 
-#: voxels of an output slab (about 16 MB as float32): big enough to amortise a task,
-#: small enough that a few in flight stay far below the output array
-_SLAB_VOXELS = 4_000_000
+#: the slabs in flight (input box + output block, one per core) as a share of one output
+#: volume: bytes read and computed at once stay far below the output array
+_WORKING_SET = 0.5
 #: extra input voxels read around a slab's box, per interpolation order (the spline
 #: prefilter of order 3 needs more than its 4-voxel support to match a whole-volume filter)
 _PAD = {0: 1, 1: 1, 3: 8}
@@ -324,12 +324,13 @@ def _interpolate(box: np.ndarray, slab: _Slab) -> np.ndarray:
     return out
 
 
-def _resample_slab(box: np.ndarray | None, slab: _Slab) -> np.ndarray:
+def _resample_slab(box: _Box | np.ndarray | None, slab: _Slab) -> np.ndarray:
     """Compute one output block from the input box it needs (None: all outside)."""
     full = (*slab.lead, *slab.shape, *(() if slab.channels is None else (slab.channels,)))
     if box is None:
         return np.full(full, slab.fill, dtype=slab.dtype)
-    box = np.asarray(box).reshape(box.shape[len(slab.lead) :])
+    box = box.read() if isinstance(box, _Box) else np.asarray(box)
+    box = box.reshape(box.shape[len(slab.lead) :])
     if slab.channels is None:
         out = _interpolate(box, slab)
     else:
@@ -344,14 +345,34 @@ def _resample_slab(box: np.ndarray | None, slab: _Slab) -> np.ndarray:
 # the lazy graph
 
 
-def _slab_size(shape: tuple[int, int, int], volumes: int) -> int:
-    """Slices per output slab: ~_SLAB_VOXELS, and enough slabs to keep every core busy."""
+def _slab_size(
+    index_map: np.ndarray,
+    shape: tuple[int, int, int],
+    n_in: np.ndarray,
+    itemsizes: tuple[int, int],
+    order: int,
+    volumes: int,
+) -> int:
+    """Slices per output slab, so that the slabs in flight stay small next to the output.
+
+    A slab costs its input box and its output block; with one slab per core in flight,
+    their sum is kept near ``_WORKING_SET`` of one output volume (within 2-64 MB), and
+    there are at least two slabs per core when the series is one volume.
+    """
     nz, ny, nx = shape
-    by_memory = max(1, _SLAB_VOXELS // max(1, ny * nx))
     cores = os.cpu_count() or 1
+    in_size, out_size = itemsizes
+    budget = _WORKING_SET * nz * ny * nx * out_size / cores
+    budget = min(max(budget, 2 * 2**20), 64 * 2**20)
     per_volume = max(1, math.ceil(2 * cores / max(1, volumes)))
-    by_cores = max(1, math.ceil(nz / per_volume))
-    return int(min(nz, by_memory, by_cores))
+    size = max(1, math.ceil(nz / per_volume))
+    while size > 1:
+        box = _box(index_map, 0, size, shape, n_in, _PAD[order])
+        boxed = 0 if box is None else int(np.prod(box[1] - box[0]))
+        if boxed * in_size + size * ny * nx * out_size <= budget:
+            break
+        size = max(1, size * 2 // 3)
+    return int(size)
 
 
 def _box(
@@ -383,17 +404,26 @@ def _source_array(source: xr.DataArray) -> Any:
     return source.chunk({d: -1 for d in source.dims}).data
 
 
-def _read_box(data: Any, key: tuple[slice, ...]) -> Any:
-    """Return the box ``data[key]`` as one chunk whose graph reads only the box.
+class _Box:
+    """The input box of one slab, read inside the slab's own task.
 
-    Optimising the slice on its own fuses it into the read of a lazily opened series (the
-    slice reaches the backend), before the slabs share the source in one graph, where a
-    chunk with several dependents would be read whole.
+    Reading in the task that consumes the box (rather than in a task of its own) keeps the
+    scheduler from reading boxes ahead of the slabs that need them: one box per core is in
+    memory at a time. The slice is optimised on its own first, which fuses it into the read
+    of a lazily opened series, so only the box's frames are read.
     """
-    import dask
 
-    (piece,) = dask.optimize(data[key].rechunk(-1))
-    return piece
+    def __init__(self, data: Any, key: tuple[slice, ...]) -> None:
+        import dask
+
+        (self.piece,) = dask.optimize(data[key])
+        self.token = (data.name, repr(key))
+
+    def __dask_tokenize__(self) -> Any:
+        return self.token
+
+    def read(self) -> np.ndarray:
+        return np.asarray(self.piece.compute(scheduler="sync"))
 
 
 def _lazy_resample(
@@ -414,11 +444,11 @@ def _lazy_resample(
     channels = source.sizes["channel"] if "channel" in source.dims else None
     n_in = np.array(data.shape[n_extra : n_extra + 3])
     volumes = math.prod(extra_shape)
-    size = _slab_size(shape, volumes)
+    itemsizes = (np.dtype(data.dtype).itemsize, np.dtype(dtype).itemsize)
+    size = _slab_size(index_map, shape, n_in, itemsizes, order, volumes)
     starts = list(range(0, shape[0], size))
     name = "resample-" + tokenize(data.name, index_map, shape, order, fill, str(dtype), size)
     dsk: dict[Any, Any] = {}
-    pieces = []
     lead = (1,) * n_extra
     tail = (0,) if channels is not None else ()
     for k, z0 in enumerate(starts):
@@ -445,10 +475,8 @@ def _lazy_resample(
                 dsk[key] = (_resample_slab, None, slab)
                 continue
             window = tuple(slice(int(a), int(b)) for a, b in zip(*box, strict=True))
-            piece = _read_box(data, tuple(slice(i, i + 1) for i in e) + window)
-            pieces.append(piece)
-            dsk[key] = (_resample_slab, (piece.name, *(0,) * piece.ndim), slab)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=pieces)
+            dsk[key] = (_resample_slab, _Box(data, tuple(slice(i, i + 1) for i in e) + window), slab)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
     chunks = (
         *((1,) * n for n in extra_shape),
         tuple(min(size, shape[0] - z0) for z0 in starts),
