@@ -133,3 +133,27 @@ def test_twenty_good_slices_and_one_hostile_file(
     assert values.shape[0] == da.sizes["slice"]
     if str(hostile) not in set(df["path"]):
         assert _named(df.attrs["skipped"], hostile)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "self_link", "link_to_dev_zero", "dangling"])
+def test_anatomy_refuses_what_is_not_a_regular_file(kind: str, tmp_path: Path) -> None:
+    """A pipe, a link loop, a device or a dangling link: a named error, nothing opened."""
+    from dicomxr.anatomy import anatomy
+    from dicomxr.errors import InputFileError
+
+    path = tmp_path / "hostile.dcm"
+    if kind == "dangling":
+        os.symlink(tmp_path / "nowhere.dcm", path)
+    else:
+        HOSTILE[kind](b"", path)
+    with pytest.raises(InputFileError, match=r"hostile\.dcm"):
+        anatomy(path)
+
+
+def test_anatomy_bounds_a_deflate_bomb(tmp_path: Path) -> None:
+    from dicomxr.anatomy import anatomy
+
+    path = tmp_path / "bomb.dcm"
+    deflate_bomb(b"", path)
+    a = anatomy(path)
+    assert any("inflates past" in b.reason for b in a.breaks)

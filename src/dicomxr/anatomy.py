@@ -29,6 +29,7 @@ import functools
 import logging
 import mmap
 import os
+import stat
 import struct
 import sys
 import types
@@ -38,6 +39,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+
+from dicomxr.errors import InputFileError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -80,6 +83,8 @@ TRANSFER_SYNTAXES = {
 
 #: how much of a value is read to decode and show it (longer values are shown by length)
 DECODE_LIMIT = 1024
+# a deflated data set is inflated up to this many bytes (a small file can inflate to gigabytes)
+INFLATE_LIMIT = 256 << 20
 
 
 @dataclass(eq=False)
@@ -1062,6 +1067,25 @@ class Anatomy:
         return AnatomyWidget(self).widget
 
 
+def _check_regular_file(path: Path) -> None:
+    """Refuse, before opening it, a path that is not a regular file (it could block or never end)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(f"no such file: {path}") from None
+        target = os.readlink(path) if os.path.islink(path) else None
+        what = f"a symbolic link to {target!r} that" if target is not None else "it"
+        raise InputFileError(f"{path}: {what} cannot be followed ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "a device"
+        )  # fmt: skip
+        raise InputFileError(f"{path} is {kind}, not a regular file: not read")
+
+
 def _open_buffer(path: Path) -> tuple[Any, Any]:
     fh = open(path, "rb")
     try:
@@ -1118,6 +1142,7 @@ def anatomy(
         result.source = Path(path_or_bytes)
         if result.source.is_dir():
             raise IsADirectoryError(f"{result.source} is a folder, not a file")
+        _check_regular_file(result.source)
         buf, fh = _open_buffer(result.source)
     try:
         _walk_file(result, buf, transfer_syntax, decode_limit)
@@ -1282,7 +1307,12 @@ def _walk_deflated(a: Anatomy, buf: Any, pos: int, decode_limit: int, enc: list[
     n = len(buf)
     d = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        inflated = d.decompress(bytes(buf[pos:n])) + d.flush()
+        inflated = d.decompress(bytes(buf[pos:n]), INFLATE_LIMIT)
+        if d.unconsumed_tail:
+            limit = INFLATE_LIMIT >> 20
+            _break(a, _Broken(pos, f"deflated dataset inflates past {limit} MiB"), n, "file")
+            return
+        inflated += d.flush()
     except zlib.error as exc:
         _break(a, _Broken(pos, f"deflated dataset does not inflate: {exc}"), n, "file")
         return
