@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -90,9 +91,28 @@ def link_to_dev_zero(spare: bytes, path: Path) -> None:
     os.symlink("/dev/zero", path)
 
 
+def huge_frame_count(spare: bytes, path: Path) -> None:
+    """NumberOfFrames 2**31 - 1 in a 1 kB slice: planning must not make 2**31 rows."""
+    path.write_bytes(_edit(spare, NumberOfFrames=2**31 - 1))
+
+
+def huge_samples(spare: bytes, path: Path) -> None:
+    """Rows = Columns = SamplesPerPixel = 65535: loading must not allocate 2**48 bytes."""
+    path.write_bytes(_edit(spare, Rows=65535, Columns=65535, SamplesPerPixel=65535))
+
+
 HOSTILE: dict[str, Callable[[bytes, Path], None]] = {
     f.__name__: f
-    for f in (deep_nesting, zeros_after_marker, deflate_bomb, fifo, self_link, link_to_dev_zero)
+    for f in (
+        deep_nesting,
+        zeros_after_marker,
+        deflate_bomb,
+        fifo,
+        self_link,
+        link_to_dev_zero,
+        huge_frame_count,
+        huge_samples,
+    )
 }
 
 
@@ -133,6 +153,39 @@ def test_twenty_good_slices_and_one_hostile_file(
     assert values.shape[0] == da.sizes["slice"]
     if str(hostile) not in set(df["path"]):
         assert _named(df.attrs["skipped"], hostile)
+    else:  # catalogued: it loads as a slice, or planning sets it apart
+        plans = dicomxr.plan_series(df)
+        apart = set(plans.set_apart["path"]) if len(plans.set_apart) else set()
+        assert str(hostile) in apart or str(hostile) in set(np.ravel(da["path"].values))
+
+
+@pytest.mark.parametrize("key, delta", [("Columns", -1), ("Columns", 1), ("Rows", 1)])
+def test_a_lying_size_is_never_read_sheared(
+    key: str, delta: int, good_folder: Path, tmp_path: Path
+) -> None:
+    """A 16 x 12 slice whose header says one column (or row) more or less."""
+    from dicomxr import pixels
+
+    path = tmp_path / "lying.dcm"
+    ds = pydicom.dcmread(io.BytesIO(_spare_slice(tmp_path)))
+    path.write_bytes(_edit(_spare_slice(tmp_path), **{key: int(ds[key].value) + delta}))
+    (ref,) = pixels.file_frame_refs(path)
+    with pytest.raises(dicomxr.PixelDataError, match=r"lying\.dcm.*does not match"):
+        pixels.read_frame(ref)
+
+
+def test_extra_whole_rows_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    """Rows one too small: the described rows read as they are (pydicom's padded file)."""
+    from dicomxr import pixels
+
+    path = tmp_path / "short_rows.dcm"
+    ds = pydicom.dcmread(io.BytesIO(_spare_slice(tmp_path)))
+    full = ds.pixel_array
+    path.write_bytes(_edit(_spare_slice(tmp_path), Rows=int(ds.Rows) - 1))
+    (ref,) = pixels.file_frame_refs(path)
+    with pytest.warns(dicomxr.DicomxrWarning, match="extra rows are ignored"):
+        got = pixels.read_frame(ref)
+    np.testing.assert_array_equal(got, full[:-1])
 
 
 @pytest.mark.parametrize("kind", ["fifo", "self_link", "link_to_dev_zero", "dangling"])

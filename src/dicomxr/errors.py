@@ -63,6 +63,10 @@ class LabelWarning(DicomxrWarning):
     """Labels were read or written with a change the caller should know about (renumbering)."""
 
 
+class PixelDataWarning(DicomxrWarning):
+    """Pixel data was read, but does not quite fit its header (extra bytes were ignored)."""
+
+
 class SkippedFileWarning(DicomxrWarning):
     """Files were skipped during a scan; see the catalog's ``skipped`` report."""
 

@@ -172,6 +172,19 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
         mosaic = ok
         n_mosaic[mosaic] = nm[mosaic].astype(np.int64)
     counts = np.where(mosaic, n_mosaic, nframes)
+    claim_errors: list[dict[str, str]] = []
+    impossible = _impossible_claims(catalog, counts, mosaic, claim_errors)
+    if impossible.any():
+        # planning memory follows the frames that exist, not what a header claims: a
+        # file that cannot hold its claim is one row, flagged cut short (set apart)
+        counts = np.where(impossible, 1, counts)
+        mosaic = mosaic & ~impossible
+        enhanced = enhanced & ~impossible
+        catalog = catalog.copy()
+        flags = catalog.get("pixel_data_truncated", pd.Series(False, index=catalog.index))
+        catalog["pixel_data_truncated"] = flags.fillna(False).astype(bool).to_numpy() | impossible
+        for rec in claim_errors:
+            logger.warning("%s: %s", rec["path"], rec["reason"])
 
     image_type = catalog["ImageType"].to_numpy(dtype=object) if "ImageType" in cols else _empty(n)
     component = np.array([component_from_image_type(v) for v in image_type], dtype=object)
@@ -194,6 +207,8 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
             new["ComplexImageComponent"] = component
         out = catalog.assign(**new)
         out.index = pd.RangeIndex(n)
+        if claim_errors:
+            out.attrs["frame_errors"] = claim_errors
         return out
 
     src = np.repeat(np.arange(n), counts)
@@ -221,7 +236,7 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     if "ComplexImageComponent" not in cols:
         values["ComplexImageComponent"] = component[src]
     overrides: dict[str, np.ndarray] = {}
-    errors: list[dict[str, str]] = []
+    errors: list[dict[str, str]] = list(claim_errors)
 
     def put(col: str, rows: slice, vals: list[Any]) -> None:
         if col in values:
@@ -279,6 +294,70 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     if errors:
         out.attrs["frame_errors"] = errors
     return out
+
+
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+# an encapsulated frame takes at least one fragment item header
+_MIN_ENCAPSULATED_FRAME = 8
+
+
+def _column(catalog: pd.DataFrame, name: str, default: float) -> np.ndarray:
+    if name not in catalog.columns:
+        return np.full(len(catalog), default, dtype=np.float64)
+    values = pd.to_numeric(catalog[name], errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    return np.where(np.isfinite(values), values, default)
+
+
+def _impossible_claims(
+    catalog: pd.DataFrame, counts: np.ndarray, mosaic: np.ndarray, errors: list[dict[str, str]]
+) -> np.ndarray:
+    """Flag files whose header claims more frames (or tiles, or bytes) than the file can hold.
+
+    Uncompressed: Rows x Columns x samples x bits x frames must fit between the pixel data
+    element and the end of the file; encapsulated: every frame needs a fragment header; a
+    MOSAIC cannot have more tiles than pixels. Each flagged file gets a reason in ``errors``.
+    """
+    has_pixels = (
+        catalog["has_pixels"].to_numpy(dtype=bool, na_value=False)
+        if "has_pixels" in catalog.columns
+        else np.ones(len(catalog), bool)
+    )
+    size = _column(catalog, "file_size", np.inf)
+    room = size - np.maximum(_column(catalog, "pixel_data_offset", 0.0), 0.0)
+    frame_bytes = (
+        _column(catalog, "Rows", 0.0)
+        * _column(catalog, "Columns", 0.0)
+        * np.maximum(_column(catalog, "SamplesPerPixel", 1.0), 1.0)
+        * np.maximum(_column(catalog, "BitsAllocated", 8.0), 1.0)
+        / 8
+    )
+    ts = (
+        catalog["TransferSyntaxUID"].to_numpy(dtype=object, na_value=None)
+        if "TransferSyntaxUID" in catalog.columns
+        else np.full(len(catalog), None, dtype=object)
+    )
+    native = np.array([t in _NATIVE_SYNTAXES for t in ts], dtype=bool)
+    stored = np.where(mosaic, 1, counts).astype(np.float64)
+    need = np.where(native, stored * frame_bytes, stored * _MIN_ENCAPSULATED_FRAME)
+    too_many_tiles = mosaic & (
+        counts > _column(catalog, "Rows", 0.0) * _column(catalog, "Columns", 0.0)
+    )
+    bad = has_pixels & ((need > room) | too_many_tiles)
+    for i in np.flatnonzero(bad):
+        what = f"{int(counts[i])} tile(s)" if mosaic[i] else f"{int(counts[i])} frame(s)"
+        errors.append(
+            {
+                "path": str(catalog["path"].iat[i]) if "path" in catalog.columns else "?",
+                "reason": (
+                    f"header claims {what} needing {need[i]:.0f} bytes of pixel data "
+                    f"({'uncompressed' if native[i] else 'encapsulated'}); the file has "
+                    f"{room[i]:.0f} after the pixel data element: set apart as cut short"
+                ),
+            }
+        )
+    return bad
 
 
 def _as_object(vals: list[Any]) -> np.ndarray:

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import struct
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -46,7 +47,12 @@ from typing import Any
 import numpy as np
 
 # PixelDataError lives in dicomxr.errors; imported here too, where it has always been found
-from dicomxr.errors import MissingDependencyError, PixelDataError
+from dicomxr.errors import (
+    MissingDependencyError,
+    PixelDataError,
+    PixelDataWarning,
+    user_stacklevel,
+)
 
 __all__ = [
     "FrameRef",
@@ -462,6 +468,7 @@ def _read_native(ref: FrameRef, out: np.ndarray | None) -> np.ndarray:
             return _pydicom_decode(f, ref, start, vr, element)
         dtype = stored_dtype(ref, element=element)
         frame_bytes = rows * cols * spp * dtype.itemsize
+        _check_native_length(ref, length, frame_bytes, dtype.itemsize)
         begin = ref.frame * frame_bytes
         size = os.fstat(f.fileno()).st_size
         available = min(length, max(size - start, 0))
@@ -498,6 +505,42 @@ def _read_native(ref: FrameRef, out: np.ndarray | None) -> np.ndarray:
             arr = convert_color_space(arr, "YBR_FULL", "RGB")
         return arr
     return buf.reshape(rows, cols)
+
+
+def _check_native_length(ref: FrameRef, length: int, frame_bytes: int, itemsize: int) -> None:
+    """Refuse pixel data whose length does not fit the header's Rows x Columns x frames.
+
+    A 512 x 512 slice whose Columns says 511 would otherwise load as a sheared image. Fewer
+    bytes than described, or an excess that is not whole rows, is a ``PixelDataError``; an
+    excess of whole rows (padding, or Rows too small: the described rows read unsheared) is
+    a :class:`~dicomxr.errors.PixelDataWarning`.
+    """
+    frames = max(ref.NumberOfFrames, 1)
+    expected = frame_bytes * frames
+    excess = length - expected
+    if 0 <= excess <= (expected & 1):
+        return
+    row_bytes = ref.stored_cols * max(ref.SamplesPerPixel, 1) * itemsize
+    described = (
+        f"{frames} frame(s) of Rows {ref.stored_rows} x Columns {ref.stored_cols} x "
+        f"{max(ref.SamplesPerPixel, 1)} sample(s) x {itemsize} byte(s)"
+    )
+    # one frame: whole extra rows follow the described ones; several frames: extra rows
+    # would shift every frame after the first, so only a tail shorter than a row is padding
+    whole_rows = frames == 1 and row_bytes and excess % row_bytes == 0
+    if excess > 0 and (whole_rows or (frames > 1 and excess < row_bytes)):
+        warnings.warn(
+            f"{ref.path}: the Pixel Data holds {length} bytes, {excess} more than the header's "
+            f"{described}; the extra rows are ignored",
+            PixelDataWarning,
+            stacklevel=user_stacklevel(),
+        )
+        return
+    raise PixelDataError(
+        f"{ref.path}: the Pixel Data holds {length} bytes but the header describes "
+        f"{expected} ({described}): the header does not match the pixel data, so the "
+        "frame is not read"
+    )
 
 
 def _correct_unused_bits(buf: np.ndarray, shift: int) -> None:
