@@ -475,7 +475,11 @@ def _lazy_resample(
                 dsk[key] = (_resample_slab, None, slab)
                 continue
             window = tuple(slice(int(a), int(b)) for a, b in zip(*box, strict=True))
-            dsk[key] = (_resample_slab, _Box(data, tuple(slice(i, i + 1) for i in e) + window), slab)
+            dsk[key] = (
+                _resample_slab,
+                _Box(data, tuple(slice(i, i + 1) for i in e) + window),
+                slab,
+            )
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
     chunks = (
         *((1,) * n for n in extra_shape),
