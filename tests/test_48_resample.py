@@ -259,6 +259,20 @@ def test_building_reads_nothing_one_slab_reads_part(philips_ct, monkeypatch) -> 
     assert count.frames < 140 // 2
 
 
+def test_per_frame_chunks_and_no_dask_read_only_the_box(philips_ct, monkeypatch) -> None:
+    count = _Counter(monkeypatch)
+    full = resample(_open(philips_ct).isel(slice=slice(60, 64)), spacing=1.0).values
+    for chunks in ({}, None):  # one dask chunk per frame; xarray's lazy indexing, no dask
+        da = _open(philips_ct, chunks=chunks)
+        out = resample(da, spacing=1.0)
+        count.frames = 0
+        got = out.isel(slice=slice(60, 64)).values
+        assert count.frames <= out.chunks[0][0] + 4
+        sub = resample_like(da.isel(slice=slice(60, 64)), out.isel(slice=slice(60, 64))).values
+        np.testing.assert_array_equal(got, sub)
+    np.testing.assert_allclose(full, got, rtol=1e-6)
+
+
 def test_graph_is_deterministic_and_picklable(sample_dir) -> None:
     da = _open(sample_dir)
     a, b = resample(da, spacing=3.0), resample(da, spacing=3.0)
