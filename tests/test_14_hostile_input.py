@@ -210,3 +210,70 @@ def test_anatomy_bounds_a_deflate_bomb(tmp_path: Path) -> None:
     deflate_bomb(b"", path)
     a = anatomy(path)
     assert any("inflates past" in b.reason for b in a.breaks)
+
+
+def _fileset(tmp_path: Path) -> tuple[Path, list[str]]:
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    src = Path(get_testdata_file("DICOMDIR")).parent
+    fs = tmp_path / "fileset"
+    shutil.copytree(src, fs, ignore=shutil.ignore_patterns("DICOMDIR-*", "README*"))
+    ds = pydicom.dcmread(src / "DICOMDIR")
+    refs = sorted(
+        {
+            str(
+                fs.joinpath(
+                    *(
+                        [r.ReferencedFileID]
+                        if isinstance(r.ReferencedFileID, str)
+                        else r.ReferencedFileID
+                    )
+                )
+            )
+            for r in ds.DirectoryRecordSequence
+            if r.get("ReferencedFileID")
+        }
+    )
+    return fs, refs
+
+
+@pytest.mark.parametrize("damage", ["item_length", "element_length", "truncated"])
+def test_a_damaged_dicomdir_loses_no_reference_silently(damage: str, tmp_path: Path) -> None:
+    """Every file the intact DICOMDIR lists is catalogued or named in the report."""
+    fs, refs = _fileset(tmp_path)
+    data = bytearray((fs / "DICOMDIR").read_bytes())
+    items = [i for i in range(400, len(data) - 8) if data[i : i + 4] == b"\xfe\xff\x00\xe0"]
+    if damage == "item_length":  # the third record claims 7 bytes
+        data[items[2] + 4 : items[2] + 8] = struct.pack("<I", 7)
+    elif damage == "element_length":  # a record's type (CS) claims 0xFFFF bytes
+        i = data.index(b"\x04\x00\x30\x14CS", items[3])
+        data[i + 6 : i + 8] = b"\xff\xff"
+    else:
+        data = data[: items[len(items) // 2] + 40]
+    (fs / "DICOMDIR").write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = dicomxr.scan(fs / "DICOMDIR")
+    named = set(df["path"]) | {s["path"] for s in df.attrs["skipped"]}
+    assert [r for r in refs if r not in named] == []
+    assert any("director" in s["reason"] for s in df.attrs["skipped"])
+
+
+def test_linked_folders_are_followed_once_and_loops_reported(
+    good_folder: Path, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    (tree / "study").mkdir(parents=True)
+    os.symlink(good_folder, tree / "study" / "series_link")  # a series folder that is a link
+    os.symlink("..", tree / "study" / "loop_up")
+    os.symlink(tree, tree / "study" / "loop_top")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_folder = dicomxr.scan(tree)
+        by_glob = dicomxr.scan(str(tree / "**" / "*"))
+    for df in (by_folder, by_glob):
+        assert len(df) == GOOD and df["path"].is_unique
+    reasons = [s["reason"] for s in by_folder.attrs["skipped"]]
+    assert any("already scanned" in r for r in reasons)

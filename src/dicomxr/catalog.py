@@ -14,6 +14,7 @@ Both paths produce the same values (tested on every file of the real corpora).
 
 from __future__ import annotations
 
+import fnmatch
 import glob as _glob
 import logging
 import operator
@@ -1178,7 +1179,7 @@ def _expand_one(
 ) -> list[str]:
     item = os.path.expanduser(item)
     if os.path.isdir(item):
-        return _walk(item, recursive)
+        return _walk(item, recursive, skipped_out)
     if os.path.isfile(item):
         path = os.path.abspath(item)
         # one look inside for a lone file; in long lists, only files named like a
@@ -1188,17 +1189,19 @@ def _expand_one(
 
             files, dangling = dicomdir.referenced_files(path)
             skipped_out.extend(dangling)
+            if recursive and _damaged_directory(path, dangling):
+                return files + _on_disk_besides(path, files, skipped_out)
             return files
         explicit_out.add(path)
         return [path]
     if any(c in item for c in _GLOB_CHARS):
-        matches = sorted(_glob.glob(item, recursive=True))
+        matches = _glob_paths(item)
         if not matches and top:
             raise FileNotFoundError(f"no files match the pattern {item!r}")
         out: list[str] = []
         for m in matches:
             if os.path.isdir(m):
-                out.extend(_walk(m, recursive))
+                out.extend(_walk(m, recursive, skipped_out))
             else:
                 out.append(os.path.abspath(m))
         return out
@@ -1208,17 +1211,102 @@ def _expand_one(
     return []
 
 
-def _walk(folder: str, recursive: bool) -> list[str]:
+_DIRECTORY_DAMAGE = (
+    "truncated directory file",
+    "unreadable directory file",
+    "damaged directory record",
+    "directory file without",
+)
+
+
+def _damaged_directory(path: str, dangling: list[dict[str, str]]) -> bool:
+    return any(d["path"] == path and d["reason"].startswith(_DIRECTORY_DAMAGE) for d in dangling)
+
+
+def _on_disk_besides(
+    dicomdir: str, listed: list[str], skipped_out: list[dict[str, str]]
+) -> list[str]:
+    """Find the files under a damaged DICOMDIR's folder that it does not list."""
+    known = set(listed) | {dicomdir}
+    extra = [p for p in _walk(os.path.dirname(dicomdir), True, skipped_out) if p not in known]
+    if extra:
+        skipped_out.append(
+            {
+                "path": dicomdir,
+                "reason": f"damaged directory file: {len(extra)} file(s) in its folder "
+                "that it does not list were read too",
+            }
+        )
+    return extra
+
+
+def _walk(
+    folder: str, recursive: bool, skipped_out: list[dict[str, str]] | None = None
+) -> list[str]:
+    """Every file under ``folder``; linked sub-folders are followed once.
+
+    A folder reached a second time (a symbolic-link loop, or two links to one folder) is
+    detected by its device and inode, not read again, and reported in ``skipped_out``.
+    """
     folder = os.path.abspath(folder)
     if not recursive:
         with os.scandir(folder) as it:
             # not is_dir() rather than is_file(): a dangling link is reported, not dropped
             return sorted(e.path for e in it if not e.is_dir())
     out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    seen: dict[tuple[int, int], str] = {}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        first = seen.setdefault((st.st_dev, st.st_ino), dirpath)
+        if first != dirpath:
+            dirnames[:] = []
+            if skipped_out is not None:
+                skipped_out.append(
+                    {
+                        "path": dirpath,
+                        "reason": f"symbolic link to a folder already scanned ({first}; a "
+                        "link loop or a second link): not read twice",
+                    }
+                )
+            continue
         dirnames.sort()
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames))
     return out
+
+
+def _glob_paths(pattern: str) -> list[str]:
+    """Paths matching a glob pattern; a ``**`` pattern walks its base folder link-safely.
+
+    :func:`glob.glob` follows linked folders under ``**`` with no loop check: one loop
+    lists every file dozens of times, two never finish.
+    """
+    if "**" not in pattern:
+        return sorted(_glob.glob(pattern, recursive=True))
+    parts = pattern.split(os.sep)
+    first = next(i for i, p in enumerate(parts) if any(c in p for c in _GLOB_CHARS))
+    bases = _glob.glob(os.sep.join(parts[:first]) or ".") if first else ["."]
+    pattern_abs = os.path.abspath(pattern)
+    shallow = pattern_abs.replace("**" + os.sep, "")
+    out = []
+    for base in bases:
+        if not os.path.isdir(base):
+            continue
+        for path in _walk_all(base):
+            if fnmatch.fnmatchcase(path, pattern_abs) or fnmatch.fnmatchcase(path, shallow):
+                if not any(c.startswith(".") for c in os.path.relpath(path, base).split(os.sep)):
+                    out.append(path)
+    return sorted(out)
+
+
+def _walk_all(base: str) -> list[str]:
+    """Every folder and file under ``base`` (linked folders once), for pattern matching."""
+    files = _walk(base, True)
+    folders = {os.path.dirname(f) for f in files}
+    return sorted(folders | set(files))
 
 
 def _looks_like_dicomdir_name(path: str) -> bool:

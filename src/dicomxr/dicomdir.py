@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import stat
+import struct
 import warnings
 from typing import Any
 
@@ -127,6 +130,7 @@ def referenced_files(
                 {"path": directory_file, "reason": "directory file without DirectoryRecordSequence"}
             )
             return
+        followed: set[tuple[str, ...]] = set()
         for index, record in enumerate(records):
             try:
                 with warnings.catch_warnings():
@@ -146,36 +150,113 @@ def referenced_files(
                 continue
             if file_id is None or file_id == "":
                 continue
-            try:
-                target = _file_id_to_path(root_dir, file_id)
-            except (ValueError, TypeError) as exc:
-                dangling.append({"path": directory_file, "reason": str(exc)})
+            followed.add(_id_key(file_id))
+            follow(directory_file, file_id, rtype, sop_in_file, depth)
+        # a damaged item or element length makes pydicom read fewer records (or garbage)
+        # without an error: the references still in the bytes are followed and reported
+        recovered = []
+        for file_id in _raw_file_ids(directory_file):
+            if _id_key(file_id) in followed:
                 continue
-            real = _resolve_case(target)
-            if real is None:
-                dangling.append(
-                    {
-                        "path": target,
-                        "reason": "dangling DICOMDIR reference "
-                        f"(the {rtype} record in {directory_file} names a missing file)",
-                    }
-                )
-                continue
-            if os.path.isdir(real):
-                dangling.append(
-                    {"path": real, "reason": f"DICOMDIR reference to a folder ({rtype} record)"}
-                )
-                continue
-            if _refers_to_directory_file(rtype, sop_in_file, real):
-                visit(real, depth + 1)
-                continue
-            if real not in seen:
-                seen.add(real)
-                files.append(real)
+            followed.add(_id_key(file_id))
+            recovered.append("/".join(file_id))
+            follow(directory_file, file_id, "", None, depth)
+        if recovered:
+            shown = ", ".join(recovered[:3]) + (", ..." if len(recovered) > 3 else "")
+            dangling.append(
+                {
+                    "path": directory_file,
+                    "reason": f"damaged directory records: {len(recovered)} reference(s) "
+                    f"recovered from the file's bytes ({shown})",
+                }
+            )
+
+    def follow(directory_file: str, file_id: Any, rtype: str, sop_in_file: Any, depth: int) -> None:
+        try:
+            target = _file_id_to_path(root_dir, file_id)
+        except (ValueError, TypeError) as exc:
+            dangling.append({"path": directory_file, "reason": str(exc)})
+            return
+        real = _resolve_case(target)
+        if real is None:
+            dangling.append(
+                {
+                    "path": target,
+                    "reason": "dangling DICOMDIR reference "
+                    f"(the {rtype or 'damaged'} record in {directory_file} names a missing file)",
+                }
+            )
+            return
+        if os.path.isdir(real):
+            dangling.append(
+                {"path": real, "reason": f"DICOMDIR reference to a folder ({rtype} record)"}
+            )
+            return
+        if not _is_regular(real):
+            # a pipe would block, a device never ends: never opened
+            dangling.append(
+                {
+                    "path": real,
+                    "reason": "DICOMDIR reference to something that is not a regular file "
+                    "(a pipe, socket, device or link loop): not read",
+                }
+            )
+            return
+        if _refers_to_directory_file(rtype, sop_in_file, real):
+            visit(real, depth + 1)
+            return
+        if real not in seen:
+            seen.add(real)
+            files.append(real)
 
     visit(dicomdir, 0)
     logger.debug("%s: %d referenced files, %d dangling", dicomdir, len(files), len(dangling))
     return files, dangling
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _id_key(file_id: Any) -> tuple[str, ...]:
+    parts = [file_id] if isinstance(file_id, str) else list(file_id)
+    return tuple(str(p).strip().upper() for p in parts if str(p).strip())
+
+
+# a ReferencedFileID (0004,1500) element: explicit VR LE, explicit VR BE, implicit VR LE
+_FILE_ID_PATTERNS = (
+    re.compile(rb"\x04\x00\x00\x15CS(..)", re.DOTALL),
+    re.compile(rb"\x00\x04\x15\x00CS(..)", re.DOTALL),
+    re.compile(rb"\x04\x00\x00\x15(..)\x00\x00", re.DOTALL),
+)
+_FILE_ID_BYTES = re.compile(rb"[A-Za-z0-9_\\ ]+")
+# directory files larger than this are not searched byte by byte
+_RAW_SEARCH_LIMIT = 64 << 20
+
+
+def _raw_file_ids(path: str) -> list[tuple[str, ...]]:
+    """Every ReferencedFileID value found in a directory file's bytes, in file order."""
+    try:
+        if os.path.getsize(path) > _RAW_SEARCH_LIMIT:
+            return []
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return []
+    out: list[tuple[str, ...]] = []
+    for pattern, order in zip(_FILE_ID_PATTERNS, ("<", ">", "<"), strict=True):
+        for m in pattern.finditer(data):
+            (length,) = struct.unpack(order + "H", m.group(1))
+            value = data[m.end() : m.end() + length]
+            if not 0 < length <= 8 * 17 or not _FILE_ID_BYTES.fullmatch(value):
+                continue
+            parts = tuple(p.strip() for p in value.decode("ascii").split("\\") if p.strip())
+            if parts:
+                out.append(parts)
+    return out
 
 
 def _refers_to_directory_file(rtype: str, sop_in_file: Any, path: str) -> bool:
