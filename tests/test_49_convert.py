@@ -329,6 +329,37 @@ def test_resume_after_an_interruption_does_only_what_is_missing(
     assert not again.done and len(again.skipped) == 3
 
 
+def test_ctrl_c_in_the_cli_then_a_rerun(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import dicomxr.convert as module
+
+    real = module.convert_series
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "convert_series", interrupted)
+    args = ["convert", str(cohort), str(tmp_path / "o"), "--no-progress"]
+    assert dicomxr.cli.main(args) == 130
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(module, "convert_series", real)
+    assert dicomxr.cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 output(s) written, 1 series skipped" in out
+
+
+def test_dicomxr_convert_is_the_function_and_the_module(cohort: Path, tmp_path: Path) -> None:
+    import dicomxr.convert as module
+
+    assert dicomxr.convert is module or dicomxr.convert is module.convert
+    assert module(cohort, tmp_path / "o", progress=False).ok
+
+
 def test_changed_input_is_converted_again(cohort: Path, tmp_path: Path) -> None:
     dest = tmp_path / "out"
     convert(cohort, dest, progress=False)
