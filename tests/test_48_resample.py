@@ -275,6 +275,23 @@ def test_building_reads_nothing_one_slab_reads_part(philips_ct, monkeypatch) -> 
     assert count.frames < 140 // 2
 
 
+def test_a_full_compute_never_holds_the_whole_input(ct, monkeypatch) -> None:
+    from dicomxr import resample as module
+
+    sizes: list[int] = []
+    real = module._Box.read
+
+    def read(box):
+        values = real(box)
+        sizes.append(values.size)
+        return values
+
+    monkeypatch.setattr(module._Box, "read", read)
+    resample(ct, spacing=1.0).compute()
+    assert len(sizes) > 4 and sum(sizes) >= ct.size  # every slab read its own box ...
+    assert max(sizes) <= ct.size // 4  # ... a small part of the series
+
+
 def test_per_frame_chunks_and_no_dask_read_only_the_box(philips_ct, monkeypatch) -> None:
     count = _Counter(monkeypatch)
     full = resample(_open(philips_ct).isel(slice=slice(60, 64)), spacing=1.0).values
