@@ -273,7 +273,8 @@ def test_names_are_sanitised() -> None:
     assert name == "etc_passwd/007_T1_w_gd"
     assert render_name("{PatientID}", {"PatientID": ".."}) == "na"
     assert render_name("{Missing}/{SeriesNumber}", {"SeriesNumber": 2}) == "na/2"
-    for bad in ("../{PatientID}", "/abs/{PatientID}", "{PatientID.__class__}", "{0}"):
+    for bad in ("../{PatientID}", "/abs/{PatientID}", "{PatientID.__class__}", "{0}",
+                "{PatientID:>999999999}"):  # fmt: skip
         with pytest.raises(ConvertError):
             render_name(bad, fields)
 

@@ -210,11 +210,13 @@ def _template_fields(template: str) -> list[str]:
             f"template {template!r} must be a relative name like {DEFAULT_TEMPLATE!r}"
         )
     names = []
-    for literal, name, _spec, _conv in string.Formatter().parse(template):
+    for literal, name, spec, _conv in string.Formatter().parse(template):
         if any(part in ("..", ".") for part in re.split(r"[/\\]", literal or "")):
             raise ConvertError(f"template {template!r}: '..' and '.' are not allowed in names")
         if name is None:
             continue
+        if spec and (len(spec) > 8 or re.search(r"\d{3,}", spec)):
+            raise ConvertError(f"template field {{{name}:{spec}}}: use a short format like :03d")
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             raise ConvertError(
                 f"template field {{{name}}} is not a DICOM keyword; use fields like "
