@@ -357,7 +357,7 @@ class _Walker:
             if pos > limit:  # pragma: no cover - guarded by the length checks
                 raise _Broken(pos, "element overruns the enclosing item")
             if end is None and depth == 0 and stop_group is None and self.n - pos < 8:
-                if not bytes(self.buf[pos : self.n]).strip(b"\x00"):
+                if _all_zero(self.buf, pos, self.n):
                     out.append(self._padding(pos, depth))
                     return self.n
             self.need(pos, 8, limit, "an element header")
@@ -382,7 +382,7 @@ class _Walker:
                 and stop_group is None
                 and tag == 0
                 and not bytes(self.buf[pos : min(self.n, pos + 4096)]).strip(b"\x00")
-                and not bytes(self.buf[pos : self.n]).strip(b"\x00")
+                and _all_zero(self.buf, pos, self.n)
             ):
                 out.append(self._padding(pos, depth))
                 return self.n
@@ -1067,6 +1067,16 @@ class Anatomy:
         return AnatomyWidget(self).widget
 
 
+def _all_zero(buf: Any, start: int, end: int, chunk: int = 16 << 20) -> bool:
+    """Tell whether ``buf[start:end]`` holds only zero bytes, without copying all of it."""
+    import numpy as np
+
+    for pos in range(start, end, chunk):
+        if np.frombuffer(buf, dtype=np.uint8, count=min(end, pos + chunk) - pos, offset=pos).any():
+            return False
+    return True
+
+
 def _check_regular_file(path: Path) -> None:
     """Refuse, before opening it, a path that is not a regular file (it could block or never end)."""
     try:
@@ -1094,6 +1104,11 @@ def _open_buffer(path: Path) -> tuple[Any, Any]:
             fh.close()
             return b"", None
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), fh
+    except OSError as exc:
+        fh.close()
+        raise InputFileError(
+            f"{path}: cannot be mapped into memory ({exc.strerror or exc})"
+        ) from None
     except Exception:
         fh.close()
         raise
