@@ -277,3 +277,18 @@ def test_linked_folders_are_followed_once_and_loops_reported(
         assert len(df) == GOOD and df["path"].is_unique
     reasons = [s["reason"] for s in by_folder.attrs["skipped"]]
     assert any("already scanned" in r for r in reasons)
+
+
+@pytest.mark.parametrize("command", ["scan", "anatomy"])
+def test_cli_prints_one_line_and_exits_non_zero(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dicomxr.cli import main
+
+    pipe = tmp_path / "pipe.dcm"
+    os.mkfifo(pipe)
+    target = tmp_path / "missing" if command == "scan" else pipe
+    assert main([command, str(target)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"dicomxr {command}: ")
+    assert target.name in err

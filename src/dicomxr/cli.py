@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from dicomxr.errors import DicomxrError
+
 # modules that provide ``register(subparsers)``; imported only when the CLI runs
 _REGISTRARS = (
     "dicomxr._cli_io",  # demo, scan, info
@@ -53,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (DicomxrError, OSError) as exc:
+        # documented failures (a bad file, a path that does not exist): one line, no traceback
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"dicomxr {args.command}: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
