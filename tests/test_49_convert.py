@@ -482,6 +482,22 @@ def test_series_tasks_run_in_other_processes(cohort: Path, tmp_path: Path) -> No
         assert_nifti_equals(dest / rows[0]["output"], open_series(task.plan))
 
 
+def test_one_run_per_destination(cohort: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "o"
+    state = dest / ".dicomxr-convert"
+    state.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (state / "lock").write_text(str(sleeper.pid))
+        with pytest.raises(ConvertError, match="another conversion"):
+            convert(cohort, dest, progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert convert(cohort, dest, progress=False).ok  # the lock of a dead process is taken over
+    assert not (state / "lock").exists()
+
+
 def test_set_apart_frames_are_listed(data_root: Path, tmp_path: Path) -> None:
     src = data_root / "dcm_qa_ct" / "In" / "Philips" / "S21610"
     report = convert(src, tmp_path / "o", progress=False)

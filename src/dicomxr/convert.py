@@ -330,6 +330,52 @@ def _prepare_dest(dest: Path) -> Path:
     return state
 
 
+@contextlib.contextmanager
+def _run_lock(state: Path) -> Iterator[None]:
+    """Hold ``state/lock`` for this run: two runs into one destination would clash."""
+    path = state / "lock"
+    for _attempt in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pid = _lock_owner(path)
+            if pid is not None and _alive(pid):
+                raise ConvertError(
+                    f"another conversion (process {pid}) is writing to {state.parent}; wait "
+                    f"for it to finish, or remove {path} if that process is gone"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # left by a run that was killed
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _secret(state: Path) -> str:
     """Return the de-identification key of this destination, made on first use (0600)."""
     path = state / "secret"
@@ -936,8 +982,6 @@ def convert(
     >>> report = dicomxr.convert(dicomxr.data.sample_path(), "out", progress=False)  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
     """
-    from dicomxr.api import list_series
-
     options = _options(
         format=format, template=template, split=split, deidentify=deidentify,
         date_shift=date_shift, orientation=orientation, spacing=spacing, window=window,
@@ -945,6 +989,30 @@ def convert(
     )  # fmt: skip
     dest = Path(dest)
     state = _prepare_dest(dest)
+    with _run_lock(state):
+        return _convert_locked(
+            source, dest, state, options, resume=resume, progress=progress,
+            on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive,
+            on_series=on_series,
+        )  # fmt: skip
+
+
+def _convert_locked(
+    source: Any,
+    dest: Path,
+    state: Path,
+    options: ConvertOptions,
+    *,
+    resume: bool,
+    progress: bool | None,
+    on_irregular: str,
+    on_duplicate: str,
+    recursive: bool,
+    on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
+) -> ConvertReport:
+    """Run a conversion while holding the destination's lock (see :func:`convert`)."""
+    from dicomxr.api import list_series
+
     _remove_stale_temporaries(dest)
     secret = _secret(state) if options.deidentify else ""
     deid = None
