@@ -179,24 +179,36 @@ class ConvertReport:
             f"{len(self.done)} output(s) written, {len(self.skipped)} series skipped, "
             f"{len(self.failed)} failed -> {self.dest}"
         ]
-        for item in self.skipped:
-            lines.append(f"  skipped {item['series']}: {item['reason']}")
-        for item in self.failed:
-            lines.append(f"  FAILED  {item['series']}: {item['error']}")
+        lines += _at_most(
+            [f"  skipped {i['series']}: {i['reason']}" for i in self.skipped], "skipped series"
+        )
+        lines += [f"  FAILED  {item['series']}: {item['error']}" for item in self.failed]
         if self.set_apart:
             lines.append(f"{len(self.set_apart)} group(s) of frames set apart (not converted):")
-            for item in self.set_apart:
-                lines.append(f"  {item['frames']} frame(s) of {item['series']}: {item['reason']}")
+            lines += _at_most(
+                [
+                    f"  {i['frames']} frame(s) of {i['series']}: {i['reason']}"
+                    for i in self.set_apart
+                ],
+                "groups",
+            )
         if self.skipped_files:
             lines.append(f"{len(self.skipped_files)} file(s) skipped by the scan")
         for series in self.burned_in:
             lines.append(f"  BurnedInAnnotation YES (check the pixels): {series}")
         if self.manifest is not None:
-            lines.append(f"manifest: {self.manifest}")
+            lines.append(f"manifest: {self.manifest} (every output, failure and set-apart group)")
         return "\n".join(lines)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython
         p.text(str(self))
+
+
+def _at_most(lines: list[str], what: str, limit: int = 10) -> list[str]:
+    """Keep the first ``limit`` lines, then say how many more (the manifest lists all)."""
+    if len(lines) <= limit:
+        return lines
+    return [*lines[:limit], f"  ... and {len(lines) - limit} more {what} (see the manifest)"]
 
 
 # --------------------------------------------------------------------------------------
