@@ -723,6 +723,15 @@ def test_deidentified_uids_are_stable_across_resumed_runs(identified: Path, tmp_
     assert stat.S_IMODE((dest / ".dicomxr-convert" / "secret").stat().st_mode) == 0o600
 
 
+def test_identified_and_deidentified_outputs_never_mix(cohort: Path, tmp_path: Path) -> None:
+    convert(cohort, tmp_path / "plain", progress=False)
+    with pytest.raises(ConvertError, match="holds identified outputs"):
+        convert(cohort, tmp_path / "plain", progress=False, deidentify=True, format="zarr")
+    convert(cohort, tmp_path / "deid", progress=False, deidentify=True)
+    with pytest.raises(ConvertError, match="holds deidentified outputs"):
+        convert(cohort, tmp_path / "deid", progress=False)
+
+
 def test_date_shift_moves_dates_back(identified: Path, tmp_path: Path) -> None:
     report = convert(
         identified / "s11", tmp_path / "d", progress=False, deidentify=True, date_shift=10,

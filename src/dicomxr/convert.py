@@ -388,6 +388,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _check_mode(state: Path, deidentify: bool) -> None:
+    """Refuse to mix de-identified and identified outputs in one destination."""
+    path = state / "mode"
+    wanted = "deidentified" if deidentify else "identified"
+    if path.exists():
+        found = path.read_text().strip()
+        if found != wanted:
+            raise ConvertError(
+                f"{state.parent} holds {found} outputs; a run with "
+                f"deidentify={deidentify} would mix {wanted} ones in: choose another destination"
+            )
+        return
+    _write_atomic(path, wanted + "\n")
+
+
 def _secret(state: Path) -> str:
     """Return the de-identification key of this destination, made on first use (0600)."""
     path = state / "secret"
@@ -1026,6 +1041,7 @@ def _convert_locked(
     from dicomxr.api import list_series
 
     _remove_stale_temporaries(dest)
+    _check_mode(state, options.deidentify)
     secret = _secret(state) if options.deidentify else ""
     deid = None
     if options.deidentify:
