@@ -521,6 +521,11 @@ def test_cli_convert(cohort: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert dicomxr.cli.main(["convert", str(empty), str(tmp_path / "e"), "--no-progress"]) == 1
+    args = ["convert", str(cohort), str(tmp_path / "w"), "--window", "40,400", "--spacing", "1",
+            "--dtype", "float32", "--no-progress", "-f", "{SeriesNumber}"]  # fmt: skip
+    assert dicomxr.cli.main(args) == 0
+    data = np.asanyarray(nib.load(tmp_path / "w" / "1.nii.gz").dataobj)
+    assert data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
     assert dicomxr.cli.main(["convert", str(cohort), str(tmp_path / "x"), "--format",
                              "nifti", "--orientation", "XYZ", "--no-progress"]) == 2  # fmt: skip
 

@@ -65,6 +65,12 @@ def register(subparsers: Any) -> None:
         metavar="MM[,MM,MM]",
         help="resample to this voxel spacing in mm (one value, or slice,row,col)",
     )
+    cmd.add_argument(
+        "--window",
+        type=_window,
+        metavar="C,W|auto",
+        help="window to [0, 1]: center,width, or 'auto' for the series' own preset",
+    )
     cmd.add_argument("--dtype", help="cast images to this dtype, e.g. float32")
     cmd.add_argument(
         "--on-irregular",
@@ -84,6 +90,16 @@ def _spacing(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r}: give mm as 1.5 or 3,1,1") from None
 
 
+def _window(text: str) -> tuple[float, float] | bool:
+    if text.lower() == "auto":
+        return True
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give center,width (40,400) or auto") from None
+    return center, width
+
+
 def _convert(args: argparse.Namespace) -> int:
     from dicomxr.convert import ConvertError, convert
     from dicomxr.errors import DicomxrError
@@ -100,6 +116,7 @@ def _convert(args: argparse.Namespace) -> int:
             date_shift=args.date_shift,
             orientation=args.orientation,
             spacing=args.spacing,
+            window=args.window,
             dtype=args.dtype,
             compress=not args.no_compress,
             resume=not args.no_resume,
