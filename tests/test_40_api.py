@@ -374,10 +374,10 @@ def full_reads(monkeypatch):
     return seen
 
 
-def test_values_compute_load_take_the_full_read(two_series, full_reads):
+def test_values_compute_load_read_every_frame_once(two_series, full_reads):
     root, vol_a, _ = two_series
     da = open_series(root, series=7)
-    assert da.chunks == ((SHAPE[0],), (SHAPE[1],), (SHAPE[2],))  # one chunk per series
+    assert da.chunks == ((1,) * SHAPE[0], (SHAPE[1],), (SHAPE[2],))  # one frame per chunk
     want = vol_a.astype(np.int32) - 1024
     for load in (
         lambda d: d.values,
@@ -386,6 +386,25 @@ def test_values_compute_load_take_the_full_read(two_series, full_reads):
         lambda d: d.dicom.load().values,
         lambda d: np.asarray(d),
     ):
+        full_reads["blocks"] = []
+        np.testing.assert_array_equal(load(da.copy()), want)
+        assert full_reads["full"] == 0 and full_reads["blocks"] == [1] * SHAPE[0]
+    # a selection reads those frames only, also after a flip and arithmetic
+    full_reads["blocks"] = []
+    np.testing.assert_array_equal(da.isel(slice=4).values, want[4])
+    np.testing.assert_array_equal(
+        (da * 2).isel(row=slice(None, None, -1)).isel(slice=slice(2, 5), row=3).values,
+        2 * want[2:5, -4],
+    )
+    assert full_reads["blocks"] == [1, 1, 1, 1]
+
+
+def test_one_chunk_per_series_is_one_full_read(two_series, full_reads):
+    root, vol_a, _ = two_series
+    da = open_series(root, series=7, chunks="series")
+    assert da.chunks == ((SHAPE[0],), (SHAPE[1],), (SHAPE[2],))
+    want = vol_a.astype(np.int32) - 1024
+    for load in (lambda d: d.values, lambda d: d.compute().values, lambda d: d.dicom.load().values):
         full_reads["full"] = 0
         np.testing.assert_array_equal(load(da.copy()), want)
         assert full_reads["full"] == 1 and full_reads["blocks"] == []
@@ -411,7 +430,7 @@ def test_chunks_choices(two_series, full_reads):
     assert full_reads["blocks"] == [1, 1, 1]
     tree = open_study(root, chunks=None)
     assert all(leaf["image"].chunks is None for leaf in tree.leaves)
-    tree = open_study(root)
+    tree = open_study(root, chunks="series")
     assert all(len(leaf["image"].chunks[0]) == 1 for leaf in tree.leaves)
 
 
@@ -419,5 +438,5 @@ def test_dask_names_are_deterministic(two_series):
     root, *_ = two_series
     a, b = open_series(root, series=7), open_series(root, series=7)
     assert a.data.name == b.data.name and a.data.name.startswith("dicomxr-image-")
-    assert open_series(root, series=7, chunks={}).data.name != a.data.name
+    assert open_series(root, series=7, chunks="series").data.name != a.data.name
     assert open_series(root, series=7, dtype="float32").data.name != a.data.name

@@ -227,14 +227,13 @@ class DicomAccessor:
 
     # -- data -------------------------------------------------------------------------
     def load(self) -> xr.DataArray:
-        """Return the image with its pixels read into memory: :meth:`xarray.DataArray.compute`.
+        """Return the image with its pixels read into memory, into one preallocated array.
 
-        For a series as :func:`dicomxr.open_series` returned it (one chunk, or no dask),
-        the compute is one read of every frame with a thread pool straight into one
-        preallocated array, about the time of a plain ``read()`` of the files (dask copies a
-        one-chunk result: ~2x the array's bytes at peak; ~1x without dask, ``chunks=None``);
-        ``.values`` and ``.compute()`` take the same route. A new object is returned and this
-        one stays lazy.
+        Like :meth:`xarray.DataArray.compute`, but a dask-backed image is streamed chunk by
+        chunk into one numpy array (:func:`dask.array.store`), so the peak memory is about
+        the array's bytes instead of the ~2x of dask's final concatenation; without dask
+        (``chunks=None``) it is xarray's own load, one threaded full read. A new object is
+        returned and this one stays lazy.
 
         Returns
         -------
@@ -248,7 +247,15 @@ class DicomAccessor:
         >>> isinstance(da.dicom.load().data, np.ndarray)
         True
         """
-        return self._obj.compute()
+        da = self._obj
+        data = da.data
+        if not hasattr(data, "dask"):
+            return da.compute()
+        import dask.array
+
+        out = np.empty(data.shape, dtype=data.dtype)
+        dask.array.store(data, out, lock=False)
+        return da.copy(data=out)
 
     # -- display ----------------------------------------------------------------------
     def window(

@@ -471,7 +471,7 @@ def open_series(
     include: Sequence[str] = (),
     rescale: bool = True,
     recursive: bool = True,
-    chunks: Chunks = "series",
+    chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
 
@@ -516,15 +516,17 @@ def open_series(
     recursive
         Descend into sub-folders of a folder source.
     chunks
-        ``"series"`` (default): one dask chunk for the whole series. A full compute is one
-        threaded read into one array (which dask then copies: ~2x the array's bytes at peak,
-        ~1x with ``chunks=None``), and dask fuses a selection of the untouched array
-        (``da.isel(slice=k).values``) into a read of just those frames. But a lazy pipeline
-        selected late, such as ``(da * 2).isel(slice=5)``, computes the whole chunk: for
-        per-slice pipelines pass ``chunks={}`` or call ``da.chunk({"slice": 1})`` first (dask
-        fuses that rechunk into per-frame reads). ``{}``: the preferred chunks, one frame per
-        chunk (MOSAIC: the tiles of one stored image), as ``encoding["preferred_chunks"]``
-        says. A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
+        ``{}`` (default): the preferred chunks, one frame per chunk (MOSAIC: the tiles of
+        one stored image), as ``encoding["preferred_chunks"]`` says. A selection reads only
+        the frames it touches, also after flips, arithmetic or a resampling (the ML
+        transforms stay frame-by-frame lazy), and dask.distributed gets one task per frame.
+        A full ``.values`` is a dask compute that concatenates the frames (~2x the array's
+        bytes at peak); ``da.dicom.load()`` streams the frames into one preallocated array
+        instead (~1x). ``"series"``: one dask chunk for the whole series: a full compute is
+        one threaded read, and a selection of the untouched array is fused into a read of
+        its frames, but anything selected after a flip or an arithmetic operation
+        (``da.dicom.reorient(...)``, ``(da * 2).isel(slice=5)``) computes the whole chunk.
+        A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
         no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).
 
     Returns
@@ -641,7 +643,7 @@ def open_study(
     include: Sequence[str] = (),
     rescale: bool = True,
     recursive: bool = True,
-    chunks: Chunks = "series",
+    chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
 
@@ -662,7 +664,7 @@ def open_study(
     source
         As for :func:`open_series`.
     on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks
-        As for :func:`open_series` (per series: ``"series"`` gives one chunk per series).
+        As for :func:`open_series` (per series).
     include_patient
         Name patient nodes by PatientID and keep patient-identifying attributes (in the
         patient nodes and the series attrs); by default neither appears anywhere in the tree.
