@@ -1127,10 +1127,49 @@ def _read_one(path: str, st: os.stat_result, memo: dict[Any, Any] | None = None)
             "no usable DICOM attributes (no SOP Class/Instance UID, Series UID, "
             "Modality or Pixel Data)"
         )
+    _drop_impossible_geometry(row, path)
     row["path"] = path
     row["file_size"] = st.st_size
     row["mtime"] = st.st_mtime
     return row
+
+
+def plausible_orientation(iop: Any) -> bool:
+    """Tell whether ImageOrientationPatient is two finite, unit-ish, non-parallel cosines.
+
+    Lenient about rounding (norms within 0.5..1.5, ``|cos angle| < 0.5``): the planner's own
+    tolerances judge real data; this only refuses values no geometry can come from (NaN,
+    infinities, zero or parallel vectors, the wrong number of values).
+    """
+    try:
+        v = np.asarray(iop, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    if v.shape != (6,) or not np.isfinite(v).all() or np.abs(v).max() > 10:
+        return False
+    row, col = v[:3], v[3:]
+    nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+    if not (0.5 < nr < 1.5 and 0.5 < nc < 1.5):
+        return False
+    return abs(float(row @ col)) / (nr * nc) < 0.5
+
+
+def _drop_impossible_geometry(row: dict[str, Any], path: str) -> None:
+    """Blank geometry values no image can have, so planning sets the file apart by name."""
+    iop = row.get("ImageOrientationPatient")
+    if iop is not None and not plausible_orientation(iop):
+        logger.warning("%s: ImageOrientationPatient %s is not a valid orientation", path, iop)
+        row["ImageOrientationPatient"] = None
+    ipp = row.get("ImagePositionPatient")
+    if ipp is not None and (len(ipp) != 3 or not np.isfinite(np.asarray(ipp, float)).all()):
+        logger.warning("%s: ImagePositionPatient %s is not a position", path, ipp)
+        row["ImagePositionPatient"] = None
+    spacing = row.get("PixelSpacing")
+    if spacing is not None:
+        sp = np.asarray(spacing, dtype=np.float64)
+        if sp.shape != (2,) or not np.isfinite(sp).all() or (sp <= 0).any():
+            logger.warning("%s: PixelSpacing %s is not a spacing", path, spacing)
+            row["PixelSpacing"] = None
 
 
 # ----------------------------------------------------------------------------------------

@@ -698,7 +698,45 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
         image_type = cols.obj("ImageType")
         loc = _localizer_flags(image_type)
         reason[loc & _free(reason)] = "localizer (scout image); plan it with include=['localizer']"
+    _mark_lost_geometry(cols, reason)
     return reason
+
+
+def _has_value(values: np.ndarray) -> np.ndarray:
+    return np.array(
+        [v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values],
+        dtype=bool,
+    )
+
+
+def _mark_lost_geometry(cols: _Columns, reason: np.ndarray) -> None:
+    """Set apart frames without position or orientation in a series whose other frames have them.
+
+    The catalog blanks impossible values (NaN, parallel or zero direction cosines): such a
+    frame cannot take a place in its series' volume, and must not split it into two plans.
+    """
+    names = ("ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID")
+    if not all(cols.has(n) for n in names):
+        return
+    positioned = _has_value(cols.obj(names[0]))
+    placed = positioned & _has_value(cols.obj(names[1]))
+    free = _free(reason)
+    if placed.all() or not (placed & free).any():
+        return
+    sop = cols.obj("SOPClassUID") if cols.has("SOPClassUID") else np.full(cols.n, None, object)
+    keys = list(
+        zip(cols.obj(names[2]), sop, strict=True)
+    )  # pages without geometry have their own class
+    with_geometry = {keys[i] for i in np.flatnonzero(placed & free)}
+    for i in np.flatnonzero(~placed & free):
+        # pages (secondary capture) carry geometry or not as they please
+        if keys[i] in with_geometry and sop[i] not in _SECONDARY_CAPTURE:
+            reason[i] = (
+                "no ImagePositionPatient"
+                if not positioned[i]
+                else "no valid ImageOrientationPatient (missing, or impossible values) while "
+                "the rest of its series has one"
+            )
 
 
 def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
