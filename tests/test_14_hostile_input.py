@@ -328,3 +328,35 @@ def test_cli_prints_one_line_and_exits_non_zero(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"dicomxr {command}: ")
     assert target.name in err
+
+
+def test_a_codec_panic_is_a_pixel_data_error(
+    good_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rust codecs raise pyo3's PanicException, a BaseException that ``except Exception`` misses."""
+    from dicomxr import pixels
+
+    class PanicException(BaseException):
+        pass
+
+    def panic(*args: object, **kwargs: object) -> None:
+        raise PanicException("index out of bounds")
+
+    (ref,) = pixels.file_frame_refs(sorted(good_folder.iterdir())[0])
+    monkeypatch.setattr(pixels, "_read_native", panic)
+    with pytest.raises(dicomxr.PixelDataError, match="PanicException"):
+        pixels.read_frame(ref)
+
+
+def test_half_present_palette_is_a_pixel_data_error(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from dicomxr import pixels
+
+    ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"))
+    del ds.GreenPaletteColorLookupTableData
+    path = tmp_path / "palette.dcm"
+    ds.save_as(path)
+    (ref, *_) = pixels.file_frame_refs(path)
+    with pytest.raises(dicomxr.PixelDataError, match=r"palette\.dcm.*palette"):
+        pixels.read_frame(ref)

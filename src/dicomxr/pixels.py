@@ -51,6 +51,8 @@ from dicomxr.errors import (
     MissingDependencyError,
     PixelDataError,
     PixelDataWarning,
+    failure_reason,
+    is_per_file_failure,
     user_stacklevel,
 )
 
@@ -271,9 +273,15 @@ def frame_dtype(ref: FrameRef) -> np.dtype:
 def _palette_dtype(path: str) -> np.dtype:
     import pydicom
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00281101, 0x00281201])
-    desc = ds.get("RedPaletteColorLookupTableDescriptor")
-    bits = int(desc[2]) if desc is not None else 16
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00281101, 0x00281201])
+        desc = ds.get("RedPaletteColorLookupTableDescriptor")
+        bits = int(desc[2]) if desc is not None else 16
+    except Exception as exc:  # deep nesting (RecursionError), a damaged descriptor
+        raise PixelDataError(
+            f"{path}: the palette colour lookup table descriptor cannot be read "
+            f"({failure_reason(exc)})"
+        ) from exc
     return np.dtype(np.uint8 if bits == 8 else np.uint16)
 
 
@@ -417,7 +425,10 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
         raise
     except OSError:  # missing file, permissions: the OS error says it best
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        # a Rust codec's PanicException is a BaseException: it is this frame's failure too
+        if not is_per_file_failure(exc):
+            raise
         raise PixelDataError(
             f"{ref.path}: frame {ref.frame} could not be decoded "
             f"({ref.TransferSyntaxUID}): {type(exc).__name__}: {exc}"
@@ -684,7 +695,9 @@ def read_frames(ref: FrameRef, frames: Iterable[int]) -> Iterator[tuple[int, np.
                     return
         except (PixelDataError, MissingDependencyError):
             raise
-        except Exception as exc:
+        except BaseException as exc:  # codec panics included (see read_frame)
+            if not is_per_file_failure(exc):
+                raise
             raise PixelDataError(
                 f"{ref.path}: frame {index + 1} could not be decoded "
                 f"({ref.TransferSyntaxUID}): {type(exc).__name__}: {exc}"
@@ -724,8 +737,14 @@ def _apply_palette(arr: np.ndarray, ref: FrameRef) -> np.ndarray:
     import pydicom
     from pydicom.pixels.processing import apply_color_lut
 
-    ds = pydicom.dcmread(ref.path, stop_before_pixels=True)
-    return apply_color_lut(arr, ds)
+    try:
+        ds = pydicom.dcmread(ref.path, stop_before_pixels=True)
+        return apply_color_lut(arr, ds)
+    except Exception as exc:  # a LUT element missing or damaged (AttributeError, ValueError...)
+        raise PixelDataError(
+            f"{ref.path}: frame {ref.frame}: the palette colour lookup table cannot be "
+            f"applied ({failure_reason(exc)})"
+        ) from exc
 
 
 # ----------------------------------------------------------------------------- refs from a file
