@@ -15,7 +15,10 @@ import sys
 import warnings
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
+import pyarrow  # noqa: F401 (the manifest; the 'convert' extra)
 import pydicom
 import pytest
 import xarray as xr
@@ -25,10 +28,6 @@ import dicomxr.cli
 from dicomxr.api import list_series, open_series
 from dicomxr.convert import ConvertError, convert, render_name, split_pieces
 from dicomxr.phantom import phantom_volume, write_series
-
-nib = pytest.importorskip("nibabel")
-pd = pytest.importorskip("pandas")
-pytest.importorskip("pyarrow")
 
 _SPATIAL = ("slice", "row", "col")
 
@@ -535,8 +534,10 @@ def test_cli_convert(cohort: Path, tmp_path: Path) -> None:
 
 
 def _basic_profile_tags() -> set[int]:
-    selector = pytest.importorskip("dicomanonymizer.dicomfields_selector")
-    db = selector.dicom_anonymization_database_selector("dicomfields_2026c")
+    # a test dependency (pyproject 'test' extra): missing, the check fails rather than skips
+    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+
+    db = dicom_anonymization_database_selector("dicomfields_2026c")
     return {(t[0] << 16) | t[1] for t in db["ALL_TAGS"] if len(t) == 2}
 
 
@@ -695,7 +696,11 @@ def test_deidentified_real_corpora_hold_no_basic_profile_value(
     for fmt in ("nifti", "zarr"):
         dest = tmp_path / fmt
         for source in sources:
-            report = convert(source, dest, progress=False, deidentify=True, format=fmt)
+            # a fixed shift: a random one can move one study's date onto another study's
+            # original date (these corpora hold dates 151 days apart), which is no leak
+            report = convert(
+                source, dest, progress=False, deidentify=True, format=fmt, date_shift=1000
+            )
             assert report.ok
         for source in sources:
             leaks, checked = _leaks(source, dest, short_values=False, private=False)
