@@ -360,3 +360,12 @@ def test_half_present_palette_is_a_pixel_data_error(tmp_path: Path) -> None:
     (ref, *_) = pixels.file_frame_refs(path)
     with pytest.raises(dicomxr.PixelDataError, match=r"palette\.dcm.*palette"):
         pixels.read_frame(ref)
+
+
+def test_anatomy_of_deep_nesting_is_a_break(tmp_path: Path) -> None:
+    from dicomxr.anatomy import anatomy
+
+    path = tmp_path / "deep.dcm"
+    deep_nesting(_spare_slice(tmp_path), path)
+    a = anatomy(path)
+    assert any("nested deeper" in b.reason for b in a.breaks)

@@ -83,6 +83,8 @@ TRANSFER_SYNTAXES = {
 
 #: how much of a value is read to decode and show it (longer values are shown by length)
 DECODE_LIMIT = 1024
+# sequences nested deeper than this are shown as a break (the walk recurses per level)
+MAX_DEPTH = 64
 # a deflated data set is inflated up to this many bytes (a small file can inflate to gigabytes)
 INFLATE_LIMIT = 256 << 20
 
@@ -650,6 +652,9 @@ class _Walker:
     ) -> None:
         pos = vpos
         limit = self.n if end is None else end
+        if depth >= MAX_DEPTH:
+            # the walk recurses per level: stop well before Python's stack does
+            raise _Broken(vpos, f"sequences nested deeper than {MAX_DEPTH} levels: not walked")
         count = 0
         while True:
             if end is not None and pos == end:
