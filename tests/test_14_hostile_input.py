@@ -96,6 +96,11 @@ def huge_frame_count(spare: bytes, path: Path) -> None:
     path.write_bytes(_edit(spare, NumberOfFrames=2**31 - 1))
 
 
+def zero_columns_many_frames(spare: bytes, path: Path) -> None:
+    """Columns 0 and NumberOfFrames 2**31 - 1: zero bytes a frame must not make the claim fit."""
+    path.write_bytes(_edit(spare, Columns=0, NumberOfFrames=2**31 - 1))
+
+
 def huge_samples(spare: bytes, path: Path) -> None:
     """Rows = Columns = SamplesPerPixel = 65535: loading must not allocate 2**48 bytes."""
     path.write_bytes(_edit(spare, Rows=65535, Columns=65535, SamplesPerPixel=65535))
@@ -142,6 +147,7 @@ HOSTILE: dict[str, Callable[[bytes, Path], None]] = {
         self_link,
         link_to_dev_zero,
         huge_frame_count,
+        zero_columns_many_frames,
         huge_samples,
         nan_orientation,
         parallel_orientation,

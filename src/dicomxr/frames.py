@@ -340,7 +340,8 @@ def _impossible_claims(
     )
     native = np.array([t in _NATIVE_SYNTAXES for t in ts], dtype=bool)
     stored = np.where(mosaic, 1, counts).astype(np.float64)
-    need = np.where(native, stored * frame_bytes, stored * _MIN_ENCAPSULATED_FRAME)
+    # a zero Rows/Columns/bits claim still costs a table row per frame: at least a byte each
+    need = np.where(native, stored * np.maximum(frame_bytes, 1), stored * _MIN_ENCAPSULATED_FRAME)
     too_many_tiles = mosaic & (
         counts > _column(catalog, "Rows", 0.0) * _column(catalog, "Columns", 0.0)
     )
