@@ -1702,7 +1702,8 @@ def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             except UnicodeEncodeError:
                 # file names that are not valid UTF-8 come back from the OS with lone
                 # surrogates, which an Arrow-backed str dtype refuses: keep them as objects
-                data[col] = np.array(list(values), dtype=object)
+                # (an explicit object Series: pandas would infer its str dtype again)
+                data[col] = pd.Series(np.array(list(values), dtype=object), dtype=object)
         else:
             data[col] = pd.array(list(values), dtype=dtype)
     return pd.DataFrame(data, columns=list(_SCHEMA), copy=False)
@@ -1721,5 +1722,11 @@ def skipped(df: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         One row per skipped file or dangling reference.
     """
-    records = df.attrs.get("skipped", [])
-    return pd.DataFrame(list(records), columns=["path", "reason"])
+    records = list(df.attrs.get("skipped", []))
+    # object columns: a file name that is not UTF-8 (lone surrogates) fits no Arrow str dtype
+    return pd.DataFrame(
+        {
+            name: pd.Series([r.get(name) for r in records], dtype=object)
+            for name in ("path", "reason")
+        }
+    )
