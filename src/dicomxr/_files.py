@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "current_umask", "umask_mode"]
+__all__ = ["atomic_path", "current_umask", "replace_dir", "umask_mode"]
 
 
 def current_umask() -> int:
@@ -64,3 +65,19 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_dir(tmp: Path, target: Path, *, old_name: str) -> None:
+    """Move the finished directory ``tmp`` to ``target``, replacing what is there.
+
+    An existing ``target`` is first renamed to ``old_name`` (beside it) and removed only after
+    ``tmp`` took its place, so a reader sees the old directory or the new one, never neither
+    for longer than two renames.
+    """
+    if target.exists():
+        old = target.with_name(old_name)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)

@@ -47,8 +47,9 @@ def image_of(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
     if len(obj.data_vars) == 1:
         return next(iter(obj.data_vars.values()))
     raise ValueError(
-        f"the Dataset has variables {list(obj.data_vars)}; the .dicom accessor works on the "
-        "variable named 'image' (as dicomxr.open_study and the 'dicom' engine create it)"
+        f"the Dataset has variables {sorted(map(str, obj.data_vars))}; dicomxr works on the "
+        "variable named 'image' (as dicomxr.open_study and the 'dicom' engine create it): "
+        "pass ds['<name>'] to choose one"
     )
 
 

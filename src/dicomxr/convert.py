@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dicomxr._files import replace_dir
 from dicomxr.errors import DicomxrError, require
 
 if TYPE_CHECKING:
@@ -697,13 +698,7 @@ def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: s
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
             ds.to_zarr(root, group=tmp_rel, mode="w", consolidated=False)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old{_TMP_MARK}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target, old_name=f".{target.name}.old{_TMP_MARK}")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dicomxr._files import umask_mode
+from dicomxr._files import replace_dir, umask_mode
 from dicomxr.errors import require
 
 __all__ = ["to_zarr"]
@@ -116,13 +116,7 @@ def to_zarr(
             # consolidated metadata is not in the Zarr v3 spec yet, but xarray reads it
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             ds.to_zarr(tmp, mode="w", consolidated=True, **kwargs)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target, old_name=f".{target.name}.old-{os.getpid()}")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

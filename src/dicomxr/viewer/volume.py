@@ -80,17 +80,10 @@ def as_image(obj: Any) -> Any:
     """Return the image DataArray of ``obj`` (a DataArray, or a Dataset with variable ``image``)."""
     import xarray as xr
 
-    if isinstance(obj, xr.DataArray):
-        return obj
-    if isinstance(obj, xr.Dataset):
-        if "image" in obj.data_vars:
-            return obj["image"]
-        if len(obj.data_vars) == 1:
-            return next(iter(obj.data_vars.values()))
-        raise ValueError(
-            f"this Dataset has variables {sorted(map(str, obj.data_vars))}; the viewer shows "
-            "the series variable 'image' - pass ds['<name>'] to choose one"
-        )
+    from dicomxr.attrs import image_of
+
+    if isinstance(obj, (xr.DataArray, xr.Dataset)):
+        return image_of(obj)
     if hasattr(obj, "to_dataset") and hasattr(obj, "children"):  # a DataTree node
         return as_image(obj.to_dataset())
     raise TypeError(
