@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dicomxr._files import replace_dir
+from dicomxr._files import replace_dir, umask_mode
 from dicomxr.errors import DicomxrError, require
 
 if TYPE_CHECKING:
@@ -294,16 +294,10 @@ def render_name(template: str, fields: dict[str, Any]) -> str:
 # files: atomic writes with the user's permissions
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _chmod_default(path: Path) -> None:
     """Give a file made by ``mkstemp`` (0600) the permissions ``open`` would have given."""
     with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~_umask())
+        os.chmod(path, umask_mode())
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -797,31 +796,12 @@ def _segment_numbers_for_seg(numbers: list[int]) -> list[int]:
     return wanted
 
 
-def _umask() -> int:
-    """Return the process umask, read without changing it where the platform allows."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _write_atomic(dataset: Any, path: Path) -> None:
     """Write to a temporary file in the destination folder, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    from dicomxr._files import atomic_path
+
+    with atomic_path(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
-        os.chmod(tmp, 0o666 & ~_umask())  # as an ordinary open() would have made it
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def to_seg(
