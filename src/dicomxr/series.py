@@ -710,32 +710,46 @@ def _has_value(values: np.ndarray) -> np.ndarray:
 
 
 def _mark_lost_geometry(cols: _Columns, reason: np.ndarray) -> None:
-    """Set apart frames without position or orientation in a series whose other frames have them.
+    """Set apart frames without position, orientation or spacing in a series whose other frames have them.
 
-    The catalog blanks impossible values (NaN, parallel or zero direction cosines): such a
-    frame cannot take a place in its series' volume, and must not split it into two plans.
+    The catalog blanks impossible values (NaN, parallel or zero direction cosines, a zero,
+    negative or non-finite PixelSpacing): such a frame cannot take a place in its series'
+    volume, and must not split it into two plans.
     """
     names = ("ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID")
     if not all(cols.has(n) for n in names):
         return
     positioned = _has_value(cols.obj(names[0]))
-    placed = positioned & _has_value(cols.obj(names[1]))
+    oriented = _has_value(cols.obj(names[1]))
+    spaced = (
+        _has_value(cols.obj("PixelSpacing")) if cols.has("PixelSpacing") else np.ones(cols.n, bool)
+    )
+    placed = positioned & oriented
     free = _free(reason)
-    if placed.all() or not (placed & free).any():
-        return
     sop = cols.obj("SOPClassUID") if cols.has("SOPClassUID") else np.full(cols.n, None, object)
     keys = list(
         zip(cols.obj(names[2]), sop, strict=True)
     )  # pages without geometry have their own class
-    with_geometry = {keys[i] for i in np.flatnonzero(placed & free)}
-    for i in np.flatnonzero(~placed & free):
-        # pages (secondary capture) carry geometry or not as they please
-        if keys[i] in with_geometry and sop[i] not in _SECONDARY_CAPTURE:
+    if not (placed & spaced).all() and (placed & free).any():
+        with_geometry = {keys[i] for i in np.flatnonzero(placed & free)}
+        for i in np.flatnonzero(~placed & free):
+            # pages (secondary capture) carry geometry or not as they please
+            if keys[i] in with_geometry and sop[i] not in _SECONDARY_CAPTURE:
+                reason[i] = (
+                    "no ImagePositionPatient"
+                    if not positioned[i]
+                    else "no valid ImageOrientationPatient (missing, or impossible values) "
+                    "while the rest of its series has one"
+                )
+    free = _free(reason)
+    if spaced.all() or not (spaced & placed & free).any():
+        return
+    with_spacing = {keys[i] for i in np.flatnonzero(spaced & placed & free)}
+    for i in np.flatnonzero(~spaced & placed & free):
+        if keys[i] in with_spacing and sop[i] not in _SECONDARY_CAPTURE:
             reason[i] = (
-                "no ImagePositionPatient"
-                if not positioned[i]
-                else "no valid ImageOrientationPatient (missing, or impossible values) while "
-                "the rest of its series has one"
+                "no valid PixelSpacing (missing, zero, negative or not a number) while the "
+                "rest of its series has one: lost geometry"
             )
 
 
