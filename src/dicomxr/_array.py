@@ -22,7 +22,12 @@ array wrappers do) and is the only lazy array: :func:`lazily_indexed` wraps it f
   dask's slice fusion (a selection of a one-chunk array becomes one indexed read of the
   backend array) both read one frame for one slice;
 * :func:`preferred_chunks` advertises storage (one frame per chunk; MOSAIC: the tiles of one
-  stored image) for callers that want per-frame tasks (``chunks={}``).
+  stored image) for callers that want per-frame tasks (``chunks={}``, the default of
+  :func:`dicomxr.open_series`);
+* a dask array made by :func:`chunk_variable` carries :class:`FullRead`'s hooks: computing
+  every chunk of the untouched array (``.values``, ``.load()``, ``.compute()``) is one
+  :meth:`FrameGrid.read_all` whose chunks are views of one array, returned as it is - the
+  per-frame graph stays for every selection and operation.
 
 Missing frames (grid value ``-1``) are filled with NaN; with ``dtype="auto"`` a grid that has
 missing frames therefore gets a float dtype (``float32``). With an explicit integer dtype
