@@ -27,12 +27,14 @@ from dicomxr.errors import (
     DicomxrWarning,
     GeometryError,
     GeometryWarning,
+    InputFileError,
     LabelError,
     LabelWarning,
     MissingDependencyError,
     MultipleSeriesError,
     NoSeriesError,
     PixelDataError,
+    PixelDataWarning,
     SkippedFileWarning,
 )
 
@@ -62,23 +64,30 @@ _LAZY: dict[str, str] = {
     "set_options": "dicomxr.options:set_options",
     "get_options": "dicomxr.options:get_options",
     "data": "dicomxr.data",
+    # errors defined next to what raises them (importing them stays light)
+    "ConvertError": "dicomxr.convert:ConvertError",
+    "NetError": "dicomxr.net.errors:NetError",
     "explain": "dicomxr.explain",
     # the package itself (cheap: its names load on use), so dicomxr.viewer.montage(...) works
     "viewer": "dicomxr.viewer",
 }
 
 __all__ = [
+    "ConvertError",
     "DicomxrError",
     "DicomxrWarning",
     "GeometryError",
     "GeometryReport",
     "GeometryWarning",
+    "InputFileError",
     "LabelError",
     "LabelWarning",
     "MissingDependencyError",
     "MultipleSeriesError",
+    "NetError",
     "NoSeriesError",
     "PixelDataError",
+    "PixelDataWarning",
     "SeriesPlan",
     "SkippedFileWarning",
     "__version__",
@@ -111,9 +120,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dicomxr.anatomy import anatomy
     from dicomxr.api import open_series, open_study
     from dicomxr.catalog import scan
-    from dicomxr.convert import convert
+    from dicomxr.convert import ConvertError, convert
     from dicomxr.geometry import GeometryReport
     from dicomxr.labels import open_labels
+    from dicomxr.net.errors import NetError
     from dicomxr.options import get_options, set_options
     from dicomxr.series import SeriesPlan, plan_series
     from dicomxr.viewer import browse, view
