@@ -21,7 +21,9 @@ threaded read into one array and a selection reads only its frames):
   (``dim_sources``) are JSON text too. No patient identifiers unless ``include_patient=True``;
 - ``encoding["preferred_chunks"]`` advertises one frame per chunk (MOSAIC: tile runs).
 
-Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`).
+Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`): the package
+face hands the registration in through :func:`dicomxr._lazy.before_xarray`, since the accessor
+stands above this layer.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from dicomxr import accessor as _accessor  # noqa: F401 (registers the .dicom accessor)
+from dicomxr._lazy import making_xarray
 from dicomxr.attrs import encode_attrs
 from dicomxr.errors import MultipleSeriesError, NoSeriesError, SetApartWarning, user_stacklevel
 
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["PATIENT_ATTRIBUTES", "list_series", "open_series", "open_study", "series_table"]
 
 logger = logging.getLogger(__name__)
+
+making_xarray()  # the objects made here come with the .dicom accessor (registered by dicomxr)
 
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 #: ``None`` (no dask), ``"series"`` (one chunk), ``{}`` (one frame per chunk) or a mapping
@@ -238,8 +242,12 @@ def _format_table(plans: Sequence[SeriesPlan]) -> str:
     return "\n".join("    " + line.rstrip() for line in lines)
 
 
-def _select(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
-    """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description."""
+def select_plan(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
+    """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description.
+
+    ``series=None`` picks the only plan; otherwise (and when nothing matches) the error lists
+    the plans and the ``series=`` value that selects each one.
+    """
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))
     if series is None:
@@ -567,7 +575,7 @@ def open_series(
         include=include,
         recursive=recursive,
     )
-    plan = _select(plans, series, source)
+    plan = select_plan(plans, series, source)
     warn_left_out(plan)
     ds = _plan_to_dataset(
         plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dicomxr import dicomdir
 from dicomxr.errors import (
     SkippedFileWarning,
     failure_reason,
@@ -1253,9 +1254,7 @@ def _expand_one(
         path = os.path.abspath(item)
         # one look inside for a lone file; in long lists, only files named like a
         # directory file (DICOMDIR is the name PS3.10 gives it) are worth the extra read
-        if (top or _looks_like_dicomdir_name(path)) and _is_dicomdir(path):
-            from dicomxr import dicomdir
-
+        if (top or _looks_like_dicomdir_name(path)) and dicomdir.is_dicomdir(path):
             files, dangling = dicomdir.referenced_files(path)
             skipped_out.extend(dangling)
             if recursive and _damaged_directory(path, dangling):
@@ -1381,17 +1380,6 @@ def _walk_all(base: str) -> list[str]:
 def _looks_like_dicomdir_name(path: str) -> bool:
     name = os.path.basename(path).upper()
     return name.startswith("DICOMDIR") or name.startswith("DIRFILE")
-
-
-def _is_dicomdir(path: str) -> bool:
-    """Tell whether a file is a DICOMDIR (Media Storage Directory), from its meta header."""
-    from dicomxr._header import read_meta
-
-    meta = read_meta(path)
-    if meta is None:
-        return False
-    sop_class = meta.get(0x00020002, b"").rstrip(b"\x00 ")
-    return sop_class == _MEDIA_STORAGE_DIRECTORY.encode()
 
 
 # ----------------------------------------------------------------------------------------
