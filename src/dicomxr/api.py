@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ import xarray as xr
 
 from dicomxr._lazy import making_xarray
 from dicomxr.attrs import encode_attrs
-from dicomxr.errors import MultipleSeriesError, NoSeriesError
+from dicomxr.errors import MultipleSeriesError, NoSeriesError, SetApartWarning, user_stacklevel
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -407,6 +408,8 @@ def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
     attrs["affine"] = np.asarray(plan.affine, dtype=np.float64).ravel().tolist()
     attrs["geometry"] = json.dumps(_jsonable(plan.geometry.to_dict()))
     attrs["series_key"] = plan.key
+    if plan.set_apart:  # what of the series is not in this volume, and why
+        attrs["set_apart"] = json.dumps(_jsonable(plan.set_apart))
     if plan.label:
         attrs["series_label"] = str(plan.label)
     if "units" not in attrs:
@@ -576,10 +579,44 @@ def open_series(
         recursive=recursive,
     )
     plan = select_plan(plans, series, source)
+    warn_left_out(plan)
     ds = _plan_to_dataset(
         plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks
     )
     return ds["image"]
+
+
+# how many paths a warning names before it points to the full list
+_NAMED_PATHS = 3
+
+
+def warn_left_out(plan: SeriesPlan) -> None:
+    """Warn (:class:`~dicomxr.SetApartWarning`) when frames of ``plan``'s series were left out.
+
+    Names how many files, why, the first few paths, and where the full list is: the image's
+    ``attrs["set_apart"]`` (JSON text) and ``dicomxr.list_series(source).set_apart``.
+    """
+    from dicomxr.series import left_out
+
+    items = left_out(plan)
+    if not items:
+        return
+    paths = list(dict.fromkeys(str(item.get("path")) for item in items))
+    reasons: dict[str, int] = {}
+    for item in items:
+        reason = str(item.get("reason", "")).split(" as /")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    why = "; ".join(f"{n} x {r}" for r, n in reasons.items())
+    shown = ", ".join(paths[:_NAMED_PATHS]) + (
+        f" and {len(paths) - _NAMED_PATHS} more" if len(paths) > _NAMED_PATHS else ""
+    )
+    warnings.warn(
+        f"series {plan.label or plan.key}: {len(paths)} file(s) left out of the volume "
+        f"({len(items)} frame(s): {why}): {shown}; every frame left out and why: "
+        "da.attrs['set_apart'] or dicomxr.list_series(source).set_apart",
+        SetApartWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _plan_to_dataset(
@@ -712,6 +749,7 @@ def open_study(
         patient = patients[patient_id]
         study = _node_name(_attr(plan, "StudyInstanceUID"), "unknown_study")
         key = _node_name(plan.key, "series")
+        warn_left_out(plan)
         tree[f"/{patient}/{study}/{key}"] = _plan_to_dataset(
             plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks
         )
