@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from dicomxr._lazy import lazy_getattr
+from dicomxr._lazy import before_xarray, lazy_getattr
 from dicomxr._version import __version__
 from dicomxr.errors import (
     DicomxrError,
@@ -28,6 +28,7 @@ from dicomxr.errors import (
     GeometryError,
     GeometryWarning,
     InputFileError,
+    InstanceCollisionWarning,
     LabelError,
     LabelWarning,
     MissingDependencyError,
@@ -35,10 +36,19 @@ from dicomxr.errors import (
     NoSeriesError,
     PixelDataError,
     PixelDataWarning,
+    SetApartWarning,
     SkippedFileWarning,
 )
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+@before_xarray
+def _register_accessor() -> None:
+    # the .dicom accessor stands at the top (it reaches the exports and the viewer); it is
+    # registered before dicomxr makes its first xarray object, so importing dicomxr stays light
+    import dicomxr.accessor  # noqa: F401
+
 
 # public name -> "module:attribute"; resolved lazily so that importing dicomxr stays light
 _LAZY: dict[str, str] = {
@@ -72,6 +82,7 @@ __all__ = [
     "GeometryReport",
     "GeometryWarning",
     "InputFileError",
+    "InstanceCollisionWarning",
     "LabelError",
     "LabelWarning",
     "MissingDependencyError",
@@ -81,6 +92,7 @@ __all__ = [
     "PixelDataError",
     "PixelDataWarning",
     "SeriesPlan",
+    "SetApartWarning",
     "SkippedFileWarning",
     "__version__",
     "anatomy",

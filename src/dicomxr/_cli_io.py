@@ -146,7 +146,7 @@ def _policies(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from dicomxr.api import _select, list_series
+    from dicomxr.api import list_series, select_plan
     from dicomxr.errors import DicomxrError, NoSeriesError
 
     with warnings.catch_warnings():
@@ -154,7 +154,7 @@ def _info(args: argparse.Namespace) -> int:
         plans = list_series(_catalog(args), **_policies(args))
     if args.series is not None:
         try:
-            plans = [_select(plans, args.series, args.path)]
+            plans = [select_plan(plans, args.series, args.path)]
         except DicomxrError as exc:  # a usage error: exit 2, as argparse's own
             print_error("info", exc)
             return 2
