@@ -251,11 +251,13 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
             overrides[col] = np.array(base, dtype=object)
         overrides[col][rows] = _as_object(vals)
 
+    # fsspec options of a remote catalog (dicomxr.sources): headers are read by byte range
+    options = catalog.attrs.get("storage_options")
     for i in np.flatnonzero(enhanced & (counts >= 1)):
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
         path = str(catalog["path"].iat[i])
         try:
-            per_frame = _enhanced_frames(path, int(counts[i]))
+            per_frame = _enhanced_frames(path, int(counts[i]), options)
         except Exception as exc:  # keep the frames with file-level values, say why
             logger.warning("cannot read the functional groups of %s: %s", path, exc)
             errors.append({"path": path, "reason": f"functional groups unreadable: {exc}"})
@@ -267,7 +269,7 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     # Offset Vector when the file has one
     for i in np.flatnonzero(~enhanced & ~mosaic & (counts > 1)):
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
-        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]))
+        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]), options)
         if positions is not None:
             put("ImagePositionPatient", rows, positions)
 
@@ -275,7 +277,7 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
         row = catalog.iloc[i]
         try:
-            tiles = _mosaic_tiles(row, int(counts[i]))
+            tiles = _mosaic_tiles(row, int(counts[i]), options)
         except Exception as exc:
             logger.warning("cannot unpack MOSAIC %s: %s", row["path"], exc)
             errors.append({"path": str(row["path"]), "reason": f"MOSAIC not unpacked: {exc}"})
@@ -436,11 +438,16 @@ def _philips_item(group: Any) -> Any:
     return elem.value[0]
 
 
-def _enhanced_frames(path: str, n_expected: int) -> dict[str, list[Any]]:
+def _enhanced_frames(
+    path: str, n_expected: int, storage_options: Any = None
+) -> dict[str, list[Any]]:
     """Read the functional groups of an enhanced file; one value per frame per column."""
     import pydicom
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    from dicomxr.sources import readable
+
+    with readable(path, storage_options) as source:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq is not None and len(shared_seq) else None
@@ -557,7 +564,9 @@ def _is_seq(value: Any) -> bool:
     return hasattr(value, "__len__") and not isinstance(value, (str, bytes))
 
 
-def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ...]] | None:
+def _grid_frame_positions(
+    row: pd.Series, n_frames: int, storage_options: Any = None
+) -> list[tuple[float, ...]] | None:
     """Per-frame positions of a classic multi-frame file from its GridFrameOffsetVector.
 
     Offsets run along the slice normal from ImagePositionPatient (PS3.3 C.8.8.3.2; in the
@@ -570,7 +579,10 @@ def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ..
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(row["path"]), stop_before_pixels=True, specific_tags=[0x3004000C])
+        from dicomxr.sources import readable
+
+        with readable(str(row["path"]), storage_options) as source:
+            ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=[0x3004000C])
         offsets = ds.get("GridFrameOffsetVector")
         if offsets is None:
             return None
@@ -595,7 +607,9 @@ def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ..
 # Siemens MOSAIC
 
 
-def _mosaic_tiles(row: pd.Series, n_tiles: int) -> dict[str, list[Any]]:
+def _mosaic_tiles(
+    row: pd.Series, n_tiles: int, storage_options: Any = None
+) -> dict[str, list[Any]]:
     """Positions and sizes of the tiles of one MOSAIC image (nibabel's algorithm)."""
     rows, cols = int(row["Rows"]), int(row["Columns"])
     grid = math.ceil(math.sqrt(n_tiles))
@@ -624,7 +638,7 @@ def _mosaic_tiles(row: pd.Series, n_tiles: int) -> dict[str, list[Any]]:
         ipp + iop[3:] * row_sp * (rows - tile_rows) / 2 + iop[:3] * col_sp * (cols - tile_cols) / 2
     )
     normal = np.cross(iop[:3], iop[3:])
-    csa_normal = _csa_slice_normal(str(row["path"]))
+    csa_normal = _csa_slice_normal(str(row["path"]), storage_options)
     if csa_normal is not None and float(csa_normal @ normal) < 0:
         normal = -normal  # tiles are stored in the order of Siemens' SliceNormalVector
     step = _float(row.get("SpacingBetweenSlices")) or _float(row.get("SliceThickness")) or 1.0
@@ -633,7 +647,7 @@ def _mosaic_tiles(row: pd.Series, n_tiles: int) -> dict[str, list[Any]]:
     return out
 
 
-def _csa_slice_normal(path: str) -> np.ndarray | None:
+def _csa_slice_normal(path: str, storage_options: Any = None) -> np.ndarray | None:
     """SliceNormalVector from the Siemens CSA image header, or ``None`` when unavailable."""
     import warnings
 
@@ -646,7 +660,12 @@ def _csa_slice_normal(path: str) -> np.ndarray | None:
     except ImportError:  # nibabel is optional: the cross product gives the same axis
         return None
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00291010, 0x00290010])
+        from dicomxr.sources import readable
+
+        with readable(path, storage_options) as source:
+            ds = pydicom.dcmread(
+                source, stop_before_pixels=True, specific_tags=[0x00291010, 0x00290010]
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             header = csareader.get_csa_header(ds, "image")
