@@ -28,7 +28,12 @@ def register(subparsers: Any) -> None:
             "output. A re-run converts only what is missing. Exit code 1 when a series failed."
         ),
     )
-    cmd.add_argument("source", metavar="SRC", help="file, folder, glob or DICOMDIR")
+    from dicomxr._cli_io import add_storage_options
+
+    cmd.add_argument(
+        "source", metavar="SRC", help="file, folder, glob, DICOMDIR, zip file or URL (s3://...)"
+    )
+    add_storage_options(cmd)
     cmd.add_argument("dest", metavar="DEST", help="destination folder (created)")
     cmd.add_argument("--format", choices=("nifti", "zarr"), default="nifti", help="output format")
     cmd.add_argument(
@@ -119,6 +124,7 @@ def _convert(args: argparse.Namespace) -> int:
             on_irregular=args.on_irregular,
             on_duplicate=args.on_duplicate,
             recursive=not args.no_recursive,
+            storage_options=args.storage_options,
         )
     except (ConvertError, DicomxrError, ValueError, OSError, ImportError) as exc:
         print_error("convert", exc)

@@ -41,8 +41,9 @@ def register(subparsers: Any) -> None:
         help="list the series in a file, folder or DICOMDIR (headers only)",
         description="Scan DICOM headers and print one line per series (no pixel is read).",
     )
-    scan.add_argument("path", help="file, folder, glob or DICOMDIR")
+    scan.add_argument("path", help="file, folder, glob, DICOMDIR, zip file or URL (s3://...)")
     add_source_options(scan)
+    add_storage_options(scan)
     scan.add_argument("--csv", type=Path, help="also write the per-file catalog to this CSV")
     add_plan_options(scan)
     scan.add_argument(
@@ -58,7 +59,8 @@ def register(subparsers: Any) -> None:
             "the geometry report of a series. Without --series, every series in PATH."
         ),
     )
-    info.add_argument("path", help="file, folder, glob or DICOMDIR")
+    info.add_argument("path", help="file, folder, glob, DICOMDIR, zip file or URL (s3://...)")
+    add_storage_options(info)
     info.add_argument(
         "--series",
         help="SeriesNumber, key, SeriesInstanceUID or part of the description",
@@ -66,6 +68,33 @@ def register(subparsers: Any) -> None:
     add_source_options(info)
     add_plan_options(info)
     info.set_defaults(func=_info)
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--storage-options JSON`` (fsspec options of a URL or zip source)."""
+    parser.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help=(
+            "fsspec options for a URL source, as JSON: '{\"anon\": true}', "
+            '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\' '
+            "(credentials are best left to the environment, e.g. AWS_PROFILE)"
+        ),
+    )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -134,6 +163,7 @@ def _catalog(args: argparse.Namespace) -> Any:
         args.path,
         recursive=not args.no_recursive,
         progress=False if args.no_progress else None,
+        storage_options=args.storage_options,
     )
 
 
