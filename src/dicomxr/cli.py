@@ -17,7 +17,7 @@ from dicomxr.errors import DicomxrError
 _REGISTRARS = (
     "dicomxr._cli_io",  # demo, scan, info
     "dicomxr._cli_convert",  # convert
-    "dicomxr._cli_anatomy",  # anatomy
+    "dicomxr.teaching.cli",  # anatomy
     "dicomxr.net.cli",  # echo, find, get, move, store
 )
 

@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dicomxr.anatomy import anatomy
+    from dicomxr.teaching.anatomy import anatomy
 
     path: Path = args.file
     if not path.exists():
