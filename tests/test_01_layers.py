@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("file reading", ("dicomxr._header", "dicomxr.dicomdir", "dicomxr.pixels")),
     ("catalog", ("dicomxr.catalog",)),
-    ("frames", ("dicomxr.frames",)),
+    ("frames", ("dicomxr.frames", "dicomxr.mosaic")),
     ("geometry", ("dicomxr.geometry", "dicomxr.spatial", "dicomxr.intensity")),
     ("series plan", ("dicomxr.series",)),
     ("lazy array", ("dicomxr._array",)),

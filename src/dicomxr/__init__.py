@@ -28,6 +28,7 @@ from dicomxr.errors import (
     GeometryError,
     GeometryWarning,
     InputFileError,
+    InstanceCollisionWarning,
     LabelError,
     LabelWarning,
     MissingDependencyError,
@@ -35,6 +36,7 @@ from dicomxr.errors import (
     NoSeriesError,
     PixelDataError,
     PixelDataWarning,
+    SetApartWarning,
     SkippedFileWarning,
 )
 
@@ -80,6 +82,7 @@ __all__ = [
     "GeometryReport",
     "GeometryWarning",
     "InputFileError",
+    "InstanceCollisionWarning",
     "LabelError",
     "LabelWarning",
     "MissingDependencyError",
@@ -89,6 +92,7 @@ __all__ = [
     "PixelDataError",
     "PixelDataWarning",
     "SeriesPlan",
+    "SetApartWarning",
     "SkippedFileWarning",
     "__version__",
     "anatomy",

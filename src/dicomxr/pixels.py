@@ -69,6 +69,7 @@ __all__ = [
     "read_frames",
     "rescale_dtype",
     "stored_dtype",
+    "stored_frame_digest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -451,6 +452,34 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
         else:
             out[...] = arr
     return out
+
+
+def stored_frame_digest(ref: FrameRef | Mapping[str, Any]) -> str:
+    """Return a digest of one stored frame's decoded values (a whole mosaic, not one tile).
+
+    Two files that hold the same image give the same digest whatever their transfer syntax
+    (the values are decoded first); used to tell a second copy of an instance from a
+    different image that reuses its SOPInstanceUID.
+
+    Raises
+    ------
+    PixelDataError
+        When the frame cannot be read.
+    """
+    import hashlib
+
+    if not isinstance(ref, FrameRef):
+        ref = FrameRef.from_row(ref)
+    if ref.is_mosaic_tile:
+        ref = _replace(
+            ref, tile=None, mosaic_rows=0, mosaic_cols=0, Rows=ref.stored_rows,
+            Columns=ref.stored_cols,
+        )  # fmt: skip
+    arr = np.ascontiguousarray(read_frame(ref))
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
 
 
 def _check_shape(arr: np.ndarray, ref: FrameRef) -> None:
