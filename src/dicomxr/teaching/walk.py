@@ -1121,7 +1121,38 @@ def _walk_file(a: FileWalk, buf: Any, ts_override: str | None, decode_limit: int
     n = len(buf)
     a.size = n
     walker = _Walker(buf, "file", decode_limit, ["iso8859"])
-    pos = 0
+    root = _Ctx()
+    try:
+        pos = _walk_preamble(a, buf)
+        pos = _walk_meta(a, walker, root, pos)
+        pos = _walk_command_group(a, walker, root, pos)
+    except _Broken as exc:
+        _break(a, exc, n, "file")
+        return
+    _read_transfer_syntax(a, buf, pos, ts_override)
+    if pos >= n:
+        if not a.nodes:
+            a.notes.append("the file is empty")
+        elif not a.has_meta:
+            a.breaks.append(Break(n, "file", "the file ends right after the 'DICM' prefix"))
+        return
+    if a.deflated:
+        _walk_deflated(a, buf, pos, decode_limit, walker.encodings)
+        return
+    _follow_written_vr(a, buf, pos)
+    top: list[Node] = []
+    try:
+        walker.dataset(pos, None, a.implicit_vr, a.little_endian, 0, root, top)
+    except _Broken as exc:
+        a.nodes += top
+        _break(a, exc, n, "file")
+        return
+    a.nodes += top
+
+
+def _walk_preamble(a: FileWalk, buf: Any) -> int:
+    """Record the preamble and the 'DICM' prefix; return where the meta group starts."""
+    n = len(buf)
     if n >= 132 and bytes(buf[128:132]) == b"DICM":
         pre = bytes(buf[:128])
         a.preamble_kind, a.preamble_note = _preamble_kind(pre)
@@ -1130,70 +1161,74 @@ def _walk_file(a: FileWalk, buf: Any, ts_override: str | None, decode_limit: int
         )
         a.nodes.append(Node("prefix", 128, 0, 4, value="DICM", value_repr="'DICM' magic prefix"))
         a.has_prefix = True
-        pos = 132
-    elif n >= 4 and bytes(buf[:4]) == b"DICM":
+        return 132
+    if n >= 4 and bytes(buf[:4]) == b"DICM":
         a.notes.append("no 128-byte preamble: the file starts with the 'DICM' prefix")
         a.nodes.append(Node("prefix", 0, 0, 4, value="DICM", value_repr="'DICM' magic prefix"))
         a.has_prefix = True
-        pos = 4
-    else:
-        a.notes.append(
-            "no 128-byte preamble and no 'DICM' prefix: not a DICOM Part 10 file, read as a "
-            "bare dataset"
-        )
-    root = _Ctx()
-    # -- file meta: always explicit VR little endian (PS3.10 7.1)
-    if n - pos >= 8 and walker.tag_at(pos, True) >> 16 == 2:
-        meta: list[Node] = []
-        vrb = bytes(buf[pos + 4 : pos + 6])
-        meta_implicit = not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B)
-        if meta_implicit:
-            a.notes.append("file meta group written in implicit VR (it must be explicit)")
-        try:
-            end = walker.dataset(pos, None, meta_implicit, True, 0, root, meta, stop_group=2)
-        except _Broken as exc:
-            a.nodes += meta
-            _break(a, exc, n, "file")
-            return
-        a.nodes += meta
-        a.has_meta = True
-        a.meta_length = end - pos
-        for node in meta:
-            if node.tag == 0x00020000 and isinstance(node.value, int):
-                a.meta_group_length = node.value
-                actual = end - node.end
-                if node.value != actual:
-                    node.error = (
-                        f"group length says {node.value} bytes, the meta elements after it "
-                        f"take {actual}"
-                    )
-            if node.tag == 0x00020010 and node.value:
-                a.transfer_syntax = str(node.value).strip("\x00 ")
-        if a.meta_group_length is None:
-            a.notes.append("file meta group has no group length (0002,0000)")
-        pos = end
-    else:
+        return 4
+    a.notes.append(
+        "no 128-byte preamble and no 'DICM' prefix: not a DICOM Part 10 file, read as a "
+        "bare dataset"
+    )
+    return 0
+
+
+def _walk_meta(a: FileWalk, walker: _Walker, root: _Ctx, pos: int) -> int:
+    """Walk the file meta group (explicit VR little endian, PS3.10 7.1); return where it ends."""
+    buf = walker.buf
+    if not (len(buf) - pos >= 8 and walker.tag_at(pos, True) >> 16 == 2):
         a.notes.append("no file meta information group (0002,xxxx)")
-    # a command group (0000,xxxx), as DIMSE messages carry, is always implicit VR little endian
-    if (
-        n - pos >= 8
+        return pos
+    meta: list[Node] = []
+    vrb = bytes(buf[pos + 4 : pos + 6])
+    meta_implicit = not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B)
+    if meta_implicit:
+        a.notes.append("file meta group written in implicit VR (it must be explicit)")
+    try:
+        end = walker.dataset(pos, None, meta_implicit, True, 0, root, meta, stop_group=2)
+    finally:
+        a.nodes += meta
+    a.has_meta = True
+    a.meta_length = end - pos
+    for node in meta:
+        if node.tag == 0x00020000 and isinstance(node.value, int):
+            a.meta_group_length = node.value
+            actual = end - node.end
+            if node.value != actual:
+                node.error = (
+                    f"group length says {node.value} bytes, the meta elements after it "
+                    f"take {actual}"
+                )
+        if node.tag == 0x00020010 and node.value:
+            a.transfer_syntax = str(node.value).strip("\x00 ")
+    if a.meta_group_length is None:
+        a.notes.append("file meta group has no group length (0002,0000)")
+    return end
+
+
+def _walk_command_group(a: FileWalk, walker: _Walker, root: _Ctx, pos: int) -> int:
+    """Walk a command group (0000,xxxx) before the dataset, as DIMSE messages carry one."""
+    buf = walker.buf
+    if not (
+        len(buf) - pos >= 8
         and walker.tag_at(pos, True) >> 16 == 0
         and bytes(buf[pos : pos + 8]).strip(b"\x00")
     ):
-        cmd: list[Node] = []
-        try:
-            pos = walker.dataset(pos, None, True, True, 0, root, cmd, stop_group=0)
-        except _Broken as exc:
-            a.nodes += cmd
-            _break(a, exc, n, "file")
-            return
+        return pos
+    # a command group is always implicit VR little endian
+    cmd: list[Node] = []
+    try:
+        pos = walker.dataset(pos, None, True, True, 0, root, cmd, stop_group=0)
+    finally:
         a.nodes += cmd
-        a.notes.append(
-            "a command group (0000,xxxx) precedes the dataset (implicit VR little endian)"
-        )
+    a.notes.append("a command group (0000,xxxx) precedes the dataset (implicit VR little endian)")
+    return pos
+
+
+def _read_transfer_syntax(a: FileWalk, buf: Any, pos: int, ts_override: str | None) -> None:
+    """Set how the dataset is encoded: from the meta group, the caller, or its first bytes."""
     ts = a.transfer_syntax or ts_override
-    if ts_override and not a.transfer_syntax:
-        ts = ts_override
     if a.has_meta and not a.transfer_syntax:
         a.notes.append("the file meta group has no transfer syntax UID (0002,0010)")
     if ts is not None and ts in TRANSFER_SYNTAXES:
@@ -1206,7 +1241,7 @@ def _walk_file(a: FileWalk, buf: Any, ts_override: str | None, decode_limit: int
         if not entry:
             a.notes.append(f"transfer syntax {ts!r} is unknown: read as explicit VR little endian")
         a.implicit_vr, a.little_endian = False, True  # all others: explicit VR little endian
-    elif n - pos >= 6:
+    elif len(buf) - pos >= 6:
         group, vrb = struct.unpack_from("<H", buf, pos)[0], bytes(buf[pos + 4 : pos + 6])
         a.implicit_vr = vrb not in _KNOWN_VR_BYTES
         a.little_endian = a.implicit_vr or group < 1024
@@ -1215,35 +1250,22 @@ def _walk_file(a: FileWalk, buf: Any, ts_override: str | None, decode_limit: int
             f"VR {'little' if a.little_endian else 'big'} endian"
         )
         a.notes.append(f"transfer syntax unknown; {a.transfer_syntax_name}")
-    if pos >= n:
-        if not a.nodes:
-            a.notes.append("the file is empty")
-        elif not a.has_meta:
-            a.breaks.append(Break(n, "file", "the file ends right after the 'DICM' prefix"))
-        return
-    if a.deflated:
-        _walk_deflated(a, buf, pos, decode_limit, walker.encodings)
+
+
+def _follow_written_vr(a: FileWalk, buf: Any, pos: int) -> None:
+    """Read the dataset as written when its first element contradicts the transfer syntax."""
+    if len(buf) - pos < 6:
         return
     implicit = a.implicit_vr
-    if not a.deflated and n - pos >= 6:
-        vrb = bytes(buf[pos + 4 : pos + 6])
-        found_implicit = not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B)
-        if found_implicit != implicit:
-            a.notes.append(
-                f"the transfer syntax says {'implicit' if implicit else 'explicit'} VR but "
-                f"the dataset is written in {'implicit' if found_implicit else 'explicit'} VR: "
-                "read as written"
-            )
-            implicit = found_implicit
-            a.implicit_vr = implicit
-    top: list[Node] = []
-    try:
-        walker.dataset(pos, None, implicit, a.little_endian, 0, root, top)
-    except _Broken as exc:
-        a.nodes += top
-        _break(a, exc, n, "file")
-        return
-    a.nodes += top
+    vrb = bytes(buf[pos + 4 : pos + 6])
+    found_implicit = not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B)
+    if found_implicit != implicit:
+        a.notes.append(
+            f"the transfer syntax says {'implicit' if implicit else 'explicit'} VR but "
+            f"the dataset is written in {'implicit' if found_implicit else 'explicit'} VR: "
+            "read as written"
+        )
+        a.implicit_vr = found_implicit
 
 
 def _not_dicom_note(a: FileWalk) -> None:
