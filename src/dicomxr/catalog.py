@@ -105,9 +105,12 @@ _SCHEMA: dict[str, str] = {
     "DiffusionBValue": "float64",
     "DiffusionGradientOrientation": "object",
     "LabelType": "str",
+    "GridFrameOffsetVector": "object",
     "is_mosaic": "bool",
     "NumberOfImagesInMosaic": "Int64",
+    "SliceNormalVector": "object",
     "is_enhanced": "bool",
+    "per_frame": "object",
     "has_pixels": "bool",
     "pixel_data_truncated": "bool",
 }
@@ -175,6 +178,7 @@ _TAGS: dict[int, tuple[str, str]] = {
     0x00281054: ("RescaleType", "str"),
     0x00281055: ("WindowCenterWidthExplanation", "str"),
     0x00281056: ("VOILUTFunction", "str"),
+    0x3004000C: ("GridFrameOffsetVector", "floats"),
 }
 
 # Vendor private tags: (group, private creator, element offset within the block) -> name.
@@ -332,28 +336,42 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
     image_type = row.get("ImageType")
     is_mosaic = bool(image_type) and any(str(v).upper() == "MOSAIC" for v in image_type)
     n_mosaic = _to_int(private.get("siemens_mosaic_n")) if is_mosaic else None
-    if is_mosaic and n_mosaic is None and private.get("siemens_csa_image") is not None:
-        n_mosaic = _mosaic_from_csa(private["siemens_csa_image"])
+    normal = None
+    if is_mosaic and private.get("siemens_csa_image") is not None:
+        csa_n, normal = _mosaic_from_csa(private["siemens_csa_image"])
+        n_mosaic = csa_n if n_mosaic is None else n_mosaic
     row["is_mosaic"] = is_mosaic
     row["NumberOfImagesInMosaic"] = n_mosaic
+    row["SliceNormalVector"] = normal
     if row.get("NumberOfFrames") is None and row.get("has_pixels"):
         row["NumberOfFrames"] = 1
     return row
 
 
-def _mosaic_from_csa(raw: bytes) -> int | None:
-    """NumberOfImagesInMosaic from a Siemens CSA image header (via nibabel.nicom)."""
+def _mosaic_from_csa(raw: bytes) -> tuple[int | None, tuple[float, ...] | None]:
+    """NumberOfImagesInMosaic and SliceNormalVector from a Siemens CSA image header.
+
+    Read with :mod:`nibabel.nicom` (``dicomxr[nifti]``); ``(None, None)`` without nibabel
+    or when the header is damaged. The slice normal tells the order the tiles are stored in.
+    """
     try:
         with warnings.catch_warnings():
             # nibabel warns that its DICOM readers are experimental on import
             warnings.simplefilter("ignore", UserWarning)
             from nibabel.nicom import csareader
 
-        csa = csareader.read(bytes(raw))
-        return _to_int(csareader.get_n_mosaic(csa))
+            csa = csareader.read(bytes(raw))
+            n_mosaic = _to_int(csareader.get_n_mosaic(csa))
     except Exception as exc:  # a broken private header must not stop the scan
         logger.debug("could not read the CSA image header: %s", exc)
-        return None
+        return None, None
+    try:
+        normal = _to_floats(list(csareader.get_slice_normal(csa)))
+    except Exception:  # no SliceNormalVector: the tiles follow the cross product
+        return n_mosaic, None
+    if normal is None or len(normal) != 3 or not np.isfinite(normal).all():
+        normal = None
+    return n_mosaic, normal
 
 
 # ----------------------------------------------------------------------------------------
@@ -542,7 +560,20 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
     row["has_pixels"] = has_pixels
     row["pixel_data_truncated"] = truncated
     row["is_enhanced"] = _PERFRAME_TAG in ds
+    row["per_frame"] = _per_frame_from_dataset(ds, row) if row["is_enhanced"] else None
     return _finish_row(row, private)
+
+
+def _per_frame_from_dataset(ds: Any, row: dict[str, Any]) -> dict[str, tuple[Any, ...]] | str:
+    """Return the per-frame table of an enhanced file read by pydicom, or why there is none."""
+    from dicomxr._functional_groups import table_from_dataset
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return table_from_dataset(ds, _frame_count(row))
+    except Exception as exc:  # a damaged functional group: the frames keep file values
+        return f"functional groups unreadable: {failure_reason(exc)}"
 
 
 _PIXEL_PAIRS_LE = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0009), (0x7FE0, 0x0008)})
@@ -749,6 +780,7 @@ _TAG_VR: dict[int, str] = {
     0x00281054: "LO",
     0x00281055: "LO",
     0x00281056: "CS",
+    0x3004000C: "DS",
 }
 _BINARY_FMT = {
     "US": "H",
@@ -765,7 +797,8 @@ _CHARSET_VRS = frozenset({"SH", "LO", "UC", "PN", "LT", "ST", "UT"})
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 _DEFAULT_CHARSETS = frozenset({"", "ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6"})
 
-_FAST_WANTED = frozenset(_TAGS) | {0x00080005}
+_PER_FRAME_TAGS = (0x52009230, 0x52009229)  # per-frame and shared functional groups
+_FAST_WANTED = frozenset(_TAGS) | {0x00080005, *_PER_FRAME_TAGS}
 _FAST_PRESENCE = frozenset({_PERFRAME_TAG, 0x00041220})
 _FAST_GROUPS: dict[int, frozenset[int]] = {
     group: frozenset(off for g, _, off in _PRIVATE if g == group) for group in _PRIVATE_GROUPS
@@ -977,6 +1010,7 @@ def read_header_fast(
             "pass it to scan() to read the files it lists)"
         )
     elements = raw.elements
+    groups = [elements.pop(tag, None) for tag in _PER_FRAME_TAGS]
     if memo is None:
         memo = {}
     charset_key = ("charset", elements.get(0x00080005))
@@ -1037,8 +1071,31 @@ def read_header_fast(
     else:
         truncated = raw.pixel_data_value_offset + raw.pixel_data_length > size
     row["pixel_data_truncated"] = bool(has_pixels and truncated)
-    row["is_enhanced"] = _PERFRAME_TAG in raw.present
+    # kept in the hot loop (a defined-length sequence), the tag is not in raw.present
+    row["is_enhanced"] = _PERFRAME_TAG in raw.present or groups[0] is not None
+    row["per_frame"] = _per_frame_from_raw(groups, implicit, row) if row["is_enhanced"] else None
     return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
+
+
+def _frame_count(row: dict[str, Any]) -> int:
+    """NumberOfFrames as the frame table counts it (missing or below 1: one frame)."""
+    n = row.get("NumberOfFrames")
+    return n if isinstance(n, int) and n >= 1 else 1
+
+
+def _per_frame_from_raw(
+    groups: list[tuple[bytes | None, bytes] | None], implicit: bool, row: dict[str, Any]
+) -> dict[str, tuple[Any, ...]] | str:
+    """Return the per-frame table from the groups the fast reader kept, or why there is none."""
+    from dicomxr._functional_groups import table_from_raw
+
+    per_frame, shared = groups
+    if per_frame is None:
+        return "functional groups unreadable: no Per-frame Functional Groups Sequence value"
+    try:
+        return table_from_raw(per_frame, shared, implicit, _frame_count(row))
+    except Exception as exc:  # a damaged functional group: the frames keep file values
+        return f"functional groups unreadable: {failure_reason(exc)}"
 
 
 def _fast_private(
@@ -1520,6 +1577,12 @@ def _row_from_json(row: dict[str, Any]) -> dict[str, Any]:
         value = row.get(col)
         if isinstance(value, list):
             row[col] = tuple(value)
+    table = row.get("per_frame")
+    if isinstance(table, dict):  # one tuple per column, of values that may be tuples
+        row["per_frame"] = {
+            col: tuple(tuple(v) if isinstance(v, list) else v for v in values)
+            for col, values in table.items()
+        }
     return row
 
 
@@ -1531,7 +1594,8 @@ class _Cache:
     """
 
     # bump when the row format changes: older entries are then ignored
-    VERSION = 1
+    # (2: GridFrameOffsetVector, SliceNormalVector and the per-frame table)
+    VERSION = 2
 
     def __init__(self, con: Any, path: str) -> None:
         self.con = con
