@@ -32,6 +32,8 @@ __all__ = [
     "PER_FRAME",
     "SHARED",
     "component_from_image_type",
+    "positions_from_dataset",
+    "positions_from_raw",
     "table_from_dataset",
     "table_from_raw",
 ]
@@ -338,6 +340,10 @@ _unpack_i = struct.Struct("<I").unpack_from
 Item = dict[int, Any]
 
 
+# pseudo parent: a sequence read only for the ImagePositionPatient of each item (UIH VFrame)
+_POSITIONS = -1
+
+
 def _children() -> dict[int, frozenset[int]]:
     """Return what planning reads inside the items of each sequence (the rest is skipped)."""
     groups = frozenset({g for g, _, _ in _GROUPS} | {_PHILIPS_PERFRAME, *_FRAME_TYPE_SEQUENCES})
@@ -348,6 +354,7 @@ def _children() -> dict[int, frozenset[int]]:
     for tag in _FRAME_TYPE_SEQUENCES:
         out[tag] = frozenset({0x00089007, 0x00089208})
     out[_PHILIPS_PERFRAME] = frozenset({0x00080008, 0x20051429, *(t for t, _ in _PHILIPS_VALUES)})
+    out[_POSITIONS] = frozenset({0x00200032})
     return out
 
 
@@ -669,3 +676,40 @@ def _table(frames: list[Item], shared: Item | None) -> dict[str, tuple[Any, ...]
                 values = columns[column] = [None] * n
             values[k] = value
     return {column: tuple(values) for column, values in columns.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# a sequence of positions (United Imaging's "MR VFrame Sequence", one item per mosaic tile)
+
+
+def _positions(items: list[Item]) -> tuple[tuple[float, ...], ...] | None:
+    out = []
+    for item in items:
+        ipp = item.get(0x00200032)
+        if ipp is None or len(ipp) != 3 or not all(math.isfinite(v) for v in ipp):
+            return None
+        out.append(ipp)
+    return tuple(out) or None
+
+
+def positions_from_raw(value: bytes, implicit: bool) -> tuple[tuple[float, ...], ...] | None:
+    """Return the ImagePositionPatient of every item of a raw sequence value, or ``None``.
+
+    ``None`` when an item has no valid position (then no tile position is trusted).
+
+    Raises
+    ------
+    ValueError
+        When the sequence does not parse.
+    """
+    items, _ = _raw_items(value, 0, len(value), implicit, _POSITIONS)
+    return _positions(items)
+
+
+def positions_from_dataset(items: Any) -> tuple[tuple[float, ...], ...] | None:
+    """Return the ImagePositionPatient of every item of a pydicom sequence, or ``None``."""
+    plain = []
+    for item in items:
+        elem = item.get(0x00200032)
+        plain.append({} if elem is None else {0x00200032: _floats(elem.value)})
+    return _positions(plain)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dicomxr import dicomdir
 from dicomxr.errors import (
     SkippedFileWarning,
     failure_reason,
@@ -108,7 +109,9 @@ _SCHEMA: dict[str, str] = {
     "GridFrameOffsetVector": "object",
     "is_mosaic": "bool",
     "NumberOfImagesInMosaic": "Int64",
+    "mosaic_kind": "str",
     "SliceNormalVector": "object",
+    "tile_positions": "object",
     "is_enhanced": "bool",
     "per_frame": "object",
     "has_pixels": "bool",
@@ -187,6 +190,9 @@ _PRIVATE: dict[tuple[int, str, int], str] = {
     (0x0019, "SIEMENS MR HEADER", 0x0A): "siemens_mosaic_n",  # NumberOfImagesInMosaic, US
     (0x0019, "SIEMENS MR HEADER", 0x0C): "siemens_bval",  # B_value, IS
     (0x0019, "SIEMENS MR HEADER", 0x0E): "siemens_bvec",  # DiffusionGradientDirection, FD x3
+    (0x0019, "SIEMENS MR HEADER", 0x29): "siemens_slice_times",  # MosaicRefAcqTimes, FD xN
+    (0x0065, "IMAGE PRIVATE HEADER", 0x50): "uih_grid_n",  # UIH MR Number Of Slice In Volume, DS
+    (0x0065, "IMAGE PRIVATE HEADER", 0x51): "uih_vframe",  # UIH MR VFrame Sequence, SQ
     (0x0029, "SIEMENS CSA HEADER", 0x10): "siemens_csa_image",  # CSA Image Header Info, OB
     (0x0043, "GEMS_PARM_01", 0x39): "ge_bval",  # Slop_int_6...9, IS (b-value is the first)
     (0x0019, "GEMS_ACQU_01", 0xBB): "ge_bvec_x",  # UserData20, DS
@@ -212,6 +218,9 @@ _IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality")
 
 # skip reasons that are listed in the report without a warning
 _BENIGN = ("DICOMDIR file", "not a DICOM file", "not a regular file")
+
+# how many skipped files the scan's warning names (the report lists them all)
+_NAMED_SKIPPED = 3
 
 # seconds an automatic progress bar waits before it appears
 _PROGRESS_DELAY = 0.5
@@ -333,26 +342,52 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
     if row.get("LabelType") is None:
         # Philips ASL: which frames are CONTROL and which LABEL (the classic export's only trace)
         row["LabelType"] = _to_str(private.get("philips_label_type")) if private else None
-    image_type = row.get("ImageType")
-    is_mosaic = bool(image_type) and any(str(v).upper() == "MOSAIC" for v in image_type)
-    n_mosaic = _to_int(private.get("siemens_mosaic_n")) if is_mosaic else None
-    normal = None
-    if is_mosaic and private.get("siemens_csa_image") is not None:
-        csa_n, normal = _mosaic_from_csa(private["siemens_csa_image"])
-        n_mosaic = csa_n if n_mosaic is None else n_mosaic
-    row["is_mosaic"] = is_mosaic
+    kind, n_mosaic, normal = _mosaic_claim(row, private)
+    row["is_mosaic"] = kind is not None
     row["NumberOfImagesInMosaic"] = n_mosaic
+    row["mosaic_kind"] = kind
     row["SliceNormalVector"] = normal
+    row["tile_positions"] = private.get("uih_vframe") if kind == "UIH" and private else None
     if row.get("NumberOfFrames") is None and row.get("has_pixels"):
         row["NumberOfFrames"] = 1
     return row
+
+
+def _mosaic_claim(
+    row: dict[str, Any], private: dict[str, Any]
+) -> tuple[str | None, int | None, tuple[float, ...] | None]:
+    """Which vendor mosaic an image says it is (``"SIEMENS"``, ``"UIH"`` or None), its tiles.
+
+    Siemens: ImageType ``MOSAIC``; the count from (0019,100A), else the CSA image header,
+    else the number of MosaicRefAcqTimes (0019,1029); the CSA header's SliceNormalVector (the
+    order the tiles are stored in) when it has one. United Imaging: ImageType ``VFRAME``, or
+    the grid count (0065,xx50) in an image whose Manufacturer starts with "UI" (as dcm2niix
+    reads it). A claim without a count keeps ``None``: :mod:`dicomxr.mosaic` reports it.
+    """
+    tokens = {str(v).strip().upper() for v in row.get("ImageType") or ()}
+    uih_n = _to_int(private.get("uih_grid_n")) if private else None
+    maker = str(row.get("Manufacturer") or "").strip().upper()
+    if "VFRAME" in tokens or (uih_n is not None and maker.startswith("UI")):
+        return "UIH", uih_n, None
+    if "MOSAIC" not in tokens:
+        return None, None, None
+    n = _to_int(private.get("siemens_mosaic_n")) if private else None
+    normal = None
+    if private and private.get("siemens_csa_image") is not None:
+        csa_n, normal = _mosaic_from_csa(private["siemens_csa_image"])
+        n = csa_n if n is None else n
+    if n is None and private:
+        times = private.get("siemens_slice_times")
+        if isinstance(times, (list, tuple)) and len(times) > 1:
+            n = len(times)
+    return "SIEMENS", n, normal
 
 
 def _mosaic_from_csa(raw: bytes) -> tuple[int | None, tuple[float, ...] | None]:
     """NumberOfImagesInMosaic and SliceNormalVector from a Siemens CSA image header.
 
     Read with :mod:`nibabel.nicom` (``dicomxr[nifti]``); ``(None, None)`` without nibabel
-    or when the header is damaged. The slice normal tells the order the tiles are stored in.
+    or when the header is damaged.
     """
     try:
         with warnings.catch_warnings():
@@ -403,10 +438,26 @@ def _pydicom_private(ds: Any) -> dict[str, Any]:
                 continue
             elem = ds[tag]
             value = elem.value
+            if key == "uih_vframe":
+                private[key] = _vframe_positions(value, True)
+                continue
             if elem.VR in ("UN", "OB") and key != "siemens_csa_image" and isinstance(value, bytes):
                 value = _decode_un(key, value, _encoding(ds)[1] is not False)
             private[key] = value
     return private
+
+
+def _vframe_positions(value: Any, implicit: bool) -> tuple[tuple[float, ...], ...] | None:
+    """Every tile's position from a UIH "MR VFrame Sequence" (raw bytes or pydicom items)."""
+    from dicomxr import _functional_groups as groups
+
+    try:
+        if isinstance(value, (bytes, bytearray)):  # raw, or of unknown VR (implicit VR inside)
+            return groups.positions_from_raw(bytes(value), implicit)
+        return groups.positions_from_dataset(value)
+    except Exception as exc:  # no or damaged sequence: the tiles follow the slice normal
+        logger.debug("no UIH VFrame positions: %s", exc)
+        return None
 
 
 # how the vendor private values are stored, for files whose private VRs are unknown (UN)
@@ -414,6 +465,8 @@ _PRIVATE_VR: dict[str, str] = {
     "siemens_mosaic_n": "US",
     "siemens_bval": "IS",
     "siemens_bvec": "FD",
+    "siemens_slice_times": "FD",
+    "uih_grid_n": "DS",
     "ge_bval": "IS",
     "ge_bvec_x": "DS",
     "ge_bvec_y": "DS",
@@ -1118,6 +1171,9 @@ def _fast_private(
             if key == "siemens_csa_image":
                 private[key] = value
                 continue
+            if key == "uih_vframe":
+                private[key] = _vframe_positions(value, implicit or vr_bytes in (None, b"UN"))
+                continue
             vr = _PRIVATE_VR[key] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
             private[key] = _decode_private(value, vr)
     return private
@@ -1280,9 +1336,7 @@ def _expand_one(
         path = os.path.abspath(item)
         # one look inside for a lone file; in long lists, only files named like a
         # directory file (DICOMDIR is the name PS3.10 gives it) are worth the extra read
-        if (top or _looks_like_dicomdir_name(path)) and _is_dicomdir(path):
-            from dicomxr import dicomdir
-
+        if (top or _looks_like_dicomdir_name(path)) and dicomdir.is_dicomdir(path):
             files, dangling = dicomdir.referenced_files(path)
             skipped_out.extend(dangling)
             if recursive and _damaged_directory(path, dangling):
@@ -1408,17 +1462,6 @@ def _walk_all(base: str) -> list[str]:
 def _looks_like_dicomdir_name(path: str) -> bool:
     name = os.path.basename(path).upper()
     return name.startswith("DICOMDIR") or name.startswith("DIRFILE")
-
-
-def _is_dicomdir(path: str) -> bool:
-    """Tell whether a file is a DICOMDIR (Media Storage Directory), from its meta header."""
-    from dicomxr._header import read_meta
-
-    meta = read_meta(path)
-    if meta is None:
-        return False
-    sop_class = meta.get(0x00020002, b"").rstrip(b"\x00 ")
-    return sop_class == _MEDIA_STORAGE_DIRECTORY.encode()
 
 
 # ----------------------------------------------------------------------------------------
@@ -1560,8 +1603,12 @@ def scan(
     if problems and warn:
         reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
         summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
+        named = ", ".join(str(s["path"]) for s in problems[:_NAMED_SKIPPED])
+        if len(problems) > _NAMED_SKIPPED:
+            named += f" and {len(problems) - _NAMED_SKIPPED} more"
         warnings.warn(
-            f"scan skipped {len(problems)} file(s) ({summary}); see dicomxr.catalog.skipped(df)",
+            f"scan skipped {len(problems)} file(s) ({summary}): {named}; "
+            "see dicomxr.catalog.skipped(df) for all of them",
             SkippedFileWarning,
             stacklevel=user_stacklevel(),
         )
@@ -1577,6 +1624,9 @@ def _row_from_json(row: dict[str, Any]) -> dict[str, Any]:
         value = row.get(col)
         if isinstance(value, list):
             row[col] = tuple(value)
+    positions = row.get("tile_positions")
+    if isinstance(positions, tuple):
+        row["tile_positions"] = tuple(tuple(p) for p in positions)
     table = row.get("per_frame")
     if isinstance(table, dict):  # one tuple per column, of values that may be tuples
         row["per_frame"] = {
@@ -1594,7 +1644,7 @@ class _Cache:
     """
 
     # bump when the row format changes: older entries are then ignored
-    # (2: GridFrameOffsetVector, SliceNormalVector and the per-frame table)
+    # (2: GridFrameOffsetVector, SliceNormalVector, tile_positions and the per-frame table)
     VERSION = 2
 
     def __init__(self, con: Any, path: str) -> None:

@@ -42,7 +42,12 @@ import numpy as np
 import pandas as pd
 
 from dicomxr import geometry
-from dicomxr.errors import GeometryError, GeometryWarning, user_stacklevel
+from dicomxr.errors import (
+    GeometryError,
+    GeometryWarning,
+    InstanceCollisionWarning,
+    user_stacklevel,
+)
 from dicomxr.geometry import GeometryReport
 from dicomxr.options import get_options
 
@@ -711,6 +716,10 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
     if cols.has("pixel_data_truncated"):
         cut = cols.flag("pixel_data_truncated")
         reason[cut & _free(reason)] = "pixel data cut short (file truncated)"
+    if cols.has("frame_problem"):  # what the frame expansion found unusable (a mosaic not unpacked)
+        problem = cols.obj("frame_problem")
+        for i in np.flatnonzero(_has_value(problem) & _free(reason)):
+            reason[i] = str(problem[i])
     rows, columns = cols.num("Rows"), cols.num("Columns")
     reason[~((rows > 0) & (columns > 0)) & _free(reason)] = "no image size (Rows/Columns missing)"
     if "secondary_capture" not in include:
@@ -734,32 +743,46 @@ def _has_value(values: np.ndarray) -> np.ndarray:
 
 
 def _mark_lost_geometry(cols: _Columns, reason: np.ndarray) -> None:
-    """Set apart frames without position or orientation in a series whose other frames have them.
+    """Set apart frames without position, orientation or spacing in a series whose other frames have them.
 
-    The catalog blanks impossible values (NaN, parallel or zero direction cosines): such a
-    frame cannot take a place in its series' volume, and must not split it into two plans.
+    The catalog blanks impossible values (NaN, parallel or zero direction cosines, a zero,
+    negative or non-finite PixelSpacing): such a frame cannot take a place in its series'
+    volume, and must not split it into two plans.
     """
     names = ("ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID")
     if not all(cols.has(n) for n in names):
         return
     positioned = _has_value(cols.obj(names[0]))
-    placed = positioned & _has_value(cols.obj(names[1]))
+    oriented = _has_value(cols.obj(names[1]))
+    spaced = (
+        _has_value(cols.obj("PixelSpacing")) if cols.has("PixelSpacing") else np.ones(cols.n, bool)
+    )
+    placed = positioned & oriented
     free = _free(reason)
-    if placed.all() or not (placed & free).any():
-        return
     sop = cols.obj("SOPClassUID") if cols.has("SOPClassUID") else np.full(cols.n, None, object)
     keys = list(
         zip(cols.obj(names[2]), sop, strict=True)
     )  # pages without geometry have their own class
-    with_geometry = {keys[i] for i in np.flatnonzero(placed & free)}
-    for i in np.flatnonzero(~placed & free):
-        # pages (secondary capture) carry geometry or not as they please
-        if keys[i] in with_geometry and sop[i] not in _SECONDARY_CAPTURE:
+    if not (placed & spaced).all() and (placed & free).any():
+        with_geometry = {keys[i] for i in np.flatnonzero(placed & free)}
+        for i in np.flatnonzero(~placed & free):
+            # pages (secondary capture) carry geometry or not as they please
+            if keys[i] in with_geometry and sop[i] not in _SECONDARY_CAPTURE:
+                reason[i] = (
+                    "no ImagePositionPatient"
+                    if not positioned[i]
+                    else "no valid ImageOrientationPatient (missing, or impossible values) "
+                    "while the rest of its series has one"
+                )
+    free = _free(reason)
+    if spaced.all() or not (spaced & placed & free).any():
+        return
+    with_spacing = {keys[i] for i in np.flatnonzero(spaced & placed & free)}
+    for i in np.flatnonzero(~spaced & placed & free):
+        if keys[i] in with_spacing and sop[i] not in _SECONDARY_CAPTURE:
             reason[i] = (
-                "no ImagePositionPatient"
-                if not positioned[i]
-                else "no valid ImageOrientationPatient (missing, or impossible values) while "
-                "the rest of its series has one"
+                "no valid PixelSpacing (missing, zero, negative or not a number) while the "
+                "rest of its series has one: lost geometry"
             )
 
 
@@ -768,6 +791,10 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
 
     The same instance stored twice (a file copied into two folders, or re-encoded in another
     transfer syntax) is one image, not a second volume: the first copy in path order is kept.
+    Files that reuse a SOPInstanceUID for a *different* image (it happens in real exports)
+    are no copies: their frames are compared (decoded values, read only for the colliding
+    files) and those that differ stay, as distinct instances, with an
+    :class:`~dicomxr.InstanceCollisionWarning` naming them.
     """
     if not cols.has("SOPInstanceUID"):
         return
@@ -787,11 +814,117 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
     if not key.duplicated(["sop", "frame", "tile"]).any():
         return
     key = key.sort_values("path", kind="stable")
-    dup = key.duplicated(["sop", "frame", "tile"], keep="first")
-    first = key[~dup].set_index(["sop", "frame", "tile"])["path"]
-    for row in key[dup].itertuples():
-        kept = first.loc[(row.sop, row.frame, row.tile)]
-        reason[idx[row.Index]] = f"copy of the same instance (SOPInstanceUID and frame) as {kept}"
+    dup_any = key.duplicated(["sop", "frame", "tile"], keep=False)
+    digest = _StoredFrameDigests(cols)
+    collisions: dict[str, list[str]] = {}
+    for (uid, _, _), group in key[dup_any].groupby(["sop", "frame", "tile"], sort=False):
+        kept: list[tuple[int, str | None]] = []  # (row, digest) of the distinct images kept
+        for pos in group.index:
+            i = int(idx[pos])
+            value, error = digest(i)
+            if not kept:
+                kept.append((i, value))
+                continue
+            same = next((k for k, d in kept if value is not None and d == value), None)
+            if same is not None:
+                reason[i] = (
+                    "copy of the same instance (SOPInstanceUID, frame and pixel data) as "
+                    f"{cols.obj('path')[same]}"
+                )
+            elif error is not None or kept[0][1] is None:
+                reason[i] = (
+                    f"same SOPInstanceUID and frame as {cols.obj('path')[kept[0][0]]}; "
+                    f"pixel data not compared ({error or 'the first copy cannot be read'})"
+                )
+            else:  # a different image under the same UID: keep it
+                kept.append((i, value))
+                names = collisions.setdefault(str(uid), [])
+                for k, _ in kept:
+                    if cols.obj("path")[k] not in names:
+                        names.append(str(cols.obj("path")[k]))
+    if collisions:
+        _warn_collisions(collisions)
+
+
+class _StoredFrameDigests:
+    """Digest of each colliding row's stored frame, read once per (file, frame)."""
+
+    def __init__(self, cols: _Columns) -> None:
+        self.cols = cols
+        self.done: dict[tuple[str, int], tuple[str | None, str | None]] = {}
+
+    def __call__(self, i: int) -> tuple[str | None, str | None]:
+        """Return ``(digest, None)`` or ``(None, why it cannot be read)``."""
+        # pixels is a leaf module (no plan): imported here, only when UIDs collide
+        from dicomxr.pixels import stored_frame_digest
+
+        cols = self.cols
+        where = (str(cols.obj("path")[i]), int(cols.num("frame")[i]))
+        if where not in self.done:
+            row = {name: cols.obj(name)[i] for name in _PIXEL_COLUMNS if cols.has(name)}
+            try:
+                self.done[where] = (stored_frame_digest(row), None)
+            except Exception as exc:  # any unreadable frame: not comparable, say why
+                self.done[where] = (None, f"{type(exc).__name__}: {exc}")
+        return self.done[where]
+
+
+# the frame table columns a pixel read needs (dicomxr.pixels.FrameRef.from_row)
+_PIXEL_COLUMNS = (
+    "path", "frame", "pixel_data_offset", "TransferSyntaxUID", "Rows", "Columns",
+    "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "tile",
+    "mosaic_rows", "mosaic_cols",
+)  # fmt: skip
+
+# how many UIDs and paths a collision warning names
+_NAMED = 3
+
+
+def _warn_collisions(collisions: dict[str, list[str]]) -> None:
+    files = sum(len(p) for p in collisions.values())
+    shown = "; ".join(
+        f"SOPInstanceUID {uid}: {', '.join(paths[:_NAMED])}"
+        + (f" and {len(paths) - _NAMED} more" if len(paths) > _NAMED else "")
+        for uid, paths in list(collisions.items())[:_NAMED]
+    )
+    more = f" (and {len(collisions) - _NAMED} more UIDs)" if len(collisions) > _NAMED else ""
+    warnings.warn(
+        f"{files} files share a SOPInstanceUID with another file but hold a different image; "
+        f"they are kept as distinct instances: {shown}{more}",
+        InstanceCollisionWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+# set-apart reasons of objects that are not images of the volume (nothing of it is lost)
+_NOT_OF_THE_VOLUME = ("no pixel data", "localizer", "secondary capture")
+
+
+def left_out(plan: SeriesPlan) -> list[dict[str, Any]]:
+    """Return the frames of ``plan``'s series left out of its volume although they are images of it.
+
+    Everything in ``plan.set_apart`` except objects that are not images of the volume (raw
+    data and other objects without pixels, localizers, secondary captures): pixel data cut
+    short, second copies of one instance, frames without position or orientation, mosaics
+    that cannot be unpacked. :func:`dicomxr.open_series` warns about these
+    (:class:`~dicomxr.SetApartWarning`).
+
+    Parameters
+    ----------
+    plan
+        A plan from :func:`plan_series`.
+
+    Returns
+    -------
+    list of dict
+        ``{"path", "frame", "reason"}`` per frame left out.
+    """
+    return [
+        item
+        for item in plan.set_apart
+        if not str(item.get("reason", "")).startswith(_NOT_OF_THE_VOLUME)
+    ]
 
 
 def _free(reason: np.ndarray) -> np.ndarray:
