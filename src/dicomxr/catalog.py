@@ -1559,11 +1559,30 @@ def scan(
     if progress is None:
         progress = len(paths) >= get_options()["progress_min_files"]
         delay = _PROGRESS_DELAY
+    rows = _read_all(paths, skipped_list, cache, workers, (progress, delay))
+    df = _to_frame(rows)
+    df.attrs["skipped"] = skipped_list
+    if skipped_list:
+        logger.info("scan skipped %d file(s)", len(skipped_list))
+    if warn:
+        _warn_skipped(skipped_list, explicit)
+    return df
+
+
+def _read_all(
+    paths: list[str],
+    skipped_out: list[dict[str, str]],
+    cache: bool | str | os.PathLike[str],
+    workers: int | None,
+    progress: tuple[bool, float],
+) -> list[dict[str, Any]]:
+    """Read the header of every file once (or take it from the cache): the catalog's rows."""
     store = _Cache.open(cache) if cache else None
     known = store.lookup(paths) if store is not None else {}
     fresh: list[tuple[str, int, float, dict[str, Any] | None, str | None]] = []
     rows: list[dict[str, Any]] = []
     memo: dict[Any, Any] = {}
+    show, delay = progress
 
     def one(path: str) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
         return _scan_one(path, known, memo, store is not None)
@@ -1576,14 +1595,14 @@ def scan(
             # file system latency overlaps across threads (os.open/pread release the
             # GIL); the parsing itself still takes turns
             with ThreadPoolExecutor(workers, thread_name_prefix="dicomxr-scan") as ex:
-                results = list(_progress(ex.map(one, paths), progress, len(paths), delay))
+                results = list(_progress(ex.map(one, paths), show, len(paths), delay))
         else:
-            results = map(one, _progress(paths, progress, len(paths), delay))
+            results = map(one, _progress(paths, show, len(paths), delay))
         for row, skip, entry in results:
             if row is not None:
                 rows.append(row)
             if skip is not None:
-                skipped_list.append(skip)
+                skipped_out.append(skip)
             if entry is not None:
                 fresh.append(entry)
         if store is not None:
@@ -1591,28 +1610,29 @@ def scan(
     finally:
         if store is not None:
             store.close()
-    df = _to_frame(rows)
-    df.attrs["skipped"] = skipped_list
+    return rows
+
+
+def _warn_skipped(skipped_list: list[dict[str, str]], explicit: set[str]) -> None:
+    """Warn about skipped files that look like damaged DICOM, naming a few."""
     # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
     # a tree are listed but are no cause for alarm; damaged DICOM and dangling references are
     problems = [
         s for s in skipped_list if s["path"] in explicit or not s["reason"].startswith(_BENIGN)
     ]
-    if skipped_list:
-        logger.info("scan skipped %d file(s)", len(skipped_list))
-    if problems and warn:
-        reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
-        summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
-        named = ", ".join(str(s["path"]) for s in problems[:_NAMED_SKIPPED])
-        if len(problems) > _NAMED_SKIPPED:
-            named += f" and {len(problems) - _NAMED_SKIPPED} more"
-        warnings.warn(
-            f"scan skipped {len(problems)} file(s) ({summary}): {named}; "
-            "see dicomxr.catalog.skipped(df) for all of them",
-            SkippedFileWarning,
-            stacklevel=user_stacklevel(),
-        )
-    return df
+    if not problems:
+        return
+    reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
+    summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
+    named = ", ".join(str(s["path"]) for s in problems[:_NAMED_SKIPPED])
+    if len(problems) > _NAMED_SKIPPED:
+        named += f" and {len(problems) - _NAMED_SKIPPED} more"
+    warnings.warn(
+        f"scan skipped {len(problems)} file(s) ({summary}): {named}; "
+        "see dicomxr.catalog.skipped(df) for all of them",
+        SkippedFileWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 _TUPLE_COLUMNS = tuple(c for c, dtype in _SCHEMA.items() if dtype == "object")
