@@ -49,6 +49,7 @@ This is the only module that uses ``xarray.core.indexing``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -124,6 +125,9 @@ class FrameGrid:
         Per-ref RescaleSlope and RescaleIntercept (NaN or None: 1 and 0).
     mtimes
         Per-ref modification times (for the dask name); ``None`` stats the files.
+    etags
+        Per-ref version tags of remote objects (the catalog's ``etag``), also in the dask
+        name; ``None`` for local files.
     dtype
         ``"auto"`` (see :func:`dicomxr.pixels.rescale_dtype`), or any numpy dtype.
     rescale
@@ -140,6 +144,7 @@ class FrameGrid:
         mtimes: Sequence[float] | None = None,
         dtype: Any = "auto",
         rescale: bool = True,
+        etags: Sequence[str | None] | None = None,
     ) -> None:
         self.refs = tuple(refs)
         self.grid = np.asarray(grid, dtype=np.int64)
@@ -153,6 +158,8 @@ class FrameGrid:
         if mtimes is None:
             mtimes = [_mtime(r.path) for r in self.refs]
         self.mtimes = tuple(float(m) if m is not None else 0.0 for m in mtimes)
+        tags = [] if etags is None else [e if isinstance(e, str) else None for e in etags]
+        self.etags = tuple(tags) if any(tags) else None
         first = self.refs[0]
         self.frame_shape = pixels.frame_shape(first)
         for ref in self.refs:
@@ -226,9 +233,10 @@ class FrameGrid:
         """Deterministic token from paths, mtimes, offsets, grid, rescale and dtype."""
         from dask.base import tokenize
 
+        versions = (self.mtimes,) if self.etags is None else (self.mtimes, self.etags)
         return tokenize(
             [(r.path, r.frame, r.pixel_data_offset, r.tile) for r in self.refs],
-            self.mtimes,
+            *versions,
             self.grid,
             self.slopes,
             self.intercepts,
@@ -440,12 +448,25 @@ class FrameGrid:
         )
 
     @classmethod
-    def from_plan(cls, plan: Any, *, dtype: Any = "auto", rescale: bool = True) -> FrameGrid:
-        """Build from a ``SeriesPlan`` (or anything with ``frames``, ``grid``, ``frame_shape``)."""
+    def from_plan(
+        cls,
+        plan: Any,
+        *,
+        dtype: Any = "auto",
+        rescale: bool = True,
+        storage_options: Any = None,
+    ) -> FrameGrid:
+        """Build from a ``SeriesPlan`` (or anything with ``frames``, ``grid``, ``frame_shape``).
+
+        ``storage_options`` (fsspec options for URL paths) default to the catalog's, which
+        ``dicomxr.scan`` of a remote source keeps in ``attrs["storage_options"]``.
+        """
         frames = plan.frames
+        if storage_options is None:
+            storage_options = getattr(frames, "attrs", {}).get("storage_options")
         if hasattr(frames, "columns"):
             # only the columns a FrameRef needs: a frames table has ~80 columns
-            wanted = [*_REF_COLUMNS, "RescaleSlope", "RescaleIntercept", "mtime"]
+            wanted = [*_REF_COLUMNS, "RescaleSlope", "RescaleIntercept", "mtime", "etag"]
             frames = frames[[c for c in wanted if c in frames.columns]]
             columns = {c: frames[c].tolist() for c in frames.columns}
             rows = [
@@ -455,6 +476,8 @@ class FrameGrid:
         else:
             rows = list(frames)
         refs = [FrameRef.from_row(r) for r in rows]
+        if storage_options:
+            refs = [dataclasses.replace(r, storage_options=storage_options) for r in refs]
         fg = cls(
             refs,
             np.asarray(plan.grid),
@@ -463,6 +486,7 @@ class FrameGrid:
             mtimes=_column(frames, "mtime"),
             dtype=dtype,
             rescale=rescale,
+            etags=_column(frames, "etag"),
         )
         expected = tuple(getattr(plan, "frame_shape", fg.frame_shape) or fg.frame_shape)
         if tuple(fg.frame_shape[:2]) != expected[:2]:
@@ -843,7 +867,7 @@ def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True, chunks: 
     if isinstance(plan, FrameGrid) and not (isinstance(dtype, str) and dtype == "auto"):
         plan = FrameGrid(
             plan.refs, plan.grid, slopes=plan.slopes, intercepts=plan.intercepts,
-            mtimes=plan.mtimes, dtype=dtype, rescale=rescale,
+            mtimes=plan.mtimes, dtype=dtype, rescale=rescale, etags=plan.etags,
         )  # fmt: skip
     backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale)
     dims = tuple(f"dim_{i}" for i in range(len(backend.shape)))

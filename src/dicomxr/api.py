@@ -101,14 +101,17 @@ _STUDY_ATTRIBUTES = (
 # catalog and plans
 
 
-def _catalog(source: Any, *, recursive: bool = True) -> pd.DataFrame:
+def _catalog(source: Any, *, recursive: bool = True, storage_options: Any = None) -> pd.DataFrame:
     import pandas as pd
 
     from dicomxr.catalog import scan
 
     if isinstance(source, pd.DataFrame):
+        if storage_options:
+            source = source.copy(deep=False)
+            source.attrs["storage_options"] = dict(storage_options)
         return source
-    return scan(source, recursive=recursive)
+    return scan(source, recursive=recursive, storage_options=storage_options)
 
 
 def list_series(
@@ -118,6 +121,7 @@ def list_series(
     on_duplicate: str = "warn",
     include: Sequence[str] = (),
     recursive: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> SeriesPlans:
     """Scan ``source`` and return the plan of every image series in it (no pixel is read).
 
@@ -142,6 +146,8 @@ def list_series(
         passed to :func:`dicomxr.plan_series`.
     recursive
         Descend into sub-folders.
+    storage_options
+        fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
 
     Returns
     -------
@@ -157,7 +163,7 @@ def list_series(
         return SeriesPlans([source])
     if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
         return SeriesPlans(source)  # type: ignore[arg-type]
-    catalog = _catalog(source, recursive=recursive)
+    catalog = _catalog(source, recursive=recursive, storage_options=storage_options)
     return plan_series(
         catalog, on_irregular=on_irregular, on_duplicate=on_duplicate, include=tuple(include)
     )
@@ -484,6 +490,7 @@ def open_series(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
 
@@ -495,6 +502,8 @@ def open_series(
     ----------
     source
         A file, a folder (searched recursively), a glob, a list of paths, a DICOMDIR, a
+        zip file, a URL that fsspec opens (``s3://bucket/prefix/``, ``https://...``,
+        ``zip://*::s3://bucket/x.zip``; see the guide's "Remote and packed sources"), a
         catalog from :func:`dicomxr.scan`, or a :class:`~dicomxr.SeriesPlan`.
     series
         Which series to open when ``source`` holds several: a SeriesNumber (int), a plan
@@ -542,6 +551,10 @@ def open_series(
         (``da.dicom.reorient(...)``, ``(da * 2).isel(slice=5)``) computes the whole chunk.
         A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
         no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).
+    storage_options
+        fsspec options for a URL or zip source (credentials, endpoint, ``{"anon": True}``).
+        The lazy array carries them with the URLs, so frames are read by byte range at
+        compute time, in this process or in a dask.distributed worker.
 
     Returns
     -------
@@ -577,6 +590,7 @@ def open_series(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        storage_options=storage_options,
     )
     plan = select_plan(plans, series, source)
     warn_left_out(plan)
@@ -692,6 +706,7 @@ def open_study(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
 
@@ -711,7 +726,7 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks
+    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options
         As for :func:`open_series` (per series).
     include_patient
         Name patient nodes by PatientID and keep patient-identifying attributes (in the
@@ -733,6 +748,7 @@ def open_study(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        storage_options=storage_options,
     )
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))

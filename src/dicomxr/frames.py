@@ -282,6 +282,9 @@ def _many_frames(layout: _Layout) -> pd.DataFrame:
     catalog, counts = layout.catalog, layout.counts
     frames = _Frames(layout)
     errors = list(layout.errors)
+    # fsspec options of a remote catalog (dicomxr.sources), for reads a catalog made some
+    # other way still needs
+    options = catalog.attrs.get("storage_options")
     for i in np.flatnonzero(layout.enhanced):
         reason = _changed_since_scan(catalog, i) or _put_functional_groups(
             frames, i, catalog["per_frame"].iat[i], int(counts[i])
@@ -299,7 +302,7 @@ def _many_frames(layout: _Layout) -> pd.DataFrame:
     for i in np.flatnonzero(layout.mosaic):
         row = catalog.iloc[i]
         try:
-            tiles = vendor_mosaic.tiles(row, int(counts[i]))
+            tiles = vendor_mosaic.tiles(row, int(counts[i]), options)
         except Exception as exc:
             logger.warning("cannot unpack MOSAIC %s: %s", row["path"], exc)
             errors.append({"path": str(row["path"]), "reason": f"MOSAIC not unpacked: {exc}"})
@@ -321,6 +324,8 @@ def _changed_since_scan(catalog: pd.DataFrame, i: int) -> str | None:
     if "file_size" not in catalog.columns or "mtime" not in catalog.columns:
         return None
     path = str(catalog["path"].iat[i])
+    if "://" in path:  # a remote object (dicomxr.sources): no stat to compare with
+        return None
     try:
         st = os.stat(path)
     except OSError as exc:
