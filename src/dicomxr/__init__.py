@@ -33,6 +33,7 @@ from dicomxr.errors import (
     MultipleSeriesError,
     NoSeriesError,
     PixelDataError,
+    ScalingError,
     SkippedFileWarning,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "MultipleSeriesError",
     "NoSeriesError",
     "PixelDataError",
+    "ScalingError",
     "SeriesPlan",
     "SkippedFileWarning",
     "__version__",

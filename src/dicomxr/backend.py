@@ -56,6 +56,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         "include",
         "rescale",
         "recursive",
+        "scaling",
     )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
@@ -81,6 +82,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        scaling: str = "display",
     ) -> xr.Dataset:
         """Open one series as a Dataset with the variable ``image`` (no dask).
 
@@ -92,6 +94,9 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             Coordinates to leave out.
         series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
             As for :func:`dicomxr.open_series`.
+        scaling
+            ``"display"`` (default), ``"precise"`` or ``"real_world"``, as for
+            :func:`dicomxr.open_series`.
         """
         from dicomxr.api import open_series
 
@@ -106,6 +111,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             rescale=rescale,
             recursive=recursive,
             chunks=None,
+            scaling=scaling,
         )
         return _drop(image.to_dataset(promote_attrs=True), drop_variables)
 
@@ -121,6 +127,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        scaling: str = "display",
     ) -> xr.DataTree:
         """Open every series as a Patient / Study / Series DataTree (no dask).
 
@@ -130,7 +137,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             File, folder or DICOMDIR.
         drop_variables
             Coordinates to leave out of every series.
-        on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
+        on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive, scaling
             As for :func:`dicomxr.open_study`.
         """
         from dicomxr.api import open_study
@@ -145,6 +152,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             rescale=rescale,
             recursive=recursive,
             chunks=None,
+            scaling=scaling,
         )
         if drop_variables:
             tree = tree.map_over_datasets(lambda ds: _drop(ds, drop_variables))
@@ -162,6 +170,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        scaling: str = "display",
     ) -> dict[str, xr.Dataset]:
         """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
         tree = self.open_datatree(
@@ -174,6 +183,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            scaling=scaling,
         )
         return {node.path: node.to_dataset() for node in tree.subtree}
 
