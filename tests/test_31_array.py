@@ -412,21 +412,74 @@ def test_mosaic_preferred_chunks_are_runs_of_tiles(data_root, tmp_path, monkeypa
     assert count.frames == 3
 
 
-def test_bad_frame_fails_that_chunk_only(ct_files, tmp_path) -> None:
+def _cut_one(ct_files: list[Path], tmp_path: Path) -> tuple[SimpleNamespace, Path, np.ndarray]:
+    """Plan three CT slices, then cut the middle one short (found only at load)."""
     for f in ct_files[:3]:
         shutil.copy2(f, tmp_path / f.name)
-    files = sorted(tmp_path.iterdir())
-    plan = _stand_in_plan(files)
+    plan = _stand_in_plan(sorted(tmp_path.iterdir()))
+    reference = _pydicom_volume(plan)
     victim = Path(plan.frames["path"].iloc[1])
     victim.write_bytes(victim.read_bytes()[:-1000])
-    arr = _array.lazy_array(plan)
+    return plan, victim, reference
+
+
+@pytest.mark.parametrize("chunks", [{}, "series", None])
+def test_an_unreadable_frame_is_set_apart_at_load_with_a_warning(
+    ct_files, tmp_path, chunks
+) -> None:
+    plan, victim, reference = _cut_one(ct_files, tmp_path)
+    if chunks is None:  # no dask: the backend array's own full read
+        arr = _array.DicomBackendArray(plan, dtype="float32")
+        variable = xr.Variable(("slice", "row", "col"), _array.lazily_indexed(arr))
+        get = lambda: variable.values  # noqa: E731
+    else:
+        arr = _array.lazy_array(plan, dtype="float32", chunks=chunks)
+        get = arr.compute
+    with pytest.warns(
+        pixels.PixelDataWarning,
+        match=rf"{victim.name}: frame 0 cannot be read .*grid position \(1,\)\) holds NaN.*cut short",
+    ) as record:
+        values = get()
+    assert sum(victim.name in str(w.message) for w in record) == 1  # one warning per frame
+    assert np.isnan(values[1]).all()
+    np.testing.assert_allclose(values[[0, 2]], reference[[0, 2]])
+    if chunks is None:  # reads in this process are listed on the grid
+        assert list(arr.spec.unreadable) == [1]
+        assert victim.name in arr.spec.unreadable[1]
+
+
+def test_an_unreadable_frame_of_an_integer_array_holds_zero_and_can_raise(
+    ct_files, tmp_path
+) -> None:
+    plan, victim, _ = _cut_one(ct_files, tmp_path)
+    arr = _array.lazy_array(plan, dtype="int16")
     assert arr[0].compute().shape == (512, 512)
-    with pytest.raises(pixels.PixelDataError, match=rf"{victim.name}: frame 0 .*cut short"):
-        arr[1].compute()
-    with pytest.raises(pixels.PixelDataError, match=victim.name):
-        # one full read: its thread pool is done when the error surfaces (per-frame dask
-        # tasks would go on reading in the background, into the next test's counters)
-        _array.lazy_array(plan, chunks="series").compute()
+    with pytest.warns(pixels.PixelDataWarning, match=rf"{victim.name}: frame 0 .*holds 0"):
+        one = arr[1].compute()
+    assert not one.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pixels.PixelDataWarning)
+        with pytest.raises(pixels.PixelDataWarning, match=victim.name):
+            # one full read: its thread pool is done when the error surfaces
+            _array.lazy_array(plan, chunks="series").compute()
+
+
+def test_every_read_path_refuses_a_frame_of_another_shape(ct_files, monkeypatch) -> None:
+    plan = _stand_in_plan(list(ct_files[:2]))
+    spec = _array.FrameGrid.from_plan(plan, dtype="float32")
+    real = pixels.read_frame
+
+    def wrong(ref, *, out=None):  # a decoder that returns fewer rows than the header says
+        return real(ref)[:-1]
+
+    monkeypatch.setattr(pixels, "read_frame", wrong)
+    for read in (spec.read_all, lambda: spec.read_block((slice(0, 1),)),
+                 lambda: _array._read_chunk(spec, (1,))):  # fmt: skip
+        spec.unreadable.clear()
+        with pytest.warns(pixels.PixelDataWarning, match=r"decoded to shape \(511, 512\)"):
+            out = read()
+        assert np.isnan(out).all()
+        assert spec.unreadable
 
 
 def test_open_series_reads_no_pixels_until_asked(philips_ct, ct_reference, monkeypatch) -> None:

@@ -28,6 +28,17 @@ Missing frames (grid value ``-1``) are filled with NaN; with ``dtype="auto"`` a 
 missing frames therefore gets a float dtype (``float32``). With an explicit integer dtype
 they are filled with 0.
 
+One unreadable frame does not fail a load. A frame whose pixel data turns out to be
+unreadable only when it is decoded (a corrupt compressed stream, a file changed or removed
+since the scan; what the header shows is set apart when the series is planned) is a
+:class:`~dicomxr.errors.PixelDataWarning` naming the file, the frame and its place in the
+array, and that place holds the fill value of missing frames: NaN in a float array, 0 in an
+integer one. :attr:`FrameGrid.unreadable` lists them (for reads in this process). To stop at
+the first one instead, turn the warning into an error
+(``warnings.simplefilter("error", dicomxr.PixelDataWarning)``). Every read path compares
+what it got with the frame shape and raises :class:`~dicomxr.errors.PixelDataError` naming
+the file rather than reshape another size into the frame.
+
 This is the only module that uses ``xarray.core.indexing``.
 """
 
@@ -35,6 +46,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,6 +57,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from dicomxr import pixels
+from dicomxr.errors import PixelDataError, PixelDataWarning, failure_reason, user_stacklevel
 from dicomxr.pixels import FrameRef
 
 __all__ = [
@@ -154,6 +168,18 @@ class FrameGrid:
         self.missing = bool((self.grid < 0).any())
         self.dtype = self._output_dtype(dtype)
         self.fill = np.nan if self.dtype.kind in "fc" else 0
+        #: ref index -> why its frame could not be read (reads in this process)
+        self.unreadable: dict[int, str] = {}
+        self._warned = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_warned", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._warned = threading.Lock()
 
     # -- dtype
     def _stored_dtype(self) -> np.dtype:
@@ -230,11 +256,18 @@ class FrameGrid:
         """Read grid value ``index`` (a ref index, or -1) into the frame-shaped ``dst``.
 
         ``scratch`` is an optional reusable buffer of the stored dtype and frame size, used
-        when the stored values cannot land in ``dst`` itself (a wider or float output).
+        when the stored values cannot land in ``dst`` itself (a wider or float output). A
+        frame that cannot be read is filled (see :meth:`set_unreadable`).
         """
         if index < 0:
             dst[...] = self.fill
             return
+        try:
+            self._read_frame_into(index, dst, scratch)
+        except (PixelDataError, OSError) as exc:
+            self.set_unreadable(index, exc, dst)
+
+    def _read_frame_into(self, index: int, dst: np.ndarray, scratch: np.ndarray | None) -> None:
         ref = self.refs[index]
         slope, intercept = self.slopes[index], self.intercepts[index]
         native = (
@@ -250,7 +283,7 @@ class FrameGrid:
             and (self.dtype.kind in "iu" or self.dtype == self.stored)
         ):
             # stored values land in dst itself; the rescale is then done in place
-            pixels.read_frame(ref, out=dst.view(self.stored))
+            self.check_frame(pixels.read_frame(ref, out=dst.view(self.stored)), ref)
             pixels.apply_rescale(
                 dst.view(self.stored), slope, intercept, self.dtype, out=dst.view(self.dtype)
             )
@@ -259,7 +292,7 @@ class FrameGrid:
             arr = pixels.read_frame(ref, out=scratch)
         else:
             arr = pixels.read_frame(ref)
-        self._apply(arr, index, dst)
+        self._apply(self.check_frame(arr, ref), index, dst)
 
     def _apply(self, arr: np.ndarray, index: int, out: np.ndarray) -> None:
         """Turn stored values of ref ``index`` into output values in ``out`` (rescale or mapping)."""
@@ -272,11 +305,48 @@ class FrameGrid:
             return
         pixels.apply_rescale(arr, self.slopes[index], self.intercepts[index], self.dtype, out=out)
 
+    def check_frame(self, arr: np.ndarray, ref: FrameRef) -> np.ndarray:
+        """Return ``arr`` if it has the grid's frame shape, else raise a ``PixelDataError``.
+
+        A decoder that returns another size than the header describes must not be reshaped
+        or broadcast into the frame.
+        """
+        if tuple(arr.shape) != tuple(self.frame_shape):
+            raise PixelDataError(
+                f"{ref.path}: frame {ref.frame} decoded to shape {tuple(arr.shape)}, the "
+                f"series' frames are {tuple(self.frame_shape)}: not read"
+            )
+        return arr
+
+    def set_unreadable(self, index: int, exc: BaseException, dst: np.ndarray) -> None:
+        """Fill ``dst`` for ref ``index`` whose frame failed, record it and warn once.
+
+        The warning names the file, the frame, its place in the grid and the fill value;
+        ``warnings.simplefilter("error", PixelDataWarning)`` makes it raise instead.
+        """
+        dst[...] = self.fill
+        ref = self.refs[index]
+        reason = failure_reason(exc, limit=300)
+        with self._warned:
+            first = index not in self.unreadable
+            self.unreadable[index] = reason
+        if not first:
+            return
+        places = [tuple(int(v) for v in p) for p in np.argwhere(self.grid == index)[:3]]
+        where = ", ".join(str(p) for p in places) or "none"
+        fill = "NaN" if self.dtype.kind in "fc" else repr(self.fill)
+        warnings.warn(
+            f"{ref.path}: frame {ref.frame} cannot be read and is set apart from the loaded "
+            f"array: its place (grid position {where}) holds {fill} ({reason})",
+            PixelDataWarning,
+            stacklevel=user_stacklevel(),
+        )
+
     def read_block(self, grid_index: tuple) -> np.ndarray:
         """Read the frames of ``grid[grid_index]`` (basic or outer indexing) into one array."""
-        sub = self.grid[grid_index]
-        out = np.empty(np.shape(sub) + tuple(self.frame_shape), dtype=self.dtype)
-        self._read_many(np.asarray(sub).reshape(-1), out.reshape((-1, *self.frame_shape)))
+        sub = np.asarray(self.grid[grid_index])
+        out = np.empty(sub.shape + tuple(self.frame_shape), dtype=self.dtype)
+        self._read_many(sub.reshape(-1), out.reshape((-1, *self.frame_shape)))
         return out
 
     def read_all(self) -> np.ndarray:
@@ -337,14 +407,27 @@ class FrameGrid:
                 fut.result()
 
     def _read_file(self, indices: np.ndarray, ks: list[int], out: np.ndarray) -> None:
-        """Read several frames of one encapsulated file in one pass (:func:`pixels.read_frames`)."""
+        """Read several frames of one encapsulated file in one pass (:func:`pixels.read_frames`).
+
+        When the pass fails, the frames it did not deliver are read one by one, so one
+        corrupt fragment costs only its own frame.
+        """
         slots: dict[int, list[int]] = {}
         for k in ks:
             slots.setdefault(self.refs[indices[k]].frame, []).append(k)
         first = self.refs[indices[ks[0]]]
-        for frame, arr in pixels.read_frames(first, slots):
-            for k in slots[frame]:
-                self._apply(arr, int(indices[k]), out[k])
+        done: set[int] = set()
+        try:
+            for frame, arr in pixels.read_frames(first, slots):
+                for k in slots[frame]:
+                    i = int(indices[k])
+                    self._apply(self.check_frame(arr, self.refs[i]), i, out[k])
+                done.add(frame)
+        except (PixelDataError, OSError):
+            for frame, frame_ks in slots.items():
+                if frame not in done:
+                    for k in frame_ks:
+                        self.read_frame_into(int(indices[k]), out[k])
 
     def _read_mosaic(self, indices: np.ndarray, ks: list[int], out: np.ndarray) -> None:
         first = self.refs[indices[ks[0]]]
@@ -352,10 +435,24 @@ class FrameGrid:
             first, tile=None, mosaic_rows=0, mosaic_cols=0, Rows=first.stored_rows,
             Columns=first.stored_cols,
         )  # fmt: skip
-        image = pixels.read_frame(whole)
+        try:
+            image = pixels.read_frame(whole)
+            if tuple(image.shape[:2]) != (first.stored_rows, first.stored_cols):
+                raise PixelDataError(
+                    f"{first.path}: MOSAIC image decoded to shape {tuple(image.shape)}, the "
+                    f"header describes {(first.stored_rows, first.stored_cols)}: not read"
+                )
+        except (PixelDataError, OSError) as exc:
+            for k in ks:
+                self.set_unreadable(int(indices[k]), exc, out[k])
+            return
         for k in ks:
             i = int(indices[k])
-            tile = pixels._mosaic_tile(image, self.refs[i])
+            try:
+                tile = self.check_frame(pixels._mosaic_tile(image, self.refs[i]), self.refs[i])
+            except PixelDataError as exc:
+                self.set_unreadable(i, exc, out[k])
+                continue
             self._apply(tile, i, out[k])
 
     def __repr__(self) -> str:

@@ -143,7 +143,7 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from dicomxr.api import _select, list_series
+    from dicomxr.api import list_series, select_plan
     from dicomxr.errors import DicomxrError
 
     with warnings.catch_warnings():
@@ -151,7 +151,7 @@ def _info(args: argparse.Namespace) -> int:
         plans = list_series(args.path, on_irregular=args.on_irregular, include=args.include)
     if args.series is not None:
         try:
-            plans = [_select(plans, args.series, args.path)]
+            plans = [select_plan(plans, args.series, args.path)]
         except DicomxrError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -21,7 +21,9 @@ threaded read into one array and a selection reads only its frames):
   (``dim_sources``) are JSON text too. No patient identifiers unless ``include_patient=True``;
 - ``encoding["preferred_chunks"]`` advertises one frame per chunk (MOSAIC: tile runs).
 
-Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`).
+Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`): the package
+face hands the registration in through :func:`dicomxr._lazy.before_xarray`, since the accessor
+stands above this layer.
 """
 
 from __future__ import annotations
@@ -32,15 +34,16 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
-from dicomxr import accessor as _accessor  # noqa: F401 (registers the .dicom accessor)
+from dicomxr._lazy import making_xarray
 from dicomxr.attrs import encode_attrs
-from dicomxr.errors import MultipleSeriesError, NoSeriesError
+from dicomxr.errors import MultipleSeriesError, NoSeriesError, SetApartWarning, user_stacklevel
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["PATIENT_ATTRIBUTES", "list_series", "open_series", "open_study", "series_table"]
 
 logger = logging.getLogger(__name__)
+
+making_xarray()  # the objects made here come with the .dicom accessor (registered by dicomxr)
 
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 #: ``None`` (no dask), ``"series"`` (one chunk), ``{}`` (one frame per chunk) or a mapping
@@ -237,8 +242,12 @@ def _format_table(plans: Sequence[SeriesPlan]) -> str:
     return "\n".join("    " + line.rstrip() for line in lines)
 
 
-def _select(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
-    """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description."""
+def select_plan(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
+    """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description.
+
+    ``series=None`` picks the only plan; otherwise (and when nothing matches) the error lists
+    the plans and the ``series=`` value that selects each one.
+    """
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))
     if series is None:
@@ -398,6 +407,8 @@ def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
     attrs["affine"] = np.asarray(plan.affine, dtype=np.float64).ravel().tolist()
     attrs["geometry"] = json.dumps(_jsonable(plan.geometry.to_dict()))
     attrs["series_key"] = plan.key
+    if plan.set_apart:  # what of the series is not in this volume, and why
+        attrs["set_apart"] = json.dumps(_jsonable(plan.set_apart))
     if plan.label:
         attrs["series_label"] = str(plan.label)
     if "units" not in attrs:
@@ -575,12 +586,46 @@ def open_series(
         include=include,
         recursive=recursive,
     )
-    plan = _select(plans, series, source)
+    plan = select_plan(plans, series, source)
+    warn_left_out(plan)
     ds = _plan_to_dataset(
         plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks,
         scaling=scaling,
     )  # fmt: skip
     return ds["image"]
+
+
+# how many paths a warning names before it points to the full list
+_NAMED_PATHS = 3
+
+
+def warn_left_out(plan: SeriesPlan) -> None:
+    """Warn (:class:`~dicomxr.SetApartWarning`) when frames of ``plan``'s series were left out.
+
+    Names how many files, why, the first few paths, and where the full list is: the image's
+    ``attrs["set_apart"]`` (JSON text) and ``dicomxr.list_series(source).set_apart``.
+    """
+    from dicomxr.series import left_out
+
+    items = left_out(plan)
+    if not items:
+        return
+    paths = list(dict.fromkeys(str(item.get("path")) for item in items))
+    reasons: dict[str, int] = {}
+    for item in items:
+        reason = str(item.get("reason", "")).split(" as /")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    why = "; ".join(f"{n} x {r}" for r, n in reasons.items())
+    shown = ", ".join(paths[:_NAMED_PATHS]) + (
+        f" and {len(paths) - _NAMED_PATHS} more" if len(paths) > _NAMED_PATHS else ""
+    )
+    warnings.warn(
+        f"series {plan.label or plan.key}: {len(paths)} file(s) left out of the volume "
+        f"({len(items)} frame(s): {why}): {shown}; every frame left out and why: "
+        "da.attrs['set_apart'] or dicomxr.list_series(source).set_apart",
+        SetApartWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _plan_to_dataset(
@@ -781,6 +826,7 @@ def open_study(
         patient = patients[patient_id]
         study = _node_name(_attr(plan, "StudyInstanceUID"), "unknown_study")
         key = _node_name(plan.key, "series")
+        warn_left_out(plan)
         tree[f"/{patient}/{study}/{key}"] = _plan_to_dataset(
             plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks,
             scaling=scaling,

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dicomxr import dicomdir
 from dicomxr.errors import (
     SkippedFileWarning,
     failure_reason,
@@ -109,6 +110,7 @@ _SCHEMA: dict[str, str] = {
     "LabelType": "str",
     "is_mosaic": "bool",
     "NumberOfImagesInMosaic": "Int64",
+    "mosaic_kind": "str",
     "is_enhanced": "bool",
     "has_pixels": "bool",
     "pixel_data_truncated": "bool",
@@ -185,6 +187,8 @@ _PRIVATE: dict[tuple[int, str, int], str] = {
     (0x0019, "SIEMENS MR HEADER", 0x0A): "siemens_mosaic_n",  # NumberOfImagesInMosaic, US
     (0x0019, "SIEMENS MR HEADER", 0x0C): "siemens_bval",  # B_value, IS
     (0x0019, "SIEMENS MR HEADER", 0x0E): "siemens_bvec",  # DiffusionGradientDirection, FD x3
+    (0x0019, "SIEMENS MR HEADER", 0x29): "siemens_slice_times",  # MosaicRefAcqTimes, FD xN
+    (0x0065, "IMAGE PRIVATE HEADER", 0x50): "uih_grid_n",  # UIH MR Number Of Slice In Volume, DS
     (0x0029, "SIEMENS CSA HEADER", 0x10): "siemens_csa_image",  # CSA Image Header Info, OB
     (0x0043, "GEMS_PARM_01", 0x39): "ge_bval",  # Slop_int_6...9, IS (b-value is the first)
     (0x0019, "GEMS_ACQU_01", 0xBB): "ge_bvec_x",  # UserData20, DS
@@ -213,6 +217,9 @@ _IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality")
 
 # skip reasons that are listed in the report without a warning
 _BENIGN = ("DICOMDIR file", "not a DICOM file", "not a regular file")
+
+# how many skipped files the scan's warning names (the report lists them all)
+_NAMED_SKIPPED = 3
 
 # seconds an automatic progress bar waits before it appears
 _PROGRESS_DELAY = 0.5
@@ -340,16 +347,38 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
     if row.get("LabelType") is None:
         # Philips ASL: which frames are CONTROL and which LABEL (the classic export's only trace)
         row["LabelType"] = _to_str(private.get("philips_label_type")) if private else None
-    image_type = row.get("ImageType")
-    is_mosaic = bool(image_type) and any(str(v).upper() == "MOSAIC" for v in image_type)
-    n_mosaic = _to_int(private.get("siemens_mosaic_n")) if is_mosaic else None
-    if is_mosaic and n_mosaic is None and private.get("siemens_csa_image") is not None:
-        n_mosaic = _mosaic_from_csa(private["siemens_csa_image"])
-    row["is_mosaic"] = is_mosaic
+    kind, n_mosaic = _mosaic_claim(row, private)
+    row["is_mosaic"] = kind is not None
     row["NumberOfImagesInMosaic"] = n_mosaic
+    row["mosaic_kind"] = kind
     if row.get("NumberOfFrames") is None and row.get("has_pixels"):
         row["NumberOfFrames"] = 1
     return row
+
+
+def _mosaic_claim(row: dict[str, Any], private: dict[str, Any]) -> tuple[str | None, int | None]:
+    """Which vendor mosaic an image says it is (``"SIEMENS"``, ``"UIH"`` or None) and its tiles.
+
+    Siemens: ImageType ``MOSAIC``; the count from (0019,100A), else the CSA image header,
+    else the number of MosaicRefAcqTimes (0019,1029). United Imaging: ImageType ``VFRAME``, or
+    the grid count (0065,xx50) in an image whose Manufacturer starts with "UI" (as dcm2niix
+    reads it). A claim without a count keeps ``None``: :mod:`dicomxr.mosaic` reports it.
+    """
+    tokens = {str(v).strip().upper() for v in row.get("ImageType") or ()}
+    uih_n = _to_int(private.get("uih_grid_n")) if private else None
+    maker = str(row.get("Manufacturer") or "").strip().upper()
+    if "VFRAME" in tokens or (uih_n is not None and maker.startswith("UI")):
+        return "UIH", uih_n
+    if "MOSAIC" not in tokens:
+        return None, None
+    n = _to_int(private.get("siemens_mosaic_n")) if private else None
+    if n is None and private and private.get("siemens_csa_image") is not None:
+        n = _mosaic_from_csa(private["siemens_csa_image"])
+    if n is None and private:
+        times = private.get("siemens_slice_times")
+        if isinstance(times, (list, tuple)) and len(times) > 1:
+            n = len(times)
+    return "SIEMENS", n
 
 
 def _mosaic_from_csa(raw: bytes) -> int | None:
@@ -407,6 +436,8 @@ _PRIVATE_VR: dict[str, str] = {
     "siemens_mosaic_n": "US",
     "siemens_bval": "IS",
     "siemens_bvec": "FD",
+    "siemens_slice_times": "FD",
+    "uih_grid_n": "DS",
     "ge_bval": "IS",
     "ge_bvec_x": "DS",
     "ge_bvec_y": "DS",
@@ -1271,9 +1302,7 @@ def _expand_one(
         path = os.path.abspath(item)
         # one look inside for a lone file; in long lists, only files named like a
         # directory file (DICOMDIR is the name PS3.10 gives it) are worth the extra read
-        if (top or _looks_like_dicomdir_name(path)) and _is_dicomdir(path):
-            from dicomxr import dicomdir
-
+        if (top or _looks_like_dicomdir_name(path)) and dicomdir.is_dicomdir(path):
             files, dangling = dicomdir.referenced_files(path)
             skipped_out.extend(dangling)
             if recursive and _damaged_directory(path, dangling):
@@ -1399,17 +1428,6 @@ def _walk_all(base: str) -> list[str]:
 def _looks_like_dicomdir_name(path: str) -> bool:
     name = os.path.basename(path).upper()
     return name.startswith("DICOMDIR") or name.startswith("DIRFILE")
-
-
-def _is_dicomdir(path: str) -> bool:
-    """Tell whether a file is a DICOMDIR (Media Storage Directory), from its meta header."""
-    from dicomxr._header import read_meta
-
-    meta = read_meta(path)
-    if meta is None:
-        return False
-    sop_class = meta.get(0x00020002, b"").rstrip(b"\x00 ")
-    return sop_class == _MEDIA_STORAGE_DIRECTORY.encode()
 
 
 # ----------------------------------------------------------------------------------------
@@ -1551,8 +1569,12 @@ def scan(
     if problems and warn:
         reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
         summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
+        named = ", ".join(str(s["path"]) for s in problems[:_NAMED_SKIPPED])
+        if len(problems) > _NAMED_SKIPPED:
+            named += f" and {len(problems) - _NAMED_SKIPPED} more"
         warnings.warn(
-            f"scan skipped {len(problems)} file(s) ({summary}); see dicomxr.catalog.skipped(df)",
+            f"scan skipped {len(problems)} file(s) ({summary}): {named}; "
+            "see dicomxr.catalog.skipped(df) for all of them",
             SkippedFileWarning,
             stacklevel=user_stacklevel(),
         )

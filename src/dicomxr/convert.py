@@ -651,7 +651,7 @@ def _int_or_none(value: Any) -> int | None:
 def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
                  options: ConvertOptions) -> dict[str, Any]:  # fmt: skip
     from dicomxr.export.bids import bids_sidecar
-    from dicomxr.export.nifti import _volume_labels, to_nifti
+    from dicomxr.export.nifti import to_nifti, volume_labels
 
     stem = _inside(dest, dest / name)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -666,7 +666,7 @@ def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
     sidecar["dicomxr"] = {
         "series_key": str(piece.attrs.get("series_key", "")),
         "dims": [str(d) for d in piece.dims],
-        "volumes": _volume_labels(piece, extra),
+        "volumes": volume_labels(piece, extra),
     }
     json_path = stem.with_name(stem.name + ".json")
     _write_atomic(json_path, json.dumps(sidecar, indent=1, default=str))
@@ -676,7 +676,7 @@ def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
 
 def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
                       options: ConvertOptions) -> dict[str, Any]:  # fmt: skip
-    from dicomxr.export.zarr import _prepared
+    from dicomxr.export.zarr import prepare_for_zarr
 
     root = dest / ZARR_STORE
     target = _inside(dest, root / name)
@@ -684,7 +684,7 @@ def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: s
     leaf = f".{target.name}.{uuid.uuid4().hex[:8]}{_TMP_MARK}"
     tmp_rel = f"{parent_rel}/{leaf}" if parent_rel else leaf
     tmp = root / tmp_rel
-    ds = _prepared(piece, None)
+    ds = prepare_for_zarr(piece, None)
     if not options.compress:
         for var in ds.variables.values():
             var.encoding["compressors"] = None

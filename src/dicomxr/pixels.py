@@ -72,6 +72,7 @@ __all__ = [
     "read_frames",
     "rescale_dtype",
     "stored_dtype",
+    "stored_frame_digest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -440,14 +441,63 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
         arr = _mosaic_tile(arr, ref)
     if is_palette(ref):
         arr = _apply_palette(arr, ref)
+    _check_shape(arr, ref)
     if out is None:
         return arr
+    if tuple(out.shape) != tuple(arr.shape):
+        raise PixelDataError(
+            f"{ref.path}: frame {ref.frame} has shape {tuple(arr.shape)}, the destination "
+            f"{tuple(out.shape)}: not read"
+        )
     if not np.shares_memory(arr, out):
         if out.dtype.itemsize == arr.dtype.itemsize and out.dtype != arr.dtype:
             out.view(arr.dtype)[...] = arr
         else:
             out[...] = arr
     return out
+
+
+def stored_frame_digest(ref: FrameRef | Mapping[str, Any]) -> str:
+    """Return a digest of one stored frame's decoded values (a whole mosaic, not one tile).
+
+    Two files that hold the same image give the same digest whatever their transfer syntax
+    (the values are decoded first); used to tell a second copy of an instance from a
+    different image that reuses its SOPInstanceUID.
+
+    Raises
+    ------
+    PixelDataError
+        When the frame cannot be read.
+    """
+    import hashlib
+
+    if not isinstance(ref, FrameRef):
+        ref = FrameRef.from_row(ref)
+    if ref.is_mosaic_tile:
+        ref = _replace(
+            ref, tile=None, mosaic_rows=0, mosaic_cols=0, Rows=ref.stored_rows,
+            Columns=ref.stored_cols,
+        )  # fmt: skip
+    arr = np.ascontiguousarray(read_frame(ref))
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def _check_shape(arr: np.ndarray, ref: FrameRef) -> None:
+    """Refuse a decoded frame whose shape is not the one its header describes.
+
+    A decoder (pydicom's whole-file decode of deflated or non-conformant files reads the
+    file's own header again) can return another size; reshaping or broadcasting it into
+    the frame would give a wrong image.
+    """
+    expected = frame_shape(ref)
+    if tuple(arr.shape) != expected:
+        raise PixelDataError(
+            f"{ref.path}: frame {ref.frame} decoded to shape {tuple(arr.shape)}, the header "
+            f"describes {expected}: not read"
+        )
 
 
 def _replace(ref: FrameRef, **changes: Any) -> FrameRef:
@@ -692,6 +742,7 @@ def read_frames(ref: FrameRef, frames: Iterable[int]) -> Iterator[tuple[int, np.
                     arr, _ = decoder.as_array(encapsulate([data]), index=0, **single)
                     if is_palette(ref):
                         arr = _apply_palette(arr, ref)
+                    _check_shape(arr, _replace(ref, frame=index))
                     todo.discard(index)
                     yield index, arr
                 if not todo:

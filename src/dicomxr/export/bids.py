@@ -262,7 +262,7 @@ def bids_sidecar(
     dict
         BIDS keys in BIDS units (times in seconds), only those the headers define.
     """
-    from dicomxr import __version__
+    from dicomxr._version import __version__
 
     out: dict[str, Any] = {}
     for bids, (keywords, factor) in _FIELDS.items():
