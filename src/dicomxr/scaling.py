@@ -418,8 +418,9 @@ def _recorded(rows: Any, n: int) -> dict[str, np.ndarray]:
     if np.isfinite(scale).any():
         out["PhilipsScaleSlope"] = scale
     slope, intercept = np.full(n, np.nan), np.full(n, np.nan)
+    memo: dict[Any, list[RealWorldMapping]] = {}
     for i, value in enumerate(_column(rows, "RealWorldValueMapping", n)):
-        items = _mappings_of(value)
+        items = _mappings_of(value, memo)
         if items and items[0].lut is None and items[0].slope is not None:
             slope[i], intercept[i] = items[0].slope, items[0].intercept or 0.0
     if np.isfinite(slope).any():
@@ -470,15 +471,25 @@ def _precise(
     return out
 
 
-def _mappings_of(value: Any) -> list[RealWorldMapping]:
+def _mappings_of(value: Any, memo: dict[Any, list[RealWorldMapping]] | None = None) -> list:
+    """Return the mapping items of a catalog value; ``memo`` shares them between equal ones."""
     if value is None or isinstance(value, float):
         return []
+    if memo is not None:
+        try:
+            return memo[value]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable (a list from JSON): not shared
+            memo = None
     out = []
     for item in value:
         try:
             out.append(RealWorldMapping.from_value(item))
         except (TypeError, ValueError):
             continue
+    if memo is not None:
+        memo[value] = out
     return out
 
 
@@ -488,8 +499,9 @@ def _real_world(
     values = _column(rows, "RealWorldValueMapping", n)
     chosen: list[RealWorldMapping | None] = [None] * n
     others: set[str] = set()
+    memo: dict[Any, list[RealWorldMapping]] = {}
     for i in range(n):
-        items = _mappings_of(values[i])
+        items = _mappings_of(values[i], memo)
         if items:
             chosen[i] = items[0]
             others.update(str(m.units) for m in items[1:] if m.units != items[0].units)
