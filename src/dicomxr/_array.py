@@ -22,7 +22,12 @@ array wrappers do) and is the only lazy array: :func:`lazily_indexed` wraps it f
   dask's slice fusion (a selection of a one-chunk array becomes one indexed read of the
   backend array) both read one frame for one slice;
 * :func:`preferred_chunks` advertises storage (one frame per chunk; MOSAIC: the tiles of one
-  stored image) for callers that want per-frame tasks (``chunks={}``).
+  stored image) for callers that want per-frame tasks (``chunks={}``, the default of
+  :func:`dicomxr.open_series`);
+* a dask array made by :func:`chunk_variable` carries :class:`FullRead`'s hooks: computing
+  every chunk of the untouched array (``.values``, ``.load()``, ``.compute()``) is one
+  :meth:`FrameGrid.read_all` whose chunks are views of one array, returned as it is - the
+  per-frame graph stays for every selection and operation.
 
 Missing frames (grid value ``-1``) are filled with NaN; with ``dtype="auto"`` a grid that has
 missing frames therefore gets a float dtype (``float32``). With an explicit integer dtype
@@ -44,6 +49,7 @@ This is the only module that uses ``xarray.core.indexing``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -63,10 +69,13 @@ from dicomxr.pixels import FrameRef
 __all__ = [
     "DicomBackendArray",
     "FrameGrid",
+    "FullRead",
     "chunk_variable",
+    "join_blocks",
     "lazily_indexed",
     "lazy_array",
     "preferred_chunks",
+    "read_whole",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,6 +130,9 @@ class FrameGrid:
         replaces the slope. ``None``: the linear rescale only.
     mtimes
         Per-ref modification times (for the dask name); ``None`` stats the files.
+    etags
+        Per-ref version tags of remote objects (the catalog's ``etag``), also in the dask
+        name; ``None`` for local files.
     dtype
         ``"auto"`` (see :func:`dicomxr.pixels.rescale_dtype`), or any numpy dtype.
     rescale
@@ -138,6 +150,7 @@ class FrameGrid:
         mtimes: Sequence[float] | None = None,
         dtype: Any = "auto",
         rescale: bool = True,
+        etags: Sequence[str | None] | None = None,
     ) -> None:
         self.refs = tuple(refs)
         self.grid = np.asarray(grid, dtype=np.int64)
@@ -156,6 +169,8 @@ class FrameGrid:
         if mtimes is None:
             mtimes = [_mtime(r.path) for r in self.refs]
         self.mtimes = tuple(float(m) if m is not None else 0.0 for m in mtimes)
+        tags = [] if etags is None else [e if isinstance(e, str) else None for e in etags]
+        self.etags = tuple(tags) if any(tags) else None
         first = self.refs[0]
         self.frame_shape = pixels.frame_shape(first)
         for ref in self.refs:
@@ -234,9 +249,10 @@ class FrameGrid:
         """Deterministic token from paths, mtimes, offsets, grid, rescale and dtype."""
         from dask.base import tokenize
 
+        versions = (self.mtimes,) if self.etags is None else (self.mtimes, self.etags)
         return tokenize(
             [(r.path, r.frame, r.pixel_data_offset, r.tile) for r in self.refs],
-            self.mtimes,
+            *versions,
             self.grid,
             self.slopes,
             self.intercepts,
@@ -463,10 +479,18 @@ class FrameGrid:
 
     @classmethod
     def from_plan(
-        cls, plan: Any, *, dtype: Any = "auto", rescale: bool = True, scaling: str = "display"
+        cls,
+        plan: Any,
+        *,
+        dtype: Any = "auto",
+        rescale: bool = True,
+        storage_options: Any = None,
+        scaling: str = "display",
     ) -> FrameGrid:
         """Build from a ``SeriesPlan`` (or anything with ``frames``, ``grid``, ``frame_shape``).
 
+        ``storage_options`` (fsspec options for URL paths) default to the catalog's, which
+        ``dicomxr.scan`` of a remote source keeps in ``attrs["storage_options"]``.
         ``scaling`` (:data:`dicomxr.scaling.SCALINGS`) chooses the per-frame factors; the
         :class:`~dicomxr.scaling.FrameScaling` is kept as ``.scaling``.
         """
@@ -480,6 +504,8 @@ class FrameGrid:
                 f"rescale=False gives stored values; scaling={scaling!r} needs rescale=True"
             )
         frames = plan.frames
+        if storage_options is None:
+            storage_options = getattr(frames, "attrs", {}).get("storage_options")
         grid = np.asarray(plan.grid)
         pr = _column(frames, "PixelRepresentation")
         try:
@@ -492,7 +518,7 @@ class FrameGrid:
         )  # fmt: skip
         if hasattr(frames, "columns"):
             # only the columns a FrameRef needs: a frames table has ~80 columns
-            wanted = [*_REF_COLUMNS, "mtime"]
+            wanted = [*_REF_COLUMNS, "mtime", "etag"]
             frames = frames[[c for c in wanted if c in frames.columns]]
             columns = {c: frames[c].tolist() for c in frames.columns}
             rows = [
@@ -502,6 +528,8 @@ class FrameGrid:
         else:
             rows = list(frames)
         refs = [FrameRef.from_row(r) for r in rows]
+        if storage_options:
+            refs = [dataclasses.replace(r, storage_options=storage_options) for r in refs]
         fg = cls(
             refs,
             grid,
@@ -511,6 +539,7 @@ class FrameGrid:
             mtimes=_column(frames, "mtime"),
             dtype=dtype,
             rescale=rescale,
+            etags=_column(frames, "etag"),
         )
         fg.scaling = factors
         expected = tuple(getattr(plan, "frame_shape", fg.frame_shape) or fg.frame_shape)
@@ -700,7 +729,164 @@ def chunk_variable(variable: Any, backend: DicomBackendArray, chunks: Any) -> An
     elif isinstance(chunks, Mapping):
         chunks = {**preferred, **chunks}
     name = f"dicomxr-image-{tokenize(backend, str(chunks))}"
-    return variable.chunk(chunks, name=name)
+    chunked = variable.chunk(chunks, name=name)
+    FullRead.attach(chunked.data, backend)
+    return chunked
+
+
+# ----------------------------------------------------------------------------- full read
+
+
+class FullRead:
+    """The fast whole-array compute of a freshly chunked series (dask hooks on one array).
+
+    A dask array over :class:`DicomBackendArray` has one task per chunk (one frame per
+    chunk by default), so that any selection - also after a flip, arithmetic or a
+    resampling - reads only the frames it touches. Computing *every* chunk that way costs
+    twice the array's bytes (the chunks, then dask's concatenation) and the time of one
+    scheduled task per frame. :meth:`attach` gives the freshly made array two hooks of the
+    dask collection protocol, as instance attributes, so that its type stays
+    ``dask.array.Array`` (xarray refuses to mix chunked array types in one Dataset):
+
+    * ``__dask_optimize__`` (:meth:`optimize`): when the keys asked for need every chunk of
+      the untouched graph (``.values``, ``.load()``, ``.compute()``, ``np.asarray``,
+      ``dask.compute(arr)``, ``.persist()``), the per-frame graph is replaced by one task,
+      :meth:`FrameGrid.read_all` (a thread pool reading every frame into one preallocated
+      array), and one task per chunk key returning a numpy *view* of it. Anything else goes
+      to dask's own optimization unchanged.
+    * ``__dask_postcompute__`` (:meth:`postcompute`): :func:`join_blocks` returns the one
+      array the views tile instead of concatenating them; if the chunks are not views of
+      one array (the per-frame graph ran, or the views were pickled between worker
+      processes) it is dask's concatenation.
+
+    Every dask operation (``isel``, arithmetic, ``rechunk``, ``copy``) makes a new array
+    without the hooks, and a pickled array comes back without them, so laziness after a
+    selection is dask's own. ``dask.compute(image)`` on the *xarray* object goes through
+    xarray's Dataset-level optimizer (dask's default) and computes per frame; the
+    finalizer still applies, so the result is right, at ~2x the bytes.
+    """
+
+    def __init__(self, array: Any, backend: DicomBackendArray) -> None:
+        from dask.core import flatten
+
+        self.backend = backend
+        self.name = array.name
+        self.shape = tuple(array.shape)
+        self.chunks = array.chunks
+        self.keys = list(flatten(array.__dask_keys__()))
+        self.key_set = frozenset(self.keys)
+        # identity of the layers: a graph built from anything else is not rewritten
+        self.layers = dict(array.dask.layers)
+
+    @classmethod
+    def attach(cls, array: Any, backend: DicomBackendArray) -> Any:
+        """Give the dask ``array`` (a chunking of ``backend``, as made) the full-read hooks."""
+        if tuple(array.shape) != tuple(backend.shape) or not hasattr(array, "dask"):
+            return array
+        hooks = cls(array, backend)
+        array.__dask_optimize__ = hooks.optimize
+        array.__dask_postcompute__ = hooks.postcompute
+        return array
+
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return ("dicomxr.FullRead", self.name)
+
+    def optimize(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """One full read when ``keys`` need every chunk; dask's optimization otherwise."""
+        graph = self._full_read_graph(dsk, keys)
+        if graph is not None:
+            return graph
+        import dask.array
+
+        return dask.array.Array.__dask_optimize__(dsk, keys, **kwargs)
+
+    def postcompute(self) -> tuple[Any, tuple]:
+        """``(join_blocks, (shape, chunks))``: the finalizer dask calls with the chunks."""
+        return join_blocks, (self.shape, self.chunks)
+
+    def _full_read_graph(self, dsk: Any, keys: Any) -> dict | None:
+        """Return the rewritten graph, or None when the graph or keys are not the whole array.
+
+        ``dsk`` must hold this array's own layers (the very objects) and at most a few small
+        layers dask adds (the finalize task); together the keys and those layers' tasks must
+        need every chunk.
+        """
+        from dask._task_spec import Task, TaskRef
+        from dask.array.core import slices_from_chunks
+        from dask.base import tokenize
+        from dask.core import flatten
+
+        layers = getattr(dsk, "layers", None)
+        if layers is None or any(layers.get(n) is not lay for n, lay in self.layers.items()):
+            return None
+        wanted = {k for k in flatten(keys) if k in self.key_set}
+        extra: dict[Any, Any] = {}
+        for name, layer in layers.items():
+            if name in self.layers:
+                continue
+            if len(layer) > 16:
+                return None
+            for key, task in dict(layer).items():
+                deps = getattr(task, "dependencies", None)
+                if deps is None:
+                    return None
+                extra[key] = task
+                wanted.update(k for k in deps if k in self.key_set)
+        if len(wanted) != len(self.key_set):
+            return None
+        read_key = f"dicomxr-read-{tokenize(self.name)}"
+        graph: dict[Any, Any] = {read_key: Task(read_key, read_whole, self.backend)}
+        for key, index in zip(self.keys, slices_from_chunks(self.chunks), strict=True):
+            graph[key] = Task(key, _block_view, TaskRef(read_key), index)
+        graph.update(extra)
+        return graph
+
+
+def read_whole(backend: DicomBackendArray) -> np.ndarray:
+    """Every frame of ``backend`` in one preallocated array (:meth:`FrameGrid.read_all`)."""
+    return backend.spec.read_all()
+
+
+def _block_view(whole: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
+    return whole[index]
+
+
+def join_blocks(results: Any, shape: tuple[int, ...], chunks: tuple) -> Any:
+    """Finalize a compute: the one array the chunk results are views of, else concatenate.
+
+    Parameters
+    ----------
+    results
+        The chunk results, nested lists as ``__dask_keys__()``.
+    shape, chunks
+        The array's shape and chunks: each result must be the view of its block.
+    """
+    from dask.array.core import finalize, slices_from_chunks
+    from dask.core import flatten
+
+    blocks = list(flatten(results, container=list))
+    indices = list(slices_from_chunks(chunks))
+    whole = getattr(blocks[0], "base", None) if blocks else None
+    if (
+        not isinstance(whole, np.ndarray)
+        or whole.shape != tuple(shape)
+        or len(blocks) != len(indices)
+        or not all(_is_view_of(b, whole, i) for b, i in zip(blocks, indices, strict=True))
+    ):
+        return finalize(results)
+    return whole
+
+
+def _is_view_of(block: Any, whole: np.ndarray, index: tuple[slice, ...]) -> bool:
+    """Whether ``block`` is exactly ``whole[index]`` (same memory, shape and strides)."""
+    if not isinstance(block, np.ndarray) or block.base is not whole:
+        return False
+    expected = whole[index]
+    return (
+        block.shape == expected.shape
+        and block.strides == expected.strides
+        and block.__array_interface__["data"][0] == expected.__array_interface__["data"][0]
+    )
 
 
 def lazy_array(
@@ -753,6 +939,7 @@ def lazy_array(
         plan = FrameGrid(
             plan.refs, plan.grid, slopes=plan.slopes, intercepts=plan.intercepts,
             mappings=plan.mappings, mtimes=plan.mtimes, dtype=dtype, rescale=rescale,
+            etags=plan.etags,
         )  # fmt: skip
     backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale, scaling=scaling)
     dims = tuple(f"dim_{i}" for i in range(len(backend.shape)))

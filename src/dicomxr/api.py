@@ -6,8 +6,9 @@ plan -> the lazy backend array) and dresses the result as an :class:`xarray.Data
 ``_plan_to_dataset``, builds every series' Dataset - for :func:`open_series`,
 :func:`open_study` and the ``"dicom"`` engine alike: ``image`` wraps
 :class:`dicomxr._array.DicomBackendArray` in xarray's lazy indexing, and ``chunks`` makes it
-dask through xarray's own chunking (one chunk per series by default, so a full load is one
-threaded read into one array and a selection reads only its frames):
+dask through xarray's own chunking (one frame per chunk by default, so a selection reads
+only its frames, also after a flip or arithmetic; a full load of the untouched array is still
+one threaded read into one array, :class:`dicomxr._array.FullRead`):
 
 - dims: the plan's frame-grid dims (ending with ``slice``) + ``("row", "col")``
   (+ ``"channel"`` for colour); ``row`` runs along ImageOrientationPatient[3:],
@@ -100,14 +101,17 @@ _STUDY_ATTRIBUTES = (
 # catalog and plans
 
 
-def _catalog(source: Any, *, recursive: bool = True) -> pd.DataFrame:
+def _catalog(source: Any, *, recursive: bool = True, storage_options: Any = None) -> pd.DataFrame:
     import pandas as pd
 
     from dicomxr.catalog import scan
 
     if isinstance(source, pd.DataFrame):
+        if storage_options:
+            source = source.copy(deep=False)
+            source.attrs["storage_options"] = dict(storage_options)
         return source
-    return scan(source, recursive=recursive)
+    return scan(source, recursive=recursive, storage_options=storage_options)
 
 
 def list_series(
@@ -117,6 +121,7 @@ def list_series(
     on_duplicate: str = "warn",
     include: Sequence[str] = (),
     recursive: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> SeriesPlans:
     """Scan ``source`` and return the plan of every image series in it (no pixel is read).
 
@@ -141,6 +146,8 @@ def list_series(
         passed to :func:`dicomxr.plan_series`.
     recursive
         Descend into sub-folders.
+    storage_options
+        fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
 
     Returns
     -------
@@ -156,7 +163,7 @@ def list_series(
         return SeriesPlans([source])
     if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
         return SeriesPlans(source)  # type: ignore[arg-type]
-    catalog = _catalog(source, recursive=recursive)
+    catalog = _catalog(source, recursive=recursive, storage_options=storage_options)
     return plan_series(
         catalog, on_irregular=on_irregular, on_duplicate=on_duplicate, include=tuple(include)
     )
@@ -483,6 +490,7 @@ def open_series(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    storage_options: Mapping[str, Any] | None = None,
     scaling: str = "display",
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
@@ -495,6 +503,8 @@ def open_series(
     ----------
     source
         A file, a folder (searched recursively), a glob, a list of paths, a DICOMDIR, a
+        zip file, a URL that fsspec opens (``s3://bucket/prefix/``, ``https://...``,
+        ``zip://*::s3://bucket/x.zip``; see the guide's "Remote and packed sources"), a
         catalog from :func:`dicomxr.scan`, or a :class:`~dicomxr.SeriesPlan`.
     series
         Which series to open when ``source`` holds several: a SeriesNumber (int), a plan
@@ -532,14 +542,20 @@ def open_series(
         one stored image), as ``encoding["preferred_chunks"]`` says. A selection reads only
         the frames it touches, also after flips, arithmetic or a resampling (the ML
         transforms stay frame-by-frame lazy), and dask.distributed gets one task per frame.
-        A full ``.values`` is a dask compute that concatenates the frames (~2x the array's
-        bytes at peak); ``da.dicom.load()`` streams the frames into one preallocated array
-        instead (~1x). ``"series"``: one dask chunk for the whole series: a full compute is
-        one threaded read, and a selection of the untouched array is fused into a read of
-        its frames, but anything selected after a flip or an arithmetic operation
+        A full ``.values``, ``.load()``, ``.compute()`` or ``np.asarray`` of the array as
+        opened is still one threaded read of every frame into one preallocated array (about
+        the array's bytes at peak, no concatenation); once an operation is applied
+        (``(da * 2).values``) it is dask's per-frame compute. ``"series"``: one dask chunk
+        for the whole series: a full compute is the same one read, and a selection of the
+        untouched array is fused into a read of its frames, but anything selected after a
+        flip or an arithmetic operation
         (``da.dicom.reorient(...)``, ``(da * 2).isel(slice=5)``) computes the whole chunk.
         A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
         no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).
+    storage_options
+        fsspec options for a URL or zip source (credentials, endpoint, ``{"anon": True}``).
+        The lazy array carries them with the URLs, so frames are read by byte range at
+        compute time, in this process or in a dask.distributed worker.
     scaling
         What the stored integers become (:mod:`dicomxr.scaling`): ``"display"`` (default)
         the standard's RescaleSlope/Intercept, what the scanner and viewers show;
@@ -585,6 +601,7 @@ def open_series(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        storage_options=storage_options,
     )
     plan = select_plan(plans, series, source)
     warn_left_out(plan)
@@ -767,6 +784,7 @@ def open_study(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    storage_options: Mapping[str, Any] | None = None,
     scaling: str = "display",
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
@@ -787,7 +805,7 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, scaling
+    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options, scaling
         As for :func:`open_series` (per series). With ``scaling="real_world"`` every series
         needs a Real World Value Mapping.
     include_patient
@@ -810,6 +828,7 @@ def open_study(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        storage_options=storage_options,
     )
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))

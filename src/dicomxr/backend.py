@@ -56,6 +56,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         "include",
         "rescale",
         "recursive",
+        "storage_options",
         "scaling",
     )
 
@@ -82,6 +83,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        storage_options: dict[str, Any] | None = None,
         scaling: str = "display",
     ) -> xr.Dataset:
         """Open one series as a Dataset with the variable ``image`` (no dask).
@@ -89,11 +91,13 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         Parameters
         ----------
         filename_or_obj
-            File, folder or DICOMDIR.
+            File, folder, DICOMDIR, zip file or URL (``s3://``, ``https://``, ...).
         drop_variables
             Coordinates to leave out.
         series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
             As for :func:`dicomxr.open_series`.
+        storage_options
+            fsspec options for a URL or zip source, as for :func:`dicomxr.open_series`.
         scaling
             ``"display"`` (default), ``"precise"`` or ``"real_world"``, as for
             :func:`dicomxr.open_series`.
@@ -110,6 +114,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            storage_options=storage_options,
             chunks=None,
             scaling=scaling,
         )
@@ -127,6 +132,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        storage_options: dict[str, Any] | None = None,
         scaling: str = "display",
     ) -> xr.DataTree:
         """Open every series as a Patient / Study / Series DataTree (no dask).
@@ -134,11 +140,13 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         Parameters
         ----------
         filename_or_obj
-            File, folder or DICOMDIR.
+            File, folder, DICOMDIR, zip file or URL.
         drop_variables
             Coordinates to leave out of every series.
         on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive, scaling
             As for :func:`dicomxr.open_study`.
+        storage_options
+            fsspec options for a URL or zip source.
         """
         from dicomxr.api import open_study
 
@@ -151,6 +159,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            storage_options=storage_options,
             chunks=None,
             scaling=scaling,
         )
@@ -170,6 +179,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        storage_options: dict[str, Any] | None = None,
         scaling: str = "display",
     ) -> dict[str, xr.Dataset]:
         """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
@@ -183,6 +193,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            storage_options=storage_options,
             scaling=scaling,
         )
         return {node.path: node.to_dataset() for node in tree.subtree}

@@ -23,7 +23,7 @@ import stat
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ _SCHEMA: dict[str, str] = {
     "path": "str",
     "file_size": "int64",
     "mtime": "float64",
+    "etag": "str",
     "pixel_data_offset": "int64",
     "TransferSyntaxUID": "str",
     "SOPClassUID": "str",
@@ -485,13 +486,14 @@ def _pydicom_value(elem: Any, kind: str) -> Any:
     return _CONVERT[kind](value)
 
 
-def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_header_pydicom(path: str | os.PathLike[str] | Any) -> dict[str, Any]:
     """Read the catalog row of one file with pydicom (the reference reader).
 
     Parameters
     ----------
     path
-        A DICOM file.
+        A DICOM file, or a seekable binary file object (a remote object's
+        :class:`dicomxr.sources.RangeFile`).
 
     Returns
     -------
@@ -506,8 +508,10 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    path = os.fspath(path)
-    with open(path, "rb") as fp:
+    local = isinstance(path, (str, os.PathLike))
+    if local:
+        path = os.fspath(path)
+    with open(path, "rb") if local else path as fp:
         head = fp.read(132)
         fp.seek(0)
         if len(head) == 0:
@@ -526,7 +530,7 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
                     force=not is_part10,
                     defer_size=_DEFER_SIZE,
                 )
-                if fp.tell() >= _PYDICOM_WINDOW and os.fstat(fp.fileno()).st_size > fp.tell():
+                if fp.tell() >= _PYDICOM_WINDOW and _file_size(fp) > fp.tell():
                     raise _Skip(
                         f"header walk stopped after {_PYDICOM_WINDOW >> 20} MiB without "
                         "reaching the pixel data (not a plausible DICOM header)"
@@ -535,7 +539,7 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
                     pixel_offset = -1
                     # the pixel data sits in the deflated stream: its offset means nothing
                     # in the file, so only record whether it exists
-                    has_pixels = _deflated_has_pixels(path)
+                    has_pixels = _deflated_has_pixels(path if local else fp)
                 else:
                     here = fp.tell()
                     tag_bytes = fp.read(4)
@@ -698,9 +702,17 @@ def _check_inflated_size(fp: Any, limit: int = INFLATE_LIMIT) -> None:
         return  # pydicom reports the broken stream
 
 
-def _deflated_has_pixels(path: str) -> bool:
+def _file_size(fp: Any) -> int:
+    if hasattr(fp, "fileno"):
+        return os.fstat(fp.fileno()).st_size
+    return fp.size
+
+
+def _deflated_has_pixels(path: str | Any) -> bool:
     import pydicom
 
+    if not isinstance(path, str):
+        path.seek(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, defer_size=64)
@@ -730,7 +742,7 @@ def _pixel_value_truncated(fp: Any, offset: int, ds: Any) -> bool:
     if length == 0xFFFFFFFF:
         from dicomxr._header import encapsulated_complete
 
-        return not encapsulated_complete(os.fspath(fp.name), start)
+        return not encapsulated_complete(os.fspath(fp.name) if hasattr(fp, "fileno") else fp, start)
     return start + length > size
 
 
@@ -995,14 +1007,14 @@ def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | Non
 
 
 def read_header_fast(
-    path: str, size: int, memo: dict[Any, Any] | None = None
+    path: str | Any, size: int, memo: dict[Any, Any] | None = None
 ) -> dict[str, Any] | None:
     """Read the catalog row of one file with the fast header reader.
 
     Parameters
     ----------
     path
-        A DICOM file.
+        A DICOM file, or a remote object's :class:`dicomxr.sources.HeadReader`.
     size
         Its size in bytes.
     memo
@@ -1199,6 +1211,13 @@ def _read_one(path: str, st: os.stat_result, memo: dict[Any, Any] | None = None)
     row = read_header_fast(path, st.st_size, memo)
     if row is None:
         row = read_header_pydicom(path)
+    return _checked_row(row, path, st.st_size, st.st_mtime, None)
+
+
+def _checked_row(
+    row: dict[str, Any], path: str, size: int, mtime: float, etag: str | None
+) -> dict[str, Any]:
+    """Refuse a row nothing identifies, blank impossible geometry, add the file columns."""
     if not row["has_pixels"] and all(row[k] is None for k in _IDENTITY):
         # parsed as DICOM, but nothing in it identifies an instance: noise behind a
         # DICM marker, or a stray file that happens to start like an element
@@ -1208,8 +1227,9 @@ def _read_one(path: str, st: os.stat_result, memo: dict[Any, Any] | None = None)
         )
     _drop_impossible_geometry(row, path)
     row["path"] = path
-    row["file_size"] = st.st_size
-    row["mtime"] = st.st_mtime
+    row["file_size"] = size
+    row["mtime"] = mtime
+    row["etag"] = etag
     return row
 
 
@@ -1442,6 +1462,7 @@ def scan(
     warn: bool = True,
     cache: bool | str | os.PathLike[str] = False,
     workers: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Scan DICOM headers into a catalog: one row per instance.
 
@@ -1455,7 +1476,11 @@ def scan(
         A file, a list of paths, a glob pattern (``"data/**/*.dcm"``), a directory tree,
         or a DICOMDIR file (nested DIRFILEs are followed; referenced file IDs resolve
         from the file-set root, the DICOMDIR's folder; references to missing files are
-        reported as skipped).
+        reported as skipped). Also a zip file, or a URL that fsspec opens
+        (``s3://bucket/prefix/``, ``https://host/folder/``, ``zip://*::s3://bucket/x.zip``,
+        a glob URL, a list of URLs): see :mod:`dicomxr.sources` and the guide's "Remote
+        and packed sources". Remote headers are read by byte range, a head block per
+        object and more only when the header needs it, in ``workers`` threads.
     recursive
         Descend into sub-folders of a directory source.
     progress
@@ -1477,13 +1502,18 @@ def scan(
     workers
         Read headers in this many threads. Worth it on network file systems and cold
         disks, where waiting for each file dominates; on a local, cached tree one
-        thread (the default) is as fast. The catalog is the same either way.
+        thread (the default) is as fast. The catalog is the same either way. Remote
+        sources default to 16 threads.
+    storage_options
+        Options for fsspec when ``source`` is a URL or a zip file (credentials, endpoint,
+        ``{"anon": True}``...). They are kept in ``df.attrs["storage_options"]`` so that
+        :func:`dicomxr.open_series` of the catalog reads the pixels with them.
 
     Returns
     -------
     pandas.DataFrame
         Columns as listed in :data:`COLUMNS` (DICOM keywords plus ``path``,
-        ``file_size``, ``mtime``, ``pixel_data_offset``, ``is_mosaic``, ``is_enhanced``,
+        ``file_size``, ``mtime``, ``etag``, ``pixel_data_offset``, ``is_mosaic``, ``is_enhanced``,
         ``has_pixels``, ``pixel_data_truncated``). Missing values are ``None``/``NaN``/
         ``<NA>``. ``pixel_data_offset`` is the byte offset of the Pixel Data element's
         tag, -1 when there is none or when it is not addressable in the file (deflated
@@ -1512,13 +1542,24 @@ def scan(
     >>> df[["SeriesNumber", "InstanceNumber", "ImagePositionPatient"]].head()  # doctest: +SKIP
     >>> dicomxr.catalog.skipped(df)  # doctest: +SKIP
     """
+    from dicomxr import sources
     from dicomxr.options import get_options
 
     skipped_list: list[dict[str, str]] = []
     explicit: set[str] = set()
-    paths = _iter_source(source, recursive, skipped_list, explicit)
-    # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
-    paths = list(dict.fromkeys(paths))
+    remote: dict[str, sources.Entry] | None = None
+    if sources.is_remote_source(source):
+        entries, storage_options = sources.resolve(source, storage_options, recursive=recursive)
+        remote = {e.url: e for e in entries}
+        paths = list(remote)
+        if len(paths) == 1:
+            explicit.update(paths)
+        if workers is None:
+            workers = _REMOTE_WORKERS
+    else:
+        paths = _iter_source(source, recursive, skipped_list, explicit)
+        # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
+        paths = list(dict.fromkeys(paths))
     # automatic: only for many files, and only once the scan has run for a moment, so
     # that a fast scan of a few hundred cached files does not flash a bar
     delay = 0.0
@@ -1532,6 +1573,8 @@ def scan(
     memo: dict[Any, Any] = {}
 
     def one(path: str) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
+        if remote is not None:
+            return _scan_remote_one(remote[path], storage_options, known, memo, store is not None)
         return _scan_one(path, known, memo, store is not None)
 
     results: Iterable[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]
@@ -1559,6 +1602,8 @@ def scan(
             store.close()
     df = _to_frame(rows)
     df.attrs["skipped"] = skipped_list
+    if remote is not None and storage_options:
+        df.attrs["storage_options"] = dict(storage_options)
     # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
     # a tree are listed but are no cause for alarm; damaged DICOM and dangling references are
     problems = [
@@ -1748,6 +1793,51 @@ def _scan_one(
         return None, {"path": path, "reason": reason}, None
     entry = (path, st.st_size, st.st_mtime, row, None) if caching else None
     return row, None, entry
+
+
+_REMOTE_WORKERS = 16
+
+
+def _scan_remote_one(
+    entry: Any,
+    storage_options: Mapping[str, Any] | None,
+    known: dict[str, tuple[int, float, Any, str | None]],
+    memo: dict[Any, Any],
+    caching: bool,
+) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
+    """Catalogue one remote object (see :func:`_scan_one`), reading its head by byte range."""
+    from dicomxr import sources
+
+    url = entry.url
+    try:
+        fs, inner = sources.filesystem(url, storage_options)
+        size = entry.size if entry.size is not None else int(fs.size(inner))
+    except Exception as exc:
+        return None, {"path": url, "reason": f"cannot read: {failure_reason(exc)}"}, None
+    hit = known.get(url)
+    if hit is not None and hit[0] == size and hit[1] == entry.mtime and entry.mtime:
+        row, reason = hit[2], hit[3]
+        if row is not None:
+            return row, None, None
+        return None, {"path": url, "reason": reason or "skipped"}, None
+    try:
+        if size == 0:
+            raise _Skip("empty file (0 bytes)")
+        head = sources.HeadReader(fs, inner, size)
+        row = read_header_fast(head, size, memo)
+        if row is None:
+            row = read_header_pydicom(head.file())
+        row = _checked_row(row, url, size, entry.mtime, entry.etag)
+    except _Skip as exc:
+        entry_out = (url, size, entry.mtime, None, str(exc)) if caching and entry.mtime else None
+        return None, {"path": url, "reason": str(exc)}, entry_out
+    except BaseException as exc:
+        # a dropped connection, a broken zip member, a lying header: this object's problem
+        if not (isinstance(exc, OSError) or is_per_file_failure(exc)):
+            raise
+        return None, {"path": url, "reason": f"cannot read: {failure_reason(exc)}"}, None
+    entry_out = (url, size, entry.mtime, row, None) if caching and entry.mtime else None
+    return row, None, entry_out
 
 
 def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -52,7 +52,7 @@ import tempfile
 import types
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -451,7 +451,8 @@ def _header_fields(plan: SeriesPlan, deid: Any) -> tuple[dict[str, Any], bool]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a malformed character set: pydicom copes, says so
-        ds = read_header(plan.frames["path"].iloc[0])
+        options = plan.frames.attrs.get("storage_options")  # a remote catalog's
+        ds = read_header(plan.frames["path"].iloc[0], options)
     burned = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
     csa = siemens_csa_fields(ds)  # private: read before de-identification removes it
     if deid is not None:
@@ -940,6 +941,7 @@ def convert(
     on_duplicate: str = "warn",
     recursive: bool = True,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """Convert every image series in ``source`` to NIfTI files or one Zarr store under ``dest``.
 
@@ -947,7 +949,8 @@ def convert(
     ----------
     source
         Anything :func:`dicomxr.api.list_series` takes: a file, a folder tree, a glob, a list
-        of paths, a DICOMDIR, a catalog DataFrame from :func:`dicomxr.scan`, or plans.
+        of paths, a DICOMDIR, a zip file, a URL fsspec opens (``s3://bucket/prefix/``...), a
+        catalog DataFrame from :func:`dicomxr.scan`, or plans.
     dest
         Destination folder (created). Nothing is written outside it.
     format
@@ -1001,6 +1004,8 @@ def convert(
         Descend into sub-folders of a folder source.
     on_series
         Called with ``(task, rows)`` after each series is written (for logging).
+    storage_options
+        fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
 
     Returns
     -------
@@ -1030,7 +1035,7 @@ def convert(
         return _convert_locked(
             source, dest, state, options, resume=resume, progress=progress,
             on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive,
-            on_series=on_series,
+            on_series=on_series, storage_options=storage_options,
         )  # fmt: skip
 
 
@@ -1046,6 +1051,7 @@ def _convert_locked(
     on_duplicate: str,
     recursive: bool,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """Run a conversion while holding the destination's lock (see :func:`convert`)."""
     from dicomxr.api import list_series
@@ -1063,7 +1069,9 @@ def _convert_locked(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped files and irregular stacks are reported
         plans = list_series(
-            _scanned(source, recursive=recursive, progress=progress),
+            _scanned(
+                source, recursive=recursive, progress=progress, storage_options=storage_options
+            ),
             on_irregular=on_irregular,
             on_duplicate=on_duplicate,
         )
@@ -1117,12 +1125,21 @@ def _run_tasks(
     return rows
 
 
-def _scanned(source: Any, *, recursive: bool, progress: bool | None) -> Any:
+def _scanned(
+    source: Any,
+    *,
+    recursive: bool,
+    progress: bool | None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
     """Scan a path source (with the caller's progress choice); pass catalogs and plans on."""
     import pandas as pd
 
     from dicomxr.series import SeriesPlan
 
+    if isinstance(source, pd.DataFrame) and storage_options:
+        source = source.copy(deep=False)
+        source.attrs["storage_options"] = dict(storage_options)
     if isinstance(source, (pd.DataFrame, SeriesPlan)):
         return source
     if isinstance(source, Sequence) and not isinstance(source, str):
@@ -1130,7 +1147,7 @@ def _scanned(source: Any, *, recursive: bool, progress: bool | None) -> Any:
             return source
     from dicomxr.catalog import scan
 
-    return scan(source, recursive=recursive, progress=progress)
+    return scan(source, recursive=recursive, progress=progress, storage_options=storage_options)
 
 
 def _failure(task: SeriesTask, exc: BaseException, deid: Any) -> dict[str, Any]:

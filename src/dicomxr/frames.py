@@ -261,11 +261,13 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
             overrides[col] = np.array(base, dtype=object)
         overrides[col][rows] = _as_object(vals)
 
+    # fsspec options of a remote catalog (dicomxr.sources): headers are read by byte range
+    options = catalog.attrs.get("storage_options")
     for i in np.flatnonzero(enhanced & (counts >= 1)):
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
         path = str(catalog["path"].iat[i])
         try:
-            per_frame = _enhanced_frames(path, int(counts[i]))
+            per_frame = _enhanced_frames(path, int(counts[i]), options)
         except Exception as exc:  # keep the frames with file-level values, say why
             logger.warning("cannot read the functional groups of %s: %s", path, exc)
             errors.append({"path": path, "reason": f"functional groups unreadable: {exc}"})
@@ -277,7 +279,7 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     # Offset Vector when the file has one
     for i in np.flatnonzero(~enhanced & ~mosaic & (counts > 1)):
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
-        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]))
+        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]), options)
         if positions is not None:
             put("ImagePositionPatient", rows, positions)
 
@@ -285,7 +287,7 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
         row = catalog.iloc[i]
         try:
-            tiles = vendor_mosaic.tiles(row, int(counts[i]))
+            tiles = vendor_mosaic.tiles(row, int(counts[i]), options)
         except Exception as exc:
             logger.warning("cannot unpack MOSAIC %s: %s", row["path"], exc)
             errors.append({"path": str(row["path"]), "reason": f"MOSAIC not unpacked: {exc}"})
@@ -469,11 +471,16 @@ def _philips_item(group: Any) -> Any:
     return elem.value[0]
 
 
-def _enhanced_frames(path: str, n_expected: int) -> dict[str, list[Any]]:
+def _enhanced_frames(
+    path: str, n_expected: int, storage_options: Any = None
+) -> dict[str, list[Any]]:
     """Read the functional groups of an enhanced file; one value per frame per column."""
     import pydicom
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    from dicomxr.sources import readable
+
+    with readable(path, storage_options) as source:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq is not None and len(shared_seq) else None
@@ -598,7 +605,9 @@ def _is_seq(value: Any) -> bool:
     return hasattr(value, "__len__") and not isinstance(value, (str, bytes))
 
 
-def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ...]] | None:
+def _grid_frame_positions(
+    row: pd.Series, n_frames: int, storage_options: Any = None
+) -> list[tuple[float, ...]] | None:
     """Per-frame positions of a classic multi-frame file from its GridFrameOffsetVector.
 
     Offsets run along the slice normal from ImagePositionPatient (PS3.3 C.8.8.3.2; in the
@@ -611,7 +620,10 @@ def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ..
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(row["path"]), stop_before_pixels=True, specific_tags=[0x3004000C])
+        from dicomxr.sources import readable
+
+        with readable(str(row["path"]), storage_options) as source:
+            ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=[0x3004000C])
         offsets = ds.get("GridFrameOffsetVector")
         if offsets is None:
             return None

@@ -64,11 +64,18 @@ _FIELDS: dict[str, tuple[tuple[str, ...], float | None]] = {
 _EXTRA_KEYWORDS = ("InPlanePhaseEncodingDirection",)
 
 
-def read_header(path: str | os.PathLike[str]) -> Any:
-    """Read the header of one DICOM file (no pixel data) with pydicom."""
+def read_header(path: str | os.PathLike[str], storage_options: Any = None) -> Any:
+    """Read the header of one DICOM file (no pixel data) with pydicom.
+
+    ``path`` may be a URL (read by byte range with ``storage_options``, see
+    :mod:`dicomxr.sources`).
+    """
     import pydicom
 
-    return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    from dicomxr.sources import readable
+
+    with readable(os.fspath(path), storage_options) as source:
+        return pydicom.dcmread(source, stop_before_pixels=True, force=True)
 
 
 def _functional_groups(ds: Any) -> list[Any]:
