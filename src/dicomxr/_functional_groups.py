@@ -70,6 +70,10 @@ _CARDIAC_SYNCHRONIZATION = 0x00189118
 _MR_DIFFUSION = 0x00189117
 _GRADIENT_DIRECTION = 0x00189076
 _PHILIPS_PERFRAME = 0x2005140F
+# Real World Value Mapping (0040,9096): a functional group of its own, read by dicomxr.scaling
+_REAL_WORLD = 0x00409096
+_PHILIPS_SCALE_SLOPE = 0x2005100E  # MR Scale Slope, in block 10 ("Philips MR Imaging DD 001")
+_PHILIPS_CREATOR_10 = 0x20050010
 # every "...FrameTypeSequence" of the standard (MR, MR spectroscopy, CT, X-ray 3D, PET,
 # photoacoustic, whole slide, parametric map, confocal, intravascular OCT)
 _FRAME_TYPE_SEQUENCES = (
@@ -135,6 +139,8 @@ _LEAVES: dict[int, tuple[str, str]] = {
     0x00180086: ("IS", "int"),  # EchoNumbers
     0x00200100: ("IS", "int"),  # TemporalPositionIdentifier
     0x20051429: ("CS", "text"),  # Philips ASL label type (CONTROL / LABEL)
+    _PHILIPS_SCALE_SLOPE: ("FL", "float"),  # Philips MR Scale Slope (precise values)
+    _PHILIPS_CREATOR_10: ("LO", "text"),  # its private creator
 }
 
 # (functional group, [(element, column)], set the columns whenever the group is there)
@@ -190,6 +196,7 @@ _PHILIPS_VALUES = (
     (0x00200100, "TemporalPositionIdentifier"),
 )
 _COMPONENTS = frozenset({"MAGNITUDE", "PHASE", "REAL", "IMAGINARY"})
+_DD001 = "PHILIPS MR IMAGING DD 001"
 
 # ImageType tokens (from the third value on) that name the complex component
 _COMPONENT_TOKENS = {
@@ -347,13 +354,22 @@ _POSITIONS = -1
 def _children() -> dict[int, frozenset[int]]:
     """Return what planning reads inside the items of each sequence (the rest is skipped)."""
     groups = frozenset({g for g, _, _ in _GROUPS} | {_PHILIPS_PERFRAME, *_FRAME_TYPE_SEQUENCES})
+    groups |= {_REAL_WORLD}
     out = {PER_FRAME: groups, SHARED: groups, _GRADIENT_DIRECTION: frozenset({0x00189089})}
     for group_tag, elements, _ in _GROUPS:
         out[group_tag] = frozenset(tag for tag, _ in elements)
     out[_MR_DIFFUSION] |= {_GRADIENT_DIRECTION}
     for tag in _FRAME_TYPE_SEQUENCES:
         out[tag] = frozenset({0x00089007, 0x00089208})
-    out[_PHILIPS_PERFRAME] = frozenset({0x00080008, 0x20051429, *(t for t, _ in _PHILIPS_VALUES)})
+    out[_PHILIPS_PERFRAME] = frozenset(
+        {
+            0x00080008,
+            0x20051429,
+            _PHILIPS_SCALE_SLOPE,
+            _PHILIPS_CREATOR_10,
+            *(t for t, _ in _PHILIPS_VALUES),
+        }
+    )
     out[_POSITIONS] = frozenset({0x00200032})
     return out
 
@@ -433,6 +449,11 @@ def _raw_item(
         vr, header, length = _element_header(b, pos, implicit or group == 0xFFFE)
         start = pos + header
         inner_implicit = implicit or vr == b"UN"
+        if tag == _REAL_WORLD and tag in stop:  # kept raw: dicomxr.scaling parses it
+            value_end = None if length == _UNDEFINED else start + length
+            _, pos = _raw_items(b, start, value_end, inner_implicit, 0, depth + 1)
+            out[tag] = _RawSequence(vr, b[start:pos], inner_implicit)
+            continue
         if tag in stop and tag in _SEQUENCES and vr in (None, b"SQ", b"UN"):
             value_end = None if length == _UNDEFINED else start + length
             out[tag], pos = _raw_items(b, start, value_end, inner_implicit, tag, depth + 1)
@@ -466,6 +487,18 @@ def _element_header(b: bytes, pos: int, implicit: bool) -> tuple[bytes | None, i
     if vr in _SHORT_VRS:
         return vr, 8, _unpack_h(b, pos + 6)[0]
     raise ValueError("invalid VR inside a functional group")
+
+
+class _RawSequence:
+    """A sequence value kept as it stands in the file (the Real World Value Mapping)."""
+
+    __slots__ = ("implicit", "raw", "vr")
+
+    def __init__(self, vr: bytes | None, raw: bytes, implicit: bool) -> None:
+        self.vr, self.raw, self.implicit = vr, raw, implicit
+
+    def key(self) -> tuple[bytes | None, bytes, bool]:
+        return self.vr, self.raw, self.implicit
 
 
 def _skip_explicit(b: bytes, pos: int, size: int, stop: frozenset[int]) -> int:
@@ -540,6 +573,7 @@ def table_from_raw(
     shared: tuple[bytes | None, bytes] | None,
     implicit: bool,
     n_frames: int,
+    manufacturer: Any = None,
 ) -> dict[str, tuple[Any, ...]]:
     """Read the per-frame table from the raw functional group sequences.
 
@@ -552,6 +586,8 @@ def table_from_raw(
         Whether the data set is implicit VR.
     n_frames
         NumberOfFrames: the per-frame sequence must hold as many items.
+    manufacturer
+        The file's Manufacturer: Philips' precise-value slope is read for Philips only.
 
     Raises
     ------
@@ -561,7 +597,7 @@ def table_from_raw(
     frames = _sequence_value(per_frame, implicit, PER_FRAME, n_frames)
     _check_count(len(frames), n_frames)
     shared_items = _sequence_value(shared, implicit, SHARED, 1 << 20) if shared else []
-    return _table(frames, shared_items[0] if shared_items else None)
+    return _table(frames, shared_items[0] if shared_items else None, _is_philips(manufacturer))
 
 
 # ---------------------------------------------------------------------------------------
@@ -577,6 +613,9 @@ def _plain(ds: Any, depth: int = 1) -> Item:
         tag = int(elem.tag)
         if tag in _SEQUENCES and elem.VR == "SQ":
             out[tag] = [_plain(item, depth + 1) for item in elem.value]
+            continue
+        if tag == _REAL_WORLD and elem.VR == "SQ":
+            out[tag] = _real_world_of(elem.value)
             continue
         leaf = _LEAVES.get(tag)
         if leaf is None:
@@ -609,7 +648,8 @@ def table_from_dataset(ds: Any, n_frames: int) -> dict[str, tuple[Any, ...]]:
     _check_count(len(items), n_frames)
     frames = [_plain(item) for item in items]
     shared_items = [_plain(item) for item in shared.value] if shared is not None else []
-    return _table(frames, shared_items[0] if shared_items else None)
+    philips = _is_philips(ds.get("Manufacturer"))
+    return _table(frames, shared_items[0] if shared_items else None, philips)
 
 
 # ---------------------------------------------------------------------------------------
@@ -629,9 +669,56 @@ def _frame_type_item(group: Item | None) -> Item | None:
     return None
 
 
-def _frame_values(frame: Item, shared: Item | None) -> dict[str, Any]:
+def _is_philips(manufacturer: Any) -> bool:
+    return isinstance(manufacturer, str) and "PHILIPS" in manufacturer.upper()
+
+
+def _real_world_of(sequence: Any) -> Any:
+    """Return the Real World Value Mappings of a pydicom sequence, as the catalog keeps them."""
+    from dicomxr.scaling import real_world_mappings
+
+    try:
+        return real_world_mappings(sequence) if len(sequence) else _ABSENT
+    except Exception:  # a damaged mapping: no mapping for this frame
+        return None
+
+
+def _real_world_raw(value: _RawSequence, memo: dict[Any, Any]) -> Any:
+    """Return the Real World Value Mappings of a raw sequence; equal bytes parsed once."""
+    key = value.key()
+    if key not in memo:
+        from dicomxr.scaling import decode_raw_sequence
+
+        try:
+            items, _ = _raw_items(value.raw, 0, len(value.raw), value.implicit, 0)
+            memo[key] = (
+                decode_raw_sequence(value.raw, value.vr, value.implicit) if items else _ABSENT
+            )
+        except Exception:  # a damaged mapping: no mapping for this frame
+            memo[key] = None
+    return memo[key]
+
+
+class _Absent:
+    __slots__ = ()
+
+
+_ABSENT = _Absent()  # an empty sequence: the group says nothing
+
+
+def _frame_values(
+    frame: Item, shared: Item | None, philips_file: bool, memo: dict[Any, Any]
+) -> dict[str, Any]:
     """Return the columns one frame's functional groups give (absent ones are left out)."""
     out: dict[str, Any] = {}
+    for group in (frame, shared):
+        if group is not None and _REAL_WORLD in group:
+            value = group[_REAL_WORLD]
+            if isinstance(value, _RawSequence):
+                value = _real_world_raw(value, memo)
+            if value is not _ABSENT:
+                out["RealWorldValueMapping"] = value
+                break
     for group_tag, elements, always in _GROUPS:
         item = _first_item(frame, group_tag)
         if item is None:
@@ -661,16 +748,25 @@ def _frame_values(frame: Item, shared: Item | None) -> dict[str, Any]:
                 out[column] = philips[tag]
         if 0x20051429 in philips:
             out["LabelType"] = philips[0x20051429]
+        # Philips precise values (dicomxr.scaling): read by tag as dcm2niix does, in the
+        # block of "Philips MR Imaging DD 001" when the item names its creators
+        creator = philips.get(_PHILIPS_CREATOR_10)
+        scale = philips.get(_PHILIPS_SCALE_SLOPE)
+        if scale is not None and philips_file and (creator is None or creator.upper() == _DD001):
+            out["PhilipsScaleSlope"] = scale
         if "ComplexImageComponent" not in out:
             out["ComplexImageComponent"] = component_from_image_type(philips.get(0x00080008))
     return out
 
 
-def _table(frames: list[Item], shared: Item | None) -> dict[str, tuple[Any, ...]]:
+def _table(
+    frames: list[Item], shared: Item | None, philips_file: bool
+) -> dict[str, tuple[Any, ...]]:
     n = len(frames)
     columns: dict[str, list[Any]] = {}
+    memo: dict[Any, Any] = {}
     for k, frame in enumerate(frames):
-        for column, value in _frame_values(frame, shared).items():
+        for column, value in _frame_values(frame, shared, philips_file, memo).items():
             values = columns.get(column)
             if values is None:
                 values = columns[column] = [None] * n

@@ -78,6 +78,8 @@ _INT_FRAME_COLUMNS = ("frame", "tile", "tile_rows", "tile_cols", "mosaic_rows", 
 _FRAME_SOURCES = ("per_frame", "GridFrameOffsetVector", "SliceNormalVector", "tile_positions")
 
 _PHILIPS_LABEL_TYPE = 0x20051429
+_PHILIPS_SCALE_SLOPE = 0x2005100E
+_PHILIPS_DD001 = "PHILIPS MR IMAGING DD 001"
 
 
 def _empty(n: int) -> np.ndarray:
