@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["RawHeader", "encapsulated_complete", "read_meta", "read_raw"]
 
@@ -168,13 +170,16 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 class _Reader:
     """A growable window on a file: ``buf`` holds bytes ``[base, base + len(buf))``."""
 
-    __slots__ = ("base", "buf", "fd", "size")
+    __slots__ = ("base", "buf", "fd", "pread", "size")
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(
+        self, fd: Any, size: int, pread: Callable[[Any, int, int], bytes] = _pread
+    ) -> None:
         self.fd = fd
         self.size = size
+        self.pread = pread
         self.base = 0
-        self.buf = _pread(fd, _CHUNK, 0)
+        self.buf = pread(fd, _CHUNK, 0)
 
     def need(self, pos: int, n: int) -> None:
         """Make ``[pos, pos + n)`` available in ``buf`` or decline (past end of file)."""
@@ -186,18 +191,27 @@ class _Reader:
         if pos >= end or pos < self.base:
             # a jump over a long value: restart the window at pos
             self.base = pos
-            self.buf = _pread(self.fd, max(n, _CHUNK), pos)
+            self.buf = self.pread(self.fd, max(n, _CHUNK), pos)
         else:
             # keep the part of the window from pos on, then grow it
-            more = _pread(self.fd, max(pos + n - end, _CHUNK), end)
+            more = self.pread(self.fd, max(pos + n - end, _CHUNK), end)
             self.buf = self.buf[pos - self.base :] + more
             self.base = pos
         if pos + n > self.base + len(self.buf):
             raise _Decline("short read")
 
 
+def _ranged_pread(source: Any, n: int, offset: int) -> bytes:
+    return source.pread(n, offset)
+
+
+def _file_pread(f: Any, n: int, offset: int) -> bytes:
+    f.seek(offset)
+    return f.read(n)
+
+
 def read_raw(
-    path: str,
+    path: str | Any,
     size: int,
     wanted: frozenset[int] | set[int],
     wanted_groups: dict[int, frozenset[int]],
@@ -210,7 +224,8 @@ def read_raw(
     Parameters
     ----------
     path
-        The file.
+        The file, or an object whose ``pread(n, offset)`` returns bytes of it (a remote
+        object's :class:`dicomxr.sources.HeadReader`).
     size
         Its size in bytes (from ``os.stat``; elements running past it make the reader
         decline).
@@ -231,13 +246,13 @@ def read_raw(
     """
     out = RawHeader()
     try:
+        if not isinstance(path, str):
+            _read_from(path, _ranged_pread, size, wanted, wanted_groups, presence, out,
+                       skip_directories)  # fmt: skip
+            return out
         fd = os.open(path, _OPEN_FLAGS)
         try:
-            _read(fd, size, wanted, wanted_groups, presence, out, skip_directories)
-            if out.pixel_data_offset >= 0 and out.pixel_data_length == _UNDEFINED:
-                out.encapsulated_complete = _encapsulated_complete(
-                    fd, out.pixel_data_value_offset, size
-                )
+            _read_from(fd, _pread, size, wanted, wanted_groups, presence, out, skip_directories)
         finally:
             os.close(fd)
     except (_Decline, struct.error, UnicodeDecodeError, IndexError):
@@ -250,13 +265,13 @@ def read_raw(
     return out
 
 
-def encapsulated_complete(path: str, value_offset: int) -> bool:
+def encapsulated_complete(path: str | Any, value_offset: int) -> bool:
     """Tell whether encapsulated pixel data starting at ``value_offset`` is whole.
 
     Parameters
     ----------
     path
-        The file.
+        The file, or a seekable binary file object (a remote object's).
     value_offset
         Offset of the Pixel Data *value* (its first item, the basic offset table).
 
@@ -265,6 +280,9 @@ def encapsulated_complete(path: str, value_offset: int) -> bool:
     bool
         True when the fragments run to the sequence delimiter inside the file.
     """
+    if not isinstance(path, str):
+        size = path.seek(0, os.SEEK_END)
+        return _encapsulated_complete(path, value_offset, size, _file_pread)
     fd = os.open(path, _OPEN_FLAGS)
     try:
         return _encapsulated_complete(fd, value_offset, os.fstat(fd).st_size)
@@ -272,13 +290,15 @@ def encapsulated_complete(path: str, value_offset: int) -> bool:
         os.close(fd)
 
 
-def _encapsulated_complete(fd: int, pos: int, size: int) -> bool:
+def _encapsulated_complete(
+    fd: Any, pos: int, size: int, pread: Callable[[Any, int, int], bytes] = _pread
+) -> bool:
     # the usual case in one read: the file ends with the sequence delimiter
-    if size >= pos + 8 and _pread(fd, 8, size - 8) == b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
+    if size >= pos + 8 and pread(fd, 8, size - 8) == b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
         return True
     # otherwise (trailing elements or padding, or a cut): follow the fragment items
     while pos + 8 <= size:
-        head = _pread(fd, 8, pos)
+        head = pread(fd, 8, pos)
         if len(head) < 8:
             return False
         group, elem, length = _unpack_hhi(head, 0)
@@ -322,8 +342,9 @@ def read_meta(path: str) -> dict[int, bytes] | None:
     return out.meta
 
 
-def _read(
-    fd: int,
+def _read_from(
+    fd: Any,
+    pread: Callable[[Any, int, int], bytes],
     size: int,
     wanted: frozenset[int] | set[int],
     wanted_groups: dict[int, frozenset[int]],
@@ -331,7 +352,24 @@ def _read(
     out: RawHeader,
     skip_directories: bool,
 ) -> None:
-    r = _Reader(fd, size)
+    _read(fd, size, wanted, wanted_groups, presence, out, skip_directories, pread)
+    if out.pixel_data_offset >= 0 and out.pixel_data_length == _UNDEFINED:
+        out.encapsulated_complete = _encapsulated_complete(
+            fd, out.pixel_data_value_offset, size, pread
+        )
+
+
+def _read(
+    fd: Any,
+    size: int,
+    wanted: frozenset[int] | set[int],
+    wanted_groups: dict[int, frozenset[int]],
+    presence: frozenset[int],
+    out: RawHeader,
+    skip_directories: bool,
+    pread: Callable[[Any, int, int], bytes] = _pread,
+) -> None:
+    r = _Reader(fd, size, pread)
     buf = r.buf
     if len(buf) >= 132 and buf[128:132] == b"DICM":
         pos = 132
@@ -452,19 +490,9 @@ def _walk_top(
         if p > limit:
             # 8 to 11 bytes left in the file: a last, short element (implicit VR, or
             # explicit VR with a 2-byte length); decode it on the careful path below
-            r.need(pos, 8)
-            b = r.buf
-            base = r.base
-            p = pos - base
-            if implicit:
-                group, elem, length = unpack_hhi(b, p)
-                vr, header = None, 8
-            else:
-                group, elem, vr, length = _unpack_hh2sh(b, p)
-                if vr not in short_vrs:
-                    raise _Decline("invalid VR at the end of the file")
-                header = 8
-            tag = (group << 16) | elem
+            tag, vr, length = _last_element(r, pos, implicit)
+            header = 8
+            base, p = r.base, pos - r.base
         elif implicit:
             while p <= limit:
                 group, elem, length = unpack_hhi(b, p)
@@ -526,39 +554,75 @@ def _walk_top(
             group, elem = stag & 0xFFFF, stag >> 16
             tag = (group << 16) | elem
         # the element at p needs a closer look
-        pos = base + p
         last_tag = tag
-        if tag in _PIXEL_TAGS:
-            out.pixel_data_offset = pos
-            out.pixel_data_length = length
-            out.pixel_data_value_offset = pos + header
-            return
-        if tag in presence:
-            out.present.add(tag)
-        if length == undefined:
-            if tag >= 0xFFFE0000:
-                raise _Decline("delimiter at top level")
-            # a sequence (or, explicit VR UN, an implicit VR encoded sequence)
-            try:
-                pos = _skip_sequence(r, pos + header, implicit or vr == b"UN")
-            except _Truncated:
-                out.truncated_at = (tag, pos)
-                raise
-            continue
-        end = pos + header + length
-        if end > size:
-            out.truncated_at = (tag, pos)
-            raise _Truncated(pos)
-        if tag in keep:
-            if length > _MAX_KEPT:
-                # no attribute the catalog keeps is this large: a damaged length field
-                raise _Decline("implausibly long value")
-            r.need(pos + header, length)
-            start = pos + header - r.base
-            elements[tag] = (vr, r.buf[start : start + length])
-        pos = end
+        pos = _visit(r, base + p, tag, vr, header, length, implicit, out, keep, presence)
+        if pos < 0:
+            return  # the pixel data
     if pos != size:
         raise _Decline("trailing bytes")
+
+
+def _last_element(r: _Reader, pos: int, implicit: bool) -> tuple[int, bytes | None, int]:
+    """Decode the header of a last, short element (8 to 11 bytes left): tag, VR, length."""
+    r.need(pos, 8)
+    p = pos - r.base
+    if implicit:
+        group, elem, length = _unpack_hhi(r.buf, p)
+        return (group << 16) | elem, None, length
+    group, elem, vr, length = _unpack_hh2sh(r.buf, p)
+    if vr not in _VRS:
+        raise _Decline("invalid VR at the end of the file")
+    return (group << 16) | elem, vr, length
+
+
+def _visit(
+    r: _Reader,
+    pos: int,
+    tag: int,
+    vr: bytes | None,
+    header: int,
+    length: int,
+    implicit: bool,
+    out: RawHeader,
+    keep: frozenset[int],
+    presence: frozenset[int],
+) -> int:
+    """Handle an element the hot loop left alone; return the position after it (-1: pixels).
+
+    Pixel data ends the walk; an undefined-length sequence is skipped item by item (and its
+    value kept when asked for, delimiter included); a kept value is sliced out.
+    """
+    if tag in _PIXEL_TAGS:
+        out.pixel_data_offset = pos
+        out.pixel_data_length = length
+        out.pixel_data_value_offset = pos + header
+        return -1
+    if tag in presence:
+        out.present.add(tag)
+    start = pos + header
+    if length == _UNDEFINED:
+        if tag >= 0xFFFE0000:
+            raise _Decline("delimiter at top level")
+        # a sequence (or, explicit VR UN, an implicit VR encoded sequence)
+        try:
+            end = _skip_sequence(r, start, implicit or vr == b"UN")
+        except _Truncated:
+            out.truncated_at = (tag, pos)
+            raise
+        length = end - start
+    else:
+        end = start + length
+        if end > r.size:
+            out.truncated_at = (tag, pos)
+            raise _Truncated(pos)
+    if tag in keep:
+        if length > _MAX_KEPT:
+            # no attribute the catalog keeps is this large: a damaged length field
+            raise _Decline("implausibly long value")
+        r.need(start, length)
+        offset = start - r.base
+        out.elements[tag] = (vr, r.buf[offset : offset + length])
+    return end
 
 
 def _truncated_in_window(
@@ -657,6 +721,8 @@ def _skip_nested(r: _Reader, pos: int, stack: list[tuple[bool, bool]]) -> int:
             else:
                 pos += length
             continue
+        pos = _skip_plain(r, pos, implicit)
+        r.need(pos, 8)
         b = r.buf
         p = pos - r.base
         group, elem = _unpack_hh(b, p)
@@ -686,4 +752,37 @@ def _skip_nested(r: _Reader, pos: int, stack: list[tuple[bool, bool]]) -> int:
             pos += header
         else:
             pos += header + length
+    return pos
+
+
+def _skip_plain(r: _Reader, pos: int, implicit: bool) -> int:
+    """Skip the defined-length elements of an item that lie in the window; return where to look.
+
+    The hot path of a long sequence (an enhanced file's per-frame functional groups): one
+    unpack per element and no window bookkeeping; item ends, undefined lengths, odd VRs and
+    the window's end are left to the careful code.
+    """
+    b, base = r.buf, r.base
+    limit = base + min(len(b), r.size - base) - 12
+    if implicit:
+        while pos <= limit:
+            group, _, length = _unpack_hhi(b, pos - base)
+            if group == 0xFFFE or length == _UNDEFINED:
+                return pos
+            pos += 8 + length
+        return pos
+    short_vrs, long_vrs = _VRS, _LONG_VRS
+    while pos <= limit:
+        stag, vr, length = _unpack_i2sh(b, pos - base)
+        if stag & 0xFFFF == 0xFFFE:
+            return pos  # an item end, or a delimiter out of place
+        if vr in short_vrs:
+            pos += 8 + length
+        elif vr in long_vrs:
+            (length,) = _unpack_i(b, pos - base + 8)
+            if length == _UNDEFINED:
+                return pos
+            pos += 12 + length
+        else:
+            return pos  # an item end (no VR) or something the careful code judges
     return pos
