@@ -863,8 +863,8 @@ def _isolated(results: list[tuple[str, str, str]], step: str) -> None:
 def run_case(case: Case) -> list[tuple[str, str, str]]:
     """Run a case through the public functions; one (step, outcome, detail) per step."""
     import dicomxr
-    from dicomxr.anatomy import anatomy
     from dicomxr.cli import main
+    from dicomxr.teaching.anatomy import anatomy
 
     results: list[tuple[str, str, str]] = []
     source = case.source or case.folder
@@ -957,7 +957,7 @@ def _classify(steps: list[tuple[str, str, str]]) -> str:
 
 
 _PRELOAD = [
-    "dicomxr._array", "dicomxr._cli_io", "dicomxr.anatomy", "dicomxr.api", "dicomxr.catalog",
+    "dicomxr._array", "dicomxr._cli_io", "dicomxr.teaching.anatomy", "dicomxr.api", "dicomxr.catalog",
     "dicomxr.cli", "dicomxr.frames", "dicomxr.pixels", "dicomxr.series", "pydicom", "pandas",
 ]  # fmt: skip
 

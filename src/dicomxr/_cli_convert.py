@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dicomxr.cli import add_plan_options, add_source_options, print_error
+from dicomxr._cli_common import add_plan_options, add_source_options, print_error
 
 __all__ = ["register"]
 
@@ -76,6 +76,16 @@ def register(subparsers: Any) -> None:
         help="window to [0, 1]: center,width, or 'auto' for the series' own preset",
     )
     cmd.add_argument("--dtype", help="cast images to this dtype, e.g. float32")
+    cmd.add_argument(
+        "--scaling",
+        choices=("display", "precise", "real_world"),
+        default="display",
+        help=(
+            "what stored values become: display (RescaleSlope/Intercept, dcm2niix -p n), "
+            "precise (Philips floating-point values, dcm2niix -p y) or real_world (the Real "
+            "World Value Mapping, in its units) (default: display)"
+        ),
+    )
     add_plan_options(cmd, on_irregular="split", include=False)
     add_source_options(cmd)
     cmd.add_argument("--no-compress", action="store_true", help="write .nii, uncompressed Zarr")
@@ -119,6 +129,7 @@ def _convert(args: argparse.Namespace) -> int:
             window=args.window,
             dtype=args.dtype,
             compress=not args.no_compress,
+            scaling=args.scaling,
             resume=not args.no_resume,
             progress=False if args.no_progress else None,
             on_irregular=args.on_irregular,
