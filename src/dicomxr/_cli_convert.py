@@ -80,6 +80,7 @@ def register(subparsers: Any) -> None:
     cmd.add_argument("--no-compress", action="store_true", help="write .nii, uncompressed Zarr")
     cmd.add_argument("--no-resume", action="store_true", help="convert everything again")
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmd.add_argument("--merge-runs", action="store_true", help=_MERGE_RUNS_HELP)
     cmd.set_defaults(func=_convert)
 
 
@@ -98,6 +99,12 @@ def _window(text: str) -> tuple[float, float] | bool:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give center,width (40,400) or auto") from None
     return center, width
+
+
+_MERGE_RUNS_HELP = (
+    "merge runs of one-volume series (consecutive SeriesNumbers, same geometry and protocol, "
+    "as Siemens XA classic fMRI exports) into one 4D series each"
+)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -122,6 +129,7 @@ def _convert(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             progress=False if args.no_progress else None,
             on_irregular=args.on_irregular,
+            merge_runs=args.merge_runs,
         )
     except (ConvertError, DicomxrError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

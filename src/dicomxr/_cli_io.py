@@ -16,6 +16,12 @@ from typing import Any
 __all__ = ["register"]
 
 
+_MERGE_RUNS_HELP = (
+    "merge runs of one-volume series (consecutive SeriesNumbers, same geometry and protocol, "
+    "as Siemens XA classic fMRI exports) into one series with a time dim"
+)
+
+
 def register(subparsers: Any) -> None:
     """Add ``demo``, ``scan`` and ``info`` to the ``dicomxr`` command line."""
     demo = subparsers.add_parser(
@@ -53,6 +59,7 @@ def register(subparsers: Any) -> None:
     scan.add_argument(
         "--skipped", action="store_true", help="list every skipped file with its reason"
     )
+    scan.add_argument("--merge-runs", action="store_true", help=_MERGE_RUNS_HELP)
     scan.set_defaults(func=_scan)
 
     info = subparsers.add_parser(
@@ -80,6 +87,7 @@ def register(subparsers: Any) -> None:
         default=[],
         help="also plan frames normally set apart (repeatable)",
     )
+    info.add_argument("--merge-runs", action="store_true", help=_MERGE_RUNS_HELP)
     info.set_defaults(func=_info)
 
 
@@ -111,7 +119,7 @@ def _scan(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped files are summarised below
         catalog = scan(args.path, recursive=not args.no_recursive)
-        plans = list_series(catalog, include=args.include)
+        plans = list_series(catalog, include=args.include, merge_runs=args.merge_runs)
     elapsed = time.perf_counter() - start
     rows = series_table(plans)
     if rows:
@@ -148,7 +156,12 @@ def _info(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plans = list_series(args.path, on_irregular=args.on_irregular, include=args.include)
+        plans = list_series(
+            args.path,
+            on_irregular=args.on_irregular,
+            include=args.include,
+            merge_runs=args.merge_runs,
+        )
     if args.series is not None:
         try:
             plans = [select_plan(plans, args.series, args.path)]

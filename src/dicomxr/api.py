@@ -117,6 +117,7 @@ def list_series(
     on_duplicate: str = "warn",
     include: Sequence[str] = (),
     recursive: bool = True,
+    merge_runs: bool = False,
 ) -> SeriesPlans:
     """Scan ``source`` and return the plan of every image series in it (no pixel is read).
 
@@ -141,6 +142,10 @@ def list_series(
         passed to :func:`dicomxr.plan_series`.
     recursive
         Descend into sub-folders.
+    merge_runs
+        Merge runs of single-volume series (consecutive SeriesNumbers, identical geometry
+        and protocol, as Siemens XA classic exports write fMRI) into one series with a
+        ``time`` dim, passed to :func:`dicomxr.plan_series` (see :mod:`dicomxr.runs`).
 
     Returns
     -------
@@ -158,7 +163,11 @@ def list_series(
         return SeriesPlans(source)  # type: ignore[arg-type]
     catalog = _catalog(source, recursive=recursive)
     return plan_series(
-        catalog, on_irregular=on_irregular, on_duplicate=on_duplicate, include=tuple(include)
+        catalog,
+        on_irregular=on_irregular,
+        on_duplicate=on_duplicate,
+        include=tuple(include),
+        merge_runs=merge_runs,
     )
 
 
@@ -242,6 +251,25 @@ def _format_table(plans: Sequence[SeriesPlan]) -> str:
     return "\n".join("    " + line.rstrip() for line in lines)
 
 
+def _runs_hint(plans: SeriesPlans) -> str:
+    """Name the runs of single-volume series among ``plans`` and how to merge them."""
+    from dicomxr.runs import find_runs
+
+    runs = find_runs(plans)
+    if not runs:
+        return ""
+    names = "; ".join(
+        f"SeriesNumber {_attr(run[0], 'SeriesNumber')}-{_attr(run[-1], 'SeriesNumber')} "
+        f"({len(run)} volumes)"
+        for run in runs
+    )
+    return (
+        f"\nThese look like the volumes of one run each (consecutive SeriesNumbers, same "
+        f"geometry and protocol): {names}; merge_runs=True (CLI: --merge-runs) opens each "
+        "run as one series with a 'time' dim."
+    )
+
+
 def select_plan(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
     """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description.
 
@@ -262,6 +290,7 @@ def select_plan(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
             f"{_describe_source(source)} holds {len(plans)} series:\n{_format_table(plans)}\n"
             f"Open one with series=<SeriesNumber | key | SeriesInstanceUID | description>, "
             f"for example series={example!r}, or open them all with dicomxr.open_study()."
+            + _runs_hint(plans)
         )
     if _is_plan(series):
         return series
@@ -483,6 +512,7 @@ def open_series(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    merge_runs: bool = False,
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
 
@@ -539,6 +569,11 @@ def open_series(
         (``da.dicom.reorient(...)``, ``(da * 2).isel(slice=5)``) computes the whole chunk.
         A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
         no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).
+    merge_runs
+        Merge runs of single-volume series (consecutive SeriesNumbers, identical geometry
+        and protocol, as Siemens XA classic exports write fMRI) into one series with a
+        ``time`` dim before choosing (see :mod:`dicomxr.runs`); off by default, because
+        the files declare separate series.
 
     Returns
     -------
@@ -574,6 +609,7 @@ def open_series(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        merge_runs=merge_runs,
     )
     plan = select_plan(plans, series, source)
     warn_left_out(plan)
@@ -689,6 +725,7 @@ def open_study(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    merge_runs: bool = False,
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
 
@@ -708,7 +745,7 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks
+    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, merge_runs
         As for :func:`open_series` (per series).
     include_patient
         Name patient nodes by PatientID and keep patient-identifying attributes (in the
@@ -730,6 +767,7 @@ def open_study(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        merge_runs=merge_runs,
     )
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))

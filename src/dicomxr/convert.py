@@ -927,6 +927,7 @@ def convert(
     on_duplicate: str = "warn",
     recursive: bool = True,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None = None,
+    merge_runs: bool = False,
 ) -> ConvertReport:
     """Convert every image series in ``source`` to NIfTI files or one Zarr store under ``dest``.
 
@@ -980,6 +981,10 @@ def convert(
         Descend into sub-folders of a folder source.
     on_series
         Called with ``(task, rows)`` after each series is written (for logging).
+    merge_runs
+        Merge runs of single-volume series (consecutive SeriesNumbers, same geometry and
+        protocol: Siemens XA classic fMRI exports) into one 4D output each (see
+        :mod:`dicomxr.runs`).
 
     Returns
     -------
@@ -1009,7 +1014,7 @@ def convert(
         return _convert_locked(
             source, dest, state, options, resume=resume, progress=progress,
             on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive,
-            on_series=on_series,
+            on_series=on_series, merge_runs=merge_runs,
         )  # fmt: skip
 
 
@@ -1025,6 +1030,7 @@ def _convert_locked(
     on_duplicate: str,
     recursive: bool,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
+    merge_runs: bool = False,
 ) -> ConvertReport:
     """Run a conversion while holding the destination's lock (see :func:`convert`)."""
     from dicomxr.api import list_series
@@ -1045,6 +1051,7 @@ def _convert_locked(
             _scanned(source, recursive=recursive, progress=progress),
             on_irregular=on_irregular,
             on_duplicate=on_duplicate,
+            merge_runs=merge_runs,
         )
     report = ConvertReport(dest=dest)
     report.set_apart = _set_apart_rows(plans, deid)
