@@ -518,3 +518,175 @@ def test_compressed_multiframe_full_read_is_one_pass(monkeypatch) -> None:
     assert len(count.opens) == 1
     np.testing.assert_array_equal(arr[17].compute(), want[17])
     assert count.frames == 1 and len(count.opens) == 2
+
+
+# --------------------------------------------------------------- the default full compute
+
+
+def _no_concatenation(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count dask's concatenation of chunk results (the ~2x path of a per-frame compute)."""
+    import dask.array.core as dask_core
+
+    calls: list[int] = []
+    real = dask_core.concatenate3
+
+    def concatenate3(arrays):
+        calls.append(1)
+        return real(arrays)
+
+    monkeypatch.setattr(dask_core, "concatenate3", concatenate3)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["values", "load", "compute", "asarray", "dask.compute", "persist"],
+)
+def test_default_open_loads_with_one_full_read(philips_ct, ct_reference, monkeypatch, how) -> None:
+    """``open_series`` (one frame per chunk) loads through one read_all, no concatenation."""
+    import dicomxr
+
+    image = dicomxr.open_series(philips_ct)
+    assert image.chunks[0] == (1,) * 140
+    reads = _Reads(monkeypatch)
+    count = _Counter(monkeypatch)
+    joins = _no_concatenation(monkeypatch)
+    if how == "values":
+        values = image.values
+    elif how == "load":
+        values = image.load().data
+    elif how == "compute":
+        values = image.compute().data
+    elif how == "asarray":
+        values = np.asarray(image)
+    elif how == "dask.compute":
+        (values,) = dask.compute(image.data)
+    else:
+        persisted = image.persist()
+        assert persisted.chunks == image.chunks
+        values = persisted.values
+    assert reads.full == 1 and reads.blocks == [] and count.frames == 140
+    assert isinstance(values, np.ndarray)
+    assert joins == ([1] if how == "persist" else [])  # a persisted array is copied out
+    np.testing.assert_array_equal(values, ct_reference)
+    # the lazy original is untouched (``.load()`` loads it in place): a selection still
+    # reads one frame
+    if how == "load":
+        image = dicomxr.open_series(philips_ct)
+    count.frames = 0
+    np.testing.assert_array_equal(image.isel(slice=9).values, ct_reference[9])
+    assert count.frames == 1 and reads.full == 1
+
+
+def test_selections_after_the_fast_path_stay_per_frame(philips_ct, ct_reference, monkeypatch):
+    """Flips, arithmetic and slabs are plain dask arrays: they read only their frames."""
+    import dicomxr
+
+    image = dicomxr.open_series(philips_ct)
+    reads = _Reads(monkeypatch)
+    count = _Counter(monkeypatch)
+    flipped = image.isel(slice=slice(None, None, -1), row=slice(None, None, -1))
+    np.testing.assert_array_equal(
+        (flipped * 2).isel(slice=slice(0, 5)).values, 2 * ct_reference[::-1, ::-1][:5]
+    )
+    assert count.frames == 5
+    count.frames = 0
+    np.testing.assert_array_equal(
+        image.dicom.reorient("RAS").isel(slice=3).values.shape, image.isel(slice=0).shape
+    )
+    assert count.frames == 1
+    count.frames = 0
+    np.testing.assert_array_equal((image + 1).isel(slice=[4, 90]).values, ct_reference[[4, 90]] + 1)
+    assert count.frames == 2 and reads.full == 0
+    # a whole-array computation through other operations is dask's per-frame graph
+    count.frames = 0
+    assert (image * 1).sum().values == ct_reference.sum()
+    assert count.frames == 140 and reads.full == 0
+
+
+def test_fast_path_keeps_dask_semantics(ct_plan, ct_reference, monkeypatch) -> None:
+    """The array stays dask's own class; copies and pickles compute (without the hooks)."""
+    arr = _array.lazy_array(ct_plan)
+    assert type(arr) is da.Array
+    joins = _no_concatenation(monkeypatch)
+    whole = arr.compute()
+    assert joins == []
+    whole[0, 0, 0] = 12345  # the result is the caller's: a new compute reads again
+    np.testing.assert_array_equal(arr.compute(), ct_reference)
+    again = pickle.loads(pickle.dumps(arr))
+    assert type(again) is da.Array and again.name == arr.name
+    np.testing.assert_array_equal(again.compute(), ct_reference)
+    assert joins == [1]  # without the hooks: dask's concatenation
+    np.testing.assert_array_equal(arr.copy().compute(), ct_reference)
+    # several collections at once: the values are right whichever path each takes
+    whole, part, doubled = dask.compute(arr, arr[5:7], arr * 2)
+    np.testing.assert_array_equal(whole, ct_reference)
+    np.testing.assert_array_equal(part, ct_reference[5:7])
+    np.testing.assert_array_equal(doubled, 2 * ct_reference)
+    # other chunk sizes take the same path
+    reads = _Reads(monkeypatch)
+    for chunks in ("series", {"dim_0": 7}, {"dim_0": 50, "dim_1": 100}):
+        values = _array.lazy_array(ct_plan, chunks=chunks).compute()
+        np.testing.assert_array_equal(values, ct_reference)
+    assert reads.full == 3 and reads.blocks == []
+
+
+def test_join_blocks_falls_back_to_concatenation() -> None:
+    whole = np.arange(24).reshape(4, 6).copy()  # owns its memory, as read_all's array
+    chunks = ((2, 2), (6,))
+    views = [[whole[:2]], [whole[2:]]]
+    assert _array.join_blocks(views, whole.shape, chunks) is whole
+    for blocks in (
+        [[whole[:2].copy()], [whole[2:]]],  # a copy (e.g. pickled between workers)
+        [[whole[2:]], [whole[:2]]],  # views in the wrong places
+        [[whole[:2, ::-1]], [whole[2:]]],  # a strided view
+    ):
+        joined = _array.join_blocks(blocks, whole.shape, chunks)
+        assert joined is not whole
+        np.testing.assert_array_equal(joined, np.concatenate([b[0] for b in blocks]))
+
+
+_MEMORY_SCRIPT = """
+import json, sys, tracemalloc
+import numpy as np
+import xarray as xr
+import dicomxr
+
+folder, how = sys.argv[1], sys.argv[2]
+dicomxr.open_series(folder).isel(slice=0).values  # imports and first-use caches
+xr.open_dataset(folder, engine="dicom")["image"].isel(slice=0).values
+tracemalloc.start()
+if how == "values":
+    values = dicomxr.open_series(folder).values
+elif how == "compute":
+    values = dicomxr.open_series(folder).compute().data
+elif how == "engine":
+    image = xr.open_dataset(folder, engine="dicom")["image"]
+    assert image.chunks is None
+    values = image.values
+else:
+    values = dicomxr.open_series(folder).dicom.load().data
+peak = tracemalloc.get_traced_memory()[1]
+print(json.dumps({"peak": peak, "nbytes": values.nbytes}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["values", "compute", "engine", "load"])
+def test_open_and_load_peak_memory_is_the_array(philips_ct, tmp_path, how) -> None:
+    """Open + full load allocate about the array's bytes (traced in a fresh process)."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "measure.py"
+    script.write_text(_MEMORY_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(philips_ct), how],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["nbytes"] == 140 * 512 * 512 * 2
+    assert result["peak"] <= 1.1 * result["nbytes"], result

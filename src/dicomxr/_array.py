@@ -22,7 +22,12 @@ array wrappers do) and is the only lazy array: :func:`lazily_indexed` wraps it f
   dask's slice fusion (a selection of a one-chunk array becomes one indexed read of the
   backend array) both read one frame for one slice;
 * :func:`preferred_chunks` advertises storage (one frame per chunk; MOSAIC: the tiles of one
-  stored image) for callers that want per-frame tasks (``chunks={}``).
+  stored image) for callers that want per-frame tasks (``chunks={}``, the default of
+  :func:`dicomxr.open_series`);
+* a dask array made by :func:`chunk_variable` carries :class:`FullRead`'s hooks: computing
+  every chunk of the untouched array (``.values``, ``.load()``, ``.compute()``) is one
+  :meth:`FrameGrid.read_all` whose chunks are views of one array, returned as it is - the
+  per-frame graph stays for every selection and operation.
 
 Missing frames (grid value ``-1``) are filled with NaN; with ``dtype="auto"`` a grid that has
 missing frames therefore gets a float dtype (``float32``). With an explicit integer dtype
@@ -63,10 +68,13 @@ from dicomxr.pixels import FrameRef
 __all__ = [
     "DicomBackendArray",
     "FrameGrid",
+    "FullRead",
     "chunk_variable",
+    "join_blocks",
     "lazily_indexed",
     "lazy_array",
     "preferred_chunks",
+    "read_whole",
 ]
 
 logger = logging.getLogger(__name__)
@@ -636,7 +644,164 @@ def chunk_variable(variable: Any, backend: DicomBackendArray, chunks: Any) -> An
     elif isinstance(chunks, Mapping):
         chunks = {**preferred, **chunks}
     name = f"dicomxr-image-{tokenize(backend, str(chunks))}"
-    return variable.chunk(chunks, name=name)
+    chunked = variable.chunk(chunks, name=name)
+    FullRead.attach(chunked.data, backend)
+    return chunked
+
+
+# ----------------------------------------------------------------------------- full read
+
+
+class FullRead:
+    """The fast whole-array compute of a freshly chunked series (dask hooks on one array).
+
+    A dask array over :class:`DicomBackendArray` has one task per chunk (one frame per
+    chunk by default), so that any selection - also after a flip, arithmetic or a
+    resampling - reads only the frames it touches. Computing *every* chunk that way costs
+    twice the array's bytes (the chunks, then dask's concatenation) and the time of one
+    scheduled task per frame. :meth:`attach` gives the freshly made array two hooks of the
+    dask collection protocol, as instance attributes, so that its type stays
+    ``dask.array.Array`` (xarray refuses to mix chunked array types in one Dataset):
+
+    * ``__dask_optimize__`` (:meth:`optimize`): when the keys asked for need every chunk of
+      the untouched graph (``.values``, ``.load()``, ``.compute()``, ``np.asarray``,
+      ``dask.compute(arr)``, ``.persist()``), the per-frame graph is replaced by one task,
+      :meth:`FrameGrid.read_all` (a thread pool reading every frame into one preallocated
+      array), and one task per chunk key returning a numpy *view* of it. Anything else goes
+      to dask's own optimization unchanged.
+    * ``__dask_postcompute__`` (:meth:`postcompute`): :func:`join_blocks` returns the one
+      array the views tile instead of concatenating them; if the chunks are not views of
+      one array (the per-frame graph ran, or the views were pickled between worker
+      processes) it is dask's concatenation.
+
+    Every dask operation (``isel``, arithmetic, ``rechunk``, ``copy``) makes a new array
+    without the hooks, and a pickled array comes back without them, so laziness after a
+    selection is dask's own. ``dask.compute(image)`` on the *xarray* object goes through
+    xarray's Dataset-level optimizer (dask's default) and computes per frame; the
+    finalizer still applies, so the result is right, at ~2x the bytes.
+    """
+
+    def __init__(self, array: Any, backend: DicomBackendArray) -> None:
+        from dask.core import flatten
+
+        self.backend = backend
+        self.name = array.name
+        self.shape = tuple(array.shape)
+        self.chunks = array.chunks
+        self.keys = list(flatten(array.__dask_keys__()))
+        self.key_set = frozenset(self.keys)
+        # identity of the layers: a graph built from anything else is not rewritten
+        self.layers = dict(array.dask.layers)
+
+    @classmethod
+    def attach(cls, array: Any, backend: DicomBackendArray) -> Any:
+        """Give the dask ``array`` (a chunking of ``backend``, as made) the full-read hooks."""
+        if tuple(array.shape) != tuple(backend.shape) or not hasattr(array, "dask"):
+            return array
+        hooks = cls(array, backend)
+        array.__dask_optimize__ = hooks.optimize
+        array.__dask_postcompute__ = hooks.postcompute
+        return array
+
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return ("dicomxr.FullRead", self.name)
+
+    def optimize(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """One full read when ``keys`` need every chunk; dask's optimization otherwise."""
+        graph = self._full_read_graph(dsk, keys)
+        if graph is not None:
+            return graph
+        import dask.array
+
+        return dask.array.Array.__dask_optimize__(dsk, keys, **kwargs)
+
+    def postcompute(self) -> tuple[Any, tuple]:
+        """``(join_blocks, (shape, chunks))``: the finalizer dask calls with the chunks."""
+        return join_blocks, (self.shape, self.chunks)
+
+    def _full_read_graph(self, dsk: Any, keys: Any) -> dict | None:
+        """Return the rewritten graph, or None when the graph or keys are not the whole array.
+
+        ``dsk`` must hold this array's own layers (the very objects) and at most a few small
+        layers dask adds (the finalize task); together the keys and those layers' tasks must
+        need every chunk.
+        """
+        from dask._task_spec import Task, TaskRef
+        from dask.array.core import slices_from_chunks
+        from dask.base import tokenize
+        from dask.core import flatten
+
+        layers = getattr(dsk, "layers", None)
+        if layers is None or any(layers.get(n) is not lay for n, lay in self.layers.items()):
+            return None
+        wanted = {k for k in flatten(keys) if k in self.key_set}
+        extra: dict[Any, Any] = {}
+        for name, layer in layers.items():
+            if name in self.layers:
+                continue
+            if len(layer) > 16:
+                return None
+            for key, task in dict(layer).items():
+                deps = getattr(task, "dependencies", None)
+                if deps is None:
+                    return None
+                extra[key] = task
+                wanted.update(k for k in deps if k in self.key_set)
+        if len(wanted) != len(self.key_set):
+            return None
+        read_key = f"dicomxr-read-{tokenize(self.name)}"
+        graph: dict[Any, Any] = {read_key: Task(read_key, read_whole, self.backend)}
+        for key, index in zip(self.keys, slices_from_chunks(self.chunks), strict=True):
+            graph[key] = Task(key, _block_view, TaskRef(read_key), index)
+        graph.update(extra)
+        return graph
+
+
+def read_whole(backend: DicomBackendArray) -> np.ndarray:
+    """Every frame of ``backend`` in one preallocated array (:meth:`FrameGrid.read_all`)."""
+    return backend.spec.read_all()
+
+
+def _block_view(whole: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
+    return whole[index]
+
+
+def join_blocks(results: Any, shape: tuple[int, ...], chunks: tuple) -> Any:
+    """Finalize a compute: the one array the chunk results are views of, else concatenate.
+
+    Parameters
+    ----------
+    results
+        The chunk results, nested lists as ``__dask_keys__()``.
+    shape, chunks
+        The array's shape and chunks: each result must be the view of its block.
+    """
+    from dask.array.core import finalize, slices_from_chunks
+    from dask.core import flatten
+
+    blocks = list(flatten(results, container=list))
+    indices = list(slices_from_chunks(chunks))
+    whole = getattr(blocks[0], "base", None) if blocks else None
+    if (
+        not isinstance(whole, np.ndarray)
+        or whole.shape != tuple(shape)
+        or len(blocks) != len(indices)
+        or not all(_is_view_of(b, whole, i) for b, i in zip(blocks, indices, strict=True))
+    ):
+        return finalize(results)
+    return whole
+
+
+def _is_view_of(block: Any, whole: np.ndarray, index: tuple[slice, ...]) -> bool:
+    """Whether ``block`` is exactly ``whole[index]`` (same memory, shape and strides)."""
+    if not isinstance(block, np.ndarray) or block.base is not whole:
+        return False
+    expected = whole[index]
+    return (
+        block.shape == expected.shape
+        and block.strides == expected.strides
+        and block.__array_interface__["data"][0] == expected.__array_interface__["data"][0]
+    )
 
 
 def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True, chunks: Any = None) -> Any:

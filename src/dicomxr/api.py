@@ -6,8 +6,9 @@ plan -> the lazy backend array) and dresses the result as an :class:`xarray.Data
 ``_plan_to_dataset``, builds every series' Dataset - for :func:`open_series`,
 :func:`open_study` and the ``"dicom"`` engine alike: ``image`` wraps
 :class:`dicomxr._array.DicomBackendArray` in xarray's lazy indexing, and ``chunks`` makes it
-dask through xarray's own chunking (one chunk per series by default, so a full load is one
-threaded read into one array and a selection reads only its frames):
+dask through xarray's own chunking (one frame per chunk by default, so a selection reads
+only its frames, also after a flip or arithmetic; a full load of the untouched array is still
+one threaded read into one array, :class:`dicomxr._array.FullRead`):
 
 - dims: the plan's frame-grid dims (ending with ``slice``) + ``("row", "col")``
   (+ ``"channel"`` for colour); ``row`` runs along ImageOrientationPatient[3:],
@@ -561,11 +562,13 @@ def open_series(
         one stored image), as ``encoding["preferred_chunks"]`` says. A selection reads only
         the frames it touches, also after flips, arithmetic or a resampling (the ML
         transforms stay frame-by-frame lazy), and dask.distributed gets one task per frame.
-        A full ``.values`` is a dask compute that concatenates the frames (~2x the array's
-        bytes at peak); ``da.dicom.load()`` streams the frames into one preallocated array
-        instead (~1x). ``"series"``: one dask chunk for the whole series: a full compute is
-        one threaded read, and a selection of the untouched array is fused into a read of
-        its frames, but anything selected after a flip or an arithmetic operation
+        A full ``.values``, ``.load()``, ``.compute()`` or ``np.asarray`` of the array as
+        opened is still one threaded read of every frame into one preallocated array (about
+        the array's bytes at peak, no concatenation); once an operation is applied
+        (``(da * 2).values``) it is dask's per-frame compute. ``"series"``: one dask chunk
+        for the whole series: a full compute is the same one read, and a selection of the
+        untouched array is fused into a read of its frames, but anything selected after a
+        flip or an arithmetic operation
         (``da.dicom.reorient(...)``, ``(da * 2).isel(slice=5)``) computes the whole chunk.
         A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
         no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).

@@ -169,14 +169,25 @@ class DicomWebClient:
         self.close()
 
     def close(self) -> None:
-        """Close this thread's HTTP session."""
-        client = getattr(self._local, "client", None)
-        if client is not None:
+        """Close this thread's HTTP session (ours; dicomweb-client was handed it)."""
+        session = getattr(self._local, "session", None)
+        self._local.client = None
+        self._local.session = None
+        if session is not None:
             with contextlib.suppress(Exception):
-                client._session.close()
-            self._local.client = None
+                session.close()
 
     # -- plumbing -----------------------------------------------------------------------
+    def _session(self) -> Any:
+        """Return this thread's ``requests.Session``, made (with its client) on first use.
+
+        The session is ours: we make it, hand it to dicomweb-client's session-based
+        constructor, use it for the requests we send ourselves and close it in
+        :meth:`close`, without reaching into the client's private attributes.
+        """
+        self._client()
+        return self._local.session
+
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
@@ -184,6 +195,7 @@ class DicomWebClient:
             from dicomweb_client.api import DICOMwebClient
 
             session = requests.Session()
+            self._local.session = session
             # pixel data barely compresses: gzip only costs CPU on both ends
             session.headers["Accept-Encoding"] = "identity"
             if isinstance(self.auth, tuple):
@@ -297,7 +309,7 @@ class DicomWebClient:
         params += [("includefield", f) for f in fields]
         if fuzzy is not None:
             params.append(("fuzzymatching", "true" if fuzzy else "false"))
-        session = self._client()._session
+        session = self._session()
         results: list[dict[str, Any]] = []
         offset = 0
         while True:
@@ -406,7 +418,7 @@ class DicomWebClient:
                     bar.update(1)
 
             def work(queue: list[tuple[str, Any]]) -> None:
-                session = self._client()._session
+                session = self._session()
                 try:
                     for kind, job in queue:
                         if kind == "series":
