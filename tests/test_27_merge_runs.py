@@ -158,3 +158,11 @@ def test_cli_merge_runs(split_cohort: Path, capsys) -> None:
     assert main(["info", str(split_cohort), "--merge-runs"]) == 0
     out = capsys.readouterr().out
     assert "run of 6 series merged" in out and "time" in out
+
+
+def test_engine_merge_runs(split_cohort: Path, original) -> None:
+    import xarray as xr
+
+    ds = xr.open_dataset(split_cohort, engine="dicom", merge_runs=True)
+    assert ds["image"].dims == original.dims
+    assert np.array_equal(ds["image"].values, original.values)

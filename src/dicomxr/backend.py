@@ -81,6 +81,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        merge_runs: bool = False,
     ) -> xr.Dataset:
         """Open one series as a Dataset with the variable ``image`` (no dask).
 
@@ -90,7 +91,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             File, folder or DICOMDIR.
         drop_variables
             Coordinates to leave out.
-        series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
+        series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive, merge_runs
             As for :func:`dicomxr.open_series`.
         """
         from dicomxr.api import open_series
@@ -106,6 +107,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             rescale=rescale,
             recursive=recursive,
             chunks=None,
+            merge_runs=merge_runs,
         )
         return _drop(image.to_dataset(promote_attrs=True), drop_variables)
 
@@ -121,6 +123,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        merge_runs: bool = False,
     ) -> xr.DataTree:
         """Open every series as a Patient / Study / Series DataTree (no dask).
 
@@ -130,7 +133,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             File, folder or DICOMDIR.
         drop_variables
             Coordinates to leave out of every series.
-        on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
+        on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive, merge_runs
             As for :func:`dicomxr.open_study`.
         """
         from dicomxr.api import open_study
@@ -145,6 +148,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             rescale=rescale,
             recursive=recursive,
             chunks=None,
+            merge_runs=merge_runs,
         )
         if drop_variables:
             tree = tree.map_over_datasets(lambda ds: _drop(ds, drop_variables))
@@ -162,6 +166,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        merge_runs: bool = False,
     ) -> dict[str, xr.Dataset]:
         """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
         tree = self.open_datatree(
@@ -174,6 +179,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            merge_runs=merge_runs,
         )
         return {node.path: node.to_dataset() for node in tree.subtree}
 
