@@ -166,3 +166,12 @@ def test_engine_merge_runs(split_cohort: Path, original) -> None:
     ds = xr.open_dataset(split_cohort, engine="dicom", merge_runs=True)
     assert ds["image"].dims == original.dims
     assert np.array_equal(ds["image"].values, original.values)
+
+
+def test_cli_scan_names_the_run(split_cohort: Path, capsys) -> None:
+    from dicomxr.cli import main
+
+    assert main(["scan", str(split_cohort)]) == 0
+    assert "series 1903-1908 look like the 6 volumes of one run" in capsys.readouterr().out
+    assert main(["scan", str(split_cohort), "--merge-runs"]) == 0
+    assert "time,label,slice" in capsys.readouterr().out
