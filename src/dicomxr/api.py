@@ -150,7 +150,7 @@ def list_series(
     merge_runs
         Merge runs of single-volume series (consecutive SeriesNumbers, identical geometry
         and protocol, as Siemens XA classic exports write fMRI) into one series with a
-        ``time`` dim, passed to :func:`dicomxr.plan_series` (see :mod:`dicomxr.runs`).
+        ``time`` dim, after planning (:func:`dicomxr.runs.merge_runs`).
     storage_options
         fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
 
@@ -169,13 +169,14 @@ def list_series(
     if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
         return SeriesPlans(source)  # type: ignore[arg-type]
     catalog = _catalog(source, recursive=recursive, storage_options=storage_options)
-    return plan_series(
-        catalog,
-        on_irregular=on_irregular,
-        on_duplicate=on_duplicate,
-        include=tuple(include),
-        merge_runs=merge_runs,
+    plans = plan_series(
+        catalog, on_irregular=on_irregular, on_duplicate=on_duplicate, include=tuple(include)
     )
+    if merge_runs:
+        from dicomxr.runs import merge_runs as merge
+
+        plans = merge(plans, on_irregular=on_irregular, on_duplicate=on_duplicate)
+    return plans
 
 
 def _is_plan(obj: Any) -> bool:

@@ -4,8 +4,9 @@ Some exports write every volume of a 4D acquisition as its own series: Siemens X
 (interoperability) exports of an fMRI run give each volume a new SeriesInstanceUID and
 consecutive SeriesNumbers, with identical geometry and protocol. dicomxr plans what the
 files declare, so such a folder holds N one-volume series; :func:`merge_runs` (asked for
-with ``merge_runs=True`` on :func:`dicomxr.plan_series`, :func:`dicomxr.open_series`,
-:func:`dicomxr.open_study`, :func:`dicomxr.convert` and the CLI's ``--merge-runs``) puts each
+with ``merge_runs=True`` on :func:`dicomxr.api.list_series`, :func:`dicomxr.open_series`,
+:func:`dicomxr.open_study`, :func:`dicomxr.convert` and the CLI's ``--merge-runs``, or
+called on the plans of :func:`dicomxr.plan_series`) puts each
 run back together as one series with a ``time`` dim (or whatever tells its volumes apart:
 the merged frames are planned again, so a run of ASL label/control volumes gets
 ``("time", "label", "slice")``).

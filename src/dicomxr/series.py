@@ -521,7 +521,6 @@ def plan_series(
     on_irregular: str = "warn",
     on_duplicate: str = "warn",
     include: Iterable[str] = (),
-    merge_runs: bool = False,
 ) -> SeriesPlans:
     """Plan every image series of a catalog or frame table.
 
@@ -545,10 +544,6 @@ def plan_series(
     include
         Frames normally set apart that should be planned: ``"localizer"``,
         ``"secondary_capture"``.
-    merge_runs
-        Merge runs of single-volume series (consecutive SeriesNumbers, same geometry and
-        protocol: Siemens XA classic exports of fMRI) into one series with a ``time`` dim;
-        see :mod:`dicomxr.runs`.
 
     Returns
     -------
@@ -577,16 +572,11 @@ def plan_series(
     gone = np.flatnonzero(~_free(reason))
     table = _set_apart_table(cols, gone, reason, plans)
     _add_set_apart(cols, gone, reason, plans)
-    planned = SeriesPlans(
+    return SeriesPlans(
         sorted(plans, key=_plan_order),
         set_apart=table,
         skipped=catalog_or_frames.attrs.get("skipped", ()),
     )
-    if merge_runs:  # runs.py plans the merged frames with this function: imported here
-        from dicomxr.runs import merge_runs as merge
-
-        planned = merge(planned, on_irregular=on_irregular, on_duplicate=on_duplicate)
-    return planned
 
 
 def _check_arguments(
