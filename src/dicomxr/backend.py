@@ -56,6 +56,8 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         "include",
         "rescale",
         "recursive",
+        "storage_options",
+        "scaling",
     )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
@@ -81,17 +83,24 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        scaling: str = "display",
     ) -> xr.Dataset:
         """Open one series as a Dataset with the variable ``image`` (no dask).
 
         Parameters
         ----------
         filename_or_obj
-            File, folder or DICOMDIR.
+            File, folder, DICOMDIR, zip file or URL (``s3://``, ``https://``, ...).
         drop_variables
             Coordinates to leave out.
         series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
             As for :func:`dicomxr.open_series`.
+        storage_options
+            fsspec options for a URL or zip source, as for :func:`dicomxr.open_series`.
+        scaling
+            ``"display"`` (default), ``"precise"`` or ``"real_world"``, as for
+            :func:`dicomxr.open_series`.
         """
         from dicomxr.api import open_series
 
@@ -105,7 +114,9 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            storage_options=storage_options,
             chunks=None,
+            scaling=scaling,
         )
         return _drop(image.to_dataset(promote_attrs=True), drop_variables)
 
@@ -121,17 +132,21 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        scaling: str = "display",
     ) -> xr.DataTree:
         """Open every series as a Patient / Study / Series DataTree (no dask).
 
         Parameters
         ----------
         filename_or_obj
-            File, folder or DICOMDIR.
+            File, folder, DICOMDIR, zip file or URL.
         drop_variables
             Coordinates to leave out of every series.
-        on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
+        on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive, scaling
             As for :func:`dicomxr.open_study`.
+        storage_options
+            fsspec options for a URL or zip source.
         """
         from dicomxr.api import open_study
 
@@ -144,7 +159,9 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            storage_options=storage_options,
             chunks=None,
+            scaling=scaling,
         )
         if drop_variables:
             tree = tree.map_over_datasets(lambda ds: _drop(ds, drop_variables))
@@ -162,6 +179,8 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        scaling: str = "display",
     ) -> dict[str, xr.Dataset]:
         """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
         tree = self.open_datatree(
@@ -174,6 +193,8 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            storage_options=storage_options,
+            scaling=scaling,
         )
         return {node.path: node.to_dataset() for node in tree.subtree}
 

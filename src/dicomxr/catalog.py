@@ -23,7 +23,7 @@ import stat
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ _SCHEMA: dict[str, str] = {
     "path": "str",
     "file_size": "int64",
     "mtime": "float64",
+    "etag": "str",
     "pixel_data_offset": "int64",
     "TransferSyntaxUID": "str",
     "SOPClassUID": "str",
@@ -89,6 +90,8 @@ _SCHEMA: dict[str, str] = {
     "RescaleSlope": "float64",
     "RescaleIntercept": "float64",
     "RescaleType": "str",
+    "PhilipsScaleSlope": "float64",
+    "RealWorldValueMapping": "object",
     "WindowCenter": "object",
     "WindowWidth": "object",
     "WindowCenterWidthExplanation": "str",
@@ -197,7 +200,10 @@ _PRIVATE: dict[tuple[int, str, int], str] = {
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB1): "philips_bvec_y",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB2): "philips_bvec_z",
     (0x2005, "PHILIPS MR IMAGING DD 005", 0x29): "philips_label_type",  # ASL CONTROL/LABEL, CS
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0x0E): "philips_scale_slope",  # MR Scale Slope, FL
 }
+# Real World Value Mapping Sequence (0040,9096): kept whole at the top level (classic files)
+_RWV_TAG = 0x00409096
 _PRIVATE_GROUPS = frozenset(g for g, _, _ in _PRIVATE)
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
@@ -333,6 +339,12 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
                     bvec = tuple(parts)
                     break
         row["DiffusionGradientOrientation"] = bvec if bvec and len(bvec) == 3 else None
+    # Philips precise values (dicomxr.scaling): dcm2niix reads the tag only for Philips
+    scale_slope = _to_float(private.get("philips_scale_slope")) if private else None
+    manufacturer = row.get("Manufacturer")
+    row["PhilipsScaleSlope"] = (
+        scale_slope if isinstance(manufacturer, str) and "PHILIPS" in manufacturer.upper() else None
+    )
     if row.get("LabelType") is None:
         # Philips ASL: which frames are CONTROL and which LABEL (the classic export's only trace)
         row["LabelType"] = _to_str(private.get("philips_label_type")) if private else None
@@ -436,6 +448,7 @@ _PRIVATE_VR: dict[str, str] = {
     "philips_bvec_y": "FL",
     "philips_bvec_z": "FL",
     "philips_label_type": "CS",
+    "philips_scale_slope": "FL",
 }
 
 
@@ -473,13 +486,14 @@ def _pydicom_value(elem: Any, kind: str) -> Any:
     return _CONVERT[kind](value)
 
 
-def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_header_pydicom(path: str | os.PathLike[str] | Any) -> dict[str, Any]:
     """Read the catalog row of one file with pydicom (the reference reader).
 
     Parameters
     ----------
     path
-        A DICOM file.
+        A DICOM file, or a seekable binary file object (a remote object's
+        :class:`dicomxr.sources.RangeFile`).
 
     Returns
     -------
@@ -494,8 +508,10 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    path = os.fspath(path)
-    with open(path, "rb") as fp:
+    local = isinstance(path, (str, os.PathLike))
+    if local:
+        path = os.fspath(path)
+    with open(path, "rb") if local else path as fp:
         head = fp.read(132)
         fp.seek(0)
         if len(head) == 0:
@@ -514,7 +530,7 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
                     force=not is_part10,
                     defer_size=_DEFER_SIZE,
                 )
-                if fp.tell() >= _PYDICOM_WINDOW and os.fstat(fp.fileno()).st_size > fp.tell():
+                if fp.tell() >= _PYDICOM_WINDOW and _file_size(fp) > fp.tell():
                     raise _Skip(
                         f"header walk stopped after {_PYDICOM_WINDOW >> 20} MiB without "
                         "reaching the pixel data (not a plausible DICOM header)"
@@ -523,7 +539,7 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
                     pixel_offset = -1
                     # the pixel data sits in the deflated stream: its offset means nothing
                     # in the file, so only record whether it exists
-                    has_pixels = _deflated_has_pixels(path)
+                    has_pixels = _deflated_has_pixels(path if local else fp)
                 else:
                     here = fp.tell()
                     tag_bytes = fp.read(4)
@@ -553,6 +569,7 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
                 elem = ds.get(tag)
                 row[keyword] = None if elem is None else _pydicom_value(elem, kind)
             private = _pydicom_private(ds)
+            row["RealWorldValueMapping"] = _pydicom_rwv(ds)
             ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
             if ts is None:
                 ts = _guess_ts(ds)
@@ -577,6 +594,20 @@ def read_header_pydicom(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 _PIXEL_PAIRS_LE = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0009), (0x7FE0, 0x0008)})
+
+
+def _pydicom_rwv(ds: Any) -> tuple[Any, ...] | None:
+    """Return the top-level Real World Value Mapping Sequence in the catalog's tuple form."""
+    from dicomxr.scaling import real_world_mappings
+
+    try:
+        elem = ds.get(_RWV_TAG)
+        if elem is None or elem.VR != "SQ":
+            return None
+        return real_world_mappings(elem.value)
+    except Exception as exc:  # a damaged mapping must not skip the file: no mapping
+        logger.debug("unreadable Real World Value Mapping Sequence: %s", exc)
+        return None
 
 
 def _encoding(ds: Any) -> tuple[bool | None, bool | None]:
@@ -671,9 +702,17 @@ def _check_inflated_size(fp: Any, limit: int = INFLATE_LIMIT) -> None:
         return  # pydicom reports the broken stream
 
 
-def _deflated_has_pixels(path: str) -> bool:
+def _file_size(fp: Any) -> int:
+    if hasattr(fp, "fileno"):
+        return os.fstat(fp.fileno()).st_size
+    return fp.size
+
+
+def _deflated_has_pixels(path: str | Any) -> bool:
     import pydicom
 
+    if not isinstance(path, str):
+        path.seek(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, defer_size=64)
@@ -703,7 +742,7 @@ def _pixel_value_truncated(fp: Any, offset: int, ds: Any) -> bool:
     if length == 0xFFFFFFFF:
         from dicomxr._header import encapsulated_complete
 
-        return not encapsulated_complete(os.fspath(fp.name), start)
+        return not encapsulated_complete(os.fspath(fp.name) if hasattr(fp, "fileno") else fp, start)
     return start + length > size
 
 
@@ -796,7 +835,7 @@ _CHARSET_VRS = frozenset({"SH", "LO", "UC", "PN", "LT", "ST", "UT"})
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 _DEFAULT_CHARSETS = frozenset({"", "ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6"})
 
-_FAST_WANTED = frozenset(_TAGS) | {0x00080005}
+_FAST_WANTED = frozenset(_TAGS) | {0x00080005, _RWV_TAG}
 _FAST_PRESENCE = frozenset({_PERFRAME_TAG, 0x00041220})
 _FAST_GROUPS: dict[int, frozenset[int]] = {
     group: frozenset(off for g, _, off in _PRIVATE if g == group) for group in _PRIVATE_GROUPS
@@ -948,7 +987,9 @@ _FAST_SPEC: dict[int, tuple[str, str, bytes, Callable[[bytes], Any] | None, bool
     )
     for tag, (kw, kind) in _TAGS.items()
 }
-_EMPTY_ROW: dict[str, Any] = dict.fromkeys(kw for kw, _ in _TAGS.values())
+_EMPTY_ROW: dict[str, Any] = dict.fromkeys(
+    [*(kw for kw, _ in _TAGS.values()), "RealWorldValueMapping"]
+)
 
 
 def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | None:
@@ -966,14 +1007,14 @@ def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | Non
 
 
 def read_header_fast(
-    path: str, size: int, memo: dict[Any, Any] | None = None
+    path: str | Any, size: int, memo: dict[Any, Any] | None = None
 ) -> dict[str, Any] | None:
     """Read the catalog row of one file with the fast header reader.
 
     Parameters
     ----------
     path
-        A DICOM file.
+        A DICOM file, or a remote object's :class:`dicomxr.sources.HeadReader`.
     size
         Its size in bytes.
     memo
@@ -1025,6 +1066,14 @@ def read_header_fast(
         memo.clear()  # a scan of a huge, varied tree: start afresh rather than grow
     for tag, item in elements.items():
         spec = _FAST_SPEC.get(tag)
+        if tag == _RWV_TAG:
+            # the same mapping repeats across a series: parsed once per scan
+            key = ("rwv", implicit, item)
+            hit = memo.get(key)
+            if hit is None:
+                hit = memo[key] = (_fast_rwv(item, implicit),)
+            row["RealWorldValueMapping"] = hit[0]
+            continue
         if spec is None:
             has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
             continue
@@ -1070,6 +1119,17 @@ def read_header_fast(
     row["pixel_data_truncated"] = bool(has_pixels and truncated)
     row["is_enhanced"] = _PERFRAME_TAG in raw.present
     return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
+
+
+def _fast_rwv(item: tuple[bytes | None, bytes], implicit: bool) -> tuple[Any, ...] | None:
+    from dicomxr.scaling import decode_raw_sequence
+
+    vr, value = item
+    try:
+        return decode_raw_sequence(bytes(value), vr, implicit)
+    except Exception as exc:  # a damaged mapping must not stop the scan: no mapping
+        logger.debug("unreadable Real World Value Mapping Sequence: %s", exc)
+        return None
 
 
 def _fast_private(
@@ -1151,6 +1211,13 @@ def _read_one(path: str, st: os.stat_result, memo: dict[Any, Any] | None = None)
     row = read_header_fast(path, st.st_size, memo)
     if row is None:
         row = read_header_pydicom(path)
+    return _checked_row(row, path, st.st_size, st.st_mtime, None)
+
+
+def _checked_row(
+    row: dict[str, Any], path: str, size: int, mtime: float, etag: str | None
+) -> dict[str, Any]:
+    """Refuse a row nothing identifies, blank impossible geometry, add the file columns."""
     if not row["has_pixels"] and all(row[k] is None for k in _IDENTITY):
         # parsed as DICOM, but nothing in it identifies an instance: noise behind a
         # DICM marker, or a stray file that happens to start like an element
@@ -1160,8 +1227,9 @@ def _read_one(path: str, st: os.stat_result, memo: dict[Any, Any] | None = None)
         )
     _drop_impossible_geometry(row, path)
     row["path"] = path
-    row["file_size"] = st.st_size
-    row["mtime"] = st.st_mtime
+    row["file_size"] = size
+    row["mtime"] = mtime
+    row["etag"] = etag
     return row
 
 
@@ -1394,6 +1462,7 @@ def scan(
     warn: bool = True,
     cache: bool | str | os.PathLike[str] = False,
     workers: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Scan DICOM headers into a catalog: one row per instance.
 
@@ -1407,7 +1476,11 @@ def scan(
         A file, a list of paths, a glob pattern (``"data/**/*.dcm"``), a directory tree,
         or a DICOMDIR file (nested DIRFILEs are followed; referenced file IDs resolve
         from the file-set root, the DICOMDIR's folder; references to missing files are
-        reported as skipped).
+        reported as skipped). Also a zip file, or a URL that fsspec opens
+        (``s3://bucket/prefix/``, ``https://host/folder/``, ``zip://*::s3://bucket/x.zip``,
+        a glob URL, a list of URLs): see :mod:`dicomxr.sources` and the guide's "Remote
+        and packed sources". Remote headers are read by byte range, a head block per
+        object and more only when the header needs it, in ``workers`` threads.
     recursive
         Descend into sub-folders of a directory source.
     progress
@@ -1429,13 +1502,18 @@ def scan(
     workers
         Read headers in this many threads. Worth it on network file systems and cold
         disks, where waiting for each file dominates; on a local, cached tree one
-        thread (the default) is as fast. The catalog is the same either way.
+        thread (the default) is as fast. The catalog is the same either way. Remote
+        sources default to 16 threads.
+    storage_options
+        Options for fsspec when ``source`` is a URL or a zip file (credentials, endpoint,
+        ``{"anon": True}``...). They are kept in ``df.attrs["storage_options"]`` so that
+        :func:`dicomxr.open_series` of the catalog reads the pixels with them.
 
     Returns
     -------
     pandas.DataFrame
         Columns as listed in :data:`COLUMNS` (DICOM keywords plus ``path``,
-        ``file_size``, ``mtime``, ``pixel_data_offset``, ``is_mosaic``, ``is_enhanced``,
+        ``file_size``, ``mtime``, ``etag``, ``pixel_data_offset``, ``is_mosaic``, ``is_enhanced``,
         ``has_pixels``, ``pixel_data_truncated``). Missing values are ``None``/``NaN``/
         ``<NA>``. ``pixel_data_offset`` is the byte offset of the Pixel Data element's
         tag, -1 when there is none or when it is not addressable in the file (deflated
@@ -1464,13 +1542,24 @@ def scan(
     >>> df[["SeriesNumber", "InstanceNumber", "ImagePositionPatient"]].head()  # doctest: +SKIP
     >>> dicomxr.catalog.skipped(df)  # doctest: +SKIP
     """
+    from dicomxr import sources
     from dicomxr.options import get_options
 
     skipped_list: list[dict[str, str]] = []
     explicit: set[str] = set()
-    paths = _iter_source(source, recursive, skipped_list, explicit)
-    # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
-    paths = list(dict.fromkeys(paths))
+    remote: dict[str, sources.Entry] | None = None
+    if sources.is_remote_source(source):
+        entries, storage_options = sources.resolve(source, storage_options, recursive=recursive)
+        remote = {e.url: e for e in entries}
+        paths = list(remote)
+        if len(paths) == 1:
+            explicit.update(paths)
+        if workers is None:
+            workers = _REMOTE_WORKERS
+    else:
+        paths = _iter_source(source, recursive, skipped_list, explicit)
+        # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
+        paths = list(dict.fromkeys(paths))
     # automatic: only for many files, and only once the scan has run for a moment, so
     # that a fast scan of a few hundred cached files does not flash a bar
     delay = 0.0
@@ -1484,6 +1573,8 @@ def scan(
     memo: dict[Any, Any] = {}
 
     def one(path: str) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
+        if remote is not None:
+            return _scan_remote_one(remote[path], storage_options, known, memo, store is not None)
         return _scan_one(path, known, memo, store is not None)
 
     results: Iterable[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]
@@ -1511,6 +1602,8 @@ def scan(
             store.close()
     df = _to_frame(rows)
     df.attrs["skipped"] = skipped_list
+    if remote is not None and storage_options:
+        df.attrs["storage_options"] = dict(storage_options)
     # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
     # a tree are listed but are no cause for alarm; damaged DICOM and dangling references are
     problems = [
@@ -1541,8 +1634,12 @@ def _row_from_json(row: dict[str, Any]) -> dict[str, Any]:
     for col in _TUPLE_COLUMNS:
         value = row.get(col)
         if isinstance(value, list):
-            row[col] = tuple(value)
+            row[col] = _as_tuples(value)
     return row
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 class _Cache:
@@ -1696,6 +1793,51 @@ def _scan_one(
         return None, {"path": path, "reason": reason}, None
     entry = (path, st.st_size, st.st_mtime, row, None) if caching else None
     return row, None, entry
+
+
+_REMOTE_WORKERS = 16
+
+
+def _scan_remote_one(
+    entry: Any,
+    storage_options: Mapping[str, Any] | None,
+    known: dict[str, tuple[int, float, Any, str | None]],
+    memo: dict[Any, Any],
+    caching: bool,
+) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
+    """Catalogue one remote object (see :func:`_scan_one`), reading its head by byte range."""
+    from dicomxr import sources
+
+    url = entry.url
+    try:
+        fs, inner = sources.filesystem(url, storage_options)
+        size = entry.size if entry.size is not None else int(fs.size(inner))
+    except Exception as exc:
+        return None, {"path": url, "reason": f"cannot read: {failure_reason(exc)}"}, None
+    hit = known.get(url)
+    if hit is not None and hit[0] == size and hit[1] == entry.mtime and entry.mtime:
+        row, reason = hit[2], hit[3]
+        if row is not None:
+            return row, None, None
+        return None, {"path": url, "reason": reason or "skipped"}, None
+    try:
+        if size == 0:
+            raise _Skip("empty file (0 bytes)")
+        head = sources.HeadReader(fs, inner, size)
+        row = read_header_fast(head, size, memo)
+        if row is None:
+            row = read_header_pydicom(head.file())
+        row = _checked_row(row, url, size, entry.mtime, entry.etag)
+    except _Skip as exc:
+        entry_out = (url, size, entry.mtime, None, str(exc)) if caching and entry.mtime else None
+        return None, {"path": url, "reason": str(exc)}, entry_out
+    except BaseException as exc:
+        # a dropped connection, a broken zip member, a lying header: this object's problem
+        if not (isinstance(exc, OSError) or is_per_file_failure(exc)):
+            raise
+        return None, {"path": url, "reason": f"cannot read: {failure_reason(exc)}"}, None
+    entry_out = (url, size, entry.mtime, row, None) if caching and entry.mtime else None
+    return row, None, entry_out
 
 
 def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -52,7 +52,7 @@ import tempfile
 import types
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,6 +115,7 @@ class ConvertOptions:
     window: tuple[float, float] | bool | None = None
     dtype: str | None = None
     compress: bool = True
+    scaling: str = "display"
 
     def fingerprint(self) -> dict[str, Any]:
         """Return the options as JSON data."""
@@ -450,7 +451,8 @@ def _header_fields(plan: SeriesPlan, deid: Any) -> tuple[dict[str, Any], bool]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a malformed character set: pydicom copes, says so
-        ds = read_header(plan.frames["path"].iloc[0])
+        options = plan.frames.attrs.get("storage_options")  # a remote catalog's
+        ds = read_header(plan.frames["path"].iloc[0], options)
     burned = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
     csa = siemens_csa_fields(ds)  # private: read before de-identification removes it
     if deid is not None:
@@ -699,10 +701,10 @@ def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: s
     return _row(task, piece, f"{ZARR_STORE}/{name}", options, None)
 
 
-def _open_plan(plan: SeriesPlan) -> xr.DataArray:
+def _open_plan(plan: SeriesPlan, scaling: str = "display") -> xr.DataArray:
     from dicomxr.api import open_series
 
-    return open_series(plan)
+    return open_series(plan, scaling=scaling)
 
 
 def convert_series(
@@ -732,7 +734,7 @@ def convert_series(
     dest = Path(dest)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        da = _apply_options(_open_plan(task.plan), options)
+        da = _apply_options(_open_plan(task.plan, options.scaling), options)
         if options.deidentify:
             from dicomxr.export.deid import Deidentifier
 
@@ -817,7 +819,18 @@ def _options(**kwargs: Any) -> ConvertOptions:
         window=window,
         dtype=None if kwargs["dtype"] is None else str(np.dtype(kwargs["dtype"])),
         compress=bool(kwargs["compress"]),
+        scaling=_scaling_option(kwargs.get("scaling", "display")),
     )
+
+
+def _scaling_option(scaling: Any) -> str:
+    from dicomxr.errors import ScalingError
+    from dicomxr.scaling import check_scaling
+
+    try:
+        return check_scaling(scaling)
+    except ScalingError as exc:
+        raise ConvertError(str(exc)) from None
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
@@ -921,12 +934,14 @@ def convert(
     window: tuple[float, float] | bool | None = None,
     dtype: str | np.dtype | type | None = None,
     compress: bool = True,
+    scaling: str = "display",
     resume: bool = True,
     progress: bool | None = None,
     on_irregular: str = "split",
     on_duplicate: str = "warn",
     recursive: bool = True,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """Convert every image series in ``source`` to NIfTI files or one Zarr store under ``dest``.
 
@@ -934,7 +949,8 @@ def convert(
     ----------
     source
         Anything :func:`dicomxr.api.list_series` takes: a file, a folder tree, a glob, a list
-        of paths, a DICOMDIR, a catalog DataFrame from :func:`dicomxr.scan`, or plans.
+        of paths, a DICOMDIR, a zip file, a URL fsspec opens (``s3://bucket/prefix/``...), a
+        catalog DataFrame from :func:`dicomxr.scan`, or plans.
     dest
         Destination folder (created). Nothing is written outside it.
     format
@@ -967,6 +983,14 @@ def convert(
         Cast the image to this dtype.
     compress
         gzip NIfTI files (``.nii.gz``), compress Zarr chunks.
+    scaling
+        What the stored integers become, as for :func:`dicomxr.open_series`:
+        ``"display"`` (default, dcm2niix ``-p n``), ``"precise"`` (Philips floating-point
+        values, dcm2niix's default ``-p y``; display values for other series) or
+        ``"real_world"`` (a series without a Real World Value Mapping fails, with the
+        reason in the report). NIfTI files hold the values as float32; the sidecar records
+        the factors (``PhilipsScaleSlope``, ``UsePhilipsFloatNotDisplayScaling``... as
+        dcm2niix writes them).
     resume
         Skip the series a previous run into ``dest`` finished with the same inputs and
         options; ``False`` converts everything again.
@@ -980,6 +1004,8 @@ def convert(
         Descend into sub-folders of a folder source.
     on_series
         Called with ``(task, rows)`` after each series is written (for logging).
+    storage_options
+        fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
 
     Returns
     -------
@@ -1001,7 +1027,7 @@ def convert(
     options = _options(
         format=format, template=template, split=split, deidentify=deidentify,
         date_shift=date_shift, orientation=orientation, spacing=spacing, window=window,
-        dtype=dtype, compress=compress,
+        dtype=dtype, compress=compress, scaling=scaling,
     )  # fmt: skip
     dest = Path(dest)
     state = _prepare_dest(dest)
@@ -1009,7 +1035,7 @@ def convert(
         return _convert_locked(
             source, dest, state, options, resume=resume, progress=progress,
             on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive,
-            on_series=on_series,
+            on_series=on_series, storage_options=storage_options,
         )  # fmt: skip
 
 
@@ -1025,6 +1051,7 @@ def _convert_locked(
     on_duplicate: str,
     recursive: bool,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """Run a conversion while holding the destination's lock (see :func:`convert`)."""
     from dicomxr.api import list_series
@@ -1042,7 +1069,9 @@ def _convert_locked(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped files and irregular stacks are reported
         plans = list_series(
-            _scanned(source, recursive=recursive, progress=progress),
+            _scanned(
+                source, recursive=recursive, progress=progress, storage_options=storage_options
+            ),
             on_irregular=on_irregular,
             on_duplicate=on_duplicate,
         )
@@ -1096,12 +1125,21 @@ def _run_tasks(
     return rows
 
 
-def _scanned(source: Any, *, recursive: bool, progress: bool | None) -> Any:
+def _scanned(
+    source: Any,
+    *,
+    recursive: bool,
+    progress: bool | None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
     """Scan a path source (with the caller's progress choice); pass catalogs and plans on."""
     import pandas as pd
 
     from dicomxr.series import SeriesPlan
 
+    if isinstance(source, pd.DataFrame) and storage_options:
+        source = source.copy(deep=False)
+        source.attrs["storage_options"] = dict(storage_options)
     if isinstance(source, (pd.DataFrame, SeriesPlan)):
         return source
     if isinstance(source, Sequence) and not isinstance(source, str):
@@ -1109,7 +1147,7 @@ def _scanned(source: Any, *, recursive: bool, progress: bool | None) -> Any:
             return source
     from dicomxr.catalog import scan
 
-    return scan(source, recursive=recursive, progress=progress)
+    return scan(source, recursive=recursive, progress=progress, storage_options=storage_options)
 
 
 def _failure(task: SeriesTask, exc: BaseException, deid: Any) -> dict[str, Any]:

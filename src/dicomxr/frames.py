@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dicomxr import mosaic as vendor_mosaic
+from dicomxr.scaling import is_philips, real_world_mappings
 
 __all__ = ["FRAME_COLUMNS", "component_from_image_type", "expand", "read_label_type"]
 
@@ -83,6 +85,8 @@ _component_cache: dict[Any, str | None] = {}
 # Philips private per-frame item and its private creators
 _PHILIPS_PERFRAME = 0x2005140F
 _PHILIPS_LABEL_TYPE = 0x20051429
+_PHILIPS_SCALE_SLOPE = 0x2005100E
+_PHILIPS_DD001 = "PHILIPS MR IMAGING DD 001"
 
 
 def component_from_image_type(image_type: Any) -> str | None:
@@ -257,11 +261,13 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
             overrides[col] = np.array(base, dtype=object)
         overrides[col][rows] = _as_object(vals)
 
+    # fsspec options of a remote catalog (dicomxr.sources): headers are read by byte range
+    options = catalog.attrs.get("storage_options")
     for i in np.flatnonzero(enhanced & (counts >= 1)):
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
         path = str(catalog["path"].iat[i])
         try:
-            per_frame = _enhanced_frames(path, int(counts[i]))
+            per_frame = _enhanced_frames(path, int(counts[i]), options)
         except Exception as exc:  # keep the frames with file-level values, say why
             logger.warning("cannot read the functional groups of %s: %s", path, exc)
             errors.append({"path": path, "reason": f"functional groups unreadable: {exc}"})
@@ -273,7 +279,7 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     # Offset Vector when the file has one
     for i in np.flatnonzero(~enhanced & ~mosaic & (counts > 1)):
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
-        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]))
+        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]), options)
         if positions is not None:
             put("ImagePositionPatient", rows, positions)
 
@@ -281,7 +287,7 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
         row = catalog.iloc[i]
         try:
-            tiles = vendor_mosaic.tiles(row, int(counts[i]))
+            tiles = vendor_mosaic.tiles(row, int(counts[i]), options)
         except Exception as exc:
             logger.warning("cannot unpack MOSAIC %s: %s", row["path"], exc)
             errors.append({"path": str(row["path"]), "reason": f"MOSAIC not unpacked: {exc}"})
@@ -433,6 +439,29 @@ def _frame_type_item(group: Any) -> Any:
     return None
 
 
+def _sequence(group: Any, keyword: str) -> Any:
+    seq = getattr(group, keyword, None) if group is not None else None
+    return seq if seq is not None and len(seq) else None
+
+
+def _philips_scale_slope(item: Any) -> float | None:
+    """Philips' MR Scale Slope (2005,100E) of a private per-frame item, if it has one.
+
+    Read by its tag, as dcm2niix does; when the item declares its private creators, the
+    block must be "Philips MR Imaging DD 001".
+    """
+    elem = item.get(_PHILIPS_SCALE_SLOPE)
+    if elem is None:
+        return None
+    creator = item.get(0x20050010)
+    if creator is not None and str(_text(creator.value) or "").upper() != _PHILIPS_DD001:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):  # implicit VR: private values come as raw bytes
+        value = struct.unpack("<f", value[:4])[0] if len(value) >= 4 else None
+    return _float(value)
+
+
 def _philips_item(group: Any) -> Any:
     if group is None:
         return None
@@ -442,11 +471,16 @@ def _philips_item(group: Any) -> Any:
     return elem.value[0]
 
 
-def _enhanced_frames(path: str, n_expected: int) -> dict[str, list[Any]]:
+def _enhanced_frames(
+    path: str, n_expected: int, storage_options: Any = None
+) -> dict[str, list[Any]]:
     """Read the functional groups of an enhanced file; one value per frame per column."""
     import pydicom
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    from dicomxr.sources import readable
+
+    with readable(path, storage_options) as source:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq is not None and len(shared_seq) else None
@@ -496,6 +530,11 @@ def _enhanced_frames(path: str, n_expected: int) -> dict[str, list[Any]]:
             setv("RescaleSlope", k, _float(item.get("RescaleSlope")))
             setv("RescaleIntercept", k, _float(item.get("RescaleIntercept")))
             setv("RescaleType", k, _text(item.get("RescaleType")))
+        rwv = _sequence(frame, "RealWorldValueMappingSequence")
+        if rwv is None:
+            rwv = _sequence(shared, "RealWorldValueMappingSequence")
+        if rwv is not None:
+            setv("RealWorldValueMapping", k, real_world_mappings(rwv))
         item = grp("FrameVOILUTSequence")
         if item is not None:
             setv("WindowCenter", k, _floats(item.get("WindowCenter")))
@@ -541,6 +580,9 @@ def _enhanced_frames(path: str, n_expected: int) -> dict[str, list[Any]]:
             tpi = _int(philips.get("TemporalPositionIdentifier"))
             if tpi is not None:
                 setv("TemporalPositionIdentifier", k, tpi)
+            scale = _philips_scale_slope(philips)
+            if scale is not None and is_philips(ds.get("Manufacturer")):
+                setv("PhilipsScaleSlope", k, scale)
             label = philips.get(_PHILIPS_LABEL_TYPE)
             if label is not None:
                 setv("LabelType", k, _text(label.value))
@@ -563,7 +605,9 @@ def _is_seq(value: Any) -> bool:
     return hasattr(value, "__len__") and not isinstance(value, (str, bytes))
 
 
-def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ...]] | None:
+def _grid_frame_positions(
+    row: pd.Series, n_frames: int, storage_options: Any = None
+) -> list[tuple[float, ...]] | None:
     """Per-frame positions of a classic multi-frame file from its GridFrameOffsetVector.
 
     Offsets run along the slice normal from ImagePositionPatient (PS3.3 C.8.8.3.2; in the
@@ -576,7 +620,10 @@ def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ..
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(row["path"]), stop_before_pixels=True, specific_tags=[0x3004000C])
+        from dicomxr.sources import readable
+
+        with readable(str(row["path"]), storage_options) as source:
+            ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=[0x3004000C])
         offsets = ds.get("GridFrameOffsetVector")
         if offsets is None:
             return None

@@ -95,7 +95,7 @@ def layout(kind: str, n_tiles: int | None, rows: int, cols: int) -> Layout:
     return Layout(grid_rows, grid_cols, rows // grid_rows, cols // grid_cols)
 
 
-def tiles(row: Any, n_tiles: int) -> dict[str, list[Any]]:
+def tiles(row: Any, n_tiles: int, storage_options: Any = None) -> dict[str, list[Any]]:
     """Frame columns of the tiles of one mosaic image (a catalog row): sizes and positions.
 
     Raises
@@ -116,9 +116,9 @@ def tiles(row: Any, n_tiles: int) -> dict[str, list[Any]]:
         "Columns": [grid.tile_cols] * n_tiles,
     }
     positions = (
-        _siemens_positions(row, n_tiles, grid)
+        _siemens_positions(row, n_tiles, grid, storage_options)
         if kind == "SIEMENS"
-        else _uih_positions(row, n_tiles)
+        else _uih_positions(row, n_tiles, storage_options)
     )
     if positions is not None:
         out["ImagePositionPatient"] = positions
@@ -161,7 +161,9 @@ def _line(first: np.ndarray, normal: np.ndarray, step: float, n: int) -> list[tu
     return [tuple(float(v) for v in first + k * step * normal) for k in range(n)]
 
 
-def _siemens_positions(row: Any, n_tiles: int, grid: Layout) -> list[tuple[float, ...]] | None:
+def _siemens_positions(
+    row: Any, n_tiles: int, grid: Layout, storage_options: Any = None
+) -> list[tuple[float, ...]] | None:
     """Siemens: the stored position is the whole mosaic's corner; move it to the first tile."""
     geo = _geometry(row)
     if geo is None:
@@ -174,15 +176,17 @@ def _siemens_positions(row: Any, n_tiles: int, grid: Layout) -> list[tuple[float
         + iop[:3] * col_sp * (cols - grid.tile_cols) / 2
     )
     normal = np.cross(iop[:3], iop[3:])
-    csa_normal = csa_slice_normal(str(row["path"]))
+    csa_normal = csa_slice_normal(str(row["path"]), storage_options)
     if csa_normal is not None and float(csa_normal @ normal) < 0:
         normal = -normal  # tiles are stored in the order of Siemens' SliceNormalVector
     return _line(first, normal, _step(row), n_tiles)
 
 
-def _uih_positions(row: Any, n_tiles: int) -> list[tuple[float, ...]] | None:
+def _uih_positions(
+    row: Any, n_tiles: int, storage_options: Any = None
+) -> list[tuple[float, ...]] | None:
     """UIH: the stored position is the first tile's; the VFrame sequence lists every tile's."""
-    listed = uih_tile_positions(str(row["path"]))
+    listed = uih_tile_positions(str(row["path"]), storage_options)
     if listed is not None and len(listed) == n_tiles:
         return listed
     if listed is not None:
@@ -198,8 +202,12 @@ def _uih_positions(row: Any, n_tiles: int) -> list[tuple[float, ...]] | None:
     return _line(ipp, np.cross(iop[:3], iop[3:]), _step(row), n_tiles)
 
 
-def csa_slice_normal(path: str) -> np.ndarray | None:
-    """SliceNormalVector from the Siemens CSA image header, or ``None`` when unavailable."""
+def csa_slice_normal(path: str, storage_options: Any = None) -> np.ndarray | None:
+    """SliceNormalVector from the Siemens CSA image header, or ``None`` when unavailable.
+
+    ``path`` may be a URL, read by byte range with ``storage_options``
+    (:mod:`dicomxr.sources`).
+    """
     try:
         import pydicom
 
@@ -209,7 +217,12 @@ def csa_slice_normal(path: str) -> np.ndarray | None:
     except ImportError:  # nibabel is optional: the cross product gives the same axis
         return None
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00291010, 0x00290010])
+        from dicomxr.sources import readable
+
+        with readable(path, storage_options) as source:
+            ds = pydicom.dcmread(
+                source, stop_before_pixels=True, specific_tags=[0x00291010, 0x00290010]
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             header = csareader.get_csa_header(ds, "image")
@@ -222,12 +235,15 @@ def csa_slice_normal(path: str) -> np.ndarray | None:
         return None
 
 
-def uih_tile_positions(path: str) -> list[tuple[float, ...]] | None:
+def uih_tile_positions(path: str, storage_options: Any = None) -> list[tuple[float, ...]] | None:
     """Every tile's ImagePositionPatient from a UIH "MR VFrame Sequence", or ``None``."""
     try:
         import pydicom
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        from dicomxr.sources import readable
+
+        with readable(path, storage_options) as source:
+            ds = pydicom.dcmread(source, stop_before_pixels=True)
         block = ds.private_block(UIH_GROUP, UIH_CREATOR)
         seq = block[UIH_VFRAME_ELEMENT].value
         out = []
