@@ -813,24 +813,36 @@ _ODD_MAJORITY = 3
 def _mark_odd_instances(cols: _Columns, reason: np.ndarray) -> None:
     """Set apart a lone instance whose image size or in-plane geometry differs from its series.
 
-    One file of a series whose Rows, Columns, SamplesPerPixel, PixelSpacing or orientation
-    differs from at least :data:`_ODD_MAJORITY` other instances that agree with each other
+    One file of a series (one UID and SOP class) whose SeriesNumber, Rows, Columns,
+    SamplesPerPixel, PixelSpacing or orientation differs from at least
+    :data:`_ODD_MAJORITY` other instances that agree with each other
     (a damaged or mislabelled file, a lying header) would otherwise make a plan of its own
     next to the series', and ``open_series(series=uid)`` would stop at two plans. Groups of
-    two or more instances stay plans of their own (a real second stack).
+    two or more instances stay plans of their own (a real second stack), and so do images
+    without a position and secondary-capture pages (an exam summary's pages differ in size).
     """
-    free = np.flatnonzero(_free(reason))
-    needed = ("SeriesInstanceUID", "Rows", "Columns", "path")
-    if len(free) <= _ODD_MAJORITY or not all(cols.has(n) for n in needed):
+    needed = ("SeriesInstanceUID", "Rows", "Columns", "path", "ImagePositionPatient")
+    if not all(cols.has(n) for n in needed):
         return
+    # slices of a volume only: pages (secondary capture) come in the sizes they please
+    sop = cols.obj("SOPClassUID") if cols.has("SOPClassUID") else np.full(cols.n, None, object)
+    stackable = _has_value(cols.obj("ImagePositionPatient")) & np.array(
+        [s not in _SECONDARY_CAPTURE for s in sop], dtype=bool
+    )
+    free = np.flatnonzero(_free(reason) & stackable)
+    if len(free) <= _ODD_MAJORITY:
+        return
+    # one SOP class of one UID; a lone SeriesNumber in it is as odd as a lone size
     series = _combine(
         _codes(cols.obj("SeriesInstanceUID")[free]),
         _codes(cols.obj("SOPClassUID")[free])
         if cols.has("SOPClassUID")
         else np.zeros(len(free), np.int64),
-        _codes(cols.obj("SeriesNumber")[free])
+    )
+    number = (
+        _codes(cols.obj("SeriesNumber")[free]).astype(np.float64)
         if cols.has("SeriesNumber")
-        else np.zeros(len(free), np.int64),
+        else np.zeros(len(free))
     )
     spp = (
         np.nan_to_num(cols.num("SamplesPerPixel")[free], nan=1.0)
@@ -841,6 +853,7 @@ def _mark_odd_instances(cols: _Columns, reason: np.ndarray) -> None:
     spacing = _cluster_rows(np.nan_to_num(cols.vec("PixelSpacing", 2)[free], nan=-1.0), 1e-4)
     geo = np.column_stack(
         [
+            number,
             np.nan_to_num(cols.num("Rows")[free], nan=-1),
             np.nan_to_num(cols.num("Columns")[free], nan=-1),
             spp,
@@ -865,12 +878,22 @@ def _mark_odd_instances(cols: _Columns, reason: np.ndarray) -> None:
             if k == major or len(files[k]) != 1:
                 continue
             odd = free[members[geo_code[members] == k]]
-            what = ", ".join(_what_differs(cols, odd[0], [odd[0], m]))
-            usual = ", ".join(_what_differs(cols, m, [odd[0], m]))
+            what, usual = _odd_difference(cols, odd[0], m)
             reason[odd] = (
                 f"odd one out: {what} where the {len(files[major])} other instances of its "
                 f"series have {usual} (a damaged or mislabelled file is not made a series)"
             )
+
+
+def _odd_difference(cols: _Columns, odd: int, usual: int) -> tuple[str, str]:
+    """Say what frame ``odd`` has and what frame ``usual`` has instead (for the reason)."""
+    numbers = cols.obj("SeriesNumber") if cols.has("SeriesNumber") else None
+    if numbers is not None and numbers[odd] != numbers[usual]:
+        return f"SeriesNumber {numbers[odd]}", f"SeriesNumber {numbers[usual]}"
+    return (
+        ", ".join(_what_differs(cols, odd, [odd, usual])),
+        ", ".join(_what_differs(cols, usual, [odd, usual])),
+    )
 
 
 def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
