@@ -974,7 +974,11 @@ def _context() -> Any:
     if bench not in sys.path:
         sys.path.insert(0, bench)
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["fuzz", *_PRELOAD])
+    from dicomxr.cli import _REGISTRARS
+
+    # the sub-commands too: a worker importing them on its first CLI call spent seconds of
+    # its time limit on imports (the convert and network parts are large)
+    ctx.set_forkserver_preload(["fuzz", *_PRELOAD, *_REGISTRARS, "dicomxr.convert"])
     return ctx
 
 
