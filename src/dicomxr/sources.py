@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import email.utils
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -362,6 +361,8 @@ def _mtime(info: Mapping[str, Any]) -> float:
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
+            import email.utils
+
             try:
                 return email.utils.parsedate_to_datetime(value).timestamp()
             except (TypeError, ValueError):
