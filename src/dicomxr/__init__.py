@@ -36,6 +36,7 @@ from dicomxr.errors import (
     NoSeriesError,
     PixelDataError,
     PixelDataWarning,
+    ScalingError,
     SetApartWarning,
     SkippedFileWarning,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "NoSeriesError",
     "PixelDataError",
     "PixelDataWarning",
+    "ScalingError",
     "SeriesPlan",
     "SetApartWarning",
     "SkippedFileWarning",

@@ -577,11 +577,18 @@ def _walk_top(
             if tag >= 0xFFFE0000:
                 raise _Decline("delimiter at top level")
             # a sequence (or, explicit VR UN, an implicit VR encoded sequence)
+            start = pos + header
             try:
-                pos = _skip_sequence(r, pos + header, implicit or vr == b"UN")
+                pos = _skip_sequence(r, start, implicit or vr == b"UN")
             except _Truncated:
                 out.truncated_at = (tag, pos)
                 raise
+            if tag in keep:
+                # a wanted sequence is kept whole, its delimiter included
+                if pos - start > _MAX_KEPT:
+                    raise _Decline("implausibly long sequence")
+                r.need(start, pos - start)
+                elements[tag] = (vr, r.buf[start - r.base : pos - r.base])
             continue
         end = pos + header + length
         if end > size:

@@ -491,6 +491,7 @@ def open_series(
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
     storage_options: Mapping[str, Any] | None = None,
+    scaling: str = "display",
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
 
@@ -555,6 +556,16 @@ def open_series(
         fsspec options for a URL or zip source (credentials, endpoint, ``{"anon": True}``).
         The lazy array carries them with the URLs, so frames are read by byte range at
         compute time, in this process or in a dask.distributed worker.
+    scaling
+        What the stored integers become (:mod:`dicomxr.scaling`): ``"display"`` (default)
+        the standard's RescaleSlope/Intercept, what the scanner and viewers show;
+        ``"precise"`` Philips' floating-point values ``(PV*RS + RI) / (RS*SS)`` with the
+        private Scale Slope (2005,100E), comparable across Philips series (dcm2niix's
+        default), display values for frames without it; ``"real_world"`` the Real World
+        Value Mapping (0040,9096) in its units (``attrs["units"]``), a
+        :class:`~dicomxr.ScalingError` where the series has none. Per frame where the
+        factors vary. ``attrs["scaling"]`` records what was applied, ``scale_slope`` /
+        ``scale_intercept`` (attrs, or coordinates where they vary) the factors.
 
     Returns
     -------
@@ -595,8 +606,9 @@ def open_series(
     plan = select_plan(plans, series, source)
     warn_left_out(plan)
     ds = _plan_to_dataset(
-        plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks
-    )
+        plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks,
+        scaling=scaling,
+    )  # fmt: skip
     return ds["image"]
 
 
@@ -640,6 +652,7 @@ def _plan_to_dataset(
     include_patient: bool,
     rescale: bool = True,
     chunks: Chunks = None,
+    scaling: str = "display",
 ) -> xr.Dataset:
     """Build the Dataset of one series: ``image`` over the lazy backend array, coords, attrs.
 
@@ -650,7 +663,7 @@ def _plan_to_dataset(
     """
     from dicomxr._array import DicomBackendArray, chunk_variable, lazily_indexed, preferred_chunks
 
-    backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale)
+    backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale, scaling=scaling)
     shape = backend.shape
     dims = (*plan.dims, "row", "col")
     if len(shape) == len(dims) + 1:
@@ -658,6 +671,7 @@ def _plan_to_dataset(
     if len(shape) != len(dims):
         raise ValueError(f"series {plan.key}: lazy array has shape {shape}, expected dims {dims}")
     attrs = _series_attrs(plan, include_patient=include_patient)
+    scaling_coords = _record_scaling(plan, backend.spec.scaling, attrs)
     image = xr.Variable(
         dims,
         lazily_indexed(backend),
@@ -667,8 +681,72 @@ def _plan_to_dataset(
     if chunks is not None:
         image = chunk_variable(image, backend, chunks)
     coords = _fitting_coords(plan, dims, shape)
+    coords.update(scaling_coords)
     coords.update(_in_plane_coords(plan.affine, shape[dims.index("row")], shape[dims.index("col")]))
     return xr.Dataset({"image": image}, coords=coords, attrs=dict(attrs))
+
+
+def _record_scaling(
+    plan: SeriesPlan, scaling: Any, attrs: dict[str, Any]
+) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """Record the scaling applied in ``attrs`` (in place); return coordinates of what varies.
+
+    ``attrs["scaling"]`` names it; for precise and real-world values the factors from stored
+    to output values (``scale_slope``, ``scale_intercept``) and the values they came from
+    (``PhilipsScaleSlope``, ``real_world_units``) are attrs when every frame shares them and
+    coordinates on the frame dims they vary along otherwise.
+    """
+    if scaling is None:
+        return {}
+    extra: dict[str, Any] = {"scaling": scaling.applied}
+    if scaling.requested != scaling.applied:
+        extra["scaling_requested"] = scaling.requested
+    extra.update(scaling.attrs)
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+    per_row: dict[str, Any] = {}
+    if scaling.applied != "display":
+        per_row = {"scale_slope": scaling.slopes, "scale_intercept": scaling.intercepts}
+    per_row.update(scaling.per_row)
+    grid = np.asarray(plan.grid)
+    if per_row:
+        for name, values in per_row.items():
+            values = np.asarray(values)
+            if values.dtype.kind not in "fiu" and name != "real_world_units":
+                continue
+            on_grid = _on_grid(values, grid)
+            axes = _varying(on_grid)
+            if not axes:
+                extra[name] = on_grid.flat[0] if on_grid.size else None
+                continue
+            index = tuple(slice(None) if a in axes else 0 for a in range(grid.ndim))
+            coords[name] = (tuple(plan.dims[a] for a in axes), _coord_values(on_grid[index]))
+    for key in ("units", "units_meaning"):
+        if key in extra:
+            attrs.pop(key, None)  # real-world units replace the RescaleType ones
+    attrs.update(encode_attrs(extra))
+    return coords
+
+
+def _on_grid(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Per-row ``values`` at each grid position (NaN, or "", where a frame is missing)."""
+    fill: Any = "" if values.dtype == object else np.nan
+    ext = np.empty(len(values) + 1, dtype=object if values.dtype == object else np.float64)
+    ext[:-1] = values
+    ext[-1] = fill
+    return ext[np.where(grid >= 0, grid, len(values))]
+
+
+def _varying(values: np.ndarray) -> list[int]:
+    """Axes along which ``values`` differ (NaN equal to NaN)."""
+    axes = []
+    for axis in range(values.ndim):
+        first = np.take(values, [0], axis=axis)
+        same = values == first
+        if values.dtype.kind == "f":
+            same |= np.isnan(values) & np.isnan(first)
+        if not np.all(same):
+            axes.append(axis)
+    return axes
 
 
 def _fitting_coords(
@@ -707,6 +785,7 @@ def open_study(
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
     storage_options: Mapping[str, Any] | None = None,
+    scaling: str = "display",
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
 
@@ -726,8 +805,9 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options
-        As for :func:`open_series` (per series).
+    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options, scaling
+        As for :func:`open_series` (per series). With ``scaling="real_world"`` every series
+        needs a Real World Value Mapping.
     include_patient
         Name patient nodes by PatientID and keep patient-identifying attributes (in the
         patient nodes and the series attrs); by default neither appears anywhere in the tree.
@@ -767,8 +847,9 @@ def open_study(
         key = _node_name(plan.key, "series")
         warn_left_out(plan)
         tree[f"/{patient}/{study}/{key}"] = _plan_to_dataset(
-            plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks
-        )
+            plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks,
+            scaling=scaling,
+        )  # fmt: skip
         study_path = f"/{patient}/{study}"
         if study_path not in tree:
             study_attrs = {n: _jsonable(_attr(plan, n)) for n in _STUDY_ATTRIBUTES}

@@ -90,6 +90,8 @@ _SCHEMA: dict[str, str] = {
     "RescaleSlope": "float64",
     "RescaleIntercept": "float64",
     "RescaleType": "str",
+    "PhilipsScaleSlope": "float64",
+    "RealWorldValueMapping": "object",
     "WindowCenter": "object",
     "WindowWidth": "object",
     "WindowCenterWidthExplanation": "str",
@@ -198,7 +200,10 @@ _PRIVATE: dict[tuple[int, str, int], str] = {
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB1): "philips_bvec_y",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB2): "philips_bvec_z",
     (0x2005, "PHILIPS MR IMAGING DD 005", 0x29): "philips_label_type",  # ASL CONTROL/LABEL, CS
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0x0E): "philips_scale_slope",  # MR Scale Slope, FL
 }
+# Real World Value Mapping Sequence (0040,9096): kept whole at the top level (classic files)
+_RWV_TAG = 0x00409096
 _PRIVATE_GROUPS = frozenset(g for g, _, _ in _PRIVATE)
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
@@ -334,6 +339,12 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
                     bvec = tuple(parts)
                     break
         row["DiffusionGradientOrientation"] = bvec if bvec and len(bvec) == 3 else None
+    # Philips precise values (dicomxr.scaling): dcm2niix reads the tag only for Philips
+    scale_slope = _to_float(private.get("philips_scale_slope")) if private else None
+    manufacturer = row.get("Manufacturer")
+    row["PhilipsScaleSlope"] = (
+        scale_slope if isinstance(manufacturer, str) and "PHILIPS" in manufacturer.upper() else None
+    )
     if row.get("LabelType") is None:
         # Philips ASL: which frames are CONTROL and which LABEL (the classic export's only trace)
         row["LabelType"] = _to_str(private.get("philips_label_type")) if private else None
@@ -437,6 +448,7 @@ _PRIVATE_VR: dict[str, str] = {
     "philips_bvec_y": "FL",
     "philips_bvec_z": "FL",
     "philips_label_type": "CS",
+    "philips_scale_slope": "FL",
 }
 
 
@@ -557,6 +569,7 @@ def read_header_pydicom(path: str | os.PathLike[str] | Any) -> dict[str, Any]:
                 elem = ds.get(tag)
                 row[keyword] = None if elem is None else _pydicom_value(elem, kind)
             private = _pydicom_private(ds)
+            row["RealWorldValueMapping"] = _pydicom_rwv(ds)
             ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
             if ts is None:
                 ts = _guess_ts(ds)
@@ -581,6 +594,20 @@ def read_header_pydicom(path: str | os.PathLike[str] | Any) -> dict[str, Any]:
 
 
 _PIXEL_PAIRS_LE = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0009), (0x7FE0, 0x0008)})
+
+
+def _pydicom_rwv(ds: Any) -> tuple[Any, ...] | None:
+    """Return the top-level Real World Value Mapping Sequence in the catalog's tuple form."""
+    from dicomxr.scaling import real_world_mappings
+
+    try:
+        elem = ds.get(_RWV_TAG)
+        if elem is None or elem.VR != "SQ":
+            return None
+        return real_world_mappings(elem.value)
+    except Exception as exc:  # a damaged mapping must not skip the file: no mapping
+        logger.debug("unreadable Real World Value Mapping Sequence: %s", exc)
+        return None
 
 
 def _encoding(ds: Any) -> tuple[bool | None, bool | None]:
@@ -808,7 +835,7 @@ _CHARSET_VRS = frozenset({"SH", "LO", "UC", "PN", "LT", "ST", "UT"})
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 _DEFAULT_CHARSETS = frozenset({"", "ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6"})
 
-_FAST_WANTED = frozenset(_TAGS) | {0x00080005}
+_FAST_WANTED = frozenset(_TAGS) | {0x00080005, _RWV_TAG}
 _FAST_PRESENCE = frozenset({_PERFRAME_TAG, 0x00041220})
 _FAST_GROUPS: dict[int, frozenset[int]] = {
     group: frozenset(off for g, _, off in _PRIVATE if g == group) for group in _PRIVATE_GROUPS
@@ -960,7 +987,9 @@ _FAST_SPEC: dict[int, tuple[str, str, bytes, Callable[[bytes], Any] | None, bool
     )
     for tag, (kw, kind) in _TAGS.items()
 }
-_EMPTY_ROW: dict[str, Any] = dict.fromkeys(kw for kw, _ in _TAGS.values())
+_EMPTY_ROW: dict[str, Any] = dict.fromkeys(
+    [*(kw for kw, _ in _TAGS.values()), "RealWorldValueMapping"]
+)
 
 
 def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | None:
@@ -1037,6 +1066,14 @@ def read_header_fast(
         memo.clear()  # a scan of a huge, varied tree: start afresh rather than grow
     for tag, item in elements.items():
         spec = _FAST_SPEC.get(tag)
+        if tag == _RWV_TAG:
+            # the same mapping repeats across a series: parsed once per scan
+            key = ("rwv", implicit, item)
+            hit = memo.get(key)
+            if hit is None:
+                hit = memo[key] = (_fast_rwv(item, implicit),)
+            row["RealWorldValueMapping"] = hit[0]
+            continue
         if spec is None:
             has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
             continue
@@ -1082,6 +1119,17 @@ def read_header_fast(
     row["pixel_data_truncated"] = bool(has_pixels and truncated)
     row["is_enhanced"] = _PERFRAME_TAG in raw.present
     return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
+
+
+def _fast_rwv(item: tuple[bytes | None, bytes], implicit: bool) -> tuple[Any, ...] | None:
+    from dicomxr.scaling import decode_raw_sequence
+
+    vr, value = item
+    try:
+        return decode_raw_sequence(bytes(value), vr, implicit)
+    except Exception as exc:  # a damaged mapping must not stop the scan: no mapping
+        logger.debug("unreadable Real World Value Mapping Sequence: %s", exc)
+        return None
 
 
 def _fast_private(
@@ -1585,8 +1633,12 @@ def _row_from_json(row: dict[str, Any]) -> dict[str, Any]:
     for col in _TUPLE_COLUMNS:
         value = row.get(col)
         if isinstance(value, list):
-            row[col] = tuple(value)
+            row[col] = _as_tuples(value)
     return row
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 class _Cache:

@@ -115,6 +115,7 @@ class ConvertOptions:
     window: tuple[float, float] | bool | None = None
     dtype: str | None = None
     compress: bool = True
+    scaling: str = "display"
 
     def fingerprint(self) -> dict[str, Any]:
         """Return the options as JSON data."""
@@ -700,10 +701,10 @@ def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: s
     return _row(task, piece, f"{ZARR_STORE}/{name}", options, None)
 
 
-def _open_plan(plan: SeriesPlan) -> xr.DataArray:
+def _open_plan(plan: SeriesPlan, scaling: str = "display") -> xr.DataArray:
     from dicomxr.api import open_series
 
-    return open_series(plan)
+    return open_series(plan, scaling=scaling)
 
 
 def convert_series(
@@ -733,7 +734,7 @@ def convert_series(
     dest = Path(dest)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        da = _apply_options(_open_plan(task.plan), options)
+        da = _apply_options(_open_plan(task.plan, options.scaling), options)
         if options.deidentify:
             from dicomxr.export.deid import Deidentifier
 
@@ -818,7 +819,18 @@ def _options(**kwargs: Any) -> ConvertOptions:
         window=window,
         dtype=None if kwargs["dtype"] is None else str(np.dtype(kwargs["dtype"])),
         compress=bool(kwargs["compress"]),
+        scaling=_scaling_option(kwargs.get("scaling", "display")),
     )
+
+
+def _scaling_option(scaling: Any) -> str:
+    from dicomxr.errors import ScalingError
+    from dicomxr.scaling import check_scaling
+
+    try:
+        return check_scaling(scaling)
+    except ScalingError as exc:
+        raise ConvertError(str(exc)) from None
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
@@ -922,6 +934,7 @@ def convert(
     window: tuple[float, float] | bool | None = None,
     dtype: str | np.dtype | type | None = None,
     compress: bool = True,
+    scaling: str = "display",
     resume: bool = True,
     progress: bool | None = None,
     on_irregular: str = "split",
@@ -970,6 +983,14 @@ def convert(
         Cast the image to this dtype.
     compress
         gzip NIfTI files (``.nii.gz``), compress Zarr chunks.
+    scaling
+        What the stored integers become, as for :func:`dicomxr.open_series`:
+        ``"display"`` (default, dcm2niix ``-p n``), ``"precise"`` (Philips floating-point
+        values, dcm2niix's default ``-p y``; display values for other series) or
+        ``"real_world"`` (a series without a Real World Value Mapping fails, with the
+        reason in the report). NIfTI files hold the values as float32; the sidecar records
+        the factors (``PhilipsScaleSlope``, ``UsePhilipsFloatNotDisplayScaling``... as
+        dcm2niix writes them).
     resume
         Skip the series a previous run into ``dest`` finished with the same inputs and
         options; ``False`` converts everything again.
@@ -1006,7 +1027,7 @@ def convert(
     options = _options(
         format=format, template=template, split=split, deidentify=deidentify,
         date_shift=date_shift, orientation=orientation, spacing=spacing, window=window,
-        dtype=dtype, compress=compress,
+        dtype=dtype, compress=compress, scaling=scaling,
     )  # fmt: skip
     dest = Path(dest)
     state = _prepare_dest(dest)

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dicomxr import mosaic as vendor_mosaic
+from dicomxr.scaling import is_philips, real_world_mappings
 
 __all__ = ["FRAME_COLUMNS", "component_from_image_type", "expand", "read_label_type"]
 
@@ -83,6 +85,8 @@ _component_cache: dict[Any, str | None] = {}
 # Philips private per-frame item and its private creators
 _PHILIPS_PERFRAME = 0x2005140F
 _PHILIPS_LABEL_TYPE = 0x20051429
+_PHILIPS_SCALE_SLOPE = 0x2005100E
+_PHILIPS_DD001 = "PHILIPS MR IMAGING DD 001"
 
 
 def component_from_image_type(image_type: Any) -> str | None:
@@ -435,6 +439,29 @@ def _frame_type_item(group: Any) -> Any:
     return None
 
 
+def _sequence(group: Any, keyword: str) -> Any:
+    seq = getattr(group, keyword, None) if group is not None else None
+    return seq if seq is not None and len(seq) else None
+
+
+def _philips_scale_slope(item: Any) -> float | None:
+    """Philips' MR Scale Slope (2005,100E) of a private per-frame item, if it has one.
+
+    Read by its tag, as dcm2niix does; when the item declares its private creators, the
+    block must be "Philips MR Imaging DD 001".
+    """
+    elem = item.get(_PHILIPS_SCALE_SLOPE)
+    if elem is None:
+        return None
+    creator = item.get(0x20050010)
+    if creator is not None and str(_text(creator.value) or "").upper() != _PHILIPS_DD001:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):  # implicit VR: private values come as raw bytes
+        value = struct.unpack("<f", value[:4])[0] if len(value) >= 4 else None
+    return _float(value)
+
+
 def _philips_item(group: Any) -> Any:
     if group is None:
         return None
@@ -503,6 +530,11 @@ def _enhanced_frames(
             setv("RescaleSlope", k, _float(item.get("RescaleSlope")))
             setv("RescaleIntercept", k, _float(item.get("RescaleIntercept")))
             setv("RescaleType", k, _text(item.get("RescaleType")))
+        rwv = _sequence(frame, "RealWorldValueMappingSequence")
+        if rwv is None:
+            rwv = _sequence(shared, "RealWorldValueMappingSequence")
+        if rwv is not None:
+            setv("RealWorldValueMapping", k, real_world_mappings(rwv))
         item = grp("FrameVOILUTSequence")
         if item is not None:
             setv("WindowCenter", k, _floats(item.get("WindowCenter")))
@@ -548,6 +580,9 @@ def _enhanced_frames(
             tpi = _int(philips.get("TemporalPositionIdentifier"))
             if tpi is not None:
                 setv("TemporalPositionIdentifier", k, tpi)
+            scale = _philips_scale_slope(philips)
+            if scale is not None and is_philips(ds.get("Manufacturer")):
+                setv("PhilipsScaleSlope", k, scale)
             label = philips.get(_PHILIPS_LABEL_TYPE)
             if label is not None:
                 setv("LabelType", k, _text(label.value))

@@ -1488,7 +1488,7 @@ def _irregular_policy(
                 (
                     grid.rows[np.isin(in_grid, np.arange(grid.n_slices)[sl])],
                     f"regular block {k} of {len(pieces)}",
-                    "warn",
+                    "split",  # recorded in each block's report; a regular block is not split again
                 )
                 for k, sl in enumerate(pieces, 1)
             ]
