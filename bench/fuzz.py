@@ -660,8 +660,8 @@ def _named(df: Any, path: str) -> bool:
 def run_case(case: Case) -> list[tuple[str, str, str]]:
     """Run a case through the public functions; one (step, outcome, detail) per step."""
     import dicomxr
-    from dicomxr.anatomy import anatomy
     from dicomxr.cli import main
+    from dicomxr.teaching.anatomy import anatomy
 
     results: list[tuple[str, str, str]] = []
     source = case.source or case.folder
@@ -752,7 +752,7 @@ def _classify(steps: list[tuple[str, str, str]]) -> str:
 
 
 _PRELOAD = [
-    "dicomxr._array", "dicomxr._cli_io", "dicomxr.anatomy", "dicomxr.api", "dicomxr.catalog",
+    "dicomxr._array", "dicomxr._cli_io", "dicomxr.teaching.anatomy", "dicomxr.api", "dicomxr.catalog",
     "dicomxr.cli", "dicomxr.frames", "dicomxr.pixels", "dicomxr.series", "pydicom", "pandas",
 ]  # fmt: skip
 

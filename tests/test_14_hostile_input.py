@@ -244,8 +244,8 @@ def test_extra_whole_rows_are_ignored_with_a_warning(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["fifo", "self_link", "link_to_dev_zero", "dangling"])
 def test_anatomy_refuses_what_is_not_a_regular_file(kind: str, tmp_path: Path) -> None:
     """A pipe, a link loop, a device or a dangling link: a named error, nothing opened."""
-    from dicomxr.anatomy import anatomy
     from dicomxr.errors import InputFileError
+    from dicomxr.teaching.anatomy import anatomy
 
     path = tmp_path / "hostile.dcm"
     if kind == "dangling":
@@ -257,7 +257,7 @@ def test_anatomy_refuses_what_is_not_a_regular_file(kind: str, tmp_path: Path) -
 
 
 def test_anatomy_bounds_a_deflate_bomb(tmp_path: Path) -> None:
-    from dicomxr.anatomy import anatomy
+    from dicomxr.teaching.anatomy import anatomy
 
     path = tmp_path / "bomb.dcm"
     deflate_bomb(b"", path)
@@ -380,7 +380,7 @@ def test_half_present_palette_is_a_pixel_data_error(tmp_path: Path) -> None:
 
 
 def test_anatomy_of_deep_nesting_is_a_break(tmp_path: Path) -> None:
-    from dicomxr.anatomy import anatomy
+    from dicomxr.teaching.anatomy import anatomy
 
     path = tmp_path / "deep.dcm"
     deep_nesting(_spare_slice(tmp_path), path)

@@ -86,8 +86,57 @@ def _reference(da, scaling: str) -> np.ndarray:
     return out
 
 
+def _references(da) -> dict[str, np.ndarray | None]:
+    """All three scalings of ``da``'s frames from pydicom, one read per file.
+
+    ``None`` for a scaling that some frame cannot give (no Scale Slope: precise values are the
+    display ones, as dcm2niix does; no Real World Value Mapping: no real-world values).
+    """
+    paths = da.coords["path"].broadcast_like(da.isel(row=0, col=0)).values
+    frames = da.coords["frame"].broadcast_like(da.isel(row=0, col=0)).values
+    out = {name: np.empty(da.shape, dtype=np.float64) for name in SCALINGS}
+    missing: set[str] = set()
+    cache: dict[str, tuple] = {}
+    for idx in np.ndindex(paths.shape):
+        path = str(paths[idx])
+        if path not in cache:
+            cache.clear()
+            ds = pydicom.dcmread(path)
+            cache[path] = (ds, ds.pixel_array)
+        ds, pixels = cache[path]
+        frame = int(frames[idx])
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        stored = (pixels[frame] if n > 1 else pixels).astype(np.float64)
+        pvt, rwv, private = _frame_headers(ds, frame)
+        rs = float(pvt.get("RescaleSlope", 1.0) or 1.0) if pvt is not None else 1.0
+        ri = float(pvt.get("RescaleIntercept", 0.0) or 0.0) if pvt is not None else 0.0
+        out["display"][idx] = stored * rs + ri
+        ss = private.get(0x2005100E) if private is not None else None
+        philips = "PHILIPS" in str(ds.get("Manufacturer", "")).upper()
+        if philips and ss is not None and float(ss.value) != 0:
+            out["precise"][idx] = (stored * rs + ri) / (rs * float(ss.value))
+        else:
+            out["precise"][idx] = out["display"][idx]
+        if rwv:
+            item = rwv[0]
+            value = stored * float(item.RealWorldValueSlope) + float(item.RealWorldValueIntercept)
+            inside = (stored >= item.RealWorldValueFirstValueMapped) & (
+                stored <= item.RealWorldValueLastValueMapped
+            )
+            out["real_world"][idx] = np.where(inside, value, np.nan)
+        else:
+            missing.add("real_world")
+    return {name: (None if name in missing else values) for name, values in out.items()}
+
+
 def _assert_float32_equal(ours: np.ndarray, ref: np.ndarray) -> None:
-    """Equal within float32 rounding of each value (computed in float64, rounded once)."""
+    """Equal within float32 rounding of each value (computed in float64, rounded once).
+
+    An exact integer rescale (CT) keeps an integer dtype: then equal exactly.
+    """
+    if ours.dtype.kind in "iu":
+        np.testing.assert_array_equal(ours, ref)
+        return
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
     finite = ~np.isnan(ref)
@@ -116,6 +165,48 @@ def test_values_equal_pydicom_per_frame(data_root, unit, series, scaling):
     da = _open(source, series=series, scaling=scaling)
     assert da.attrs["scaling"] == scaling
     _assert_float32_equal(da.values, _reference(da, scaling))
+
+
+PHILIPS_SOURCES = (
+    "dcm_qa_philips_enh/In/cl",
+    "dcm_qa_philips_enh/In/enh",
+    "dcm_qa_ct/In/Philips",
+    "suyashkumar_dicom/testdata/3.dcm",
+)
+
+
+def test_every_shared_philips_series_equals_pydicom(data_root, artifacts_dir):
+    """Each scaling of every Philips series in the shared data equals pydicom's per frame.
+
+    Real-world values where every frame carries the mapping; elsewhere the ScalingError
+    is checked instead. Prints and records "N of M" per scaling.
+    """
+    tally: dict[str, list[int]] = {name: [0, 0] for name in SCALINGS}
+    errors = []
+    for unit in PHILIPS_SOURCES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plans = list_series(data_root / unit)
+        for plan in plans:
+            display = _open(plan)
+            refs = _references(display)
+            for name in SCALINGS:
+                if name == "real_world" and refs[name] is None:
+                    with pytest.raises(dicomxr.ScalingError):
+                        _open(plan, scaling=name)
+                    continue
+                tally[name][1] += 1
+                try:
+                    _assert_float32_equal(_open(plan, scaling=name).values, refs[name])
+                except AssertionError as exc:
+                    errors.append(f"{unit} {plan.key} {name}: {str(exc)[:300]}")
+                else:
+                    tally[name][0] += 1
+    lines = [f"{name}: {n} of {m} Philips series equal pydicom" for name, (n, m) in tally.items()]
+    print("\n" + "\n".join(lines))
+    (artifacts_dir / "scaling_vs_pydicom.json").write_text(json.dumps(tally))
+    assert not errors, errors
+    assert tally["real_world"][1] >= 4 and tally["precise"][1] >= 8
 
 
 def test_factors_vary_per_frame_and_are_recorded(data_root):

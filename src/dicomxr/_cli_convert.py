@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dicomxr.cli import add_plan_options, add_source_options, print_error
+from dicomxr._cli_common import add_plan_options, add_source_options, print_error
 
 __all__ = ["register"]
 

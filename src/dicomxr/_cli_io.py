@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from dicomxr.cli import add_plan_options, add_source_options, cli_hints, print_error
+from dicomxr._cli_common import add_plan_options, add_source_options, cli_hints, print_error
 
 __all__ = ["register"]
 

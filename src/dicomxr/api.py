@@ -692,9 +692,10 @@ def _record_scaling(
     """Record the scaling applied in ``attrs`` (in place); return coordinates of what varies.
 
     ``attrs["scaling"]`` names it; for precise and real-world values the factors from stored
-    to output values (``scale_slope``, ``scale_intercept``) and the values they came from
-    (``PhilipsScaleSlope``, ``real_world_units``) are attrs when every frame shares them and
-    coordinates on the frame dims they vary along otherwise.
+    to output values (``scale_slope``, ``scale_intercept``), and for every scaling the values
+    dcm2niix's sidecar reports (``PhilipsScaleSlope``, ``RealWorldValueSlope`` /
+    ``RealWorldValueIntercept``, ``real_world_units``), are attrs when every frame shares them
+    and coordinates on the frame dims they vary along otherwise.
     """
     if scaling is None:
         return {}

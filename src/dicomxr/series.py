@@ -1302,18 +1302,6 @@ def _discover_dims(
     rows, slice_id, n_slices = placed.rows, slices.slice_id, slices.n_slices
     cand = _kind_candidates(cols, rows)
     useful = _useful_kinds(cand, slice_id, n_slices)
-    if (
-        _has_duplicates(cand, useful, slice_id)
-        and "label" not in useful
-        and _is_philips(cols, rows)
-        and _label_type_unread(cand["label"])
-    ):
-        from dicomxr.frames import read_label_type
-
-        labels = np.empty(len(rows), dtype=object)
-        labels[:] = read_label_type([str(p) for p in cols.obj("path")[rows]])
-        cand["label"] = labels
-        useful = _useful_kinds(cand, slice_id, n_slices)
     sources = _kind_sources(cols, rows)
     dims = [_make_dim(k, cand[k], placed.order_key, sources[k]) for k in _KIND_ORDER if k in useful]
     copies = None
@@ -1583,20 +1571,6 @@ def _build_grid(
     return grid_flat.reshape(shape), grid_order
 
 
-def _is_philips(cols: _Columns, rows: np.ndarray) -> bool:
-    man = cols.obj("Manufacturer")[rows[0]]
-    return isinstance(man, str) and "philips" in man.lower()
-
-
-def _label_type_unread(labels: np.ndarray) -> bool:
-    """Tell whether the ASL label type is unknown because nobody read it (classic Philips files)."""
-    if any(v is not None for v in labels):
-        return False
-    from dicomxr import catalog
-
-    return "LabelType" not in getattr(catalog, "COLUMNS", ())
-
-
 def _useful_kinds(cand: dict[str, np.ndarray], slice_id: np.ndarray, n_slices: int) -> list[str]:
     """Kinds whose values differ between frames at one position."""
     useful = []
@@ -1609,12 +1583,6 @@ def _useful_kinds(cand: dict[str, np.ndarray], slice_id: np.ndarray, n_slices: i
             useful.append(kind)
     # the same partition under two names (echo number and echo time): keep the first
     return useful
-
-
-def _has_duplicates(cand: dict[str, np.ndarray], useful: list[str], slice_id: np.ndarray) -> bool:
-    codes = [_codes(cand[k]) for k in useful]
-    cell = _combine(*codes, slice_id) if codes else slice_id
-    return len(np.unique(cell)) < len(slice_id)
 
 
 def _cells_with_duplicates(cell: np.ndarray) -> np.ndarray:
