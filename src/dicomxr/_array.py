@@ -759,9 +759,9 @@ class FullRead:
       one array (the per-frame graph ran, or the views were pickled between worker
       processes) it is dask's concatenation.
 
-    Every dask operation (``isel``, arithmetic, ``rechunk``, ``copy``) makes a new array
-    without the hooks, and a pickled array comes back without them, so laziness after a
-    selection is dask's own. ``dask.compute(image)`` on the *xarray* object goes through
+    Every dask operation (``isel``, arithmetic, ``rechunk``) makes a new array without the
+    hooks, and a pickled array comes back without them, so laziness after a selection is
+    dask's own; a deep copy (xarray's ``DataArray.copy()``) keeps them. ``dask.compute(image)`` on the *xarray* object goes through
     xarray's Dataset-level optimizer (dask's default) and computes per frame; the
     finalizer still applies, so the result is right, at ~2x the bytes.
     """
@@ -773,6 +773,8 @@ class FullRead:
         self.name = array.name
         self.shape = tuple(array.shape)
         self.chunks = array.chunks
+        self.graph = array.dask
+        self.meta = array._meta
         self.keys = list(flatten(array.__dask_keys__()))
         self.key_set = frozenset(self.keys)
         # identity of the layers: a graph built from anything else is not rewritten
@@ -786,7 +788,17 @@ class FullRead:
         hooks = cls(array, backend)
         array.__dask_optimize__ = hooks.optimize
         array.__dask_postcompute__ = hooks.postcompute
+        # ``copy.deepcopy`` (xarray's ``DataArray.copy()``) looks this up on the instance
+        array.__deepcopy__ = hooks.deepcopy
         return array
+
+    def deepcopy(self, memo: dict) -> Any:
+        """Return the same array again, with the hooks (dask's deep copy would drop them)."""
+        import dask.array
+
+        return FullRead.attach(
+            dask.array.Array(self.graph, self.name, self.chunks, meta=self.meta), self.backend
+        )
 
     def __dask_tokenize__(self) -> tuple[str, str]:
         return ("dicomxr.FullRead", self.name)

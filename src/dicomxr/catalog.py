@@ -1414,6 +1414,10 @@ def _expand_one(
             return files
         explicit_out.add(path)
         return [path]
+    if os.path.exists(item):  # a pipe, socket or device: the reader skips it, naming it
+        path = os.path.abspath(item)
+        explicit_out.add(path)
+        return [path]
     if any(c in item for c in _GLOB_CHARS):
         matches = _glob_paths(item)
         if not matches and top:
