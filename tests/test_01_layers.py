@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("catalog", ("dicomxr.catalog",)),
     ("frames", ("dicomxr.frames", "dicomxr.mosaic")),
     ("geometry", ("dicomxr.geometry", "dicomxr.spatial", "dicomxr.intensity")),
-    ("series plan", ("dicomxr.series",)),
+    ("series plan", ("dicomxr.series", "dicomxr.runs")),
     ("lazy array", ("dicomxr._array",)),
     ("xarray", ("dicomxr.api", "dicomxr.backend")),
     ("transforms", ("dicomxr.orientation", "dicomxr.resample")),

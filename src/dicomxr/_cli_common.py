@@ -50,7 +50,7 @@ def add_source_options(parser: argparse.ArgumentParser, *, progress: bool = True
 def add_plan_options(
     parser: argparse.ArgumentParser, *, on_irregular: str = "warn", include: bool = True
 ) -> None:
-    """Add ``--on-irregular``, ``--on-duplicate`` (and ``--include``): the planning policies."""
+    """Add ``--on-irregular``, ``--on-duplicate``, ``--merge-runs`` (and ``--include``)."""
     from dicomxr.geometry import POLICIES
 
     parser.add_argument(
@@ -77,6 +77,13 @@ def add_plan_options(
             default=[],
             help="also plan frames normally set apart (repeatable)",
         )
+    parser.add_argument(
+        "--merge-runs",
+        action="store_true",
+        help="merge runs of one-volume series (consecutive SeriesNumbers, same geometry and "
+        "protocol, as Siemens XA classic fMRI exports write) into one series with a time dim; "
+        "as dicomxr.open_series(merge_runs=True)",
+    )
 
 
 def error_line(exc: BaseException) -> str:

@@ -134,6 +134,7 @@ def _convert(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
             on_irregular=args.on_irregular,
             on_duplicate=args.on_duplicate,
+            merge_runs=args.merge_runs,
             recursive=not args.no_recursive,
             storage_options=args.storage_options,
         )

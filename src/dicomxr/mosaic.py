@@ -25,6 +25,10 @@ This is the layout dcm2niix (``nii_demosaic``, ``set_nii_header_x``) and the ven
 (dcm2niix ``UIH/README.md``) describe. An image that claims to be a mosaic but cannot be
 unpacked (no tile count, a grid that does not divide the image) is never kept as one plain
 image: :func:`dicomxr.frames.expand` sets it apart with the reason :func:`layout` gives.
+dcm2niix goes one step further for a MOSAIC without any count (Siemens XA10 mosaics, issue
+337 there): it guesses an upper bound from AcquisitionMatrix (0018,1310) and keeps the blank
+tiles as slices, with a warning; dicomxr does not guess a slice count, it sets such an image
+apart.
 """
 
 from __future__ import annotations
