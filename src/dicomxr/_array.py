@@ -759,9 +759,9 @@ class FullRead:
       one array (the per-frame graph ran, or the views were pickled between worker
       processes) it is dask's concatenation.
 
-    Every dask operation (``isel``, arithmetic, ``rechunk``, ``copy``) makes a new array
-    without the hooks, and a pickled array comes back without them, so laziness after a
-    selection is dask's own. ``dask.compute(image)`` on the *xarray* object goes through
+    Every dask operation (``isel``, arithmetic, ``rechunk``) makes a new array without the
+    hooks, and a pickled array comes back without them, so laziness after a selection is
+    dask's own; a deep copy (xarray's ``DataArray.copy()``) keeps them. ``dask.compute(image)`` on the *xarray* object goes through
     xarray's Dataset-level optimizer (dask's default) and computes per frame; the
     finalizer still applies, so the result is right, at ~2x the bytes.
     """
@@ -773,6 +773,8 @@ class FullRead:
         self.name = array.name
         self.shape = tuple(array.shape)
         self.chunks = array.chunks
+        self.graph = array.dask
+        self.meta = array._meta
         self.keys = list(flatten(array.__dask_keys__()))
         self.key_set = frozenset(self.keys)
         # identity of the layers: a graph built from anything else is not rewritten
@@ -786,7 +788,17 @@ class FullRead:
         hooks = cls(array, backend)
         array.__dask_optimize__ = hooks.optimize
         array.__dask_postcompute__ = hooks.postcompute
+        # ``copy.deepcopy`` (xarray's ``DataArray.copy()``) looks this up on the instance
+        array.__deepcopy__ = hooks.deepcopy
         return array
+
+    def deepcopy(self, memo: dict) -> Any:
+        """Return the same array again, with the hooks (dask's deep copy would drop them)."""
+        import dask.array
+
+        return FullRead.attach(
+            dask.array.Array(self.graph, self.name, self.chunks, meta=self.meta), self.backend
+        )
 
     def __dask_tokenize__(self) -> tuple[str, str]:
         return ("dicomxr.FullRead", self.name)
@@ -836,6 +848,20 @@ class FullRead:
             return None
         read_key = f"dicomxr-read-{tokenize(self.name)}"
         graph: dict[Any, Any] = {read_key: Task(read_key, read_whole, self.backend)}
+        finals = [
+            key
+            for key, task in extra.items()
+            if getattr(task, "func", None) is join_blocks and set(task.dependencies) == self.key_set
+        ]
+        if (
+            finals
+            and len(finals) == len(extra)
+            and not any(k in self.key_set for k in flatten(keys))
+        ):
+            # a compute of this array alone: its finalize task is the read itself (two tasks)
+            for key in finals:
+                graph[key] = Task(key, _whole, TaskRef(read_key), self.shape)
+            return graph
         for key, index in zip(self.keys, slices_from_chunks(self.chunks), strict=True):
             graph[key] = Task(key, _block_view, TaskRef(read_key), index)
         graph.update(extra)
@@ -849,6 +875,12 @@ def read_whole(backend: DicomBackendArray) -> np.ndarray:
 
 def _block_view(whole: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
     return whole[index]
+
+
+def _whole(whole: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if whole.shape != tuple(shape):  # pragma: no cover - read_all returns the whole shape
+        raise ValueError(f"full read of shape {whole.shape}, expected {tuple(shape)}")
+    return whole
 
 
 def join_blocks(results: Any, shape: tuple[int, ...], chunks: tuple) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dicomxr.cli import add_plan_options, add_source_options, print_error
+from dicomxr._cli_common import add_plan_options, add_source_options, print_error
 
 __all__ = ["register"]
 
@@ -134,6 +134,7 @@ def _convert(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
             on_irregular=args.on_irregular,
             on_duplicate=args.on_duplicate,
+            merge_runs=args.merge_runs,
             recursive=not args.no_recursive,
             storage_options=args.storage_options,
         )

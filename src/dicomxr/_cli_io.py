@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from dicomxr.cli import add_plan_options, add_source_options, cli_hints, print_error
+from dicomxr._cli_common import add_plan_options, add_source_options, cli_hints, print_error
 
 __all__ = ["register"]
 
@@ -143,6 +143,15 @@ def _scan(args: argparse.Namespace) -> int:
                 print(f"  skipped {path}: {reason}")
         else:
             print("  (list them with --skipped)")
+    if not args.merge_runs:
+        from dicomxr.runs import find_runs
+
+        for run in find_runs(plans):
+            numbers = [p.attrs.get("SeriesNumber") for p in run]
+            print(
+                f"series {numbers[0]}-{numbers[-1]} look like the {len(run)} volumes of one run "
+                "(merge them with --merge-runs)"
+            )
     set_apart = plans.set_apart
     if len(set_apart):
         counts = set_apart.groupby("reason").size()
@@ -172,6 +181,7 @@ def _policies(args: argparse.Namespace) -> dict[str, Any]:
         "on_irregular": args.on_irregular,
         "on_duplicate": args.on_duplicate,
         "include": args.include,
+        "merge_runs": args.merge_runs,
     }
 
 

@@ -121,6 +121,7 @@ def list_series(
     on_duplicate: str = "warn",
     include: Sequence[str] = (),
     recursive: bool = True,
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> SeriesPlans:
     """Scan ``source`` and return the plan of every image series in it (no pixel is read).
@@ -146,6 +147,10 @@ def list_series(
         passed to :func:`dicomxr.plan_series`.
     recursive
         Descend into sub-folders.
+    merge_runs
+        Merge runs of single-volume series (consecutive SeriesNumbers, identical geometry
+        and protocol, as Siemens XA classic exports write fMRI) into one series with a
+        ``time`` dim, after planning (:func:`dicomxr.runs.merge_runs`).
     storage_options
         fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
 
@@ -164,9 +169,14 @@ def list_series(
     if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
         return SeriesPlans(source)  # type: ignore[arg-type]
     catalog = _catalog(source, recursive=recursive, storage_options=storage_options)
-    return plan_series(
+    plans = plan_series(
         catalog, on_irregular=on_irregular, on_duplicate=on_duplicate, include=tuple(include)
     )
+    if merge_runs:
+        from dicomxr.runs import merge_runs as merge
+
+        plans = merge(plans, on_irregular=on_irregular, on_duplicate=on_duplicate)
+    return plans
 
 
 def _is_plan(obj: Any) -> bool:
@@ -249,6 +259,25 @@ def _format_table(plans: Sequence[SeriesPlan]) -> str:
     return "\n".join("    " + line.rstrip() for line in lines)
 
 
+def _runs_hint(plans: SeriesPlans) -> str:
+    """Name the runs of single-volume series among ``plans`` and how to merge them."""
+    from dicomxr.runs import find_runs
+
+    runs = find_runs(plans)
+    if not runs:
+        return ""
+    names = "; ".join(
+        f"SeriesNumber {_attr(run[0], 'SeriesNumber')}-{_attr(run[-1], 'SeriesNumber')} "
+        f"({len(run)} volumes)"
+        for run in runs
+    )
+    return (
+        f"\nThese look like the volumes of one run each (consecutive SeriesNumbers, same "
+        f"geometry and protocol): {names}; merge_runs=True (CLI: --merge-runs) opens each "
+        "run as one series with a 'time' dim."
+    )
+
+
 def select_plan(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
     """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description.
 
@@ -269,6 +298,7 @@ def select_plan(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
             f"{_describe_source(source)} holds {len(plans)} series:\n{_format_table(plans)}\n"
             f"Open one with series=<SeriesNumber | key | SeriesInstanceUID | description>, "
             f"for example series={example!r}, or open them all with dicomxr.open_study()."
+            + _runs_hint(plans)
         )
     if _is_plan(series):
         return series
@@ -490,6 +520,7 @@ def open_series(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     scaling: str = "display",
 ) -> xr.DataArray:
@@ -552,6 +583,11 @@ def open_series(
         (``da.dicom.reorient(...)``, ``(da * 2).isel(slice=5)``) computes the whole chunk.
         A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
         no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).
+    merge_runs
+        Merge runs of single-volume series (consecutive SeriesNumbers, identical geometry
+        and protocol, as Siemens XA classic exports write fMRI) into one series with a
+        ``time`` dim before choosing (see :mod:`dicomxr.runs`); off by default, because
+        the files declare separate series.
     storage_options
         fsspec options for a URL or zip source (credentials, endpoint, ``{"anon": True}``).
         The lazy array carries them with the URLs, so frames are read by byte range at
@@ -601,6 +637,7 @@ def open_series(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        merge_runs=merge_runs,
         storage_options=storage_options,
     )
     plan = select_plan(plans, series, source)
@@ -785,6 +822,7 @@ def open_study(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     scaling: str = "display",
 ) -> xr.DataTree:
@@ -809,6 +847,8 @@ def open_study(
     on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options, scaling
         As for :func:`open_series` (per series). With ``scaling="real_world"`` every series
         needs a Real World Value Mapping.
+    merge_runs
+        As for :func:`open_series`.
     include_patient
         Name patient nodes by PatientID and keep patient-identifying attributes (in the
         patient nodes and the series attrs); by default neither appears anywhere in the tree.
@@ -829,6 +869,7 @@ def open_study(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        merge_runs=merge_runs,
         storage_options=storage_options,
     )
     if not plans:

@@ -83,6 +83,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        merge_runs: bool = False,
         storage_options: dict[str, Any] | None = None,
         scaling: str = "display",
     ) -> xr.Dataset:
@@ -95,6 +96,8 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         drop_variables
             Coordinates to leave out.
         series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
+            As for :func:`dicomxr.open_series`.
+        merge_runs
             As for :func:`dicomxr.open_series`.
         storage_options
             fsspec options for a URL or zip source, as for :func:`dicomxr.open_series`.
@@ -116,6 +119,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             recursive=recursive,
             storage_options=storage_options,
             chunks=None,
+            merge_runs=merge_runs,
             scaling=scaling,
         )
         return _drop(image.to_dataset(promote_attrs=True), drop_variables)
@@ -132,6 +136,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        merge_runs: bool = False,
         storage_options: dict[str, Any] | None = None,
         scaling: str = "display",
     ) -> xr.DataTree:
@@ -144,6 +149,8 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         drop_variables
             Coordinates to leave out of every series.
         on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive, scaling
+            As for :func:`dicomxr.open_study`.
+        merge_runs
             As for :func:`dicomxr.open_study`.
         storage_options
             fsspec options for a URL or zip source.
@@ -161,6 +168,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             recursive=recursive,
             storage_options=storage_options,
             chunks=None,
+            merge_runs=merge_runs,
             scaling=scaling,
         )
         if drop_variables:
@@ -179,6 +187,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        merge_runs: bool = False,
         storage_options: dict[str, Any] | None = None,
         scaling: str = "display",
     ) -> dict[str, xr.Dataset]:
@@ -193,6 +202,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            merge_runs=merge_runs,
             storage_options=storage_options,
             scaling=scaling,
         )

@@ -109,10 +109,14 @@ _SCHEMA: dict[str, str] = {
     "DiffusionBValue": "float64",
     "DiffusionGradientOrientation": "object",
     "LabelType": "str",
+    "GridFrameOffsetVector": "object",
     "is_mosaic": "bool",
     "NumberOfImagesInMosaic": "Int64",
     "mosaic_kind": "str",
+    "SliceNormalVector": "object",
+    "tile_positions": "object",
     "is_enhanced": "bool",
+    "per_frame": "object",
     "has_pixels": "bool",
     "pixel_data_truncated": "bool",
 }
@@ -180,6 +184,7 @@ _TAGS: dict[int, tuple[str, str]] = {
     0x00281054: ("RescaleType", "str"),
     0x00281055: ("WindowCenterWidthExplanation", "str"),
     0x00281056: ("VOILUTFunction", "str"),
+    0x3004000C: ("GridFrameOffsetVector", "floats"),
 }
 
 # Vendor private tags: (group, private creator, element offset within the block) -> name.
@@ -190,6 +195,7 @@ _PRIVATE: dict[tuple[int, str, int], str] = {
     (0x0019, "SIEMENS MR HEADER", 0x0E): "siemens_bvec",  # DiffusionGradientDirection, FD x3
     (0x0019, "SIEMENS MR HEADER", 0x29): "siemens_slice_times",  # MosaicRefAcqTimes, FD xN
     (0x0065, "IMAGE PRIVATE HEADER", 0x50): "uih_grid_n",  # UIH MR Number Of Slice In Volume, DS
+    (0x0065, "IMAGE PRIVATE HEADER", 0x51): "uih_vframe",  # UIH MR VFrame Sequence, SQ
     (0x0029, "SIEMENS CSA HEADER", 0x10): "siemens_csa_image",  # CSA Image Header Info, OB
     (0x0043, "GEMS_PARM_01", 0x39): "ge_bval",  # Slop_int_6...9, IS (b-value is the first)
     (0x0019, "GEMS_ACQU_01", 0xBB): "ge_bvec_x",  # UserData20, DS
@@ -348,20 +354,25 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
     if row.get("LabelType") is None:
         # Philips ASL: which frames are CONTROL and which LABEL (the classic export's only trace)
         row["LabelType"] = _to_str(private.get("philips_label_type")) if private else None
-    kind, n_mosaic = _mosaic_claim(row, private)
+    kind, n_mosaic, normal = _mosaic_claim(row, private)
     row["is_mosaic"] = kind is not None
     row["NumberOfImagesInMosaic"] = n_mosaic
     row["mosaic_kind"] = kind
+    row["SliceNormalVector"] = normal
+    row["tile_positions"] = private.get("uih_vframe") if kind == "UIH" and private else None
     if row.get("NumberOfFrames") is None and row.get("has_pixels"):
         row["NumberOfFrames"] = 1
     return row
 
 
-def _mosaic_claim(row: dict[str, Any], private: dict[str, Any]) -> tuple[str | None, int | None]:
-    """Which vendor mosaic an image says it is (``"SIEMENS"``, ``"UIH"`` or None) and its tiles.
+def _mosaic_claim(
+    row: dict[str, Any], private: dict[str, Any]
+) -> tuple[str | None, int | None, tuple[float, ...] | None]:
+    """Which vendor mosaic an image says it is (``"SIEMENS"``, ``"UIH"`` or None), its tiles.
 
     Siemens: ImageType ``MOSAIC``; the count from (0019,100A), else the CSA image header,
-    else the number of MosaicRefAcqTimes (0019,1029). United Imaging: ImageType ``VFRAME``, or
+    else the number of MosaicRefAcqTimes (0019,1029); the CSA header's SliceNormalVector (the
+    order the tiles are stored in) when it has one. United Imaging: ImageType ``VFRAME``, or
     the grid count (0065,xx50) in an image whose Manufacturer starts with "UI" (as dcm2niix
     reads it). A claim without a count keeps ``None``: :mod:`dicomxr.mosaic` reports it.
     """
@@ -369,32 +380,45 @@ def _mosaic_claim(row: dict[str, Any], private: dict[str, Any]) -> tuple[str | N
     uih_n = _to_int(private.get("uih_grid_n")) if private else None
     maker = str(row.get("Manufacturer") or "").strip().upper()
     if "VFRAME" in tokens or (uih_n is not None and maker.startswith("UI")):
-        return "UIH", uih_n
+        return "UIH", uih_n, None
     if "MOSAIC" not in tokens:
-        return None, None
+        return None, None, None
     n = _to_int(private.get("siemens_mosaic_n")) if private else None
-    if n is None and private and private.get("siemens_csa_image") is not None:
-        n = _mosaic_from_csa(private["siemens_csa_image"])
+    normal = None
+    if private and private.get("siemens_csa_image") is not None:
+        csa_n, normal = _mosaic_from_csa(private["siemens_csa_image"])
+        n = csa_n if n is None else n
     if n is None and private:
         times = private.get("siemens_slice_times")
         if isinstance(times, (list, tuple)) and len(times) > 1:
             n = len(times)
-    return "SIEMENS", n
+    return "SIEMENS", n, normal
 
 
-def _mosaic_from_csa(raw: bytes) -> int | None:
-    """NumberOfImagesInMosaic from a Siemens CSA image header (via nibabel.nicom)."""
+def _mosaic_from_csa(raw: bytes) -> tuple[int | None, tuple[float, ...] | None]:
+    """NumberOfImagesInMosaic and SliceNormalVector from a Siemens CSA image header.
+
+    Read with :mod:`nibabel.nicom` (``dicomxr[nifti]``); ``(None, None)`` without nibabel
+    or when the header is damaged.
+    """
     try:
         with warnings.catch_warnings():
             # nibabel warns that its DICOM readers are experimental on import
             warnings.simplefilter("ignore", UserWarning)
             from nibabel.nicom import csareader
 
-        csa = csareader.read(bytes(raw))
-        return _to_int(csareader.get_n_mosaic(csa))
+            csa = csareader.read(bytes(raw))
+            n_mosaic = _to_int(csareader.get_n_mosaic(csa))
     except Exception as exc:  # a broken private header must not stop the scan
         logger.debug("could not read the CSA image header: %s", exc)
-        return None
+        return None, None
+    try:
+        normal = _to_floats(list(csareader.get_slice_normal(csa)))
+    except Exception:  # no SliceNormalVector: the tiles follow the cross product
+        return n_mosaic, None
+    if normal is None or len(normal) != 3 or not np.isfinite(normal).all():
+        normal = None
+    return n_mosaic, normal
 
 
 # ----------------------------------------------------------------------------------------
@@ -426,10 +450,26 @@ def _pydicom_private(ds: Any) -> dict[str, Any]:
                 continue
             elem = ds[tag]
             value = elem.value
+            if key == "uih_vframe":
+                private[key] = _vframe_positions(value, True)
+                continue
             if elem.VR in ("UN", "OB") and key != "siemens_csa_image" and isinstance(value, bytes):
                 value = _decode_un(key, value, _encoding(ds)[1] is not False)
             private[key] = value
     return private
+
+
+def _vframe_positions(value: Any, implicit: bool) -> tuple[tuple[float, ...], ...] | None:
+    """Every tile's position from a UIH "MR VFrame Sequence" (raw bytes or pydicom items)."""
+    from dicomxr import _functional_groups as groups
+
+    try:
+        if isinstance(value, (bytes, bytearray)):  # raw, or of unknown VR (implicit VR inside)
+            return groups.positions_from_raw(bytes(value), implicit)
+        return groups.positions_from_dataset(value)
+    except Exception as exc:  # no or damaged sequence: the tiles follow the slice normal
+        logger.debug("no UIH VFrame positions: %s", exc)
+        return None
 
 
 # how the vendor private values are stored, for files whose private VRs are unknown (UN)
@@ -590,7 +630,20 @@ def read_header_pydicom(path: str | os.PathLike[str] | Any) -> dict[str, Any]:
     row["has_pixels"] = has_pixels
     row["pixel_data_truncated"] = truncated
     row["is_enhanced"] = _PERFRAME_TAG in ds
+    row["per_frame"] = _per_frame_from_dataset(ds, row) if row["is_enhanced"] else None
     return _finish_row(row, private)
+
+
+def _per_frame_from_dataset(ds: Any, row: dict[str, Any]) -> dict[str, tuple[Any, ...]] | str:
+    """Return the per-frame table of an enhanced file read by pydicom, or why there is none."""
+    from dicomxr._functional_groups import table_from_dataset
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return table_from_dataset(ds, _frame_count(row))
+    except Exception as exc:  # a damaged functional group: the frames keep file values
+        return f"functional groups unreadable: {failure_reason(exc)}"
 
 
 _PIXEL_PAIRS_LE = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0009), (0x7FE0, 0x0008)})
@@ -819,6 +872,7 @@ _TAG_VR: dict[int, str] = {
     0x00281054: "LO",
     0x00281055: "LO",
     0x00281056: "CS",
+    0x3004000C: "DS",
 }
 _BINARY_FMT = {
     "US": "H",
@@ -835,7 +889,8 @@ _CHARSET_VRS = frozenset({"SH", "LO", "UC", "PN", "LT", "ST", "UT"})
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 _DEFAULT_CHARSETS = frozenset({"", "ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6"})
 
-_FAST_WANTED = frozenset(_TAGS) | {0x00080005, _RWV_TAG}
+_PER_FRAME_TAGS = (0x52009230, 0x52009229)  # per-frame and shared functional groups
+_FAST_WANTED = frozenset(_TAGS) | {0x00080005, _RWV_TAG, *_PER_FRAME_TAGS}
 _FAST_PRESENCE = frozenset({_PERFRAME_TAG, 0x00041220})
 _FAST_GROUPS: dict[int, frozenset[int]] = {
     group: frozenset(off for g, _, off in _PRIVATE if g == group) for group in _PRIVATE_GROUPS
@@ -1049,6 +1104,7 @@ def read_header_fast(
             "pass it to scan() to read the files it lists)"
         )
     elements = raw.elements
+    groups = [elements.pop(tag, None) for tag in _PER_FRAME_TAGS]
     if memo is None:
         memo = {}
     charset_key = ("charset", elements.get(0x00080005))
@@ -1117,8 +1173,33 @@ def read_header_fast(
     else:
         truncated = raw.pixel_data_value_offset + raw.pixel_data_length > size
     row["pixel_data_truncated"] = bool(has_pixels and truncated)
-    row["is_enhanced"] = _PERFRAME_TAG in raw.present
+    # kept in the hot loop (a defined-length sequence), the tag is not in raw.present
+    row["is_enhanced"] = _PERFRAME_TAG in raw.present or groups[0] is not None
+    row["per_frame"] = _per_frame_from_raw(groups, implicit, row) if row["is_enhanced"] else None
     return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
+
+
+def _frame_count(row: dict[str, Any]) -> int:
+    """NumberOfFrames as the frame table counts it (missing or below 1: one frame)."""
+    n = row.get("NumberOfFrames")
+    return n if isinstance(n, int) and n >= 1 else 1
+
+
+def _per_frame_from_raw(
+    groups: list[tuple[bytes | None, bytes] | None], implicit: bool, row: dict[str, Any]
+) -> dict[str, tuple[Any, ...]] | str:
+    """Return the per-frame table from the groups the fast reader kept, or why there is none."""
+    from dicomxr._functional_groups import table_from_raw
+
+    per_frame, shared = groups
+    if per_frame is None:
+        return "functional groups unreadable: no Per-frame Functional Groups Sequence value"
+    try:
+        return table_from_raw(
+            per_frame, shared, implicit, _frame_count(row), row.get("Manufacturer")
+        )
+    except Exception as exc:  # a damaged functional group: the frames keep file values
+        return f"functional groups unreadable: {failure_reason(exc)}"
 
 
 def _fast_rwv(item: tuple[bytes | None, bytes], implicit: bool) -> tuple[Any, ...] | None:
@@ -1151,6 +1232,9 @@ def _fast_private(
             vr_bytes, value = item
             if key == "siemens_csa_image":
                 private[key] = value
+                continue
+            if key == "uih_vframe":
+                private[key] = _vframe_positions(value, implicit or vr_bytes in (None, b"UN"))
                 continue
             vr = _PRIVATE_VR[key] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
             private[key] = _decode_private(value, vr)
@@ -1328,6 +1412,10 @@ def _expand_one(
             if recursive and _damaged_directory(path, dangling):
                 return files + _on_disk_besides(path, files, skipped_out)
             return files
+        explicit_out.add(path)
+        return [path]
+    if os.path.exists(item):  # a pipe, socket or device: the reader skips it, naming it
+        path = os.path.abspath(item)
         explicit_out.add(path)
         return [path]
     if any(c in item for c in _GLOB_CHARS):
@@ -1542,14 +1630,11 @@ def scan(
     >>> df[["SeriesNumber", "InstanceNumber", "ImagePositionPatient"]].head()  # doctest: +SKIP
     >>> dicomxr.catalog.skipped(df)  # doctest: +SKIP
     """
-    from dicomxr import sources
-    from dicomxr.options import get_options
-
     skipped_list: list[dict[str, str]] = []
     explicit: set[str] = set()
-    remote: dict[str, sources.Entry] | None = None
-    if sources.is_remote_source(source):
-        entries, storage_options = sources.resolve(source, storage_options, recursive=recursive)
+    remote: dict[str, Any] | None = None
+    if _maybe_remote(source) and _sources().is_remote_source(source):
+        entries, storage_options = _sources().resolve(source, storage_options, recursive=recursive)
         remote = {e.url: e for e in entries}
         paths = list(remote)
         if len(paths) == 1:
@@ -1560,17 +1645,54 @@ def scan(
         paths = _iter_source(source, recursive, skipped_list, explicit)
         # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
         paths = list(dict.fromkeys(paths))
-    # automatic: only for many files, and only once the scan has run for a moment, so
-    # that a fast scan of a few hundred cached files does not flash a bar
-    delay = 0.0
-    if progress is None:
-        progress = len(paths) >= get_options()["progress_min_files"]
-        delay = _PROGRESS_DELAY
+    rows = _read_all(
+        paths, skipped_list, cache, workers, _progress_choice(progress, len(paths)), remote,
+        storage_options,
+    )  # fmt: skip
+    df = _to_frame(rows)
+    df.attrs["skipped"] = skipped_list
+    if remote is not None and storage_options:
+        df.attrs["storage_options"] = dict(storage_options)
+    if skipped_list:
+        logger.info("scan skipped %d file(s)", len(skipped_list))
+    if warn:
+        _warn_skipped(skipped_list, explicit)
+    return df
+
+
+def _progress_choice(progress: bool | None, n_files: int) -> tuple[bool, float]:
+    """Whether to show a progress bar, and after what delay.
+
+    Automatic (``None``): only for many files, and only once the scan has run for a moment,
+    so that a fast scan of a few hundred cached files does not flash a bar.
+    """
+    if progress is not None:
+        return progress, 0.0
+    from dicomxr.options import get_options
+
+    return n_files >= get_options()["progress_min_files"], _PROGRESS_DELAY
+
+
+def _read_all(
+    paths: list[str],
+    skipped_out: list[dict[str, str]],
+    cache: bool | str | os.PathLike[str],
+    workers: int | None,
+    progress: tuple[bool, float],
+    remote: dict[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Read the header of every file once (or take it from the cache): the catalog's rows.
+
+    ``remote`` maps each path (a URL) to its :class:`dicomxr.sources.Entry` when the source
+    is remote; its headers are then read by ranged reads with ``storage_options``.
+    """
     store = _Cache.open(cache) if cache else None
     known = store.lookup(paths) if store is not None else {}
     fresh: list[tuple[str, int, float, dict[str, Any] | None, str | None]] = []
     rows: list[dict[str, Any]] = []
     memo: dict[Any, Any] = {}
+    show, delay = progress
 
     def one(path: str) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
         if remote is not None:
@@ -1585,14 +1707,14 @@ def scan(
             # file system latency overlaps across threads (os.open/pread release the
             # GIL); the parsing itself still takes turns
             with ThreadPoolExecutor(workers, thread_name_prefix="dicomxr-scan") as ex:
-                results = list(_progress(ex.map(one, paths), progress, len(paths), delay))
+                results = list(_progress(ex.map(one, paths), show, len(paths), delay))
         else:
-            results = map(one, _progress(paths, progress, len(paths), delay))
+            results = map(one, _progress(paths, show, len(paths), delay))
         for row, skip, entry in results:
             if row is not None:
                 rows.append(row)
             if skip is not None:
-                skipped_list.append(skip)
+                skipped_out.append(skip)
             if entry is not None:
                 fresh.append(entry)
         if store is not None:
@@ -1600,30 +1722,29 @@ def scan(
     finally:
         if store is not None:
             store.close()
-    df = _to_frame(rows)
-    df.attrs["skipped"] = skipped_list
-    if remote is not None and storage_options:
-        df.attrs["storage_options"] = dict(storage_options)
+    return rows
+
+
+def _warn_skipped(skipped_list: list[dict[str, str]], explicit: set[str]) -> None:
+    """Warn about skipped files that look like damaged DICOM, naming a few."""
     # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
     # a tree are listed but are no cause for alarm; damaged DICOM and dangling references are
     problems = [
         s for s in skipped_list if s["path"] in explicit or not s["reason"].startswith(_BENIGN)
     ]
-    if skipped_list:
-        logger.info("scan skipped %d file(s)", len(skipped_list))
-    if problems and warn:
-        reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
-        summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
-        named = ", ".join(str(s["path"]) for s in problems[:_NAMED_SKIPPED])
-        if len(problems) > _NAMED_SKIPPED:
-            named += f" and {len(problems) - _NAMED_SKIPPED} more"
-        warnings.warn(
-            f"scan skipped {len(problems)} file(s) ({summary}): {named}; "
-            "see dicomxr.catalog.skipped(df) for all of them",
-            SkippedFileWarning,
-            stacklevel=user_stacklevel(),
-        )
-    return df
+    if not problems:
+        return
+    reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
+    summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
+    named = ", ".join(str(s["path"]) for s in problems[:_NAMED_SKIPPED])
+    if len(problems) > _NAMED_SKIPPED:
+        named += f" and {len(problems) - _NAMED_SKIPPED} more"
+    warnings.warn(
+        f"scan skipped {len(problems)} file(s) ({summary}): {named}; "
+        "see dicomxr.catalog.skipped(df) for all of them",
+        SkippedFileWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 _TUPLE_COLUMNS = tuple(c for c, dtype in _SCHEMA.items() if dtype == "object")
@@ -1635,6 +1756,9 @@ def _row_from_json(row: dict[str, Any]) -> dict[str, Any]:
         value = row.get(col)
         if isinstance(value, list):
             row[col] = _as_tuples(value)
+    table = row.get("per_frame")
+    if isinstance(table, dict):  # one tuple per column, of values that may be tuples
+        row["per_frame"] = {col: _as_tuples(values) for col, values in table.items()}
     return row
 
 
@@ -1650,7 +1774,8 @@ class _Cache:
     """
 
     # bump when the row format changes: older entries are then ignored
-    VERSION = 1
+    # (2: GridFrameOffsetVector, SliceNormalVector, tile_positions and the per-frame table)
+    VERSION = 2
 
     def __init__(self, con: Any, path: str) -> None:
         self.con = con
@@ -1796,6 +1921,22 @@ def _scan_one(
 
 
 _REMOTE_WORKERS = 16
+
+
+def _maybe_remote(source: Any) -> bool:
+    """Cheap test before :func:`dicomxr.sources.is_remote_source`: a URL or a ``.zip`` name."""
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        return isinstance(text, str) and ("://" in text or text.lower().endswith(".zip"))
+    if isinstance(source, (list, tuple)):
+        return any(_maybe_remote(s) for s in source)
+    return False
+
+
+def _sources() -> Any:
+    from dicomxr import sources
+
+    return sources
 
 
 def _scan_remote_one(

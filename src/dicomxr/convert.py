@@ -941,6 +941,7 @@ def convert(
     on_duplicate: str = "warn",
     recursive: bool = True,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None = None,
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """Convert every image series in ``source`` to NIfTI files or one Zarr store under ``dest``.
@@ -1004,6 +1005,10 @@ def convert(
         Descend into sub-folders of a folder source.
     on_series
         Called with ``(task, rows)`` after each series is written (for logging).
+    merge_runs
+        Merge runs of single-volume series (consecutive SeriesNumbers, same geometry and
+        protocol: Siemens XA classic fMRI exports) into one 4D output each (see
+        :mod:`dicomxr.runs`).
     storage_options
         fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
 
@@ -1035,7 +1040,7 @@ def convert(
         return _convert_locked(
             source, dest, state, options, resume=resume, progress=progress,
             on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive,
-            on_series=on_series, storage_options=storage_options,
+            on_series=on_series, storage_options=storage_options, merge_runs=merge_runs,
         )  # fmt: skip
 
 
@@ -1051,6 +1056,7 @@ def _convert_locked(
     on_duplicate: str,
     recursive: bool,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """Run a conversion while holding the destination's lock (see :func:`convert`)."""
@@ -1074,6 +1080,7 @@ def _convert_locked(
             ),
             on_irregular=on_irregular,
             on_duplicate=on_duplicate,
+            merge_runs=merge_runs,
         )
     report = ConvertReport(dest=dest)
     report.set_apart = _set_apart_rows(plans, deid)

@@ -135,7 +135,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _run(fn: Any, args: argparse.Namespace) -> int:
-    from dicomxr.cli import print_error
+    from dicomxr._cli_common import print_error
     from dicomxr.net.errors import NetError
 
     try:

@@ -59,8 +59,8 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dicomxr.anatomy import anatomy
-    from dicomxr.cli import print_error
+    from dicomxr._cli_common import print_error
+    from dicomxr.teaching.anatomy import anatomy
 
     path: Path = args.file
     if not path.exists():
