@@ -1414,6 +1414,10 @@ def _expand_one(
             return files
         explicit_out.add(path)
         return [path]
+    if os.path.exists(item):  # a pipe, socket or device: the reader skips it, naming it
+        path = os.path.abspath(item)
+        explicit_out.add(path)
+        return [path]
     if any(c in item for c in _GLOB_CHARS):
         matches = _glob_paths(item)
         if not matches and top:
@@ -1627,7 +1631,6 @@ def scan(
     >>> dicomxr.catalog.skipped(df)  # doctest: +SKIP
     """
     from dicomxr import sources
-    from dicomxr.options import get_options
 
     skipped_list: list[dict[str, str]] = []
     explicit: set[str] = set()
@@ -1644,15 +1647,10 @@ def scan(
         paths = _iter_source(source, recursive, skipped_list, explicit)
         # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
         paths = list(dict.fromkeys(paths))
-    # automatic: only for many files, and only once the scan has run for a moment, so
-    # that a fast scan of a few hundred cached files does not flash a bar
-    delay = 0.0
-    if progress is None:
-        progress = len(paths) >= get_options()["progress_min_files"]
-        delay = _PROGRESS_DELAY
     rows = _read_all(
-        paths, skipped_list, cache, workers, (progress, delay), remote, storage_options
-    )
+        paths, skipped_list, cache, workers, _progress_choice(progress, len(paths)), remote,
+        storage_options,
+    )  # fmt: skip
     df = _to_frame(rows)
     df.attrs["skipped"] = skipped_list
     if remote is not None and storage_options:
@@ -1662,6 +1660,19 @@ def scan(
     if warn:
         _warn_skipped(skipped_list, explicit)
     return df
+
+
+def _progress_choice(progress: bool | None, n_files: int) -> tuple[bool, float]:
+    """Whether to show a progress bar, and after what delay.
+
+    Automatic (``None``): only for many files, and only once the scan has run for a moment,
+    so that a fast scan of a few hundred cached files does not flash a bar.
+    """
+    if progress is not None:
+        return progress, 0.0
+    from dicomxr.options import get_options
+
+    return n_files >= get_options()["progress_min_files"], _PROGRESS_DELAY
 
 
 def _read_all(

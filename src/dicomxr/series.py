@@ -722,6 +722,7 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
             reason[i] = str(problem[i])
     rows, columns = cols.num("Rows"), cols.num("Columns")
     reason[~((rows > 0) & (columns > 0)) & _free(reason)] = "no image size (Rows/Columns missing)"
+    _mark_unreadable_layout(cols, reason)
     if "secondary_capture" not in include:
         sc = np.array([s in _SECONDARY_CAPTURE for s in sop], dtype=bool)
         reason[sc & _free(reason)] = (
@@ -732,7 +733,26 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
         loc = _localizer_flags(image_type)
         reason[loc & _free(reason)] = "localizer (scout image); plan it with include=['localizer']"
     _mark_lost_geometry(cols, reason)
+    _mark_odd_instances(cols, reason)
     return reason
+
+
+def _mark_unreadable_layout(cols: _Columns, reason: np.ndarray) -> None:
+    """Set apart frames whose pixel layout no reader can decode (BitsAllocated 0, 12, 65535...).
+
+    Such a header would otherwise stop the whole series when its array is made.
+    """
+    if not cols.has("BitsAllocated"):
+        return
+    bits = cols.num("BitsAllocated")
+    stored = cols.num("BitsStored") if cols.has("BitsStored") else np.full(cols.n, np.nan)
+    free = _free(reason)
+    bad_alloc = ~np.isin(bits, (1, 8, 16, 32, 64)) & ~np.isnan(bits) & free
+    for i in np.flatnonzero(bad_alloc):
+        reason[i] = f"BitsAllocated {bits[i]:g} is not a pixel layout (1, 8, 16, 32 or 64)"
+    bad_stored = ~np.isnan(stored) & ((stored < 1) | (stored > bits)) & _free(reason)
+    for i in np.flatnonzero(bad_stored):
+        reason[i] = f"BitsStored {stored[i]:g} does not fit BitsAllocated {bits[i]:g}"
 
 
 def _has_value(values: np.ndarray) -> np.ndarray:
@@ -786,6 +806,73 @@ def _mark_lost_geometry(cols: _Columns, reason: np.ndarray) -> None:
             )
 
 
+#: an instance is an odd one out only next to this many instances that agree
+_ODD_MAJORITY = 3
+
+
+def _mark_odd_instances(cols: _Columns, reason: np.ndarray) -> None:
+    """Set apart a lone instance whose image size or in-plane geometry differs from its series.
+
+    One file of a series whose Rows, Columns, SamplesPerPixel, PixelSpacing or orientation
+    differs from at least :data:`_ODD_MAJORITY` other instances that agree with each other
+    (a damaged or mislabelled file, a lying header) would otherwise make a plan of its own
+    next to the series', and ``open_series(series=uid)`` would stop at two plans. Groups of
+    two or more instances stay plans of their own (a real second stack).
+    """
+    free = np.flatnonzero(_free(reason))
+    needed = ("SeriesInstanceUID", "Rows", "Columns", "path")
+    if len(free) <= _ODD_MAJORITY or not all(cols.has(n) for n in needed):
+        return
+    series = _combine(
+        _codes(cols.obj("SeriesInstanceUID")[free]),
+        _codes(cols.obj("SOPClassUID")[free])
+        if cols.has("SOPClassUID")
+        else np.zeros(len(free), np.int64),
+        _codes(cols.obj("SeriesNumber")[free])
+        if cols.has("SeriesNumber")
+        else np.zeros(len(free), np.int64),
+    )
+    spp = (
+        np.nan_to_num(cols.num("SamplesPerPixel")[free], nan=1.0)
+        if cols.has("SamplesPerPixel")
+        else np.ones(len(free))
+    )
+    iop = _cluster_rows(np.nan_to_num(cols.vec("ImageOrientationPatient", 6)[free], nan=9.0), 1e-3)
+    spacing = _cluster_rows(np.nan_to_num(cols.vec("PixelSpacing", 2)[free], nan=-1.0), 1e-4)
+    geo = np.column_stack(
+        [
+            np.nan_to_num(cols.num("Rows")[free], nan=-1),
+            np.nan_to_num(cols.num("Columns")[free], nan=-1),
+            spp,
+            iop,
+            spacing,
+        ]
+    )
+    _, geo_code = np.unique(geo, axis=0, return_inverse=True)
+    geo_code = geo_code.reshape(-1)
+    paths = cols.obj("path")[free]
+    for code in np.unique(series):
+        members = np.flatnonzero(series == code)
+        kinds = np.unique(geo_code[members])
+        if len(kinds) < 2:
+            continue
+        files = {k: {paths[j] for j in members[geo_code[members] == k]} for k in kinds}
+        major = max(kinds, key=lambda k: len(files[k]))
+        if len(files[major]) < _ODD_MAJORITY:
+            continue
+        m = free[members[geo_code[members] == major][0]]
+        for k in kinds:
+            if k == major or len(files[k]) != 1:
+                continue
+            odd = free[members[geo_code[members] == k]]
+            what = ", ".join(_what_differs(cols, odd[0], [odd[0], m]))
+            usual = ", ".join(_what_differs(cols, m, [odd[0], m]))
+            reason[odd] = (
+                f"odd one out: {what} where the {len(files[major])} other instances of its "
+                f"series have {usual} (a damaged or mislabelled file is not made a series)"
+            )
+
+
 def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
     """Set apart second copies of one instance's frame (same SOPInstanceUID, frame and tile).
 
@@ -801,8 +888,8 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
     sop = cols.obj("SOPInstanceUID")
     free = _free(reason) & np.array([v is not None for v in sop], dtype=bool)
     idx = np.flatnonzero(free)
-    if len(idx) < 2:
-        return
+    if len(idx) < 2 or ((cols.num("frame")[idx] == 0).all() and len(set(sop[idx])) == len(idx)):
+        return  # every kept frame is the only one of its instance: no copies
     key = pd.DataFrame(
         {
             "sop": sop[idx],

@@ -82,6 +82,8 @@ DECODE_LIMIT = 1024
 MAX_DEPTH = 64
 # a deflated data set is inflated up to this many bytes (a small file can inflate to gigabytes)
 INFLATE_LIMIT = 256 << 20
+# a run of zero bytes longer than this where an element should start is a break, not padding
+ZERO_RUN_LIMIT = 16 << 20
 
 
 @dataclass(eq=False)
@@ -379,10 +381,18 @@ class _Walker:
                 and stop_group is None
                 and tag == 0
                 and not bytes(self.buf[pos : min(self.n, pos + 4096)]).strip(b"\x00")
-                and _all_zero(self.buf, pos, self.n)
             ):
-                out.append(self._padding(pos, depth))
-                return self.n
+                if self.n - pos > ZERO_RUN_LIMIT and _all_zero(self.buf, pos, pos + ZERO_RUN_LIMIT):
+                    # gigabytes of zeros are not padding anyone writes: say so, read no further
+                    raise _Broken(
+                        pos,
+                        f"{self.n - pos} bytes from here where data elements should be; the "
+                        f"first {ZERO_RUN_LIMIT >> 20} MiB are only zero bytes and the rest is "
+                        "not read",
+                    )
+                if _all_zero(self.buf, pos, self.n):
+                    out.append(self._padding(pos, depth))
+                    return self.n
             try:
                 node = self.element(pos, limit, implicit, little, depth, ctx, path, out)
             except (struct.error, ValueError, IndexError, RecursionError) as exc:
