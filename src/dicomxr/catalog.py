@@ -1630,13 +1630,11 @@ def scan(
     >>> df[["SeriesNumber", "InstanceNumber", "ImagePositionPatient"]].head()  # doctest: +SKIP
     >>> dicomxr.catalog.skipped(df)  # doctest: +SKIP
     """
-    from dicomxr import sources
-
     skipped_list: list[dict[str, str]] = []
     explicit: set[str] = set()
-    remote: dict[str, sources.Entry] | None = None
-    if sources.is_remote_source(source):
-        entries, storage_options = sources.resolve(source, storage_options, recursive=recursive)
+    remote: dict[str, Any] | None = None
+    if _maybe_remote(source) and _sources().is_remote_source(source):
+        entries, storage_options = _sources().resolve(source, storage_options, recursive=recursive)
         remote = {e.url: e for e in entries}
         paths = list(remote)
         if len(paths) == 1:
@@ -1923,6 +1921,22 @@ def _scan_one(
 
 
 _REMOTE_WORKERS = 16
+
+
+def _maybe_remote(source: Any) -> bool:
+    """Cheap test before :func:`dicomxr.sources.is_remote_source`: a URL or a ``.zip`` name."""
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        return isinstance(text, str) and ("://" in text or text.lower().endswith(".zip"))
+    if isinstance(source, (list, tuple)):
+        return any(_maybe_remote(s) for s in source)
+    return False
+
+
+def _sources() -> Any:
+    from dicomxr import sources
+
+    return sources
 
 
 def _scan_remote_one(
