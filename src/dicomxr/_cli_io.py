@@ -53,6 +53,14 @@ def register(subparsers: Any) -> None:
     scan.add_argument(
         "--skipped", action="store_true", help="list every skipped file with its reason"
     )
+    scan.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="also read this header field into the --csv catalog: a keyword "
+        "(RepetitionTime) or a tag number for private ones (0019,100C); repeatable",
+    )
     scan.set_defaults(func=_scan)
 
     info = subparsers.add_parser(
@@ -84,12 +92,13 @@ def register(subparsers: Any) -> None:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("number", "description", "modality", "frames", "dims", "shape", "key")
+    header = ("number", "description", "modality", "SOP class", "frames", "dims", "shape", "key")
     body = [
         (
             "" if r["SeriesNumber"] is None else str(r["SeriesNumber"]),
             r["SeriesDescription"][:40],
             r["Modality"],
+            r["SOPClass"].removesuffix(" Storage"),
             str(r["frames"]),
             r["dims"],
             r["shape"],
@@ -110,7 +119,7 @@ def _scan(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped files are summarised below
-        catalog = scan(args.path, recursive=not args.no_recursive)
+        catalog = scan(args.path, recursive=not args.no_recursive, keys=args.key or None)
         plans = list_series(catalog, include=args.include)
     elapsed = time.perf_counter() - start
     rows = series_table(plans)

@@ -115,6 +115,7 @@ class ConvertOptions:
     window: tuple[float, float] | bool | None = None
     dtype: str | None = None
     compress: bool = True
+    keys: tuple[str, ...] = ()
 
     def fingerprint(self) -> dict[str, Any]:
         """Return the options as JSON data."""
@@ -133,6 +134,7 @@ class SeriesTask:
     fingerprint: str
     record: str
     burned_in: bool = False
+    keys: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -445,8 +447,15 @@ def _record_name(key: str, secret: str) -> str:
     return hashlib.sha256((secret + "\0" + key).encode()).hexdigest()[:40] + ".json"
 
 
-def _header_fields(plan: SeriesPlan, deid: Any) -> tuple[dict[str, Any], bool]:
-    from dicomxr.export.bids import header_fields, read_header, siemens_csa_fields
+def _header_fields(
+    plan: SeriesPlan, deid: Any, keys: Sequence[str] = ()
+) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+    """Read the header fields of a series' first file.
+
+    Returns the fields, whether the file has burned-in annotation, and the values of the
+    requested ``keys`` in it (after de-identification when it applies).
+    """
+    from dicomxr.export.bids import header_fields, read_header, requested_fields, siemens_csa_fields
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a malformed character set: pydicom copes, says so
@@ -458,7 +467,7 @@ def _header_fields(plan: SeriesPlan, deid: Any) -> tuple[dict[str, Any], bool]:
     fields = header_fields(ds)
     fields.update(csa)
     fields.setdefault("SeriesNumber", plan.attrs.get("SeriesNumber"))
-    return fields, burned
+    return fields, burned, requested_fields(ds, keys)
 
 
 def _public_label(plan: SeriesPlan, fields: dict[str, Any], deid: Any) -> str:
@@ -493,7 +502,7 @@ def _plan_tasks(
     tasks, taken = [], set()
     for plan in plans:
         try:
-            fields, burned = _header_fields(plan, deid)
+            fields, burned, requested = _header_fields(plan, deid, options.keys)
         except Exception as exc:  # one unreadable header fails its series, not the run
             report.failed.append(_header_failure(plan, exc, deid))
             continue
@@ -508,6 +517,7 @@ def _plan_tasks(
                 fingerprint=_series_fingerprint(plan, options, name),
                 record=_record_name(f"{options.format}:{plan.key}", secret),
                 burned_in=burned,
+                keys=requested,
             )
         )
     return tasks
@@ -615,13 +625,15 @@ def _spacing(da: xr.DataArray) -> list[float]:
 
 def _row(task: SeriesTask, piece: xr.DataArray, output: str, options: ConvertOptions,
          sidecar: str | None) -> dict[str, Any]:  # fmt: skip
+    from dicomxr.export.bids import key_value
     from dicomxr.orientation import orientation_of
 
     try:
         orientation, spacing = orientation_of(piece), _spacing(piece)
     except Exception:  # a reduced image has no affine; the output is still right
         orientation, spacing = "", []
-    return {
+    keys = {f"key:{name}": key_value(name, task.keys, piece) for name in options.keys}
+    return keys | {
         "series_uid": str(piece.attrs.get("SeriesInstanceUID", "")),
         "series_key": str(piece.attrs.get("series_key", task.key)),
         "series_number": _int_or_none(task.fields.get("SeriesNumber")),
@@ -649,7 +661,7 @@ def _int_or_none(value: Any) -> int | None:
 
 def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
                  options: ConvertOptions) -> dict[str, Any]:  # fmt: skip
-    from dicomxr.export.bids import bids_sidecar
+    from dicomxr.export.bids import bids_sidecar, key_value
     from dicomxr.export.nifti import _volume_labels, to_nifti
 
     stem = _inside(dest, dest / name)
@@ -661,6 +673,11 @@ def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
         if written.exists():
             _chmod_default(written)
     sidecar = bids_sidecar(task.fields, piece, in_plane_kept=not options.orientation)
+    for key in options.keys:  # BIDS names (RepetitionTime in s) win over the DICOM value
+        if key not in sidecar:
+            value = key_value(key, task.keys, piece)
+            if value is not None:
+                sidecar[key] = value
     extra = [d for d in piece.dims if d not in ("slice", "row", "col", "channel")]
     sidecar["dicomxr"] = {
         "series_key": str(piece.attrs.get("series_key", "")),
@@ -699,10 +716,11 @@ def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: s
     return _row(task, piece, f"{ZARR_STORE}/{name}", options, None)
 
 
-def _open_plan(plan: SeriesPlan) -> xr.DataArray:
+def _open_plan(plan: SeriesPlan, keys: Sequence[str] = ()) -> xr.DataArray:
     from dicomxr.api import open_series
 
-    return open_series(plan)
+    keys = [k for k in keys if k in plan.frames.columns]
+    return open_series(plan, keys=keys or None)
 
 
 def convert_series(
@@ -732,7 +750,7 @@ def convert_series(
     dest = Path(dest)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        da = _apply_options(_open_plan(task.plan), options)
+        da = _apply_options(_open_plan(task.plan, options.keys), options)
         if options.deidentify:
             from dicomxr.export.deid import Deidentifier
 
@@ -817,7 +835,17 @@ def _options(**kwargs: Any) -> ConvertOptions:
         window=window,
         dtype=None if kwargs["dtype"] is None else str(np.dtype(kwargs["dtype"])),
         compress=bool(kwargs["compress"]),
+        keys=_key_names(kwargs["keys"]),
     )
+
+
+def _key_names(keys: Any) -> tuple[str, ...]:
+    from dicomxr._keys import HeaderKeyError, resolve_keys
+
+    try:
+        return tuple(k.name for k in resolve_keys(keys))
+    except HeaderKeyError as exc:
+        raise ConvertError(str(exc)) from None
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
@@ -862,7 +890,11 @@ def _write_manifest(
         table.append({"series_uid": item["series_uid"], "status": "set_apart",
                       "reason": f"{item['frames']} frame(s): {item['reason']}"})  # fmt: skip
     table.extend(_other_format_rows(dest, options_format))
+    columns += sorted({c for row in table for c in row if c.startswith("key:")})
     frame = pd.DataFrame(table, columns=columns)
+    for name in columns:
+        if name.startswith("key:"):
+            frame[name] = _key_column(frame[name].tolist())
     for name in ("shape", "dims", "spacing"):
         frame[name] = [v if isinstance(v, list) else [] for v in frame[name]]
     for name in ("series_uid", "series_key", "modality", "format", "output", "sidecar",
@@ -881,6 +913,17 @@ def _write_manifest(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def _key_column(values: list[Any]) -> Any:
+    """Build a requested key's manifest column: float64 if all are numbers, else text (JSON lists)."""
+    present = [v for v in values if v is not None and v == v]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return [
+        "" if v is None or v != v else (json.dumps(v) if isinstance(v, list) else str(v))
+        for v in values
+    ]
 
 
 def _text(value: Any) -> str:
@@ -927,6 +970,8 @@ def convert(
     on_duplicate: str = "warn",
     recursive: bool = True,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None = None,
+    keys: Sequence[Any] | str | None = None,
+    client: Any = None,
 ) -> ConvertReport:
     """Convert every image series in ``source`` to NIfTI files or one Zarr store under ``dest``.
 
@@ -980,6 +1025,24 @@ def convert(
         Descend into sub-folders of a folder source.
     on_series
         Called with ``(task, rows)`` after each series is written (for logging).
+    keys
+        Extra header fields to carry (see :func:`dicomxr.scan`): keywords
+        (``["RepetitionTime", "FlipAngle"]``) or tag numbers for private attributes
+        (``"0019,100C"``). They go into the Zarr attrs (coordinates when they vary), the
+        NIfTI JSON sidecar under their DICOM name (unless the sidecar already has the
+        field under that name in BIDS units, as for RepetitionTime in seconds; enhanced
+        files' functional groups are searched too) and a manifest column ``key:<name>``.
+        With ``deidentify=True`` they pass the same de-identification as everything else
+        (private attributes are removed, as the basic profile requires).
+    client
+        A :class:`distributed.Client` (``True``: the session's default client): the
+        scan runs on its workers (one task per batch of files) and so does the
+        conversion, one task per series; each worker opens, converts and writes one series
+        at a time straight into ``dest`` (which must be a folder every worker can write,
+        e.g. a shared file system) and returns its manifest rows; this process plans,
+        gathers the rows, writes the manifest and reports. Outputs are the same as without
+        a client. ``None`` (default): everything runs in this process, one series after
+        the other.
 
     Returns
     -------
@@ -1001,7 +1064,7 @@ def convert(
     options = _options(
         format=format, template=template, split=split, deidentify=deidentify,
         date_shift=date_shift, orientation=orientation, spacing=spacing, window=window,
-        dtype=dtype, compress=compress,
+        dtype=dtype, compress=compress, keys=keys,
     )  # fmt: skip
     dest = Path(dest)
     state = _prepare_dest(dest)
@@ -1009,7 +1072,7 @@ def convert(
         return _convert_locked(
             source, dest, state, options, resume=resume, progress=progress,
             on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive,
-            on_series=on_series,
+            on_series=on_series, client=client,
         )  # fmt: skip
 
 
@@ -1025,6 +1088,7 @@ def _convert_locked(
     on_duplicate: str,
     recursive: bool,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
+    client: Any = None,
 ) -> ConvertReport:
     """Run a conversion while holding the destination's lock (see :func:`convert`)."""
     from dicomxr.api import list_series
@@ -1042,10 +1106,12 @@ def _convert_locked(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped files and irregular stacks are reported
         plans = list_series(
-            _scanned(source, recursive=recursive, progress=progress),
+            _scanned(source, recursive=recursive, progress=progress, keys=options.keys,
+                     client=client),
             on_irregular=on_irregular,
             on_duplicate=on_duplicate,
-        )
+            keys=options.keys or None,
+        )  # fmt: skip
     report = ConvertReport(dest=dest)
     report.set_apart = _set_apart_rows(plans, deid)
     report.skipped_files = _skipped_files(plans, deid)
@@ -1096,7 +1162,14 @@ def _run_tasks(
     return rows
 
 
-def _scanned(source: Any, *, recursive: bool, progress: bool | None) -> Any:
+def _scanned(
+    source: Any,
+    *,
+    recursive: bool,
+    progress: bool | None,
+    keys: Sequence[str] = (),
+    client: Any = None,
+) -> Any:
     """Scan a path source (with the caller's progress choice); pass catalogs and plans on."""
     import pandas as pd
 
@@ -1109,7 +1182,7 @@ def _scanned(source: Any, *, recursive: bool, progress: bool | None) -> Any:
             return source
     from dicomxr.catalog import scan
 
-    return scan(source, recursive=recursive, progress=progress)
+    return scan(source, recursive=recursive, progress=progress, keys=keys or None, client=client)
 
 
 def _failure(task: SeriesTask, exc: BaseException, deid: Any) -> dict[str, Any]:
