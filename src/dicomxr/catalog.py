@@ -1789,7 +1789,7 @@ def _scan_one(
             return row, None, None
         return None, {"path": path, "reason": reason or "skipped"}, None
     try:
-        row = _read_one(path, st, memo, keys)
+        row = _read_one(path, st, memo, keys) if keys else _read_one(path, st, memo)
     except _Skip as exc:
         entry = (path, st.st_size, st.st_mtime, None, str(exc)) if caching else None
         return None, {"path": path, "reason": str(exc)}, entry

@@ -49,6 +49,7 @@ import shutil
 import string
 import sys
 import tempfile
+import threading
 import types
 import uuid
 import warnings
@@ -1117,7 +1118,7 @@ def _convert_locked(
     report.skipped_files = _skipped_files(plans, deid)
     tasks = _plan_tasks(plans, options, secret, deid, report)
     rows = _run_tasks(tasks, dest, options, secret, report, resume=resume, progress=progress,
-                      on_series=on_series, deid=deid)  # fmt: skip
+                      on_series=on_series, deid=deid, client=client)  # fmt: skip
     if options.format == "zarr":
         _consolidate(dest)
     report.manifest = _write_manifest(dest, report, rows, options.format)
@@ -1135,31 +1136,111 @@ def _run_tasks(
     progress: bool | None,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
     deid: Any,
+    client: Any = None,
 ) -> list[dict[str, Any]]:
-    """Convert the tasks one after the other; return the manifest rows of every output."""
-    rows: list[dict[str, Any]] = []
+    """Convert the tasks (here one after the other, or on a dask.distributed client).
+
+    Returns the manifest rows of every output, in the order of the tasks whatever order
+    they finish in, so the manifest does not depend on the scheduler.
+    """
+    results: dict[int, list[dict[str, Any]]] = {}
+    converted: list[int] = []
     with _progress_bar(len(tasks), progress) as bar:
-        for task in tasks:
-            bar.set_postfix_str(task.name[-40:], refresh=False)
+        todo = []
+        for i, task in enumerate(tasks):
             finished = _finished_rows(task, dest) if resume else None
             if finished is not None:
-                rows.extend(finished)
+                results[i] = finished
                 report.skipped.append({"series": task.label, "reason": "already converted"})
+                bar.update(1)
             else:
-                try:
-                    written = convert_series(task, dest, options, secret)
-                except Exception as exc:  # reported; the other series go on
-                    logger.info("series %s failed", task.key, exc_info=True)
-                    report.failed.append(_failure(task, exc, deid))
-                else:
-                    rows.extend(written)
-                    report.done.extend(written)
-                    if on_series is not None:
-                        on_series(task, written)
-            if task.burned_in:
-                report.burned_in.append(task.label)
+                todo.append(i)
+        if client is not None:
+            outcomes = _on_client(client, tasks, todo, dest, options, secret)
+        else:
+            outcomes = ((i, *_convert_here(tasks[i], dest, options, secret, bar)) for i in todo)
+        for i, written, exc in outcomes:
+            task = tasks[i]
+            if exc is not None:  # reported; the other series go on
+                logger.info("series %s failed", task.key, exc_info=exc)
+                report.failed.append(_failure(task, exc, deid))
+            else:
+                results[i] = written
+                converted.append(i)
+                if on_series is not None:
+                    on_series(task, written)
             bar.update(1)
-    return rows
+    report.done.extend(row for i in sorted(converted) for row in results[i])
+    report.burned_in.extend(task.label for task in tasks if task.burned_in)
+    return [row for i in sorted(results) for row in results[i]]
+
+
+def _convert_here(
+    task: SeriesTask, dest: Path, options: ConvertOptions, secret: str, bar: Any
+) -> tuple[list[dict[str, Any]], BaseException | None]:
+    bar.set_postfix_str(task.name[-40:], refresh=False)
+    try:
+        return convert_series(task, dest, options, secret), None
+    except Exception as exc:
+        return [], exc
+
+
+# one series at a time per worker process, whatever its number of threads: memory stays
+# bounded by the largest series (plus its output) on every worker
+_WORKER_LOCK = threading.Lock()
+
+
+def _convert_on_worker(
+    task: SeriesTask, dest: str, options: ConvertOptions, secret: str
+) -> list[dict[str, Any]]:
+    """Run :func:`convert_series` inside a dask.distributed task.
+
+    The series' own reads run on the synchronous scheduler: a compute inside a task would
+    otherwise go back to the cluster (and could wait for the very worker it runs on).
+    """
+    import dask
+
+    with _WORKER_LOCK, dask.config.set(scheduler="synchronous"):
+        return convert_series(task, dest, options, secret)
+
+
+def _on_client(
+    client: Any,
+    tasks: Sequence[SeriesTask],
+    todo: list[int],
+    dest: Path,
+    options: ConvertOptions,
+    secret: str,
+) -> Iterator[tuple[int, list[dict[str, Any]], BaseException | None]]:
+    """Submit one task per series to a dask.distributed client; yield outcomes as they come."""
+    if client is True:
+        from distributed import get_client
+
+        client = get_client()
+    from distributed import as_completed
+
+    run = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(
+            _convert_on_worker, tasks[i], str(dest.resolve()), options, secret,
+            key=f"dicomxr-convert-{run}-{i}", pure=False, retries=0,
+        ): i
+        for i in todo
+    }  # fmt: skip
+    try:
+        for future in as_completed(list(futures)):
+            i = futures[future]
+            try:
+                rows = future.result()
+            except Exception as exc:
+                yield i, [], exc
+            else:
+                yield i, rows, None
+            future.release()
+    finally:
+        # interrupted (Ctrl-C): nothing more is started; a series being written stays
+        # invisible until its atomic rename, and has no done-record, so a rerun redoes it
+        client.cancel(list(futures))
 
 
 def _scanned(
