@@ -9,14 +9,18 @@ cleanly)::
 Printed per series, for both lazy paths, open + load together:
 
 * (open + load) time / plain ``read()`` of the same files        (goal <= 1.3)
-  - ``[open_series .values]``: the default (one dask chunk per series): one task, one
-    threaded read of every frame into one preallocated array
+  - ``[open_series .values]``: the default (dask, one frame per chunk): the untouched array's
+    full compute is one threaded read of every frame into one preallocated array
+    (``dicomxr._array.FullRead``)
+  - ``[open_series .compute()]``: the same through ``DataArray.compute()``
   - ``[open_dataset .values]``: ``xr.open_dataset(d, engine="dicom")`` without chunks: no
     dask at all, xarray's lazy indexing over the same backend array
-  - ``[.dicom.load()]``: the accessor (now the same compute)
-  - ``[chunks={} .values]``: one frame per chunk, for comparison (140 tasks + concatenation)
+  - ``[.dicom.load()]``: the accessor (``dask.array.store`` into one array)
+  - ``[(image + 0) .values]``: for comparison, dask's own per-frame compute (one task per
+    frame, then a concatenation), what any operation on the array computes
 * peak RSS / array bytes                                          (goal <= 1.1)
-* frames read by one ``.isel(slice=k).values`` after the open     (goal 1)
+* frames read by one ``.isel(slice=k).values`` after the open, and after
+  ``.dicom.reorient("RAS")``                                      (goal 1)
 * speed-up over a pydicom ``dcmread`` + ``pixel_array`` + ``np.stack`` loop (goal >= 4)
 * speed-up over SimpleITK ``ImageSeriesReader``                   (goal >= 5)
 * lazy open time / a pydicom ``stop_before_pixels`` loop          (goal <= 0.33)
@@ -50,6 +54,7 @@ VARIANTS = (
     "sitk",
     "dicomxr_open",
     "dicomxr_values",
+    "dicomxr_compute",
     "engine_values",
     "dicomxr_fast",
     "dicomxr_frames",
@@ -119,8 +124,14 @@ def _run_variant(variant: str, folder: Path, repeat: int) -> dict:
         import dicomxr
 
         def job():
-            # the default: one dask chunk, one task -> one threaded full read
+            # the default: one frame per chunk; the full compute is one threaded read
             return dicomxr.open_series(folder).values
+
+    elif variant == "dicomxr_compute":
+        import dicomxr
+
+        def job():
+            return dicomxr.open_series(folder).compute().data
 
     elif variant == "engine_values":
         import xarray as xr
@@ -141,8 +152,8 @@ def _run_variant(variant: str, folder: Path, repeat: int) -> dict:
         import dicomxr
 
         def job():
-            # one frame per chunk: one task per frame, then a concatenation
-            return dicomxr.open_series(folder, chunks={}).values
+            # an operation first: dask's per-frame compute, then a concatenation
+            return (dicomxr.open_series(folder) + 0).values
 
     elif variant == "isel_reads":
         return _isel_reads(folder)
@@ -198,7 +209,7 @@ def _isel_reads(folder: Path) -> dict:
     opens = {
         "open_series": lambda: dicomxr.open_series(folder),
         "open_dataset": lambda: xr.open_dataset(folder, engine="dicom")["image"],
-        "chunks={}": lambda: dicomxr.open_series(folder, chunks={}),
+        "reorient RAS": lambda: dicomxr.open_series(folder).dicom.reorient("RAS"),
     }
     for name, open_ in opens.items():
         image = open_()
@@ -240,9 +251,10 @@ def _report(label: str, folder: Path, repeat: int) -> dict:
 
     paths = {
         "open_series .values": "dicomxr_values",
+        "open_series .compute()": "dicomxr_compute",
         "open_dataset .values": "engine_values",
         ".dicom.load()": "dicomxr_fast",
-        "chunks={} .values": "dicomxr_frames",
+        "(image + 0) .values": "dicomxr_frames",
     }
     ratios: dict[str, tuple[float, str]] = {}
     for label_, v in paths.items():

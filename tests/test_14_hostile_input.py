@@ -131,6 +131,15 @@ def huge_orientation(spare: bytes, path: Path) -> None:
     _raw_ds(spare, path, "ImageOrientationPatient", "1e308\\1e308\\0\\0\\1e308\\0")
 
 
+def zero_spacing(spare: bytes, path: Path) -> None:
+    """PixelSpacing 0\\0: no in-plane geometry (it made a plan of its own)."""
+    _raw_ds(spare, path, "PixelSpacing", "0\\0")
+
+
+def nan_negative_spacing(spare: bytes, path: Path) -> None:
+    _raw_ds(spare, path, "PixelSpacing", "-1\\nan")
+
+
 def non_ascii_uid(spare: bytes, path: Path) -> None:
     """Bytes >= 0x80 inside the SeriesInstanceUID (an ASCII VR)."""
     i = spare.index(SERIES_UID.encode())
@@ -152,6 +161,8 @@ HOSTILE: dict[str, Callable[[bytes, Path], None]] = {
         nan_orientation,
         parallel_orientation,
         huge_orientation,
+        zero_spacing,
+        nan_negative_spacing,
         non_ascii_uid,
     )
 }
@@ -375,3 +386,19 @@ def test_anatomy_of_deep_nesting_is_a_break(tmp_path: Path) -> None:
     deep_nesting(_spare_slice(tmp_path), path)
     a = anatomy(path)
     assert any("nested deeper" in b.reason for b in a.breaks)
+
+
+@pytest.mark.parametrize("kind", ["zero_spacing", "nan_negative_spacing"])
+def test_a_slice_without_a_valid_spacing_is_set_apart_as_lost_geometry(
+    kind: str, good_folder: Path, tmp_path: Path
+) -> None:
+    folder = _with_hostile(good_folder, tmp_path, HOSTILE[kind])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        da = dicomxr.open_series(folder)  # one plan: no MultipleSeriesError
+    assert da.sizes["slice"] == GOOD
+    assert str(folder / "hostile.dcm") not in set(da["path"].values)
+    plans = dicomxr.plan_series(dicomxr.scan(folder, warn=False))
+    apart = plans.set_apart.set_index("path")["reason"]
+    assert "PixelSpacing" in apart[str(folder / "hostile.dcm")]
+    assert "lost geometry" in apart[str(folder / "hostile.dcm")]

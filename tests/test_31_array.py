@@ -412,21 +412,74 @@ def test_mosaic_preferred_chunks_are_runs_of_tiles(data_root, tmp_path, monkeypa
     assert count.frames == 3
 
 
-def test_bad_frame_fails_that_chunk_only(ct_files, tmp_path) -> None:
+def _cut_one(ct_files: list[Path], tmp_path: Path) -> tuple[SimpleNamespace, Path, np.ndarray]:
+    """Plan three CT slices, then cut the middle one short (found only at load)."""
     for f in ct_files[:3]:
         shutil.copy2(f, tmp_path / f.name)
-    files = sorted(tmp_path.iterdir())
-    plan = _stand_in_plan(files)
+    plan = _stand_in_plan(sorted(tmp_path.iterdir()))
+    reference = _pydicom_volume(plan)
     victim = Path(plan.frames["path"].iloc[1])
     victim.write_bytes(victim.read_bytes()[:-1000])
-    arr = _array.lazy_array(plan)
+    return plan, victim, reference
+
+
+@pytest.mark.parametrize("chunks", [{}, "series", None])
+def test_an_unreadable_frame_is_set_apart_at_load_with_a_warning(
+    ct_files, tmp_path, chunks
+) -> None:
+    plan, victim, reference = _cut_one(ct_files, tmp_path)
+    if chunks is None:  # no dask: the backend array's own full read
+        arr = _array.DicomBackendArray(plan, dtype="float32")
+        variable = xr.Variable(("slice", "row", "col"), _array.lazily_indexed(arr))
+        get = lambda: variable.values  # noqa: E731
+    else:
+        arr = _array.lazy_array(plan, dtype="float32", chunks=chunks)
+        get = arr.compute
+    with pytest.warns(
+        pixels.PixelDataWarning,
+        match=rf"{victim.name}: frame 0 cannot be read .*grid position \(1,\)\) holds NaN.*cut short",
+    ) as record:
+        values = get()
+    assert sum(victim.name in str(w.message) for w in record) == 1  # one warning per frame
+    assert np.isnan(values[1]).all()
+    np.testing.assert_allclose(values[[0, 2]], reference[[0, 2]])
+    if chunks is None:  # reads in this process are listed on the grid
+        assert list(arr.spec.unreadable) == [1]
+        assert victim.name in arr.spec.unreadable[1]
+
+
+def test_an_unreadable_frame_of_an_integer_array_holds_zero_and_can_raise(
+    ct_files, tmp_path
+) -> None:
+    plan, victim, _ = _cut_one(ct_files, tmp_path)
+    arr = _array.lazy_array(plan, dtype="int16")
     assert arr[0].compute().shape == (512, 512)
-    with pytest.raises(pixels.PixelDataError, match=rf"{victim.name}: frame 0 .*cut short"):
-        arr[1].compute()
-    with pytest.raises(pixels.PixelDataError, match=victim.name):
-        # one full read: its thread pool is done when the error surfaces (per-frame dask
-        # tasks would go on reading in the background, into the next test's counters)
-        _array.lazy_array(plan, chunks="series").compute()
+    with pytest.warns(pixels.PixelDataWarning, match=rf"{victim.name}: frame 0 .*holds 0"):
+        one = arr[1].compute()
+    assert not one.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pixels.PixelDataWarning)
+        with pytest.raises(pixels.PixelDataWarning, match=victim.name):
+            # one full read: its thread pool is done when the error surfaces
+            _array.lazy_array(plan, chunks="series").compute()
+
+
+def test_every_read_path_refuses_a_frame_of_another_shape(ct_files, monkeypatch) -> None:
+    plan = _stand_in_plan(list(ct_files[:2]))
+    spec = _array.FrameGrid.from_plan(plan, dtype="float32")
+    real = pixels.read_frame
+
+    def wrong(ref, *, out=None):  # a decoder that returns fewer rows than the header says
+        return real(ref)[:-1]
+
+    monkeypatch.setattr(pixels, "read_frame", wrong)
+    for read in (spec.read_all, lambda: spec.read_block((slice(0, 1),)),
+                 lambda: _array._read_chunk(spec, (1,))):  # fmt: skip
+        spec.unreadable.clear()
+        with pytest.warns(pixels.PixelDataWarning, match=r"decoded to shape \(511, 512\)"):
+            out = read()
+        assert np.isnan(out).all()
+        assert spec.unreadable
 
 
 def test_open_series_reads_no_pixels_until_asked(philips_ct, ct_reference, monkeypatch) -> None:
@@ -465,3 +518,175 @@ def test_compressed_multiframe_full_read_is_one_pass(monkeypatch) -> None:
     assert len(count.opens) == 1
     np.testing.assert_array_equal(arr[17].compute(), want[17])
     assert count.frames == 1 and len(count.opens) == 2
+
+
+# --------------------------------------------------------------- the default full compute
+
+
+def _no_concatenation(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count dask's concatenation of chunk results (the ~2x path of a per-frame compute)."""
+    import dask.array.core as dask_core
+
+    calls: list[int] = []
+    real = dask_core.concatenate3
+
+    def concatenate3(arrays):
+        calls.append(1)
+        return real(arrays)
+
+    monkeypatch.setattr(dask_core, "concatenate3", concatenate3)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["values", "load", "compute", "asarray", "dask.compute", "persist"],
+)
+def test_default_open_loads_with_one_full_read(philips_ct, ct_reference, monkeypatch, how) -> None:
+    """``open_series`` (one frame per chunk) loads through one read_all, no concatenation."""
+    import dicomxr
+
+    image = dicomxr.open_series(philips_ct)
+    assert image.chunks[0] == (1,) * 140
+    reads = _Reads(monkeypatch)
+    count = _Counter(monkeypatch)
+    joins = _no_concatenation(monkeypatch)
+    if how == "values":
+        values = image.values
+    elif how == "load":
+        values = image.load().data
+    elif how == "compute":
+        values = image.compute().data
+    elif how == "asarray":
+        values = np.asarray(image)
+    elif how == "dask.compute":
+        (values,) = dask.compute(image.data)
+    else:
+        persisted = image.persist()
+        assert persisted.chunks == image.chunks
+        values = persisted.values
+    assert reads.full == 1 and reads.blocks == [] and count.frames == 140
+    assert isinstance(values, np.ndarray)
+    assert joins == ([1] if how == "persist" else [])  # a persisted array is copied out
+    np.testing.assert_array_equal(values, ct_reference)
+    # the lazy original is untouched (``.load()`` loads it in place): a selection still
+    # reads one frame
+    if how == "load":
+        image = dicomxr.open_series(philips_ct)
+    count.frames = 0
+    np.testing.assert_array_equal(image.isel(slice=9).values, ct_reference[9])
+    assert count.frames == 1 and reads.full == 1
+
+
+def test_selections_after_the_fast_path_stay_per_frame(philips_ct, ct_reference, monkeypatch):
+    """Flips, arithmetic and slabs are plain dask arrays: they read only their frames."""
+    import dicomxr
+
+    image = dicomxr.open_series(philips_ct)
+    reads = _Reads(monkeypatch)
+    count = _Counter(monkeypatch)
+    flipped = image.isel(slice=slice(None, None, -1), row=slice(None, None, -1))
+    np.testing.assert_array_equal(
+        (flipped * 2).isel(slice=slice(0, 5)).values, 2 * ct_reference[::-1, ::-1][:5]
+    )
+    assert count.frames == 5
+    count.frames = 0
+    np.testing.assert_array_equal(
+        image.dicom.reorient("RAS").isel(slice=3).values.shape, image.isel(slice=0).shape
+    )
+    assert count.frames == 1
+    count.frames = 0
+    np.testing.assert_array_equal((image + 1).isel(slice=[4, 90]).values, ct_reference[[4, 90]] + 1)
+    assert count.frames == 2 and reads.full == 0
+    # a whole-array computation through other operations is dask's per-frame graph
+    count.frames = 0
+    assert (image * 1).sum().values == ct_reference.sum()
+    assert count.frames == 140 and reads.full == 0
+
+
+def test_fast_path_keeps_dask_semantics(ct_plan, ct_reference, monkeypatch) -> None:
+    """The array stays dask's own class; copies and pickles compute (without the hooks)."""
+    arr = _array.lazy_array(ct_plan)
+    assert type(arr) is da.Array
+    joins = _no_concatenation(monkeypatch)
+    whole = arr.compute()
+    assert joins == []
+    whole[0, 0, 0] = 12345  # the result is the caller's: a new compute reads again
+    np.testing.assert_array_equal(arr.compute(), ct_reference)
+    again = pickle.loads(pickle.dumps(arr))
+    assert type(again) is da.Array and again.name == arr.name
+    np.testing.assert_array_equal(again.compute(), ct_reference)
+    assert joins == [1]  # without the hooks: dask's concatenation
+    np.testing.assert_array_equal(arr.copy().compute(), ct_reference)
+    # several collections at once: the values are right whichever path each takes
+    whole, part, doubled = dask.compute(arr, arr[5:7], arr * 2)
+    np.testing.assert_array_equal(whole, ct_reference)
+    np.testing.assert_array_equal(part, ct_reference[5:7])
+    np.testing.assert_array_equal(doubled, 2 * ct_reference)
+    # other chunk sizes take the same path
+    reads = _Reads(monkeypatch)
+    for chunks in ("series", {"dim_0": 7}, {"dim_0": 50, "dim_1": 100}):
+        values = _array.lazy_array(ct_plan, chunks=chunks).compute()
+        np.testing.assert_array_equal(values, ct_reference)
+    assert reads.full == 3 and reads.blocks == []
+
+
+def test_join_blocks_falls_back_to_concatenation() -> None:
+    whole = np.arange(24).reshape(4, 6).copy()  # owns its memory, as read_all's array
+    chunks = ((2, 2), (6,))
+    views = [[whole[:2]], [whole[2:]]]
+    assert _array.join_blocks(views, whole.shape, chunks) is whole
+    for blocks in (
+        [[whole[:2].copy()], [whole[2:]]],  # a copy (e.g. pickled between workers)
+        [[whole[2:]], [whole[:2]]],  # views in the wrong places
+        [[whole[:2, ::-1]], [whole[2:]]],  # a strided view
+    ):
+        joined = _array.join_blocks(blocks, whole.shape, chunks)
+        assert joined is not whole
+        np.testing.assert_array_equal(joined, np.concatenate([b[0] for b in blocks]))
+
+
+_MEMORY_SCRIPT = """
+import json, sys, tracemalloc
+import numpy as np
+import xarray as xr
+import dicomxr
+
+folder, how = sys.argv[1], sys.argv[2]
+dicomxr.open_series(folder).isel(slice=0).values  # imports and first-use caches
+xr.open_dataset(folder, engine="dicom")["image"].isel(slice=0).values
+tracemalloc.start()
+if how == "values":
+    values = dicomxr.open_series(folder).values
+elif how == "compute":
+    values = dicomxr.open_series(folder).compute().data
+elif how == "engine":
+    image = xr.open_dataset(folder, engine="dicom")["image"]
+    assert image.chunks is None
+    values = image.values
+else:
+    values = dicomxr.open_series(folder).dicom.load().data
+peak = tracemalloc.get_traced_memory()[1]
+print(json.dumps({"peak": peak, "nbytes": values.nbytes}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["values", "compute", "engine", "load"])
+def test_open_and_load_peak_memory_is_the_array(philips_ct, tmp_path, how) -> None:
+    """Open + full load allocate about the array's bytes (traced in a fresh process)."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "measure.py"
+    script.write_text(_MEMORY_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(philips_ct), how],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["nbytes"] == 140 * 512 * 512 * 2
+    assert result["peak"] <= 1.1 * result["nbytes"], result

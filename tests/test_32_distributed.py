@@ -85,6 +85,30 @@ def test_open_series_computes_on_worker_processes(client, philips_ct: Path) -> N
     assert total == image.values.sum()
 
 
+@pytest.mark.slow
+def test_default_open_series_loads_whole_on_worker_processes(client, philips_ct: Path) -> None:
+    """The full-read compute (one read task, views per chunk) runs on worker processes too."""
+    import pickle
+
+    import dask
+
+    import dicomxr
+
+    image = dicomxr.open_series(philips_ct)
+    local = image.values
+    remote = client.compute(image.data).result(timeout=120)
+    np.testing.assert_array_equal(remote, local)
+    # under the distributed scheduler as the default one
+    with dask.config.set(scheduler=client.get):
+        np.testing.assert_array_equal(image.compute().values, local)
+    # pickled (as to a worker): a plain dask array, computed per frame
+    shipped = pickle.loads(pickle.dumps(image.data))
+    np.testing.assert_array_equal(client.compute(shipped).result(timeout=120), local)
+    np.testing.assert_array_equal(
+        client.compute(image.isel(slice=[3, 77]).data).result(timeout=120), local[[3, 77]]
+    )
+
+
 # --------------------------------------------------------------------------------------
 # scan and convert on the cluster (issue 9, item 5): the same outputs as one process
 

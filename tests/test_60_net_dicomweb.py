@@ -96,6 +96,39 @@ def test_stow_upload(web, orthanc, tmp_path):
     )
 
 
+def test_one_session_of_ours_carries_every_request_and_is_closed(web, orthanc, tmp_path):
+    """Our requests and dicomweb-client's go through the session we made; close() closes it."""
+    import requests
+    from pydicom.uid import generate_uid
+
+    from dicomxr.phantom import phantom_volume, write_series
+
+    session = web._session()
+    assert isinstance(session, requests.Session)
+    seen: list[str] = []
+    session.hooks["response"].append(lambda r, *args, **kwargs: seen.append(r.request.method))
+    assert len(web.search("STUDY", PatientID="PLAST*")) == 1  # our own QIDO-RS request
+    study_uid = generate_uid()
+    paths = write_series(
+        tmp_path, phantom_volume((1, 8, 8)), study_uid=study_uid, series_uid=generate_uid()
+    )
+    assert len(web.store(paths)) == 1  # dicomweb-client's STOW-RS
+    assert seen == ["GET", "POST"]
+    adapter = session.get_adapter(web.url)
+    assert adapter.poolmanager.pools  # a kept-alive connection
+    web.close()
+    assert not adapter.poolmanager.pools  # closed by us
+    assert web._session() is not session  # the next request opens a new session
+    assert len(web.search("IMAGE", study=study_uid)) == 1
+    orthanc.server.rest(
+        "DELETE",
+        "/studies/"
+        + orthanc.server.rest(
+            "POST", "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}
+        )[0],
+    )
+
+
 def test_unreachable_and_timeouts(dead_port, silent_peer):
     from dicomxr.net import DicomWebClient, NetError, NetTimeoutError
 

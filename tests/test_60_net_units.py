@@ -274,3 +274,82 @@ def test_clean_partial_spares_another_retrievals_fresh_files(tmp_path):
     assert not own.path.exists() and not stale.exists()
     in_flight.write(b"x")
     assert in_flight.commit().read_bytes() == b"Hx"  # the other retrieval was left alone
+
+
+# ------------------------------------------ pynetdicom's private attributes (the fast path)
+
+
+@pytest.fixture
+def verification_association():
+    """An association of dicomxr's FastAE with a pynetdicom Verification SCP on loopback."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from dicomxr.net._transport import FastAE
+
+    scp = AE(ae_title="VERIFY")
+    scp.add_supported_context(Verification)
+    server = scp.start_server(("127.0.0.1", 0), block=False)
+    try:
+        scu = FastAE(ae_title="DICOMXR")
+        scu.add_requested_context(Verification)
+        scu.acse_timeout = scu.dimse_timeout = scu.network_timeout = 10
+        assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="VERIFY")
+        assert assoc.is_established
+        try:
+            yield assoc
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
+
+
+def test_pynetdicom_is_the_tested_version_and_pinned_so():
+    import tomllib
+    from pathlib import Path
+
+    import pynetdicom
+    from packaging.specifiers import SpecifierSet
+
+    from dicomxr.net._fastget import TESTED_PYNETDICOM
+
+    assert pynetdicom.__version__ in SpecifierSet(TESTED_PYNETDICOM), (
+        f"pynetdicom {pynetdicom.__version__} is outside the range the fast receive path is "
+        f"tested with ({TESTED_PYNETDICOM}): run tests/test_60_net_*.py and widen the range"
+    )
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert f"pynetdicom{TESTED_PYNETDICOM}" in pyproject["project"]["dependencies"]
+
+
+def test_private_pynetdicom_attributes_of_the_fast_path_are_there(verification_association):
+    """Fails naming each attribute when pynetdicom changes what _fastget relies on."""
+    import pynetdicom
+
+    from dicomxr.net import _fastget
+
+    problems = _fastget.private_api_problems(verification_association)
+    assert not problems, (
+        f"pynetdicom {pynetdicom.__version__} changed the private attributes dicomxr's fast "
+        "C-GET/C-FIND receive (dicomxr/net/_fastget.py, _transport.py) relies on:\n  "
+        + "\n  ".join(problems)
+    )
+    assert _fastget.can_take_over(verification_association)
+    assert verification_association.send_c_echo().Status == 0x0000
+
+
+def test_changed_private_attribute_falls_back_with_a_warning(verification_association):
+    from dicomxr.errors import DicomxrWarning
+    from dicomxr.net import _fastget
+
+    dul = verification_association.dul
+    timer = dul._idle_timer
+    del dul._idle_timer
+    try:
+        problems = _fastget.private_api_problems(verification_association)
+        assert len(problems) == 1 and problems[0].startswith("assoc.dul._idle_timer: ")
+        with pytest.warns(DicomxrWarning, match=r"own receive path: assoc\.dul\._idle_timer"):
+            assert not _fastget.can_take_over(verification_association)
+    finally:
+        dul._idle_timer = timer
+    assert _fastget.can_take_over(verification_association)
+    assert verification_association.send_c_echo().Status == 0x0000

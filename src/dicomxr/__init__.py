@@ -20,23 +20,35 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from dicomxr._lazy import lazy_getattr
+from dicomxr._lazy import before_xarray, lazy_getattr
 from dicomxr._version import __version__
 from dicomxr.errors import (
     DicomxrError,
     DicomxrWarning,
     GeometryError,
     GeometryWarning,
+    InputFileError,
+    InstanceCollisionWarning,
     LabelError,
     LabelWarning,
     MissingDependencyError,
     MultipleSeriesError,
     NoSeriesError,
     PixelDataError,
+    PixelDataWarning,
+    SetApartWarning,
     SkippedFileWarning,
 )
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+@before_xarray
+def _register_accessor() -> None:
+    # the .dicom accessor stands at the top (it reaches the exports and the viewer); it is
+    # registered before dicomxr makes its first xarray object, so importing dicomxr stays light
+    import dicomxr.accessor  # noqa: F401
+
 
 # public name -> "module:attribute"; resolved lazily so that importing dicomxr stays light
 _LAZY: dict[str, str] = {
@@ -54,24 +66,33 @@ _LAZY: dict[str, str] = {
     "set_options": "dicomxr.options:set_options",
     "get_options": "dicomxr.options:get_options",
     "data": "dicomxr.data",
+    # errors defined next to what raises them (importing them stays light)
+    "ConvertError": "dicomxr.convert:ConvertError",
+    "NetError": "dicomxr.net.errors:NetError",
     "explain": "dicomxr.explain",
     # the package itself (cheap: its names load on use), so dicomxr.viewer.montage(...) works
     "viewer": "dicomxr.viewer",
 }
 
 __all__ = [
+    "ConvertError",
     "DicomxrError",
     "DicomxrWarning",
     "GeometryError",
     "GeometryReport",
     "GeometryWarning",
+    "InputFileError",
+    "InstanceCollisionWarning",
     "LabelError",
     "LabelWarning",
     "MissingDependencyError",
     "MultipleSeriesError",
+    "NetError",
     "NoSeriesError",
     "PixelDataError",
+    "PixelDataWarning",
     "SeriesPlan",
+    "SetApartWarning",
     "SkippedFileWarning",
     "__version__",
     "anatomy",
@@ -103,9 +124,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dicomxr.anatomy import anatomy
     from dicomxr.api import open_series, open_study
     from dicomxr.catalog import scan
-    from dicomxr.convert import convert
+    from dicomxr.convert import ConvertError, convert
     from dicomxr.geometry import GeometryReport
     from dicomxr.labels import open_labels
+    from dicomxr.net.errors import NetError
     from dicomxr.options import get_options, set_options
     from dicomxr.series import SeriesPlan, plan_series
     from dicomxr.viewer import browse, view

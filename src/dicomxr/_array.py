@@ -22,19 +22,38 @@ array wrappers do) and is the only lazy array: :func:`lazily_indexed` wraps it f
   dask's slice fusion (a selection of a one-chunk array becomes one indexed read of the
   backend array) both read one frame for one slice;
 * :func:`preferred_chunks` advertises storage (one frame per chunk; MOSAIC: the tiles of one
-  stored image) for callers that want per-frame tasks (``chunks={}``).
+  stored image) for callers that want per-frame tasks (``chunks={}``, the default of
+  :func:`dicomxr.open_series`);
+* a dask array made by :func:`chunk_variable` carries :class:`FullRead`'s hooks: computing
+  every chunk of the untouched array (``.values``, ``.load()``, ``.compute()``) is one
+  :meth:`FrameGrid.read_all` whose chunks are views of one array, returned as it is - the
+  per-frame graph stays for every selection and operation.
 
 Missing frames (grid value ``-1``) are filled with NaN; with ``dtype="auto"`` a grid that has
 missing frames therefore gets a float dtype (``float32``). With an explicit integer dtype
 they are filled with 0.
+
+One unreadable frame does not fail a load. A frame whose pixel data turns out to be
+unreadable only when it is decoded (a corrupt compressed stream, a file changed or removed
+since the scan; what the header shows is set apart when the series is planned) is a
+:class:`~dicomxr.errors.PixelDataWarning` naming the file, the frame and its place in the
+array, and that place holds the fill value of missing frames: NaN in a float array, 0 in an
+integer one. :attr:`FrameGrid.unreadable` lists them (for reads in this process). To stop at
+the first one instead, turn the warning into an error
+(``warnings.simplefilter("error", dicomxr.PixelDataWarning)``). Every read path compares
+what it got with the frame shape and raises :class:`~dicomxr.errors.PixelDataError` naming
+the file rather than reshape another size into the frame.
 
 This is the only module that uses ``xarray.core.indexing``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,15 +63,19 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from dicomxr import pixels
+from dicomxr.errors import PixelDataError, PixelDataWarning, failure_reason, user_stacklevel
 from dicomxr.pixels import FrameRef
 
 __all__ = [
     "DicomBackendArray",
     "FrameGrid",
+    "FullRead",
     "chunk_variable",
+    "join_blocks",
     "lazily_indexed",
     "lazy_array",
     "preferred_chunks",
+    "read_whole",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,6 +125,9 @@ class FrameGrid:
         Per-ref RescaleSlope and RescaleIntercept (NaN or None: 1 and 0).
     mtimes
         Per-ref modification times (for the dask name); ``None`` stats the files.
+    etags
+        Per-ref version tags of remote objects (the catalog's ``etag``), also in the dask
+        name; ``None`` for local files.
     dtype
         ``"auto"`` (see :func:`dicomxr.pixels.rescale_dtype`), or any numpy dtype.
     rescale
@@ -118,6 +144,7 @@ class FrameGrid:
         mtimes: Sequence[float] | None = None,
         dtype: Any = "auto",
         rescale: bool = True,
+        etags: Sequence[str | None] | None = None,
     ) -> None:
         self.refs = tuple(refs)
         self.grid = np.asarray(grid, dtype=np.int64)
@@ -131,6 +158,8 @@ class FrameGrid:
         if mtimes is None:
             mtimes = [_mtime(r.path) for r in self.refs]
         self.mtimes = tuple(float(m) if m is not None else 0.0 for m in mtimes)
+        tags = [] if etags is None else [e if isinstance(e, str) else None for e in etags]
+        self.etags = tuple(tags) if any(tags) else None
         first = self.refs[0]
         self.frame_shape = pixels.frame_shape(first)
         for ref in self.refs:
@@ -143,6 +172,18 @@ class FrameGrid:
         self.missing = bool((self.grid < 0).any())
         self.dtype = self._output_dtype(dtype)
         self.fill = np.nan if self.dtype.kind in "fc" else 0
+        #: ref index -> why its frame could not be read (reads in this process)
+        self.unreadable: dict[int, str] = {}
+        self._warned = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_warned", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._warned = threading.Lock()
 
     # -- dtype
     def _stored_dtype(self) -> np.dtype:
@@ -192,9 +233,10 @@ class FrameGrid:
         """Deterministic token from paths, mtimes, offsets, grid, rescale and dtype."""
         from dask.base import tokenize
 
+        versions = (self.mtimes,) if self.etags is None else (self.mtimes, self.etags)
         return tokenize(
             [(r.path, r.frame, r.pixel_data_offset, r.tile) for r in self.refs],
-            self.mtimes,
+            *versions,
             self.grid,
             self.slopes,
             self.intercepts,
@@ -209,11 +251,18 @@ class FrameGrid:
         """Read grid value ``index`` (a ref index, or -1) into the frame-shaped ``dst``.
 
         ``scratch`` is an optional reusable buffer of the stored dtype and frame size, used
-        when the stored values cannot land in ``dst`` itself (a wider or float output).
+        when the stored values cannot land in ``dst`` itself (a wider or float output). A
+        frame that cannot be read is filled (see :meth:`set_unreadable`).
         """
         if index < 0:
             dst[...] = self.fill
             return
+        try:
+            self._read_frame_into(index, dst, scratch)
+        except (PixelDataError, OSError) as exc:
+            self.set_unreadable(index, exc, dst)
+
+    def _read_frame_into(self, index: int, dst: np.ndarray, scratch: np.ndarray | None) -> None:
         ref = self.refs[index]
         slope, intercept = self.slopes[index], self.intercepts[index]
         native = (
@@ -228,7 +277,7 @@ class FrameGrid:
             and (self.dtype.kind in "iu" or self.dtype == self.stored)
         ):
             # stored values land in dst itself; the rescale is then done in place
-            pixels.read_frame(ref, out=dst.view(self.stored))
+            self.check_frame(pixels.read_frame(ref, out=dst.view(self.stored)), ref)
             pixels.apply_rescale(
                 dst.view(self.stored), slope, intercept, self.dtype, out=dst.view(self.dtype)
             )
@@ -237,13 +286,50 @@ class FrameGrid:
             arr = pixels.read_frame(ref, out=scratch)
         else:
             arr = pixels.read_frame(ref)
-        pixels.apply_rescale(arr, slope, intercept, self.dtype, out=dst)
+        pixels.apply_rescale(self.check_frame(arr, ref), slope, intercept, self.dtype, out=dst)
+
+    def check_frame(self, arr: np.ndarray, ref: FrameRef) -> np.ndarray:
+        """Return ``arr`` if it has the grid's frame shape, else raise a ``PixelDataError``.
+
+        A decoder that returns another size than the header describes must not be reshaped
+        or broadcast into the frame.
+        """
+        if tuple(arr.shape) != tuple(self.frame_shape):
+            raise PixelDataError(
+                f"{ref.path}: frame {ref.frame} decoded to shape {tuple(arr.shape)}, the "
+                f"series' frames are {tuple(self.frame_shape)}: not read"
+            )
+        return arr
+
+    def set_unreadable(self, index: int, exc: BaseException, dst: np.ndarray) -> None:
+        """Fill ``dst`` for ref ``index`` whose frame failed, record it and warn once.
+
+        The warning names the file, the frame, its place in the grid and the fill value;
+        ``warnings.simplefilter("error", PixelDataWarning)`` makes it raise instead.
+        """
+        dst[...] = self.fill
+        ref = self.refs[index]
+        reason = failure_reason(exc, limit=300)
+        with self._warned:
+            first = index not in self.unreadable
+            self.unreadable[index] = reason
+        if not first:
+            return
+        places = [tuple(int(v) for v in p) for p in np.argwhere(self.grid == index)[:3]]
+        where = ", ".join(str(p) for p in places) or "none"
+        fill = "NaN" if self.dtype.kind in "fc" else repr(self.fill)
+        warnings.warn(
+            f"{ref.path}: frame {ref.frame} cannot be read and is set apart from the loaded "
+            f"array: its place (grid position {where}) holds {fill} ({reason})",
+            PixelDataWarning,
+            stacklevel=user_stacklevel(),
+        )
 
     def read_block(self, grid_index: tuple) -> np.ndarray:
         """Read the frames of ``grid[grid_index]`` (basic or outer indexing) into one array."""
-        sub = self.grid[grid_index]
-        out = np.empty(np.shape(sub) + tuple(self.frame_shape), dtype=self.dtype)
-        self._read_many(np.asarray(sub).reshape(-1), out.reshape((-1, *self.frame_shape)))
+        sub = np.asarray(self.grid[grid_index])
+        out = np.empty(sub.shape + tuple(self.frame_shape), dtype=self.dtype)
+        self._read_many(sub.reshape(-1), out.reshape((-1, *self.frame_shape)))
         return out
 
     def read_all(self) -> np.ndarray:
@@ -304,17 +390,30 @@ class FrameGrid:
                 fut.result()
 
     def _read_file(self, indices: np.ndarray, ks: list[int], out: np.ndarray) -> None:
-        """Read several frames of one encapsulated file in one pass (:func:`pixels.read_frames`)."""
+        """Read several frames of one encapsulated file in one pass (:func:`pixels.read_frames`).
+
+        When the pass fails, the frames it did not deliver are read one by one, so one
+        corrupt fragment costs only its own frame.
+        """
         slots: dict[int, list[int]] = {}
         for k in ks:
             slots.setdefault(self.refs[indices[k]].frame, []).append(k)
         first = self.refs[indices[ks[0]]]
-        for frame, arr in pixels.read_frames(first, slots):
-            for k in slots[frame]:
-                i = int(indices[k])
-                pixels.apply_rescale(
-                    arr, self.slopes[i], self.intercepts[i], self.dtype, out=out[k]
-                )
+        done: set[int] = set()
+        try:
+            for frame, arr in pixels.read_frames(first, slots):
+                for k in slots[frame]:
+                    i = int(indices[k])
+                    self.check_frame(arr, self.refs[i])
+                    pixels.apply_rescale(
+                        arr, self.slopes[i], self.intercepts[i], self.dtype, out=out[k]
+                    )
+                done.add(frame)
+        except (PixelDataError, OSError):
+            for frame, frame_ks in slots.items():
+                if frame not in done:
+                    for k in frame_ks:
+                        self.read_frame_into(int(indices[k]), out[k])
 
     def _read_mosaic(self, indices: np.ndarray, ks: list[int], out: np.ndarray) -> None:
         first = self.refs[indices[ks[0]]]
@@ -322,10 +421,24 @@ class FrameGrid:
             first, tile=None, mosaic_rows=0, mosaic_cols=0, Rows=first.stored_rows,
             Columns=first.stored_cols,
         )  # fmt: skip
-        image = pixels.read_frame(whole)
+        try:
+            image = pixels.read_frame(whole)
+            if tuple(image.shape[:2]) != (first.stored_rows, first.stored_cols):
+                raise PixelDataError(
+                    f"{first.path}: MOSAIC image decoded to shape {tuple(image.shape)}, the "
+                    f"header describes {(first.stored_rows, first.stored_cols)}: not read"
+                )
+        except (PixelDataError, OSError) as exc:
+            for k in ks:
+                self.set_unreadable(int(indices[k]), exc, out[k])
+            return
         for k in ks:
             i = int(indices[k])
-            tile = pixels._mosaic_tile(image, self.refs[i])
+            try:
+                tile = self.check_frame(pixels._mosaic_tile(image, self.refs[i]), self.refs[i])
+            except PixelDataError as exc:
+                self.set_unreadable(i, exc, out[k])
+                continue
             pixels.apply_rescale(tile, self.slopes[i], self.intercepts[i], self.dtype, out=out[k])
 
     def __repr__(self) -> str:
@@ -335,12 +448,25 @@ class FrameGrid:
         )
 
     @classmethod
-    def from_plan(cls, plan: Any, *, dtype: Any = "auto", rescale: bool = True) -> FrameGrid:
-        """Build from a ``SeriesPlan`` (or anything with ``frames``, ``grid``, ``frame_shape``)."""
+    def from_plan(
+        cls,
+        plan: Any,
+        *,
+        dtype: Any = "auto",
+        rescale: bool = True,
+        storage_options: Any = None,
+    ) -> FrameGrid:
+        """Build from a ``SeriesPlan`` (or anything with ``frames``, ``grid``, ``frame_shape``).
+
+        ``storage_options`` (fsspec options for URL paths) default to the catalog's, which
+        ``dicomxr.scan`` of a remote source keeps in ``attrs["storage_options"]``.
+        """
         frames = plan.frames
+        if storage_options is None:
+            storage_options = getattr(frames, "attrs", {}).get("storage_options")
         if hasattr(frames, "columns"):
             # only the columns a FrameRef needs: a frames table has ~80 columns
-            wanted = [*_REF_COLUMNS, "RescaleSlope", "RescaleIntercept", "mtime"]
+            wanted = [*_REF_COLUMNS, "RescaleSlope", "RescaleIntercept", "mtime", "etag"]
             frames = frames[[c for c in wanted if c in frames.columns]]
             columns = {c: frames[c].tolist() for c in frames.columns}
             rows = [
@@ -350,6 +476,8 @@ class FrameGrid:
         else:
             rows = list(frames)
         refs = [FrameRef.from_row(r) for r in rows]
+        if storage_options:
+            refs = [dataclasses.replace(r, storage_options=storage_options) for r in refs]
         fg = cls(
             refs,
             np.asarray(plan.grid),
@@ -358,6 +486,7 @@ class FrameGrid:
             mtimes=_column(frames, "mtime"),
             dtype=dtype,
             rescale=rescale,
+            etags=_column(frames, "etag"),
         )
         expected = tuple(getattr(plan, "frame_shape", fg.frame_shape) or fg.frame_shape)
         if tuple(fg.frame_shape[:2]) != expected[:2]:
@@ -539,7 +668,164 @@ def chunk_variable(variable: Any, backend: DicomBackendArray, chunks: Any) -> An
     elif isinstance(chunks, Mapping):
         chunks = {**preferred, **chunks}
     name = f"dicomxr-image-{tokenize(backend, str(chunks))}"
-    return variable.chunk(chunks, name=name)
+    chunked = variable.chunk(chunks, name=name)
+    FullRead.attach(chunked.data, backend)
+    return chunked
+
+
+# ----------------------------------------------------------------------------- full read
+
+
+class FullRead:
+    """The fast whole-array compute of a freshly chunked series (dask hooks on one array).
+
+    A dask array over :class:`DicomBackendArray` has one task per chunk (one frame per
+    chunk by default), so that any selection - also after a flip, arithmetic or a
+    resampling - reads only the frames it touches. Computing *every* chunk that way costs
+    twice the array's bytes (the chunks, then dask's concatenation) and the time of one
+    scheduled task per frame. :meth:`attach` gives the freshly made array two hooks of the
+    dask collection protocol, as instance attributes, so that its type stays
+    ``dask.array.Array`` (xarray refuses to mix chunked array types in one Dataset):
+
+    * ``__dask_optimize__`` (:meth:`optimize`): when the keys asked for need every chunk of
+      the untouched graph (``.values``, ``.load()``, ``.compute()``, ``np.asarray``,
+      ``dask.compute(arr)``, ``.persist()``), the per-frame graph is replaced by one task,
+      :meth:`FrameGrid.read_all` (a thread pool reading every frame into one preallocated
+      array), and one task per chunk key returning a numpy *view* of it. Anything else goes
+      to dask's own optimization unchanged.
+    * ``__dask_postcompute__`` (:meth:`postcompute`): :func:`join_blocks` returns the one
+      array the views tile instead of concatenating them; if the chunks are not views of
+      one array (the per-frame graph ran, or the views were pickled between worker
+      processes) it is dask's concatenation.
+
+    Every dask operation (``isel``, arithmetic, ``rechunk``, ``copy``) makes a new array
+    without the hooks, and a pickled array comes back without them, so laziness after a
+    selection is dask's own. ``dask.compute(image)`` on the *xarray* object goes through
+    xarray's Dataset-level optimizer (dask's default) and computes per frame; the
+    finalizer still applies, so the result is right, at ~2x the bytes.
+    """
+
+    def __init__(self, array: Any, backend: DicomBackendArray) -> None:
+        from dask.core import flatten
+
+        self.backend = backend
+        self.name = array.name
+        self.shape = tuple(array.shape)
+        self.chunks = array.chunks
+        self.keys = list(flatten(array.__dask_keys__()))
+        self.key_set = frozenset(self.keys)
+        # identity of the layers: a graph built from anything else is not rewritten
+        self.layers = dict(array.dask.layers)
+
+    @classmethod
+    def attach(cls, array: Any, backend: DicomBackendArray) -> Any:
+        """Give the dask ``array`` (a chunking of ``backend``, as made) the full-read hooks."""
+        if tuple(array.shape) != tuple(backend.shape) or not hasattr(array, "dask"):
+            return array
+        hooks = cls(array, backend)
+        array.__dask_optimize__ = hooks.optimize
+        array.__dask_postcompute__ = hooks.postcompute
+        return array
+
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return ("dicomxr.FullRead", self.name)
+
+    def optimize(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """One full read when ``keys`` need every chunk; dask's optimization otherwise."""
+        graph = self._full_read_graph(dsk, keys)
+        if graph is not None:
+            return graph
+        import dask.array
+
+        return dask.array.Array.__dask_optimize__(dsk, keys, **kwargs)
+
+    def postcompute(self) -> tuple[Any, tuple]:
+        """``(join_blocks, (shape, chunks))``: the finalizer dask calls with the chunks."""
+        return join_blocks, (self.shape, self.chunks)
+
+    def _full_read_graph(self, dsk: Any, keys: Any) -> dict | None:
+        """Return the rewritten graph, or None when the graph or keys are not the whole array.
+
+        ``dsk`` must hold this array's own layers (the very objects) and at most a few small
+        layers dask adds (the finalize task); together the keys and those layers' tasks must
+        need every chunk.
+        """
+        from dask._task_spec import Task, TaskRef
+        from dask.array.core import slices_from_chunks
+        from dask.base import tokenize
+        from dask.core import flatten
+
+        layers = getattr(dsk, "layers", None)
+        if layers is None or any(layers.get(n) is not lay for n, lay in self.layers.items()):
+            return None
+        wanted = {k for k in flatten(keys) if k in self.key_set}
+        extra: dict[Any, Any] = {}
+        for name, layer in layers.items():
+            if name in self.layers:
+                continue
+            if len(layer) > 16:
+                return None
+            for key, task in dict(layer).items():
+                deps = getattr(task, "dependencies", None)
+                if deps is None:
+                    return None
+                extra[key] = task
+                wanted.update(k for k in deps if k in self.key_set)
+        if len(wanted) != len(self.key_set):
+            return None
+        read_key = f"dicomxr-read-{tokenize(self.name)}"
+        graph: dict[Any, Any] = {read_key: Task(read_key, read_whole, self.backend)}
+        for key, index in zip(self.keys, slices_from_chunks(self.chunks), strict=True):
+            graph[key] = Task(key, _block_view, TaskRef(read_key), index)
+        graph.update(extra)
+        return graph
+
+
+def read_whole(backend: DicomBackendArray) -> np.ndarray:
+    """Every frame of ``backend`` in one preallocated array (:meth:`FrameGrid.read_all`)."""
+    return backend.spec.read_all()
+
+
+def _block_view(whole: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
+    return whole[index]
+
+
+def join_blocks(results: Any, shape: tuple[int, ...], chunks: tuple) -> Any:
+    """Finalize a compute: the one array the chunk results are views of, else concatenate.
+
+    Parameters
+    ----------
+    results
+        The chunk results, nested lists as ``__dask_keys__()``.
+    shape, chunks
+        The array's shape and chunks: each result must be the view of its block.
+    """
+    from dask.array.core import finalize, slices_from_chunks
+    from dask.core import flatten
+
+    blocks = list(flatten(results, container=list))
+    indices = list(slices_from_chunks(chunks))
+    whole = getattr(blocks[0], "base", None) if blocks else None
+    if (
+        not isinstance(whole, np.ndarray)
+        or whole.shape != tuple(shape)
+        or len(blocks) != len(indices)
+        or not all(_is_view_of(b, whole, i) for b, i in zip(blocks, indices, strict=True))
+    ):
+        return finalize(results)
+    return whole
+
+
+def _is_view_of(block: Any, whole: np.ndarray, index: tuple[slice, ...]) -> bool:
+    """Whether ``block`` is exactly ``whole[index]`` (same memory, shape and strides)."""
+    if not isinstance(block, np.ndarray) or block.base is not whole:
+        return False
+    expected = whole[index]
+    return (
+        block.shape == expected.shape
+        and block.strides == expected.strides
+        and block.__array_interface__["data"][0] == expected.__array_interface__["data"][0]
+    )
 
 
 def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True, chunks: Any = None) -> Any:
@@ -581,7 +867,7 @@ def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True, chunks: 
     if isinstance(plan, FrameGrid) and not (isinstance(dtype, str) and dtype == "auto"):
         plan = FrameGrid(
             plan.refs, plan.grid, slopes=plan.slopes, intercepts=plan.intercepts,
-            mtimes=plan.mtimes, dtype=dtype, rescale=rescale,
+            mtimes=plan.mtimes, dtype=dtype, rescale=rescale, etags=plan.etags,
         )  # fmt: skip
     backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale)
     dims = tuple(f"dim_{i}" for i in range(len(backend.shape)))

@@ -27,7 +27,12 @@ def register(subparsers: Any) -> None:
             "output. A re-run converts only what is missing. Exit code 1 when a series failed."
         ),
     )
-    cmd.add_argument("source", metavar="SRC", help="file, folder, glob or DICOMDIR")
+    from dicomxr._cli_io import add_storage_options
+
+    cmd.add_argument(
+        "source", metavar="SRC", help="file, folder, glob, DICOMDIR, zip file or URL (s3://...)"
+    )
+    add_storage_options(cmd)
     cmd.add_argument("dest", metavar="DEST", help="destination folder (created)")
     cmd.add_argument(
         "--format", choices=("nifti", "zarr"), default="nifti", help="output format (nifti)"
@@ -122,6 +127,7 @@ def _convert(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             progress=False if args.no_progress else None,
             on_irregular=args.on_irregular,
+            storage_options=args.storage_options,
         )
     except (ConvertError, DicomxrError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -40,8 +40,9 @@ def register(subparsers: Any) -> None:
         help="list the series in a file, folder or DICOMDIR (headers only)",
         description="Scan DICOM headers and print one line per series (no pixel is read).",
     )
-    scan.add_argument("path", help="file, folder, glob or DICOMDIR")
+    scan.add_argument("path", help="file, folder, glob, DICOMDIR, zip file or URL (s3://...)")
     scan.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    add_storage_options(scan)
     scan.add_argument("--csv", type=Path, help="also write the per-file catalog to this CSV")
     scan.add_argument(
         "--include",
@@ -71,7 +72,8 @@ def register(subparsers: Any) -> None:
             "the geometry report of a series. Without --series, every series in PATH."
         ),
     )
-    info.add_argument("path", help="file, folder, glob or DICOMDIR")
+    info.add_argument("path", help="file, folder, glob, DICOMDIR, zip file or URL (s3://...)")
+    add_storage_options(info)
     info.add_argument(
         "--series",
         help="SeriesNumber, key, SeriesInstanceUID or part of the description",
@@ -89,6 +91,33 @@ def register(subparsers: Any) -> None:
         help="also plan frames normally set apart (repeatable)",
     )
     info.set_defaults(func=_info)
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--storage-options JSON`` (fsspec options of a URL or zip source)."""
+    parser.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help=(
+            "fsspec options for a URL source, as JSON: '{\"anon\": true}', "
+            '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\' '
+            "(credentials are best left to the environment, e.g. AWS_PROFILE)"
+        ),
+    )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -119,7 +148,12 @@ def _scan(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped files are summarised below
-        catalog = scan(args.path, recursive=not args.no_recursive, keys=args.key or None)
+        catalog = scan(
+            args.path,
+            recursive=not args.no_recursive,
+            storage_options=args.storage_options,
+            keys=args.key or None,
+        )
         plans = list_series(catalog, include=args.include)
     elapsed = time.perf_counter() - start
     rows = series_table(plans)
@@ -152,15 +186,20 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from dicomxr.api import _select, list_series
+    from dicomxr.api import list_series, select_plan
     from dicomxr.errors import DicomxrError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plans = list_series(args.path, on_irregular=args.on_irregular, include=args.include)
+        plans = list_series(
+            args.path,
+            on_irregular=args.on_irregular,
+            include=args.include,
+            storage_options=args.storage_options,
+        )
     if args.series is not None:
         try:
-            plans = [_select(plans, args.series, args.path)]
+            plans = [select_plan(plans, args.series, args.path)]
         except DicomxrError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

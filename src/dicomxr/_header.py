@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["RawHeader", "encapsulated_complete", "read_meta", "read_raw"]
 
@@ -168,13 +170,16 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 class _Reader:
     """A growable window on a file: ``buf`` holds bytes ``[base, base + len(buf))``."""
 
-    __slots__ = ("base", "buf", "fd", "size")
+    __slots__ = ("base", "buf", "fd", "pread", "size")
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(
+        self, fd: Any, size: int, pread: Callable[[Any, int, int], bytes] = _pread
+    ) -> None:
         self.fd = fd
         self.size = size
+        self.pread = pread
         self.base = 0
-        self.buf = _pread(fd, _CHUNK, 0)
+        self.buf = pread(fd, _CHUNK, 0)
 
     def need(self, pos: int, n: int) -> None:
         """Make ``[pos, pos + n)`` available in ``buf`` or decline (past end of file)."""
@@ -186,18 +191,27 @@ class _Reader:
         if pos >= end or pos < self.base:
             # a jump over a long value: restart the window at pos
             self.base = pos
-            self.buf = _pread(self.fd, max(n, _CHUNK), pos)
+            self.buf = self.pread(self.fd, max(n, _CHUNK), pos)
         else:
             # keep the part of the window from pos on, then grow it
-            more = _pread(self.fd, max(pos + n - end, _CHUNK), end)
+            more = self.pread(self.fd, max(pos + n - end, _CHUNK), end)
             self.buf = self.buf[pos - self.base :] + more
             self.base = pos
         if pos + n > self.base + len(self.buf):
             raise _Decline("short read")
 
 
+def _ranged_pread(source: Any, n: int, offset: int) -> bytes:
+    return source.pread(n, offset)
+
+
+def _file_pread(f: Any, n: int, offset: int) -> bytes:
+    f.seek(offset)
+    return f.read(n)
+
+
 def read_raw(
-    path: str,
+    path: str | Any,
     size: int,
     wanted: frozenset[int] | set[int],
     wanted_groups: dict[int, frozenset[int]],
@@ -210,7 +224,8 @@ def read_raw(
     Parameters
     ----------
     path
-        The file.
+        The file, or an object whose ``pread(n, offset)`` returns bytes of it (a remote
+        object's :class:`dicomxr.sources.HeadReader`).
     size
         Its size in bytes (from ``os.stat``; elements running past it make the reader
         decline).
@@ -231,13 +246,13 @@ def read_raw(
     """
     out = RawHeader()
     try:
+        if not isinstance(path, str):
+            _read_from(path, _ranged_pread, size, wanted, wanted_groups, presence, out,
+                       skip_directories)  # fmt: skip
+            return out
         fd = os.open(path, _OPEN_FLAGS)
         try:
-            _read(fd, size, wanted, wanted_groups, presence, out, skip_directories)
-            if out.pixel_data_offset >= 0 and out.pixel_data_length == _UNDEFINED:
-                out.encapsulated_complete = _encapsulated_complete(
-                    fd, out.pixel_data_value_offset, size
-                )
+            _read_from(fd, _pread, size, wanted, wanted_groups, presence, out, skip_directories)
         finally:
             os.close(fd)
     except (_Decline, struct.error, UnicodeDecodeError, IndexError):
@@ -250,13 +265,13 @@ def read_raw(
     return out
 
 
-def encapsulated_complete(path: str, value_offset: int) -> bool:
+def encapsulated_complete(path: str | Any, value_offset: int) -> bool:
     """Tell whether encapsulated pixel data starting at ``value_offset`` is whole.
 
     Parameters
     ----------
     path
-        The file.
+        The file, or a seekable binary file object (a remote object's).
     value_offset
         Offset of the Pixel Data *value* (its first item, the basic offset table).
 
@@ -265,6 +280,9 @@ def encapsulated_complete(path: str, value_offset: int) -> bool:
     bool
         True when the fragments run to the sequence delimiter inside the file.
     """
+    if not isinstance(path, str):
+        size = path.seek(0, os.SEEK_END)
+        return _encapsulated_complete(path, value_offset, size, _file_pread)
     fd = os.open(path, _OPEN_FLAGS)
     try:
         return _encapsulated_complete(fd, value_offset, os.fstat(fd).st_size)
@@ -272,13 +290,15 @@ def encapsulated_complete(path: str, value_offset: int) -> bool:
         os.close(fd)
 
 
-def _encapsulated_complete(fd: int, pos: int, size: int) -> bool:
+def _encapsulated_complete(
+    fd: Any, pos: int, size: int, pread: Callable[[Any, int, int], bytes] = _pread
+) -> bool:
     # the usual case in one read: the file ends with the sequence delimiter
-    if size >= pos + 8 and _pread(fd, 8, size - 8) == b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
+    if size >= pos + 8 and pread(fd, 8, size - 8) == b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
         return True
     # otherwise (trailing elements or padding, or a cut): follow the fragment items
     while pos + 8 <= size:
-        head = _pread(fd, 8, pos)
+        head = pread(fd, 8, pos)
         if len(head) < 8:
             return False
         group, elem, length = _unpack_hhi(head, 0)
@@ -322,8 +342,9 @@ def read_meta(path: str) -> dict[int, bytes] | None:
     return out.meta
 
 
-def _read(
-    fd: int,
+def _read_from(
+    fd: Any,
+    pread: Callable[[Any, int, int], bytes],
     size: int,
     wanted: frozenset[int] | set[int],
     wanted_groups: dict[int, frozenset[int]],
@@ -331,7 +352,24 @@ def _read(
     out: RawHeader,
     skip_directories: bool,
 ) -> None:
-    r = _Reader(fd, size)
+    _read(fd, size, wanted, wanted_groups, presence, out, skip_directories, pread)
+    if out.pixel_data_offset >= 0 and out.pixel_data_length == _UNDEFINED:
+        out.encapsulated_complete = _encapsulated_complete(
+            fd, out.pixel_data_value_offset, size, pread
+        )
+
+
+def _read(
+    fd: Any,
+    size: int,
+    wanted: frozenset[int] | set[int],
+    wanted_groups: dict[int, frozenset[int]],
+    presence: frozenset[int],
+    out: RawHeader,
+    skip_directories: bool,
+    pread: Callable[[Any, int, int], bytes] = _pread,
+) -> None:
+    r = _Reader(fd, size, pread)
     buf = r.buf
     if len(buf) >= 132 and buf[128:132] == b"DICM":
         pos = 132

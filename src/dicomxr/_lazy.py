@@ -37,3 +37,25 @@ def lazy_getattr(package: str, namespace: dict[str, Any], targets: Mapping[str, 
         return value
 
     return __getattr__
+
+
+#: run once, before dicomxr makes its first xarray object (see :func:`before_xarray`)
+_BEFORE_XARRAY: list[Callable[[], object]] = []
+
+
+def before_xarray(hook: Callable[[], object]) -> Callable[[], object]:
+    """Run ``hook`` once, before dicomxr makes its first xarray object.
+
+    The package face registers the ``.dicom`` accessor this way: the accessor stands at the
+    top of the house (it reaches the exports and the viewer) while the objects are made lower
+    down (:mod:`dicomxr.api`), and a lower layer never imports a higher one. ``import
+    dicomxr`` stays light: neither xarray nor pandas is imported until an object is made.
+    """
+    _BEFORE_XARRAY.append(hook)
+    return hook
+
+
+def making_xarray() -> None:
+    """Run the hooks of :func:`before_xarray` (the modules that make xarray objects call this)."""
+    while _BEFORE_XARRAY:
+        _BEFORE_XARRAY.pop(0)()

@@ -1,7 +1,8 @@
 """The ``.dicom`` accessor on :class:`xarray.DataArray` and :class:`xarray.Dataset`.
 
-Registered when :mod:`dicomxr.api` is imported (which ``dicomxr.open_series`` does on first
-use), or explicitly with ``import dicomxr.accessor``.
+Registered before dicomxr makes its first xarray object (when :mod:`dicomxr.api` is
+imported, which ``dicomxr.open_series`` does on first use), or explicitly with ``import
+dicomxr.accessor`` (for objects read back from Zarr or netCDF).
 
 Index order
 -----------
@@ -41,17 +42,12 @@ from dicomxr.attrs import (
     encode_attrs,
     geometry_from_attr,
     image_of,
-    to_plain,
 )
 from dicomxr.errors import GeometryError
 from dicomxr.spatial import affine_of, spacing_of
 
 if TYPE_CHECKING:
     from dicomxr.geometry import GeometryReport
-
-# older names, kept for code that imported them from here
-_image_of = image_of
-_plain = to_plain
 
 __all__ = [
     "LPS_TO_RAS",
@@ -486,7 +482,7 @@ class DicomDatasetAccessor(DicomAccessor):
 
     def __init__(self, obj: xr.Dataset) -> None:
         self._dataset = obj
-        super().__init__(_image_of(obj))
+        super().__init__(image_of(obj))
 
 
 xr.register_dataarray_accessor("dicom")(DicomAccessor)

@@ -6,8 +6,9 @@ plan -> the lazy backend array) and dresses the result as an :class:`xarray.Data
 ``_plan_to_dataset``, builds every series' Dataset - for :func:`open_series`,
 :func:`open_study` and the ``"dicom"`` engine alike: ``image`` wraps
 :class:`dicomxr._array.DicomBackendArray` in xarray's lazy indexing, and ``chunks`` makes it
-dask through xarray's own chunking (one chunk per series by default, so a full load is one
-threaded read into one array and a selection reads only its frames):
+dask through xarray's own chunking (one frame per chunk by default, so a selection reads
+only its frames, also after a flip or arithmetic; a full load of the untouched array is still
+one threaded read into one array, :class:`dicomxr._array.FullRead`):
 
 - dims: the plan's frame-grid dims (ending with ``slice``) + ``("row", "col")``
   (+ ``"channel"`` for colour); ``row`` runs along ImageOrientationPatient[3:],
@@ -21,7 +22,9 @@ threaded read into one array and a selection reads only its frames):
   (``dim_sources``) are JSON text too. No patient identifiers unless ``include_patient=True``;
 - ``encoding["preferred_chunks"]`` advertises one frame per chunk (MOSAIC: tile runs).
 
-Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`).
+Importing this module registers the ``.dicom`` accessor (:mod:`dicomxr.accessor`): the package
+face hands the registration in through :func:`dicomxr._lazy.before_xarray`, since the accessor
+stands above this layer.
 """
 
 from __future__ import annotations
@@ -32,15 +35,16 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
-from dicomxr import accessor as _accessor  # noqa: F401 (registers the .dicom accessor)
+from dicomxr._lazy import making_xarray
 from dicomxr.attrs import encode_attrs
-from dicomxr.errors import MultipleSeriesError, NoSeriesError
+from dicomxr.errors import MultipleSeriesError, NoSeriesError, SetApartWarning, user_stacklevel
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = ["PATIENT_ATTRIBUTES", "list_series", "open_series", "open_study", "series_table"]
 
 logger = logging.getLogger(__name__)
+
+making_xarray()  # the objects made here come with the .dicom accessor (registered by dicomxr)
 
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 #: ``None`` (no dask), ``"series"`` (one chunk), ``{}`` (one frame per chunk) or a mapping
@@ -95,15 +101,24 @@ _STUDY_ATTRIBUTES = (
 # catalog and plans
 
 
-def _catalog(source: Any, *, recursive: bool = True, keys: Any = None) -> pd.DataFrame:
+def _catalog(
+    source: Any,
+    *,
+    recursive: bool = True,
+    storage_options: Any = None,
+    keys: Any = None,
+) -> pd.DataFrame:
     import pandas as pd
 
     from dicomxr.catalog import scan
 
     if isinstance(source, pd.DataFrame):
         _check_key_columns(source.columns, keys, "the catalog")
+        if storage_options:
+            source = source.copy(deep=False)
+            source.attrs["storage_options"] = dict(storage_options)
         return source
-    return scan(source, recursive=recursive, keys=keys)
+    return scan(source, recursive=recursive, storage_options=storage_options, keys=keys)
 
 
 def _check_key_columns(columns: Any, keys: Any, what: str) -> None:
@@ -125,6 +140,7 @@ def list_series(
     on_duplicate: str = "warn",
     include: Sequence[str] = (),
     recursive: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[Any] | str | None = None,
 ) -> SeriesPlans:
     """Scan ``source`` and return the plan of every image series in it (no pixel is read).
@@ -150,6 +166,8 @@ def list_series(
         passed to :func:`dicomxr.plan_series`.
     recursive
         Descend into sub-folders.
+    storage_options
+        fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
     keys
         Extra header fields to scan (see :func:`dicomxr.scan`); the plans' frames carry them.
 
@@ -174,7 +192,7 @@ def list_series(
         for plan in source:
             _check_key_columns(plan.frames.columns, keys, f"plan {plan.key}")
         return source
-    catalog = _catalog(source, recursive=recursive, keys=keys)
+    catalog = _catalog(source, recursive=recursive, storage_options=storage_options, keys=keys)
     return plan_series(
         catalog, on_irregular=on_irregular, on_duplicate=on_duplicate, include=tuple(include)
     )
@@ -266,8 +284,12 @@ def _format_table(plans: Sequence[SeriesPlan]) -> str:
     return "\n".join("    " + line.rstrip() for line in lines)
 
 
-def _select(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
-    """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description."""
+def select_plan(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
+    """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description.
+
+    ``series=None`` picks the only plan; otherwise (and when nothing matches) the error lists
+    the plans and the ``series=`` value that selects each one.
+    """
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))
     if series is None:
@@ -427,6 +449,8 @@ def _series_attrs(plan: SeriesPlan, *, include_patient: bool) -> dict[str, Any]:
     attrs["affine"] = np.asarray(plan.affine, dtype=np.float64).ravel().tolist()
     attrs["geometry"] = json.dumps(_jsonable(plan.geometry.to_dict()))
     attrs["series_key"] = plan.key
+    if plan.set_apart:  # what of the series is not in this volume, and why
+        attrs["set_apart"] = json.dumps(_jsonable(plan.set_apart))
     if plan.label:
         attrs["series_label"] = str(plan.label)
     if "units" not in attrs:
@@ -501,6 +525,7 @@ def open_series(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[Any] | str | None = None,
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
@@ -513,6 +538,8 @@ def open_series(
     ----------
     source
         A file, a folder (searched recursively), a glob, a list of paths, a DICOMDIR, a
+        zip file, a URL that fsspec opens (``s3://bucket/prefix/``, ``https://...``,
+        ``zip://*::s3://bucket/x.zip``; see the guide's "Remote and packed sources"), a
         catalog from :func:`dicomxr.scan`, or a :class:`~dicomxr.SeriesPlan`.
     series
         Which series to open when ``source`` holds several: a SeriesNumber (int), a plan
@@ -550,14 +577,20 @@ def open_series(
         one stored image), as ``encoding["preferred_chunks"]`` says. A selection reads only
         the frames it touches, also after flips, arithmetic or a resampling (the ML
         transforms stay frame-by-frame lazy), and dask.distributed gets one task per frame.
-        A full ``.values`` is a dask compute that concatenates the frames (~2x the array's
-        bytes at peak); ``da.dicom.load()`` streams the frames into one preallocated array
-        instead (~1x). ``"series"``: one dask chunk for the whole series: a full compute is
-        one threaded read, and a selection of the untouched array is fused into a read of
-        its frames, but anything selected after a flip or an arithmetic operation
+        A full ``.values``, ``.load()``, ``.compute()`` or ``np.asarray`` of the array as
+        opened is still one threaded read of every frame into one preallocated array (about
+        the array's bytes at peak, no concatenation); once an operation is applied
+        (``(da * 2).values``) it is dask's per-frame compute. ``"series"``: one dask chunk
+        for the whole series: a full compute is the same one read, and a selection of the
+        untouched array is fused into a read of its frames, but anything selected after a
+        flip or an arithmetic operation
         (``da.dicom.reorient(...)``, ``(da * 2).isel(slice=5)``) computes the whole chunk.
         A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
         no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).
+    storage_options
+        fsspec options for a URL or zip source (credentials, endpoint, ``{"anon": True}``).
+        The lazy array carries them with the URLs, so frames are read by byte range at
+        compute time, in this process or in a dask.distributed worker.
     keys
         Extra header fields to carry, read in the scan's one pass (see
         :func:`dicomxr.scan`): keywords (``["RepetitionTime", "FlipAngle"]``) or tag
@@ -601,9 +634,11 @@ def open_series(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        storage_options=storage_options,
         keys=keys,
     )
-    plan = _select(plans, series, source)
+    plan = select_plan(plans, series, source)
+    warn_left_out(plan)
     ds = _plan_to_dataset(
         plan,
         dtype=dtype,
@@ -644,6 +679,39 @@ def _add_keys(
                 attrs[name] = list(value) if isinstance(value, tuple) else value
         elif all(d in dims for d in value[0]):
             coords[name] = value
+
+
+# how many paths a warning names before it points to the full list
+_NAMED_PATHS = 3
+
+
+def warn_left_out(plan: SeriesPlan) -> None:
+    """Warn (:class:`~dicomxr.SetApartWarning`) when frames of ``plan``'s series were left out.
+
+    Names how many files, why, the first few paths, and where the full list is: the image's
+    ``attrs["set_apart"]`` (JSON text) and ``dicomxr.list_series(source).set_apart``.
+    """
+    from dicomxr.series import left_out
+
+    items = left_out(plan)
+    if not items:
+        return
+    paths = list(dict.fromkeys(str(item.get("path")) for item in items))
+    reasons: dict[str, int] = {}
+    for item in items:
+        reason = str(item.get("reason", "")).split(" as /")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    why = "; ".join(f"{n} x {r}" for r, n in reasons.items())
+    shown = ", ".join(paths[:_NAMED_PATHS]) + (
+        f" and {len(paths) - _NAMED_PATHS} more" if len(paths) > _NAMED_PATHS else ""
+    )
+    warnings.warn(
+        f"series {plan.label or plan.key}: {len(paths)} file(s) left out of the volume "
+        f"({len(items)} frame(s): {why}): {shown}; every frame left out and why: "
+        "da.attrs['set_apart'] or dicomxr.list_series(source).set_apart",
+        SetApartWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _plan_to_dataset(
@@ -723,6 +791,7 @@ def open_study(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[Any] | str | None = None,
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
@@ -743,7 +812,7 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, keys
+    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options, keys
         As for :func:`open_series` (per series).
     include_patient
         Name patient nodes by PatientID and keep patient-identifying attributes (in the
@@ -765,6 +834,7 @@ def open_study(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        storage_options=storage_options,
         keys=keys,
     )
     names = _key_names(keys)
@@ -783,6 +853,7 @@ def open_study(
         patient = patients[patient_id]
         study = _node_name(_attr(plan, "StudyInstanceUID"), "unknown_study")
         key = _node_name(plan.key, "series")
+        warn_left_out(plan)
         tree[f"/{patient}/{study}/{key}"] = _plan_to_dataset(
             plan,
             dtype=dtype,

@@ -56,6 +56,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         "include",
         "rescale",
         "recursive",
+        "storage_options",
     )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
@@ -81,17 +82,20 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.Dataset:
         """Open one series as a Dataset with the variable ``image`` (no dask).
 
         Parameters
         ----------
         filename_or_obj
-            File, folder or DICOMDIR.
+            File, folder, DICOMDIR, zip file or URL (``s3://``, ``https://``, ...).
         drop_variables
             Coordinates to leave out.
         series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
             As for :func:`dicomxr.open_series`.
+        storage_options
+            fsspec options for a URL or zip source, as for :func:`dicomxr.open_series`.
         """
         from dicomxr.api import open_series
 
@@ -105,6 +109,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            storage_options=storage_options,
             chunks=None,
         )
         return _drop(image.to_dataset(promote_attrs=True), drop_variables)
@@ -121,17 +126,20 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.DataTree:
         """Open every series as a Patient / Study / Series DataTree (no dask).
 
         Parameters
         ----------
         filename_or_obj
-            File, folder or DICOMDIR.
+            File, folder, DICOMDIR, zip file or URL.
         drop_variables
             Coordinates to leave out of every series.
         on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
             As for :func:`dicomxr.open_study`.
+        storage_options
+            fsspec options for a URL or zip source.
         """
         from dicomxr.api import open_study
 
@@ -144,6 +152,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            storage_options=storage_options,
             chunks=None,
         )
         if drop_variables:
@@ -162,6 +171,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> dict[str, xr.Dataset]:
         """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
         tree = self.open_datatree(
@@ -174,6 +184,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            storage_options=storage_options,
         )
         return {node.path: node.to_dataset() for node in tree.subtree}
 

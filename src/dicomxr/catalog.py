@@ -23,12 +23,13 @@ import stat
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from dicomxr import dicomdir
 from dicomxr._keys import Key, resolve_keys, value_from_pydicom, value_from_raw
 from dicomxr.errors import (
     SkippedFileWarning,
@@ -47,6 +48,7 @@ _SCHEMA: dict[str, str] = {
     "path": "str",
     "file_size": "int64",
     "mtime": "float64",
+    "etag": "str",
     "pixel_data_offset": "int64",
     "TransferSyntaxUID": "str",
     "SOPClassUID": "str",
@@ -108,6 +110,7 @@ _SCHEMA: dict[str, str] = {
     "LabelType": "str",
     "is_mosaic": "bool",
     "NumberOfImagesInMosaic": "Int64",
+    "mosaic_kind": "str",
     "is_enhanced": "bool",
     "has_pixels": "bool",
     "pixel_data_truncated": "bool",
@@ -184,6 +187,8 @@ _PRIVATE: dict[tuple[int, str, int], str] = {
     (0x0019, "SIEMENS MR HEADER", 0x0A): "siemens_mosaic_n",  # NumberOfImagesInMosaic, US
     (0x0019, "SIEMENS MR HEADER", 0x0C): "siemens_bval",  # B_value, IS
     (0x0019, "SIEMENS MR HEADER", 0x0E): "siemens_bvec",  # DiffusionGradientDirection, FD x3
+    (0x0019, "SIEMENS MR HEADER", 0x29): "siemens_slice_times",  # MosaicRefAcqTimes, FD xN
+    (0x0065, "IMAGE PRIVATE HEADER", 0x50): "uih_grid_n",  # UIH MR Number Of Slice In Volume, DS
     (0x0029, "SIEMENS CSA HEADER", 0x10): "siemens_csa_image",  # CSA Image Header Info, OB
     (0x0043, "GEMS_PARM_01", 0x39): "ge_bval",  # Slop_int_6...9, IS (b-value is the first)
     (0x0019, "GEMS_ACQU_01", 0xBB): "ge_bvec_x",  # UserData20, DS
@@ -209,6 +214,9 @@ _IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality")
 
 # skip reasons that are listed in the report without a warning
 _BENIGN = ("DICOMDIR file", "not a DICOM file", "not a regular file")
+
+# how many skipped files the scan's warning names (the report lists them all)
+_NAMED_SKIPPED = 3
 
 # seconds an automatic progress bar waits before it appears
 _PROGRESS_DELAY = 0.5
@@ -330,16 +338,38 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
     if row.get("LabelType") is None:
         # Philips ASL: which frames are CONTROL and which LABEL (the classic export's only trace)
         row["LabelType"] = _to_str(private.get("philips_label_type")) if private else None
-    image_type = row.get("ImageType")
-    is_mosaic = bool(image_type) and any(str(v).upper() == "MOSAIC" for v in image_type)
-    n_mosaic = _to_int(private.get("siemens_mosaic_n")) if is_mosaic else None
-    if is_mosaic and n_mosaic is None and private.get("siemens_csa_image") is not None:
-        n_mosaic = _mosaic_from_csa(private["siemens_csa_image"])
-    row["is_mosaic"] = is_mosaic
+    kind, n_mosaic = _mosaic_claim(row, private)
+    row["is_mosaic"] = kind is not None
     row["NumberOfImagesInMosaic"] = n_mosaic
+    row["mosaic_kind"] = kind
     if row.get("NumberOfFrames") is None and row.get("has_pixels"):
         row["NumberOfFrames"] = 1
     return row
+
+
+def _mosaic_claim(row: dict[str, Any], private: dict[str, Any]) -> tuple[str | None, int | None]:
+    """Which vendor mosaic an image says it is (``"SIEMENS"``, ``"UIH"`` or None) and its tiles.
+
+    Siemens: ImageType ``MOSAIC``; the count from (0019,100A), else the CSA image header,
+    else the number of MosaicRefAcqTimes (0019,1029). United Imaging: ImageType ``VFRAME``, or
+    the grid count (0065,xx50) in an image whose Manufacturer starts with "UI" (as dcm2niix
+    reads it). A claim without a count keeps ``None``: :mod:`dicomxr.mosaic` reports it.
+    """
+    tokens = {str(v).strip().upper() for v in row.get("ImageType") or ()}
+    uih_n = _to_int(private.get("uih_grid_n")) if private else None
+    maker = str(row.get("Manufacturer") or "").strip().upper()
+    if "VFRAME" in tokens or (uih_n is not None and maker.startswith("UI")):
+        return "UIH", uih_n
+    if "MOSAIC" not in tokens:
+        return None, None
+    n = _to_int(private.get("siemens_mosaic_n")) if private else None
+    if n is None and private and private.get("siemens_csa_image") is not None:
+        n = _mosaic_from_csa(private["siemens_csa_image"])
+    if n is None and private:
+        times = private.get("siemens_slice_times")
+        if isinstance(times, (list, tuple)) and len(times) > 1:
+            n = len(times)
+    return "SIEMENS", n
 
 
 def _mosaic_from_csa(raw: bytes) -> int | None:
@@ -397,6 +427,8 @@ _PRIVATE_VR: dict[str, str] = {
     "siemens_mosaic_n": "US",
     "siemens_bval": "IS",
     "siemens_bvec": "FD",
+    "siemens_slice_times": "FD",
+    "uih_grid_n": "DS",
     "ge_bval": "IS",
     "ge_bvec_x": "DS",
     "ge_bvec_y": "DS",
@@ -443,13 +475,16 @@ def _pydicom_value(elem: Any, kind: str) -> Any:
     return _CONVERT[kind](value)
 
 
-def read_header_pydicom(path: str | os.PathLike[str], keys: tuple[Key, ...] = ()) -> dict[str, Any]:
+def read_header_pydicom(
+    path: str | os.PathLike[str] | Any, keys: tuple[Key, ...] = ()
+) -> dict[str, Any]:
     """Read the catalog row of one file with pydicom (the reference reader).
 
     Parameters
     ----------
     path
-        A DICOM file.
+        A DICOM file, or a seekable binary file object (a remote object's
+        :class:`dicomxr.sources.RangeFile`).
     keys
         Extra header fields to read (from :func:`dicomxr._keys.resolve_keys`).
 
@@ -466,8 +501,10 @@ def read_header_pydicom(path: str | os.PathLike[str], keys: tuple[Key, ...] = ()
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    path = os.fspath(path)
-    with open(path, "rb") as fp:
+    local = isinstance(path, (str, os.PathLike))
+    if local:
+        path = os.fspath(path)
+    with open(path, "rb") if local else path as fp:
         head = fp.read(132)
         fp.seek(0)
         if len(head) == 0:
@@ -486,7 +523,7 @@ def read_header_pydicom(path: str | os.PathLike[str], keys: tuple[Key, ...] = ()
                     force=not is_part10,
                     defer_size=_DEFER_SIZE,
                 )
-                if fp.tell() >= _PYDICOM_WINDOW and os.fstat(fp.fileno()).st_size > fp.tell():
+                if fp.tell() >= _PYDICOM_WINDOW and _file_size(fp) > fp.tell():
                     raise _Skip(
                         f"header walk stopped after {_PYDICOM_WINDOW >> 20} MiB without "
                         "reaching the pixel data (not a plausible DICOM header)"
@@ -495,7 +532,7 @@ def read_header_pydicom(path: str | os.PathLike[str], keys: tuple[Key, ...] = ()
                     pixel_offset = -1
                     # the pixel data sits in the deflated stream: its offset means nothing
                     # in the file, so only record whether it exists
-                    has_pixels = _deflated_has_pixels(path)
+                    has_pixels = _deflated_has_pixels(path if local else fp)
                 else:
                     here = fp.tell()
                     tag_bytes = fp.read(4)
@@ -645,9 +682,17 @@ def _check_inflated_size(fp: Any, limit: int = INFLATE_LIMIT) -> None:
         return  # pydicom reports the broken stream
 
 
-def _deflated_has_pixels(path: str) -> bool:
+def _file_size(fp: Any) -> int:
+    if hasattr(fp, "fileno"):
+        return os.fstat(fp.fileno()).st_size
+    return fp.size
+
+
+def _deflated_has_pixels(path: str | Any) -> bool:
     import pydicom
 
+    if not isinstance(path, str):
+        path.seek(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, defer_size=64)
@@ -677,7 +722,7 @@ def _pixel_value_truncated(fp: Any, offset: int, ds: Any) -> bool:
     if length == 0xFFFFFFFF:
         from dicomxr._header import encapsulated_complete
 
-        return not encapsulated_complete(os.fspath(fp.name), start)
+        return not encapsulated_complete(os.fspath(fp.name) if hasattr(fp, "fileno") else fp, start)
     return start + length > size
 
 
@@ -940,14 +985,14 @@ def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | Non
 
 
 def read_header_fast(
-    path: str, size: int, memo: dict[Any, Any] | None = None, keys: tuple[Key, ...] = ()
+    path: str | Any, size: int, memo: dict[Any, Any] | None = None, keys: tuple[Key, ...] = ()
 ) -> dict[str, Any] | None:
     """Read the catalog row of one file with the fast header reader.
 
     Parameters
     ----------
     path
-        A DICOM file.
+        A DICOM file, or a remote object's :class:`dicomxr.sources.HeadReader`.
     size
         Its size in bytes.
     memo
@@ -1171,6 +1216,13 @@ def _read_one(
         row = read_header_pydicom(path, keys)
     for key in keys:  # a key the file lacks (or a reader that found none) is missing
         row.setdefault(key.name, None)
+    return _checked_row(row, path, st.st_size, st.st_mtime, None)
+
+
+def _checked_row(
+    row: dict[str, Any], path: str, size: int, mtime: float, etag: str | None
+) -> dict[str, Any]:
+    """Refuse a row nothing identifies, blank impossible geometry, add the file columns."""
     if not row["has_pixels"] and all(row[k] is None for k in _IDENTITY):
         # parsed as DICOM, but nothing in it identifies an instance: noise behind a
         # DICM marker, or a stray file that happens to start like an element
@@ -1180,8 +1232,9 @@ def _read_one(
         )
     _drop_impossible_geometry(row, path)
     row["path"] = path
-    row["file_size"] = st.st_size
-    row["mtime"] = st.st_mtime
+    row["file_size"] = size
+    row["mtime"] = mtime
+    row["etag"] = etag
     return row
 
 
@@ -1274,9 +1327,7 @@ def _expand_one(
         path = os.path.abspath(item)
         # one look inside for a lone file; in long lists, only files named like a
         # directory file (DICOMDIR is the name PS3.10 gives it) are worth the extra read
-        if (top or _looks_like_dicomdir_name(path)) and _is_dicomdir(path):
-            from dicomxr import dicomdir
-
+        if (top or _looks_like_dicomdir_name(path)) and dicomdir.is_dicomdir(path):
             files, dangling = dicomdir.referenced_files(path)
             skipped_out.extend(dangling)
             if recursive and _damaged_directory(path, dangling):
@@ -1404,17 +1455,6 @@ def _looks_like_dicomdir_name(path: str) -> bool:
     return name.startswith("DICOMDIR") or name.startswith("DIRFILE")
 
 
-def _is_dicomdir(path: str) -> bool:
-    """Tell whether a file is a DICOMDIR (Media Storage Directory), from its meta header."""
-    from dicomxr._header import read_meta
-
-    meta = read_meta(path)
-    if meta is None:
-        return False
-    sop_class = meta.get(0x00020002, b"").rstrip(b"\x00 ")
-    return sop_class == _MEDIA_STORAGE_DIRECTORY.encode()
-
-
 # ----------------------------------------------------------------------------------------
 # public API
 
@@ -1427,6 +1467,7 @@ def scan(
     warn: bool = True,
     cache: bool | str | os.PathLike[str] = False,
     workers: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[str | int | tuple[int, int]] | str | None = None,
     client: Any = None,
 ) -> pd.DataFrame:
@@ -1442,7 +1483,11 @@ def scan(
         A file, a list of paths, a glob pattern (``"data/**/*.dcm"``), a directory tree,
         or a DICOMDIR file (nested DIRFILEs are followed; referenced file IDs resolve
         from the file-set root, the DICOMDIR's folder; references to missing files are
-        reported as skipped).
+        reported as skipped). Also a zip file, or a URL that fsspec opens
+        (``s3://bucket/prefix/``, ``https://host/folder/``, ``zip://*::s3://bucket/x.zip``,
+        a glob URL, a list of URLs): see :mod:`dicomxr.sources` and the guide's "Remote
+        and packed sources". Remote headers are read by byte range, a head block per
+        object and more only when the header needs it, in ``workers`` threads.
     recursive
         Descend into sub-folders of a directory source.
     progress
@@ -1464,7 +1509,12 @@ def scan(
     workers
         Read headers in this many threads. Worth it on network file systems and cold
         disks, where waiting for each file dominates; on a local, cached tree one
-        thread (the default) is as fast. The catalog is the same either way.
+        thread (the default) is as fast. The catalog is the same either way. Remote
+        sources default to 16 threads.
+    storage_options
+        Options for fsspec when ``source`` is a URL or a zip file (credentials, endpoint,
+        ``{"anon": True}``...). They are kept in ``df.attrs["storage_options"]`` so that
+        :func:`dicomxr.open_series` of the catalog reads the pixels with them.
     keys
         Extra header fields to carry as catalog columns, read in the same pass as the
         rest: DICOM keywords (``["RepetitionTime", "FlipAngle"]``) or tag numbers, the way
@@ -1480,13 +1530,14 @@ def scan(
         ``distributed.get_client()``): the headers are read by its workers, one task per
         batch of files, and the rows gathered here. The persistent cache is looked up and
         updated here, so only the files not in it are sent. ``None`` (default) reads in
-        this process.
+        this process. Remote sources (URLs) are read by threads here either way (their
+        cost is waiting, which threads overlap).
 
     Returns
     -------
     pandas.DataFrame
         Columns as listed in :data:`COLUMNS` (DICOM keywords plus ``path``,
-        ``file_size``, ``mtime``, ``pixel_data_offset``, ``is_mosaic``, ``is_enhanced``,
+        ``file_size``, ``mtime``, ``etag``, ``pixel_data_offset``, ``is_mosaic``, ``is_enhanced``,
         ``has_pixels``, ``pixel_data_truncated``). Missing values are ``None``/``NaN``/
         ``<NA>``. ``pixel_data_offset`` is the byte offset of the Pixel Data element's
         tag, -1 when there is none or when it is not addressable in the file (deflated
@@ -1515,15 +1566,26 @@ def scan(
     >>> df[["SeriesNumber", "InstanceNumber", "ImagePositionPatient"]].head()  # doctest: +SKIP
     >>> dicomxr.catalog.skipped(df)  # doctest: +SKIP
     """
+    from dicomxr import sources
     from dicomxr.options import get_options
 
     # a wrong key is refused before any file is touched
     extra = tuple(k for k in resolve_keys(keys) if k.name not in _SCHEMA)
     skipped_list: list[dict[str, str]] = []
     explicit: set[str] = set()
-    paths = _iter_source(source, recursive, skipped_list, explicit)
-    # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
-    paths = list(dict.fromkeys(paths))
+    remote: dict[str, sources.Entry] | None = None
+    if sources.is_remote_source(source):
+        entries, storage_options = sources.resolve(source, storage_options, recursive=recursive)
+        remote = {e.url: e for e in entries}
+        paths = list(remote)
+        if len(paths) == 1:
+            explicit.update(paths)
+        if workers is None:
+            workers = _REMOTE_WORKERS
+    else:
+        paths = _iter_source(source, recursive, skipped_list, explicit)
+        # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
+        paths = list(dict.fromkeys(paths))
     # automatic: only for many files, and only once the scan has run for a moment, so
     # that a fast scan of a few hundred cached files does not flash a bar
     delay = 0.0
@@ -1537,11 +1599,15 @@ def scan(
     memo: dict[Any, Any] = {}
 
     def one(path: str) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
+        if remote is not None:
+            return _scan_remote_one(
+                remote[path], storage_options, known, memo, store is not None, extra
+            )
         return _scan_one(path, known, memo, store is not None, extra)
 
     results: Iterable[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]
     try:
-        if client is not None and paths:
+        if client is not None and paths and remote is None:
             results = _scan_on_client(client, paths, known, store is not None, extra, progress)
         elif workers is not None and workers > 1 and len(paths) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -1568,6 +1634,8 @@ def scan(
     df.attrs["skipped"] = skipped_list
     if extra:
         df.attrs["keys"] = [k.name for k in extra]
+    if remote is not None and storage_options:
+        df.attrs["storage_options"] = dict(storage_options)
     # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
     # a tree are listed but are no cause for alarm; damaged DICOM and dangling references are
     problems = [
@@ -1578,8 +1646,12 @@ def scan(
     if problems and warn:
         reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
         summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
+        named = ", ".join(str(s["path"]) for s in problems[:_NAMED_SKIPPED])
+        if len(problems) > _NAMED_SKIPPED:
+            named += f" and {len(problems) - _NAMED_SKIPPED} more"
         warnings.warn(
-            f"scan skipped {len(problems)} file(s) ({summary}); see dicomxr.catalog.skipped(df)",
+            f"scan skipped {len(problems)} file(s) ({summary}): {named}; "
+            "see dicomxr.catalog.skipped(df) for all of them",
             SkippedFileWarning,
             stacklevel=user_stacklevel(),
         )
@@ -1639,10 +1711,13 @@ def _scan_on_client(
 _TUPLE_COLUMNS = tuple(c for c, dtype in _SCHEMA.items() if dtype == "object")
 
 
-def _row_from_json(row: dict[str, Any]) -> dict[str, Any]:
+def _row_from_json(
+    row: dict[str, Any], columns: tuple[str, ...] = _TUPLE_COLUMNS
+) -> dict[str, Any]:
     # JSON (not pickle: the cache must never execute what it reads) turns tuples into lists;
     # only tuple columns (and multi-valued requested keys) hold lists
-    for col, value in row.items():
+    for col in columns:
+        value = row.get(col)
         if isinstance(value, list):
             row[col] = tuple(value)
     return row
@@ -1663,6 +1738,7 @@ class _Cache:
         self.path = path
         # rows are reused only for the same columns (requested keys included)
         self.signature = ",".join((*COLUMNS, *extra))
+        self.tuple_columns = (*_TUPLE_COLUMNS, *extra)
 
     @classmethod
     def default_path(cls) -> str:
@@ -1710,7 +1786,11 @@ class _Cache:
                 for path, size, mtime, blob, reason in self.con.execute(
                     query, (self.VERSION, signature, *chunk)
                 ):
-                    row = None if blob is None else _row_from_json(json.loads(blob))
+                    row = (
+                        None
+                        if blob is None
+                        else _row_from_json(json.loads(blob), self.tuple_columns)
+                    )
                     out[path] = (size, mtime, row, reason)
         except (sqlite3.Error, ValueError, TypeError, AttributeError) as exc:
             warnings.warn(
@@ -1804,6 +1884,54 @@ def _scan_one(
         return None, {"path": path, "reason": reason}, None
     entry = (path, st.st_size, st.st_mtime, row, None) if caching else None
     return row, None, entry
+
+
+_REMOTE_WORKERS = 16
+
+
+def _scan_remote_one(
+    entry: Any,
+    storage_options: Mapping[str, Any] | None,
+    known: dict[str, tuple[int, float, Any, str | None]],
+    memo: dict[Any, Any],
+    caching: bool,
+    keys: tuple[Key, ...] = (),
+) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
+    """Catalogue one remote object (see :func:`_scan_one`), reading its head by byte range."""
+    from dicomxr import sources
+
+    url = entry.url
+    try:
+        fs, inner = sources.filesystem(url, storage_options)
+        size = entry.size if entry.size is not None else int(fs.size(inner))
+    except Exception as exc:
+        return None, {"path": url, "reason": f"cannot read: {failure_reason(exc)}"}, None
+    hit = known.get(url)
+    if hit is not None and hit[0] == size and hit[1] == entry.mtime and entry.mtime:
+        row, reason = hit[2], hit[3]
+        if row is not None:
+            return row, None, None
+        return None, {"path": url, "reason": reason or "skipped"}, None
+    try:
+        if size == 0:
+            raise _Skip("empty file (0 bytes)")
+        head = sources.HeadReader(fs, inner, size)
+        row = read_header_fast(head, size, memo, keys)
+        if row is None:
+            row = read_header_pydicom(head.file(), keys)
+        for key in keys:
+            row.setdefault(key.name, None)
+        row = _checked_row(row, url, size, entry.mtime, entry.etag)
+    except _Skip as exc:
+        entry_out = (url, size, entry.mtime, None, str(exc)) if caching and entry.mtime else None
+        return None, {"path": url, "reason": str(exc)}, entry_out
+    except BaseException as exc:
+        # a dropped connection, a broken zip member, a lying header: this object's problem
+        if not (isinstance(exc, OSError) or is_per_file_failure(exc)):
+            raise
+        return None, {"path": url, "reason": f"cannot read: {failure_reason(exc)}"}, None
+    entry_out = (url, size, entry.mtime, row, None) if caching and entry.mtime else None
+    return row, None, entry_out
 
 
 def _to_frame(rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> pd.DataFrame:

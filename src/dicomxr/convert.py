@@ -53,7 +53,7 @@ import threading
 import types
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -460,7 +460,8 @@ def _header_fields(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a malformed character set: pydicom copes, says so
-        ds = read_header(plan.frames["path"].iloc[0])
+        options = plan.frames.attrs.get("storage_options")  # a remote catalog's
+        ds = read_header(plan.frames["path"].iloc[0], options)
     burned = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
     csa = siemens_csa_fields(ds)  # private: read before de-identification removes it
     if deid is not None:
@@ -663,7 +664,7 @@ def _int_or_none(value: Any) -> int | None:
 def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
                  options: ConvertOptions) -> dict[str, Any]:  # fmt: skip
     from dicomxr.export.bids import bids_sidecar, key_value
-    from dicomxr.export.nifti import _volume_labels, to_nifti
+    from dicomxr.export.nifti import to_nifti, volume_labels
 
     stem = _inside(dest, dest / name)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -683,7 +684,7 @@ def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
     sidecar["dicomxr"] = {
         "series_key": str(piece.attrs.get("series_key", "")),
         "dims": [str(d) for d in piece.dims],
-        "volumes": _volume_labels(piece, extra),
+        "volumes": volume_labels(piece, extra),
     }
     json_path = stem.with_name(stem.name + ".json")
     _write_atomic(json_path, json.dumps(sidecar, indent=1, default=str))
@@ -693,7 +694,7 @@ def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
 
 def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
                       options: ConvertOptions) -> dict[str, Any]:  # fmt: skip
-    from dicomxr.export.zarr import _prepared
+    from dicomxr.export.zarr import prepare_for_zarr
 
     root = dest / ZARR_STORE
     target = _inside(dest, root / name)
@@ -701,7 +702,7 @@ def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: s
     leaf = f".{target.name}.{uuid.uuid4().hex[:8]}{_TMP_MARK}"
     tmp_rel = f"{parent_rel}/{leaf}" if parent_rel else leaf
     tmp = root / tmp_rel
-    ds = _prepared(piece, None)
+    ds = prepare_for_zarr(piece, None)
     if not options.compress:
         for var in ds.variables.values():
             var.encoding["compressors"] = None
@@ -971,6 +972,7 @@ def convert(
     on_duplicate: str = "warn",
     recursive: bool = True,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[Any] | str | None = None,
     client: Any = None,
 ) -> ConvertReport:
@@ -980,7 +982,8 @@ def convert(
     ----------
     source
         Anything :func:`dicomxr.api.list_series` takes: a file, a folder tree, a glob, a list
-        of paths, a DICOMDIR, a catalog DataFrame from :func:`dicomxr.scan`, or plans.
+        of paths, a DICOMDIR, a zip file, a URL fsspec opens (``s3://bucket/prefix/``...), a
+        catalog DataFrame from :func:`dicomxr.scan`, or plans.
     dest
         Destination folder (created). Nothing is written outside it.
     format
@@ -1026,6 +1029,8 @@ def convert(
         Descend into sub-folders of a folder source.
     on_series
         Called with ``(task, rows)`` after each series is written (for logging).
+    storage_options
+        fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
     keys
         Extra header fields to carry (see :func:`dicomxr.scan`): keywords
         (``["RepetitionTime", "FlipAngle"]``) or tag numbers for private attributes
@@ -1073,7 +1078,7 @@ def convert(
         return _convert_locked(
             source, dest, state, options, resume=resume, progress=progress,
             on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive,
-            on_series=on_series, client=client,
+            on_series=on_series, storage_options=storage_options, client=client,
         )  # fmt: skip
 
 
@@ -1089,6 +1094,7 @@ def _convert_locked(
     on_duplicate: str,
     recursive: bool,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
+    storage_options: Mapping[str, Any] | None = None,
     client: Any = None,
 ) -> ConvertReport:
     """Run a conversion while holding the destination's lock (see :func:`convert`)."""
@@ -1107,8 +1113,10 @@ def _convert_locked(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped files and irregular stacks are reported
         plans = list_series(
-            _scanned(source, recursive=recursive, progress=progress, keys=options.keys,
-                     client=client),
+            _scanned(
+                source, recursive=recursive, progress=progress, storage_options=storage_options,
+                keys=options.keys, client=client,
+            ),
             on_irregular=on_irregular,
             on_duplicate=on_duplicate,
             keys=options.keys or None,
@@ -1248,6 +1256,7 @@ def _scanned(
     *,
     recursive: bool,
     progress: bool | None,
+    storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[str] = (),
     client: Any = None,
 ) -> Any:
@@ -1256,6 +1265,9 @@ def _scanned(
 
     from dicomxr.series import SeriesPlan
 
+    if isinstance(source, pd.DataFrame) and storage_options:
+        source = source.copy(deep=False)
+        source.attrs["storage_options"] = dict(storage_options)
     if isinstance(source, (pd.DataFrame, SeriesPlan)):
         return source
     if isinstance(source, Sequence) and not isinstance(source, str):
@@ -1263,7 +1275,10 @@ def _scanned(
             return source
     from dicomxr.catalog import scan
 
-    return scan(source, recursive=recursive, progress=progress, keys=keys or None, client=client)
+    return scan(
+        source, recursive=recursive, progress=progress, storage_options=storage_options,
+        keys=keys or None, client=client,
+    )  # fmt: skip
 
 
 def _failure(task: SeriesTask, exc: BaseException, deid: Any) -> dict[str, Any]:

@@ -22,9 +22,20 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["referenced_files"]
+__all__ = ["is_dicomdir", "referenced_files"]
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+def is_dicomdir(path: str) -> bool:
+    """Tell whether a file is a DICOMDIR (Media Storage Directory), from its meta header."""
+    from dicomxr._header import read_meta
+
+    meta = read_meta(path)
+    if meta is None:
+        return False
+    sop_class = meta.get(0x00020002, b"").rstrip(b"\x00 ")
+    return sop_class == _MEDIA_STORAGE_DIRECTORY.encode()
 
 
 def _file_id_to_path(root: str, file_id: Any) -> str:
@@ -274,9 +285,7 @@ def _refers_to_directory_file(rtype: str, sop_in_file: Any, path: str) -> bool:
         return False
     # PATIENT/STUDY/SERIES records referencing a file: only a directory file makes sense,
     # but check its meta header rather than trust the record type
-    from dicomxr.catalog import _is_dicomdir
-
-    return _is_dicomdir(path)
+    return is_dicomdir(path)
 
 
 def _truncated_at(path: str) -> int | None:

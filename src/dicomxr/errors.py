@@ -67,6 +67,18 @@ class PixelDataWarning(DicomxrWarning):
     """Pixel data was read, but does not quite fit its header (extra bytes were ignored)."""
 
 
+class SetApartWarning(DicomxrWarning):
+    """Frames of an opened series were left out of its volume (cut short, copies, no geometry).
+
+    The message names how many files, the first few, and where the full list is
+    (``da.attrs["set_apart"]``, ``dicomxr.list_series(source).set_apart``).
+    """
+
+
+class InstanceCollisionWarning(DicomxrWarning):
+    """Files share a SOPInstanceUID but hold different images; they are kept as distinct."""
+
+
 class SkippedFileWarning(DicomxrWarning):
     """Files were skipped during a scan; see the catalog's ``skipped`` report."""
 

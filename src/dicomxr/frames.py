@@ -11,8 +11,10 @@ an enhanced multi-frame export and a MOSAIC alike:
   dimension index values, acquisition time), MR echo, MR diffusion (b-value and direction),
   pixel value transformation (rescale, per frame), frame VOI LUT, frame type (complex
   component) and, for Philips, the private per-frame item (InstanceNumber, ASL label type);
-- Siemens MOSAIC files become one row per tile with the tile's true position and
-  ``tile``, ``tile_rows``, ``tile_cols`` (Rows/Columns become the tile size);
+- vendor mosaics (Siemens MOSAIC, United Imaging GRID/VFRAME; :mod:`dicomxr.mosaic`) become
+  one row per tile with the tile's true position and ``tile``, ``tile_rows``, ``tile_cols``
+  (Rows/Columns become the tile size); a mosaic that cannot be unpacked keeps one row with
+  the reason in ``frame_problem``, and the planner sets it apart;
 - other multi-frame files (ultrasound cine, a plain multi-frame CT) get one row per frame
   with the file's attributes.
 
@@ -24,7 +26,8 @@ Columns added to the catalog's
 ``DimensionIndexValues``, ``FrameAcquisitionDateTime``, ``FrameType``,
 ``ComplexImageComponent`` (``MAGNITUDE``/``PHASE``/``REAL``/``IMAGINARY``, from the frame type
 or, for classic files, from ImageType), ``LabelType`` (Philips ASL ``CONTROL``/``LABEL``),
-``DiffusionDirectionality``, ``FrameLaterality`` (frame anatomy).
+``DiffusionDirectionality``, ``FrameLaterality`` (frame anatomy); ``frame_problem`` (str)
+only when some frame cannot be used (the planner sets it apart with that reason).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from dicomxr import mosaic as vendor_mosaic
 
 __all__ = ["FRAME_COLUMNS", "component_from_image_type", "expand", "read_label_type"]
 
@@ -166,10 +171,11 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     n_mosaic = np.ones(n, np.int64)
     if mosaic.any():
         nm = catalog["NumberOfImagesInMosaic"].to_numpy(dtype="float64", na_value=np.nan)
-        ok = mosaic & np.isfinite(nm) & (nm >= 1)
-        if (mosaic & ~ok).any():
-            logger.warning("MOSAIC file(s) without NumberOfImagesInMosaic kept as one image")
-        mosaic = ok
+        problems = _mosaic_problems(catalog, mosaic, nm)
+        if problems:
+            # a mosaic that cannot be unpacked is never a plain image: one row, set apart
+            catalog = _with_frame_problems(catalog, problems)
+            mosaic = mosaic & ~np.isin(np.arange(n), list(problems))
         n_mosaic[mosaic] = nm[mosaic].astype(np.int64)
     counts = np.where(mosaic, n_mosaic, nframes)
     claim_errors: list[dict[str, str]] = []
@@ -251,11 +257,13 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
             overrides[col] = np.array(base, dtype=object)
         overrides[col][rows] = _as_object(vals)
 
+    # fsspec options of a remote catalog (dicomxr.sources): headers are read by byte range
+    options = catalog.attrs.get("storage_options")
     for i in np.flatnonzero(enhanced & (counts >= 1)):
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
         path = str(catalog["path"].iat[i])
         try:
-            per_frame = _enhanced_frames(path, int(counts[i]))
+            per_frame = _enhanced_frames(path, int(counts[i]), options)
         except Exception as exc:  # keep the frames with file-level values, say why
             logger.warning("cannot read the functional groups of %s: %s", path, exc)
             errors.append({"path": path, "reason": f"functional groups unreadable: {exc}"})
@@ -267,7 +275,7 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     # Offset Vector when the file has one
     for i in np.flatnonzero(~enhanced & ~mosaic & (counts > 1)):
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
-        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]))
+        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]), options)
         if positions is not None:
             put("ImagePositionPatient", rows, positions)
 
@@ -275,7 +283,7 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
         rows = slice(int(starts[i]), int(starts[i] + counts[i]))
         row = catalog.iloc[i]
         try:
-            tiles = _mosaic_tiles(row, int(counts[i]))
+            tiles = vendor_mosaic.tiles(row, int(counts[i]), options)
         except Exception as exc:
             logger.warning("cannot unpack MOSAIC %s: %s", row["path"], exc)
             errors.append({"path": str(row["path"]), "reason": f"MOSAIC not unpacked: {exc}"})
@@ -436,11 +444,16 @@ def _philips_item(group: Any) -> Any:
     return elem.value[0]
 
 
-def _enhanced_frames(path: str, n_expected: int) -> dict[str, list[Any]]:
+def _enhanced_frames(
+    path: str, n_expected: int, storage_options: Any = None
+) -> dict[str, list[Any]]:
     """Read the functional groups of an enhanced file; one value per frame per column."""
     import pydicom
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    from dicomxr.sources import readable
+
+    with readable(path, storage_options) as source:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq is not None and len(shared_seq) else None
@@ -557,7 +570,9 @@ def _is_seq(value: Any) -> bool:
     return hasattr(value, "__len__") and not isinstance(value, (str, bytes))
 
 
-def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ...]] | None:
+def _grid_frame_positions(
+    row: pd.Series, n_frames: int, storage_options: Any = None
+) -> list[tuple[float, ...]] | None:
     """Per-frame positions of a classic multi-frame file from its GridFrameOffsetVector.
 
     Offsets run along the slice normal from ImagePositionPatient (PS3.3 C.8.8.3.2; in the
@@ -570,7 +585,10 @@ def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ..
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(row["path"]), stop_before_pixels=True, specific_tags=[0x3004000C])
+        from dicomxr.sources import readable
+
+        with readable(str(row["path"]), storage_options) as source:
+            ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=[0x3004000C])
         offsets = ds.get("GridFrameOffsetVector")
         if offsets is None:
             return None
@@ -592,71 +610,43 @@ def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ..
 
 
 # ---------------------------------------------------------------------------------------
-# Siemens MOSAIC
+# vendor mosaics (the layouts are in dicomxr.mosaic)
 
 
-def _mosaic_tiles(row: pd.Series, n_tiles: int) -> dict[str, list[Any]]:
-    """Positions and sizes of the tiles of one MOSAIC image (nibabel's algorithm)."""
-    rows, cols = int(row["Rows"]), int(row["Columns"])
-    grid = math.ceil(math.sqrt(n_tiles))
-    if rows % grid or cols % grid:
-        raise ValueError(f"{rows}x{cols} mosaic is not a {grid}x{grid} grid of tiles")
-    tile_rows, tile_cols = rows // grid, cols // grid
-    ipp = row["ImagePositionPatient"]
-    iop = row["ImageOrientationPatient"]
-    spacing = row["PixelSpacing"]
-    out: dict[str, list[Any]] = {
-        "tile": list(range(n_tiles)),
-        "tile_rows": [tile_rows] * n_tiles,
-        "tile_cols": [tile_cols] * n_tiles,
-        "mosaic_rows": [rows] * n_tiles,
-        "mosaic_cols": [cols] * n_tiles,
-        "Rows": [tile_rows] * n_tiles,
-        "Columns": [tile_cols] * n_tiles,
-    }
-    if ipp is None or iop is None or spacing is None:
-        return out
-    ipp = np.asarray(ipp, dtype=float)
-    iop = np.asarray(iop, dtype=float)
-    row_sp, col_sp = (float(v) for v in spacing)
-    # the stored position is that of the whole mosaic's corner; move it to the first tile
-    first = (
-        ipp + iop[3:] * row_sp * (rows - tile_rows) / 2 + iop[:3] * col_sp * (cols - tile_cols) / 2
+def _mosaic_problems(
+    catalog: pd.DataFrame, mosaic: np.ndarray, counts: np.ndarray
+) -> dict[int, str]:
+    """Row position -> why that mosaic image cannot be unpacked (see :func:`dicomxr.mosaic.layout`)."""
+    kinds = (
+        catalog["mosaic_kind"].to_numpy(dtype=object, na_value=None)
+        if "mosaic_kind" in catalog.columns
+        else np.full(len(catalog), "SIEMENS", dtype=object)
     )
-    normal = np.cross(iop[:3], iop[3:])
-    csa_normal = _csa_slice_normal(str(row["path"]))
-    if csa_normal is not None and float(csa_normal @ normal) < 0:
-        normal = -normal  # tiles are stored in the order of Siemens' SliceNormalVector
-    step = _float(row.get("SpacingBetweenSlices")) or _float(row.get("SliceThickness")) or 1.0
-    positions = [tuple(float(v) for v in first + k * step * normal) for k in range(n_tiles)]
-    out["ImagePositionPatient"] = positions
+    rows = _column(catalog, "Rows", 0)
+    cols = _column(catalog, "Columns", 0)
+    problems: dict[int, str] = {}
+    for i in np.flatnonzero(mosaic):
+        n = int(counts[i]) if np.isfinite(counts[i]) else None
+        try:
+            vendor_mosaic.layout(str(kinds[i] or "SIEMENS"), n, int(rows[i]), int(cols[i]))
+        except vendor_mosaic.MosaicError as exc:
+            problems[int(i)] = f"mosaic not unpacked: {exc}"
+            logger.warning("%s: %s", catalog["path"].iat[i], problems[int(i)])
+    return problems
+
+
+def _with_frame_problems(catalog: pd.DataFrame, problems: dict[int, str]) -> pd.DataFrame:
+    """Return a copy of ``catalog`` whose ``frame_problem`` column holds ``problems``."""
+    out = catalog.copy()
+    values = (
+        out["frame_problem"].to_numpy(dtype=object, na_value=None)
+        if "frame_problem" in out.columns
+        else _empty(len(out))
+    )
+    for i, text in problems.items():
+        values[i] = text
+    out["frame_problem"] = values
     return out
-
-
-def _csa_slice_normal(path: str) -> np.ndarray | None:
-    """SliceNormalVector from the Siemens CSA image header, or ``None`` when unavailable."""
-    import warnings
-
-    try:
-        import pydicom
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nibabel.nicom warns on import that it is experimental
-            from nibabel.nicom import csareader
-    except ImportError:  # nibabel is optional: the cross product gives the same axis
-        return None
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00291010, 0x00290010])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            header = csareader.get_csa_header(ds, "image")
-        if header is None:
-            return None
-        vec = csareader.get_slice_normal(header)
-        return None if vec is None else np.asarray(vec, dtype=float)
-    except Exception as exc:  # a damaged CSA header: fall back to the cross product
-        logger.debug("no CSA SliceNormalVector in %s: %s", path, exc)
-        return None
 
 
 # ---------------------------------------------------------------------------------------

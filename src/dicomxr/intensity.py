@@ -64,6 +64,7 @@ __all__ = [
     "default_window",
     "file_presets",
     "frame_window_attrs",
+    "is_ct",
     "is_inverted",
     "normalize",
     "presets_for",
@@ -374,7 +375,8 @@ def _modality_kind(attrs: Mapping[str, Any]) -> str:
     return "CT" if modality == "CT" or "HU" in (rescale, units) else modality
 
 
-def _is_ct(attrs: Mapping[str, Any]) -> bool:
+def is_ct(attrs: Mapping[str, Any]) -> bool:
+    """Whether a series is CT or in Hounsfield units (the CT presets apply)."""
     return _modality_kind(attrs) == "CT"
 
 
@@ -385,7 +387,7 @@ def presets_for(attrs: Mapping[str, Any]) -> dict[str, Window]:
     file's presets only; ``"auto"`` (:func:`sampled_window`) is always possible besides.
     """
     out: dict[str, Window] = {w.name: w for w in file_presets(attrs)}
-    if _is_ct(attrs):
+    if is_ct(attrs):
         for name, w in CT_PRESETS.items():
             out.setdefault(name, w)
     return out

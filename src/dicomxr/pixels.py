@@ -41,7 +41,7 @@ import os
 import struct
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,7 @@ __all__ = [
     "read_frames",
     "rescale_dtype",
     "stored_dtype",
+    "stored_frame_digest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,9 @@ class FrameRef:
         Siemens MOSAIC (the ``dicomxr.frames`` columns): the 0-based tile index (row-major in
         the mosaic grid) and the size of the whole stored mosaic image. ``tile=None`` (or
         ``-1`` in a table) for ordinary frames.
+    storage_options
+        fsspec options for a ``path`` that is a URL (see :mod:`dicomxr.sources`); not part of
+        the reference's identity (equality, hash).
     """
 
     path: str
@@ -156,6 +160,9 @@ class FrameRef:
     tile: int | None = None
     mosaic_rows: int = 0
     mosaic_cols: int = 0
+    storage_options: Mapping[str, Any] | None = field(
+        default=None, compare=False, hash=False, repr=False
+    )
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any] | Any) -> FrameRef:
@@ -262,19 +269,30 @@ def frame_dtype(ref: FrameRef) -> np.dtype:
     For palette colour the lookup table's entry size is read from the header (no pixel data).
     """
     if is_palette(ref):
-        return _palette_dtype(ref.path)
+        return _palette_dtype(ref)
     if ref.pixel_data_offset >= 0 and ref.TransferSyntaxUID in _NATIVE_SYNTAXES:
-        with open(ref.path, "rb") as f:
+        with _open(ref) as f:
             element, _, _, _ = _read_element_header(f, ref)
         return stored_dtype(ref, element=element)
     return stored_dtype(ref)
 
 
-def _palette_dtype(path: str) -> np.dtype:
+def _open(ref: FrameRef, *, buffering: int = -1) -> Any:
+    """Open the file of ``ref``: a local path as it always was, a URL by byte ranges."""
+    if "://" not in ref.path:
+        return open(ref.path, "rb", buffering=buffering)
+    from dicomxr.sources import open_file
+
+    return open_file(ref.path, ref.storage_options, buffering=buffering)
+
+
+def _palette_dtype(ref: FrameRef) -> np.dtype:
     import pydicom
 
+    path = ref.path
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00281101, 0x00281201])
+        with _open(ref) as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[0x00281101, 0x00281201])
         desc = ds.get("RedPaletteColorLookupTableDescriptor")
         bits = int(desc[2]) if desc is not None else 16
     except Exception as exc:  # deep nesting (RecursionError), a damaged descriptor
@@ -339,11 +357,11 @@ def _read_element_header(f: Any, ref: FrameRef) -> tuple[str, str | None, int, i
     return element, vr, offset + 8, length
 
 
-def _locate_pixel_data(path: str) -> tuple[int, Any]:
+def _locate_pixel_data(path: str, storage_options: Any = None) -> tuple[int, Any]:
     """Return ``(offset of the pixel data tag, header dataset)`` parsed by pydicom (slow path)."""
     import pydicom
 
-    with open(path, "rb") as f:
+    with _open(FrameRef(path, storage_options=storage_options)) as f:
         ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
         pos = f.tell()
         head = f.read(4)
@@ -406,7 +424,7 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
     if not isinstance(ref, FrameRef):
         ref = FrameRef.from_row(ref)
     if ref.pixel_data_offset < 0 and ref.TransferSyntaxUID != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        offset, _ = _locate_pixel_data(ref.path)
+        offset, _ = _locate_pixel_data(ref.path, ref.storage_options)
         if offset < 0:
             raise PixelDataError(f"{ref.path}: the file has no pixel data element")
         ref = _replace(ref, pixel_data_offset=offset)
@@ -437,14 +455,63 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
         arr = _mosaic_tile(arr, ref)
     if is_palette(ref):
         arr = _apply_palette(arr, ref)
+    _check_shape(arr, ref)
     if out is None:
         return arr
+    if tuple(out.shape) != tuple(arr.shape):
+        raise PixelDataError(
+            f"{ref.path}: frame {ref.frame} has shape {tuple(arr.shape)}, the destination "
+            f"{tuple(out.shape)}: not read"
+        )
     if not np.shares_memory(arr, out):
         if out.dtype.itemsize == arr.dtype.itemsize and out.dtype != arr.dtype:
             out.view(arr.dtype)[...] = arr
         else:
             out[...] = arr
     return out
+
+
+def stored_frame_digest(ref: FrameRef | Mapping[str, Any]) -> str:
+    """Return a digest of one stored frame's decoded values (a whole mosaic, not one tile).
+
+    Two files that hold the same image give the same digest whatever their transfer syntax
+    (the values are decoded first); used to tell a second copy of an instance from a
+    different image that reuses its SOPInstanceUID.
+
+    Raises
+    ------
+    PixelDataError
+        When the frame cannot be read.
+    """
+    import hashlib
+
+    if not isinstance(ref, FrameRef):
+        ref = FrameRef.from_row(ref)
+    if ref.is_mosaic_tile:
+        ref = _replace(
+            ref, tile=None, mosaic_rows=0, mosaic_cols=0, Rows=ref.stored_rows,
+            Columns=ref.stored_cols,
+        )  # fmt: skip
+    arr = np.ascontiguousarray(read_frame(ref))
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def _check_shape(arr: np.ndarray, ref: FrameRef) -> None:
+    """Refuse a decoded frame whose shape is not the one its header describes.
+
+    A decoder (pydicom's whole-file decode of deflated or non-conformant files reads the
+    file's own header again) can return another size; reshaping or broadcasting it into
+    the frame would give a wrong image.
+    """
+    expected = frame_shape(ref)
+    if tuple(arr.shape) != expected:
+        raise PixelDataError(
+            f"{ref.path}: frame {ref.frame} decoded to shape {tuple(arr.shape)}, the header "
+            f"describes {expected}: not read"
+        )
 
 
 def _replace(ref: FrameRef, **changes: Any) -> FrameRef:
@@ -468,7 +535,7 @@ def _needs_pydicom_native(ref: FrameRef, vr: str | None) -> bool:
 
 def _read_native(ref: FrameRef, out: np.ndarray | None) -> np.ndarray:
     rows, cols, spp = ref.stored_rows, ref.stored_cols, max(ref.SamplesPerPixel, 1)
-    with open(ref.path, "rb", buffering=0) as f:
+    with _open(ref, buffering=0) as f:
         element, vr, start, length = _read_element_header(f, ref)
         if length == _UNDEFINED_LENGTH:
             raise PixelDataError(
@@ -481,7 +548,8 @@ def _read_native(ref: FrameRef, out: np.ndarray | None) -> np.ndarray:
         frame_bytes = rows * cols * spp * dtype.itemsize
         _check_native_length(ref, length, frame_bytes, dtype.itemsize)
         begin = ref.frame * frame_bytes
-        size = os.fstat(f.fileno()).st_size
+        # a remote object's size costs a request: its short read is caught below instead
+        size = os.fstat(f.fileno()).st_size if hasattr(f, "fileno") else start + length
         available = min(length, max(size - start, 0))
         if begin + frame_bytes > available:
             raise PixelDataError(
@@ -612,7 +680,7 @@ def _pydicom_decode(f: Any, ref: FrameRef, start: int, vr: str | None, element: 
 
 def _read_encapsulated(ref: FrameRef) -> np.ndarray:
     decoder = _get_decoder(ref)
-    with open(ref.path, "rb") as f:
+    with _open(ref) as f:
         element, vr, start, length = _read_element_header(f, ref)
         if length != _UNDEFINED_LENGTH:
             # not encapsulated although the syntax is compressed: a non-conformant writer;
@@ -660,7 +728,7 @@ def read_frames(ref: FrameRef, frames: Iterable[int]) -> Iterator[tuple[int, np.
             yield i, read_frame(_replace(ref, frame=i))
         return
     if ref.pixel_data_offset < 0:
-        offset, _ = _locate_pixel_data(ref.path)
+        offset, _ = _locate_pixel_data(ref.path, ref.storage_options)
         ref = _replace(ref, pixel_data_offset=offset)
     nframes = max(ref.NumberOfFrames, 1)
     if wanted[0] < 0 or wanted[-1] >= nframes:
@@ -674,7 +742,7 @@ def read_frames(ref: FrameRef, frames: Iterable[int]) -> Iterator[tuple[int, np.
     single["number_of_frames"] = 1
     todo = set(wanted)
     index = -1
-    with open(ref.path, "rb") as f:
+    with _open(ref) as f:
         _, vr, start, length = _read_element_header(f, ref)
         if length != _UNDEFINED_LENGTH:
             for i in wanted:
@@ -689,6 +757,7 @@ def read_frames(ref: FrameRef, frames: Iterable[int]) -> Iterator[tuple[int, np.
                     arr, _ = decoder.as_array(encapsulate([data]), index=0, **single)
                     if is_palette(ref):
                         arr = _apply_palette(arr, ref)
+                    _check_shape(arr, _replace(ref, frame=index))
                     todo.discard(index)
                     yield index, arr
                 if not todo:
@@ -713,7 +782,8 @@ def _read_deflated(ref: FrameRef) -> np.ndarray:
     """Deflate compresses the whole dataset: decode the file with pydicom and take the frame."""
     import pydicom
 
-    ds = pydicom.dcmread(ref.path)
+    with _open(ref) as f:
+        ds = pydicom.dcmread(f)
     if not any(k in ds for k in _PIXEL_ELEMENTS.values()):
         raise PixelDataError(f"{ref.path}: the file has no pixel data element")
     arr = ds.pixel_array
@@ -738,7 +808,8 @@ def _apply_palette(arr: np.ndarray, ref: FrameRef) -> np.ndarray:
     from pydicom.pixels.processing import apply_color_lut
 
     try:
-        ds = pydicom.dcmread(ref.path, stop_before_pixels=True)
+        with _open(ref) as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
         return apply_color_lut(arr, ds)
     except Exception as exc:  # a LUT element missing or damaged (AttributeError, ValueError...)
         raise PixelDataError(
@@ -750,15 +821,18 @@ def _apply_palette(arr: np.ndarray, ref: FrameRef) -> np.ndarray:
 # ----------------------------------------------------------------------------- refs from a file
 
 
-def file_frame_refs(path: str | os.PathLike[str]) -> list[FrameRef]:
+def file_frame_refs(
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> list[FrameRef]:
     """Return one :class:`FrameRef` per frame of one file, from its header (pydicom).
 
     A convenience for reading frames of a single file; for many files use the catalog
     (``dicomxr.scan``), whose rows convert with :meth:`FrameRef.from_row`. MOSAIC tiles are
-    not expanded here.
+    not expanded here. ``path`` may be a URL (read with ``storage_options``, see
+    :mod:`dicomxr.sources`).
     """
     path = os.fspath(path)
-    offset, ds = _locate_pixel_data(path)
+    offset, ds = _locate_pixel_data(path, storage_options)
     tsyntax = _transfer_syntax(ds)
     deflated = tsyntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
     if (offset < 0 and not deflated) or "Rows" not in ds or "Columns" not in ds:
@@ -778,6 +852,7 @@ def file_frame_refs(path: str | os.PathLike[str]) -> list[FrameRef]:
         PhotometricInterpretation=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
         PlanarConfiguration=int(ds.get("PlanarConfiguration", 0) or 0),
         NumberOfFrames=nframes,
+        storage_options=storage_options,
     )
     return [FrameRef(frame=i, **base) for i in range(nframes)]
 

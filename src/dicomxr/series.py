@@ -35,14 +35,19 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dicomxr import geometry
-from dicomxr.errors import GeometryError, GeometryWarning, user_stacklevel
+from dicomxr.errors import (
+    GeometryError,
+    GeometryWarning,
+    InstanceCollisionWarning,
+    user_stacklevel,
+)
 from dicomxr.geometry import GeometryReport
 from dicomxr.options import get_options
 
@@ -576,6 +581,26 @@ def plan_series(
     >>> plans = dicomxr.plan_series(dicomxr.scan("folder"))  # doctest: +SKIP
     >>> print(plans[0].describe())  # doctest: +SKIP
     """
+    include = _check_arguments(on_irregular, on_duplicate, include)
+    cols = _Columns(_frame_table(catalog_or_frames))
+    reason = _set_apart_reasons(cols, include)
+    _mark_copies(cols, reason)
+    keep = np.flatnonzero(_free(reason))
+    plans = _plan_groups(cols, keep, on_irregular, on_duplicate) if len(keep) else []
+    gone = np.flatnonzero(~_free(reason))
+    table = _set_apart_table(cols, gone, reason, plans)
+    _add_set_apart(cols, gone, reason, plans)
+    return SeriesPlans(
+        sorted(plans, key=_plan_order),
+        set_apart=table,
+        skipped=catalog_or_frames.attrs.get("skipped", ()),
+    )
+
+
+def _check_arguments(
+    on_irregular: str, on_duplicate: str, include: Iterable[str]
+) -> frozenset[str]:
+    """Refuse unknown policies and ``include`` values, naming the choices."""
     duplicate_policies = tuple(p for p in geometry.POLICIES if p != "fill")
     for name, value, allowed in (
         ("on_irregular", on_irregular, geometry.POLICIES),
@@ -589,7 +614,11 @@ def plan_series(
         raise ValueError(
             f"include={sorted(unknown)} not understood; choose from {sorted(_INCLUDABLE)}"
         )
+    return include
 
+
+def _frame_table(catalog_or_frames: pd.DataFrame) -> pd.DataFrame:
+    """Return the frame table (a catalog is expanded here) with a ``RangeIndex``."""
     if "frame" in catalog_or_frames.columns:
         frames = catalog_or_frames
     else:
@@ -598,43 +627,38 @@ def plan_series(
         frames = expand(catalog_or_frames)
     if not frames.index.equals(pd.RangeIndex(len(frames))):
         frames = frames.reset_index(drop=True)
-    cols = _Columns(frames)
-    n = cols.n
-    reason = _set_apart_reasons(cols, include)
-    _mark_copies(cols, reason)
-    keep = np.flatnonzero(_free(reason))
+    return frames
 
+
+def _plan_groups(
+    cols: _Columns, keep: np.ndarray, on_irregular: str, on_duplicate: str
+) -> list[SeriesPlan]:
+    """Plan every group of the kept frames and give the plans their keys."""
+    by_uid: dict[str, list[SeriesPlan]] = {}
+    for rows, split_note in _group(cols, keep):
+        for plan in _plan_group(cols, rows, split_note, on_irregular, on_duplicate):
+            by_uid.setdefault(plan.attrs.get("SeriesInstanceUID", ""), []).append(plan)
     plans: list[SeriesPlan] = []
-    if len(keep):
-        groups = _group(cols, keep)
-        by_uid: dict[str, list[SeriesPlan]] = {}
-        for rows, split_note in groups:
-            made = _plan_group(cols, rows, split_note, on_irregular, on_duplicate)
-            for plan in made:
-                by_uid.setdefault(plan.attrs.get("SeriesInstanceUID", ""), []).append(plan)
-        for uid, uid_plans in by_uid.items():
-            uid_plans.sort(key=_key_order)
-            if len(uid_plans) == 1:
-                uid_plans[0].key = uid
-            else:
-                for i, plan in enumerate(uid_plans, 1):
-                    plan.key = f"{uid}/{i}"
-            for plan in uid_plans:
-                plan.attrs["series_key"] = plan.key
-                plans.extend([plan])
+    for uid, uid_plans in by_uid.items():
+        uid_plans.sort(key=_key_order)
+        for i, plan in enumerate(uid_plans, 1):
+            plan.key = uid if len(uid_plans) == 1 else f"{uid}/{i}"
+            plan.attrs["series_key"] = plan.key
+        plans.extend(uid_plans)
+    return plans
 
-    # what was set apart, overall and per plan of the same UID
-    gone = np.flatnonzero(~_free(reason))
-    uid = cols.obj("SeriesInstanceUID")
-    paths = cols.obj("path")
-    frame_idx = cols.num("frame")
+
+def _set_apart_table(
+    cols: _Columns, gone: np.ndarray, reason: np.ndarray, plans: list[SeriesPlan]
+) -> pd.DataFrame:
+    """Every frame left out: set apart overall, and by the plans themselves."""
     table = pd.DataFrame(
         {
-            "SeriesInstanceUID": uid[gone],
+            "SeriesInstanceUID": cols.obj("SeriesInstanceUID")[gone],
             "SeriesNumber": cols.obj("SeriesNumber")[gone],
             "SeriesDescription": cols.obj("SeriesDescription")[gone],
-            "path": paths[gone],
-            "frame": frame_idx[gone].astype(np.int64) if n else np.array([], np.int64),
+            "path": cols.obj("path")[gone],
+            "frame": cols.num("frame")[gone].astype(np.int64) if cols.n else np.array([], np.int64),
             "reason": reason[gone],
         }
     )
@@ -650,27 +674,32 @@ def plan_series(
     ]
     if local:  # frames a plan left out itself (no position in a positioned series)
         table = pd.concat([table, pd.DataFrame(local)], ignore_index=True)
-    if len(gone):
-        extra: dict[str, list[dict[str, Any]]] = {}
-        for i in gone:
-            extra.setdefault(uid[i], []).append(
-                {"path": paths[i], "frame": int(frame_idx[i]), "reason": reason[i]}
-            )
-        for plan in plans:
-            plan.set_apart = extra.get(plan.attrs.get("SeriesInstanceUID"), []) + plan.set_apart
+    return table
 
-    def sort_key(p: SeriesPlan) -> tuple[Any, ...]:
-        num = p.attrs.get("SeriesNumber")
-        return (
-            str(p.attrs.get("StudyInstanceUID", "")),
-            num if isinstance(num, int) else 1 << 62,
-            p.key,
+
+def _add_set_apart(
+    cols: _Columns, gone: np.ndarray, reason: np.ndarray, plans: list[SeriesPlan]
+) -> None:
+    """Give each plan the frames of its SeriesInstanceUID that were set apart before grouping."""
+    if not len(gone):
+        return
+    uid, paths, frame_idx = cols.obj("SeriesInstanceUID"), cols.obj("path"), cols.num("frame")
+    extra: dict[str, list[dict[str, Any]]] = {}
+    for i in gone:
+        extra.setdefault(uid[i], []).append(
+            {"path": paths[i], "frame": int(frame_idx[i]), "reason": reason[i]}
         )
+    for plan in plans:
+        plan.set_apart = extra.get(plan.attrs.get("SeriesInstanceUID"), []) + plan.set_apart
 
-    return SeriesPlans(
-        sorted(plans, key=sort_key),
-        set_apart=table,
-        skipped=catalog_or_frames.attrs.get("skipped", ()),
+
+def _plan_order(plan: SeriesPlan) -> tuple[Any, ...]:
+    """Order of the plans: StudyInstanceUID, SeriesNumber, key."""
+    num = plan.attrs.get("SeriesNumber")
+    return (
+        str(plan.attrs.get("StudyInstanceUID", "")),
+        num if isinstance(num, int) else 1 << 62,
+        plan.key,
     )
 
 
@@ -705,6 +734,10 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
     if cols.has("pixel_data_truncated"):
         cut = cols.flag("pixel_data_truncated")
         reason[cut & _free(reason)] = "pixel data cut short (file truncated)"
+    if cols.has("frame_problem"):  # what the frame expansion found unusable (a mosaic not unpacked)
+        problem = cols.obj("frame_problem")
+        for i in np.flatnonzero(_has_value(problem) & _free(reason)):
+            reason[i] = str(problem[i])
     rows, columns = cols.num("Rows"), cols.num("Columns")
     reason[~((rows > 0) & (columns > 0)) & _free(reason)] = "no image size (Rows/Columns missing)"
     if "secondary_capture" not in include:
@@ -728,32 +761,46 @@ def _has_value(values: np.ndarray) -> np.ndarray:
 
 
 def _mark_lost_geometry(cols: _Columns, reason: np.ndarray) -> None:
-    """Set apart frames without position or orientation in a series whose other frames have them.
+    """Set apart frames without position, orientation or spacing in a series whose other frames have them.
 
-    The catalog blanks impossible values (NaN, parallel or zero direction cosines): such a
-    frame cannot take a place in its series' volume, and must not split it into two plans.
+    The catalog blanks impossible values (NaN, parallel or zero direction cosines, a zero,
+    negative or non-finite PixelSpacing): such a frame cannot take a place in its series'
+    volume, and must not split it into two plans.
     """
     names = ("ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID")
     if not all(cols.has(n) for n in names):
         return
     positioned = _has_value(cols.obj(names[0]))
-    placed = positioned & _has_value(cols.obj(names[1]))
+    oriented = _has_value(cols.obj(names[1]))
+    spaced = (
+        _has_value(cols.obj("PixelSpacing")) if cols.has("PixelSpacing") else np.ones(cols.n, bool)
+    )
+    placed = positioned & oriented
     free = _free(reason)
-    if placed.all() or not (placed & free).any():
-        return
     sop = cols.obj("SOPClassUID") if cols.has("SOPClassUID") else np.full(cols.n, None, object)
     keys = list(
         zip(cols.obj(names[2]), sop, strict=True)
     )  # pages without geometry have their own class
-    with_geometry = {keys[i] for i in np.flatnonzero(placed & free)}
-    for i in np.flatnonzero(~placed & free):
-        # pages (secondary capture) carry geometry or not as they please
-        if keys[i] in with_geometry and sop[i] not in _SECONDARY_CAPTURE:
+    if not (placed & spaced).all() and (placed & free).any():
+        with_geometry = {keys[i] for i in np.flatnonzero(placed & free)}
+        for i in np.flatnonzero(~placed & free):
+            # pages (secondary capture) carry geometry or not as they please
+            if keys[i] in with_geometry and sop[i] not in _SECONDARY_CAPTURE:
+                reason[i] = (
+                    "no ImagePositionPatient"
+                    if not positioned[i]
+                    else "no valid ImageOrientationPatient (missing, or impossible values) "
+                    "while the rest of its series has one"
+                )
+    free = _free(reason)
+    if spaced.all() or not (spaced & placed & free).any():
+        return
+    with_spacing = {keys[i] for i in np.flatnonzero(spaced & placed & free)}
+    for i in np.flatnonzero(~spaced & placed & free):
+        if keys[i] in with_spacing and sop[i] not in _SECONDARY_CAPTURE:
             reason[i] = (
-                "no ImagePositionPatient"
-                if not positioned[i]
-                else "no valid ImageOrientationPatient (missing, or impossible values) while "
-                "the rest of its series has one"
+                "no valid PixelSpacing (missing, zero, negative or not a number) while the "
+                "rest of its series has one: lost geometry"
             )
 
 
@@ -762,6 +809,10 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
 
     The same instance stored twice (a file copied into two folders, or re-encoded in another
     transfer syntax) is one image, not a second volume: the first copy in path order is kept.
+    Files that reuse a SOPInstanceUID for a *different* image (it happens in real exports)
+    are no copies: their frames are compared (decoded values, read only for the colliding
+    files) and those that differ stay, as distinct instances, with an
+    :class:`~dicomxr.InstanceCollisionWarning` naming them.
     """
     if not cols.has("SOPInstanceUID"):
         return
@@ -781,11 +832,117 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
     if not key.duplicated(["sop", "frame", "tile"]).any():
         return
     key = key.sort_values("path", kind="stable")
-    dup = key.duplicated(["sop", "frame", "tile"], keep="first")
-    first = key[~dup].set_index(["sop", "frame", "tile"])["path"]
-    for row in key[dup].itertuples():
-        kept = first.loc[(row.sop, row.frame, row.tile)]
-        reason[idx[row.Index]] = f"copy of the same instance (SOPInstanceUID and frame) as {kept}"
+    dup_any = key.duplicated(["sop", "frame", "tile"], keep=False)
+    digest = _StoredFrameDigests(cols)
+    collisions: dict[str, list[str]] = {}
+    for (uid, _, _), group in key[dup_any].groupby(["sop", "frame", "tile"], sort=False):
+        kept: list[tuple[int, str | None]] = []  # (row, digest) of the distinct images kept
+        for pos in group.index:
+            i = int(idx[pos])
+            value, error = digest(i)
+            if not kept:
+                kept.append((i, value))
+                continue
+            same = next((k for k, d in kept if value is not None and d == value), None)
+            if same is not None:
+                reason[i] = (
+                    "copy of the same instance (SOPInstanceUID, frame and pixel data) as "
+                    f"{cols.obj('path')[same]}"
+                )
+            elif error is not None or kept[0][1] is None:
+                reason[i] = (
+                    f"same SOPInstanceUID and frame as {cols.obj('path')[kept[0][0]]}; "
+                    f"pixel data not compared ({error or 'the first copy cannot be read'})"
+                )
+            else:  # a different image under the same UID: keep it
+                kept.append((i, value))
+                names = collisions.setdefault(str(uid), [])
+                for k, _ in kept:
+                    if cols.obj("path")[k] not in names:
+                        names.append(str(cols.obj("path")[k]))
+    if collisions:
+        _warn_collisions(collisions)
+
+
+class _StoredFrameDigests:
+    """Digest of each colliding row's stored frame, read once per (file, frame)."""
+
+    def __init__(self, cols: _Columns) -> None:
+        self.cols = cols
+        self.done: dict[tuple[str, int], tuple[str | None, str | None]] = {}
+
+    def __call__(self, i: int) -> tuple[str | None, str | None]:
+        """Return ``(digest, None)`` or ``(None, why it cannot be read)``."""
+        # pixels is a leaf module (no plan): imported here, only when UIDs collide
+        from dicomxr.pixels import stored_frame_digest
+
+        cols = self.cols
+        where = (str(cols.obj("path")[i]), int(cols.num("frame")[i]))
+        if where not in self.done:
+            row = {name: cols.obj(name)[i] for name in _PIXEL_COLUMNS if cols.has(name)}
+            try:
+                self.done[where] = (stored_frame_digest(row), None)
+            except Exception as exc:  # any unreadable frame: not comparable, say why
+                self.done[where] = (None, f"{type(exc).__name__}: {exc}")
+        return self.done[where]
+
+
+# the frame table columns a pixel read needs (dicomxr.pixels.FrameRef.from_row)
+_PIXEL_COLUMNS = (
+    "path", "frame", "pixel_data_offset", "TransferSyntaxUID", "Rows", "Columns",
+    "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "tile",
+    "mosaic_rows", "mosaic_cols",
+)  # fmt: skip
+
+# how many UIDs and paths a collision warning names
+_NAMED = 3
+
+
+def _warn_collisions(collisions: dict[str, list[str]]) -> None:
+    files = sum(len(p) for p in collisions.values())
+    shown = "; ".join(
+        f"SOPInstanceUID {uid}: {', '.join(paths[:_NAMED])}"
+        + (f" and {len(paths) - _NAMED} more" if len(paths) > _NAMED else "")
+        for uid, paths in list(collisions.items())[:_NAMED]
+    )
+    more = f" (and {len(collisions) - _NAMED} more UIDs)" if len(collisions) > _NAMED else ""
+    warnings.warn(
+        f"{files} files share a SOPInstanceUID with another file but hold a different image; "
+        f"they are kept as distinct instances: {shown}{more}",
+        InstanceCollisionWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+# set-apart reasons of objects that are not images of the volume (nothing of it is lost)
+_NOT_OF_THE_VOLUME = ("no pixel data", "localizer", "secondary capture")
+
+
+def left_out(plan: SeriesPlan) -> list[dict[str, Any]]:
+    """Return the frames of ``plan``'s series left out of its volume although they are images of it.
+
+    Everything in ``plan.set_apart`` except objects that are not images of the volume (raw
+    data and other objects without pixels, localizers, secondary captures): pixel data cut
+    short, second copies of one instance, frames without position or orientation, mosaics
+    that cannot be unpacked. :func:`dicomxr.open_series` warns about these
+    (:class:`~dicomxr.SetApartWarning`).
+
+    Parameters
+    ----------
+    plan
+        A plan from :func:`plan_series`.
+
+    Returns
+    -------
+    list of dict
+        ``{"path", "frame", "reason"}`` per frame left out.
+    """
+    return [
+        item
+        for item in plan.set_apart
+        if not str(item.get("reason", "")).startswith(_NOT_OF_THE_VOLUME)
+    ]
 
 
 def _free(reason: np.ndarray) -> np.ndarray:
@@ -998,6 +1155,66 @@ def _make_dim(kind: str, values: np.ndarray, order_key: np.ndarray, source: str 
     return _Dim(kind, remap[codes], [uniques[i] for i in order], source=source)
 
 
+@dataclass
+class _Placed:
+    """Stage 1: a group's frames in space (along the slice normal) and in acquisition order."""
+
+    rows: np.ndarray  # row numbers into the frame table
+    ipp: np.ndarray  # (n, 3) ImagePositionPatient
+    iop: np.ndarray | None  # orientation shared by the group, None without geometry
+    normal: np.ndarray | None
+    dist: np.ndarray  # position along the normal (zeros without geometry)
+    frame_no: np.ndarray
+    order_key: np.ndarray  # acquisition rank: InstanceNumber, then file, then frame
+    set_apart: list[dict[str, Any]]
+
+    @property
+    def geometric(self) -> bool:
+        return self.iop is not None
+
+
+@dataclass
+class _Slices:
+    """Stage 2: which slice (position cluster) each frame belongs to."""
+
+    slice_id: np.ndarray
+    n_slices: int
+    counts: np.ndarray  # frames per slice
+    dims: list[_Dim]  # a positionless series of several multi-frame files: one volume each
+
+
+@dataclass
+class _Copies:
+    """Frames that share a grid cell and that nothing tells apart (stage 3)."""
+
+    count: int
+    rank: np.ndarray  # copy number of each frame within its cell
+    what: str  # an example, for messages
+
+
+@dataclass
+class _Grid:
+    """Stage 4: the frame grid."""
+
+    dims: list[_Dim]
+    slice_id: np.ndarray
+    n_slices: int
+    cells: np.ndarray  # grid of positions into ``order`` (-1 missing)
+    order: np.ndarray  # group-local frame indices in grid order
+    rows: np.ndarray  # frame-table rows in grid order
+
+
+@dataclass
+class _Stack:
+    """Stage 5: the stack's geometry and its report."""
+
+    report: GeometryReport
+    slice_pos: np.ndarray | None  # (n_slices, 3) first position per slice
+    slice_d: np.ndarray  # mean position along the normal per slice
+    spacing: tuple[float, ...] | None
+    slice_spacing: float | None  # SpacingBetweenSlices, else SliceThickness
+
+
 def _plan_group(
     cols: _Columns,
     rows: np.ndarray,
@@ -1005,14 +1222,34 @@ def _plan_group(
     on_irregular: str,
     on_duplicate: str,
 ) -> list[SeriesPlan]:
-    opts = get_options()
-    atol = float(opts["geometry_atol_mm"])
+    """Plan one group: place → cluster → dims → grid → stack → policies → plan (or pieces)."""
+    placed = _place(cols, rows)
+    slices = _cluster(cols, placed)
+    dims, copies = _discover_dims(cols, placed, slices)
+    grid = _grid_of(placed.rows, dims, slices.slice_id, slices.n_slices)
+    stack = _check_stack(cols, placed, grid, copies, on_irregular)
+    label = _label(cols, placed.rows[0], split_note)
+    outcome = _apply_policies(placed, grid, stack, copies, label, on_irregular, on_duplicate)
+    if isinstance(outcome, tuple):
+        return [_make_plan(cols, placed, *outcome, label)]
+    plans = [
+        plan
+        for sub, note, policy in outcome
+        for plan in _plan_group(
+            cols, sub, (split_note + ", " if split_note else "") + note, policy, on_duplicate
+        )
+    ]
+    if plans:  # frames the whole group set apart stay reported
+        plans[0].set_apart = placed.set_apart + plans[0].set_apart
+    return plans
+
+
+def _place(cols: _Columns, rows: np.ndarray) -> _Placed:
+    """Positions along the normal and acquisition order; frames without geometry set apart."""
     n = len(rows)
-    set_apart: list[dict[str, Any]] = []
     ipp = cols.vec("ImagePositionPatient", 3)[rows]
     iop_all = cols.vec("ImageOrientationPatient", 6)[rows]
-    has_pos = ~np.isnan(ipp).any(axis=1)
-    has_geo = has_pos & ~np.isnan(iop_all).any(axis=1)
+    has_geo = ~np.isnan(ipp).any(axis=1) & ~np.isnan(iop_all).any(axis=1)
     instance = cols.num("InstanceNumber")[rows]
     frame_no = cols.num("frame")[rows]
     # acquisition order: InstanceNumber, then file, then frame (a rank, so ties are stable)
@@ -1022,280 +1259,332 @@ def _plan_group(
     )
     order_key = np.empty(n, np.float64)
     order_key[by_order] = np.arange(n)
+    set_apart: list[dict[str, Any]] = []
     if has_geo.any() and not has_geo.all():
-        for i in np.flatnonzero(~has_geo):
-            set_apart.append(
-                {
-                    "path": cols.obj("path")[rows[i]],
-                    "frame": int(frame_no[i]),
-                    "reason": "no ImagePositionPatient",
-                }
-            )
+        paths = cols.obj("path")
+        set_apart = [
+            {"path": paths[rows[i]], "frame": int(frame_no[i]), "reason": "no ImagePositionPatient"}
+            for i in np.flatnonzero(~has_geo)
+        ]
         rows, ipp, iop_all = rows[has_geo], ipp[has_geo], iop_all[has_geo]
-        instance, frame_no, order_key = instance[has_geo], frame_no[has_geo], order_key[has_geo]
-        n = len(rows)
-    geometric = bool(has_geo.any())
-    if geometric:
-        iop = iop_all[0]
-        normal = geometry.slice_normal(iop)
-        dist = ipp @ normal
-    else:
-        iop = None
-        normal = None
-        dist = np.zeros(n)
+        frame_no, order_key = frame_no[has_geo], order_key[has_geo]
+    if not has_geo.any():
+        return _Placed(rows, ipp, None, None, np.zeros(len(rows)), frame_no, order_key, set_apart)
+    normal = geometry.slice_normal(iop_all[0])
+    return _Placed(rows, ipp, iop_all[0], normal, ipp @ normal, frame_no, order_key, set_apart)
 
-    # slice clusters along the normal
-    if geometric:
-        order = np.lexsort((order_key, dist))
-        ds = dist[order]
-        new = np.concatenate([[True], np.diff(ds) > atol])
-        cluster_sorted = np.cumsum(new) - 1
-        slice_id = np.empty(n, np.int64)
-        slice_id[order] = cluster_sorted
-    else:
-        slice_id = np.zeros(n, np.int64)
+
+def _cluster(cols: _Columns, placed: _Placed) -> _Slices:
+    """Slices: frames within ``geometry_atol_mm`` along the normal share one."""
+    n = len(placed.rows)
+    if not placed.geometric:
+        return _positionless_slices(cols, placed)
+    atol = float(get_options()["geometry_atol_mm"])
+    order = np.lexsort((placed.order_key, placed.dist))
+    new = np.concatenate([[True], np.diff(placed.dist[order]) > atol])
+    slice_id = np.empty(n, np.int64)
+    slice_id[order] = np.cumsum(new) - 1
     n_slices = int(slice_id.max()) + 1 if n else 0
+    return _Slices(slice_id, n_slices, np.bincount(slice_id, minlength=n_slices), [])
 
-    # extra dims for frames sharing a position
+
+def _positionless_slices(cols: _Columns, placed: _Placed) -> _Slices:
+    """Without positions, frames in InstanceNumber / frame order form the slice axis.
+
+    Several multi-frame files (cine loops) each become one ``volume``.
+    """
+    n = len(placed.rows)
+    file_code = pd.factorize(cols.obj("path")[placed.rows])[0]
+    per_file = np.bincount(file_code)
     dims: list[_Dim] = []
-    dup_count = 0
-    counts = np.bincount(slice_id, minlength=n_slices)
-    no_geometry_stack = not geometric
-    if no_geometry_stack:
-        # no positions: frames in InstanceNumber / frame order form the slice axis; several
-        # multi-frame files (cine loops) each become one 'volume'
-        file_code = pd.factorize(cols.obj("path")[rows])[0]
-        per_file = np.bincount(file_code)
-        if len(per_file) > 1 and per_file.max() > 1:
-            first_of_file = np.full(len(per_file), np.inf)
-            np.minimum.at(first_of_file, file_code, order_key)
-            file_rank = np.argsort(np.argsort(first_of_file, kind="stable"), kind="stable")
-            dims = [_Dim("volume", file_rank[file_code], list(range(len(per_file))), source="file")]
-            slice_id = np.nan_to_num(frame_no).astype(np.int64)
-        else:
-            order = np.argsort(order_key, kind="stable")
-            slice_id = np.empty(n, np.int64)
-            slice_id[order] = np.arange(n)
-        n_slices = int(slice_id.max()) + 1
-        counts = np.ones(n_slices, np.int64)
-    if counts.max(initial=0) > 1:
-        cand = _kind_candidates(cols, rows)
+    if len(per_file) > 1 and per_file.max() > 1:
+        first_of_file = np.full(len(per_file), np.inf)
+        np.minimum.at(first_of_file, file_code, placed.order_key)
+        file_rank = np.argsort(np.argsort(first_of_file, kind="stable"), kind="stable")
+        dims = [_Dim("volume", file_rank[file_code], list(range(len(per_file))), source="file")]
+        slice_id = np.nan_to_num(placed.frame_no).astype(np.int64)
+    else:
+        order = np.argsort(placed.order_key, kind="stable")
+        slice_id = np.empty(n, np.int64)
+        slice_id[order] = np.arange(n)
+    n_slices = int(slice_id.max()) + 1
+    return _Slices(slice_id, n_slices, np.ones(n_slices, np.int64), dims)
+
+
+def _discover_dims(
+    cols: _Columns, placed: _Placed, slices: _Slices
+) -> tuple[list[_Dim], _Copies | None]:
+    """Extra dims for frames sharing a slice: the kinds that tell them apart, then time or copies."""
+    if slices.counts.max(initial=0) <= 1:
+        return slices.dims, None
+    rows, slice_id, n_slices = placed.rows, slices.slice_id, slices.n_slices
+    cand = _kind_candidates(cols, rows)
+    useful = _useful_kinds(cand, slice_id, n_slices)
+    if (
+        _has_duplicates(cand, useful, slice_id)
+        and "label" not in useful
+        and _is_philips(cols, rows)
+        and _label_type_unread(cand["label"])
+    ):
+        from dicomxr.frames import read_label_type
+
+        labels = np.empty(len(rows), dtype=object)
+        labels[:] = read_label_type([str(p) for p in cols.obj("path")[rows]])
+        cand["label"] = labels
         useful = _useful_kinds(cand, slice_id, n_slices)
-        if (
-            _has_duplicates(cand, useful, slice_id)
-            and "label" not in useful
-            and _is_philips(cols, rows)
-            and _label_type_unread(cand["label"])
-        ):
-            from dicomxr.frames import read_label_type
+    sources = _kind_sources(cols, rows)
+    dims = [_make_dim(k, cand[k], placed.order_key, sources[k]) for k in _KIND_ORDER if k in useful]
+    copies = None
+    cell = _combine(*[d.codes for d in dims], slice_id) if dims else slice_id
+    if len(np.unique(cell)) < len(rows):
+        extra, copies = _tell_apart(cols, placed, slices, cell, "time" in useful)
+        dims.append(extra)
+    dims.sort(key=lambda d: _KIND_ORDER.index(d.kind))
+    return _arrange_dims(dims), copies
 
-            labels = np.empty(n, dtype=object)
-            labels[:] = read_label_type([str(p) for p in cols.obj("path")[rows]])
-            cand["label"] = labels
-            useful = _useful_kinds(cand, slice_id, n_slices)
-        sources = _kind_sources(cols, rows)
-        dims = [_make_dim(k, cand[k], order_key, sources[k]) for k in _KIND_ORDER if k in useful]
-        key_codes = [d.codes for d in dims]
-        cell = _combine(*key_codes, slice_id) if key_codes else slice_id
-        if len(np.unique(cell)) < n:
-            # still sharing a cell: distinct acquisition times make it time, else duplicates
-            times = _acq_time_codes(cols, rows)
-            rank = _rank_within(cell, times, order_key)
-            dup_cells = _cells_with_duplicates(cell)
-            distinct_times = _distinct_within(cell, times, dup_cells)
-            # frames of one multi-frame file at one position (cine, NM dynamics): a time
-            # series in frame order, not copies
-            one_file = _frames_of_one_file(cols, rows, cell, dup_cells)
-            if one_file and "time" not in useful:
-                rank = _rank_within(cell, np.full_like(times, np.nan), order_key)
-            # a repeated acquisition covers most positions; a few positions acquired twice
-            # (a re-scanned slice, an overlapping copy) are duplicates, not a time axis
-            repeated_majority = np.count_nonzero(counts > 1) * 2 >= n_slices
-            if ((distinct_times and repeated_majority) or one_file) and "time" not in useful:
-                source = (
-                    "frame order within one file" if one_file else "acquisition / trigger times"
-                )
-                dims.append(_Dim("time", rank, list(range(int(rank.max()) + 1)), source=source))
-            else:
-                dup_count = int(n - len(np.unique(cell)))
-                what = _duplicate_message(cols, rows, cell, dist)
-                if on_duplicate == "raise":
-                    raise GeometryError(
-                        f"series {_label(cols, rows[0], split_note)!r}: {dup_count} frame(s) share a position "
-                        f"and nothing (time, echo, b-value, component) tells them apart ({what}). "
-                        "Pass on_duplicate='warn' to keep the copies along a 'volume' dim, or 'split'."
-                    )
-                if on_duplicate == "split":
-                    plans = []
-                    for r in range(int(rank.max()) + 1):
-                        sub = rows[rank == r]
-                        note = (split_note + ", " if split_note else "") + f"duplicate copy {r + 1}"
-                        plans.extend(_plan_group(cols, sub, note, on_irregular, on_duplicate))
-                    return plans
-                if on_duplicate == "warn":
-                    warnings.warn(
-                        f"series {_label(cols, rows[0], split_note)!r}: {dup_count} frame(s) share a position with "
-                        f"another frame and nothing tells them apart ({what}); kept along a 'volume' dim "
-                        "in InstanceNumber order (on_duplicate='raise' or 'split' to change this)",
-                        GeometryWarning,
-                        stacklevel=user_stacklevel(),
-                    )
-                dims.append(
-                    _Dim(
-                        "volume",
-                        rank,
-                        list(range(int(rank.max()) + 1)),
-                        source="InstanceNumber order (copies)",
-                    )
-                )
-        dims.sort(key=lambda d: _KIND_ORDER.index(d.kind))
-        dims = _arrange_dims(dims)
 
-    # the grid
-    grid, grid_order = _build_grid(dims, slice_id, n_slices)
-    plan_rows = rows[grid_order]  # frames in grid order
-    missing_cells = int((grid < 0).sum())
+def _tell_apart(
+    cols: _Columns, placed: _Placed, slices: _Slices, cell: np.ndarray, has_time: bool
+) -> tuple[_Dim, _Copies | None]:
+    """Frames still sharing a cell: a time axis when their times differ, else copies."""
+    rows, order_key = placed.rows, placed.order_key
+    times = _acq_time_codes(cols, rows)
+    rank = _rank_within(cell, times, order_key)
+    dup_cells = _cells_with_duplicates(cell)
+    distinct_times = _distinct_within(cell, times, dup_cells)
+    # frames of one multi-frame file at one position (cine, NM dynamics): a time series in
+    # frame order, not copies
+    one_file = _frames_of_one_file(cols, rows, cell, dup_cells)
+    if one_file and not has_time:
+        rank = _rank_within(cell, np.full_like(times, np.nan), order_key)
+    # a repeated acquisition covers most positions; a few positions acquired twice (a
+    # re-scanned slice, an overlapping copy) are duplicates, not a time axis
+    repeated_majority = np.count_nonzero(slices.counts > 1) * 2 >= slices.n_slices
+    levels = list(range(int(rank.max()) + 1))
+    if ((distinct_times and repeated_majority) or one_file) and not has_time:
+        source = "frame order within one file" if one_file else "acquisition / trigger times"
+        return _Dim("time", rank, levels, source=source), None
+    copies = _Copies(
+        int(len(rows) - len(np.unique(cell))),
+        rank,
+        _duplicate_message(cols, rows, cell, placed.dist),
+    )
+    return _Dim("volume", rank, levels, source="InstanceNumber order (copies)"), copies
 
-    # slice positions (first frame found at each slice)
+
+def _grid_of(rows: np.ndarray, dims: list[_Dim], slice_id: np.ndarray, n_slices: int) -> _Grid:
+    """Lay the frames out on the grid of these dims and slices."""
+    cells, order = _build_grid(dims, slice_id, n_slices)
+    return _Grid(dims, slice_id, n_slices, cells, order, rows[order])
+
+
+def _check_stack(
+    cols: _Columns, placed: _Placed, grid: _Grid, copies: _Copies | None, on_irregular: str
+) -> _Stack:
+    """Slice positions and the geometry report of the stack."""
+    rows, slice_id, n_slices = placed.rows, grid.slice_id, grid.n_slices
     slice_pos = None
     slice_d = np.arange(n_slices, dtype=np.float64)
-    if geometric:
+    if placed.geometric:
         first = np.full(n_slices, -1, np.int64)
-        first[slice_id[::-1]] = np.arange(n)[::-1]
-        slice_pos = ipp[first]
-        sums = np.bincount(slice_id, weights=dist, minlength=n_slices)
-        slice_d = sums / np.maximum(counts if not no_geometry_stack else 1, 1)
-
+        first[slice_id[::-1]] = np.arange(len(rows))[::-1]
+        slice_pos = placed.ipp[first]
+        counts = np.bincount(slice_id, minlength=n_slices)
+        sums = np.bincount(slice_id, weights=placed.dist, minlength=n_slices)
+        slice_d = sums / np.maximum(counts, 1)
     spacing = _first_valid_vec(cols.vec("PixelSpacing", 2)[rows])
     thickness = _median(cols.num("SliceThickness")[rows])
     spacing_tag = _median(cols.num("SpacingBetweenSlices")[rows])
-    tilt_tag = _median(cols.num("GantryDetectorTilt")[rows])
     report = geometry.analyze_stack(
-        slice_pos if geometric else None,
-        iop,
+        slice_pos,
+        placed.iop,
         spacing,
         slice_thickness=thickness,
         spacing_tag=spacing_tag,
-        tilt_tag=tilt_tag,
-        duplicate_positions=dup_count,
+        tilt_tag=_median(cols.num("GantryDetectorTilt")[rows]),
+        duplicate_positions=copies.count if copies is not None else 0,
         policy=on_irregular,
     )
-    if not geometric:
+    if not placed.geometric:
         report.n_slices = n_slices
-    geometry_irregular = geometric and (
+    return _Stack(report, slice_pos, slice_d, spacing, spacing_tag or thickness)
+
+
+# one piece of a group to plan on its own: (frame-table rows, label note, on_irregular)
+_Piece = tuple[np.ndarray, str, str]
+
+
+def _apply_policies(
+    placed: _Placed,
+    grid: _Grid,
+    stack: _Stack,
+    copies: _Copies | None,
+    label: str,
+    on_irregular: str,
+    on_duplicate: str,
+) -> tuple[_Grid, _Stack] | list[_Piece]:
+    """Apply the caller's policies: raise, split into pieces, fill, warn or ignore.
+
+    Returns the (possibly filled) grid and stack to plan, or the pieces to plan separately.
+    """
+    if copies is not None:
+        pieces = _duplicate_policy(placed, copies, label, on_irregular, on_duplicate)
+        if pieces is not None:
+            return pieces
+    report = stack.report
+    geometry_irregular = placed.geometric and (
         not report.uniform or report.missing_slices > 0 or not report.positions_on_line
     )
-    if (
-        on_irregular == "fill"
-        and geometry_irregular
-        and report.uniform
-        and report.positions_on_line
-        and report.spacing_median
-    ):
-        # whole missing slices become empty (NaN) frames: the affine is then exact
-        k = np.rint((slice_d - slice_d[0]) / report.spacing_median).astype(np.int64)
-        n_new = int(k[-1]) + 1
-        step = (slice_pos[-1] - slice_pos[0]) / k[-1]
-        filled_pos = slice_pos[0] + np.arange(n_new)[:, None] * step
-        filled_pos[k] = slice_pos
-        slice_id, n_slices = k[slice_id], n_new
-        grid, grid_order = _build_grid(dims, slice_id, n_slices)
-        plan_rows = rows[grid_order]
-        slice_pos, slice_d = filled_pos, filled_pos @ normal
-        report.issues.append(
-            f"filled {report.missing_slices} missing slice(s) with empty (NaN) frames "
-            "(on_irregular='fill'): the affine is exact"
-        )
-        report.affine_exact = True
+    missing_cells = int((grid.cells < 0).sum())
+    fillable = report.uniform and report.positions_on_line and report.spacing_median
+    if on_irregular == "fill" and geometry_irregular and fillable:
+        grid, stack = _fill_missing_slices(placed, grid, stack)
         geometry_irregular = False
-        missing_cells = int((grid < 0).sum()) - report.missing_slices * int(
-            np.prod(grid.shape[:-1])
+        missing_cells = int((grid.cells < 0).sum()) - report.missing_slices * int(
+            np.prod(grid.cells.shape[:-1])
         )
-    report.missing_frames = int((grid < 0).sum())
+    report.missing_frames = int((grid.cells < 0).sum())
     if missing_cells:
-        report.issues.append(_missing_cells_message(grid, dims, slice_d))
-    irregular = geometry_irregular or (geometric and missing_cells > 0)
-    label = _label(cols, rows[0], split_note)
-    if irregular and on_irregular == "fill":
-        on_irregular = "warn"  # spacing not a whole multiple: nothing to fill, keep and warn
-    if irregular:
-        problems = [
-            i
-            for i in report.issues
-            if not i.startswith("stack is tilted") and "GantryDetectorTilt" not in i
-        ]
-        if on_irregular == "raise":
-            raise GeometryError(
-                f"series {label!r} is not a regular frame grid: " + "; ".join(problems) + ". "
-                "Pass on_irregular='warn' to keep every frame with its true position as the 'slice' "
-                "coordinate, or on_irregular='split' to get regular blocks as separate series."
-            )
-        if on_irregular == "split":
-            pieces = _split_pieces(grid, slice_d)
-            if len(pieces) > 1:
-                plans = []
-                for k, sl in enumerate(pieces, 1):
-                    sub = plan_rows[np.isin(slice_id[grid_order], np.arange(n_slices)[sl])]
-                    note = (
-                        split_note + ", " if split_note else ""
-                    ) + f"regular block {k} of {len(pieces)}"
-                    plans.extend(_plan_group(cols, sub, note, "warn", on_duplicate))
-                return plans
-        if on_irregular == "warn" or on_irregular == "split":
-            warnings.warn(
-                f"series {label!r}: "
-                + "; ".join(problems)
-                + ". Kept every frame; the 'slice' coordinate holds "
-                "the true positions and the affine is approximate (on_irregular='raise' or 'split' to change this).",
-                GeometryWarning,
-                stacklevel=user_stacklevel(),
-            )
+        report.issues.append(_missing_cells_message(grid.cells, grid.dims, stack.slice_d))
+    if geometry_irregular or (placed.geometric and missing_cells > 0):
+        if on_irregular == "fill":
+            on_irregular = "warn"  # spacing not a whole multiple: nothing to fill, keep and warn
+        pieces = _irregular_policy(grid, stack, label, on_irregular)
+        if pieces is not None:
+            return pieces
         if geometry_irregular:
             report.affine_exact = False
+    return grid, stack
 
-    if geometric:
+
+def _duplicate_policy(
+    placed: _Placed, copies: _Copies, label: str, on_irregular: str, on_duplicate: str
+) -> list[_Piece] | None:
+    """Raise, split into one piece per copy, or warn (the copies stay along ``volume``)."""
+    if on_duplicate == "raise":
+        raise GeometryError(
+            f"series {label!r}: {copies.count} frame(s) share a position "
+            f"and nothing (time, echo, b-value, component) tells them apart ({copies.what}). "
+            "Pass on_duplicate='warn' to keep the copies along a 'volume' dim, or 'split'."
+        )
+    if on_duplicate == "split":
+        return [
+            (placed.rows[copies.rank == r], f"duplicate copy {r + 1}", on_irregular)
+            for r in range(int(copies.rank.max()) + 1)
+        ]
+    if on_duplicate == "warn":
+        warnings.warn(
+            f"series {label!r}: {copies.count} frame(s) share a position with "
+            f"another frame and nothing tells them apart ({copies.what}); kept along a 'volume' dim "
+            "in InstanceNumber order (on_duplicate='raise' or 'split' to change this)",
+            GeometryWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return None
+
+
+def _irregular_policy(
+    grid: _Grid, stack: _Stack, label: str, on_irregular: str
+) -> list[_Piece] | None:
+    """Raise, split into regular blocks, or warn about an irregular stack."""
+    problems = [
+        i
+        for i in stack.report.issues
+        if not i.startswith("stack is tilted") and "GantryDetectorTilt" not in i
+    ]
+    if on_irregular == "raise":
+        raise GeometryError(
+            f"series {label!r} is not a regular frame grid: " + "; ".join(problems) + ". "
+            "Pass on_irregular='warn' to keep every frame with its true position as the 'slice' "
+            "coordinate, or on_irregular='split' to get regular blocks as separate series."
+        )
+    if on_irregular == "split":
+        pieces = _split_pieces(grid.cells, stack.slice_d)
+        if len(pieces) > 1:
+            in_grid = grid.slice_id[grid.order]
+            return [
+                (
+                    grid.rows[np.isin(in_grid, np.arange(grid.n_slices)[sl])],
+                    f"regular block {k} of {len(pieces)}",
+                    "warn",
+                )
+                for k, sl in enumerate(pieces, 1)
+            ]
+    if on_irregular in ("warn", "split"):
+        warnings.warn(
+            f"series {label!r}: "
+            + "; ".join(problems)
+            + ". Kept every frame; the 'slice' coordinate holds "
+            "the true positions and the affine is approximate (on_irregular='raise' or 'split' to change this).",
+            GeometryWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return None
+
+
+def _fill_missing_slices(placed: _Placed, grid: _Grid, stack: _Stack) -> tuple[_Grid, _Stack]:
+    """on_irregular='fill': whole missing slices become empty (NaN) frames; the affine is exact."""
+    report = stack.report
+    slice_d, slice_pos = stack.slice_d, stack.slice_pos
+    assert slice_pos is not None and placed.normal is not None and report.spacing_median
+    k = np.rint((slice_d - slice_d[0]) / report.spacing_median).astype(np.int64)
+    n_new = int(k[-1]) + 1
+    step = (slice_pos[-1] - slice_pos[0]) / k[-1]
+    filled_pos = slice_pos[0] + np.arange(n_new)[:, None] * step
+    filled_pos[k] = slice_pos
+    report.issues.append(
+        f"filled {report.missing_slices} missing slice(s) with empty (NaN) frames "
+        "(on_irregular='fill'): the affine is exact"
+    )
+    report.affine_exact = True
+    filled = _grid_of(placed.rows, grid.dims, k[grid.slice_id], n_new)
+    return filled, replace(stack, slice_pos=filled_pos, slice_d=filled_pos @ placed.normal)
+
+
+def _make_plan(
+    cols: _Columns, placed: _Placed, grid: _Grid, stack: _Stack, label: str
+) -> SeriesPlan:
+    """Make the plan: affine, coordinates, attributes and the frame table."""
+    if placed.geometric:
         affine = geometry.affine_from_positions(
-            slice_pos,
-            iop,
-            spacing if spacing is not None else (1.0, 1.0),
-            slice_spacing=spacing_tag or thickness,
+            stack.slice_pos,
+            placed.iop,
+            stack.spacing if stack.spacing is not None else (1.0, 1.0),
+            slice_spacing=stack.slice_spacing,
         )
     else:
         affine = np.eye(4)
-
-    frame_shape = _frame_shape(cols, rows[0])
+    plan_rows, cells, dims = grid.rows, grid.cells, grid.dims
     dim_names = (*(d.kind for d in dims), "slice")
-    coords = _coords(cols, plan_rows, grid, dims, dim_names, slice_d)
+    coords = _coords(cols, plan_rows, cells, dims, dim_names, stack.slice_d)
     attrs, patient = _attrs(cols, plan_rows, coords)
     if len(plan_rows) == cols.n:
         # the plan uses every frame: share the table (a cheap copy-on-write view) and let
         # the grid index it in its own row order
         frames = cols.df.copy(deep=False)
-        grid = np.where(grid >= 0, plan_rows[np.maximum(grid, 0)], -1)
+        cells = np.where(cells >= 0, plan_rows[np.maximum(cells, 0)], -1)
     else:
         frames = cols.df.take(plan_rows)
         frames.index = pd.RangeIndex(len(frames))
     attrs["affine"] = affine.tolist()
-    attrs["geometry"] = report.to_dict()
+    attrs["geometry"] = stack.report.to_dict()
     attrs["units"] = _units(attrs)
     if dims:
         attrs["dim_sources"] = {d.kind: d.source for d in dims}
-    return [
-        SeriesPlan(
-            key=str(attrs.get("SeriesInstanceUID", "")),
-            label=label,
-            frames=frames,
-            dims=dim_names,
-            grid=grid,
-            frame_shape=frame_shape,
-            coords=coords,
-            attrs=attrs,
-            geometry=report,
-            affine=affine,
-            set_apart=set_apart,
-            patient=patient,
-        )
-    ]
+    return SeriesPlan(
+        key=str(attrs.get("SeriesInstanceUID", "")),
+        label=label,
+        frames=frames,
+        dims=dim_names,
+        grid=cells,
+        frame_shape=_frame_shape(cols, placed.rows[0]),
+        coords=coords,
+        attrs=attrs,
+        geometry=stack.report,
+        affine=affine,
+        set_apart=placed.set_apart,
+        patient=patient,
+    )
 
 
 def _build_grid(

@@ -65,11 +65,18 @@ _FIELDS: dict[str, tuple[tuple[str, ...], float | None]] = {
 _EXTRA_KEYWORDS = ("InPlanePhaseEncodingDirection",)
 
 
-def read_header(path: str | os.PathLike[str]) -> Any:
-    """Read the header of one DICOM file (no pixel data) with pydicom."""
+def read_header(path: str | os.PathLike[str], storage_options: Any = None) -> Any:
+    """Read the header of one DICOM file (no pixel data) with pydicom.
+
+    ``path`` may be a URL (read by byte range with ``storage_options``, see
+    :mod:`dicomxr.sources`).
+    """
     import pydicom
 
-    return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    from dicomxr.sources import readable
+
+    with readable(os.fspath(path), storage_options) as source:
+        return pydicom.dcmread(source, stop_before_pixels=True, force=True)
 
 
 def _functional_groups(ds: Any) -> list[Any]:
@@ -315,7 +322,7 @@ def bids_sidecar(
     dict
         BIDS keys in BIDS units (times in seconds), only those the headers define.
     """
-    from dicomxr import __version__
+    from dicomxr._version import __version__
 
     out: dict[str, Any] = {}
     for bids, (keywords, factor) in _FIELDS.items():

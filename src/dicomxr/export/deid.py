@@ -166,7 +166,7 @@ _OWN_SAFE = frozenset(
     {"affine", "geometry", "dim_sources", "units", "frame", "tile", "row", "col", "slice"}
 )
 _OWN_SAFE_PREFIXES = ("position_", "bvec_")
-_DROP_ALWAYS = frozenset({"path", "series_label"})
+_DROP_ALWAYS = frozenset({"path", "series_label", "set_apart"})
 _UID = re.compile(r"\d+(?:\.\d+){2,}")
 
 

@@ -35,7 +35,7 @@ import xarray as xr
 from dicomxr._files import atomic_path
 from dicomxr.errors import GeometryWarning, require, user_stacklevel
 
-__all__ = ["fsl_bvecs", "nifti_affine", "to_nifti"]
+__all__ = ["fsl_bvecs", "nifti_affine", "to_nifti", "volume_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -201,11 +201,11 @@ def to_nifti(
     >>> da = dicomxr.open_series(dicomxr.data.sample_path())
     >>> da.dicom.to_nifti("pcasl.nii.gz")  # doctest: +SKIP
     """
-    from dicomxr.attrs import image_of as _image_of
+    from dicomxr.attrs import image_of
     from dicomxr.spatial import affine_of, position_residual_mm
 
     nib = require("nibabel", extra="nifti", purpose="NIfTI export")
-    da = _image_of(da) if isinstance(da, xr.Dataset) else da
+    da = image_of(da) if isinstance(da, xr.Dataset) else da
     path = Path(path)
     stem, suffix = _split_suffix(path)
     if not path.parent.is_dir():
@@ -216,7 +216,7 @@ def to_nifti(
             da = da.expand_dims(dim)
     colour = "channel" in da.dims
     extra = [d for d in da.dims if d not in (*_SPATIAL, "channel")]
-    volumes = _volume_labels(da, extra)
+    volumes = volume_labels(da, extra)
     order = [*extra, *_SPATIAL, *(["channel"] if colour else [])]
     values = np.asarray(da.transpose(*order).values)
     if len(extra) > 1:  # NIfTI has one axis beyond space: flatten, last extra dim fastest
@@ -276,8 +276,22 @@ def to_nifti(
     return path
 
 
-def _volume_labels(da: xr.DataArray, extra: list[str]) -> list[dict[str, Any]]:
-    """List the frame-dim index and coordinate value of each 4th-axis volume, in file order."""
+def volume_labels(da: xr.DataArray, extra: list[str]) -> list[dict[str, Any]]:
+    """List the frame-dim index and coordinate value of each 4th-axis volume, in file order.
+
+    Parameters
+    ----------
+    da
+        The image written.
+    extra
+        Its frame dims other than ``slice``, flattened (C order) into NIfTI's 4th axis.
+
+    Returns
+    -------
+    list of dict
+        One dict per volume: ``<dim>_index`` and, where the dim has a coordinate, ``<dim>``
+        with its value; empty when there is no extra dim.
+    """
     import itertools
 
     labels = []
@@ -296,8 +310,7 @@ def _sidecar_attrs(attrs: Any) -> dict[str, Any]:
     """Return the attrs as JSON data: affine as a 4x4 list, JSON-text attrs as objects."""
     import json
 
-    from dicomxr.attrs import affine_from_attr, geometry_from_attr
-    from dicomxr.attrs import to_plain as _plain
+    from dicomxr.attrs import affine_from_attr, geometry_from_attr, to_plain
 
     info: dict[str, Any] = {}
     for key, value in attrs.items():
@@ -310,7 +323,7 @@ def _sidecar_attrs(attrs: Any) -> dict[str, Any]:
                 value = json.loads(value)
         except ValueError:
             pass  # kept as it is when it is not what its name says
-        value = _plain(value)
+        value = to_plain(value)
         if _json_ok(value):
             info[str(key)] = value
     return info

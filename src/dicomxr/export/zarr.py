@@ -23,12 +23,28 @@ import xarray as xr
 from dicomxr._files import replace_dir, umask_mode
 from dicomxr.errors import require
 
-__all__ = ["to_zarr"]
+__all__ = ["prepare_for_zarr", "to_zarr"]
 
 _SPATIAL = ("row", "col", "channel")
 
 
-def _prepared(da: xr.DataArray, chunks: dict[str, int] | None) -> xr.Dataset:
+def prepare_for_zarr(da: xr.DataArray, chunks: dict[str, int] | None) -> xr.Dataset:
+    """Return the Dataset :func:`to_zarr` writes for one image (nothing is computed).
+
+    Parameters
+    ----------
+    da
+        The image.
+    chunks
+        Chunk sizes by dim; by default one frame per chunk, whole along ``row``, ``col``
+        and ``channel``.
+
+    Returns
+    -------
+    xarray.Dataset
+        The variable ``image`` (dask, rechunked), its attrs encoded as for netCDF
+        (:func:`dicomxr.attrs.encode_attrs`), string coordinates as object strings.
+    """
     import dask.array
 
     from dicomxr.attrs import encode_attrs
@@ -98,16 +114,16 @@ def to_zarr(
     >>> path = da.dicom.to_zarr("sample.zarr")  # doctest: +SKIP
     >>> xr.open_zarr(path)["image"]  # doctest: +SKIP
     """
-    from dicomxr.attrs import image_of as _image_of
+    from dicomxr.attrs import image_of
 
     require("zarr", extra="zarr", purpose="Zarr export")
-    image = _image_of(da) if isinstance(da, xr.Dataset) else da
+    image = image_of(da) if isinstance(da, xr.Dataset) else da
     target = Path(store)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     if not target.parent.is_dir():
         raise FileNotFoundError(f"destination folder {target.parent} does not exist")
-    ds = _prepared(image, chunks)
+    ds = prepare_for_zarr(image, chunks)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, umask_mode(directory=True))  # mkdtemp's 0700 would make the store private
     try:

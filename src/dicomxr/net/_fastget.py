@@ -19,6 +19,13 @@ straight into the instance's temporary file (no copy, no decoding), and each C-S
 is a fixed 100-byte PDU. When the final C-GET response arrives, the socket goes back to
 pynetdicom, which releases the association as usual. Only the association objects of
 this retrieval are affected; nothing in pynetdicom is patched.
+
+The take-over relies on a few attributes pynetdicom does not document
+(:data:`PRIVATE_ATTRIBUTES`), checked on every association by :func:`can_take_over`: when
+one of them is gone, the retrieval runs on pynetdicom's own (generic) receive path and a
+warning names what changed. pyproject pins pynetdicom to the versions this is tested with
+(:data:`TESTED_PYNETDICOM`); ``tests/test_60_net_units.py`` fails naming the attributes
+when a pynetdicom in that range changes them.
 """
 
 from __future__ import annotations
@@ -40,13 +47,34 @@ from dicomxr.net.storage import InstanceWriter, SpareFile, file_meta_bytes
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PRIVATE_ATTRIBUTES",
+    "TESTED_PYNETDICOM",
     "FastGetUnsupported",
     "can_take_over",
     "encode_command",
     "parse_command",
+    "private_api_problems",
     "receive_find",
     "receive_get",
 ]
+
+#: The pynetdicom versions the fast receive path is tested with (pyproject pins this range).
+TESTED_PYNETDICOM = ">=3.0.4,<3.1"
+
+#: What the fast paths use of pynetdicom beyond its documented API, as
+#: ``(where, attribute, what it must be, what for)``. ``where`` is an object path from an
+#: established association (``assoc``, ``assoc.dul``, ``assoc.dul.socket``) or a class.
+PRIVATE_ATTRIBUTES: tuple[tuple[str, str, str, str], ...] = (
+    ("assoc", "_reactor_checkpoint", "threading.Event", "resume the reactor after a take-over"),
+    ("assoc", "_get_valid_context", "method", "the context of the request we send"),
+    ("assoc.dul", "_idle_timer", "Timer with restart()", "keep the idle timer alive while we read"),
+    ("assoc.dul", "to_provider_queue", "queue.Queue", "the reactor's input while it is paused"),
+    ("assoc.dul", "_run_loop_delay", "float", "the reactor's idle sleep (client._tune_reactor)"),
+    ("assoc.dul.socket", "_is_connected", "bool", "FastSocket.ready"),
+    ("assoc.dul.socket", "event_queue", "queue.Queue", "FastSocket.ready reports Evt17"),
+    ("AssociationSocket", "_create_socket", "method (self, address)", "FastSocket: TCP_NODELAY"),
+    ("AE", "_create_socket", "method (self, assoc, address, tls_args)", "FastAE: our socket"),
+)
 
 _C_STORE_RQ = 0x0001
 _C_GET_RSP = 0x8010
@@ -124,18 +152,104 @@ def _command_pdu(context_id: int, command: bytes) -> bytes:
     return _HEAD.pack(0x04, 4 + len(pdv)) + struct.pack(">L", len(pdv)) + pdv
 
 
+def private_api_problems(assoc: Any = None) -> list[str]:
+    """Return what is missing or changed of :data:`PRIVATE_ATTRIBUTES` (empty: all there).
+
+    Parameters
+    ----------
+    assoc
+        An established association made by dicomxr (a ``FastAE`` requestor): its
+        attributes are checked too. ``None`` checks the classes only.
+
+    Returns
+    -------
+    list of str
+        One line per problem, naming the attribute, what it should be and what it is for.
+    """
+    import inspect
+    import queue
+    import threading
+
+    from pynetdicom.ae import ApplicationEntity
+    from pynetdicom.transport import AssociationSocket
+
+    classes = {"AssociationSocket": AssociationSocket, "AE": ApplicationEntity}
+    params = {
+        "AssociationSocket": ["self", "address"],
+        "AE": ["self", "assoc", "address", "tls_args"],
+    }
+    kinds = {
+        "threading.Event": lambda v: isinstance(v, threading.Event),
+        "method": callable,
+        "Timer with restart()": lambda v: callable(getattr(v, "restart", None)),
+        "queue.Queue": lambda v: isinstance(v, queue.Queue),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+    }
+    problems = []
+    for where, name, kind, purpose in PRIVATE_ATTRIBUTES:
+        if where in classes:
+            owner = classes[where]
+            func = getattr(owner, name, None)
+            try:
+                found = list(inspect.signature(func).parameters) if callable(func) else None
+            except (TypeError, ValueError):
+                found = None
+            if found != params[where]:
+                problems.append(
+                    f"{where}.{name}: expected a {kind}, found "
+                    f"{'parameters ' + str(found) if found else 'none'} (used for: {purpose})"
+                )
+            continue
+        if assoc is None:
+            continue
+        owner = assoc
+        for part in where.split(".")[1:]:
+            owner = getattr(owner, part, None)
+        missing = object()
+        value = getattr(owner, name, missing)
+        if value is missing or not kinds[kind](value):
+            what = "missing" if value is missing else f"a {type(value).__name__}"
+            problems.append(f"{where}.{name}: expected a {kind}, {what} (used for: {purpose})")
+    return problems
+
+
 def can_take_over(assoc: Any) -> bool:
-    """Return True when the association's socket and reactor can be taken over."""
+    """Return True when the association's socket and reactor can be taken over.
+
+    False for a socket that is not dicomxr's, a TLS socket, or a pynetdicom whose private
+    attributes (:func:`private_api_problems`) changed - then with a
+    :class:`~dicomxr.errors.DicomxrWarning` naming them.
+    """
     sock = getattr(getattr(assoc, "dul", None), "socket", None)
     raw = getattr(sock, "socket", None)
-    return (
-        hasattr(sock, "paused")
-        and raw is not None
-        and not isinstance(raw, ssl.SSLSocket)  # select() cannot see TLS-buffered data
-        and hasattr(assoc, "_reactor_checkpoint")
-        and hasattr(assoc.dul, "_idle_timer")
-        and hasattr(assoc.dul, "to_provider_queue")
-    )
+    if (
+        not hasattr(sock, "paused")
+        or raw is None
+        or isinstance(raw, ssl.SSLSocket)  # select() cannot see TLS-buffered data
+    ):
+        return False
+    problems = private_api_problems(assoc)
+    if problems:
+        import warnings
+
+        from dicomxr.errors import DicomxrWarning, user_stacklevel
+
+        warnings.warn(
+            f"pynetdicom {_pynetdicom_version()} changed what dicomxr's fast C-GET/C-FIND "
+            f"receive uses (tested with pynetdicom{TESTED_PYNETDICOM}); using pynetdicom's "
+            f"own receive path: {'; '.join(problems)}",
+            DicomxrWarning,
+            stacklevel=user_stacklevel(),
+        )
+        return False
+    return True
+
+
+def _pynetdicom_version() -> str:
+    import pynetdicom
+
+    return str(getattr(pynetdicom, "__version__", "?"))
 
 
 @dataclass

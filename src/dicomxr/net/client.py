@@ -245,8 +245,12 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _format_value(key: str, value: Any) -> Any:
-    """Turn a Python query value into what goes into the identifier."""
+def format_query_value(key: str, value: Any) -> Any:
+    """Turn a Python query value into what goes into the identifier (C-FIND and QIDO-RS).
+
+    Dates and times become DICOM text, a ``(low, high)`` pair of them a range, a list a
+    backslash-separated multi-value, ``None`` an empty (return) key.
+    """
     if value is None:
         return ""
     if isinstance(value, (_dt.date, _dt.datetime)):
@@ -275,7 +279,8 @@ def _format_date(value: Any, key: str) -> str:
     return str(value).replace("-", "") if len(str(value)) == 10 else str(value)
 
 
-def _python_value(elem: Any) -> Any:
+def python_value(elem: Any) -> Any:
+    """Return a found element's value as Python: ``None`` when empty, IS/DS as numbers."""
     value = elem.value
     if value is None or value == "":
         return None
@@ -722,7 +727,7 @@ class DicomClient:
             if key not in keys:
                 _set(ident, key, "")
         for key, value in keys.items():
-            _set(ident, key, _format_value(key, value))
+            _set(ident, key, format_query_value(key, value))
         query_model = _MODELS[(model, "find")]
         rows: list[dict[str, Any]] = []
         with self._find_association(query_model) as assoc:
@@ -739,7 +744,7 @@ class DicomClient:
                     if identifier is not None:
                         rows.append(
                             {
-                                k: _python_value(identifier[k]) if k in identifier else None
+                                k: python_value(identifier[k]) if k in identifier else None
                                 for k in wanted
                             }
                         )
@@ -774,7 +779,7 @@ class DicomClient:
                 data = zlib.decompress(data, -zlib.MAX_WBITS)
             identifier = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
             rows.append(
-                {k: _python_value(identifier[k]) if k in identifier else None for k in wanted}
+                {k: python_value(identifier[k]) if k in identifier else None for k in wanted}
             )
 
         _fastget.take_over(assoc)
@@ -999,7 +1004,7 @@ class DicomClient:
 
         n_workers = max(1, min(parallel or self.parallel, len(todo)))
         groups = _split_work(todo, n_workers)
-        bar = _progress_bar(len(todo), progress if progress is not None else self.progress, mode)
+        bar = progress_bar(len(todo), progress if progress is not None else self.progress, mode)
         state = _RetrieveState(storage=storage, where=where, bar=bar)
 
         server = None
@@ -1376,7 +1381,7 @@ class DicomClient:
             return report
         # group by (sop class, transfer syntax): one presentation context each, <= 128 per association
         keys = list(dict.fromkeys((cls, ts) for _, cls, ts, _ in entries))
-        bar = _progress_bar(
+        bar = progress_bar(
             len(entries), progress if progress is not None else self.progress, "store"
         )
         try:
@@ -1455,7 +1460,7 @@ class DicomClient:
         **open_kwargs
             Passed to :func:`dicomxr.open_series` / :func:`dicomxr.open_study`.
         """
-        import dicomxr
+        from dicomxr.api import open_series, open_study
         from dicomxr.net.storage import safe_name
 
         if method not in ("get", "move"):
@@ -1466,13 +1471,13 @@ class DicomClient:
         report = fetch(dest, study=study, series=series, **dict(fetch_kwargs or {}))
         root = report.dest
         if series is None:
-            return dicomxr.open_study(root / safe_name(study), **open_kwargs)
+            return open_study(root / safe_name(study), **open_kwargs)
         folders = sorted(p for p in root.glob(f"*/{safe_name(series)}") if p.is_dir())
         if study is not None:
             folders = [f for f in folders if f.parent.name == safe_name(study)] or folders
         if not folders:
             raise RetrieveError(f"series {series} is not under {root} after the fetch", report)
-        return dicomxr.open_series(folders[0], **open_kwargs)
+        return open_series(folders[0], **open_kwargs)
 
 
 def _quiet_logging(assoc: Any) -> None:
@@ -1740,7 +1745,8 @@ def _interactive() -> bool:
     return False
 
 
-def _progress_bar(total: int, show: bool | None, what: str) -> Any:
+def progress_bar(total: int, show: bool | None, what: str) -> Any:
+    """Return a tqdm bar counting instances (shown in notebooks by default)."""
     from tqdm.auto import tqdm
 
     show = _interactive() if show is None else show

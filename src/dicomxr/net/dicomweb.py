@@ -30,7 +30,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomxr.errors import require
-from dicomxr.net.client import DEFAULT_KEYS, _format_value, _progress_bar, _python_value
+from dicomxr.net.client import DEFAULT_KEYS, format_query_value, progress_bar, python_value
 from dicomxr.net.errors import NetError, NetTimeoutError, QueryError, RetrieveError, StoreError
 from dicomxr.net.storage import STALE_PART, DicomStorage, RetrieveReport
 
@@ -169,14 +169,25 @@ class DicomWebClient:
         self.close()
 
     def close(self) -> None:
-        """Close this thread's HTTP session."""
-        client = getattr(self._local, "client", None)
-        if client is not None:
+        """Close this thread's HTTP session (ours; dicomweb-client was handed it)."""
+        session = getattr(self._local, "session", None)
+        self._local.client = None
+        self._local.session = None
+        if session is not None:
             with contextlib.suppress(Exception):
-                client._session.close()
-            self._local.client = None
+                session.close()
 
     # -- plumbing -----------------------------------------------------------------------
+    def _session(self) -> Any:
+        """Return this thread's ``requests.Session``, made (with its client) on first use.
+
+        The session is ours: we make it, hand it to dicomweb-client's session-based
+        constructor, use it for the requests we send ourselves and close it in
+        :meth:`close`, without reaching into the client's private attributes.
+        """
+        self._client()
+        return self._local.session
+
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
@@ -184,6 +195,7 @@ class DicomWebClient:
             from dicomweb_client.api import DICOMwebClient
 
             session = requests.Session()
+            self._local.session = session
             # pixel data barely compresses: gzip only costs CPU on both ends
             session.headers["Accept-Encoding"] = "identity"
             if isinstance(self.auth, tuple):
@@ -246,7 +258,7 @@ class DicomWebClient:
         if level not in ("STUDY", "SERIES", "IMAGE"):
             raise ValueError("QIDO-RS levels are 'STUDY', 'SERIES' and 'IMAGE'")
         wanted = list(dict.fromkeys([*DEFAULT_KEYS[level], *return_keys, *keys]))
-        filters = {k: _format_value(k, v) for k, v in keys.items()}
+        filters = {k: format_query_value(k, v) for k, v in keys.items()}
         path = {"STUDY": "/studies", "SERIES": "/series", "IMAGE": "/instances"}[level]
         if series and level == "IMAGE":
             if not study:
@@ -263,7 +275,7 @@ class DicomWebClient:
                 ds = Dataset.from_json(item)
             except Exception as exc:
                 raise QueryError(f"QIDO-RS returned an unreadable result: {exc}") from exc
-            rows.append({k: _python_value(ds[k]) if k in ds else None for k in wanted})
+            rows.append({k: python_value(ds[k]) if k in ds else None for k in wanted})
         df = pd.DataFrame.from_records(rows, columns=wanted)
         for col in df.columns:
             if col.startswith("NumberOf") or col in ("SeriesNumber", "InstanceNumber"):
@@ -297,7 +309,7 @@ class DicomWebClient:
         params += [("includefield", f) for f in fields]
         if fuzzy is not None:
             params.append(("fuzzymatching", "true" if fuzzy else "false"))
-        session = self._client()._session
+        session = self._session()
         results: list[dict[str, Any]] = []
         offset = 0
         while True:
@@ -395,7 +407,7 @@ class DicomWebClient:
                     jobs.extend(("instance", r) for r in rows)
             n = max(1, min(parallel or self.parallel, len(jobs)))
             queues = [jobs[i::n] for i in range(n)]
-            bar = _progress_bar(
+            bar = progress_bar(
                 len(todo), progress if progress is not None else self.progress, "wado-rs"
             )
             lock = threading.Lock()
@@ -406,7 +418,7 @@ class DicomWebClient:
                     bar.update(1)
 
             def work(queue: list[tuple[str, Any]]) -> None:
-                session = self._client()._session
+                session = self._session()
                 try:
                     for kind, job in queue:
                         if kind == "series":
@@ -530,14 +542,14 @@ class DicomWebClient:
         **open_kwargs: Any,
     ) -> Any:
         """Retrieve (resuming) and open: a series → ``DataArray``, a study → ``DataTree``."""
-        import dicomxr
+        from dicomxr.api import open_series, open_study
         from dicomxr.net.storage import safe_name
 
         report = self.retrieve(dest, study=study, series=series)
         study_dir = report.dest / safe_name(study)
         if series is not None:
-            return dicomxr.open_series(study_dir / safe_name(series), **open_kwargs)
-        return dicomxr.open_study(study_dir, **open_kwargs)
+            return open_series(study_dir / safe_name(series), **open_kwargs)
+        return open_study(study_dir, **open_kwargs)
 
     # -- STOW-RS ------------------------------------------------------------------------
     def store(

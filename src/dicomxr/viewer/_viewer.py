@@ -429,7 +429,7 @@ class Viewer(widgets.VBox):
         for w in self.presets.values():
             lows.append(w.low)
             highs.append(w.high)
-        if windowing._is_ct(self.attrs):
+        if windowing.is_ct(self.attrs):
             lows.append(-1024.0)
             highs.append(3071.0)
         if not lows:

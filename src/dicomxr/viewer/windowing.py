@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from dicomxr.intensity import (
     CT_PRESETS,
     Window,
-    _is_ct,
     apply_window,
     auto_window,
     file_presets,
+    is_ct,
     is_inverted,
     presets_for,
     sample_indices,
@@ -36,13 +36,12 @@ __all__ = [
     "auto_window",
     "default_window",
     "file_presets",
+    "is_ct",
     "is_inverted",
     "presets_for",
     "sample_indices",
     "window_choices",
 ]
-
-_is_ct = _is_ct  # re-exported for the viewer
 
 
 def window_choices(presets: Mapping[str, Window], *, with_auto: bool = True) -> Sequence[str]:
