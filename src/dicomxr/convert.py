@@ -750,8 +750,15 @@ def convert_series(
         One manifest row per output written.
     """
     dest = Path(dest)
+    from dicomxr.errors import PixelDataWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # a frame that cannot be decoded fails its series: a loaded array would hold a fill
+        # value in its place, which must not reach a training set as if it were an image
+        warnings.filterwarnings(
+            "error", message=r"(?s).*cannot be read and is set apart", category=PixelDataWarning
+        )
         da = _apply_options(_open_plan(task.plan, options.keys), options)
         if options.deidentify:
             from dicomxr.export.deid import Deidentifier
