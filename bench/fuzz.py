@@ -4,9 +4,12 @@ Every case is a folder of good phantom slices plus *one* hostile file (or a dama
 DICOMDIR file-set), made from a seed file of the shared corpora (``$DICOMXR_TEST_DATA``),
 pydicom's bundled test files or the phantom itself, by one mutation: truncation, byte
 flips in the header, bogus lengths, wrong VRs, deep nesting, huge claimed dimensions, a
-lying Rows/Columns, bad geometry values, broken character sets, DICOMDIR record damage,
-special files (FIFO, symlink loops, a link to ``/dev/zero``, a folder link loop), a DICM
-marker followed by a large run of zeros, a deflate bomb.
+lying Rows/Columns, bad geometry values, broken character sets (also ISO 2022 escapes),
+geometry elements with the wrong VR, a huge SamplesPerPixel over a few bytes, encapsulated
+pixel data with a lying Basic Offset Table or fragment lengths, DICOMDIR record damage
+and DICOMDIR records whose offsets loop back to themselves, special files (FIFO, symlink
+loops, a link to ``/dev/zero``, a folder link loop), a DICM marker followed by a large run
+of zeros, a deflate bomb.
 
 Each case runs in a forked worker with an address-space limit (``RLIMIT_AS``) and a
 timeout, through ``scan``, ``open_series(...).values``, ``anatomy`` and ``dicomxr scan``
@@ -17,6 +20,8 @@ timeout, through ``scan``, ``open_series(...).values``, ``anatomy`` and ``dicomx
     hang         no answer within the timeout
     silent_drop  the hostile file (or a good one) is neither in the catalog nor in the
                  skipped report; a DICOMDIR reference lost without a report
+    not_isolated the good series did not open or load because of the one hostile file
+                 (a documented error, but the hostile file was not set apart)
     clean_error  a DicomxrError (named, documented) from a public function
     worked       everything returned
 
@@ -54,9 +59,10 @@ from typing import Any
 
 import numpy as np
 
-OUTCOMES = ("worked", "clean_error", "crash", "memory", "hang", "silent_drop")
-BAD = ("crash", "memory", "hang", "silent_drop")
-_SEVERITY = {"worked": 0, "clean_error": 1, "silent_drop": 2, "hang": 3, "memory": 4, "crash": 5}
+OUTCOMES = ("worked", "clean_error", "crash", "memory", "hang", "silent_drop", "not_isolated")
+BAD = ("crash", "memory", "hang", "silent_drop", "not_isolated")
+_SEVERITY = {"worked": 0, "clean_error": 1, "not_isolated": 2, "silent_drop": 3, "hang": 4,
+             "memory": 5, "crash": 6}  # fmt: skip
 GOOD_SLICES = 4
 HOSTILE = "hostile.dcm"
 
@@ -479,6 +485,139 @@ def m_palette(rng: random.Random, data: bytes, seed: Path, out: Path) -> str:
     return _with_pydicom(pal, out, edit)
 
 
+_ESCAPES = (b"\x1b$B", b"\x1b(B", b"\x1b$)C", b"\x1b-A", b"\x1b$", b"\x1b", b"\x1b(J")
+
+
+def m_charset_2022(rng: random.Random, data: bytes, seed: Path, out: Path) -> str:
+    """ISO 2022 character sets with escape sequences, right or broken, in text values."""
+    charset = rng.choice(
+        (
+            b"\\ISO 2022 IR 87",
+            b"ISO 2022 IR 6\\ISO 2022 IR 87",
+            b"ISO 2022 IR 13\\ISO 2022 IR 87",
+            b"ISO 2022 IR 149",
+            b"\\ISO 2022 IR 58",
+            b"ISO 2022 IR 100\\ISO 2022 IR 126\\ISO 2022 IR 999",
+        )
+    )
+    charset += b" " * (len(charset) & 1)
+    blob = _explicit(0x0008, 0x0005, b"CS", charset)
+    buf = bytearray(data)
+    i = data.find(b"\x08\x00\x05\x00CS", 132)
+    if i >= 0:
+        n = struct.unpack("<H", data[i + 6 : i + 8])[0]
+        buf[i : i + 8 + n] = blob
+    else:
+        j = data.find(b"\x08\x00", 132)
+        if j < 0:
+            return m_flip(rng, data, seed, out)
+        buf[j:j] = blob
+    # escape sequences (and bytes after them) into text values of the header
+    data = bytes(buf)
+    sites = [i for i in _vr_sites(data) if data[i + 4 : i + 6] in (b"PN", b"LO", b"SH", b"ST")]
+    done = 0
+    for i in rng.sample(sites, min(len(sites), rng.choice((1, 3)))):
+        n = struct.unpack("<H", data[i + 6 : i + 8])[0]
+        if n < 4:
+            continue
+        junk = rng.choice(_ESCAPES) + bytes(rng.randrange(0x21, 0xFF) for _ in range(4))
+        buf[i + 8 : i + 8 + min(n, len(junk))] = junk[:n]
+        done += 1
+    out.write_bytes(bytes(buf))
+    return f"{charset.decode(errors='replace')!r}, {done} text value(s) with escapes"
+
+
+_GEOMETRY_TAGS = {b"PixelSpacing": (0x0028, 0x0030), b"ImagePositionPatient": (0x0020, 0x0032),
+                  b"ImageOrientationPatient": (0x0020, 0x0037)}  # fmt: skip
+
+
+def m_geometry_vr(rng: random.Random, data: bytes, seed: Path, out: Path) -> str:
+    """A geometry element (PixelSpacing, position, orientation) with the wrong VR."""
+    name, (group, elem) = rng.choice(sorted(_GEOMETRY_TAGS.items()))
+    i = data.find(_tag_le(group, elem) + b"DS", 132)
+    if i < 0:
+        return m_wrong_vr(rng, data, seed, out)
+    n = struct.unpack("<H", data[i + 6 : i + 8])[0]
+    value = data[i + 8 : i + 8 + n]
+    vr = rng.choice((b"US", b"FD", b"FL", b"SQ", b"UN", b"OB", b"SL", b"AT", b"UI", b"IS"))
+    if vr in (b"FD", b"FL") and rng.random() < 0.5:  # a binary encoding of the same numbers
+        fmt = "<d" if vr == b"FD" else "<f"
+        try:
+            nums = [float(v) for v in value.decode().strip("\0 ").split("\\")]
+        except ValueError:
+            nums = [1.0]
+        value = b"".join(struct.pack(fmt, v) for v in nums)
+    element = _explicit(group, elem, vr, value)
+    out.write_bytes(data[:i] + element + data[i + 8 + n :])
+    return f"{name.decode()} as {vr.decode()} ({len(value)} bytes)"
+
+
+def m_samples_tiny(rng: random.Random, data: bytes, seed: Path, out: Path) -> str:
+    """A huge SamplesPerPixel (and a colour photometric) over a few bytes of pixel data."""
+
+    def edit(ds: Any) -> str:
+        spp = rng.choice((65535, 4096, 255, 4, 3))
+        ds.SamplesPerPixel = spp
+        ds.PhotometricInterpretation = rng.choice(("RGB", "YBR_FULL", "MONOCHROME2"))
+        ds.PlanarConfiguration = rng.choice((0, 1))
+        ds.Rows = rng.choice((1, 2, int(ds.get("Rows", 2) or 2)))
+        ds.Columns = rng.choice((1, 3, int(ds.get("Columns", 2) or 2)))
+        ds.PixelData = bytes(rng.randrange(256) for _ in range(rng.choice((0, 2, 10, 64))))
+        if "NumberOfFrames" in ds:
+            del ds.NumberOfFrames
+        return f"SamplesPerPixel={spp}, {len(ds.PixelData)} bytes of pixel data"
+
+    return _with_pydicom(data, out, edit)
+
+
+_ENCAPSULATED = ("MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm",
+                 "MR_small_jpeg_ls_lossless.dcm", "JPGExtended.dcm")  # fmt: skip
+
+
+def m_encaps_offsets(rng: random.Random, data: bytes, seed: Path, out: Path) -> str:
+    """Encapsulated pixel data whose Basic Offset Table or fragment lengths lie."""
+    from pydicom.data import get_testdata_file
+
+    if b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" not in data:
+        name = rng.choice(_ENCAPSULATED)
+        data = Path(get_testdata_file(name)).read_bytes()
+    start = data.find(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff")
+    if start < 0:
+        return m_flip(rng, data, seed, out)
+    buf = bytearray(data)
+    bot = start + 12  # the first item: the Basic Offset Table
+    bot_len = struct.unpack("<I", data[bot + 4 : bot + 8])[0]
+    items = [i for i in range(bot, len(data) - 8) if data[i : i + 4] == b"\xfe\xff\x00\xe0"]
+    kind = rng.choice(("bot_entries", "bot_length", "fragment_length", "self_offset", "no_end"))
+    if kind == "bot_entries" or (kind == "self_offset" and bot_len == 0):
+        n = rng.choice((1, 2, 4, 64))
+        entries = [rng.choice((0, 1, 3, 0xFFFFFFF0, 0x7FFFFFFF, len(data), rng.randrange(1 << 20)))
+                   for _ in range(n)]  # fmt: skip
+        table = b"".join(struct.pack("<I", e) for e in entries)
+        buf[bot + 4 : bot + 8 + bot_len] = struct.pack("<I", len(table)) + table
+        detail = f"BOT {entries[:4]}"
+    elif kind == "bot_length":
+        value = rng.choice((3, 0xFFFFFFF0, 0xFFFFFFFF, len(data)))
+        buf[bot + 4 : bot + 8] = struct.pack("<I", value)
+        detail = f"BOT length {value:#x}"
+    elif kind == "self_offset":  # every frame starts at offset 0: all frames are the first
+        table = struct.pack("<I", 0) * max(1, bot_len // 4)
+        buf[bot + 8 : bot + 8 + bot_len] = table[:bot_len]
+        detail = "every BOT entry 0"
+    elif kind == "fragment_length" and len(items) > 1:
+        i = rng.choice(items[1:])
+        value = rng.choice((0, 1, 7, 0xFFFFFFF0, 0xFFFFFFFF, rng.randrange(1 << 16)))
+        buf[i + 4 : i + 8] = struct.pack("<I", value)
+        detail = f"fragment at {i} length {value:#x}"
+    else:  # the sequence delimiter removed: fragments run to the end of the file
+        end = data.rfind(b"\xfe\xff\xdd\xe0")
+        if end > start:
+            del buf[end : end + 8]
+        detail = "no sequence delimiter"
+    out.write_bytes(bytes(buf))
+    return detail
+
+
 MUTATIONS: dict[str, Mutation] = {
     "truncate": m_truncate,
     "flip": m_flip,
@@ -493,13 +632,20 @@ MUTATIONS: dict[str, Mutation] = {
     "zeros": m_zeros,
     "deflate_bomb": m_deflate_bomb,
     "special": m_special,
+    "charset_2022": m_charset_2022,
+    "geometry_vr": m_geometry_vr,
+    "samples_tiny": m_samples_tiny,
+    "encaps_offsets": m_encaps_offsets,
     "dicomdir": lambda *a: "",  # handled by make_case
+    "dicomdir_loop": lambda *a: "",  # handled by make_case
 }
 # how often each mutation is drawn
 WEIGHTS = {
     "truncate": 8, "flip": 14, "bogus_length": 10, "wrong_vr": 8, "deep_nesting": 3,
     "huge_dims": 10, "lying_size": 6, "bad_geometry": 8, "charset": 6, "palette": 2,
     "zeros": 1, "deflate_bomb": 1, "special": 5, "dicomdir": 8,
+    "charset_2022": 5, "geometry_vr": 6, "samples_tiny": 5, "encaps_offsets": 6,
+    "dicomdir_loop": 5,
 }  # fmt: skip
 
 
@@ -534,8 +680,10 @@ def make_case(
     for p in ppaths[:GOOD_SLICES]:
         shutil.copy(p, folder / p.name)
         good.append(str(folder / p.name))
-    if mutation == "dicomdir":
-        return _dicomdir_case(index, rng, folder, series_uid, tuple(good))
+    if mutation in ("dicomdir", "dicomdir_loop"):
+        return _dicomdir_case(
+            index, rng, folder, series_uid, tuple(good), loop=mutation == "dicomdir_loop"
+        )
     # a third of the hostile files are a damaged member of the good series itself
     seed = ppaths[GOOD_SLICES] if rng.random() < 0.33 else rng.choice(seeds)
     data = seed.read_bytes()
@@ -562,7 +710,13 @@ def make_case(
 
 
 def _dicomdir_case(
-    index: int, rng: random.Random, folder: Path, series_uid: str, good: tuple[str, ...]
+    index: int,
+    rng: random.Random,
+    folder: Path,
+    series_uid: str,
+    good: tuple[str, ...],
+    *,
+    loop: bool = False,
 ) -> Case:
     import pydicom
 
@@ -580,7 +734,9 @@ def _dicomdir_case(
     seq = data.find(b"\x04\x00\x20\x12")  # DirectoryRecordSequence
     kind = rng.choice(("flip", "item_length", "element_length", "truncate"))
     lo = max(seq, 132)
-    if kind == "flip":
+    if loop:
+        kind = _record_loop(rng, data, lo)
+    elif kind == "flip":
         for _ in range(rng.choice((1, 2, 4, 8))):
             data[rng.randrange(lo, len(data))] = rng.randrange(256)
     elif kind == "item_length":
@@ -604,9 +760,49 @@ def _dicomdir_case(
         data = data[: rng.randrange(lo, len(data))]
     (fs / "DICOMDIR").write_bytes(bytes(data))
     return Case(
-        index, "dicomdir", str(src / "DICOMDIR"), str(folder), "", series_uid, good,
-        source=str(fs / "DICOMDIR"), expect_refs=tuple(sorted(set(refs))), detail=kind,
+        index, "dicomdir_loop" if loop else "dicomdir", str(src / "DICOMDIR"), str(folder), "",
+        series_uid, good, source=str(fs / "DICOMDIR"), expect_refs=tuple(sorted(set(refs))),
+        detail=kind,
     )  # fmt: skip
+
+
+_NEXT = b"\x04\x00\x00\x14UL\x04\x00"  # OffsetOfTheNextDirectoryRecord
+_LOWER = b"\x04\x00\x20\x14UL\x04\x00"  # OffsetOfReferencedLowerLevelDirectoryEntity
+_ROOT = (b"\x04\x00\x00\x12UL\x04\x00", b"\x04\x00\x02\x12UL\x04\x00")  # first / last root
+
+
+def _record_loop(rng: random.Random, data: bytearray, lo: int) -> str:
+    """Point record offsets at their own record, an ancestor or an earlier sibling (loops)."""
+    items = [i for i in range(lo, len(data) - 8) if data[i : i + 4] == b"\xfe\xff\x00\xe0"]
+    if not items:
+        return "no records"
+
+    def record_of(pos: int) -> int:
+        return max((i for i in items if i < pos), default=items[0])
+
+    kind = rng.choice(("self_next", "self_lower", "back_next", "lower_to_root", "root_to_last"))
+    sites = [i for i in range(lo, len(data) - 12) if data[i : i + 8] == (
+        _LOWER if kind in ("self_lower", "lower_to_root") else _NEXT)]  # fmt: skip
+    if kind == "root_to_last":
+        i = data.find(_ROOT[0])
+        if i >= 0:
+            data[i + 8 : i + 12] = struct.pack("<I", items[-1])
+            j = data.find(_ROOT[1])
+            if j >= 0:
+                data[j + 8 : j + 12] = struct.pack("<I", items[0])
+        return kind
+    if not sites:
+        return "no offsets"
+    for i in rng.sample(sites, min(len(sites), rng.choice((1, 2, 5)))):
+        own = record_of(i)
+        if kind in ("self_next", "self_lower"):
+            target = own
+        elif kind == "lower_to_root":
+            target = items[0]
+        else:
+            target = rng.choice([j for j in items if j <= own])
+        data[i + 8 : i + 12] = struct.pack("<I", target)
+    return kind
 
 
 # ----------------------------------------------------------------------------------------
@@ -657,11 +853,18 @@ def _named(df: Any, path: str) -> bool:
     return any(s["path"] == path for s in df.attrs.get("skipped", []))
 
 
+def _isolated(results: list[tuple[str, str, str]], step: str) -> None:
+    """A clean error from opening or loading the good series is a failure to isolate."""
+    name, kind, detail = results[-1]
+    if name == step and kind == "clean_error":
+        results[-1] = (name, "not_isolated", detail)
+
+
 def run_case(case: Case) -> list[tuple[str, str, str]]:
     """Run a case through the public functions; one (step, outcome, detail) per step."""
     import dicomxr
-    from dicomxr.anatomy import anatomy
     from dicomxr.cli import main
+    from dicomxr.teaching.anatomy import anatomy
 
     results: list[tuple[str, str, str]] = []
     source = case.source or case.folder
@@ -679,8 +882,10 @@ def run_case(case: Case) -> list[tuple[str, str, str]]:
         da = _step(
             "open_series", results, lambda: dicomxr.open_series(case.folder, series=case.series_uid)
         )
+        _isolated(results, "open_series")
         if da is not None:
             values = _step("values", results, lambda: da.values)
+            _isolated(results, "values")
             if values is not None and da.sizes.get("slice", 0) < GOOD_SLICES:
                 results.append(("open_series", "silent_drop", f"{da.sizes.get('slice')} slices"))
             loaded = set(np.ravel(da["path"].values)) if values is not None else set()
@@ -752,7 +957,7 @@ def _classify(steps: list[tuple[str, str, str]]) -> str:
 
 
 _PRELOAD = [
-    "dicomxr._array", "dicomxr._cli_io", "dicomxr.anatomy", "dicomxr.api", "dicomxr.catalog",
+    "dicomxr._array", "dicomxr._cli_io", "dicomxr.teaching.anatomy", "dicomxr.api", "dicomxr.catalog",
     "dicomxr.cli", "dicomxr.frames", "dicomxr.pixels", "dicomxr.series", "pydicom", "pandas",
 ]  # fmt: skip
 
@@ -896,7 +1101,14 @@ def main(argv: list[str] | None = None) -> int:
         "--show", nargs="*", default=list(BAD), help="outcome classes to list case by case"
     )
     p.add_argument("--keep", type=Path, default=None, help="keep failing case folders here")
+    p.add_argument(
+        "--mutations", nargs="*", default=None, choices=sorted(WEIGHTS), help="draw only these"
+    )
     args = p.parse_args(argv)
+    if args.mutations:
+        for name in list(WEIGHTS):
+            if name not in args.mutations:
+                WEIGHTS[name] = 0
     work = None
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ How dcm2niix is run, and why
 ``dcm2niix -b y -ba n -z n -p n -f %s_%d -o OUT IN``
 
 - ``-p n``: use the DICOM standard's display scaling (RescaleSlope / RescaleIntercept, the
-  Modality LUT). dcm2niix's default (``-p y``) applies Philips' private "precise float"
-  scale slope (2005,100E), a vendor-specific calibration the DICOM standard does not define;
-  dicomxr follows the standard, so the reference must too.
+  Modality LUT), dicomxr's default (``scaling="display"``). dcm2niix's own default (``-p y``)
+  applies Philips' private "precise float" scale slope (2005,100E); the fidelity tests run it
+  too (``precise=True``) as the reference for ``scaling="precise"``.
 - ``-ba n``: keep SeriesInstanceUID in the JSON sidecar, used to pair outputs with series.
 - ``-z n``: plain ``.nii`` (faster to write and to read back).
 - ``-s y`` (single-file inputs only): convert exactly that file.
@@ -60,6 +60,13 @@ AFFINE_ATOL_MM = 1e-3
 _RESAMPLED = re.compile(r"_(Tilt|Eq)(_|$)")
 # "_ROI1": a bitmap dcm2niix extracts from a DICOM overlay plane (60xx,3000) - not pixel data
 _OVERLAY = re.compile(r"_ROI\d+$")
+
+
+def dcm2niix_args(*, precise: bool = False) -> tuple[str, ...]:
+    """The arguments of a run: :data:`DCM2NIIX_ARGS`, with ``-p y`` when ``precise``."""
+    args = list(DCM2NIIX_ARGS)
+    args[args.index("-p") + 1] = "y" if precise else "n"
+    return tuple(args)
 
 
 def dcm2niix_exe() -> str:
@@ -159,7 +166,9 @@ class Conversion:
         return [image for image in self.images if image.resampled]
 
 
-def run_dcm2niix(source: Path, out_dir: Path, *, single_file: bool = False) -> Conversion:
+def run_dcm2niix(
+    source: Path, out_dir: Path, *, single_file: bool = False, precise: bool = False
+) -> Conversion:
     """Run dcm2niix on a folder (recursively) or, with ``single_file``, on one file.
 
     Parameters
@@ -170,6 +179,8 @@ def run_dcm2niix(source: Path, out_dir: Path, *, single_file: bool = False) -> C
         Empty folder for the outputs (created).
     single_file
         Convert only ``source`` (dcm2niix ``-s y``), not its neighbours.
+    precise
+        Philips precise values (``-p y``, dcm2niix's default) instead of display (``-p n``).
 
     Returns
     -------
@@ -177,7 +188,7 @@ def run_dcm2niix(source: Path, out_dir: Path, *, single_file: bool = False) -> C
         The outputs, with sidecars and b-value/vector files read.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [dcm2niix_exe(), *DCM2NIIX_ARGS]
+    cmd = [dcm2niix_exe(), *dcm2niix_args(precise=precise)]
     if single_file:
         cmd += ["-s", "y"]
     cmd += ["-o", str(out_dir), str(source)]
@@ -212,14 +223,16 @@ class Dcm2niixCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._done: dict[tuple[Path, bool], Conversion] = {}
+        self._done: dict[tuple[Path, bool, bool], Conversion] = {}
 
-    def convert(self, source: Path, *, single_file: bool = False) -> Conversion:
+    def convert(
+        self, source: Path, *, single_file: bool = False, precise: bool = False
+    ) -> Conversion:
         """Return dcm2niix's conversion of ``source``, running it on first request."""
-        key = (Path(source).resolve(), single_file)
+        key = (Path(source).resolve(), single_file, precise)
         if key not in self._done:
             out = self.root / f"run{len(self._done):03d}"
-            self._done[key] = run_dcm2niix(key[0], out, single_file=single_file)
+            self._done[key] = run_dcm2niix(key[0], out, single_file=single_file, precise=precise)
         return self._done[key]
 
 

@@ -137,3 +137,137 @@ def test_affine_round_trips_slice_positions(angles, row_sp, col_sp, step, origin
     np.testing.assert_allclose(
         np.linalg.inv(affine) @ [*positions[n // 2], 1], [n // 2, 0, 0, 1], atol=1e-6
     )
+
+
+# ---------------------------------------------------------------------------------------
+# the folder test, for every mutation the fuzzer knows: 20 good slices + one hostile file
+
+GOOD = 20
+SERIES_UID = "1.2.826.0.1.3680043.10.1187.13.1"
+_MUTATIONS = sorted(_load_fuzz().MUTATIONS)
+
+
+@pytest.fixture(scope="module")
+def twenty(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path, dict]:
+    """20 good phantom slices, a 21st of the same series to mutate, pydicom's decode of each."""
+    import pydicom
+
+    from dicomxr.phantom import phantom_volume, write_series
+
+    folder = tmp_path_factory.mktemp("twenty")
+    paths = write_series(folder, phantom_volume((GOOD + 1, 16, 12)), series_uid=SERIES_UID)
+    reference = {}
+    for p in paths[:GOOD]:
+        ds = pydicom.dcmread(p)
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        reference[p.name] = ds.pixel_array * slope + intercept
+    return paths[:GOOD], paths[GOOD], reference
+
+
+def _hostile_case(mutation: str, of: str, twenty: tuple, folder: Path) -> Path:
+    """Lay out the 20 good slices and one hostile variant; return the path to be named."""
+    import random
+
+    fuzz = _load_fuzz()
+    good, spare, _ = twenty
+    folder.mkdir()
+    for p in good:
+        os.link(p, folder / p.name)
+    rng = random.Random(f"{mutation}/{of}")
+    if mutation.startswith("dicomdir"):  # a damaged file-set next to the series
+        case = fuzz._dicomdir_case(0, rng, folder, SERIES_UID, (), loop=mutation.endswith("loop"))
+        return Path(case.source)
+    seeds = [s for s in fuzz.seed_files() if s.is_file()]
+    seed = spare if of == "member" else rng.choice(seeds)
+    hostile = folder / fuzz.HOSTILE
+    try:
+        fuzz.MUTATIONS[mutation](rng, seed.read_bytes(), seed, hostile)
+    except Exception:  # a variant pydicom cannot write: the fuzzer falls back to byte flips
+        if os.path.lexists(hostile):
+            hostile.unlink()
+        fuzz.m_flip(rng, seed.read_bytes(), seed, hostile)
+    return hostile
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="FIFOs and sockets: Linux only")
+@pytest.mark.parametrize("of", ["member", "foreign"])
+@pytest.mark.parametrize("mutation", _MUTATIONS)
+def test_twenty_good_slices_and_one_hostile_variant(
+    mutation: str, of: str, twenty: tuple, tmp_path: Path
+) -> None:
+    """open_series returns the 20 good slices (pydicom's values) and names the bad file."""
+    import warnings
+
+    folder = tmp_path / "series"
+    bad = _hostile_case(mutation, of, twenty, folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = dicomxr.scan(folder)
+        plans = dicomxr.plan_series(df)
+        da = dicomxr.open_series(folder, series=SERIES_UID)
+        values = da.values
+    loaded = [str(p) for p in np.ravel(da["path"].values)]
+    _, _, reference = twenty
+    for name, expected in reference.items():
+        path = str(folder / name)
+        assert path in loaded, f"good slice {name} is not in the volume"
+        np.testing.assert_allclose(values[loaded.index(path)], expected)
+    # the bad file is named: skipped, set apart, in a series of its own, loaded, or warned
+    named = {s["path"] for s in df.attrs["skipped"]}
+    named |= set(plans.set_apart["path"]) if len(plans.set_apart) else set()
+    named |= {p for plan in plans for p in plan.frames["path"]}
+    named |= set(loaded)
+    warned = any(str(bad) in str(w.message) for w in caught)
+    assert str(bad) in named or warned, f"{bad.name} ({mutation}) is named nowhere"
+
+
+# ---------------------------------------------------------------------------------------
+# documented errors only: every public function over the fuzz corpus
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="FIFOs and sockets: Linux only")
+@pytest.mark.parametrize("mutation", _MUTATIONS)
+def test_public_functions_raise_only_documented_errors(
+    mutation: str, twenty: tuple, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Only DicomxrError, OSError for a path that does not exist, or Ctrl-C may escape."""
+    import contextlib
+    import warnings
+
+    from dicomxr.cli import main
+
+    folder = tmp_path / "series"
+    bad = _hostile_case(mutation, "foreign", twenty, folder)
+    calls = {
+        "scan": lambda src: dicomxr.scan(src),
+        "plan_series": lambda src: dicomxr.plan_series(dicomxr.scan(src)),
+        "open_series": lambda src: dicomxr.open_series(src).values,
+        "open_study": lambda src: dicomxr.open_study(src),
+        "anatomy": lambda src: str(dicomxr.anatomy(src)),
+        "cli scan": lambda src: main(["scan", str(src), "--no-progress"]),
+        "cli info": lambda src: main(["info", str(src), "--no-progress"]),
+        "cli anatomy": lambda src: main(["anatomy", str(src), "--no-color"]),
+    }
+    escaped = []
+    for name, call in calls.items():
+        for src in (bad, folder):
+            if name.endswith("anatomy") and src == folder:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    with contextlib.redirect_stdout(None):
+                        call(src)
+                except dicomxr.DicomxrError:
+                    pass
+                except OSError:
+                    if os.path.exists(src):
+                        escaped.append(f"{name}({src.name}): OSError for a path that exists")
+                except SystemExit as exc:  # argparse usage errors only
+                    escaped.append(f"{name}({src.name}): SystemExit {exc.code}")
+                except Exception as exc:
+                    escaped.append(f"{name}({src.name}): {type(exc).__name__}: {exc}")
+    capsys.readouterr()
+    assert not escaped, "\n".join(escaped)

@@ -244,8 +244,8 @@ def test_extra_whole_rows_are_ignored_with_a_warning(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["fifo", "self_link", "link_to_dev_zero", "dangling"])
 def test_anatomy_refuses_what_is_not_a_regular_file(kind: str, tmp_path: Path) -> None:
     """A pipe, a link loop, a device or a dangling link: a named error, nothing opened."""
-    from dicomxr.anatomy import anatomy
     from dicomxr.errors import InputFileError
+    from dicomxr.teaching.anatomy import anatomy
 
     path = tmp_path / "hostile.dcm"
     if kind == "dangling":
@@ -257,7 +257,7 @@ def test_anatomy_refuses_what_is_not_a_regular_file(kind: str, tmp_path: Path) -
 
 
 def test_anatomy_bounds_a_deflate_bomb(tmp_path: Path) -> None:
-    from dicomxr.anatomy import anatomy
+    from dicomxr.teaching.anatomy import anatomy
 
     path = tmp_path / "bomb.dcm"
     deflate_bomb(b"", path)
@@ -380,7 +380,7 @@ def test_half_present_palette_is_a_pixel_data_error(tmp_path: Path) -> None:
 
 
 def test_anatomy_of_deep_nesting_is_a_break(tmp_path: Path) -> None:
-    from dicomxr.anatomy import anatomy
+    from dicomxr.teaching.anatomy import anatomy
 
     path = tmp_path / "deep.dcm"
     deep_nesting(_spare_slice(tmp_path), path)
@@ -402,3 +402,44 @@ def test_a_slice_without_a_valid_spacing_is_set_apart_as_lost_geometry(
     apart = plans.set_apart.set_index("path")["reason"]
     assert "PixelSpacing" in apart[str(folder / "hostile.dcm")]
     assert "lost geometry" in apart[str(folder / "hostile.dcm")]
+
+
+def test_anatomy_of_gigabytes_of_zeros_is_a_quick_break(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.dcm"
+    with open(path, "wb") as fh:  # sparse: costs no disk
+        fh.write(b"\0" * 128 + b"DICM")
+        fh.truncate(4 << 30)
+    import time
+
+    start = time.perf_counter()
+    a = dicomxr.anatomy(path)
+    assert time.perf_counter() - start < 10  # reading 4 GiB to call it padding took ~40 s
+    assert not a.is_sound
+    assert "only zero bytes" in a.breaks[0].reason and a.breaks[0].offset == 132
+
+
+@pytest.mark.parametrize("key, value", [("BitsAllocated", 0), ("BitsAllocated", 12),
+                                        ("BitsStored", 65535), ("Rows", 15), ("Columns", 1)])  # fmt: skip
+def test_a_lone_slice_with_another_layout_is_set_apart_not_a_second_series(
+    key: str, value: int, good_folder: Path, tmp_path: Path
+) -> None:
+    folder = _with_hostile(good_folder, tmp_path, lambda spare, p: p.write_bytes(
+        _edit(spare, **{key: value})))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        da = dicomxr.open_series(folder, series=SERIES_UID)
+        values = da.values
+    assert da.sizes["slice"] == GOOD and values.shape[0] == GOOD
+    plans = dicomxr.plan_series(dicomxr.scan(folder, warn=False))
+    assert len(plans) == 1
+    reason = plans.set_apart.set_index("path")["reason"][str(folder / "hostile.dcm")]
+    assert key in reason or "pixels" in reason
+
+
+def test_a_special_file_named_directly_is_a_skip_not_a_missing_path(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)
+    df = dicomxr.scan(fifo, warn=False)
+    assert len(df) == 0
+    assert df.attrs["skipped"][0]["path"] == str(fifo)
+    assert "not a regular file" in df.attrs["skipped"][0]["reason"]

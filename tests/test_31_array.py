@@ -540,7 +540,7 @@ def _no_concatenation(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.mark.parametrize(
     "how",
-    ["values", "load", "compute", "asarray", "dask.compute", "persist"],
+    ["values", "load", "compute", "asarray", "dask.compute", "persist", "copy"],
 )
 def test_default_open_loads_with_one_full_read(philips_ct, ct_reference, monkeypatch, how) -> None:
     """``open_series`` (one frame per chunk) loads through one read_all, no concatenation."""
@@ -561,6 +561,8 @@ def test_default_open_loads_with_one_full_read(philips_ct, ct_reference, monkeyp
         values = np.asarray(image)
     elif how == "dask.compute":
         (values,) = dask.compute(image.data)
+    elif how == "copy":
+        values = image.copy().values  # a deep copy
     else:
         persisted = image.persist()
         assert persisted.chunks == image.chunks

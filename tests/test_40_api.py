@@ -383,12 +383,21 @@ def test_values_compute_load_read_every_frame_once(two_series, full_reads):
         lambda d: d.values,
         lambda d: d.compute().values,
         lambda d: d.load().values,
-        lambda d: d.dicom.load().values,
         lambda d: np.asarray(d),
+        lambda d: d.copy(deep=True).values,
     ):
-        full_reads["blocks"] = []
-        np.testing.assert_array_equal(load(da.copy()), want)
-        assert full_reads["full"] == 0 and full_reads["blocks"] == [1] * SHAPE[0]
+        # the array as opened: one threaded full read into one array (FullRead)
+        full_reads["full"], full_reads["blocks"] = 0, []
+        np.testing.assert_array_equal(load(da.copy(deep=False)), want)
+        assert full_reads["full"] == 1 and full_reads["blocks"] == []
+    # .dicom.load() streams the chunks into one array (dask.array.store): frame by frame
+    full_reads["full"], full_reads["blocks"] = 0, []
+    np.testing.assert_array_equal(da.dicom.load().values, want)
+    assert full_reads["full"] == 0 and full_reads["blocks"] == [1] * SHAPE[0]
+    # an operation first: dask's per-frame compute
+    full_reads["blocks"] = []
+    np.testing.assert_array_equal((da + 0).values, want)
+    assert full_reads["full"] == 0 and full_reads["blocks"] == [1] * SHAPE[0]
     # a selection reads those frames only, also after a flip and arithmetic
     full_reads["blocks"] = []
     np.testing.assert_array_equal(da.isel(slice=4).values, want[4])

@@ -10,7 +10,15 @@
 2. Every series opened with ``open_series`` equals a pydicom per-file decode
    (``pixel_array`` + the file's or frame's rescale), stacked in our order.
 
-The tally "N of M series identical" is printed and written to
+Both scalings are judged: ``scaling="display"`` (the default) against ``dcm2niix -p n``
+on every unit, and ``scaling="precise"`` against dcm2niix's default ``-p y`` on every unit
+holding a Philips series (3.). Where dcm2niix's own float32 arithmetic makes its precise
+values differ (it derives ``scl_slope = f(1) - f(0)`` in float32, which cancels digits when
+the intercept is large, as in Philips phase maps), the test proves that is the only
+difference: dcm2niix's header factors equal that float32 derivation from pydicom's values,
+its stored integers scaled exactly equal ours, and ours equal ``(PV*RS + RI) / (RS*SS)``.
+
+The tally "N of M series identical", per scaling, is printed and written to
 ``test-artifacts/fidelity.json``.
 """
 
@@ -107,11 +115,11 @@ def d2n(tmp_path_factory) -> Dcm2niixCache:
 INCLUDE = ("localizer", "secondary_capture")
 
 
-def _open_all(source: Path, on_irregular: str = "warn"):
+def _open_all(source: Path, on_irregular: str = "warn", scaling: str = "display"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plans = list_series(source, include=INCLUDE, on_irregular=on_irregular)
-        arrays = [open_series(plan) for plan in plans]
+        arrays = [open_series(plan, scaling=scaling) for plan in plans]
     return plans, arrays
 
 
@@ -153,13 +161,13 @@ def _candidates(da, ref_shape: tuple[int, ...]):
                 yield sel, da.isel(sel) if sel else da
 
 
-def _compare_pair(da, ref, tmp_path: Path, tag: str) -> list[dict]:
+def _compare_pair(da, ref, tmp_path: Path, tag: str, scaling: str = "display") -> list[dict]:
     """Every selection of ``da`` identical to ``ref`` (or the closest miss, for the record)."""
     import nibabel as nib
 
     ref_img = ref.load()
     spatial = int(ref_img.header["sform_code"]) > 0 or int(ref_img.header["qform_code"]) > 0
-    matches, best = [], None
+    matches, explained, best = [], [], None
     for k, (sel, sub) in enumerate(_candidates(da, ref_img.shape)):
         out = tmp_path / f"{tag}_{k}.nii"
         with warnings.catch_warnings():
@@ -180,16 +188,22 @@ def _compare_pair(da, ref, tmp_path: Path, tag: str) -> list[dict]:
             "shape_ref": cmp.shape_ref,
             "note": cmp.note,
         }
+        if not cmp.identical_voxels and scaling == "precise":
+            rounding = _dcm2niix_precise_rounding(sub, out, ref_img)
+            if rounding is not None:
+                outcome["dcm2niix_float32_factors"] = rounding
         if ref.bval is not None:
             outcome.update(_compare_diffusion(out, ref, cmp.volume_order))
             outcome["ok"] = outcome["ok"] and outcome["bvals_equal"] and outcome["bvecs_equal"]
         if cmp.identical_voxels:
             matches.append(outcome)
+        elif outcome.get("dcm2niix_float32_factors"):
+            explained.append(outcome)
         elif best is None:
             best = outcome
         if len(matches) and not outcome["selection"]:
             break
-    return matches or ([best] if best else [])
+    return matches or explained or ([best] if best else [])
 
 
 def _compare_diffusion(ours_path: Path, ref, order) -> dict:
@@ -225,7 +239,14 @@ def _compare_diffusion(ours_path: Path, ref, order) -> dict:
     }
 
 
-def _check_unit(unit: str, single_file: bool, data_root: Path, d2n, tmp_path: Path):
+def _check_unit(
+    unit: str,
+    single_file: bool,
+    data_root: Path,
+    d2n,
+    tmp_path: Path,
+    scaling: str = "display",
+):
     """Compare every series of one input with dcm2niix's outputs of the same SeriesInstanceUID.
 
     Pairing is many-to-many within a SeriesInstanceUID: a dicomxr series is identical when
@@ -234,8 +255,8 @@ def _check_unit(unit: str, single_file: bool, data_root: Path, d2n, tmp_path: Pa
     matches is a failure too.
     """
     source = data_root / unit
-    conv = d2n.convert(source, single_file=single_file)
-    plans, arrays = _open_all(source)
+    conv = d2n.convert(source, single_file=single_file, precise=scaling == "precise")
+    plans, arrays = _open_all(source, scaling=scaling)
     if not plans:
         _explain_no_series(source)
     failures = []
@@ -246,6 +267,9 @@ def _check_unit(unit: str, single_file: bool, data_root: Path, d2n, tmp_path: Pa
         number = _attr(plan, "SeriesNumber")
         refs = conv.for_series(uid, None if number is None else int(number))
         record = {
+            "scaling": scaling,
+            "applied": da.attrs.get("scaling"),
+            "manufacturer": da.attrs.get("Manufacturer"),
             "unit": unit,
             "key": plan.key,
             "SeriesNumber": None if number is None else int(number),
@@ -267,7 +291,7 @@ def _check_unit(unit: str, single_file: bool, data_root: Path, d2n, tmp_path: Pa
             continue
         outcomes = []
         for m, ref in enumerate(refs):
-            found = _compare_pair(da, ref, tmp_path, f"s{n}_r{m}")
+            found = _compare_pair(da, ref, tmp_path, f"s{n}_r{m}", scaling)
             outcomes += found
             ref_matched.setdefault(ref.name, False)
             if any(o["voxels_identical"] for o in found):
@@ -281,6 +305,8 @@ def _check_unit(unit: str, single_file: bool, data_root: Path, d2n, tmp_path: Pa
         known = KNOWN_DIFFERENCES.get(f"{unit}::{plan.key}")
         if not known and _covered(da, same_voxels):
             known = _by_design(da, same_voxels, source)
+        if not known and scaling == "precise":
+            known = _precise_rounding_reason(da, outcomes)
         if not known:
             via_copy = _via_uncompressed_copy(unit, da, data_root, d2n, tmp_path, f"s{n}c")
             if via_copy is not None and via_copy["identical"]:
@@ -303,6 +329,100 @@ def _check_unit(unit: str, single_file: bool, data_root: Path, d2n, tmp_path: Pa
         failures.append({"unit": unit, "dcm2niix outputs no dicomxr series matches": unmatched})
     _RESULTS.extend(records)
     return failures, [r for r in records if r.get("reason")]
+
+
+# ---------------------------------------------------------------------------------------
+# precise values: dcm2niix derives its NIfTI factors in float32
+
+
+def _pydicom_precise(path: str, frame: int) -> tuple[float, float, float] | None:
+    """(RS, RI, SS) of one frame, read with pydicom (classic: top level; enhanced: the
+    frame's Pixel Value Transformation and Philips private item (2005,140F)); None without."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    try:
+        if "PerFrameFunctionalGroupsSequence" not in ds:
+            rs, ri, ss = ds.RescaleSlope, ds.RescaleIntercept, ds[0x2005100E].value
+        else:
+            item = ds.PerFrameFunctionalGroupsSequence[frame]
+            pvt = item.get("PixelValueTransformationSequence")
+            if not pvt:
+                pvt = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+            private = item[0x2005140F].value[0]
+            rs, ri = pvt[0].RescaleSlope, pvt[0].RescaleIntercept
+            ss = private[0x2005100E].value
+    except (AttributeError, KeyError, IndexError):
+        return None
+    return float(rs), float(ri), float(ss)
+
+
+def _dcm2niix_precise_rounding(sub, ours_path: Path, ref_img) -> dict | None:
+    """Explain a precise-values mismatch by dcm2niix's float32 factors, or return None.
+
+    dcm2niix (``PhilipsPrecise``) computes ``l0 = f(0)`` and ``l1 = f(1)`` of
+    ``f(PV) = (PV*RS + RI) / (RS*SS)`` in float32 and writes ``scl_slope = l1 - l0``,
+    ``scl_inter = l0``. The mismatch is that rounding when (1) dcm2niix's header factors
+    equal that float32 derivation from pydicom's RS, RI, SS of the selection's frames (one
+    pair for all of them), (2) dcm2niix's stored integers, scaled with the exact float64
+    factors, equal our values within float32 rounding.
+    """
+    import nibabel as nib
+
+    from reference import canonical, values_equal
+
+    paths = np.asarray(sub.coords["path"].values).ravel()
+    frames = np.asarray(sub.coords["frame"].values).ravel()
+    factors = {_pydicom_precise(str(p), int(f)) for p, f in zip(paths, frames, strict=False)}
+    if len(factors) != 1 or None in factors:
+        return None
+    rs, ri, ss = factors.pop()
+    f32 = np.float32
+    l0 = (f32(0) * f32(rs) + f32(ri)) / (f32(rs) * f32(ss))
+    l1 = (f32(1) * f32(rs) + f32(ri)) / (f32(rs) * f32(ss))
+    slope32, inter32 = f32(l1 - l0), f32(l0)
+    dataobj = ref_img.dataobj
+    if not (f32(dataobj.slope) == slope32 and f32(dataobj.inter) == inter32):
+        return None
+    raw = nib.Nifti1Image(np.asanyarray(dataobj.get_unscaled()), ref_img.affine, ref_img.header)
+    raw.header.set_slope_inter(1.0, 0.0)
+    exact = canonical(raw).data.astype(np.float64) / ss + ri / (rs * ss)
+    ours = canonical(nib.load(ours_path)).data
+    if ours.ndim == 4 and ours.shape[3] == 1 and exact.ndim == 3:
+        ours = ours[..., 0]
+    equal, max_diff = values_equal(ours, exact)
+    if not equal:
+        return None
+    true_slope = 1.0 / ss
+    return {
+        "RS": rs, "RI": ri, "SS": ss,
+        "dcm2niix_scl_slope": float(slope32), "exact_slope": true_slope,
+        "dcm2niix_scl_inter": float(inter32), "exact_inter": ri / (rs * ss),
+        "max_abs_diff_ours_vs_exact": max_diff,
+    }  # fmt: skip
+
+
+def _precise_rounding_reason(da, outcomes) -> str | None:
+    """A reason when every dcm2niix output is matched, up to its float32 precise factors."""
+    matched = [o for o in outcomes if o.get("ok") or o.get("dcm2niix_float32_factors")]
+    if not _covered(da, matched):
+        return None
+    worst = max(
+        (o["dcm2niix_float32_factors"] for o in matched if o.get("dcm2niix_float32_factors")),
+        key=lambda f: abs(f["dcm2niix_scl_slope"] - f["exact_slope"]) / abs(f["exact_slope"]),
+        default=None,
+    )
+    if worst is None:
+        return None
+    diff = max(o["max_abs_diff"] for o in matched if o.get("dcm2niix_float32_factors"))
+    rel = abs(worst["dcm2niix_scl_slope"] - worst["exact_slope"]) / abs(worst["exact_slope"])
+    return (
+        f"dcm2niix -p y derives scl_slope = f(1) - f(0) in float32 (RS {worst['RS']:g}, "
+        f"RI {worst['RI']:g}, SS {worst['SS']:g}: {worst['dcm2niix_scl_slope']:.9g} instead "
+        f"of 1/SS = {worst['exact_slope']:.9g}, {rel:.1e} relative), so its values differ "
+        f"from (PV*RS + RI)/(RS*SS) by up to {diff:.3g}; its stored integers scaled exactly "
+        "equal dicomxr's precise values"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -478,6 +598,47 @@ def test_to_nifti_equals_dcm2niix_file(unit, data_root, d2n, tmp_path):
     _fail_or_xfail(failures, known)
 
 
+# every unit holding a Philips series: the MR exports (classic and enhanced), the CTs (no
+# Scale Slope: precise falls back to display, as in dcm2niix) and a Philips MR slice whose
+# private tags were removed (the same)
+PHILIPS_FOLDER_UNITS = tuple(u for u in FOLDER_UNITS if "Philips" in u or "philips" in u)
+PHILIPS_FILE_UNITS = ("suyashkumar_dicom/testdata/3.dcm",)
+
+
+@pytest.mark.parametrize("unit", PHILIPS_FOLDER_UNITS)
+def test_precise_equals_dcm2niix_default_folder(unit, data_root, d2n, tmp_path):
+    failures, known = _check_unit(unit, False, data_root, d2n, tmp_path, scaling="precise")
+    _fail_or_xfail(failures, known)
+
+
+@pytest.mark.parametrize("unit", PHILIPS_FILE_UNITS)
+def test_precise_equals_dcm2niix_default_file(unit, data_root, d2n, tmp_path):
+    failures, known = _check_unit(unit, True, data_root, d2n, tmp_path, scaling="precise")
+    _fail_or_xfail(failures, known)
+
+
+def test_philips_units_cover_every_philips_file(data_root):
+    """The precise comparison sees every file whose Manufacturer is Philips."""
+    import pydicom
+
+    units = [data_root / u for u in (*PHILIPS_FOLDER_UNITS, *PHILIPS_FILE_UNITS)]
+    missing = []
+    for unit in (*FOLDER_UNITS, *FILE_UNITS):
+        root = data_root / unit
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            if not path.is_file() or _is_documentation(path):
+                continue
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00080070])
+            except Exception:
+                continue
+            if "PHILIPS" in str(ds.get("Manufacturer", "")).upper() and not any(
+                path == u or path.is_relative_to(u) for u in units
+            ):
+                missing.append(str(path.relative_to(data_root)))
+    assert not missing, f"Philips files outside the precise comparison: {missing[:10]}"
+
+
 def test_units_cover_every_file(data_root):
     """No file of the corpora escapes the fidelity run."""
     folders = [data_root / u for u in FOLDER_UNITS]
@@ -507,33 +668,53 @@ def test_units_cover_every_file(data_root):
 
 
 def test_zz_fidelity_tally(artifacts_dir):
-    """Print and record "N of M series identical" (M: series dcm2niix converted)."""
+    """Print and record "N of M series identical" per scaling (M: series dcm2niix converted)."""
     if not _RESULTS:
         pytest.skip("run together with the fidelity comparisons")
-    compared = [r for r in _RESULTS if r["status"] != "no reference"]
+    by_scaling = {}
+    for scaling in ("display", "precise"):
+        results = [r for r in _RESULTS if r.get("scaling", "display") == scaling]
+        if results:
+            by_scaling[scaling] = _tally(results, scaling)
+    (artifacts_dir / "fidelity.json").write_text(
+        json.dumps(
+            {"dcm2niix": dcm2niix_version(), "dicomxr": dicomxr.__version__, **by_scaling},
+            indent=1,
+            default=str,
+        )
+    )
+    for summary in by_scaling.values():
+        assert summary["identical"] + summary["known_differences"] == summary["compared"]
+
+
+def _tally(results: list[dict], scaling: str) -> dict:
+    compared = [r for r in results if r["status"] != "no reference"]
     identical = [r for r in compared if r["status"] == "identical"]
     known = [r for r in compared if r["status"] == "known difference"]
-    no_ref = [r for r in _RESULTS if r["status"] == "no reference"]
+    no_ref = [r for r in results if r["status"] == "no reference"]
     via_copy = [r for r in no_ref if r.get("via_uncompressed_copy", {}).get("identical")]
+    flag = "-p y" if scaling == "precise" else "-p n"
     summary = {
-        "dcm2niix": dcm2niix_version(),
-        "dicomxr": dicomxr.__version__,
         "identical": len(identical),
         "compared": len(compared),
         "known_differences": len(known),
         "no_reference": len(no_ref),
         "identical_to_uncompressed_copy": len(via_copy),
-        "series": _RESULTS,
+        "series": results,
     }
-    (artifacts_dir / "fidelity.json").write_text(json.dumps(summary, indent=1, default=str))
     print(
-        f"\nfidelity: {len(identical)} of {len(compared)} series identical to dcm2niix "
-        f"({len(known)} known differences, {len(no_ref)} series dcm2niix does not convert, "
-        f"{len(via_copy)} of which equal dcm2niix's output of their uncompressed copy)"
+        f"\nfidelity, scaling={scaling!r} vs dcm2niix {flag}: {len(identical)} of "
+        f"{len(compared)} series identical ({len(known)} known differences, {len(no_ref)} "
+        f"series dcm2niix does not convert, {len(via_copy)} of which equal dcm2niix's output "
+        "of their uncompressed copy)"
     )
+    philips = [r for r in compared if "PHILIPS" in str(r.get("manufacturer") or "").upper()]
+    if philips:
+        same = sum(r["status"] == "identical" for r in philips)
+        print(f"  Philips series: {same} of {len(philips)} identical")
     for r in known:
         print(f"  known difference {r['unit']} {r['key']}: {r['reason']}")
-    assert len(identical) + len(known) == len(compared)
+    return summary
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from conftest import _data_root
-from dicomxr.anatomy import UNDEFINED, anatomy
+from dicomxr.teaching.anatomy import anatomy
+from dicomxr.teaching.walk import UNDEFINED
 
 DEFER = 2048  # pydicom does not read values longer than this; offsets and lengths still agree
 

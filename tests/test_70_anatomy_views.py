@@ -24,8 +24,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
-from dicomxr.anatomy import anatomy, compare_encodings
 from dicomxr.cli import main
+from dicomxr.teaching.anatomy import anatomy, compare_encodings
 
 CT = get_testdata_file("CT_small.dcm")
 RTPLAN = get_testdata_file("rtplan.dcm")
@@ -354,7 +354,7 @@ def test_compare_encodings_explains_every_byte_of_difference() -> None:
 
 def test_widget_steps_and_jumps() -> None:
     pytest.importorskip("ipywidgets")
-    from dicomxr.anatomy_widget import AnatomyWidget
+    from dicomxr.teaching.widget import AnatomyWidget
 
     a = anatomy(RTPLAN)
     w = AnatomyWidget(a)
@@ -373,7 +373,7 @@ def test_widget_steps_and_jumps() -> None:
 
 def test_import_stays_light() -> None:
     code = (
-        "import sys, dicomxr, dicomxr.anatomy, dicomxr.anatomy_render;"
+        "import sys, dicomxr, dicomxr.teaching.anatomy, dicomxr.teaching.render;"
         "bad = [m for m in ('ipywidgets', 'pandas', 'matplotlib') if m in sys.modules];"
         "print(bad)"
     )
@@ -396,13 +396,16 @@ def test_value_bytes_and_node_lookup() -> None:
     assert "Anatomy" in buf.getvalue()
 
 
-def test_dicomxr_anatomy_is_callable_as_function_and_module() -> None:
-    # ``from dicomxr.anatomy import ...`` rebinds dicomxr.anatomy to the module: both call
+def test_dicomxr_anatomy_is_a_function() -> None:
+    # the teaching modules live in dicomxr.teaching: importing them leaves the top-level
+    # name dicomxr.anatomy the function (no module made callable)
     code = (
-        "import dicomxr, sys; from pydicom.data import get_testdata_file as g;"
+        "import dicomxr, types; from pydicom.data import get_testdata_file as g;"
         "a = dicomxr.anatomy(g('CT_small.dcm'));"
-        "from dicomxr.anatomy import compare_encodings;"
+        "from dicomxr.teaching.anatomy import Anatomy, compare_encodings;"
+        "import dicomxr.teaching.walk, dicomxr.teaching.widget;"
         "b = dicomxr.anatomy(g('CT_small.dcm'));"
+        "assert isinstance(dicomxr.anatomy, types.FunctionType) and isinstance(b, Anatomy);"
         "print(len(a.elements()) == len(b.elements()) > 100)"
     )
     out = subprocess.run(

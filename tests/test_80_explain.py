@@ -245,7 +245,7 @@ def test_bad_input(philips_tilt: Path) -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, dicomxr.explain; print('matplotlib' in sys.modules)"
+    code = "import sys, dicomxr.teaching.explain; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -212,7 +212,7 @@ def test_getting_started_and_api_pages_render(browser, server: str, artifacts_di
     page, errors = _open(browser, f"{server}/docs/api/explain.html")
     try:
         # autodoc rendered the function with its numpy docstring sections
-        signature = page.locator("dt#dicomxr\\.explain\\.slice_positions")
+        signature = page.locator("dt#dicomxr\\.teaching\\.explain\\.slice_positions")
         assert signature.count() == 1
         assert "slice_positions" in signature.inner_text()
         body = page.locator("article").inner_text()

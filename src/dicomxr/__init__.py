@@ -36,6 +36,7 @@ from dicomxr.errors import (
     NoSeriesError,
     PixelDataError,
     PixelDataWarning,
+    ScalingError,
     SetApartWarning,
     SkippedFileWarning,
 )
@@ -62,14 +63,14 @@ _LAZY: dict[str, str] = {
     "convert": "dicomxr.convert:convert",
     "view": "dicomxr.viewer:view",
     "browse": "dicomxr.viewer:browse",
-    "anatomy": "dicomxr.anatomy:anatomy",
+    "anatomy": "dicomxr.teaching.anatomy:anatomy",
     "set_options": "dicomxr.options:set_options",
     "get_options": "dicomxr.options:get_options",
     "data": "dicomxr.data",
     # errors defined next to what raises them (importing them stays light)
     "ConvertError": "dicomxr.convert:ConvertError",
     "NetError": "dicomxr.net.errors:NetError",
-    "explain": "dicomxr.explain",
+    "explain": "dicomxr.teaching.explain",
     # the package itself (cheap: its names load on use), so dicomxr.viewer.montage(...) works
     "viewer": "dicomxr.viewer",
 }
@@ -91,6 +92,7 @@ __all__ = [
     "NoSeriesError",
     "PixelDataError",
     "PixelDataWarning",
+    "ScalingError",
     "SeriesPlan",
     "SetApartWarning",
     "SkippedFileWarning",
@@ -121,7 +123,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dicomxr import data
-    from dicomxr.anatomy import anatomy
     from dicomxr.api import open_series, open_study
     from dicomxr.catalog import scan
     from dicomxr.convert import ConvertError, convert
@@ -130,4 +131,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dicomxr.net.errors import NetError
     from dicomxr.options import get_options, set_options
     from dicomxr.series import SeriesPlan, plan_series
+    from dicomxr.teaching import explain
+    from dicomxr.teaching.anatomy import anatomy
     from dicomxr.viewer import browse, view

@@ -122,7 +122,12 @@ class FrameGrid:
     grid
         Integer array; each value is an index into ``refs``, ``-1`` for a missing frame.
     slopes, intercepts
-        Per-ref RescaleSlope and RescaleIntercept (NaN or None: 1 and 0).
+        Per-ref RescaleSlope and RescaleIntercept (NaN or None: 1 and 0), or the factors of
+        another linear scaling (:mod:`dicomxr.scaling`).
+    mappings
+        Per-ref Real World Value Mapping ``(first, last, lut or None)`` (``scaling=
+        "real_world"``): stored values outside first..last become NaN, a lookup table
+        replaces the slope. ``None``: the linear rescale only.
     mtimes
         Per-ref modification times (for the dask name); ``None`` stats the files.
     etags
@@ -141,6 +146,7 @@ class FrameGrid:
         *,
         slopes: Sequence[float] | None = None,
         intercepts: Sequence[float] | None = None,
+        mappings: Sequence[tuple[float, float, Any] | None] | None = None,
         mtimes: Sequence[float] | None = None,
         dtype: Any = "auto",
         rescale: bool = True,
@@ -155,6 +161,11 @@ class FrameGrid:
             raise ValueError("a FrameGrid needs at least one frame")
         self.slopes = _floats(slopes, n, 1.0) if rescale else np.ones(n)
         self.intercepts = _floats(intercepts, n, 0.0) if rescale else np.zeros(n)
+        self.mappings = tuple(mappings) if mappings is not None and rescale else None
+        if self.mappings is not None and len(self.mappings) != n:
+            raise ValueError(f"{len(self.mappings)} value mappings for {n} frames")
+        #: the :class:`dicomxr.scaling.FrameScaling` that gave the factors (from_plan)
+        self.scaling: Any = None
         if mtimes is None:
             mtimes = [_mtime(r.path) for r in self.refs]
         self.mtimes = tuple(float(m) if m is not None else 0.0 for m in mtimes)
@@ -199,7 +210,12 @@ class FrameGrid:
 
     def _output_dtype(self, dtype: Any) -> np.dtype:
         if not (isinstance(dtype, str) and dtype == "auto"):
-            return np.dtype(dtype)
+            out = np.dtype(dtype)
+            if self.mappings is not None and out.kind != "f":
+                raise ValueError(f"real-world values need a float dtype, not {out}")
+            return out
+        if self.mappings is not None:  # real-world values: NaN where nothing is mapped
+            return np.dtype(np.float64 if self.stored == np.float64 else np.float32)
         used = np.unique(self.grid[self.grid >= 0])
         first = self.refs[0]
         out = pixels.rescale_dtype(
@@ -240,6 +256,11 @@ class FrameGrid:
             self.grid,
             self.slopes,
             self.intercepts,
+            None
+            if self.mappings is None
+            else [
+                (lo, hi, None if lut is None else tokenize(lut)) for lo, hi, lut in self.mappings
+            ],
             str(self.dtype),
             self.frame_shape,
         )
@@ -272,6 +293,7 @@ class FrameGrid:
         )
         if (
             native
+            and self.mappings is None
             and dst.flags.c_contiguous
             and self.stored.itemsize == self.dtype.itemsize
             and (self.dtype.kind in "iu" or self.dtype == self.stored)
@@ -286,7 +308,18 @@ class FrameGrid:
             arr = pixels.read_frame(ref, out=scratch)
         else:
             arr = pixels.read_frame(ref)
-        pixels.apply_rescale(self.check_frame(arr, ref), slope, intercept, self.dtype, out=dst)
+        self._apply(self.check_frame(arr, ref), index, dst)
+
+    def _apply(self, arr: np.ndarray, index: int, out: np.ndarray) -> None:
+        """Turn stored values of ref ``index`` into output values in ``out`` (rescale or mapping)."""
+        if self.mappings is not None and self.mappings[index] is not None:
+            lo, hi, lut = self.mappings[index]
+            pixels.apply_value_mapping(
+                arr, lo, hi, self.dtype, lut=lut, slope=self.slopes[index],
+                intercept=self.intercepts[index], out=out,
+            )  # fmt: skip
+            return
+        pixels.apply_rescale(arr, self.slopes[index], self.intercepts[index], self.dtype, out=out)
 
     def check_frame(self, arr: np.ndarray, ref: FrameRef) -> np.ndarray:
         """Return ``arr`` if it has the grid's frame shape, else raise a ``PixelDataError``.
@@ -404,10 +437,7 @@ class FrameGrid:
             for frame, arr in pixels.read_frames(first, slots):
                 for k in slots[frame]:
                     i = int(indices[k])
-                    self.check_frame(arr, self.refs[i])
-                    pixels.apply_rescale(
-                        arr, self.slopes[i], self.intercepts[i], self.dtype, out=out[k]
-                    )
+                    self._apply(self.check_frame(arr, self.refs[i]), i, out[k])
                 done.add(frame)
         except (PixelDataError, OSError):
             for frame, frame_ks in slots.items():
@@ -439,7 +469,7 @@ class FrameGrid:
             except PixelDataError as exc:
                 self.set_unreadable(i, exc, out[k])
                 continue
-            pixels.apply_rescale(tile, self.slopes[i], self.intercepts[i], self.dtype, out=out[k])
+            self._apply(tile, i, out[k])
 
     def __repr__(self) -> str:
         return (
@@ -455,18 +485,40 @@ class FrameGrid:
         dtype: Any = "auto",
         rescale: bool = True,
         storage_options: Any = None,
+        scaling: str = "display",
     ) -> FrameGrid:
         """Build from a ``SeriesPlan`` (or anything with ``frames``, ``grid``, ``frame_shape``).
 
         ``storage_options`` (fsspec options for URL paths) default to the catalog's, which
         ``dicomxr.scan`` of a remote source keeps in ``attrs["storage_options"]``.
+        ``scaling`` (:data:`dicomxr.scaling.SCALINGS`) chooses the per-frame factors; the
+        :class:`~dicomxr.scaling.FrameScaling` is kept as ``.scaling``.
         """
+        from dicomxr.scaling import check_scaling, frame_scaling
+
+        scaling = check_scaling(scaling)
+        if not rescale and scaling != "display":
+            from dicomxr.errors import ScalingError
+
+            raise ScalingError(
+                f"rescale=False gives stored values; scaling={scaling!r} needs rescale=True"
+            )
         frames = plan.frames
         if storage_options is None:
             storage_options = getattr(frames, "attrs", {}).get("storage_options")
+        grid = np.asarray(plan.grid)
+        pr = _column(frames, "PixelRepresentation")
+        try:
+            signed = int(pr[0]) if pr else 0
+        except (TypeError, ValueError):
+            signed = 0
+        factors = frame_scaling(
+            frames, scaling, used=grid[grid >= 0], what=f"series {getattr(plan, 'key', '?')}",
+            pixel_representation=signed,
+        )  # fmt: skip
         if hasattr(frames, "columns"):
             # only the columns a FrameRef needs: a frames table has ~80 columns
-            wanted = [*_REF_COLUMNS, "RescaleSlope", "RescaleIntercept", "mtime", "etag"]
+            wanted = [*_REF_COLUMNS, "mtime", "etag"]
             frames = frames[[c for c in wanted if c in frames.columns]]
             columns = {c: frames[c].tolist() for c in frames.columns}
             rows = [
@@ -480,14 +532,16 @@ class FrameGrid:
             refs = [dataclasses.replace(r, storage_options=storage_options) for r in refs]
         fg = cls(
             refs,
-            np.asarray(plan.grid),
-            slopes=_column(frames, "RescaleSlope"),
-            intercepts=_column(frames, "RescaleIntercept"),
+            grid,
+            slopes=factors.slopes,
+            intercepts=factors.intercepts,
+            mappings=factors.mappings,
             mtimes=_column(frames, "mtime"),
             dtype=dtype,
             rescale=rescale,
             etags=_column(frames, "etag"),
         )
+        fg.scaling = factors
         expected = tuple(getattr(plan, "frame_shape", fg.frame_shape) or fg.frame_shape)
         if tuple(fg.frame_shape[:2]) != expected[:2]:
             raise ValueError(
@@ -553,13 +607,20 @@ class DicomBackendArray(BackendArray):
     ----------
     spec
         A :class:`FrameGrid` or a ``SeriesPlan``.
-    dtype, rescale
+    dtype, rescale, scaling
         As for :meth:`FrameGrid.from_plan` (used when ``spec`` is a plan).
     """
 
-    def __init__(self, spec: FrameGrid | Any, *, dtype: Any = "auto", rescale: bool = True) -> None:
+    def __init__(
+        self,
+        spec: FrameGrid | Any,
+        *,
+        dtype: Any = "auto",
+        rescale: bool = True,
+        scaling: str = "display",
+    ) -> None:
         if not isinstance(spec, FrameGrid):
-            spec = FrameGrid.from_plan(spec, dtype=dtype, rescale=rescale)
+            spec = FrameGrid.from_plan(spec, dtype=dtype, rescale=rescale, scaling=scaling)
         self.spec = spec
         self.shape = spec.shape
         self.dtype = spec.dtype
@@ -698,9 +759,9 @@ class FullRead:
       one array (the per-frame graph ran, or the views were pickled between worker
       processes) it is dask's concatenation.
 
-    Every dask operation (``isel``, arithmetic, ``rechunk``, ``copy``) makes a new array
-    without the hooks, and a pickled array comes back without them, so laziness after a
-    selection is dask's own. ``dask.compute(image)`` on the *xarray* object goes through
+    Every dask operation (``isel``, arithmetic, ``rechunk``) makes a new array without the
+    hooks, and a pickled array comes back without them, so laziness after a selection is
+    dask's own; a deep copy (xarray's ``DataArray.copy()``) keeps them. ``dask.compute(image)`` on the *xarray* object goes through
     xarray's Dataset-level optimizer (dask's default) and computes per frame; the
     finalizer still applies, so the result is right, at ~2x the bytes.
     """
@@ -712,6 +773,8 @@ class FullRead:
         self.name = array.name
         self.shape = tuple(array.shape)
         self.chunks = array.chunks
+        self.graph = array.dask
+        self.meta = array._meta
         self.keys = list(flatten(array.__dask_keys__()))
         self.key_set = frozenset(self.keys)
         # identity of the layers: a graph built from anything else is not rewritten
@@ -725,7 +788,17 @@ class FullRead:
         hooks = cls(array, backend)
         array.__dask_optimize__ = hooks.optimize
         array.__dask_postcompute__ = hooks.postcompute
+        # ``copy.deepcopy`` (xarray's ``DataArray.copy()``) looks this up on the instance
+        array.__deepcopy__ = hooks.deepcopy
         return array
+
+    def deepcopy(self, memo: dict) -> Any:
+        """Return the same array again, with the hooks (dask's deep copy would drop them)."""
+        import dask.array
+
+        return FullRead.attach(
+            dask.array.Array(self.graph, self.name, self.chunks, meta=self.meta), self.backend
+        )
 
     def __dask_tokenize__(self) -> tuple[str, str]:
         return ("dicomxr.FullRead", self.name)
@@ -828,7 +901,14 @@ def _is_view_of(block: Any, whole: np.ndarray, index: tuple[slice, ...]) -> bool
     )
 
 
-def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True, chunks: Any = None) -> Any:
+def lazy_array(
+    plan: Any,
+    *,
+    dtype: Any = "auto",
+    rescale: bool = True,
+    chunks: Any = None,
+    scaling: str = "display",
+) -> Any:
     """Return the lazy backend array of a series plan as a :class:`dask.array.Array`.
 
     The same path as :func:`dicomxr.open_series`: a :class:`DicomBackendArray`, chunked by
@@ -848,6 +928,9 @@ def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True, chunks: 
     chunks
         ``None`` (default): one frame per chunk (MOSAIC: one stored image per chunk);
         ``"series"``: one chunk; or as for :func:`chunk_variable`.
+    scaling
+        ``"display"`` (default), ``"precise"`` or ``"real_world"``: see
+        :mod:`dicomxr.scaling` (a plan only).
 
     Returns
     -------
@@ -867,9 +950,10 @@ def lazy_array(plan: Any, *, dtype: Any = "auto", rescale: bool = True, chunks: 
     if isinstance(plan, FrameGrid) and not (isinstance(dtype, str) and dtype == "auto"):
         plan = FrameGrid(
             plan.refs, plan.grid, slopes=plan.slopes, intercepts=plan.intercepts,
-            mtimes=plan.mtimes, dtype=dtype, rescale=rescale, etags=plan.etags,
+            mappings=plan.mappings, mtimes=plan.mtimes, dtype=dtype, rescale=rescale,
+            etags=plan.etags,
         )  # fmt: skip
-    backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale)
+    backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale, scaling=scaling)
     dims = tuple(f"dim_{i}" for i in range(len(backend.shape)))
     variable = xr.Variable(
         dims,

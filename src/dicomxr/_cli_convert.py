@@ -7,8 +7,9 @@ series failed (1) or the conversion could not start (2).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from dicomxr._cli_common import add_plan_options, add_source_options, print_error
 
 __all__ = ["register"]
 
@@ -34,9 +35,7 @@ def register(subparsers: Any) -> None:
     )
     add_storage_options(cmd)
     cmd.add_argument("dest", metavar="DEST", help="destination folder (created)")
-    cmd.add_argument(
-        "--format", choices=("nifti", "zarr"), default="nifti", help="output format (nifti)"
-    )
+    cmd.add_argument("--format", choices=("nifti", "zarr"), default="nifti", help="output format")
     cmd.add_argument(
         "-f",
         "--template",
@@ -78,10 +77,17 @@ def register(subparsers: Any) -> None:
     )
     cmd.add_argument("--dtype", help="cast images to this dtype, e.g. float32")
     cmd.add_argument(
-        "--on-irregular",
-        default="split",
-        help="policy for irregular stacks, as for dicomxr.open_series (default: split)",
+        "--scaling",
+        choices=("display", "precise", "real_world"),
+        default="display",
+        help=(
+            "what stored values become: display (RescaleSlope/Intercept, dcm2niix -p n), "
+            "precise (Philips floating-point values, dcm2niix -p y) or real_world (the Real "
+            "World Value Mapping, in its units) (default: display)"
+        ),
     )
+    add_plan_options(cmd, on_irregular="split", include=False)
+    add_source_options(cmd)
     cmd.add_argument(
         "--key",
         action="append",
@@ -98,7 +104,6 @@ def register(subparsers: Any) -> None:
     )
     cmd.add_argument("--no-compress", action="store_true", help="write .nii, uncompressed Zarr")
     cmd.add_argument("--no-resume", action="store_true", help="convert everything again")
-    cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmd.set_defaults(func=_convert)
 
 
@@ -143,21 +148,25 @@ def _convert(args: argparse.Namespace) -> int:
             window=args.window,
             dtype=args.dtype,
             compress=not args.no_compress,
+            scaling=args.scaling,
             resume=not args.no_resume,
             progress=False if args.no_progress else None,
             on_irregular=args.on_irregular,
+            on_duplicate=args.on_duplicate,
+            merge_runs=args.merge_runs,
+            recursive=not args.no_recursive,
             storage_options=args.storage_options,
             keys=args.key or None,
             client=client,
         )
     except (ConvertError, DicomxrError, ValueError, OSError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error("convert", exc)
         return 2
     finally:
         if client is not None:
             client.close()
     print(report)
     if not (report.done or report.skipped or report.failed):
-        print("error: no image series found in the source", file=sys.stderr)
+        print_error("convert", f"no image series found in {args.source!r}")
         return 1
     return 0 if report.ok else 1

@@ -7,11 +7,12 @@ show the plan and the geometry report, write a montage PNG and a NIfTI file.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+from dicomxr._cli_common import add_plan_options, add_source_options, cli_hints, print_error
 
 __all__ = ["register"]
 
@@ -41,16 +42,10 @@ def register(subparsers: Any) -> None:
         description="Scan DICOM headers and print one line per series (no pixel is read).",
     )
     scan.add_argument("path", help="file, folder, glob, DICOMDIR, zip file or URL (s3://...)")
-    scan.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    add_source_options(scan)
     add_storage_options(scan)
     scan.add_argument("--csv", type=Path, help="also write the per-file catalog to this CSV")
-    scan.add_argument(
-        "--include",
-        action="append",
-        choices=("localizer", "secondary_capture"),
-        default=[],
-        help="also list frames normally set apart (repeatable)",
-    )
+    add_plan_options(scan)
     scan.add_argument(
         "--skipped", action="store_true", help="list every skipped file with its reason"
     )
@@ -78,18 +73,8 @@ def register(subparsers: Any) -> None:
         "--series",
         help="SeriesNumber, key, SeriesInstanceUID or part of the description",
     )
-    info.add_argument(
-        "--on-irregular",
-        default="warn",
-        help="policy for irregular stacks, as for dicomxr.open_series (default: warn)",
-    )
-    info.add_argument(
-        "--include",
-        action="append",
-        choices=("localizer", "secondary_capture"),
-        default=[],
-        help="also plan frames normally set apart (repeatable)",
-    )
+    add_source_options(info)
+    add_plan_options(info)
     info.set_defaults(func=_info)
 
 
@@ -143,18 +128,13 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 def _scan(args: argparse.Namespace) -> int:
     from dicomxr.api import list_series, series_table
-    from dicomxr.catalog import scan, skipped
+    from dicomxr.catalog import skipped
 
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped files are summarised below
-        catalog = scan(
-            args.path,
-            recursive=not args.no_recursive,
-            storage_options=args.storage_options,
-            keys=args.key or None,
-        )
-        plans = list_series(catalog, include=args.include)
+        catalog = _catalog(args)
+        plans = list_series(catalog, **_policies(args))
     elapsed = time.perf_counter() - start
     rows = series_table(plans)
     if rows:
@@ -172,12 +152,21 @@ def _scan(args: argparse.Namespace) -> int:
                 print(f"  skipped {path}: {reason}")
         else:
             print("  (list them with --skipped)")
+    if not args.merge_runs:
+        from dicomxr.runs import find_runs
+
+        for run in find_runs(plans):
+            numbers = [p.attrs.get("SeriesNumber") for p in run]
+            print(
+                f"series {numbers[0]}-{numbers[-1]} look like the {len(run)} volumes of one run "
+                "(merge them with --merge-runs)"
+            )
     set_apart = plans.set_apart
     if len(set_apart):
         counts = set_apart.groupby("reason").size()
         print(f"{len(set_apart)} frame(s) set apart (not in any series above):")
         for reason, n in counts.items():
-            print(f"  {n} x {reason}")
+            print(f"  {n} x {cli_hints(reason)}")
         print("  (list localizers / secondary captures as series with --include)")
     if args.csv:
         catalog.to_csv(args.csv, index=False)
@@ -185,27 +174,47 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catalog(args: argparse.Namespace) -> Any:
+    from dicomxr.catalog import scan
+
+    return scan(
+        args.path,
+        recursive=not args.no_recursive,
+        progress=False if args.no_progress else None,
+        storage_options=args.storage_options,
+        keys=getattr(args, "key", None) or None,
+    )
+
+
+def _policies(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "on_irregular": args.on_irregular,
+        "on_duplicate": args.on_duplicate,
+        "include": args.include,
+        "merge_runs": args.merge_runs,
+    }
+
+
 def _info(args: argparse.Namespace) -> int:
     from dicomxr.api import list_series, select_plan
-    from dicomxr.errors import DicomxrError
+    from dicomxr.errors import DicomxrError, NoSeriesError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plans = list_series(
-            args.path,
-            on_irregular=args.on_irregular,
-            include=args.include,
-            storage_options=args.storage_options,
-        )
+        plans = list_series(_catalog(args), **_policies(args))
     if args.series is not None:
         try:
             plans = [select_plan(plans, args.series, args.path)]
-        except DicomxrError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except DicomxrError as exc:  # a usage error: exit 2, as argparse's own
+            print_error("info", exc)
             return 2
     if not plans:
-        print("no image series found", file=sys.stderr)
-        return 1
+        raise NoSeriesError(f"no image series found in {args.path!r}")
+    print(
+        f"policies: on_irregular={args.on_irregular}, on_duplicate={args.on_duplicate}"
+        + (f", include={','.join(args.include)}" if args.include else "")
+        + f"; {len(plans)} series\n"
+    )
     for i, plan in enumerate(plans):
         if i:
             print("\n" + "-" * 72 + "\n")

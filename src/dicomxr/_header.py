@@ -490,19 +490,9 @@ def _walk_top(
         if p > limit:
             # 8 to 11 bytes left in the file: a last, short element (implicit VR, or
             # explicit VR with a 2-byte length); decode it on the careful path below
-            r.need(pos, 8)
-            b = r.buf
-            base = r.base
-            p = pos - base
-            if implicit:
-                group, elem, length = unpack_hhi(b, p)
-                vr, header = None, 8
-            else:
-                group, elem, vr, length = _unpack_hh2sh(b, p)
-                if vr not in short_vrs:
-                    raise _Decline("invalid VR at the end of the file")
-                header = 8
-            tag = (group << 16) | elem
+            tag, vr, length = _last_element(r, pos, implicit)
+            header = 8
+            base, p = r.base, pos - r.base
         elif implicit:
             while p <= limit:
                 group, elem, length = unpack_hhi(b, p)
@@ -564,39 +554,75 @@ def _walk_top(
             group, elem = stag & 0xFFFF, stag >> 16
             tag = (group << 16) | elem
         # the element at p needs a closer look
-        pos = base + p
         last_tag = tag
-        if tag in _PIXEL_TAGS:
-            out.pixel_data_offset = pos
-            out.pixel_data_length = length
-            out.pixel_data_value_offset = pos + header
-            return
-        if tag in presence:
-            out.present.add(tag)
-        if length == undefined:
-            if tag >= 0xFFFE0000:
-                raise _Decline("delimiter at top level")
-            # a sequence (or, explicit VR UN, an implicit VR encoded sequence)
-            try:
-                pos = _skip_sequence(r, pos + header, implicit or vr == b"UN")
-            except _Truncated:
-                out.truncated_at = (tag, pos)
-                raise
-            continue
-        end = pos + header + length
-        if end > size:
-            out.truncated_at = (tag, pos)
-            raise _Truncated(pos)
-        if tag in keep:
-            if length > _MAX_KEPT:
-                # no attribute the catalog keeps is this large: a damaged length field
-                raise _Decline("implausibly long value")
-            r.need(pos + header, length)
-            start = pos + header - r.base
-            elements[tag] = (vr, r.buf[start : start + length])
-        pos = end
+        pos = _visit(r, base + p, tag, vr, header, length, implicit, out, keep, presence)
+        if pos < 0:
+            return  # the pixel data
     if pos != size:
         raise _Decline("trailing bytes")
+
+
+def _last_element(r: _Reader, pos: int, implicit: bool) -> tuple[int, bytes | None, int]:
+    """Decode the header of a last, short element (8 to 11 bytes left): tag, VR, length."""
+    r.need(pos, 8)
+    p = pos - r.base
+    if implicit:
+        group, elem, length = _unpack_hhi(r.buf, p)
+        return (group << 16) | elem, None, length
+    group, elem, vr, length = _unpack_hh2sh(r.buf, p)
+    if vr not in _VRS:
+        raise _Decline("invalid VR at the end of the file")
+    return (group << 16) | elem, vr, length
+
+
+def _visit(
+    r: _Reader,
+    pos: int,
+    tag: int,
+    vr: bytes | None,
+    header: int,
+    length: int,
+    implicit: bool,
+    out: RawHeader,
+    keep: frozenset[int],
+    presence: frozenset[int],
+) -> int:
+    """Handle an element the hot loop left alone; return the position after it (-1: pixels).
+
+    Pixel data ends the walk; an undefined-length sequence is skipped item by item (and its
+    value kept when asked for, delimiter included); a kept value is sliced out.
+    """
+    if tag in _PIXEL_TAGS:
+        out.pixel_data_offset = pos
+        out.pixel_data_length = length
+        out.pixel_data_value_offset = pos + header
+        return -1
+    if tag in presence:
+        out.present.add(tag)
+    start = pos + header
+    if length == _UNDEFINED:
+        if tag >= 0xFFFE0000:
+            raise _Decline("delimiter at top level")
+        # a sequence (or, explicit VR UN, an implicit VR encoded sequence)
+        try:
+            end = _skip_sequence(r, start, implicit or vr == b"UN")
+        except _Truncated:
+            out.truncated_at = (tag, pos)
+            raise
+        length = end - start
+    else:
+        end = start + length
+        if end > r.size:
+            out.truncated_at = (tag, pos)
+            raise _Truncated(pos)
+    if tag in keep:
+        if length > _MAX_KEPT:
+            # no attribute the catalog keeps is this large: a damaged length field
+            raise _Decline("implausibly long value")
+        r.need(start, length)
+        offset = start - r.base
+        out.elements[tag] = (vr, r.buf[offset : offset + length])
+    return end
 
 
 def _truncated_in_window(
@@ -695,6 +721,8 @@ def _skip_nested(r: _Reader, pos: int, stack: list[tuple[bool, bool]]) -> int:
             else:
                 pos += length
             continue
+        pos = _skip_plain(r, pos, implicit)
+        r.need(pos, 8)
         b = r.buf
         p = pos - r.base
         group, elem = _unpack_hh(b, p)
@@ -724,4 +752,37 @@ def _skip_nested(r: _Reader, pos: int, stack: list[tuple[bool, bool]]) -> int:
             pos += header
         else:
             pos += header + length
+    return pos
+
+
+def _skip_plain(r: _Reader, pos: int, implicit: bool) -> int:
+    """Skip the defined-length elements of an item that lie in the window; return where to look.
+
+    The hot path of a long sequence (an enhanced file's per-frame functional groups): one
+    unpack per element and no window bookkeeping; item ends, undefined lengths, odd VRs and
+    the window's end are left to the careful code.
+    """
+    b, base = r.buf, r.base
+    limit = base + min(len(b), r.size - base) - 12
+    if implicit:
+        while pos <= limit:
+            group, _, length = _unpack_hhi(b, pos - base)
+            if group == 0xFFFE or length == _UNDEFINED:
+                return pos
+            pos += 8 + length
+        return pos
+    short_vrs, long_vrs = _VRS, _LONG_VRS
+    while pos <= limit:
+        stag, vr, length = _unpack_i2sh(b, pos - base)
+        if stag & 0xFFFF == 0xFFFE:
+            return pos  # an item end, or a delimiter out of place
+        if vr in short_vrs:
+            pos += 8 + length
+        elif vr in long_vrs:
+            (length,) = _unpack_i(b, pos - base + 8)
+            if length == _UNDEFINED:
+                return pos
+            pos += 12 + length
+        else:
+            return pos  # an item end (no VR) or something the careful code judges
     return pos

@@ -36,6 +36,7 @@ __all__ = [
     "HeaderKeyError",
     "Key",
     "key_values",
+    "normalise_value",
     "resolve_keys",
     "value_from_pydicom",
     "value_from_raw",
@@ -328,16 +329,17 @@ def value_from_pydicom(ds: Any, key: Key) -> Any:
             charset = convert_encodings(list(names) if isinstance(names, list) else [names])
         return value_from_raw(bytes(value), vr, charset, little_endian=little is not False)
     # already converted by pydicom (read elsewhere): normalise to the same kinds
-    return _normalise(value)
+    return normalise_value(value)
 
 
-def _normalise(value: Any) -> Any:
+def normalise_value(value: Any) -> Any:
+    """Return a value pydicom converted already as :func:`value_from_raw` would give it."""
     from pydicom.multival import MultiValue
 
     if value is None or value == "":
         return None
     if isinstance(value, (list, tuple, MultiValue)):
-        return _one_or_many([_normalise(v) for v in value])
+        return _one_or_many([normalise_value(v) for v in value])
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, float) or type(value).__name__ in ("DSfloat", "DSdecimal"):

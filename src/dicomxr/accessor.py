@@ -227,9 +227,11 @@ class DicomAccessor:
 
         Like :meth:`xarray.DataArray.compute`, but a dask-backed image is streamed chunk by
         chunk into one numpy array (:func:`dask.array.store`), so the peak memory is about
-        the array's bytes instead of the ~2x of dask's final concatenation; without dask
-        (``chunks=None``) it is xarray's own load, one threaded full read. A new object is
-        returned and this one stays lazy.
+        the array's bytes also for an image computed through operations (``(da * 2)``, a
+        reorientation), where ``.compute()`` ends in dask's concatenation (~2x). An image as
+        opened computes in one threaded full read into one array either way (see
+        :func:`dicomxr.open_series`); without dask (``chunks=None``) this is xarray's own
+        load. A new object is returned and this one stays lazy.
 
         Returns
         -------

@@ -140,6 +140,7 @@ def list_series(
     on_duplicate: str = "warn",
     include: Sequence[str] = (),
     recursive: bool = True,
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[Any] | str | None = None,
 ) -> SeriesPlans:
@@ -166,6 +167,10 @@ def list_series(
         passed to :func:`dicomxr.plan_series`.
     recursive
         Descend into sub-folders.
+    merge_runs
+        Merge runs of single-volume series (consecutive SeriesNumbers, identical geometry
+        and protocol, as Siemens XA classic exports write fMRI) into one series with a
+        ``time`` dim, after planning (:func:`dicomxr.runs.merge_runs`).
     storage_options
         fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
     keys
@@ -193,9 +198,14 @@ def list_series(
             _check_key_columns(plan.frames.columns, keys, f"plan {plan.key}")
         return source
     catalog = _catalog(source, recursive=recursive, storage_options=storage_options, keys=keys)
-    return plan_series(
+    plans = plan_series(
         catalog, on_irregular=on_irregular, on_duplicate=on_duplicate, include=tuple(include)
     )
+    if merge_runs:
+        from dicomxr.runs import merge_runs as merge
+
+        plans = merge(plans, on_irregular=on_irregular, on_duplicate=on_duplicate)
+    return plans
 
 
 def _is_plan(obj: Any) -> bool:
@@ -284,6 +294,25 @@ def _format_table(plans: Sequence[SeriesPlan]) -> str:
     return "\n".join("    " + line.rstrip() for line in lines)
 
 
+def _runs_hint(plans: SeriesPlans) -> str:
+    """Name the runs of single-volume series among ``plans`` and how to merge them."""
+    from dicomxr.runs import find_runs
+
+    runs = find_runs(plans)
+    if not runs:
+        return ""
+    names = "; ".join(
+        f"SeriesNumber {_attr(run[0], 'SeriesNumber')}-{_attr(run[-1], 'SeriesNumber')} "
+        f"({len(run)} volumes)"
+        for run in runs
+    )
+    return (
+        f"\nThese look like the volumes of one run each (consecutive SeriesNumbers, same "
+        f"geometry and protocol): {names}; merge_runs=True (CLI: --merge-runs) opens each "
+        "run as one series with a 'time' dim."
+    )
+
+
 def select_plan(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
     """Pick one plan by SeriesNumber, key, SeriesInstanceUID or description.
 
@@ -304,6 +333,7 @@ def select_plan(plans: SeriesPlans, series: Any, source: Any) -> SeriesPlan:
             f"{_describe_source(source)} holds {len(plans)} series:\n{_format_table(plans)}\n"
             f"Open one with series=<SeriesNumber | key | SeriesInstanceUID | description>, "
             f"for example series={example!r}, or open them all with dicomxr.open_study()."
+            + _runs_hint(plans)
         )
     if _is_plan(series):
         return series
@@ -525,8 +555,10 @@ def open_series(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[Any] | str | None = None,
+    scaling: str = "display",
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
 
@@ -587,10 +619,25 @@ def open_series(
         (``da.dicom.reorient(...)``, ``(da * 2).isel(slice=5)``) computes the whole chunk.
         A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
         no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).
+    merge_runs
+        Merge runs of single-volume series (consecutive SeriesNumbers, identical geometry
+        and protocol, as Siemens XA classic exports write fMRI) into one series with a
+        ``time`` dim before choosing (see :mod:`dicomxr.runs`); off by default, because
+        the files declare separate series.
     storage_options
         fsspec options for a URL or zip source (credentials, endpoint, ``{"anon": True}``).
         The lazy array carries them with the URLs, so frames are read by byte range at
         compute time, in this process or in a dask.distributed worker.
+    scaling
+        What the stored integers become (:mod:`dicomxr.scaling`): ``"display"`` (default)
+        the standard's RescaleSlope/Intercept, what the scanner and viewers show;
+        ``"precise"`` Philips' floating-point values ``(PV*RS + RI) / (RS*SS)`` with the
+        private Scale Slope (2005,100E), comparable across Philips series (dcm2niix's
+        default), display values for frames without it; ``"real_world"`` the Real World
+        Value Mapping (0040,9096) in its units (``attrs["units"]``), a
+        :class:`~dicomxr.ScalingError` where the series has none. Per frame where the
+        factors vary. ``attrs["scaling"]`` records what was applied, ``scale_slope`` /
+        ``scale_intercept`` (attrs, or coordinates where they vary) the factors.
     keys
         Extra header fields to carry, read in the scan's one pass (see
         :func:`dicomxr.scan`): keywords (``["RepetitionTime", "FlipAngle"]``) or tag
@@ -634,19 +681,16 @@ def open_series(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        merge_runs=merge_runs,
         storage_options=storage_options,
         keys=keys,
     )
     plan = select_plan(plans, series, source)
     warn_left_out(plan)
     ds = _plan_to_dataset(
-        plan,
-        dtype=dtype,
-        include_patient=include_patient,
-        rescale=rescale,
-        chunks=chunks,
-        keys=_key_names(keys),
-    )
+        plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks,
+        scaling=scaling, keys=_key_names(keys),
+    )  # fmt: skip
     return ds["image"]
 
 
@@ -722,6 +766,7 @@ def _plan_to_dataset(
     rescale: bool = True,
     chunks: Chunks = None,
     keys: Sequence[str] = (),
+    scaling: str = "display",
 ) -> xr.Dataset:
     """Build the Dataset of one series: ``image`` over the lazy backend array, coords, attrs.
 
@@ -732,7 +777,7 @@ def _plan_to_dataset(
     """
     from dicomxr._array import DicomBackendArray, chunk_variable, lazily_indexed, preferred_chunks
 
-    backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale)
+    backend = DicomBackendArray(plan, dtype=dtype, rescale=rescale, scaling=scaling)
     shape = backend.shape
     dims = (*plan.dims, "row", "col")
     if len(shape) == len(dims) + 1:
@@ -740,7 +785,9 @@ def _plan_to_dataset(
     if len(shape) != len(dims):
         raise ValueError(f"series {plan.key}: lazy array has shape {shape}, expected dims {dims}")
     attrs = _series_attrs(plan, include_patient=include_patient)
+    scaling_coords = _record_scaling(plan, backend.spec.scaling, attrs)
     coords = _fitting_coords(plan, dims, shape)
+    coords.update(scaling_coords)
     if keys:
         _add_keys(plan, keys, attrs, coords, dims)
         attrs = encode_attrs(attrs)
@@ -754,6 +801,70 @@ def _plan_to_dataset(
         image = chunk_variable(image, backend, chunks)
     coords.update(_in_plane_coords(plan.affine, shape[dims.index("row")], shape[dims.index("col")]))
     return xr.Dataset({"image": image}, coords=coords, attrs=dict(attrs))
+
+
+def _record_scaling(
+    plan: SeriesPlan, scaling: Any, attrs: dict[str, Any]
+) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """Record the scaling applied in ``attrs`` (in place); return coordinates of what varies.
+
+    ``attrs["scaling"]`` names it; for precise and real-world values the factors from stored
+    to output values (``scale_slope``, ``scale_intercept``), and for every scaling the values
+    dcm2niix's sidecar reports (``PhilipsScaleSlope``, ``RealWorldValueSlope`` /
+    ``RealWorldValueIntercept``, ``real_world_units``), are attrs when every frame shares them
+    and coordinates on the frame dims they vary along otherwise.
+    """
+    if scaling is None:
+        return {}
+    extra: dict[str, Any] = {"scaling": scaling.applied}
+    if scaling.requested != scaling.applied:
+        extra["scaling_requested"] = scaling.requested
+    extra.update(scaling.attrs)
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+    per_row: dict[str, Any] = {}
+    if scaling.applied != "display":
+        per_row = {"scale_slope": scaling.slopes, "scale_intercept": scaling.intercepts}
+    per_row.update(scaling.per_row)
+    grid = np.asarray(plan.grid)
+    if per_row:
+        for name, values in per_row.items():
+            values = np.asarray(values)
+            if values.dtype.kind not in "fiu" and name != "real_world_units":
+                continue
+            on_grid = _on_grid(values, grid)
+            axes = _varying(on_grid)
+            if not axes:
+                extra[name] = on_grid.flat[0] if on_grid.size else None
+                continue
+            index = tuple(slice(None) if a in axes else 0 for a in range(grid.ndim))
+            coords[name] = (tuple(plan.dims[a] for a in axes), _coord_values(on_grid[index]))
+    for key in ("units", "units_meaning"):
+        if key in extra:
+            attrs.pop(key, None)  # real-world units replace the RescaleType ones
+    attrs.update(encode_attrs(extra))
+    return coords
+
+
+def _on_grid(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Per-row ``values`` at each grid position (NaN, or "", where a frame is missing)."""
+    fill: Any = "" if values.dtype == object else np.nan
+    ext = np.empty(len(values) + 1, dtype=object if values.dtype == object else np.float64)
+    ext[:-1] = values
+    ext[-1] = fill
+    return ext[np.where(grid >= 0, grid, len(values))]
+
+
+def _varying(values: np.ndarray) -> list[int]:
+    """Axes along which ``values`` differ (NaN equal to NaN)."""
+    axes = []
+    for axis in range(values.ndim):
+        first = np.take(values, [0], axis=axis)
+        same = values == first
+        if values.dtype.kind == "f":
+            same |= np.isnan(values) & np.isnan(first)
+        if not np.all(same):
+            axes.append(axis)
+    return axes
 
 
 def _fitting_coords(
@@ -791,8 +902,10 @@ def open_study(
     rescale: bool = True,
     recursive: bool = True,
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[Any] | str | None = None,
+    scaling: str = "display",
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
 
@@ -812,8 +925,11 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options, keys
-        As for :func:`open_series` (per series).
+    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options, keys, scaling
+        As for :func:`open_series` (per series). With ``scaling="real_world"`` every series
+        needs a Real World Value Mapping.
+    merge_runs
+        As for :func:`open_series`.
     include_patient
         Name patient nodes by PatientID and keep patient-identifying attributes (in the
         patient nodes and the series attrs); by default neither appears anywhere in the tree.
@@ -834,6 +950,7 @@ def open_study(
         on_duplicate=on_duplicate,
         include=include,
         recursive=recursive,
+        merge_runs=merge_runs,
         storage_options=storage_options,
         keys=keys,
     )
@@ -855,13 +972,9 @@ def open_study(
         key = _node_name(plan.key, "series")
         warn_left_out(plan)
         tree[f"/{patient}/{study}/{key}"] = _plan_to_dataset(
-            plan,
-            dtype=dtype,
-            include_patient=include_patient,
-            rescale=rescale,
-            chunks=chunks,
-            keys=names,
-        )
+            plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks,
+            scaling=scaling, keys=names,
+        )  # fmt: skip
         study_path = f"/{patient}/{study}"
         if study_path not in tree:
             study_attrs = {n: _jsonable(_attr(plan, n)) for n in _STUDY_ATTRIBUTES}

@@ -57,6 +57,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         "rescale",
         "recursive",
         "storage_options",
+        "scaling",
     )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
@@ -82,7 +83,9 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        merge_runs: bool = False,
         storage_options: dict[str, Any] | None = None,
+        scaling: str = "display",
     ) -> xr.Dataset:
         """Open one series as a Dataset with the variable ``image`` (no dask).
 
@@ -94,8 +97,13 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             Coordinates to leave out.
         series, on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
             As for :func:`dicomxr.open_series`.
+        merge_runs
+            As for :func:`dicomxr.open_series`.
         storage_options
             fsspec options for a URL or zip source, as for :func:`dicomxr.open_series`.
+        scaling
+            ``"display"`` (default), ``"precise"`` or ``"real_world"``, as for
+            :func:`dicomxr.open_series`.
         """
         from dicomxr.api import open_series
 
@@ -111,6 +119,8 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             recursive=recursive,
             storage_options=storage_options,
             chunks=None,
+            merge_runs=merge_runs,
+            scaling=scaling,
         )
         return _drop(image.to_dataset(promote_attrs=True), drop_variables)
 
@@ -126,7 +136,9 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        merge_runs: bool = False,
         storage_options: dict[str, Any] | None = None,
+        scaling: str = "display",
     ) -> xr.DataTree:
         """Open every series as a Patient / Study / Series DataTree (no dask).
 
@@ -136,7 +148,9 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             File, folder, DICOMDIR, zip file or URL.
         drop_variables
             Coordinates to leave out of every series.
-        on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive
+        on_irregular, on_duplicate, dtype, include_patient, include, rescale, recursive, scaling
+            As for :func:`dicomxr.open_study`.
+        merge_runs
             As for :func:`dicomxr.open_study`.
         storage_options
             fsspec options for a URL or zip source.
@@ -154,6 +168,8 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             recursive=recursive,
             storage_options=storage_options,
             chunks=None,
+            merge_runs=merge_runs,
+            scaling=scaling,
         )
         if drop_variables:
             tree = tree.map_over_datasets(lambda ds: _drop(ds, drop_variables))
@@ -171,7 +187,9 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         include: tuple[str, ...] = (),
         rescale: bool = True,
         recursive: bool = True,
+        merge_runs: bool = False,
         storage_options: dict[str, Any] | None = None,
+        scaling: str = "display",
     ) -> dict[str, xr.Dataset]:
         """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
         tree = self.open_datatree(
@@ -184,7 +202,9 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             include=include,
             rescale=rescale,
             recursive=recursive,
+            merge_runs=merge_runs,
             storage_options=storage_options,
+            scaling=scaling,
         )
         return {node.path: node.to_dataset() for node in tree.subtree}
 

@@ -91,6 +91,8 @@ _SCHEMA: dict[str, str] = {
     "RescaleSlope": "float64",
     "RescaleIntercept": "float64",
     "RescaleType": "str",
+    "PhilipsScaleSlope": "float64",
+    "RealWorldValueMapping": "object",
     "WindowCenter": "object",
     "WindowWidth": "object",
     "WindowCenterWidthExplanation": "str",
@@ -108,10 +110,14 @@ _SCHEMA: dict[str, str] = {
     "DiffusionBValue": "float64",
     "DiffusionGradientOrientation": "object",
     "LabelType": "str",
+    "GridFrameOffsetVector": "object",
     "is_mosaic": "bool",
     "NumberOfImagesInMosaic": "Int64",
     "mosaic_kind": "str",
+    "SliceNormalVector": "object",
+    "tile_positions": "object",
     "is_enhanced": "bool",
+    "per_frame": "object",
     "has_pixels": "bool",
     "pixel_data_truncated": "bool",
 }
@@ -179,6 +185,7 @@ _TAGS: dict[int, tuple[str, str]] = {
     0x00281054: ("RescaleType", "str"),
     0x00281055: ("WindowCenterWidthExplanation", "str"),
     0x00281056: ("VOILUTFunction", "str"),
+    0x3004000C: ("GridFrameOffsetVector", "floats"),
 }
 
 # Vendor private tags: (group, private creator, element offset within the block) -> name.
@@ -189,6 +196,7 @@ _PRIVATE: dict[tuple[int, str, int], str] = {
     (0x0019, "SIEMENS MR HEADER", 0x0E): "siemens_bvec",  # DiffusionGradientDirection, FD x3
     (0x0019, "SIEMENS MR HEADER", 0x29): "siemens_slice_times",  # MosaicRefAcqTimes, FD xN
     (0x0065, "IMAGE PRIVATE HEADER", 0x50): "uih_grid_n",  # UIH MR Number Of Slice In Volume, DS
+    (0x0065, "IMAGE PRIVATE HEADER", 0x51): "uih_vframe",  # UIH MR VFrame Sequence, SQ
     (0x0029, "SIEMENS CSA HEADER", 0x10): "siemens_csa_image",  # CSA Image Header Info, OB
     (0x0043, "GEMS_PARM_01", 0x39): "ge_bval",  # Slop_int_6...9, IS (b-value is the first)
     (0x0019, "GEMS_ACQU_01", 0xBB): "ge_bvec_x",  # UserData20, DS
@@ -199,7 +207,10 @@ _PRIVATE: dict[tuple[int, str, int], str] = {
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB1): "philips_bvec_y",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB2): "philips_bvec_z",
     (0x2005, "PHILIPS MR IMAGING DD 005", 0x29): "philips_label_type",  # ASL CONTROL/LABEL, CS
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0x0E): "philips_scale_slope",  # MR Scale Slope, FL
 }
+# Real World Value Mapping Sequence (0040,9096): kept whole at the top level (classic files)
+_RWV_TAG = 0x00409096
 _PRIVATE_GROUPS = frozenset(g for g, _, _ in _PRIVATE)
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
@@ -335,23 +346,34 @@ def _finish_row(row: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
                     bvec = tuple(parts)
                     break
         row["DiffusionGradientOrientation"] = bvec if bvec and len(bvec) == 3 else None
+    # Philips precise values (dicomxr.scaling): dcm2niix reads the tag only for Philips
+    scale_slope = _to_float(private.get("philips_scale_slope")) if private else None
+    manufacturer = row.get("Manufacturer")
+    row["PhilipsScaleSlope"] = (
+        scale_slope if isinstance(manufacturer, str) and "PHILIPS" in manufacturer.upper() else None
+    )
     if row.get("LabelType") is None:
         # Philips ASL: which frames are CONTROL and which LABEL (the classic export's only trace)
         row["LabelType"] = _to_str(private.get("philips_label_type")) if private else None
-    kind, n_mosaic = _mosaic_claim(row, private)
+    kind, n_mosaic, normal = _mosaic_claim(row, private)
     row["is_mosaic"] = kind is not None
     row["NumberOfImagesInMosaic"] = n_mosaic
     row["mosaic_kind"] = kind
+    row["SliceNormalVector"] = normal
+    row["tile_positions"] = private.get("uih_vframe") if kind == "UIH" and private else None
     if row.get("NumberOfFrames") is None and row.get("has_pixels"):
         row["NumberOfFrames"] = 1
     return row
 
 
-def _mosaic_claim(row: dict[str, Any], private: dict[str, Any]) -> tuple[str | None, int | None]:
-    """Which vendor mosaic an image says it is (``"SIEMENS"``, ``"UIH"`` or None) and its tiles.
+def _mosaic_claim(
+    row: dict[str, Any], private: dict[str, Any]
+) -> tuple[str | None, int | None, tuple[float, ...] | None]:
+    """Which vendor mosaic an image says it is (``"SIEMENS"``, ``"UIH"`` or None), its tiles.
 
     Siemens: ImageType ``MOSAIC``; the count from (0019,100A), else the CSA image header,
-    else the number of MosaicRefAcqTimes (0019,1029). United Imaging: ImageType ``VFRAME``, or
+    else the number of MosaicRefAcqTimes (0019,1029); the CSA header's SliceNormalVector (the
+    order the tiles are stored in) when it has one. United Imaging: ImageType ``VFRAME``, or
     the grid count (0065,xx50) in an image whose Manufacturer starts with "UI" (as dcm2niix
     reads it). A claim without a count keeps ``None``: :mod:`dicomxr.mosaic` reports it.
     """
@@ -359,32 +381,45 @@ def _mosaic_claim(row: dict[str, Any], private: dict[str, Any]) -> tuple[str | N
     uih_n = _to_int(private.get("uih_grid_n")) if private else None
     maker = str(row.get("Manufacturer") or "").strip().upper()
     if "VFRAME" in tokens or (uih_n is not None and maker.startswith("UI")):
-        return "UIH", uih_n
+        return "UIH", uih_n, None
     if "MOSAIC" not in tokens:
-        return None, None
+        return None, None, None
     n = _to_int(private.get("siemens_mosaic_n")) if private else None
-    if n is None and private and private.get("siemens_csa_image") is not None:
-        n = _mosaic_from_csa(private["siemens_csa_image"])
+    normal = None
+    if private and private.get("siemens_csa_image") is not None:
+        csa_n, normal = _mosaic_from_csa(private["siemens_csa_image"])
+        n = csa_n if n is None else n
     if n is None and private:
         times = private.get("siemens_slice_times")
         if isinstance(times, (list, tuple)) and len(times) > 1:
             n = len(times)
-    return "SIEMENS", n
+    return "SIEMENS", n, normal
 
 
-def _mosaic_from_csa(raw: bytes) -> int | None:
-    """NumberOfImagesInMosaic from a Siemens CSA image header (via nibabel.nicom)."""
+def _mosaic_from_csa(raw: bytes) -> tuple[int | None, tuple[float, ...] | None]:
+    """NumberOfImagesInMosaic and SliceNormalVector from a Siemens CSA image header.
+
+    Read with :mod:`nibabel.nicom` (``dicomxr[nifti]``); ``(None, None)`` without nibabel
+    or when the header is damaged.
+    """
     try:
         with warnings.catch_warnings():
             # nibabel warns that its DICOM readers are experimental on import
             warnings.simplefilter("ignore", UserWarning)
             from nibabel.nicom import csareader
 
-        csa = csareader.read(bytes(raw))
-        return _to_int(csareader.get_n_mosaic(csa))
+            csa = csareader.read(bytes(raw))
+            n_mosaic = _to_int(csareader.get_n_mosaic(csa))
     except Exception as exc:  # a broken private header must not stop the scan
         logger.debug("could not read the CSA image header: %s", exc)
-        return None
+        return None, None
+    try:
+        normal = _to_floats(list(csareader.get_slice_normal(csa)))
+    except Exception:  # no SliceNormalVector: the tiles follow the cross product
+        return n_mosaic, None
+    if normal is None or len(normal) != 3 or not np.isfinite(normal).all():
+        normal = None
+    return n_mosaic, normal
 
 
 # ----------------------------------------------------------------------------------------
@@ -416,10 +451,26 @@ def _pydicom_private(ds: Any) -> dict[str, Any]:
                 continue
             elem = ds[tag]
             value = elem.value
+            if key == "uih_vframe":
+                private[key] = _vframe_positions(value, True)
+                continue
             if elem.VR in ("UN", "OB") and key != "siemens_csa_image" and isinstance(value, bytes):
                 value = _decode_un(key, value, _encoding(ds)[1] is not False)
             private[key] = value
     return private
+
+
+def _vframe_positions(value: Any, implicit: bool) -> tuple[tuple[float, ...], ...] | None:
+    """Every tile's position from a UIH "MR VFrame Sequence" (raw bytes or pydicom items)."""
+    from dicomxr import _functional_groups as groups
+
+    try:
+        if isinstance(value, (bytes, bytearray)):  # raw, or of unknown VR (implicit VR inside)
+            return groups.positions_from_raw(bytes(value), implicit)
+        return groups.positions_from_dataset(value)
+    except Exception as exc:  # no or damaged sequence: the tiles follow the slice normal
+        logger.debug("no UIH VFrame positions: %s", exc)
+        return None
 
 
 # how the vendor private values are stored, for files whose private VRs are unknown (UN)
@@ -438,6 +489,7 @@ _PRIVATE_VR: dict[str, str] = {
     "philips_bvec_y": "FL",
     "philips_bvec_z": "FL",
     "philips_label_type": "CS",
+    "philips_scale_slope": "FL",
 }
 
 
@@ -562,6 +614,7 @@ def read_header_pydicom(
                 elem = ds.get(tag)
                 row[keyword] = None if elem is None else _pydicom_value(elem, kind)
             private = _pydicom_private(ds)
+            row["RealWorldValueMapping"] = _pydicom_rwv(ds)
             for key in keys:
                 row[key.name] = value_from_pydicom(ds, key)
             ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
@@ -584,10 +637,37 @@ def read_header_pydicom(
     row["has_pixels"] = has_pixels
     row["pixel_data_truncated"] = truncated
     row["is_enhanced"] = _PERFRAME_TAG in ds
+    row["per_frame"] = _per_frame_from_dataset(ds, row) if row["is_enhanced"] else None
     return _finish_row(row, private)
 
 
+def _per_frame_from_dataset(ds: Any, row: dict[str, Any]) -> dict[str, tuple[Any, ...]] | str:
+    """Return the per-frame table of an enhanced file read by pydicom, or why there is none."""
+    from dicomxr._functional_groups import table_from_dataset
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return table_from_dataset(ds, _frame_count(row))
+    except Exception as exc:  # a damaged functional group: the frames keep file values
+        return f"functional groups unreadable: {failure_reason(exc)}"
+
+
 _PIXEL_PAIRS_LE = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0009), (0x7FE0, 0x0008)})
+
+
+def _pydicom_rwv(ds: Any) -> tuple[Any, ...] | None:
+    """Return the top-level Real World Value Mapping Sequence in the catalog's tuple form."""
+    from dicomxr.scaling import real_world_mappings
+
+    try:
+        elem = ds.get(_RWV_TAG)
+        if elem is None or elem.VR != "SQ":
+            return None
+        return real_world_mappings(elem.value)
+    except Exception as exc:  # a damaged mapping must not skip the file: no mapping
+        logger.debug("unreadable Real World Value Mapping Sequence: %s", exc)
+        return None
 
 
 def _encoding(ds: Any) -> tuple[bool | None, bool | None]:
@@ -799,6 +879,7 @@ _TAG_VR: dict[int, str] = {
     0x00281054: "LO",
     0x00281055: "LO",
     0x00281056: "CS",
+    0x3004000C: "DS",
 }
 _BINARY_FMT = {
     "US": "H",
@@ -815,7 +896,8 @@ _CHARSET_VRS = frozenset({"SH", "LO", "UC", "PN", "LT", "ST", "UT"})
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 _DEFAULT_CHARSETS = frozenset({"", "ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6"})
 
-_FAST_WANTED = frozenset(_TAGS) | {0x00080005}
+_PER_FRAME_TAGS = (0x52009230, 0x52009229)  # per-frame and shared functional groups
+_FAST_WANTED = frozenset(_TAGS) | {0x00080005, _RWV_TAG, *_PER_FRAME_TAGS}
 _FAST_PRESENCE = frozenset({_PERFRAME_TAG, 0x00041220})
 _FAST_GROUPS: dict[int, frozenset[int]] = {
     group: frozenset(off for g, _, off in _PRIVATE if g == group) for group in _PRIVATE_GROUPS
@@ -967,7 +1049,9 @@ _FAST_SPEC: dict[int, tuple[str, str, bytes, Callable[[bytes], Any] | None, bool
     )
     for tag, (kw, kind) in _TAGS.items()
 }
-_EMPTY_ROW: dict[str, Any] = dict.fromkeys(kw for kw, _ in _TAGS.values())
+_EMPTY_ROW: dict[str, Any] = dict.fromkeys(
+    [*(kw for kw, _ in _TAGS.values()), "RealWorldValueMapping"]
+)
 
 
 def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | None:
@@ -1031,6 +1115,7 @@ def read_header_fast(
             "pass it to scan() to read the files it lists)"
         )
     elements = raw.elements
+    groups = [elements.pop(tag, None) for tag in _PER_FRAME_TAGS]
     if memo is None:
         memo = {}
     charset_key = ("charset", elements.get(0x00080005))
@@ -1064,6 +1149,14 @@ def read_header_fast(
             if spec is None:
                 has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
                 continue
+        if tag == _RWV_TAG:
+            # the same mapping repeats across a series: parsed once per scan
+            key = ("rwv", implicit, item)
+            hit = memo.get(key)
+            if hit is None:
+                hit = memo[key] = (_fast_rwv(item, implicit),)
+            row["RealWorldValueMapping"] = hit[0]
+            continue
         if spec is None:
             has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
             continue
@@ -1107,7 +1200,9 @@ def read_header_fast(
     else:
         truncated = raw.pixel_data_value_offset + raw.pixel_data_length > size
     row["pixel_data_truncated"] = bool(has_pixels and truncated)
-    row["is_enhanced"] = _PERFRAME_TAG in raw.present
+    # kept in the hot loop (a defined-length sequence), the tag is not in raw.present
+    row["is_enhanced"] = _PERFRAME_TAG in raw.present or groups[0] is not None
+    row["per_frame"] = _per_frame_from_raw(groups, implicit, row) if row["is_enhanced"] else None
     return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
 
 
@@ -1130,6 +1225,40 @@ def _wanted_with(keys: tuple[Key, ...]) -> frozenset[int]:
     return wanted
 
 
+def _frame_count(row: dict[str, Any]) -> int:
+    """NumberOfFrames as the frame table counts it (missing or below 1: one frame)."""
+    n = row.get("NumberOfFrames")
+    return n if isinstance(n, int) and n >= 1 else 1
+
+
+def _per_frame_from_raw(
+    groups: list[tuple[bytes | None, bytes] | None], implicit: bool, row: dict[str, Any]
+) -> dict[str, tuple[Any, ...]] | str:
+    """Return the per-frame table from the groups the fast reader kept, or why there is none."""
+    from dicomxr._functional_groups import table_from_raw
+
+    per_frame, shared = groups
+    if per_frame is None:
+        return "functional groups unreadable: no Per-frame Functional Groups Sequence value"
+    try:
+        return table_from_raw(
+            per_frame, shared, implicit, _frame_count(row), row.get("Manufacturer")
+        )
+    except Exception as exc:  # a damaged functional group: the frames keep file values
+        return f"functional groups unreadable: {failure_reason(exc)}"
+
+
+def _fast_rwv(item: tuple[bytes | None, bytes], implicit: bool) -> tuple[Any, ...] | None:
+    from dicomxr.scaling import decode_raw_sequence
+
+    vr, value = item
+    try:
+        return decode_raw_sequence(bytes(value), vr, implicit)
+    except Exception as exc:  # a damaged mapping must not stop the scan: no mapping
+        logger.debug("unreadable Real World Value Mapping Sequence: %s", exc)
+        return None
+
+
 def _fast_private(
     elements: dict[int, tuple[bytes | None, bytes]], implicit: bool
 ) -> dict[str, Any]:
@@ -1149,6 +1278,9 @@ def _fast_private(
             vr_bytes, value = item
             if key == "siemens_csa_image":
                 private[key] = value
+                continue
+            if key == "uih_vframe":
+                private[key] = _vframe_positions(value, implicit or vr_bytes in (None, b"UN"))
                 continue
             vr = _PRIVATE_VR[key] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
             private[key] = _decode_private(value, vr)
@@ -1333,6 +1465,10 @@ def _expand_one(
             if recursive and _damaged_directory(path, dangling):
                 return files + _on_disk_besides(path, files, skipped_out)
             return files
+        explicit_out.add(path)
+        return [path]
+    if os.path.exists(item):  # a pipe, socket or device: the reader skips it, naming it
+        path = os.path.abspath(item)
         explicit_out.add(path)
         return [path]
     if any(c in item for c in _GLOB_CHARS):
@@ -1592,11 +1728,48 @@ def scan(
     if progress is None:
         progress = len(paths) >= get_options()["progress_min_files"]
         delay = _PROGRESS_DELAY
+    rows = _read_all(
+        paths, skipped_list, cache, workers, (progress, delay), remote, storage_options,
+        extra=extra, client=client,
+    )  # fmt: skip
+    df = _to_frame(rows, tuple(k.name for k in extra))
+    df.attrs["skipped"] = skipped_list
+    if extra:
+        df.attrs["keys"] = [k.name for k in extra]
+    if remote is not None and storage_options:
+        df.attrs["storage_options"] = dict(storage_options)
+    if skipped_list:
+        logger.info("scan skipped %d file(s)", len(skipped_list))
+    if warn:
+        _warn_skipped(skipped_list, explicit)
+    return df
+
+
+def _read_all(
+    paths: list[str],
+    skipped_out: list[dict[str, str]],
+    cache: bool | str | os.PathLike[str],
+    workers: int | None,
+    progress: tuple[bool, float],
+    remote: dict[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    extra: tuple[Key, ...] = (),
+    client: Any = None,
+) -> list[dict[str, Any]]:
+    """Read the header of every file once (or take it from the cache): the catalog's rows.
+
+    ``remote`` maps each path (a URL) to its :class:`dicomxr.sources.Entry` when the source
+    is remote; its headers are then read by ranged reads with ``storage_options``.
+    ``extra`` are the requested keys read besides the catalog columns; ``client`` a
+    dask.distributed client reading local files on its workers, one task per batch.
+    """
     store = _Cache.open(cache, tuple(k.name for k in extra)) if cache else None
     known = store.lookup(paths) if store is not None else {}
     fresh: list[tuple[str, int, float, dict[str, Any] | None, str | None]] = []
     rows: list[dict[str, Any]] = []
     memo: dict[Any, Any] = {}
+    show, delay = progress
 
     def one(path: str) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
         if remote is not None:
@@ -1608,21 +1781,21 @@ def scan(
     results: Iterable[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]
     try:
         if client is not None and paths and remote is None:
-            results = _scan_on_client(client, paths, known, store is not None, extra, progress)
+            results = _scan_on_client(client, paths, known, store is not None, extra, show)
         elif workers is not None and workers > 1 and len(paths) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             # file system latency overlaps across threads (os.open/pread release the
             # GIL); the parsing itself still takes turns
             with ThreadPoolExecutor(workers, thread_name_prefix="dicomxr-scan") as ex:
-                results = list(_progress(ex.map(one, paths), progress, len(paths), delay))
+                results = list(_progress(ex.map(one, paths), show, len(paths), delay))
         else:
-            results = map(one, _progress(paths, progress, len(paths), delay))
+            results = map(one, _progress(paths, show, len(paths), delay))
         for row, skip, entry in results:
             if row is not None:
                 rows.append(row)
             if skip is not None:
-                skipped_list.append(skip)
+                skipped_out.append(skip)
             if entry is not None:
                 fresh.append(entry)
         if store is not None:
@@ -1630,32 +1803,29 @@ def scan(
     finally:
         if store is not None:
             store.close()
-    df = _to_frame(rows, tuple(k.name for k in extra))
-    df.attrs["skipped"] = skipped_list
-    if extra:
-        df.attrs["keys"] = [k.name for k in extra]
-    if remote is not None and storage_options:
-        df.attrs["storage_options"] = dict(storage_options)
+    return rows
+
+
+def _warn_skipped(skipped_list: list[dict[str, str]], explicit: set[str]) -> None:
+    """Warn about skipped files that look like damaged DICOM, naming a few."""
     # non-DICOM companions (README, LICENSE, sidecars) and directory files met while walking
     # a tree are listed but are no cause for alarm; damaged DICOM and dangling references are
     problems = [
         s for s in skipped_list if s["path"] in explicit or not s["reason"].startswith(_BENIGN)
     ]
-    if skipped_list:
-        logger.info("scan skipped %d file(s)", len(skipped_list))
-    if problems and warn:
-        reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
-        summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
-        named = ", ".join(str(s["path"]) for s in problems[:_NAMED_SKIPPED])
-        if len(problems) > _NAMED_SKIPPED:
-            named += f" and {len(problems) - _NAMED_SKIPPED} more"
-        warnings.warn(
-            f"scan skipped {len(problems)} file(s) ({summary}): {named}; "
-            "see dicomxr.catalog.skipped(df) for all of them",
-            SkippedFileWarning,
-            stacklevel=user_stacklevel(),
-        )
-    return df
+    if not problems:
+        return
+    reasons = pd.Series([s["reason"].split(" (")[0] for s in problems]).value_counts()
+    summary = "; ".join(f"{n} x {r}" for r, n in reasons.head(5).items())
+    named = ", ".join(str(s["path"]) for s in problems[:_NAMED_SKIPPED])
+    if len(problems) > _NAMED_SKIPPED:
+        named += f" and {len(problems) - _NAMED_SKIPPED} more"
+    warnings.warn(
+        f"scan skipped {len(problems)} file(s) ({summary}): {named}; "
+        "see dicomxr.catalog.skipped(df) for all of them",
+        SkippedFileWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 #: files per task when a distributed client reads the headers
@@ -1719,8 +1889,15 @@ def _row_from_json(
     for col in columns:
         value = row.get(col)
         if isinstance(value, list):
-            row[col] = tuple(value)
+            row[col] = _as_tuples(value)
+    table = row.get("per_frame")
+    if isinstance(table, dict):  # one tuple per column, of values that may be tuples
+        row["per_frame"] = {col: _as_tuples(values) for col, values in table.items()}
     return row
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 class _Cache:
@@ -1731,7 +1908,8 @@ class _Cache:
     """
 
     # bump when the row format changes: older entries are then ignored
-    VERSION = 1
+    # (2: GridFrameOffsetVector, SliceNormalVector, tile_positions and the per-frame table)
+    VERSION = 2
 
     def __init__(self, con: Any, path: str, extra: tuple[str, ...] = ()) -> None:
         self.con = con

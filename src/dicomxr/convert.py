@@ -117,6 +117,7 @@ class ConvertOptions:
     dtype: str | None = None
     compress: bool = True
     keys: tuple[str, ...] = ()
+    scaling: str = "display"
 
     def fingerprint(self) -> dict[str, Any]:
         """Return the options as JSON data."""
@@ -718,11 +719,13 @@ def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: s
     return _row(task, piece, f"{ZARR_STORE}/{name}", options, None)
 
 
-def _open_plan(plan: SeriesPlan, keys: Sequence[str] = ()) -> xr.DataArray:
+def _open_plan(
+    plan: SeriesPlan, scaling: str = "display", keys: Sequence[str] = ()
+) -> xr.DataArray:
     from dicomxr.api import open_series
 
     keys = [k for k in keys if k in plan.frames.columns]
-    return open_series(plan, keys=keys or None)
+    return open_series(plan, scaling=scaling, keys=keys or None)
 
 
 def convert_series(
@@ -759,7 +762,7 @@ def convert_series(
         warnings.filterwarnings(
             "error", message=r"(?s).*cannot be read and is set apart", category=PixelDataWarning
         )
-        da = _apply_options(_open_plan(task.plan, options.keys), options)
+        da = _apply_options(_open_plan(task.plan, options.scaling, options.keys), options)
         if options.deidentify:
             from dicomxr.export.deid import Deidentifier
 
@@ -845,6 +848,7 @@ def _options(**kwargs: Any) -> ConvertOptions:
         dtype=None if kwargs["dtype"] is None else str(np.dtype(kwargs["dtype"])),
         compress=bool(kwargs["compress"]),
         keys=_key_names(kwargs["keys"]),
+        scaling=_scaling_option(kwargs.get("scaling", "display")),
     )
 
 
@@ -854,6 +858,16 @@ def _key_names(keys: Any) -> tuple[str, ...]:
     try:
         return tuple(k.name for k in resolve_keys(keys))
     except HeaderKeyError as exc:
+        raise ConvertError(str(exc)) from None
+
+
+def _scaling_option(scaling: Any) -> str:
+    from dicomxr.errors import ScalingError
+    from dicomxr.scaling import check_scaling
+
+    try:
+        return check_scaling(scaling)
+    except ScalingError as exc:
         raise ConvertError(str(exc)) from None
 
 
@@ -973,12 +987,14 @@ def convert(
     window: tuple[float, float] | bool | None = None,
     dtype: str | np.dtype | type | None = None,
     compress: bool = True,
+    scaling: str = "display",
     resume: bool = True,
     progress: bool | None = None,
     on_irregular: str = "split",
     on_duplicate: str = "warn",
     recursive: bool = True,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None = None,
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     keys: Sequence[Any] | str | None = None,
     client: Any = None,
@@ -1023,6 +1039,14 @@ def convert(
         Cast the image to this dtype.
     compress
         gzip NIfTI files (``.nii.gz``), compress Zarr chunks.
+    scaling
+        What the stored integers become, as for :func:`dicomxr.open_series`:
+        ``"display"`` (default, dcm2niix ``-p n``), ``"precise"`` (Philips floating-point
+        values, dcm2niix's default ``-p y``; display values for other series) or
+        ``"real_world"`` (a series without a Real World Value Mapping fails, with the
+        reason in the report). NIfTI files hold the values as float32; the sidecar records
+        the factors (``PhilipsScaleSlope``, ``UsePhilipsFloatNotDisplayScaling``... as
+        dcm2niix writes them).
     resume
         Skip the series a previous run into ``dest`` finished with the same inputs and
         options; ``False`` converts everything again.
@@ -1036,6 +1060,10 @@ def convert(
         Descend into sub-folders of a folder source.
     on_series
         Called with ``(task, rows)`` after each series is written (for logging).
+    merge_runs
+        Merge runs of single-volume series (consecutive SeriesNumbers, same geometry and
+        protocol: Siemens XA classic fMRI exports) into one 4D output each (see
+        :mod:`dicomxr.runs`).
     storage_options
         fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
     keys
@@ -1077,7 +1105,7 @@ def convert(
     options = _options(
         format=format, template=template, split=split, deidentify=deidentify,
         date_shift=date_shift, orientation=orientation, spacing=spacing, window=window,
-        dtype=dtype, compress=compress, keys=keys,
+        dtype=dtype, compress=compress, keys=keys, scaling=scaling,
     )  # fmt: skip
     dest = Path(dest)
     state = _prepare_dest(dest)
@@ -1086,6 +1114,7 @@ def convert(
             source, dest, state, options, resume=resume, progress=progress,
             on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive,
             on_series=on_series, storage_options=storage_options, client=client,
+            merge_runs=merge_runs,
         )  # fmt: skip
 
 
@@ -1101,6 +1130,7 @@ def _convert_locked(
     on_duplicate: str,
     recursive: bool,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
+    merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     client: Any = None,
 ) -> ConvertReport:
@@ -1127,6 +1157,7 @@ def _convert_locked(
             on_irregular=on_irregular,
             on_duplicate=on_duplicate,
             keys=options.keys or None,
+            merge_runs=merge_runs,
         )  # fmt: skip
     report = ConvertReport(dest=dest)
     report.set_apart = _set_apart_rows(plans, deid)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["SAMPLES", "Sample", "cache_dir", "sample_path"]
+__all__ = ["SAMPLES", "Sample", "cache_dir", "sample_archive", "sample_path"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,30 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sample_archive(name: str = DEFAULT_SAMPLE) -> Path:
+    """Return the zip archive of an embedded sample, as shipped inside the package.
+
+    A zip file is a source of its own (``dicomxr.scan(archive)``, ``open_series(archive)``
+    read its members in place, nothing is unpacked): the archive is the example of a packed
+    source in the guide.
+
+    Parameters
+    ----------
+    name
+        Sample name, one of :data:`SAMPLES` (default ``"philips_pcasl_4d"``).
+
+    Returns
+    -------
+    pathlib.Path
+        The ``.zip`` file (installed packages keep it on disk).
+    """
+    try:
+        sample = SAMPLES[name]
+    except KeyError:
+        raise ValueError(f"unknown sample {name!r}; choose one of {sorted(SAMPLES)}") from None
+    return Path(os.fspath(resources.files("dicomxr._data") / sample.archive))
 
 
 def sample_path(name: str = DEFAULT_SAMPLE) -> Path:

@@ -18,6 +18,7 @@ import re
 import stat
 import struct
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["is_dicomdir", "referenced_files"]
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+#: directory files nested deeper than this are reported, not followed
+_MAX_NESTING = 16
 
 
 def is_dicomdir(path: str) -> bool:
@@ -99,130 +102,162 @@ def referenced_files(
     --------
     >>> files, dangling = referenced_files("In/Philips/DICOMDIR")  # doctest: +SKIP
     """
-    import pydicom
-
     dicomdir = os.path.abspath(os.fspath(dicomdir))
     root_dir = os.path.abspath(os.fspath(root)) if root is not None else os.path.dirname(dicomdir)
-    files: list[str] = []
-    dangling: list[dict[str, str]] = []
-    seen: set[str] = set()
+    found = _FileSet(root_dir)
+    _visit(found, dicomdir, 0)
+    logger.debug(
+        "%s: %d referenced files, %d dangling", dicomdir, len(found.files), len(found.dangling)
+    )
+    return found.files, found.dangling
 
-    def visit(directory_file: str, depth: int) -> None:
-        if directory_file in seen:
-            return
-        seen.add(directory_file)
-        if depth > 16:
-            dangling.append({"path": directory_file, "reason": "directory files nested too deep"})
-            return
+
+@dataclass
+class _FileSet:
+    """What the walk of one file-set has found so far."""
+
+    root: str
+    files: list[str] = field(default_factory=list)
+    dangling: list[dict[str, str]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def lost(self, path: str, reason: str) -> None:
+        self.dangling.append({"path": path, "reason": reason})
+
+
+def _visit(found: _FileSet, directory_file: str, depth: int) -> None:
+    """Follow every reference of one directory file (each directory file once)."""
+    if directory_file in found.seen:
+        return
+    found.seen.add(directory_file)
+    if depth > _MAX_NESTING:
+        found.lost(directory_file, "directory files nested too deep")
+        return
+    records = _read_records(found, directory_file)
+    if records is None:
+        return
+    followed = _follow_records(found, directory_file, records, depth)
+    _follow_recovered(found, directory_file, followed, depth)
+
+
+def _read_records(found: _FileSet, directory_file: str) -> Any:
+    """Read a directory file's DirectoryRecordSequence; ``None`` (reported) if there is none."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(directory_file, force=True)
+        records = ds.get("DirectoryRecordSequence")
+    except Exception as exc:
+        found.lost(directory_file, f"unreadable directory file ({type(exc).__name__}: {exc})")
+        return None
+    truncated = _truncated_at(directory_file)
+    if truncated is not None:
+        found.lost(
+            directory_file,
+            f"truncated directory file (cut short at byte {truncated}; "
+            "records past that point are lost)",
+        )
+    if records is None:
+        found.lost(directory_file, "directory file without DirectoryRecordSequence")
+    return records
+
+
+def _record_reference(record: Any) -> tuple[Any, str, Any]:
+    """(ReferencedFileID, record type, SOP class in file) of one record; raises if damaged."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # pydicom decodes lazily: a damaged record fails here, not at read time
+        file_id = record.get("ReferencedFileID")
+        rtype = str(record.get("DirectoryRecordType", "")).strip()
+        sop_in_file = record.get("ReferencedSOPClassUIDInFile")
+    return file_id, rtype, sop_in_file
+
+
+def _follow_records(
+    found: _FileSet, directory_file: str, records: Any, depth: int
+) -> set[tuple[str, ...]]:
+    """Follow the references pydicom reads from the records; return the file IDs followed."""
+    followed: set[tuple[str, ...]] = set()
+    for index, record in enumerate(records):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(directory_file, force=True)
-            records = ds.get("DirectoryRecordSequence")
+            file_id, rtype, sop_in_file = _record_reference(record)
         except Exception as exc:
-            dangling.append(
-                {
-                    "path": directory_file,
-                    "reason": f"unreadable directory file ({type(exc).__name__}: {exc})",
-                }
+            found.lost(
+                directory_file,
+                f"damaged directory record #{index} ({type(exc).__name__}: {exc})",
             )
-            return
-        truncated = _truncated_at(directory_file)
-        if truncated is not None:
-            dangling.append(
-                {
-                    "path": directory_file,
-                    "reason": f"truncated directory file (cut short at byte {truncated}; "
-                    "records past that point are lost)",
-                }
-            )
-        if records is None:
-            dangling.append(
-                {"path": directory_file, "reason": "directory file without DirectoryRecordSequence"}
-            )
-            return
-        followed: set[tuple[str, ...]] = set()
-        for index, record in enumerate(records):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    # pydicom decodes lazily: a damaged record fails here, not at read time
-                    file_id = record.get("ReferencedFileID")
-                    rtype = str(record.get("DirectoryRecordType", "")).strip()
-                    sop_in_file = record.get("ReferencedSOPClassUIDInFile")
-            except Exception as exc:
-                dangling.append(
-                    {
-                        "path": directory_file,
-                        "reason": f"damaged directory record #{index} "
-                        f"({type(exc).__name__}: {exc})",
-                    }
-                )
-                continue
-            if file_id is None or file_id == "":
-                continue
-            followed.add(_id_key(file_id))
-            follow(directory_file, file_id, rtype, sop_in_file, depth)
-        # a damaged item or element length makes pydicom read fewer records (or garbage)
-        # without an error: the references still in the bytes are followed and reported
-        recovered = []
-        for file_id in _raw_file_ids(directory_file):
-            if _id_key(file_id) in followed:
-                continue
-            followed.add(_id_key(file_id))
-            recovered.append("/".join(file_id))
-            follow(directory_file, file_id, "", None, depth)
-        if recovered:
-            shown = ", ".join(recovered[:3]) + (", ..." if len(recovered) > 3 else "")
-            dangling.append(
-                {
-                    "path": directory_file,
-                    "reason": f"damaged directory records: {len(recovered)} reference(s) "
-                    f"recovered from the file's bytes ({shown})",
-                }
-            )
+            continue
+        if file_id is None or file_id == "":
+            continue
+        followed.add(_id_key(file_id))
+        _follow(found, directory_file, file_id, rtype, sop_in_file, depth)
+    return followed
 
-    def follow(directory_file: str, file_id: Any, rtype: str, sop_in_file: Any, depth: int) -> None:
-        try:
-            target = _file_id_to_path(root_dir, file_id)
-        except (ValueError, TypeError) as exc:
-            dangling.append({"path": directory_file, "reason": str(exc)})
-            return
-        real = _resolve_case(target)
-        if real is None:
-            dangling.append(
-                {
-                    "path": target,
-                    "reason": "dangling DICOMDIR reference "
-                    f"(the {rtype or 'damaged'} record in {directory_file} names a missing file)",
-                }
-            )
-            return
-        if os.path.isdir(real):
-            dangling.append(
-                {"path": real, "reason": f"DICOMDIR reference to a folder ({rtype} record)"}
-            )
-            return
-        if not _is_regular(real):
-            # a pipe would block, a device never ends: never opened
-            dangling.append(
-                {
-                    "path": real,
-                    "reason": "DICOMDIR reference to something that is not a regular file "
-                    "(a pipe, socket, device or link loop): not read",
-                }
-            )
-            return
-        if _refers_to_directory_file(rtype, sop_in_file, real):
-            visit(real, depth + 1)
-            return
-        if real not in seen:
-            seen.add(real)
-            files.append(real)
 
-    visit(dicomdir, 0)
-    logger.debug("%s: %d referenced files, %d dangling", dicomdir, len(files), len(dangling))
-    return files, dangling
+def _follow_recovered(
+    found: _FileSet, directory_file: str, followed: set[tuple[str, ...]], depth: int
+) -> None:
+    """Follow the references still in the file's bytes that the records did not give."""
+    # a damaged item or element length makes pydicom read fewer records (or garbage)
+    # without an error: the references still in the bytes are followed and reported
+    recovered = []
+    for file_id in _raw_file_ids(directory_file):
+        if _id_key(file_id) in followed:
+            continue
+        followed.add(_id_key(file_id))
+        recovered.append("/".join(file_id))
+        _follow(found, directory_file, file_id, "", None, depth)
+    if recovered:
+        shown = ", ".join(recovered[:3]) + (", ..." if len(recovered) > 3 else "")
+        found.lost(
+            directory_file,
+            f"damaged directory records: {len(recovered)} reference(s) "
+            f"recovered from the file's bytes ({shown})",
+        )
+
+
+def _follow(
+    found: _FileSet, directory_file: str, file_id: Any, rtype: str, sop_in_file: Any, depth: int
+) -> None:
+    """Follow one reference: a nested directory file is visited, an instance file kept."""
+    try:
+        target = _file_id_to_path(found.root, file_id)
+    except (ValueError, TypeError) as exc:
+        found.lost(directory_file, str(exc))
+        return
+    real = _resolve_case(target)
+    if real is None:
+        found.lost(
+            target,
+            "dangling DICOMDIR reference "
+            f"(the {rtype or 'damaged'} record in {directory_file} names a missing file)",
+        )
+        return
+    problem = _unfollowable(real, rtype)
+    if problem is not None:
+        found.lost(real, problem)
+        return
+    if _refers_to_directory_file(rtype, sop_in_file, real):
+        _visit(found, real, depth + 1)
+        return
+    if real not in found.seen:
+        found.seen.add(real)
+        found.files.append(real)
+
+
+def _unfollowable(real: str, rtype: str) -> str | None:
+    """Why an existing reference cannot be followed (a folder, not a regular file), or ``None``."""
+    if os.path.isdir(real):
+        return f"DICOMDIR reference to a folder ({rtype} record)"
+    if not _is_regular(real):
+        # a pipe would block, a device never ends: never opened
+        return (
+            "DICOMDIR reference to something that is not a regular file "
+            "(a pipe, socket, device or link loop): not read"
+        )
+    return None
 
 
 def _is_regular(path: str) -> bool:

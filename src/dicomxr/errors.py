@@ -39,6 +39,14 @@ class LabelError(DicomxrError, ValueError):
     """
 
 
+class ScalingError(DicomxrError, ValueError):
+    """The scaling asked for is unknown, or the series has no values for it.
+
+    The message names the scalings that exist (``"display"``, ``"precise"``,
+    ``"real_world"``) and which of them the series can give.
+    """
+
+
 class MissingDependencyError(DicomxrError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 

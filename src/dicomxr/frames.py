@@ -5,18 +5,24 @@ table with the same columns, so that everything above this layer treats a classi
 an enhanced multi-frame export and a MOSAIC alike:
 
 - classic single-frame files keep their row (``frame = 0``);
-- enhanced multi-frame files (``is_enhanced``) are read again, header only, and each frame
-  gets its values from the Shared and Per-frame Functional Groups: plane position and
+- enhanced multi-frame files (``is_enhanced``) get one row per frame with the values of
+  the Shared and Per-frame Functional Groups, which the catalog read in its one header
+  pass (its ``per_frame`` column; :mod:`dicomxr._functional_groups`): plane position and
   orientation, pixel measures, frame content (stack, in-stack position, temporal position,
   dimension index values, acquisition time), MR echo, MR diffusion (b-value and direction),
   pixel value transformation (rescale, per frame), frame VOI LUT, frame type (complex
   component) and, for Philips, the private per-frame item (InstanceNumber, ASL label type);
 - vendor mosaics (Siemens MOSAIC, United Imaging GRID/VFRAME; :mod:`dicomxr.mosaic`) become
   one row per tile with the tile's true position and ``tile``, ``tile_rows``, ``tile_cols``
-  (Rows/Columns become the tile size); a mosaic that cannot be unpacked keeps one row with
-  the reason in ``frame_problem``, and the planner sets it apart;
+  (Rows/Columns become the tile size), Siemens tiles stacked along the CSA header's
+  SliceNormalVector (the catalog's column); a mosaic that cannot be unpacked keeps one row
+  with the reason in ``frame_problem``, and the planner sets it apart;
 - other multi-frame files (ultrasound cine, a plain multi-frame CT) get one row per frame
-  with the file's attributes.
+  with the file's attributes; an RT Dose's frames are placed by its GridFrameOffsetVector.
+
+No file is opened here when the catalog comes from :func:`dicomxr.scan`; a catalog without
+the ``per_frame``, ``GridFrameOffsetVector``, ``SliceNormalVector`` or ``tile_positions``
+columns (made some other way) has the headers of its multi-frame files read again.
 
 Columns added to the catalog's
 ------------------------------
@@ -34,12 +40,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dicomxr import mosaic as vendor_mosaic
+from dicomxr._functional_groups import component_from_image_type
 
 __all__ = ["FRAME_COLUMNS", "component_from_image_type", "expand", "read_label_type"]
 
@@ -65,56 +74,12 @@ FRAME_COLUMNS: tuple[str, ...] = (
 )
 
 _INT_FRAME_COLUMNS = ("frame", "tile", "tile_rows", "tile_cols", "mosaic_rows", "mosaic_cols")
+# catalog columns that tell the frames of multi-frame files apart (read by the scan)
+_FRAME_SOURCES = ("per_frame", "GridFrameOffsetVector", "SliceNormalVector", "tile_positions")
 
-# ImageType tokens (from the third value on) that name the complex component
-_COMPONENT_TOKENS = {
-    "M": "MAGNITUDE",
-    "MAGNITUDE": "MAGNITUDE",
-    "P": "PHASE",
-    "PHASE": "PHASE",
-    "PHASE MAP": "PHASE",
-    "R": "REAL",
-    "REAL": "REAL",
-    "I": "IMAGINARY",
-    "IMAGINARY": "IMAGINARY",
-}
-_component_cache: dict[Any, str | None] = {}
-
-# Philips private per-frame item and its private creators
-_PHILIPS_PERFRAME = 0x2005140F
 _PHILIPS_LABEL_TYPE = 0x20051429
-
-
-def component_from_image_type(image_type: Any) -> str | None:
-    """Return the complex component an ImageType names, or ``None``.
-
-    Looks at the values after ``ORIGINAL/DERIVED`` and ``PRIMARY/SECONDARY``: Siemens
-    writes ``M``/``P`` as the third value, Philips ``M``/``P`` (and ``PHASE MAP``) as the
-    third or fourth, the standard ``MAGNITUDE``/``PHASE``/``REAL``/``IMAGINARY``.
-
-    Examples
-    --------
-    >>> component_from_image_type(("ORIGINAL", "PRIMARY", "PHASE MAP", "P", "FFE"))
-    'PHASE'
-    >>> component_from_image_type(("ORIGINAL", "PRIMARY", "AXIAL")) is None
-    True
-    """
-    if image_type is None or isinstance(image_type, float):
-        return None
-    key = tuple(image_type) if not isinstance(image_type, str) else (image_type,)
-    try:
-        return _component_cache[key]
-    except KeyError:
-        pass
-    found = None
-    for token in key[2:]:
-        comp = _COMPONENT_TOKENS.get(str(token).strip().upper())
-        if comp is not None:
-            found = comp
-            break
-    if len(_component_cache) < 4096:
-        _component_cache[key] = found
-    return found
+_PHILIPS_SCALE_SLOPE = 0x2005100E
+_PHILIPS_DD001 = "PHILIPS MR IMAGING DD 001"
 
 
 def _empty(n: int) -> np.ndarray:
@@ -136,8 +101,8 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         Every catalog column (per-frame values filled in for enhanced files and MOSAIC
         tiles) plus :data:`FRAME_COLUMNS`; a fresh ``RangeIndex``. An enhanced file whose
-        header cannot be read again keeps one row per frame with the file-level values and
-        is listed in ``attrs["frame_errors"]``.
+        functional groups could not be read keeps one row per frame with the file-level
+        values and is listed in ``attrs["frame_errors"]``.
 
     Examples
     --------
@@ -146,28 +111,43 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
     >>> df = frames.expand(dicomxr.scan("series_folder"))  # doctest: +SKIP
     >>> df[["path", "frame", "ImagePositionPatient"]].head()  # doctest: +SKIP
     """
-    n = len(catalog)
-    if n == 0:
+    if len(catalog) == 0:
         out = catalog.copy()
         for col in FRAME_COLUMNS:
             out[col] = pd.Series([], dtype="int64" if col in _INT_FRAME_COLUMNS else object)
         return out
-    cols = catalog.columns
-    enhanced = (
-        catalog["is_enhanced"].to_numpy(dtype=bool, na_value=False)
-        if "is_enhanced" in cols
-        else np.zeros(n, bool)
-    )
-    mosaic = (
-        catalog["is_mosaic"].to_numpy(dtype=bool, na_value=False)
-        if "is_mosaic" in cols
-        else np.zeros(n, bool)
-    )
-    if "NumberOfFrames" in cols:
-        nframes = catalog["NumberOfFrames"].to_numpy(dtype="float64", na_value=np.nan)
-        nframes = np.where(np.isfinite(nframes) & (nframes >= 1), nframes, 1).astype(np.int64)
-    else:
-        nframes = np.ones(n, np.int64)
+    layout = _layout(catalog)
+    if (layout.counts == 1).all():
+        return _one_frame_each(layout)
+    return _many_frames(_with_frame_sources(layout))
+
+
+@dataclass
+class _Layout:
+    """How many rows each instance of the catalog becomes, and why."""
+
+    catalog: pd.DataFrame
+    enhanced: np.ndarray
+    mosaic: np.ndarray
+    counts: np.ndarray  # frames (or MOSAIC tiles) per instance
+    component: np.ndarray  # complex component from ImageType, per instance
+    errors: list[dict[str, str]]
+
+
+def _flags(catalog: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in catalog.columns:
+        return np.zeros(len(catalog), bool)
+    return catalog[name].to_numpy(dtype=bool, na_value=False)
+
+
+def _layout(catalog: pd.DataFrame) -> _Layout:
+    """Count the frames of each instance; set apart those whose claim cannot be true."""
+    n = len(catalog)
+    enhanced, mosaic = _flags(catalog, "is_enhanced"), _flags(catalog, "is_mosaic")
+    nframes = np.ones(n, np.int64)
+    if "NumberOfFrames" in catalog.columns:
+        nf = catalog["NumberOfFrames"].to_numpy(dtype="float64", na_value=np.nan)
+        nframes = np.where(np.isfinite(nf) & (nf >= 1), nf, 1).astype(np.int64)
     n_mosaic = np.ones(n, np.int64)
     if mosaic.any():
         nm = catalog["NumberOfImagesInMosaic"].to_numpy(dtype="float64", na_value=np.nan)
@@ -178,109 +158,150 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
             mosaic = mosaic & ~np.isin(np.arange(n), list(problems))
         n_mosaic[mosaic] = nm[mosaic].astype(np.int64)
     counts = np.where(mosaic, n_mosaic, nframes)
-    claim_errors: list[dict[str, str]] = []
-    impossible = _impossible_claims(catalog, counts, mosaic, claim_errors)
+    errors: list[dict[str, str]] = []
+    impossible = _impossible_claims(catalog, counts, mosaic, errors)
     if impossible.any():
         # planning memory follows the frames that exist, not what a header claims: a
         # file that cannot hold its claim is one row, flagged cut short (set apart)
         counts = np.where(impossible, 1, counts)
-        mosaic = mosaic & ~impossible
-        enhanced = enhanced & ~impossible
+        mosaic, enhanced = mosaic & ~impossible, enhanced & ~impossible
         catalog = catalog.copy()
-        flags = catalog.get("pixel_data_truncated", pd.Series(False, index=catalog.index))
-        catalog["pixel_data_truncated"] = flags.fillna(False).astype(bool).to_numpy() | impossible
-        for rec in claim_errors:
+        catalog["pixel_data_truncated"] = _flags(catalog, "pixel_data_truncated") | impossible
+        for rec in errors:
             logger.warning("%s: %s", rec["path"], rec["reason"])
-
-    image_type = catalog["ImageType"].to_numpy(dtype=object) if "ImageType" in cols else _empty(n)
+    image_type = (
+        catalog["ImageType"].to_numpy(dtype=object) if "ImageType" in catalog.columns else _empty(n)
+    )
     component = np.array([component_from_image_type(v) for v in image_type], dtype=object)
+    return _Layout(catalog, enhanced, mosaic, counts, component, errors)
 
-    if (counts == 1).all():
-        # the common case, one frame per file: no copy of the rows, only new columns
-        zeros = np.zeros(n, np.int64)
-        new: dict[str, Any] = {
-            "frame": zeros,
-            "tile": np.full(n, -1, np.int64),
-            "tile_rows": zeros,
-            "tile_cols": zeros,
-            "mosaic_rows": zeros,
-            "mosaic_cols": zeros,
-        }
-        for col in FRAME_COLUMNS[6:]:
-            if col not in cols:  # a catalog may already carry some (e.g. LabelType)
-                new[col] = _empty(n)
-        if "ComplexImageComponent" not in cols:
-            new["ComplexImageComponent"] = component
-        out = catalog.assign(**new)
-        out.index = pd.RangeIndex(n)
-        if claim_errors:
-            out.attrs["frame_errors"] = claim_errors
-        return out
 
-    src = np.repeat(np.arange(n), counts)
-    out = catalog.take(src)
-    out.index = pd.RangeIndex(len(out))
-    total = len(out)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    frame = np.arange(total) - np.repeat(starts, counts)
-    # a MOSAIC image is one stored frame: its tiles share frame 0 and are told apart by `tile`
-    frame[np.repeat(mosaic, counts)] = 0
-    values: dict[str, np.ndarray] = {
-        "frame": frame.astype(np.int64),
-        "tile": np.full(total, -1, np.int64),
-        "tile_rows": np.zeros(total, np.int64),
-        "tile_cols": np.zeros(total, np.int64),
-        "mosaic_rows": np.zeros(total, np.int64),
-        "mosaic_cols": np.zeros(total, np.int64),
+def _one_frame_each(layout: _Layout) -> pd.DataFrame:
+    """Add the frame columns when every file holds one frame (no copy of the rows)."""
+    catalog, n = layout.catalog, len(layout.catalog)
+    zeros = np.zeros(n, np.int64)
+    new: dict[str, Any] = {
+        "frame": zeros,
+        "tile": np.full(n, -1, np.int64),
+        "tile_rows": zeros,
+        "tile_cols": zeros,
+        "mosaic_rows": zeros,
+        "mosaic_cols": zeros,
     }
     for col in FRAME_COLUMNS[6:]:
-        values[col] = (
-            catalog[col].to_numpy(dtype=object, na_value=None)[src]
-            if col in cols
-            else _empty(total)
-        )
-    if "ComplexImageComponent" not in cols:
-        values["ComplexImageComponent"] = component[src]
-    overrides: dict[str, np.ndarray] = {}
-    errors: list[dict[str, str]] = list(claim_errors)
+        if col not in catalog.columns:  # a catalog may already carry some (e.g. LabelType)
+            new[col] = _empty(n)
+    if "ComplexImageComponent" not in catalog.columns:
+        new["ComplexImageComponent"] = layout.component
+    out = catalog.assign(**new)
+    out.index = pd.RangeIndex(n)
+    if layout.errors:
+        out.attrs["frame_errors"] = layout.errors
+    return out
 
-    def put(col: str, rows: slice, vals: list[Any]) -> None:
-        if col in values:
-            values[col][rows] = _as_object(vals)
-            return
-        if col not in overrides:
-            base = (
-                out[col].to_numpy(dtype=object, na_value=None)
-                if col in out.columns
+
+def _with_frame_sources(layout: _Layout) -> _Layout:
+    """Read again the headers of multi-frame files of a catalog made without the scan's columns."""
+    catalog = layout.catalog
+    missing = [c for c in _FRAME_SOURCES if c not in catalog.columns]
+    if not missing:
+        return layout
+    from dicomxr.catalog import read_header
+
+    catalog = catalog.copy()
+    for col in missing:
+        catalog[col] = _empty(len(catalog))
+    for i in np.flatnonzero(layout.counts > 1):
+        try:
+            row = read_header(str(catalog["path"].iat[i]))
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot read the header of %s again: %s", catalog["path"].iat[i], exc)
+            continue
+        for col in missing:
+            catalog[col].iat[i] = row[col]
+    return replace(layout, catalog=catalog)
+
+
+class _Frames:
+    """The rows of the frame table under construction, with per-frame values put in place."""
+
+    def __init__(self, layout: _Layout) -> None:
+        catalog, counts = layout.catalog, layout.counts
+        self.src = np.repeat(np.arange(len(catalog)), counts)
+        self.out = catalog.take(self.src)
+        self.out.index = pd.RangeIndex(len(self.out))
+        total = len(self.out)
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        frame = np.arange(total) - np.repeat(self.starts, counts)
+        # a MOSAIC image is one stored frame: its tiles share frame 0, told apart by `tile`
+        frame[np.repeat(layout.mosaic, counts)] = 0
+        self.values: dict[str, np.ndarray] = {
+            "frame": frame.astype(np.int64),
+            "tile": np.full(total, -1, np.int64),
+            **{col: np.zeros(total, np.int64) for col in _INT_FRAME_COLUMNS[2:]},
+        }
+        for col in FRAME_COLUMNS[6:]:
+            self.values[col] = (
+                catalog[col].to_numpy(dtype=object, na_value=None)[self.src]
+                if col in catalog.columns
                 else _empty(total)
             )
-            overrides[col] = np.array(base, dtype=object)
-        overrides[col][rows] = _as_object(vals)
+        if "ComplexImageComponent" not in catalog.columns:
+            self.values["ComplexImageComponent"] = layout.component[self.src]
+        self.overrides: dict[str, np.ndarray] = {}
 
-    # fsspec options of a remote catalog (dicomxr.sources): headers are read by byte range
+    def rows(self, i: int, count: int) -> slice:
+        return slice(int(self.starts[i]), int(self.starts[i] + count))
+
+    def put(self, col: str, rows: slice, vals: Any) -> None:
+        if col in self.values:
+            self.values[col][rows] = _as_object(vals)
+            return
+        if col not in self.overrides:
+            base = (
+                self.out[col].to_numpy(dtype=object, na_value=None)
+                if col in self.out.columns
+                else _empty(len(self.out))
+            )
+            self.overrides[col] = np.array(base, dtype=object)
+        self.overrides[col][rows] = _as_object(vals)
+
+    def finish(self, catalog: pd.DataFrame) -> pd.DataFrame:
+        out = self.out
+        for col, arr in self.values.items():
+            out[col] = arr
+        for col, arr in self.overrides.items():
+            dtype = catalog[col].dtype if col in catalog.columns else np.dtype(object)
+            try:
+                out[col] = arr if dtype == np.dtype(object) else pd.array(arr, dtype=dtype)
+            except (TypeError, ValueError):
+                out[col] = arr
+        return out
+
+
+def _many_frames(layout: _Layout) -> pd.DataFrame:
+    """One row per frame (or MOSAIC tile), with each frame's own values."""
+    catalog, counts = layout.catalog, layout.counts
+    frames = _Frames(layout)
+    errors = list(layout.errors)
+    # fsspec options of a remote catalog (dicomxr.sources), for reads a catalog made some
+    # other way still needs
     options = catalog.attrs.get("storage_options")
-    for i in np.flatnonzero(enhanced & (counts >= 1)):
-        rows = slice(int(starts[i]), int(starts[i] + counts[i]))
-        path = str(catalog["path"].iat[i])
-        try:
-            per_frame = _enhanced_frames(path, int(counts[i]), options)
-        except Exception as exc:  # keep the frames with file-level values, say why
-            logger.warning("cannot read the functional groups of %s: %s", path, exc)
-            errors.append({"path": path, "reason": f"functional groups unreadable: {exc}"})
-            continue
-        for col, vals in per_frame.items():
-            put(col, rows, vals)
-
+    for i in np.flatnonzero(layout.enhanced):
+        reason = _changed_since_scan(catalog, i) or _put_functional_groups(
+            frames, i, catalog["per_frame"].iat[i], int(counts[i])
+        )
+        if reason is not None:
+            path = str(catalog["path"].iat[i])
+            logger.warning("cannot use the functional groups of %s: %s", path, reason)
+            errors.append({"path": path, "reason": reason})
     # classic multi-frame files (RT Dose, some NM/US): frame positions from the Grid Frame
     # Offset Vector when the file has one
-    for i in np.flatnonzero(~enhanced & ~mosaic & (counts > 1)):
-        rows = slice(int(starts[i]), int(starts[i] + counts[i]))
-        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]), options)
+    for i in np.flatnonzero(~layout.enhanced & ~layout.mosaic & (counts > 1)):
+        positions = _grid_frame_positions(catalog.iloc[i], int(counts[i]))
         if positions is not None:
-            put("ImagePositionPatient", rows, positions)
-
-    for i in np.flatnonzero(mosaic):
-        rows = slice(int(starts[i]), int(starts[i] + counts[i]))
+            frames.put("ImagePositionPatient", frames.rows(i, int(counts[i])), positions)
+    for i in np.flatnonzero(layout.mosaic):
         row = catalog.iloc[i]
         try:
             tiles = vendor_mosaic.tiles(row, int(counts[i]), options)
@@ -289,19 +310,48 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
             errors.append({"path": str(row["path"]), "reason": f"MOSAIC not unpacked: {exc}"})
             continue
         for col, vals in tiles.items():
-            put(col, rows, vals)
-
-    for col, arr in values.items():
-        out[col] = arr
-    for col, arr in overrides.items():
-        dtype = catalog[col].dtype if col in catalog.columns else np.dtype(object)
-        try:
-            out[col] = arr if dtype == np.dtype(object) else pd.array(arr, dtype=dtype)
-        except (TypeError, ValueError):
-            out[col] = arr
+            frames.put(col, frames.rows(i, int(counts[i])), vals)
+    out = frames.finish(catalog)
     if errors:
         out.attrs["frame_errors"] = errors
     return out
+
+
+def _changed_since_scan(catalog: pd.DataFrame, i: int) -> str | None:
+    """Tell why row ``i``'s per-frame table no longer describes its file (gone or changed).
+
+    One ``stat``, no read: the table was read with the header, and a file replaced since
+    then may hold other frames.
+    """
+    if "file_size" not in catalog.columns or "mtime" not in catalog.columns:
+        return None
+    path = str(catalog["path"].iat[i])
+    if "://" in path:  # a remote object (dicomxr.sources): no stat to compare with
+        return None
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"functional groups unreadable: {exc.strerror or exc}"
+    if st.st_size != catalog["file_size"].iat[i] or st.st_mtime != catalog["mtime"].iat[i]:
+        return "functional groups unreadable: the file changed since the scan (scan it again)"
+    return None
+
+
+def _put_functional_groups(frames: _Frames, i: int, table: Any, count: int) -> str | None:
+    """Spread an enhanced file's per-frame table over its rows; the reason when it cannot."""
+    if isinstance(table, str):
+        return table
+    if not isinstance(table, dict):
+        return "functional groups unreadable: not read by the catalog"
+    for col, vals in table.items():
+        if len(vals) != count:
+            return (
+                f"functional groups unreadable: {len(vals)} per-frame values of {col} for "
+                f"NumberOfFrames {count}"
+            )
+    for col, vals in table.items():
+        frames.put(col, frames.rows(i, count), vals)
+    return None
 
 
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
@@ -376,37 +426,15 @@ def _as_object(vals: list[Any]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# enhanced multi-frame
-
-
-def _floats(value: Any) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
-            return (float(value),)
-        return tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
+# values
 
 
 def _float(value: Any) -> float | None:
-    vals = _floats(value)
-    if not vals:
-        return None
-    v = vals[0]
-    return v if math.isfinite(v) else None
-
-
-def _int(value: Any) -> int | None:
     try:
-        if value is None or value == "":
-            return None
-        if hasattr(value, "__len__") and not isinstance(value, str):
-            value = value[0]
-        return int(value)
+        v = float(value[0] if isinstance(value, (tuple, list)) else value)
     except (TypeError, ValueError, IndexError):
         return None
+    return v if math.isfinite(v) else None
 
 
 def _text(value: Any) -> str | None:
@@ -416,149 +444,6 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def _item(group: Any, keyword: str) -> Any:
-    seq = getattr(group, keyword, None) if group is not None else None
-    if seq is None:
-        return None
-    try:
-        return seq[0] if len(seq) else None
-    except TypeError:
-        return None
-
-
-def _frame_type_item(group: Any) -> Any:
-    if group is None:
-        return None
-    for elem in group:
-        if elem.VR == "SQ" and elem.keyword.endswith("FrameTypeSequence") and len(elem.value):
-            return elem.value[0]
-    return None
-
-
-def _philips_item(group: Any) -> Any:
-    if group is None:
-        return None
-    elem = group.get(_PHILIPS_PERFRAME)
-    if elem is None or elem.VR != "SQ" or not len(elem.value):
-        return None
-    return elem.value[0]
-
-
-def _enhanced_frames(
-    path: str, n_expected: int, storage_options: Any = None
-) -> dict[str, list[Any]]:
-    """Read the functional groups of an enhanced file; one value per frame per column."""
-    import pydicom
-
-    from dicomxr.sources import readable
-
-    with readable(path, storage_options) as source:
-        ds = pydicom.dcmread(source, stop_before_pixels=True)
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    shared_seq = ds.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq is not None and len(shared_seq) else None
-    n = len(per_frame) if per_frame is not None else 0
-    if n != n_expected:
-        raise ValueError(f"{n} per-frame functional group items for NumberOfFrames {n_expected}")
-    cols: dict[str, list[Any]] = {}
-
-    def setv(col: str, k: int, value: Any) -> None:
-        lst = cols.get(col)
-        if lst is None:
-            lst = cols[col] = [_MISSING] * n
-        lst[k] = value
-
-    for k, frame in enumerate(per_frame):
-
-        def grp(keyword: str, frame: Any = frame) -> Any:
-            item = _item(frame, keyword)
-            return item if item is not None else _item(shared, keyword)
-
-        item = grp("PlanePositionSequence")
-        if item is not None:
-            setv("ImagePositionPatient", k, _floats(item.get("ImagePositionPatient")))
-        item = grp("PlaneOrientationSequence")
-        if item is not None:
-            setv("ImageOrientationPatient", k, _floats(item.get("ImageOrientationPatient")))
-        item = grp("PixelMeasuresSequence")
-        if item is not None:
-            if "PixelSpacing" in item:
-                setv("PixelSpacing", k, _floats(item.PixelSpacing))
-            if "SliceThickness" in item:
-                setv("SliceThickness", k, _float(item.SliceThickness))
-            if "SpacingBetweenSlices" in item:
-                setv("SpacingBetweenSlices", k, _float(item.SpacingBetweenSlices))
-        item = grp("FrameContentSequence")
-        if item is not None:
-            setv("StackID", k, _text(item.get("StackID")))
-            setv("InStackPositionNumber", k, _int(item.get("InStackPositionNumber")))
-            setv("TemporalPositionIndex", k, _int(item.get("TemporalPositionIndex")))
-            div = item.get("DimensionIndexValues")
-            setv(
-                "DimensionIndexValues", k, tuple(int(v) for v in div) if _is_seq(div) else _int(div)
-            )
-            setv("FrameAcquisitionDateTime", k, _text(item.get("FrameAcquisitionDateTime")))
-        item = grp("PixelValueTransformationSequence")
-        if item is not None:
-            setv("RescaleSlope", k, _float(item.get("RescaleSlope")))
-            setv("RescaleIntercept", k, _float(item.get("RescaleIntercept")))
-            setv("RescaleType", k, _text(item.get("RescaleType")))
-        item = grp("FrameVOILUTSequence")
-        if item is not None:
-            setv("WindowCenter", k, _floats(item.get("WindowCenter")))
-            setv("WindowWidth", k, _floats(item.get("WindowWidth")))
-        item = grp("FrameAnatomySequence")
-        if item is not None and item.get("FrameLaterality") is not None:
-            setv("FrameLaterality", k, _text(item.FrameLaterality))
-        item = grp("MREchoSequence")
-        if item is not None and item.get("EffectiveEchoTime") is not None:
-            setv("EchoTime", k, _float(item.EffectiveEchoTime))
-        item = grp("CardiacSynchronizationSequence")
-        if item is not None and item.get("NominalCardiacTriggerDelayTime") is not None:
-            setv("TriggerTime", k, _float(item.NominalCardiacTriggerDelayTime))
-        item = grp("MRDiffusionSequence")
-        if item is not None:
-            setv("DiffusionBValue", k, _float(item.get("DiffusionBValue")))
-            setv("DiffusionDirectionality", k, _text(item.get("DiffusionDirectionality")))
-            direction = _item(item, "DiffusionGradientDirectionSequence")
-            if direction is not None:
-                setv(
-                    "DiffusionGradientOrientation",
-                    k,
-                    _floats(direction.get("DiffusionGradientOrientation")),
-                )
-        ftype = _frame_type_item(frame) or _frame_type_item(shared)
-        if ftype is not None:
-            setv("FrameType", k, tuple(str(v) for v in ftype.get("FrameType", ())) or None)
-            comp = _text(ftype.get("ComplexImageComponent"))
-            if comp in ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY"):
-                setv("ComplexImageComponent", k, comp)
-            else:
-                setv("ComplexImageComponent", k, component_from_image_type(ftype.get("FrameType")))
-        philips = _philips_item(frame)
-        if philips is not None:
-            # the classic-export values of this frame: keep InstanceNumber, echo, label type
-            # (ImagePositionPatient in this item is shifted by half a voxel: not used)
-            num = _int(philips.get("InstanceNumber"))
-            if num is not None:
-                setv("InstanceNumber", k, num)
-            echo = _int(philips.get("EchoNumbers"))
-            if echo is not None:
-                setv("EchoNumbers", k, echo)
-            tpi = _int(philips.get("TemporalPositionIdentifier"))
-            if tpi is not None:
-                setv("TemporalPositionIdentifier", k, tpi)
-            label = philips.get(_PHILIPS_LABEL_TYPE)
-            if label is not None:
-                setv("LabelType", k, _text(label.value))
-            if "ComplexImageComponent" not in cols or cols["ComplexImageComponent"][k] is _MISSING:
-                setv(
-                    "ComplexImageComponent", k, component_from_image_type(philips.get("ImageType"))
-                )
-    # columns only some frames had: the others keep None
-    return {col: [None if v is _MISSING else v for v in vals] for col, vals in cols.items()}
-
-
 class _Missing:
     __slots__ = ()
 
@@ -566,13 +451,7 @@ class _Missing:
 _MISSING = _Missing()
 
 
-def _is_seq(value: Any) -> bool:
-    return hasattr(value, "__len__") and not isinstance(value, (str, bytes))
-
-
-def _grid_frame_positions(
-    row: pd.Series, n_frames: int, storage_options: Any = None
-) -> list[tuple[float, ...]] | None:
+def _grid_frame_positions(row: pd.Series, n_frames: int) -> list[tuple[float, ...]] | None:
     """Per-frame positions of a classic multi-frame file from its GridFrameOffsetVector.
 
     Offsets run along the slice normal from ImagePositionPatient (PS3.3 C.8.8.3.2; in the
@@ -580,22 +459,10 @@ def _grid_frame_positions(
     first). ``None`` when the file has no usable vector.
     """
     ipp, iop = row.get("ImagePositionPatient"), row.get("ImageOrientationPatient")
-    if ipp is None or iop is None or isinstance(ipp, float) or isinstance(iop, float):
+    offsets = row.get("GridFrameOffsetVector")
+    if any(v is None or isinstance(v, float) for v in (ipp, iop, offsets)):
         return None
-    try:
-        import pydicom
-
-        from dicomxr.sources import readable
-
-        with readable(str(row["path"]), storage_options) as source:
-            ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=[0x3004000C])
-        offsets = ds.get("GridFrameOffsetVector")
-        if offsets is None:
-            return None
-        off = np.asarray([float(v) for v in offsets], dtype=np.float64)
-    except Exception as exc:  # no vector, or unreadable: frames keep the file's position
-        logger.debug("no GridFrameOffsetVector in %s: %s", row["path"], exc)
-        return None
+    off = np.asarray(offsets, dtype=np.float64)
     if len(off) != n_frames:
         logger.warning(
             "%s: GridFrameOffsetVector has %d values for %d frames; frame positions not set",
@@ -656,8 +523,8 @@ def _with_frame_problems(catalog: pd.DataFrame, problems: dict[int, str]) -> pd.
 def read_label_type(paths: list[str]) -> list[str | None]:
     """Read Philips' private ASL label type (2005,1429) of classic files.
 
-    The catalog does not hold it: :func:`dicomxr.series.plan_series` calls this only for a
-    Philips series whose frames share position, time and echo (pCASL label/control pairs).
+    The catalog holds it already (``LabelType``, read in its one header pass); this reads
+    it straight from files, an independent check of the catalog's value.
 
     Parameters
     ----------

@@ -524,19 +524,11 @@ def analyze_stack(
     GeometryReport
     """
     rtol, atol = _tolerances(rtol, atol)
-
-    def _num(v: Any) -> float | None:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            return None
-        return f if math.isfinite(f) else None
-
     rep = GeometryReport(
         n_slices=0 if positions is None else len(positions),
-        slice_thickness=_num(slice_thickness),
-        spacing_tag=_num(spacing_tag),
-        tilt_tag_deg=_num(tilt_tag),
+        slice_thickness=_finite(slice_thickness),
+        spacing_tag=_finite(spacing_tag),
+        tilt_tag_deg=_finite(tilt_tag),
         duplicate_positions=int(duplicate_positions),
         policy=policy,
     )
@@ -551,11 +543,7 @@ def analyze_stack(
         )
         return rep
     iop = np.asarray(orientation, dtype=np.float64).reshape(6)
-    normal = slice_normal(iop)
-    rep.orientation = tuple(float(v) for v in iop)
-    rep.normal = tuple(float(v) for v in normal)
-    rep.obliquity_deg = round(max(_angle_to_nearest_axis(v) for v in (iop[:3], iop[3:], normal)), 6)
-    rep.plane = _AXIS_NAMES[int(np.argmax(np.abs(normal)))]
+    normal = _measure_orientation(rep, iop)
     pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     if duplicate_positions:
         rep.issues.append(
@@ -564,9 +552,40 @@ def analyze_stack(
     if len(pos) < 2:
         _check_tilt_tag(rep)
         return rep
+    along_normal = pos @ normal
+    _measure_spacing(rep, np.diff(along_normal), rtol=rtol, atol=atol)
+    off_line = _measure_line(rep, pos, along_normal, atol=atol)
+    _measure_tilt(rep, pos, normal, iop)
+    _check_tilt_tag(rep)
+    # distance between neighbouring positions along the stack (differs from the spacing
+    # along the normal when the stack is tilted)
+    rep.step_mm = float(np.median(np.linalg.norm(np.diff(pos, axis=0), axis=1)))
+    _check_spacing_tag(rep, atol=atol)
+    rep.affine_exact = bool(rep.uniform and rep.missing_slices == 0 and not off_line)
+    return rep
 
-    d = pos @ normal
-    steps = np.diff(d)
+
+def _finite(v: Any) -> float | None:
+    """Read a recorded number as float; ``None`` when absent, not a number or not finite."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _measure_orientation(rep: GeometryReport, iop: np.ndarray) -> np.ndarray:
+    """Record the orientation, normal, plane and obliquity; return the slice normal."""
+    normal = slice_normal(iop)
+    rep.orientation = tuple(float(v) for v in iop)
+    rep.normal = tuple(float(v) for v in normal)
+    rep.obliquity_deg = round(max(_angle_to_nearest_axis(v) for v in (iop[:3], iop[3:], normal)), 6)
+    rep.plane = _AXIS_NAMES[int(np.argmax(np.abs(normal)))]
+    return normal
+
+
+def _measure_spacing(rep: GeometryReport, steps: np.ndarray, *, rtol: float, atol: float) -> None:
+    """Record the spacing along the normal, its gaps (whole missing slices) and uneven steps."""
     rep.spacing_min = float(steps.min())
     rep.spacing_median = float(np.median(steps))
     rep.spacing_max = float(steps.max())
@@ -596,20 +615,32 @@ def analyze_stack(
             f"max {rep.spacing_max:.4g} (uneven steps: {shown}{more})"
         )
 
-    # straight line through first and last slice; tilt from its direction
+
+def _measure_line(
+    rep: GeometryReport, pos: np.ndarray, along_normal: np.ndarray, *, atol: float
+) -> bool:
+    """Record how far the positions stray from the line through the first and last; True if off."""
     span = pos[-1] - pos[0]
-    along = d - d[0]
+    along = along_normal - along_normal[0]
     total = along[-1]
     if total > 0:
         fitted = pos[0] + np.outer(along / total, span)
         rep.max_off_line_mm = float(np.linalg.norm(pos - fitted, axis=1).max())
-    off_line = rep.max_off_line_mm > 10 * max(atol, 1e-3 * abs(med))
+    off_line = rep.max_off_line_mm > 10 * max(atol, 1e-3 * abs(rep.spacing_median or 0.0))
     rep.positions_on_line = not off_line
     if off_line:
         rep.issues.append(
             f"slice positions are not on a straight line (up to {rep.max_off_line_mm:.3g} mm off): "
             "no single affine fits every slice"
         )
+    return off_line
+
+
+def _measure_tilt(
+    rep: GeometryReport, pos: np.ndarray, normal: np.ndarray, iop: np.ndarray
+) -> None:
+    """Record the tilt: the angle between the stack's direction and the slice normal."""
+    span = pos[-1] - pos[0]
     direction = span / np.linalg.norm(span)
     cosang = float(np.clip(direction @ normal, -1.0, 1.0))
     angle = math.degrees(math.acos(cosang))
@@ -620,26 +651,23 @@ def analyze_stack(
             f"stack is tilted {rep.tilt_deg:+.2f}° from the slice normal (gantry tilt): "
             "the affine is sheared so that every slice keeps its acquired position"
         )
-    _check_tilt_tag(rep)
-    # distance between neighbouring positions along the stack (differs from the spacing
-    # along the normal when the stack is tilted)
-    rep.step_mm = float(np.median(np.linalg.norm(np.diff(pos, axis=0), axis=1)))
-    if rep.spacing_tag is not None and rep.uniform:
-        if abs(rep.spacing_tag - med) <= max(atol, 0.01 * med):
-            rep.spacing_tag_agrees = True
-        else:
-            rep.spacing_tag_agrees = False
-            along = abs(rep.spacing_tag - rep.step_mm) <= max(atol, 0.01 * rep.step_mm)
-            rep.issues.append(
-                f"SpacingBetweenSlices tag says {rep.spacing_tag:.4g} mm, the positions {med:.4g} mm along the normal"
-                + (
-                    f" ({rep.step_mm:.4g} mm along the tilted stack)"
-                    if along and rep.tilted
-                    else ""
-                )
-            )
-    rep.affine_exact = bool(rep.uniform and rep.missing_slices == 0 and not off_line)
-    return rep
+
+
+def _check_spacing_tag(rep: GeometryReport, *, atol: float) -> None:
+    """Compare SpacingBetweenSlices with the spacing the positions give (uniform stacks)."""
+    med = rep.spacing_median
+    if rep.spacing_tag is None or not rep.uniform or med is None:
+        return
+    if abs(rep.spacing_tag - med) <= max(atol, 0.01 * med):
+        rep.spacing_tag_agrees = True
+        return
+    rep.spacing_tag_agrees = False
+    step = rep.step_mm or 0.0
+    along = abs(rep.spacing_tag - step) <= max(atol, 0.01 * step)
+    rep.issues.append(
+        f"SpacingBetweenSlices tag says {rep.spacing_tag:.4g} mm, the positions {med:.4g} mm along the normal"
+        + (f" ({step:.4g} mm along the tilted stack)" if along and rep.tilted else "")
+    )
 
 
 def _check_tilt_tag(rep: GeometryReport) -> None:

@@ -25,6 +25,10 @@ This is the layout dcm2niix (``nii_demosaic``, ``set_nii_header_x``) and the ven
 (dcm2niix ``UIH/README.md``) describe. An image that claims to be a mosaic but cannot be
 unpacked (no tile count, a grid that does not divide the image) is never kept as one plain
 image: :func:`dicomxr.frames.expand` sets it apart with the reason :func:`layout` gives.
+dcm2niix goes one step further for a MOSAIC without any count (Siemens XA10 mosaics, issue
+337 there): it guesses an upper bound from AcquisitionMatrix (0018,1310) and keeps the blank
+tiles as slices, with a warning; dicomxr does not guess a slice count, it sets such an image
+apart.
 """
 
 from __future__ import annotations
@@ -176,8 +180,8 @@ def _siemens_positions(
         + iop[:3] * col_sp * (cols - grid.tile_cols) / 2
     )
     normal = np.cross(iop[:3], iop[3:])
-    csa_normal = csa_slice_normal(str(row["path"]), storage_options)
-    if csa_normal is not None and float(csa_normal @ normal) < 0:
+    csa_normal = _row_value(row, "SliceNormalVector", csa_slice_normal, storage_options)
+    if csa_normal is not None and float(np.asarray(csa_normal, float) @ normal) < 0:
         normal = -normal  # tiles are stored in the order of Siemens' SliceNormalVector
     return _line(first, normal, _step(row), n_tiles)
 
@@ -186,9 +190,9 @@ def _uih_positions(
     row: Any, n_tiles: int, storage_options: Any = None
 ) -> list[tuple[float, ...]] | None:
     """UIH: the stored position is the first tile's; the VFrame sequence lists every tile's."""
-    listed = uih_tile_positions(str(row["path"]), storage_options)
+    listed = _row_value(row, "tile_positions", uih_tile_positions, storage_options)
     if listed is not None and len(listed) == n_tiles:
-        return listed
+        return list(listed)
     if listed is not None:
         logger.warning(
             "%s: the UIH VFrame sequence lists %d positions for %d tiles; "
@@ -200,6 +204,18 @@ def _uih_positions(
         return None
     ipp, iop, _ = geo
     return _line(ipp, np.cross(iop[:3], iop[3:]), _step(row), n_tiles)
+
+
+def _row_value(row: Any, column: str, read: Any, storage_options: Any) -> Any:
+    """Return the catalog's value of ``column`` (read in the scan's one header pass).
+
+    A row without the column (a catalog made some other way) has ``read(path)`` read it.
+    """
+    try:
+        value = row[column]
+    except KeyError:
+        return read(str(row["path"]), storage_options)
+    return None if value is None or isinstance(value, float) else value
 
 
 def csa_slice_normal(path: str, storage_options: Any = None) -> np.ndarray | None:

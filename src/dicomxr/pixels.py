@@ -30,7 +30,9 @@ returned through their lookup table as RGB (``pydicom.pixels.apply_color_lut``),
 
 Rescale (modality LUT) is separate: :func:`rescale_dtype` picks the output dtype for a set of
 slope/intercept pairs (an integer dtype when the transform is exact and fits, ``float32``
-otherwise) and :func:`apply_rescale` applies one pair to a frame.
+otherwise) and :func:`apply_rescale` applies one pair to a frame; :func:`apply_value_mapping`
+applies a Real World Value Mapping item (a slope or a lookup table over a range of stored
+values; see :mod:`dicomxr.scaling`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ __all__ = [
     "FrameRef",
     "PixelDataError",
     "apply_rescale",
+    "apply_value_mapping",
     "file_frame_refs",
     "frame_dtype",
     "frame_shape",
@@ -989,4 +992,41 @@ def apply_rescale(
     if intercept:
         np.add(wide, intercept, out=wide)
     np.copyto(out, wide, casting="unsafe")
+    return out
+
+
+def apply_value_mapping(
+    arr: np.ndarray,
+    first: float,
+    last: float,
+    dtype: Any,
+    *,
+    lut: np.ndarray | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Apply a Real World Value Mapping item to stored values; NaN where it maps nothing.
+
+    ``lut[v - first]`` for a lookup table, ``v * slope + intercept`` (in float64, rounded
+    once) otherwise, for stored values ``first <= v <= last``; other values have no real-world
+    value and become NaN (``dtype`` must be a float dtype).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"real-world values need a float dtype, not {dtype}")
+    if out is None:
+        out = np.empty(arr.shape, dtype=dtype)
+    values = arr.astype(np.float64, copy=False)
+    inside = (values >= first) & (values <= last)
+    if lut is not None:
+        index = np.where(inside, values - (first if math.isfinite(first) else 0), 0)
+        index = index.astype(np.int64)
+        inside &= (index >= 0) & (index < len(lut))
+        wide = np.asarray(lut, dtype=np.float64)[np.clip(index, 0, max(len(lut) - 1, 0))]
+    else:
+        wide = values * float(slope)
+        if intercept:
+            wide = wide + float(intercept)
+    np.copyto(out, np.where(inside, wide, np.nan), casting="unsafe")
     return out

@@ -740,6 +740,7 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
             reason[i] = str(problem[i])
     rows, columns = cols.num("Rows"), cols.num("Columns")
     reason[~((rows > 0) & (columns > 0)) & _free(reason)] = "no image size (Rows/Columns missing)"
+    _mark_unreadable_layout(cols, reason)
     if "secondary_capture" not in include:
         sc = np.array([s in _SECONDARY_CAPTURE for s in sop], dtype=bool)
         reason[sc & _free(reason)] = (
@@ -750,7 +751,26 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
         loc = _localizer_flags(image_type)
         reason[loc & _free(reason)] = "localizer (scout image); plan it with include=['localizer']"
     _mark_lost_geometry(cols, reason)
+    _mark_odd_instances(cols, reason)
     return reason
+
+
+def _mark_unreadable_layout(cols: _Columns, reason: np.ndarray) -> None:
+    """Set apart frames whose pixel layout no reader can decode (BitsAllocated 0, 12, 65535...).
+
+    Such a header would otherwise stop the whole series when its array is made.
+    """
+    if not cols.has("BitsAllocated"):
+        return
+    bits = cols.num("BitsAllocated")
+    stored = cols.num("BitsStored") if cols.has("BitsStored") else np.full(cols.n, np.nan)
+    free = _free(reason)
+    bad_alloc = ~np.isin(bits, (1, 8, 16, 32, 64)) & ~np.isnan(bits) & free
+    for i in np.flatnonzero(bad_alloc):
+        reason[i] = f"BitsAllocated {bits[i]:g} is not a pixel layout (1, 8, 16, 32 or 64)"
+    bad_stored = ~np.isnan(stored) & ((stored < 1) | (stored > bits)) & _free(reason)
+    for i in np.flatnonzero(bad_stored):
+        reason[i] = f"BitsStored {stored[i]:g} does not fit BitsAllocated {bits[i]:g}"
 
 
 def _has_value(values: np.ndarray) -> np.ndarray:
@@ -801,6 +821,73 @@ def _mark_lost_geometry(cols: _Columns, reason: np.ndarray) -> None:
             reason[i] = (
                 "no valid PixelSpacing (missing, zero, negative or not a number) while the "
                 "rest of its series has one: lost geometry"
+            )
+
+
+#: an instance is an odd one out only next to this many instances that agree
+_ODD_MAJORITY = 3
+
+
+def _mark_odd_instances(cols: _Columns, reason: np.ndarray) -> None:
+    """Set apart a lone instance whose image size or in-plane geometry differs from its series.
+
+    One file of a series whose Rows, Columns, SamplesPerPixel, PixelSpacing or orientation
+    differs from at least :data:`_ODD_MAJORITY` other instances that agree with each other
+    (a damaged or mislabelled file, a lying header) would otherwise make a plan of its own
+    next to the series', and ``open_series(series=uid)`` would stop at two plans. Groups of
+    two or more instances stay plans of their own (a real second stack).
+    """
+    free = np.flatnonzero(_free(reason))
+    needed = ("SeriesInstanceUID", "Rows", "Columns", "path")
+    if len(free) <= _ODD_MAJORITY or not all(cols.has(n) for n in needed):
+        return
+    series = _combine(
+        _codes(cols.obj("SeriesInstanceUID")[free]),
+        _codes(cols.obj("SOPClassUID")[free])
+        if cols.has("SOPClassUID")
+        else np.zeros(len(free), np.int64),
+        _codes(cols.obj("SeriesNumber")[free])
+        if cols.has("SeriesNumber")
+        else np.zeros(len(free), np.int64),
+    )
+    spp = (
+        np.nan_to_num(cols.num("SamplesPerPixel")[free], nan=1.0)
+        if cols.has("SamplesPerPixel")
+        else np.ones(len(free))
+    )
+    iop = _cluster_rows(np.nan_to_num(cols.vec("ImageOrientationPatient", 6)[free], nan=9.0), 1e-3)
+    spacing = _cluster_rows(np.nan_to_num(cols.vec("PixelSpacing", 2)[free], nan=-1.0), 1e-4)
+    geo = np.column_stack(
+        [
+            np.nan_to_num(cols.num("Rows")[free], nan=-1),
+            np.nan_to_num(cols.num("Columns")[free], nan=-1),
+            spp,
+            iop,
+            spacing,
+        ]
+    )
+    _, geo_code = np.unique(geo, axis=0, return_inverse=True)
+    geo_code = geo_code.reshape(-1)
+    paths = cols.obj("path")[free]
+    for code in np.unique(series):
+        members = np.flatnonzero(series == code)
+        kinds = np.unique(geo_code[members])
+        if len(kinds) < 2:
+            continue
+        files = {k: {paths[j] for j in members[geo_code[members] == k]} for k in kinds}
+        major = max(kinds, key=lambda k: len(files[k]))
+        if len(files[major]) < _ODD_MAJORITY:
+            continue
+        m = free[members[geo_code[members] == major][0]]
+        for k in kinds:
+            if k == major or len(files[k]) != 1:
+                continue
+            odd = free[members[geo_code[members] == k]]
+            what = ", ".join(_what_differs(cols, odd[0], [odd[0], m]))
+            usual = ", ".join(_what_differs(cols, m, [odd[0], m]))
+            reason[odd] = (
+                f"odd one out: {what} where the {len(files[major])} other instances of its "
+                f"series have {usual} (a damaged or mislabelled file is not made a series)"
             )
 
 
@@ -1320,18 +1407,6 @@ def _discover_dims(
     rows, slice_id, n_slices = placed.rows, slices.slice_id, slices.n_slices
     cand = _kind_candidates(cols, rows)
     useful = _useful_kinds(cand, slice_id, n_slices)
-    if (
-        _has_duplicates(cand, useful, slice_id)
-        and "label" not in useful
-        and _is_philips(cols, rows)
-        and _label_type_unread(cand["label"])
-    ):
-        from dicomxr.frames import read_label_type
-
-        labels = np.empty(len(rows), dtype=object)
-        labels[:] = read_label_type([str(p) for p in cols.obj("path")[rows]])
-        cand["label"] = labels
-        useful = _useful_kinds(cand, slice_id, n_slices)
     sources = _kind_sources(cols, rows)
     dims = [_make_dim(k, cand[k], placed.order_key, sources[k]) for k in _KIND_ORDER if k in useful]
     copies = None
@@ -1506,7 +1581,7 @@ def _irregular_policy(
                 (
                     grid.rows[np.isin(in_grid, np.arange(grid.n_slices)[sl])],
                     f"regular block {k} of {len(pieces)}",
-                    "warn",
+                    "split",  # recorded in each block's report; a regular block is not split again
                 )
                 for k, sl in enumerate(pieces, 1)
             ]
@@ -1601,20 +1676,6 @@ def _build_grid(
     return grid_flat.reshape(shape), grid_order
 
 
-def _is_philips(cols: _Columns, rows: np.ndarray) -> bool:
-    man = cols.obj("Manufacturer")[rows[0]]
-    return isinstance(man, str) and "philips" in man.lower()
-
-
-def _label_type_unread(labels: np.ndarray) -> bool:
-    """Tell whether the ASL label type is unknown because nobody read it (classic Philips files)."""
-    if any(v is not None for v in labels):
-        return False
-    from dicomxr import catalog
-
-    return "LabelType" not in getattr(catalog, "COLUMNS", ())
-
-
 def _useful_kinds(cand: dict[str, np.ndarray], slice_id: np.ndarray, n_slices: int) -> list[str]:
     """Kinds whose values differ between frames at one position."""
     useful = []
@@ -1627,12 +1688,6 @@ def _useful_kinds(cand: dict[str, np.ndarray], slice_id: np.ndarray, n_slices: i
             useful.append(kind)
     # the same partition under two names (echo number and echo time): keep the first
     return useful
-
-
-def _has_duplicates(cand: dict[str, np.ndarray], useful: list[str], slice_id: np.ndarray) -> bool:
-    codes = [_codes(cand[k]) for k in useful]
-    cell = _combine(*codes, slice_id) if codes else slice_id
-    return len(np.unique(cell)) < len(slice_id)
 
 
 def _cells_with_duplicates(cell: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ __all__ = [
     "key_value",
     "read_header",
     "requested_fields",
+    "scaling_fields",
     "siemens_csa_fields",
     "slice_timing",
 ]
@@ -161,7 +162,7 @@ def requested_fields(ds: Any, keys: Sequence[str]) -> dict[str, Any]:
     keys
         Key names as :func:`dicomxr._keys.resolve_keys` gives them.
     """
-    from dicomxr._keys import _normalise, resolve_keys, value_from_pydicom
+    from dicomxr._keys import normalise_value, resolve_keys, value_from_pydicom
 
     out: dict[str, Any] = {}
     groups = None
@@ -170,7 +171,7 @@ def requested_fields(ds: Any, keys: Sequence[str]) -> dict[str, Any]:
         if value is None and not (key.tag >> 16) & 1:
             if groups is None:
                 groups = _functional_groups(ds)
-            value = _normalise(_find(ds, key.name, groups)) if groups else None
+            value = normalise_value(_find(ds, key.name, groups)) if groups else None
         if value is not None:
             out[key.name] = list(value) if isinstance(value, tuple) else value
     return out
@@ -353,11 +354,60 @@ def bids_sidecar(
         direction = _phase_encoding_direction(fields, axis)
         if direction is not None:
             out["PhaseEncodingDirection"] = direction
+    out.update(scaling_fields(da, fields))
     if "SeriesInstanceUID" in da.attrs:
         out["SeriesInstanceUID"] = da.attrs["SeriesInstanceUID"]
     out["ConversionSoftware"] = "dicomxr"
     out["ConversionSoftwareVersion"] = __version__
     return out
+
+
+def scaling_fields(da: xr.DataArray, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return the intensity scaling of ``da`` under the names dcm2niix writes in sidecars.
+
+    ``PhilipsRescaleSlope``, ``PhilipsRescaleIntercept``, ``PhilipsScaleSlope`` and
+    ``UsePhilipsFloatNotDisplayScaling`` (1: the image holds precise values, 0: display
+    values) for a Philips series with a Scale Slope; ``PhilipsRWVSlope`` /
+    ``PhilipsRWVIntercept`` where a Real World Value Mapping exists; plus dicomxr's own
+    ``IntensityScaling`` (``display``, ``precise``, ``real_world``) and, for real-world
+    values, ``Units``. A value that differs between the volumes of the image is a list
+    (dcm2niix would split the file).
+    """
+    out: dict[str, Any] = {}
+    scaling = da.attrs.get("scaling")
+    if scaling:
+        out["IntensityScaling"] = scaling
+    manufacturer = str(da.attrs.get("Manufacturer") or (fields or {}).get("Manufacturer") or "")
+    scale = _one_or_list(da, "PhilipsScaleSlope")
+    if scale is not None and "PHILIPS" in manufacturer.upper():
+        rescale = _one_or_list(da, "RescaleSlope")
+        intercept = _one_or_list(da, "RescaleIntercept")
+        out["PhilipsRescaleSlope"] = 1.0 if rescale is None else rescale
+        out["PhilipsRescaleIntercept"] = 0.0 if intercept is None else intercept
+        out["PhilipsScaleSlope"] = scale
+        out["UsePhilipsFloatNotDisplayScaling"] = int(scaling == "precise")
+    rwv = _one_or_list(da, "RealWorldValueSlope")
+    if rwv is not None:
+        out["PhilipsRWVSlope"] = rwv
+        out["PhilipsRWVIntercept"] = _one_or_list(da, "RealWorldValueIntercept") or 0.0
+    if scaling == "real_world" and da.attrs.get("units"):
+        out["Units"] = da.attrs["units"]
+    return out
+
+
+def _one_or_list(da: xr.DataArray, name: str) -> float | list[float] | None:
+    """Return an attr, or a coordinate's distinct finite values (one: a float), or None."""
+    if name in da.coords:
+        values = _coordinate_values(da, name)
+        if values is None:
+            return None
+        return values[0] if len(values) == 1 else values
+    value = da.attrs.get(name)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
 
 
 def _coordinate_values(da: xr.DataArray, name: str) -> list[float] | None:

@@ -17,7 +17,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,15 +135,16 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _run(fn: Any, args: argparse.Namespace) -> int:
+    from dicomxr._cli_common import print_error
     from dicomxr.net.errors import NetError
 
     try:
         return fn(args)
     except NetError as exc:
-        print(f"dicomxr {args.command}: {exc}", file=sys.stderr)
+        print_error(args.command, exc)
         return 1
     except ValueError as exc:
-        print(f"dicomxr {args.command}: {exc}", file=sys.stderr)
+        print_error(args.command, exc)
         return 2
 
 

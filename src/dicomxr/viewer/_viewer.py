@@ -226,7 +226,6 @@ class Viewer(widgets.VBox):
         raise ValueError(f"unknown view {name!r}; choose one of {[*self._by_name, ORTHOGONAL]}")
 
     def _build_widgets(self) -> None:
-        sizes = self.volume.sizes
         self._title = widgets.HTML(self._title_html())
         names = [self.planes[d].name for d in SPATIAL]
         self._view_w = widgets.ToggleButtons(
@@ -234,6 +233,20 @@ class Viewer(widgets.VBox):
             description="view",
             style={"button_width": "80px"},
         )
+        self._build_window_controls()
+        self._build_planes()
+        self._build_sliders()
+        self._meta = widgets.HTML()
+        self._meta.add_class("dicomxr-metadata")
+        self._meta_box = widgets.Accordion(children=[self._meta])
+        self._meta_box.set_title(0, "metadata of the frame on screen")
+        self._status = widgets.HTML()
+        self._status.add_class("dicomxr-status")
+        self._link_controls()
+        self._arrange()
+
+    def _build_window_controls(self) -> None:
+        """Make the window controls: preset, level, width, colormap, reset, overlay opacity."""
         self._preset_w = widgets.Dropdown(
             options=[*self.presets, "auto", "custom"],
             description="window",
@@ -268,6 +281,9 @@ class Viewer(widgets.VBox):
         self._reset_w = widgets.Button(description="reset", icon="undo", layout={"width": "90px"})
         self._reset_w.on_click(lambda _b: self.reset())
         self._opacity_w = widgets.FloatSlider(min=0, max=1, step=0.05, description="overlay")
+
+    def _build_planes(self) -> None:
+        """Make one panel per plane: a caption, the picture under a layer for the crosshair."""
         self._images: dict[str, widgets.Image] = {}
         self._captions: dict[str, widgets.HTML] = {}
         self._panels: dict[str, widgets.VBox] = {}
@@ -293,6 +309,10 @@ class Viewer(widgets.VBox):
             self._panels[d] = widgets.VBox([cap, stack], layout={"margin": "0 6px 0 0"})
             self._attach_click(d, layer)
         self._image_box = widgets.HBox()
+
+    def _build_sliders(self) -> None:
+        """Make a slider per spatial dim (counted from 0), a selection slider per extra dim."""
+        sizes = self.volume.sizes
         self._sliders: dict[str, Any] = {}
         for d in SPATIAL:
             # counts from 0 like the index (da.isel(slice=k)), as every caption and title does
@@ -320,19 +340,18 @@ class Viewer(widgets.VBox):
             self._extra_w[d] = s
             self._extra_info[d] = widgets.HTML()
             self._extra_info[d].add_class(f"dicomxr-info-{d}")
-        self._meta = widgets.HTML()
-        self._meta.add_class("dicomxr-metadata")
-        self._meta_box = widgets.Accordion(children=[self._meta])
-        self._meta_box.set_title(0, "metadata of the frame on screen")
-        self._status = widgets.HTML()
-        self._status.add_class("dicomxr-status")
-        # links: widget -> trait
+
+    def _link_controls(self) -> None:
+        """Link each control to its trait (widget -> trait)."""
         self._view_w.observe(lambda ch: setattr(self, "view", ch["new"]), "value")
         self._preset_w.observe(self._on_preset_widget, "value")
         self._level_w.observe(lambda ch: self._set_window_by_hand(level=ch["new"]), "value")
         self._width_w.observe(lambda ch: self._set_window_by_hand(window=ch["new"]), "value")
         self._cmap_w.observe(lambda ch: setattr(self, "colormap", ch["new"]), "value")
         self._opacity_w.observe(lambda ch: setattr(self, "overlay_opacity", ch["new"]), "value")
+
+    def _arrange(self) -> None:
+        """Lay the controls out: title, toolbars, planes, sliders, metadata, status."""
         toolbar = [self._view_w]
         window_row = [self._preset_w, self._level_w, self._width_w]
         style_row = [self._cmap_w, self._reset_w]

@@ -141,8 +141,6 @@ def montage(
     >>> da = dicomxr.open_series(dicomxr.data.sample_path())  # doctest: +SKIP
     >>> montage(da, n=8, isel={"time": 1}).save("pcasl.png")  # doctest: +SKIP
     """
-    from matplotlib.figure import Figure
-
     vol = Volume(as_image(obj))
     attrs = attrs_with_affine(vol.da)
     planes = planes_from_affine(attrs)
@@ -156,31 +154,9 @@ def montage(
     if unknown:
         raise ValueError(f"isel names {sorted(unknown)}, but the extra dims are {list(vol.extra)}")
     extra_idx = tuple(int(isel.get(d, 0)) for d in vol.extra)
-    size = vol.sizes[dim]
-    if indices is None:
-        k = max(1, min(int(n), size))
-        indices = (
-            sorted({round(x) for x in np.linspace(0, size - 1, k + 2)[1:-1]})
-            if k < size
-            else list(range(size))
-        )
-    indices = [int(i) for i in indices]
-    bad = [i for i in indices if not 0 <= i < size]
-    if bad:
-        raise IndexError(f"indices {bad} out of range 0..{size - 1} along {dim!r}")
+    indices = _montage_indices(indices, n, vol.sizes[dim], dim)
     ov = Volume(as_image(overlay)) if overlay is not None else None
-
-    # the window of the volume shown, at its middle slice: the frame the viewer opens on
-    at = {**dict(zip(vol.extra, extra_idx, strict=True)), "slice": vol.sizes["slice"] // 2}
-    w = intensity.resolve_window(vol.da, preset, at=at)
-    if level is not None or window is not None:
-        w = intensity.Window(
-            float(level) if level is not None else w.center,
-            float(window) if window is not None else w.width,
-            "custom",
-            w.function,
-        )
-    center, width = w.center, w.width
+    w = _montage_window(vol, extra_idx, preset, level, window)
     invert = intensity.is_inverted(attrs)
     other = tuple(d for d in SPATIAL if d != dim)
     if dim == "slice":
@@ -195,8 +171,8 @@ def montage(
         tiles.append(
             render(
                 values,
-                center=center,
-                width=width,
+                center=w.center,
+                width=w.width,
                 cmap=colormap,
                 invert=invert,
                 function=w.function,
@@ -204,6 +180,70 @@ def montage(
                 opacity=overlay_opacity,
             )
         )
+    fig, axes = _tile_figure(
+        vol, pl, dim, indices, tiles, ncols=ncols, tile_inches=tile_inches, dpi=dpi,
+        edges=_plane_letters(attrs, pl) if letters else None,
+    )  # fmt: skip
+    fig.suptitle(_montage_title(attrs, vol.extra, extra_idx, w), color="white", fontsize=9)
+    fig.tight_layout()
+    if colorbar:
+        _window_colorbar(fig, axes, w.center, w.width, colormap, invert, attrs)
+    result = Montage(fig, tiles, indices, w)
+    if path is not None:
+        result.save(path)
+    return result
+
+
+def _montage_indices(indices: Sequence[int] | None, n: int, size: int, dim: str) -> list[int]:
+    """Pick the planes to draw: ``indices`` as given, else ``n`` spread evenly in the stack."""
+    if indices is None:
+        k = max(1, min(int(n), size))
+        indices = (
+            sorted({round(x) for x in np.linspace(0, size - 1, k + 2)[1:-1]})
+            if k < size
+            else list(range(size))
+        )
+    indices = [int(i) for i in indices]
+    bad = [i for i in indices if not 0 <= i < size]
+    if bad:
+        raise IndexError(f"indices {bad} out of range 0..{size - 1} along {dim!r}")
+    return indices
+
+
+def _montage_window(
+    vol: Volume,
+    extra_idx: tuple[int, ...],
+    preset: str | None,
+    level: float | None,
+    window: float | None,
+) -> intensity.Window:
+    """Resolve the window of the volume shown, at its middle slice (where the viewer opens)."""
+    at = {**dict(zip(vol.extra, extra_idx, strict=True)), "slice": vol.sizes["slice"] // 2}
+    w = intensity.resolve_window(vol.da, preset, at=at)
+    if level is None and window is None:
+        return w
+    return intensity.Window(
+        float(level) if level is not None else w.center,
+        float(window) if window is not None else w.width,
+        "custom",
+        w.function,
+    )
+
+
+def _tile_figure(
+    vol: Volume,
+    pl: Plane,
+    dim: str,
+    indices: list[int],
+    tiles: list[np.ndarray],
+    *,
+    ncols: int | None,
+    tile_inches: float,
+    dpi: int,
+    edges: Any,
+) -> tuple[Any, list[Any]]:
+    """Lay the tiles out on a black figure, in millimetres, each with its title and letters."""
+    from matplotlib.figure import Figure
 
     count = len(tiles)
     cols = int(ncols) if ncols else int(np.ceil(np.sqrt(count)))
@@ -213,7 +253,7 @@ def montage(
     tile_w = tile_inches * min(1.0, w_mm / h_mm)
     tile_h = tile_inches * min(1.0, h_mm / w_mm)
     fig = Figure(figsize=(cols * tile_w, rows * (tile_h + 0.25)), dpi=dpi, facecolor="black")
-    edges = _plane_letters(attrs, pl) if letters else None
+    size = vol.sizes[dim]
     axes = []
     for k, (i, rgb) in enumerate(zip(indices, tiles, strict=True)):
         ax = fig.add_subplot(rows, cols, k + 1)
@@ -223,26 +263,25 @@ def montage(
         if edges is not None:
             draw_edge_letters(ax, edges)
         axes.append(ax)
+    return fig, axes
+
+
+def _montage_title(
+    attrs: Mapping[str, Any],
+    extra: Sequence[str],
+    extra_idx: tuple[int, ...],
+    w: intensity.Window,
+) -> str:
+    """Title the montage: modality, series number and description, extra indices, window."""
     title = " · ".join(
         str(attrs[k])
         for k in ("Modality", "SeriesNumber", "SeriesDescription")
         if attrs.get(k) not in (None, "")
     )
-    extra = ", ".join(f"{d}={i}" for d, i in zip(vol.extra, extra_idx, strict=True))
-    fig.suptitle(
-        " ".join(
-            x for x in (title, f"({extra})" if extra else "", f"L/W {center:.4g}/{width:.4g}") if x
-        ),
-        color="white",
-        fontsize=9,
+    shown = ", ".join(f"{d}={i}" for d, i in zip(extra, extra_idx, strict=True))
+    return " ".join(
+        x for x in (title, f"({shown})" if shown else "", f"L/W {w.center:.4g}/{w.width:.4g}") if x
     )
-    fig.tight_layout()
-    if colorbar:
-        _window_colorbar(fig, axes, center, width, colormap, invert, attrs)
-    result = Montage(fig, tiles, indices, w)
-    if path is not None:
-        result.save(path)
-    return result
 
 
 def _tile_title(da: Any, name: str, dim: str, index: int, size: int) -> str:

@@ -1,4 +1,4 @@
-"""Views of an :class:`~dicomxr.anatomy.Anatomy`: hex view, terminal dump, side-by-side.
+"""Views of a walk (:class:`~dicomxr.teaching.walk.FileWalk`): hex view, terminal dump, side-by-side.
 
 An annotated HTML hex view, a terminal dump, and the implicit / explicit VR side-by-side.
 
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from dicomxr.anatomy import Anatomy, Node
+    from dicomxr.teaching.walk import FileWalk, Node
 
-__all__ = ["EncodingComparison", "compare_encodings", "render_html", "render_text"]
+__all__ = ["EncodingComparison", "render_html", "render_text"]
 
 CSS = """
 .dxr-anatomy{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;
@@ -103,7 +103,7 @@ _ANSI = {
 
 
 @contextmanager
-def _reader(a: Anatomy) -> Iterator[Callable[[int, int, str], bytes]]:
+def _reader(a: FileWalk) -> Iterator[Callable[[int, int, str], bytes]]:
     """Open the file once for a whole rendering."""
     fh = None
     if a.source is not None and a._bytes is None:
@@ -221,7 +221,7 @@ def _legend() -> str:
     )
 
 
-def _summary_html(a: Anatomy) -> str:
+def _summary_html(a: FileWalk) -> str:
     e = html.escape
     lines = a.summary().splitlines()
     items = []
@@ -240,7 +240,7 @@ def _summary_html(a: Anatomy) -> str:
 
 
 def render_html(
-    a: Anatomy,
+    a: FileWalk,
     *,
     max_elements: int | None = 400,
     max_value_bytes: int = 32,
@@ -317,7 +317,7 @@ def _c(text: str, code: str, color: bool) -> str:
 
 
 def render_text(
-    a: Anatomy,
+    a: FileWalk,
     *,
     color: bool = True,
     max_elements: int | None = None,
@@ -419,7 +419,7 @@ class EncodingComparison:
         What was left out (e.g. encapsulated pixel data, which implicit VR cannot carry).
     """
 
-    def __init__(self, implicit: Anatomy, explicit: Anatomy, notes: list[str]):
+    def __init__(self, implicit: FileWalk, explicit: FileWalk, notes: list[str]):
         self.implicit = implicit
         self.explicit = explicit
         self.notes = notes
@@ -546,7 +546,7 @@ def _why(ni: Node, nx: Node) -> tuple[str, bool]:
     return "; ".join(reasons), value_differs
 
 
-def _pair(implicit: Anatomy, explicit: Anatomy) -> list[dict[str, Any]]:
+def _pair(implicit: FileWalk, explicit: FileWalk) -> list[dict[str, Any]]:
     ni_all = [n for n in implicit.walk() if n.header_length]
     nx_all = [n for n in explicit.walk() if n.header_length]
     if len(ni_all) != len(nx_all):
@@ -579,60 +579,3 @@ def _pair(implicit: Anatomy, explicit: Anatomy) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def compare_encodings(dataset_or_path: Any) -> EncodingComparison:
-    """Write one dataset as implicit and explicit VR little endian and show what differs.
-
-    Parameters
-    ----------
-    dataset_or_path
-        A :class:`pydicom.Dataset` or a path to a DICOM file (read with pydicom).
-
-    Returns
-    -------
-    EncodingComparison
-        Both walks, one row per element with the bytes that differ and why; displays as a
-        side-by-side table in a notebook, as text with ``print``.
-
-    Notes
-    -----
-    Only the dataset is written (no preamble, no file meta), so offsets start at 0 in both.
-    Encapsulated (compressed) pixel data cannot be written in implicit VR and is left out.
-    """
-    import copy
-
-    import pydicom
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    from dicomxr.anatomy import anatomy
-
-    notes: list[str] = []
-    if isinstance(dataset_or_path, pydicom.Dataset):
-        ds = copy.deepcopy(dataset_or_path)
-    else:
-        ds = pydicom.dcmread(dataset_or_path, force=True)
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
-        if tag in ds and (
-            (ts is not None and ts.is_compressed) or getattr(ds[tag], "is_undefined_length", False)
-        ):
-            del ds[tag]
-            notes.append("encapsulated pixel data left out: implicit VR cannot carry it")
-    if hasattr(ds, "file_meta"):
-        ds.file_meta = pydicom.dataset.FileMetaDataset()
-    # group 0002 never belongs in the dataset itself
-    for elem in list(ds):
-        if elem.tag.group == 2:
-            del ds[elem.tag]
-    blobs = {}
-    for implicit in (True, False):
-        fp = DicomBytesIO()
-        fp.is_little_endian = True
-        fp.is_implicit_VR = implicit
-        write_dataset(fp, ds)
-        blobs[implicit] = fp.getvalue()
-    a_impl = anatomy(blobs[True], transfer_syntax="1.2.840.10008.1.2")
-    a_expl = anatomy(blobs[False], transfer_syntax="1.2.840.10008.1.2.1")
-    return EncodingComparison(a_impl, a_expl, notes)

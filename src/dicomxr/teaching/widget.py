@@ -1,4 +1,4 @@
-"""An ipywidgets browser over an :class:`~dicomxr.anatomy.Anatomy`.
+"""An ipywidgets browser over a walk (:class:`~dicomxr.teaching.walk.FileWalk`).
 
 Step through the parts of a file one by one (slider, previous / next buttons), or jump to
 the part that covers a byte offset. The current part is shown highlighted among its
@@ -11,10 +11,10 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING, Any
 
-from dicomxr.anatomy_render import render_html
+from dicomxr.teaching.render import render_html
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dicomxr.anatomy import Anatomy, Node
+    from dicomxr.teaching.walk import FileWalk, Node
 
 __all__ = ["AnatomyWidget"]
 
@@ -34,10 +34,10 @@ class AnatomyWidget:
     widget
         The ipywidgets ``VBox`` to display.
     index
-        Index of the current part (in :meth:`Anatomy.walk` order).
+        Index of the current part (in :meth:`FileWalk.walk` order).
     """
 
-    def __init__(self, a: Anatomy, *, context: int = 4):
+    def __init__(self, a: FileWalk, *, context: int = 4):
         try:
             import ipywidgets as w
         except ImportError as exc:  # pragma: no cover - ipywidgets is a dependency

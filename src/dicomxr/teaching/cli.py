@@ -59,30 +59,46 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dicomxr.anatomy import anatomy
+    from dicomxr._cli_common import print_error
+    from dicomxr.teaching.anatomy import anatomy
 
     path: Path = args.file
     if not path.exists():
-        print(f"dicomxr anatomy: {path}: no such file", file=sys.stderr)
+        print_error("anatomy", f"{path}: no such file")
         return 2
     if path.is_dir():
-        print(f"dicomxr anatomy: {path} is a folder; give one file", file=sys.stderr)
+        print_error("anatomy", f"{path} is a folder; give one file")
         return 2
     if args.max_elements is not None and args.max_elements < 0:
-        print("dicomxr anatomy: --max-elements must be >= 0", file=sys.stderr)
+        print_error("anatomy", "--max-elements must be >= 0")
         return 2
     a = anatomy(path)
+    if args.offset is not None and not 0 <= args.offset < max(a.size, 1):
+        print_error(
+            "anatomy",
+            f"--offset {args.offset} is past the end of {path} ({a.size} bytes: "
+            f"give 0..{max(a.size - 1, 0)})",
+        )
+        return 2
     if args.table:
         import pandas as pd
 
         with pd.option_context("display.max_rows", args.max_elements or 10_000,
                                "display.width", 200, "display.max_colwidth", 40):  # fmt: skip
             print(a.to_dataframe().head(args.max_elements or None))
-        return 0 if a.is_sound else 1
-    color = not args.no_color and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
-    text = a.dump(color=color, max_elements=args.max_elements, offset=args.offset)
-    try:
-        print(text)
-    except BrokenPipeError:  # e.g. piped into head
+    else:
+        color = not args.no_color and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
+        print(a.dump(color=color, max_elements=args.max_elements, offset=args.offset))
+    if a.is_sound:
         return 0
-    return 0 if a.is_sound else 1
+    # the dump shows the break; stderr says it in one line (and the exit code is 1)
+    what = "is not a DICOM file" if not (a.has_prefix or a.has_meta) else "is broken"
+    first = a.breaks[0]
+    print_error("anatomy", f"{path} {what}: {_break_text(first)}")
+    return 1
+
+
+def _break_text(brk: Any) -> str:
+    offset = getattr(brk, "offset", None)
+    reason = " ".join(str(getattr(brk, "reason", brk)).split())
+    return f"{reason} (at byte {offset})" if offset is not None else reason

@@ -1,26 +1,21 @@
-"""The DICOM file laid open, byte by byte.
+"""The walk of a DICOM file's bytes: what :func:`dicomxr.anatomy` lays open.
 
-:func:`anatomy` walks a DICOM file **from its bytes**, with a small parser of its own (pydicom
-is used only for its data dictionary, to name tags and to imply VRs), and returns an
-:class:`Anatomy`: the preamble, the ``DICM`` prefix, the file meta group and every data element
-with its byte offset, tag, VR, the size of its length field, its value length and its value.
-Sequences and items are nested, undefined lengths end in the delimitation items that are
-shown, encapsulated pixel data are listed fragment by fragment (their bytes are never read),
-deflated datasets are inflated and walked with offsets *within the inflated stream*, and a
-broken file is walked as far as it is sound, with the point and nature of the break shown.
+:func:`walk_file` walks a DICOM file **from its bytes**, with a small parser of its own
+(pydicom is used only for its data dictionary, to name tags and to imply VRs), and returns a
+:class:`FileWalk`: the preamble, the ``DICM`` prefix, the file meta group and every data
+element with its byte offset, tag, VR, the size of its length field, its value length and its
+value. Sequences and items are nested, undefined lengths end in the delimitation items that
+are shown, encapsulated pixel data are listed fragment by fragment (their bytes are never
+read), deflated datasets are inflated and walked with offsets *within the inflated stream*,
+and a broken file is walked as far as it is sound, with the point and nature of the break
+shown.
 
 The walk tiles the file: every byte belongs to exactly one part (preamble, prefix, an
 element's header, a leaf element's value, a delimiter, a fragment, trailing padding, or the
-unparsed rest after a break). :meth:`Anatomy.spans` lists those parts.
+unparsed rest after a break). :meth:`FileWalk.spans` lists those parts.
 
-Examples
---------
->>> import dicomxr
->>> a = dicomxr.anatomy(path)  # doctest: +SKIP
->>> a.transfer_syntax, a.preamble_kind  # doctest: +SKIP
-('1.2.840.10008.1.2.1', 'empty')
->>> a.to_dataframe().head()  # doctest: +SKIP
->>> print(a.dump(color=False, max_elements=20))  # doctest: +SKIP
+The views (terminal dump, hex view, widget) are in :mod:`dicomxr.teaching.render` and
+:mod:`dicomxr.teaching.widget`; :class:`dicomxr.teaching.anatomy.Anatomy` is a walk with them.
 """
 
 from __future__ import annotations
@@ -31,23 +26,23 @@ import mmap
 import os
 import stat
 import struct
-import sys
-import types
 import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from dicomxr.errors import InputFileError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["Anatomy", "Node", "anatomy", "compare_encodings"]
+__all__ = ["DECODE_LIMIT", "Break", "FileWalk", "Node", "walk_file"]
 
 logger = logging.getLogger(__name__)
+
+W = TypeVar("W", bound="FileWalk")
 
 UNDEFINED = 0xFFFFFFFF
 ITEM = 0xFFFEE000
@@ -87,6 +82,8 @@ DECODE_LIMIT = 1024
 MAX_DEPTH = 64
 # a deflated data set is inflated up to this many bytes (a small file can inflate to gigabytes)
 INFLATE_LIMIT = 256 << 20
+# a run of zero bytes longer than this where an element should start is a break, not padding
+ZERO_RUN_LIMIT = 16 << 20
 
 
 @dataclass(eq=False)
@@ -384,10 +381,18 @@ class _Walker:
                 and stop_group is None
                 and tag == 0
                 and not bytes(self.buf[pos : min(self.n, pos + 4096)]).strip(b"\x00")
-                and _all_zero(self.buf, pos, self.n)
             ):
-                out.append(self._padding(pos, depth))
-                return self.n
+                if self.n - pos > ZERO_RUN_LIMIT and _all_zero(self.buf, pos, pos + ZERO_RUN_LIMIT):
+                    # gigabytes of zeros are not padding anyone writes: say so, read no further
+                    raise _Broken(
+                        pos,
+                        f"{self.n - pos} bytes from here where data elements should be; the "
+                        f"first {ZERO_RUN_LIMIT >> 20} MiB are only zero bytes and the rest is "
+                        "not read",
+                    )
+                if _all_zero(self.buf, pos, self.n):
+                    out.append(self._padding(pos, depth))
+                    return self.n
             try:
                 node = self.element(pos, limit, implicit, little, depth, ctx, path, out)
             except (struct.error, ValueError, IndexError, RecursionError) as exc:
@@ -805,10 +810,10 @@ def _decode(vr: str, raw: bytes, little: bool, encodings: list[str]) -> tuple[An
     return raw, f"<{len(raw)} bytes: {raw[:16].hex(' ')}{' …' if len(raw) > 16 else ''}>"
 
 
-class Anatomy:
-    """A DICOM file laid open: every byte, who it belongs to and what it means.
+class FileWalk:
+    """A DICOM file walked: every byte, who it belongs to and what it means.
 
-    Made by :func:`anatomy`; see there. The parts are in :attr:`nodes` (top level, in file
+    Made by :func:`walk_file`; see there. The parts are in :attr:`nodes` (top level, in file
     order; sequences, items and fragments nest in ``children``).
 
     Attributes
@@ -944,7 +949,7 @@ class Anatomy:
             size = min(size, max_bytes)
         return self.read(node.value_offset, size, node.stream)
 
-    # -- views -------------------------------------------------------------------------
+    # -- words -------------------------------------------------------------------------
     def summary(self) -> str:
         """Return a few lines: what the file is made of."""
         lines = [f"{self.source or '<bytes>'}: {self.size} bytes"]
@@ -971,7 +976,8 @@ class Anatomy:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"<Anatomy {self.summary().splitlines()[0]} ({len(self.elements())} elements)>"
+        first = self.summary().splitlines()[0]
+        return f"<{type(self).__name__} {first} ({len(self.elements())} elements)>"
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per part (elements, items, delimiters, fragments, preamble, ...).
@@ -1015,61 +1021,6 @@ class Anatomy:
         if not df.empty:
             df["value_length"] = df["value_length"].astype("Int64")
         return df.set_index("index") if not df.empty else df
-
-    def dump(
-        self,
-        *,
-        color: bool = True,
-        max_elements: int | None = None,
-        offset: int | None = None,
-    ) -> str:
-        """Return the terminal view: offsets, coloured header bytes and what they mean.
-
-        Parameters
-        ----------
-        color
-            ANSI colours for the header parts (tag, VR, reserved, length, value).
-        max_elements
-            Parts shown at most (``None``: all).
-        offset
-            Start at the part covering this file offset.
-        """
-        from dicomxr.anatomy_render import render_text
-
-        return render_text(self, color=color, max_elements=max_elements, offset=offset)
-
-    def to_html(
-        self,
-        *,
-        max_elements: int | None = 400,
-        max_value_bytes: int = 32,
-        offset: int | None = None,
-    ) -> str:
-        """Return a self-contained annotated hex view (inline CSS, ``<details>``).
-
-        Parameters
-        ----------
-        max_elements
-            Parts shown at most (``None``: all of them).
-        max_value_bytes
-            Value bytes shown per element; the rest is elided.
-        offset
-            Start at the top-level part covering this file offset.
-        """
-        from dicomxr.anatomy_render import render_html
-
-        return render_html(
-            self, max_elements=max_elements, max_value_bytes=max_value_bytes, offset=offset
-        )
-
-    def _repr_html_(self) -> str:
-        return self.to_html()
-
-    def widget(self) -> Any:
-        """Return an ipywidgets browser: step through the elements, jump to an offset."""
-        from dicomxr.anatomy_widget import AnatomyWidget
-
-        return AnatomyWidget(self).widget
 
 
 def _all_zero(buf: Any, start: int, end: int, chunk: int = 16 << 20) -> bool:
@@ -1119,13 +1070,14 @@ def _open_buffer(path: Path) -> tuple[Any, Any]:
         raise
 
 
-def anatomy(
+def walk_file(
     path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO,
     *,
     transfer_syntax: str | None = None,
     decode_limit: int = DECODE_LIMIT,
-) -> Anatomy:
-    """Walk a DICOM file from its bytes and lay it open.
+    kind: type[W] = FileWalk,  # type: ignore[assignment]
+) -> W:
+    """Walk a DICOM file from its bytes.
 
     Parameters
     ----------
@@ -1137,21 +1089,19 @@ def anatomy(
     decode_limit
         Values up to this many bytes are read and decoded; longer ones are shown by length
         (their bytes are not read during the walk).
+    kind
+        The class of the result: :class:`FileWalk` or a subclass (``Anatomy`` adds views).
 
     Returns
     -------
-    Anatomy
-        The walk; never raises for a malformed file (the break is in ``.breaks``).
-
-    Examples
-    --------
-    >>> a = anatomy(pydicom.data.get_testdata_file("CT_small.dcm"))  # doctest: +SKIP
-    >>> a["PatientName"].value_offset  # doctest: +SKIP
+    FileWalk
+        The walk (of class ``kind``); never raises for a malformed file (the break is in
+        ``.breaks``).
     """
     import time
 
     start = time.perf_counter()
-    result = Anatomy()
+    result = kind()
     fh = None
     if hasattr(path_or_bytes, "read"):  # an open binary file or a BytesIO
         path_or_bytes = path_or_bytes.read()
@@ -1177,11 +1127,42 @@ def anatomy(
     return result
 
 
-def _walk_file(a: Anatomy, buf: Any, ts_override: str | None, decode_limit: int) -> None:
+def _walk_file(a: FileWalk, buf: Any, ts_override: str | None, decode_limit: int) -> None:
     n = len(buf)
     a.size = n
     walker = _Walker(buf, "file", decode_limit, ["iso8859"])
-    pos = 0
+    root = _Ctx()
+    try:
+        pos = _walk_preamble(a, buf)
+        pos = _walk_meta(a, walker, root, pos)
+        pos = _walk_command_group(a, walker, root, pos)
+    except _Broken as exc:
+        _break(a, exc, n, "file")
+        return
+    _read_transfer_syntax(a, buf, pos, ts_override)
+    if pos >= n:
+        if not a.nodes:
+            a.notes.append("the file is empty")
+        elif not a.has_meta:
+            a.breaks.append(Break(n, "file", "the file ends right after the 'DICM' prefix"))
+        return
+    if a.deflated:
+        _walk_deflated(a, buf, pos, decode_limit, walker.encodings)
+        return
+    _follow_written_vr(a, buf, pos)
+    top: list[Node] = []
+    try:
+        walker.dataset(pos, None, a.implicit_vr, a.little_endian, 0, root, top)
+    except _Broken as exc:
+        a.nodes += top
+        _break(a, exc, n, "file")
+        return
+    a.nodes += top
+
+
+def _walk_preamble(a: FileWalk, buf: Any) -> int:
+    """Record the preamble and the 'DICM' prefix; return where the meta group starts."""
+    n = len(buf)
     if n >= 132 and bytes(buf[128:132]) == b"DICM":
         pre = bytes(buf[:128])
         a.preamble_kind, a.preamble_note = _preamble_kind(pre)
@@ -1190,70 +1171,74 @@ def _walk_file(a: Anatomy, buf: Any, ts_override: str | None, decode_limit: int)
         )
         a.nodes.append(Node("prefix", 128, 0, 4, value="DICM", value_repr="'DICM' magic prefix"))
         a.has_prefix = True
-        pos = 132
-    elif n >= 4 and bytes(buf[:4]) == b"DICM":
+        return 132
+    if n >= 4 and bytes(buf[:4]) == b"DICM":
         a.notes.append("no 128-byte preamble: the file starts with the 'DICM' prefix")
         a.nodes.append(Node("prefix", 0, 0, 4, value="DICM", value_repr="'DICM' magic prefix"))
         a.has_prefix = True
-        pos = 4
-    else:
-        a.notes.append(
-            "no 128-byte preamble and no 'DICM' prefix: not a DICOM Part 10 file, read as a "
-            "bare dataset"
-        )
-    root = _Ctx()
-    # -- file meta: always explicit VR little endian (PS3.10 7.1)
-    if n - pos >= 8 and walker.tag_at(pos, True) >> 16 == 2:
-        meta: list[Node] = []
-        vrb = bytes(buf[pos + 4 : pos + 6])
-        meta_implicit = not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B)
-        if meta_implicit:
-            a.notes.append("file meta group written in implicit VR (it must be explicit)")
-        try:
-            end = walker.dataset(pos, None, meta_implicit, True, 0, root, meta, stop_group=2)
-        except _Broken as exc:
-            a.nodes += meta
-            _break(a, exc, n, "file")
-            return
-        a.nodes += meta
-        a.has_meta = True
-        a.meta_length = end - pos
-        for node in meta:
-            if node.tag == 0x00020000 and isinstance(node.value, int):
-                a.meta_group_length = node.value
-                actual = end - node.end
-                if node.value != actual:
-                    node.error = (
-                        f"group length says {node.value} bytes, the meta elements after it "
-                        f"take {actual}"
-                    )
-            if node.tag == 0x00020010 and node.value:
-                a.transfer_syntax = str(node.value).strip("\x00 ")
-        if a.meta_group_length is None:
-            a.notes.append("file meta group has no group length (0002,0000)")
-        pos = end
-    else:
+        return 4
+    a.notes.append(
+        "no 128-byte preamble and no 'DICM' prefix: not a DICOM Part 10 file, read as a "
+        "bare dataset"
+    )
+    return 0
+
+
+def _walk_meta(a: FileWalk, walker: _Walker, root: _Ctx, pos: int) -> int:
+    """Walk the file meta group (explicit VR little endian, PS3.10 7.1); return where it ends."""
+    buf = walker.buf
+    if not (len(buf) - pos >= 8 and walker.tag_at(pos, True) >> 16 == 2):
         a.notes.append("no file meta information group (0002,xxxx)")
-    # a command group (0000,xxxx), as DIMSE messages carry, is always implicit VR little endian
-    if (
-        n - pos >= 8
+        return pos
+    meta: list[Node] = []
+    vrb = bytes(buf[pos + 4 : pos + 6])
+    meta_implicit = not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B)
+    if meta_implicit:
+        a.notes.append("file meta group written in implicit VR (it must be explicit)")
+    try:
+        end = walker.dataset(pos, None, meta_implicit, True, 0, root, meta, stop_group=2)
+    finally:
+        a.nodes += meta
+    a.has_meta = True
+    a.meta_length = end - pos
+    for node in meta:
+        if node.tag == 0x00020000 and isinstance(node.value, int):
+            a.meta_group_length = node.value
+            actual = end - node.end
+            if node.value != actual:
+                node.error = (
+                    f"group length says {node.value} bytes, the meta elements after it "
+                    f"take {actual}"
+                )
+        if node.tag == 0x00020010 and node.value:
+            a.transfer_syntax = str(node.value).strip("\x00 ")
+    if a.meta_group_length is None:
+        a.notes.append("file meta group has no group length (0002,0000)")
+    return end
+
+
+def _walk_command_group(a: FileWalk, walker: _Walker, root: _Ctx, pos: int) -> int:
+    """Walk a command group (0000,xxxx) before the dataset, as DIMSE messages carry one."""
+    buf = walker.buf
+    if not (
+        len(buf) - pos >= 8
         and walker.tag_at(pos, True) >> 16 == 0
         and bytes(buf[pos : pos + 8]).strip(b"\x00")
     ):
-        cmd: list[Node] = []
-        try:
-            pos = walker.dataset(pos, None, True, True, 0, root, cmd, stop_group=0)
-        except _Broken as exc:
-            a.nodes += cmd
-            _break(a, exc, n, "file")
-            return
+        return pos
+    # a command group is always implicit VR little endian
+    cmd: list[Node] = []
+    try:
+        pos = walker.dataset(pos, None, True, True, 0, root, cmd, stop_group=0)
+    finally:
         a.nodes += cmd
-        a.notes.append(
-            "a command group (0000,xxxx) precedes the dataset (implicit VR little endian)"
-        )
+    a.notes.append("a command group (0000,xxxx) precedes the dataset (implicit VR little endian)")
+    return pos
+
+
+def _read_transfer_syntax(a: FileWalk, buf: Any, pos: int, ts_override: str | None) -> None:
+    """Set how the dataset is encoded: from the meta group, the caller, or its first bytes."""
     ts = a.transfer_syntax or ts_override
-    if ts_override and not a.transfer_syntax:
-        ts = ts_override
     if a.has_meta and not a.transfer_syntax:
         a.notes.append("the file meta group has no transfer syntax UID (0002,0010)")
     if ts is not None and ts in TRANSFER_SYNTAXES:
@@ -1266,7 +1251,7 @@ def _walk_file(a: Anatomy, buf: Any, ts_override: str | None, decode_limit: int)
         if not entry:
             a.notes.append(f"transfer syntax {ts!r} is unknown: read as explicit VR little endian")
         a.implicit_vr, a.little_endian = False, True  # all others: explicit VR little endian
-    elif n - pos >= 6:
+    elif len(buf) - pos >= 6:
         group, vrb = struct.unpack_from("<H", buf, pos)[0], bytes(buf[pos + 4 : pos + 6])
         a.implicit_vr = vrb not in _KNOWN_VR_BYTES
         a.little_endian = a.implicit_vr or group < 1024
@@ -1275,43 +1260,30 @@ def _walk_file(a: Anatomy, buf: Any, ts_override: str | None, decode_limit: int)
             f"VR {'little' if a.little_endian else 'big'} endian"
         )
         a.notes.append(f"transfer syntax unknown; {a.transfer_syntax_name}")
-    if pos >= n:
-        if not a.nodes:
-            a.notes.append("the file is empty")
-        elif not a.has_meta:
-            a.breaks.append(Break(n, "file", "the file ends right after the 'DICM' prefix"))
-        return
-    if a.deflated:
-        _walk_deflated(a, buf, pos, decode_limit, walker.encodings)
+
+
+def _follow_written_vr(a: FileWalk, buf: Any, pos: int) -> None:
+    """Read the dataset as written when its first element contradicts the transfer syntax."""
+    if len(buf) - pos < 6:
         return
     implicit = a.implicit_vr
-    if not a.deflated and n - pos >= 6:
-        vrb = bytes(buf[pos + 4 : pos + 6])
-        found_implicit = not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B)
-        if found_implicit != implicit:
-            a.notes.append(
-                f"the transfer syntax says {'implicit' if implicit else 'explicit'} VR but "
-                f"the dataset is written in {'implicit' if found_implicit else 'explicit'} VR: "
-                "read as written"
-            )
-            implicit = found_implicit
-            a.implicit_vr = implicit
-    top: list[Node] = []
-    try:
-        walker.dataset(pos, None, implicit, a.little_endian, 0, root, top)
-    except _Broken as exc:
-        a.nodes += top
-        _break(a, exc, n, "file")
-        return
-    a.nodes += top
+    vrb = bytes(buf[pos + 4 : pos + 6])
+    found_implicit = not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B)
+    if found_implicit != implicit:
+        a.notes.append(
+            f"the transfer syntax says {'implicit' if implicit else 'explicit'} VR but "
+            f"the dataset is written in {'implicit' if found_implicit else 'explicit'} VR: "
+            "read as written"
+        )
+        a.implicit_vr = found_implicit
 
 
-def _not_dicom_note(a: Anatomy) -> None:
+def _not_dicom_note(a: FileWalk) -> None:
     if not a.has_prefix and not a.has_meta and a.breaks and a.breaks[0].offset == 0:
         a.notes.append("this does not look like a DICOM file: not even its first element parses")
 
 
-def _break(a: Anatomy, exc: _Broken, n: int, stream: str) -> None:
+def _break(a: FileWalk, exc: _Broken, n: int, stream: str) -> None:
     """Record a break and cover the unparsed rest with one node."""
     a.breaks.append(Break(exc.offset, stream, exc.reason))
     if exc.offset < n:
@@ -1323,7 +1295,7 @@ def _break(a: Anatomy, exc: _Broken, n: int, stream: str) -> None:
         )  # fmt: skip
 
 
-def _walk_deflated(a: Anatomy, buf: Any, pos: int, decode_limit: int, enc: list[str]) -> None:
+def _walk_deflated(a: FileWalk, buf: Any, pos: int, decode_limit: int, enc: list[str]) -> None:
     n = len(buf)
     d = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
@@ -1365,28 +1337,3 @@ def _walk_deflated(a: Anatomy, buf: Any, pos: int, decode_limit: int, enc: list[
                 error=exc.reason, value_repr=f"{len(inflated) - exc.offset} bytes not walked",
             )
         )  # fmt: skip
-
-
-def compare_encodings(dataset_or_path: Any) -> Any:
-    """Write one dataset as implicit and explicit VR little endian and show what differs.
-
-    See :class:`dicomxr.anatomy_render.EncodingComparison`.
-    """
-    from dicomxr.anatomy_render import compare_encodings as _compare
-
-    return _compare(dataset_or_path)
-
-
-class _CallableModule(types.ModuleType):
-    """``dicomxr.anatomy`` is both this module and the function :func:`anatomy`.
-
-    Importing the submodule (``from dicomxr.anatomy import ...``) rebinds the package
-    attribute ``dicomxr.anatomy`` to the module; calling the module calls the function, so
-    ``dicomxr.anatomy(path)`` works whichever of the two the name holds.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Anatomy:
-        return anatomy(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
