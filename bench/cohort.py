@@ -197,10 +197,39 @@ def _warm_up() -> None:
     import dicomxr.export.zarr  # noqa: F401
 
 
-def _peak_rss() -> int:
-    import resource
+class _RssSampler:
+    """Sample the RSS of the worker processes every 50 ms; keep each one's peak.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ``ru_maxrss`` would not do: a worker process inherits the peak of the process it was
+    forked from (the client, holding the catalog) across ``exec``.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        import threading
+
+        import psutil
+
+        self.procs = {pid: psutil.Process(pid) for pid in pids}
+        self.peaks = dict.fromkeys(pids, 0)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for pid, proc in self.procs.items():
+                try:
+                    self.peaks[pid] = max(self.peaks[pid], proc.memory_info().rss)
+                except Exception:
+                    pass
+            self.stop.wait(0.05)
+
+    def __enter__(self) -> _RssSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def bench_convert(root: Path, n_series: int) -> None:
@@ -225,13 +254,14 @@ def bench_convert(root: Path, n_series: int) -> None:
         client = Client(cluster)
         try:
             client.run(_warm_up)  # imports are not what is measured
-            with tempfile.TemporaryDirectory() as tmp:
+            pids = list(client.run(os.getpid).values())
+            with tempfile.TemporaryDirectory() as tmp, _RssSampler(pids) as sampler:
                 t0 = time.perf_counter()
                 report = dicomxr.convert(subset, tmp, format="zarr", progress=False, client=client)
                 took = time.perf_counter() - t0
                 assert report.ok, str(report)
                 written = len(pd.read_parquet(Path(tmp) / "manifest.parquet"))
-            rss = client.run(_peak_rss)
+            rss = sampler.peaks
         finally:
             client.close()
             cluster.close()
