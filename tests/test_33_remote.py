@@ -290,7 +290,8 @@ def test_bad_objects_are_reported_skips(s3, philips_ct: Path) -> None:
     assert reasons[f"s3://{JUNK}/s/empty.dcm"].startswith("empty file")
     assert "truncated" in reasons[f"s3://{JUNK}/s/header_cut.dcm"]
     # the cut pixels are set apart by the plan, the good slice opens
-    da = dicomxr.open_series(df, storage_options=s3["options"])
+    with pytest.warns(dicomxr.SetApartWarning, match="pixels_cut.dcm"):
+        da = dicomxr.open_series(df, storage_options=s3["options"])
     np.testing.assert_array_equal(da.values, dicomxr.open_series(first).values)
 
 
@@ -321,7 +322,7 @@ def test_cli_scan_and_convert_from_s3(s3, archive, tmp_path: Path, capsys, sampl
     out = capsys.readouterr().out
     assert "140 DICOM file(s), 1 series, 0 skipped" in out
     # a zip on S3: the embedded sample, converted straight from the bucket
-    zipped = Path(dicomxr.data.__file__).parent / "_data" / "philips_pcasl_4d.zip"
+    zipped = dicomxr.data.sample_archive()
     _fs(s3).put(str(zipped), f"{BUCKET}/packed/sample.zip")
     report = dicomxr.convert(
         f"s3://{BUCKET}/packed/sample.zip", tmp_path / "out", format="zarr",
@@ -334,11 +335,32 @@ def test_cli_scan_and_convert_from_s3(s3, archive, tmp_path: Path, capsys, sampl
     np.testing.assert_array_equal(written["image"].values, want.values)
 
 
+def test_zip_in_bucket_as_url_chain(s3, archive, sample_dir: Path) -> None:
+    """``zip://*::s3://...`` with options keyed by protocol, as fsspec chains them."""
+    zipped = dicomxr.data.sample_archive()
+    _fs(s3).put(str(zipped), f"{BUCKET}/chain/sample.zip")
+    url = f"zip://*/*.dcm::s3://{BUCKET}/chain/sample.zip"
+    df = dicomxr.scan(url, storage_options={"s3": s3["options"]}, progress=False)
+    assert len(df) == 240 and df["path"].str.endswith(f"::s3://{BUCKET}/chain/sample.zip").all()
+    da = dicomxr.open_series(df)
+    np.testing.assert_array_equal(da.values, dicomxr.open_series(sample_dir).values)
+
+
+def test_persistent_cache_rescans_a_bucket_without_reading(s3, archive, tmp_path: Path) -> None:
+    url = f"s3://{BUCKET}/{archive['prefixes']['ct']}/"
+    cache = tmp_path / "catalog.sqlite"
+    first = dicomxr.scan(url, storage_options=s3["options"], cache=cache, progress=False)
+    s3["counter"].reset()
+    again = dicomxr.scan(url, storage_options=s3["options"], cache=cache, progress=False)
+    assert not s3["counter"].sent  # sizes and LastModified from the listing match: no GET
+    pd.testing.assert_frame_equal(first, again)
+
+
 # ----------------------------------------------------------------------------- zip
 
 
 def test_zip_file_equals_folder(sample_dir: Path) -> None:
-    zipped = Path(dicomxr.data.__file__).parent / "_data" / "philips_pcasl_4d.zip"
+    zipped = dicomxr.data.sample_archive()
     df = dicomxr.scan(zipped, progress=False)
     assert len(df) == 240
     assert df["path"].str.startswith("zip://philips_pcasl_4d/").all()

@@ -848,6 +848,20 @@ class FullRead:
             return None
         read_key = f"dicomxr-read-{tokenize(self.name)}"
         graph: dict[Any, Any] = {read_key: Task(read_key, read_whole, self.backend)}
+        finals = [
+            key
+            for key, task in extra.items()
+            if getattr(task, "func", None) is join_blocks and set(task.dependencies) == self.key_set
+        ]
+        if (
+            finals
+            and len(finals) == len(extra)
+            and not any(k in self.key_set for k in flatten(keys))
+        ):
+            # a compute of this array alone: its finalize task is the read itself (two tasks)
+            for key in finals:
+                graph[key] = Task(key, _whole, TaskRef(read_key), self.shape)
+            return graph
         for key, index in zip(self.keys, slices_from_chunks(self.chunks), strict=True):
             graph[key] = Task(key, _block_view, TaskRef(read_key), index)
         graph.update(extra)
@@ -861,6 +875,12 @@ def read_whole(backend: DicomBackendArray) -> np.ndarray:
 
 def _block_view(whole: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
     return whole[index]
+
+
+def _whole(whole: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if whole.shape != tuple(shape):  # pragma: no cover - read_all returns the whole shape
+        raise ValueError(f"full read of shape {whole.shape}, expected {tuple(shape)}")
+    return whole
 
 
 def join_blocks(results: Any, shape: tuple[int, ...], chunks: tuple) -> Any:

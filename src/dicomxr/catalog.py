@@ -1702,16 +1702,13 @@ def scan(
     >>> df[["SeriesNumber", "InstanceNumber", "ImagePositionPatient"]].head()  # doctest: +SKIP
     >>> dicomxr.catalog.skipped(df)  # doctest: +SKIP
     """
-    from dicomxr import sources
-    from dicomxr.options import get_options
-
     # a wrong key is refused before any file is touched
     extra = tuple(k for k in resolve_keys(keys) if k.name not in _SCHEMA)
     skipped_list: list[dict[str, str]] = []
     explicit: set[str] = set()
-    remote: dict[str, sources.Entry] | None = None
-    if sources.is_remote_source(source):
-        entries, storage_options = sources.resolve(source, storage_options, recursive=recursive)
+    remote: dict[str, Any] | None = None
+    if _maybe_remote(source) and _sources().is_remote_source(source):
+        entries, storage_options = _sources().resolve(source, storage_options, recursive=recursive)
         remote = {e.url: e for e in entries}
         paths = list(remote)
         if len(paths) == 1:
@@ -1722,15 +1719,9 @@ def scan(
         paths = _iter_source(source, recursive, skipped_list, explicit)
         # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
         paths = list(dict.fromkeys(paths))
-    # automatic: only for many files, and only once the scan has run for a moment, so
-    # that a fast scan of a few hundred cached files does not flash a bar
-    delay = 0.0
-    if progress is None:
-        progress = len(paths) >= get_options()["progress_min_files"]
-        delay = _PROGRESS_DELAY
     rows = _read_all(
-        paths, skipped_list, cache, workers, (progress, delay), remote, storage_options,
-        extra=extra, client=client,
+        paths, skipped_list, cache, workers, _progress_choice(progress, len(paths)), remote,
+        storage_options, extra=extra, client=client,
     )  # fmt: skip
     df = _to_frame(rows, tuple(k.name for k in extra))
     df.attrs["skipped"] = skipped_list
@@ -1743,6 +1734,19 @@ def scan(
     if warn:
         _warn_skipped(skipped_list, explicit)
     return df
+
+
+def _progress_choice(progress: bool | None, n_files: int) -> tuple[bool, float]:
+    """Whether to show a progress bar, and after what delay.
+
+    Automatic (``None``): only for many files, and only once the scan has run for a moment,
+    so that a fast scan of a few hundred cached files does not flash a bar.
+    """
+    if progress is not None:
+        return progress, 0.0
+    from dicomxr.options import get_options
+
+    return n_files >= get_options()["progress_min_files"], _PROGRESS_DELAY
 
 
 def _read_all(
@@ -2065,6 +2069,22 @@ def _scan_one(
 
 
 _REMOTE_WORKERS = 16
+
+
+def _maybe_remote(source: Any) -> bool:
+    """Cheap test before :func:`dicomxr.sources.is_remote_source`: a URL or a ``.zip`` name."""
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        return isinstance(text, str) and ("://" in text or text.lower().endswith(".zip"))
+    if isinstance(source, (list, tuple)):
+        return any(_maybe_remote(s) for s in source)
+    return False
+
+
+def _sources() -> Any:
+    from dicomxr import sources
+
+    return sources
 
 
 def _scan_remote_one(

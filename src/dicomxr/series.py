@@ -906,8 +906,8 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
     sop = cols.obj("SOPInstanceUID")
     free = _free(reason) & np.array([v is not None for v in sop], dtype=bool)
     idx = np.flatnonzero(free)
-    if len(idx) < 2:
-        return
+    if len(idx) < 2 or ((cols.num("frame")[idx] == 0).all() and len(set(sop[idx])) == len(idx)):
+        return  # every kept frame is the only one of its instance: no copies
     key = pd.DataFrame(
         {
             "sop": sop[idx],

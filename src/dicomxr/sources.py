@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import email.utils
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -362,6 +361,8 @@ def _mtime(info: Mapping[str, Any]) -> float:
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
+            import email.utils
+
             try:
                 return email.utils.parsedate_to_datetime(value).timestamp()
             except (TypeError, ValueError):
@@ -458,8 +459,8 @@ class HeadReader:
 class RangeFile:
     """A read-only, seekable binary file over ranged reads of one object.
 
-    When the size is known, small reads fetch :data:`READAHEAD_BYTES` at once; a large
-    read is one request of its own length. Used for frame reads at compute time and for pydicom on a remote header.
+    Small reads fetch :data:`READAHEAD_BYTES` at once; a large read is one request of its
+    own length. Used for frame reads at compute time and for pydicom on a remote header.
 
     Parameters
     ----------
@@ -471,6 +472,9 @@ class RangeFile:
         The URL to name in error messages (``name``).
     prefetched
         Bytes already read from offset 0.
+    readahead
+        Fetch :data:`READAHEAD_BYTES` for a small read (default); ``False`` fetches exactly
+        what each read asks (the native frame reader: an element header, then the frame).
     """
 
     def __init__(
@@ -481,8 +485,10 @@ class RangeFile:
         *,
         url: str | None = None,
         prefetched: bytes = b"",
+        readahead: bool = True,
     ) -> None:
         self.fs = fs
+        self.readahead = readahead
         self.path = path
         self.name = url or path
         self._size = size
@@ -546,13 +552,14 @@ class RangeFile:
         start = pos - self._base
         if 0 <= start and pos + n <= self._base + len(self._buf):
             return self._buf[start : start + n]
-        if self._size is None:
-            # no read-ahead past what is asked while the size is unknown: a server that
-            # ignores Range answers with the whole object, which is told apart (and sliced)
-            # only when the request ends inside it
-            end = pos + n
+        if not self.readahead or n >= READAHEAD_BYTES:
+            # exactly what is asked (a frame's bytes): a server that ignores Range answers
+            # with the whole object, which _fetch slices as long as the request ends inside it
+            end = pos + n if self._size is None else min(pos + n, self._size)
         else:
-            end = min(pos + max(n, READAHEAD_BYTES), self._size)
+            # small reads (pydicom walking a header, fragment item headers) come in runs:
+            # fetch a block, bounded by the object's size (asked once when not known)
+            end = min(pos + READAHEAD_BYTES, self.size)
         data = _fetch(self.fs, self.path, pos, end)
         if n < READAHEAD_BYTES:
             self._base, self._buf = pos, data
@@ -577,7 +584,10 @@ def open_file(
     size: int | None = None,
     buffering: int = -1,
 ) -> Any:
-    """Open a local path with :func:`open`, a URL as a :class:`RangeFile` (binary, read-only)."""
+    """Open a local path with :func:`open`, a URL as a :class:`RangeFile` (binary, read-only).
+
+    ``buffering=0`` opens a URL without read-ahead (each read is one exact ranged request).
+    """
     if not is_url(path):
         return open(path, "rb", buffering=buffering)
     local = local_path(path)
@@ -587,7 +597,7 @@ def open_file(
         fs, inner = filesystem(path, storage_options)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such object: {path!r}") from None
-    return RangeFile(fs, inner, size, url=path)
+    return RangeFile(fs, inner, size, url=path, readahead=buffering != 0)
 
 
 @contextlib.contextmanager
