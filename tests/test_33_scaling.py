@@ -446,6 +446,16 @@ def test_convert_records_scaling_like_dcm2niix(data_root, tmp_path):
         dicomxr.convert(source, tmp_path / "bad", scaling="float", progress=False)
 
 
+def test_deidentified_outputs_keep_the_scaling(sample_dir, tmp_path):
+    """The scaling record carries no identifier: de-identification keeps it."""
+    pytest.importorskip("dicognito")
+    dicomxr.convert(sample_dir, tmp_path / "d", scaling="precise", deidentify=True, progress=False)
+    sidecar = json.loads(_sidecar_of(tmp_path / "d").read_text())
+    assert sidecar["IntensityScaling"] == "precise"
+    assert sidecar["UsePhilipsFloatNotDisplayScaling"] == 1
+    assert sidecar["PhilipsScaleSlope"] == pytest.approx(3.4325e-05, rel=1e-4)
+
+
 def test_convert_real_world_failure_is_reported(philips_ct, tmp_path):
     report = dicomxr.convert(philips_ct, tmp_path / "out", scaling="real_world", progress=False)
     assert report.failed and not report.done

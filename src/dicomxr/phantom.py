@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +126,6 @@ def write_series(
         The files written, in slice order.
     """
     import pydicom
-    from pydicom.dataset import FileMetaDataset
     from pydicom.uid import UID
 
     volume = np.asarray(volume)
@@ -144,67 +145,27 @@ def write_series(
     if len(positions) != n:
         raise ValueError(f"{len(positions)} positions for {n} slices")
     seed = abs(hash((rows, cols, n, series_number))) % 10**8
-    study_uid = study_uid or _uid(uid_root, 1, seed)
-    series_uid = series_uid or _uid(uid_root, 2, seed, series_number)
-    frame_uid = _uid(uid_root, 3, seed)
-    sop_class = _CT_IMAGE_STORAGE if modality == "CT" else _MR_IMAGE_STORAGE
+    ids = _SeriesIds(
+        uid_root=uid_root,
+        seed=seed,
+        series_number=series_number,
+        study_uid=study_uid or _uid(uid_root, 1, seed),
+        series_uid=series_uid or _uid(uid_root, 2, seed, series_number),
+        frame_uid=_uid(uid_root, 3, seed),
+        sop_class=_CT_IMAGE_STORAGE if modality == "CT" else _MR_IMAGE_STORAGE,
+    )
     ts = UID(transfer_syntax)
-    now = _dt.datetime(2024, 1, 2, 10, 30, 0)
     out: list[Path] = []
     for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = _uid(uid_root, 4, seed, series_number, k + 1)
-        # compress() below moves the dataset to RLE itself; it must start uncompressed
-        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian if ts.is_compressed else ts
-        meta.ImplementationClassUID = uid_root + ".0"
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyDate = now.strftime("%Y%m%d")
-        ds.SeriesDate = ds.StudyDate
-        ds.StudyTime = now.strftime("%H%M%S")
-        ds.AcquisitionTime = (now + _dt.timedelta(seconds=k)).strftime("%H%M%S.%f")
-        ds.Modality = modality
-        ds.Manufacturer = "dicomxr"
-        ds.PatientName = "Phantom^Synthetic"
-        ds.PatientID = "PHANTOM-0001"
-        ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = series_description
-        ds.InstanceNumber = int(instance_numbers[k]) if instance_numbers is not None else k + 1
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.ImagePositionPatient = [float(f"{v:.6f}") for v in positions[k]]
-        ds.ImageOrientationPatient = [float(f"{v:.8f}") for v in iop]
-        ds.SliceLocation = float(f"{np.dot(positions[k], normal):.6f}")
-        ds.SliceThickness = float(np.atleast_1d(slice_step)[0]) if positions is not None else 1.0
-        ds.PixelSpacing = list(spacing)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, cols
-        ds.BitsAllocated = volume.dtype.itemsize * 8
-        ds.BitsStored = ds.BitsAllocated
-        ds.HighBit = ds.BitsAllocated - 1
-        ds.PixelRepresentation = 1 if volume.dtype.kind == "i" else 0
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
-        if modality == "CT":
-            ds.RescaleType = "HU"
-            ds.KVP = 120
-            ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds = _slice_dataset(ids, k, ts)
+        _describe_series(ds, k, modality, series_description, instance_numbers)
+        _place_slice(ds, positions[k], iop, normal, spacing, slice_step)
+        _describe_pixels(ds, volume[k], rescale, modality)
         for key, value in (extra or {}).items():
             setattr(ds, key, value)
         for key, value in (per_frame[k] if per_frame is not None else {}).items():
             setattr(ds, key, value)
-        frame = np.ascontiguousarray(volume[k])
-        ds.PixelData = frame.tobytes()
+        ds.PixelData = np.ascontiguousarray(volume[k]).tobytes()
         if ts.is_compressed:
             ds.compress(ts, encoding_plugin="pydicom" if ts == pydicom.uid.RLELossless else "")
         name = file_names[k] if file_names is not None else f"IM{k + 1:04d}.dcm"
@@ -217,3 +178,102 @@ def write_series(
         )
         out.append(path)
     return out
+
+
+@dataclass(frozen=True)
+class _SeriesIds:
+    """The UIDs every file of one written series shares, and what makes its instance UIDs."""
+
+    uid_root: str
+    seed: int
+    series_number: int
+    study_uid: str
+    series_uid: str
+    frame_uid: str
+    sop_class: str
+
+
+#: the acquisition date and time every phantom series carries
+_ACQUIRED = _dt.datetime(2024, 1, 2, 10, 30, 0)
+
+
+def _slice_dataset(ids: _SeriesIds, k: int, ts: Any) -> Any:
+    """Start the dataset of slice ``k``: file meta, UIDs, dates (uncompressed for now)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ids.sop_class
+    meta.MediaStorageSOPInstanceUID = _uid(ids.uid_root, 4, ids.seed, ids.series_number, k + 1)
+    # compress() moves the dataset to RLE itself; it must start uncompressed
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian if ts.is_compressed else ts
+    meta.ImplementationClassUID = ids.uid_root + ".0"
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = ids.sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyDate = _ACQUIRED.strftime("%Y%m%d")
+    ds.SeriesDate = ds.StudyDate
+    ds.StudyTime = _ACQUIRED.strftime("%H%M%S")
+    ds.AcquisitionTime = (_ACQUIRED + _dt.timedelta(seconds=k)).strftime("%H%M%S.%f")
+    ds.StudyInstanceUID = ids.study_uid
+    ds.SeriesInstanceUID = ids.series_uid
+    ds.SeriesNumber = ids.series_number
+    ds.FrameOfReferenceUID = ids.frame_uid
+    return ds
+
+
+def _describe_series(
+    ds: Any,
+    k: int,
+    modality: str,
+    series_description: str,
+    instance_numbers: Sequence[int] | None,
+) -> None:
+    """Set the patient, study and series words of slice ``k``."""
+    ds.Modality = modality
+    ds.Manufacturer = "dicomxr"
+    ds.PatientName = "Phantom^Synthetic"
+    ds.PatientID = "PHANTOM-0001"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyID = "1"
+    ds.SeriesDescription = series_description
+    ds.InstanceNumber = int(instance_numbers[k]) if instance_numbers is not None else k + 1
+    ds.PositionReferenceIndicator = ""
+
+
+def _place_slice(
+    ds: Any,
+    position: Any,
+    iop: np.ndarray,
+    normal: np.ndarray,
+    spacing: tuple[float, float],
+    slice_step: float | Sequence[float],
+) -> None:
+    """Set the geometry of one slice: position, orientation, location, thickness, spacing."""
+    ds.ImagePositionPatient = [float(f"{v:.6f}") for v in position]
+    ds.ImageOrientationPatient = [float(f"{v:.8f}") for v in iop]
+    ds.SliceLocation = float(f"{np.dot(position, normal):.6f}")
+    ds.SliceThickness = float(np.atleast_1d(slice_step)[0])
+    ds.PixelSpacing = list(spacing)
+
+
+def _describe_pixels(
+    ds: Any, frame: np.ndarray, rescale: tuple[float, float], modality: str
+) -> None:
+    """Set how a slice's pixels are stored, its rescale (and, for CT, its window)."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = frame.shape
+    ds.BitsAllocated = frame.dtype.itemsize * 8
+    ds.BitsStored = ds.BitsAllocated
+    ds.HighBit = ds.BitsAllocated - 1
+    ds.PixelRepresentation = 1 if frame.dtype.kind == "i" else 0
+    ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if modality == "CT":
+        ds.RescaleType = "HU"
+        ds.KVP = 120
+        ds.WindowCenter, ds.WindowWidth = 40, 400

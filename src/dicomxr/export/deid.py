@@ -162,9 +162,15 @@ KEEP = frozenset(
 )
 
 #: dicomxr's own attrs and coordinates (not DICOM keywords) that carry no identifier
+# the intensity scaling (dicomxr.scaling): its name, factors and units carry no identifier
+_SCALING_SAFE = (
+    "scaling", "scaling_requested", "scaling_note", "scale_slope", "scale_intercept",
+    "PhilipsScaleSlope", "RealWorldValueSlope", "RealWorldValueIntercept", "units_meaning",
+    "real_world_units", "real_world_lut", "real_world_other_units",
+)  # fmt: skip
 _OWN_SAFE = frozenset(
     {"affine", "geometry", "dim_sources", "units", "frame", "tile", "row", "col", "slice"}
-)
+) | frozenset(_SCALING_SAFE)
 _OWN_SAFE_PREFIXES = ("position_", "bvec_")
 _DROP_ALWAYS = frozenset({"path", "series_label", "set_apart"})
 _UID = re.compile(r"\d+(?:\.\d+){2,}")
