@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "dicomxr.sources",
             "dicomxr._header",
+            "dicomxr._keys",
             "dicomxr._functional_groups",
             "dicomxr.dicomdir",
             "dicomxr.scaling",
@@ -60,6 +61,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "dicomxr.net.*",
             "dicomxr.teaching.*",
             "dicomxr.explain",
+            "dicomxr.ml.*",
         ),
     ),
     ("accessor", ("dicomxr.accessor",)),

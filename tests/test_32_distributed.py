@@ -6,6 +6,10 @@ pydicom dataset or anything else that does not travel.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -106,3 +110,112 @@ def test_default_open_series_loads_whole_on_worker_processes(client, philips_ct:
     np.testing.assert_array_equal(
         client.compute(image.isel(slice=[3, 77]).data).result(timeout=120), local[[3, 77]]
     )
+
+
+# --------------------------------------------------------------------------------------
+# scan and convert on the cluster (issue 9, item 5): the same outputs as one process
+
+
+def _tree_digest(root: Path) -> dict[str, bytes]:
+    """Relative path -> content of every file under ``root``, but the run's own state."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".dicomxr-convert" not in p.parts and p.name != "manifest.parquet"
+    }
+
+
+def _broken_series(folder: Path) -> None:
+    """A small series whose second file does not decode (an RLE header with 15 segments)."""
+    from dicomxr.phantom import phantom_volume, write_series
+
+    files = write_series(
+        folder, phantom_volume((3, 8, 6)), series_number=9, transfer_syntax="1.2.840.10008.1.2.5"
+    )
+    ds = pydicom.dcmread(files[1])
+    item = bytearray(next(pydicom.encaps.generate_fragments(ds.PixelData)))
+    item[:4] = (15).to_bytes(4, "little")
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(item)])
+    ds.save_as(files[1])
+
+
+@pytest.mark.slow
+def test_scan_on_the_cluster_equals_the_local_scan(client, data_root: Path) -> None:
+    import pandas as pd
+
+    import dicomxr
+    from dicomxr import catalog
+
+    source = data_root / "dcm_qa_philips_enh"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local = dicomxr.scan(source, keys=["FlipAngle", "2005,1030"], progress=False)
+        old = catalog.SCAN_BATCH
+        catalog.SCAN_BATCH = 97  # many batches: order and completeness across tasks
+        try:
+            remote = dicomxr.scan(
+                source, keys=["FlipAngle", "2005,1030"], progress=False, client=client
+            )
+        finally:
+            catalog.SCAN_BATCH = old
+    pd.testing.assert_frame_equal(local, remote)
+    assert local.attrs["skipped"] == remote.attrs["skipped"]
+
+
+@pytest.mark.slow
+def test_convert_on_the_cluster_equals_the_local_run(
+    client, data_root: Path, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    import dicomxr
+
+    source = tmp_path / "src"
+    shutil.copytree(data_root / "dcm_qa_philips_enh" / "In" / "cl", source / "cl")
+    shutil.copytree(data_root / "dcm_qa_ct" / "In" / "GE", source / "GE")
+    _broken_series(source / "bad")
+    for fmt in ("nifti", "zarr"):
+        # the single-process reference runs in a process of its own: this one holds a
+        # distributed client, whose threads swap the global warnings filters that turn an
+        # undecodable frame into a failed series
+        env = dict(os.environ, PYTHONPATH=str(Path(dicomxr.__file__).parents[1]))
+        here_run = subprocess.run(
+            [sys.executable, "-m", "dicomxr", "convert", str(source), str(tmp_path / f"here-{fmt}"),
+             "--format", fmt, "--key", "FlipAngle", "--no-progress"],
+            capture_output=True, text=True, env=env, timeout=600, check=False,
+        )  # fmt: skip
+        assert here_run.returncode == 1, here_run.stderr  # the broken series failed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            there = dicomxr.convert(
+                source, tmp_path / f"there-{fmt}", format=fmt, keys=["FlipAngle"],
+                progress=False, client=client,
+            )  # fmt: skip
+        # one series fails to decode on a worker: reported, the others are written
+        assert len(there.failed) == 1 and "9" in there.failed[0]["series"]
+        here_done = pd.read_parquet(tmp_path / f"here-{fmt}" / "manifest.parquet")
+        here_done = here_done[here_done.status == "done"]
+        assert len(there.done) == len(here_done) >= 5
+        assert [r["output"] for r in there.done] == list(here_done["output"])
+        m_here = pd.read_parquet(tmp_path / f"here-{fmt}" / "manifest.parquet")
+        m_there = pd.read_parquet(tmp_path / f"there-{fmt}" / "manifest.parquet")
+        pd.testing.assert_frame_equal(m_here, m_there)
+        if fmt == "nifti":  # byte for byte: images, sidecars, bval/bvec
+            assert _tree_digest(tmp_path / f"here-{fmt}") == _tree_digest(tmp_path / f"there-{fmt}")
+        else:
+            import xarray as xr
+
+            for output in m_here.loc[m_here.status == "done", "output"]:
+                a = xr.open_zarr(tmp_path / f"here-{fmt}" / output)
+                b = xr.open_zarr(tmp_path / f"there-{fmt}" / output)
+                xr.testing.assert_identical(a.load(), b.load())
+        # a rerun on the cluster does only what is missing (here: the failed series again)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            again = dicomxr.convert(
+                source, tmp_path / f"there-{fmt}", format=fmt, keys=["FlipAngle"],
+                progress=False, client=client,
+            )  # fmt: skip
+        assert not again.done
+        assert len(again.skipped) == len({r["series_key"] for r in there.done})
+        assert len(again.failed) == 1

@@ -450,7 +450,8 @@ def test_unwritable_destination_is_a_clear_error(cohort: Path, tmp_path: Path, c
         convert(cohort, blocker / "out", progress=False)
     assert dicomxr.cli.main(["convert", str(cohort), str(blocker / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot write to the destination") and "\n" not in err
+    # one line, named after the sub-command (the CLI's shared error style)
+    assert err.startswith("dicomxr convert: cannot write to the destination") and "\n" not in err
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)

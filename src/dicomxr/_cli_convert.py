@@ -88,6 +88,20 @@ def register(subparsers: Any) -> None:
     )
     add_plan_options(cmd, on_irregular="split", include=False)
     add_source_options(cmd)
+    cmd.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="also carry this header field into sidecars, Zarr attrs and the manifest: a "
+        "keyword (RepetitionTime) or a tag number for a private one (0019,100C); repeatable",
+    )
+    cmd.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on this dask.distributed scheduler (tcp://host:8786), one task per series; "
+        "DEST must be writable by every worker",
+    )
     cmd.add_argument("--no-compress", action="store_true", help="write .nii, uncompressed Zarr")
     cmd.add_argument("--no-resume", action="store_true", help="convert everything again")
     cmd.set_defaults(func=_convert)
@@ -115,7 +129,12 @@ def _convert(args: argparse.Namespace) -> int:
     from dicomxr.errors import DicomxrError
 
     split = None if args.split.lower() in ("none", "") else args.split
+    client = None
     try:
+        if args.scheduler:
+            from distributed import Client
+
+            client = Client(args.scheduler, timeout="30s")
         report = convert(
             args.source,
             args.dest,
@@ -137,10 +156,15 @@ def _convert(args: argparse.Namespace) -> int:
             merge_runs=args.merge_runs,
             recursive=not args.no_recursive,
             storage_options=args.storage_options,
+            keys=args.key or None,
+            client=client,
         )
     except (ConvertError, DicomxrError, ValueError, OSError, ImportError) as exc:
         print_error("convert", exc)
         return 2
+    finally:
+        if client is not None:
+            client.close()
     print(report)
     if not (report.done or report.skipped or report.failed):
         print_error("convert", f"no image series found in {args.source!r}")

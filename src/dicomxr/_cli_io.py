@@ -49,6 +49,14 @@ def register(subparsers: Any) -> None:
     scan.add_argument(
         "--skipped", action="store_true", help="list every skipped file with its reason"
     )
+    scan.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="also read this header field into the --csv catalog: a keyword "
+        "(RepetitionTime) or a tag number for private ones (0019,100C); repeatable",
+    )
     scan.set_defaults(func=_scan)
 
     info = subparsers.add_parser(
@@ -98,12 +106,13 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("number", "description", "modality", "frames", "dims", "shape", "key")
+    header = ("number", "description", "modality", "SOP class", "frames", "dims", "shape", "key")
     body = [
         (
             "" if r["SeriesNumber"] is None else str(r["SeriesNumber"]),
             r["SeriesDescription"][:40],
             r["Modality"],
+            r["SOPClass"].removesuffix(" Storage"),
             str(r["frames"]),
             r["dims"],
             r["shape"],
@@ -173,6 +182,7 @@ def _catalog(args: argparse.Namespace) -> Any:
         recursive=not args.no_recursive,
         progress=False if args.no_progress else None,
         storage_options=args.storage_options,
+        keys=getattr(args, "key", None) or None,
     )
 
 

@@ -101,17 +101,36 @@ _STUDY_ATTRIBUTES = (
 # catalog and plans
 
 
-def _catalog(source: Any, *, recursive: bool = True, storage_options: Any = None) -> pd.DataFrame:
+def _catalog(
+    source: Any,
+    *,
+    recursive: bool = True,
+    storage_options: Any = None,
+    keys: Any = None,
+) -> pd.DataFrame:
     import pandas as pd
 
     from dicomxr.catalog import scan
 
     if isinstance(source, pd.DataFrame):
+        _check_key_columns(source.columns, keys, "the catalog")
         if storage_options:
             source = source.copy(deep=False)
             source.attrs["storage_options"] = dict(storage_options)
         return source
-    return scan(source, recursive=recursive, storage_options=storage_options)
+    return scan(source, recursive=recursive, storage_options=storage_options, keys=keys)
+
+
+def _check_key_columns(columns: Any, keys: Any, what: str) -> None:
+    """Refuse requested keys a given catalog (or plan) was scanned without."""
+    from dicomxr._keys import HeaderKeyError, resolve_keys
+
+    missing = [k.name for k in resolve_keys(keys) if k.name not in columns]
+    if missing:
+        raise HeaderKeyError(
+            f"{what} has no column {', '.join(repr(m) for m in missing)}: scan it with "
+            f"dicomxr.scan(..., keys={missing!r}) (or pass the files, not the catalog)"
+        )
 
 
 def list_series(
@@ -123,6 +142,7 @@ def list_series(
     recursive: bool = True,
     merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    keys: Sequence[Any] | str | None = None,
 ) -> SeriesPlans:
     """Scan ``source`` and return the plan of every image series in it (no pixel is read).
 
@@ -153,6 +173,8 @@ def list_series(
         ``time`` dim, after planning (:func:`dicomxr.runs.merge_runs`).
     storage_options
         fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
+    keys
+        Extra header fields to scan (see :func:`dicomxr.scan`); the plans' frames carry them.
 
     Returns
     -------
@@ -162,13 +184,20 @@ def list_series(
     """
     from dicomxr.series import SeriesPlan, SeriesPlans, plan_series
 
-    if isinstance(source, SeriesPlans):
-        return source
     if isinstance(source, SeriesPlan):
-        return SeriesPlans([source])
-    if isinstance(source, Sequence) and source and all(_is_plan(s) for s in source):
-        return SeriesPlans(source)  # type: ignore[arg-type]
-    catalog = _catalog(source, recursive=recursive, storage_options=storage_options)
+        source = SeriesPlans([source])
+    elif (
+        not isinstance(source, SeriesPlans)
+        and isinstance(source, Sequence)
+        and source
+        and all(_is_plan(s) for s in source)
+    ):
+        source = SeriesPlans(source)  # type: ignore[arg-type]
+    if isinstance(source, SeriesPlans):
+        for plan in source:
+            _check_key_columns(plan.frames.columns, keys, f"plan {plan.key}")
+        return source
+    catalog = _catalog(source, recursive=recursive, storage_options=storage_options, keys=keys)
     plans = plan_series(
         catalog, on_irregular=on_irregular, on_duplicate=on_duplicate, include=tuple(include)
     )
@@ -218,9 +247,13 @@ def series_table(plans: Sequence[SeriesPlan]) -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        Rows with ``SeriesNumber``, ``SeriesDescription``, ``Modality``, ``dims``,
+        Rows with ``SeriesNumber``, ``SeriesDescription``, ``Modality``, ``SOPClass``
+        (the SOP class name, e.g. ``"MR Image Storage"`` or ``"Enhanced MR Image
+        Storage"``, which tells classic and enhanced copies of one series apart), ``dims``,
         ``shape``, ``frames``, ``key``, ``SeriesInstanceUID``.
     """
+    from dicomxr.series import sop_class_name
+
     rows = []
     for plan in plans:
         number = _attr(plan, "SeriesNumber")
@@ -229,6 +262,7 @@ def series_table(plans: Sequence[SeriesPlan]) -> list[dict[str, Any]]:
                 "SeriesNumber": None if number is None else int(number),
                 "SeriesDescription": str(_attr(plan, "SeriesDescription", "")),
                 "Modality": str(_attr(plan, "Modality", "")),
+                "SOPClass": sop_class_name(_attr(plan, "SOPClassUID")),
                 "dims": ",".join(plan.dims),
                 "shape": "x".join(str(n) for n in plan.shape),
                 "frames": plan.n_frames,
@@ -241,12 +275,13 @@ def series_table(plans: Sequence[SeriesPlan]) -> list[dict[str, Any]]:
 
 def _format_table(plans: Sequence[SeriesPlan]) -> str:
     rows = series_table(plans)
-    header = ("number", "description", "modality", "frames", "shape", "key")
+    header = ("number", "description", "modality", "SOP class", "frames", "shape", "key")
     body = [
         (
             "" if r["SeriesNumber"] is None else str(r["SeriesNumber"]),
             r["SeriesDescription"][:40],
             r["Modality"],
+            r["SOPClass"].removesuffix(" Storage"),
             str(r["frames"]),
             r["shape"],
             r["key"],
@@ -522,6 +557,7 @@ def open_series(
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
     merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    keys: Sequence[Any] | str | None = None,
     scaling: str = "display",
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
@@ -602,6 +638,14 @@ def open_series(
         :class:`~dicomxr.ScalingError` where the series has none. Per frame where the
         factors vary. ``attrs["scaling"]`` records what was applied, ``scale_slope`` /
         ``scale_intercept`` (attrs, or coordinates where they vary) the factors.
+    keys
+        Extra header fields to carry, read in the scan's one pass (see
+        :func:`dicomxr.scan`): keywords (``["RepetitionTime", "FlipAngle"]``) or tag
+        numbers for private attributes (``"0019,100C"``). A field with one value for the
+        whole series becomes an attr, one that varies a coordinate on the frame dims it
+        varies along (``""``/``NaN`` where a frame lacks it). A requested key is kept even
+        when it is a patient attribute (asking for it is the consent ``include_patient``
+        otherwise gives). A catalog or plan source must have been scanned with the keys.
 
     Returns
     -------
@@ -639,14 +683,46 @@ def open_series(
         recursive=recursive,
         merge_runs=merge_runs,
         storage_options=storage_options,
+        keys=keys,
     )
     plan = select_plan(plans, series, source)
     warn_left_out(plan)
     ds = _plan_to_dataset(
         plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks,
-        scaling=scaling,
+        scaling=scaling, keys=_key_names(keys),
     )  # fmt: skip
     return ds["image"]
+
+
+def _key_names(keys: Any) -> tuple[str, ...]:
+    from dicomxr._keys import resolve_keys
+
+    return tuple(k.name for k in resolve_keys(keys))
+
+
+def _add_keys(
+    plan: SeriesPlan,
+    names: Sequence[str],
+    attrs: dict[str, Any],
+    coords: dict[str, Any],
+    dims: tuple[str, ...],
+) -> None:
+    """Put the requested keys' values into ``attrs`` (constant) or ``coords`` (varying)."""
+    from dicomxr._keys import key_values
+
+    for name in names:
+        if name in coords or name in attrs or name not in plan.frames.columns:
+            continue
+        found = key_values(plan, name)
+        if found is None:
+            continue
+        kind, value = found
+        if kind == "attr":
+            value = _jsonable(value)
+            if value not in (None, "", []):
+                attrs[name] = list(value) if isinstance(value, tuple) else value
+        elif all(d in dims for d in value[0]):
+            coords[name] = value
 
 
 # how many paths a warning names before it points to the full list
@@ -689,6 +765,7 @@ def _plan_to_dataset(
     include_patient: bool,
     rescale: bool = True,
     chunks: Chunks = None,
+    keys: Sequence[str] = (),
     scaling: str = "display",
 ) -> xr.Dataset:
     """Build the Dataset of one series: ``image`` over the lazy backend array, coords, attrs.
@@ -709,6 +786,11 @@ def _plan_to_dataset(
         raise ValueError(f"series {plan.key}: lazy array has shape {shape}, expected dims {dims}")
     attrs = _series_attrs(plan, include_patient=include_patient)
     scaling_coords = _record_scaling(plan, backend.spec.scaling, attrs)
+    coords = _fitting_coords(plan, dims, shape)
+    coords.update(scaling_coords)
+    if keys:
+        _add_keys(plan, keys, attrs, coords, dims)
+        attrs = encode_attrs(attrs)
     image = xr.Variable(
         dims,
         lazily_indexed(backend),
@@ -717,8 +799,6 @@ def _plan_to_dataset(
     )
     if chunks is not None:
         image = chunk_variable(image, backend, chunks)
-    coords = _fitting_coords(plan, dims, shape)
-    coords.update(scaling_coords)
     coords.update(_in_plane_coords(plan.affine, shape[dims.index("row")], shape[dims.index("col")]))
     return xr.Dataset({"image": image}, coords=coords, attrs=dict(attrs))
 
@@ -824,6 +904,7 @@ def open_study(
     chunks: Chunks | None = {},  # noqa: B006 (never mutated: read as chunk sizes)
     merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    keys: Sequence[Any] | str | None = None,
     scaling: str = "display",
 ) -> xr.DataTree:
     """Open every series in ``source`` as an :class:`xarray.DataTree`, lazily.
@@ -844,7 +925,7 @@ def open_study(
     ----------
     source
         As for :func:`open_series`.
-    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options, scaling
+    on_irregular, on_duplicate, dtype, include, rescale, recursive, chunks, storage_options, keys, scaling
         As for :func:`open_series` (per series). With ``scaling="real_world"`` every series
         needs a Real World Value Mapping.
     merge_runs
@@ -871,7 +952,9 @@ def open_study(
         recursive=recursive,
         merge_runs=merge_runs,
         storage_options=storage_options,
+        keys=keys,
     )
+    names = _key_names(keys)
     if not plans:
         raise NoSeriesError(_no_series_message(plans, source))
     tree: dict[str, xr.Dataset] = {"/": xr.Dataset()}
@@ -890,7 +973,7 @@ def open_study(
         warn_left_out(plan)
         tree[f"/{patient}/{study}/{key}"] = _plan_to_dataset(
             plan, dtype=dtype, include_patient=include_patient, rescale=rescale, chunks=chunks,
-            scaling=scaling,
+            scaling=scaling, keys=names,
         )  # fmt: skip
         study_path = f"/{patient}/{study}"
         if study_path not in tree:

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from dicomxr import dicomdir
+from dicomxr._keys import Key, resolve_keys, value_from_pydicom, value_from_raw
 from dicomxr.errors import (
     SkippedFileWarning,
     failure_reason,
@@ -526,7 +527,9 @@ def _pydicom_value(elem: Any, kind: str) -> Any:
     return _CONVERT[kind](value)
 
 
-def read_header_pydicom(path: str | os.PathLike[str] | Any) -> dict[str, Any]:
+def read_header_pydicom(
+    path: str | os.PathLike[str] | Any, keys: tuple[Key, ...] = ()
+) -> dict[str, Any]:
     """Read the catalog row of one file with pydicom (the reference reader).
 
     Parameters
@@ -534,6 +537,8 @@ def read_header_pydicom(path: str | os.PathLike[str] | Any) -> dict[str, Any]:
     path
         A DICOM file, or a seekable binary file object (a remote object's
         :class:`dicomxr.sources.RangeFile`).
+    keys
+        Extra header fields to read (from :func:`dicomxr._keys.resolve_keys`).
 
     Returns
     -------
@@ -610,6 +615,8 @@ def read_header_pydicom(path: str | os.PathLike[str] | Any) -> dict[str, Any]:
                 row[keyword] = None if elem is None else _pydicom_value(elem, kind)
             private = _pydicom_private(ds)
             row["RealWorldValueMapping"] = _pydicom_rwv(ds)
+            for key in keys:
+                row[key.name] = value_from_pydicom(ds, key)
             ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
             if ts is None:
                 ts = _guess_ts(ds)
@@ -1062,7 +1069,7 @@ def _charset(elements: dict[int, tuple[bytes | None, bytes]]) -> list[str] | Non
 
 
 def read_header_fast(
-    path: str | Any, size: int, memo: dict[Any, Any] | None = None
+    path: str | Any, size: int, memo: dict[Any, Any] | None = None, keys: tuple[Key, ...] = ()
 ) -> dict[str, Any] | None:
     """Read the catalog row of one file with the fast header reader.
 
@@ -1074,6 +1081,9 @@ def read_header_fast(
         Its size in bytes.
     memo
         A dict shared by the calls of one scan, to convert repeated raw values once.
+    keys
+        Extra header fields to read in the same pass (from
+        :func:`dicomxr._keys.resolve_keys`).
 
     Returns
     -------
@@ -1083,7 +1093,8 @@ def read_header_fast(
     """
     from dicomxr._header import read_raw
 
-    raw = read_raw(path, size, _FAST_WANTED, _FAST_GROUPS, _FAST_PRESENCE, skip_directories=True)
+    wanted = _wanted_with(keys) if keys else _FAST_WANTED
+    raw = read_raw(path, size, wanted, _FAST_GROUPS, _FAST_PRESENCE, skip_directories=True)
     if raw is None:
         return None
     if raw.is_directory:
@@ -1120,8 +1131,24 @@ def read_header_fast(
     has_private = False
     if len(memo) > _MEMO_LIMIT:
         memo.clear()  # a scan of a huge, varied tree: start afresh rather than grow
+    extra = _EXTRA_TAGS.get(keys) if keys else None
+    for key in keys:
+        row[key.name] = None
     for tag, item in elements.items():
         spec = _FAST_SPEC.get(tag)
+        if extra is not None and tag in extra:
+            key = extra[tag]
+            if implicit or item[0] in (None, b"UN"):
+                creator = key.creator_tag
+                vr = key.implicit_vr(
+                    None if creator is None else elements.get(creator, (0, None))[1]
+                )
+            else:
+                vr = item[0].decode()
+            row[key.name] = value_from_raw(item[1], vr, charset)
+            if spec is None:
+                has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
+                continue
         if tag == _RWV_TAG:
             # the same mapping repeats across a series: parsed once per scan
             key = ("rwv", implicit, item)
@@ -1177,6 +1204,25 @@ def read_header_fast(
     row["is_enhanced"] = _PERFRAME_TAG in raw.present or groups[0] is not None
     row["per_frame"] = _per_frame_from_raw(groups, implicit, row) if row["is_enhanced"] else None
     return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
+
+
+# requested keys -> the wanted tags of the fast reader and tag -> key, built once per key set
+# (a stable frozenset also keeps the header reader's memo of its tag sets warm)
+_WANTED_WITH: dict[tuple[Key, ...], frozenset[int]] = {}
+_EXTRA_TAGS: dict[tuple[Key, ...], dict[int, Key]] = {}
+
+
+def _wanted_with(keys: tuple[Key, ...]) -> frozenset[int]:
+    wanted = _WANTED_WITH.get(keys)
+    if wanted is None:
+        if len(_WANTED_WITH) > 32:
+            _WANTED_WITH.clear()
+            _EXTRA_TAGS.clear()
+        wanted = _WANTED_WITH[keys] = _FAST_WANTED | {
+            t for k in keys for t in (k.tag, k.creator_tag) if t is not None
+        }
+        _EXTRA_TAGS[keys] = {k.tag: k for k in keys}
+    return wanted
 
 
 def _frame_count(row: dict[str, Any]) -> int:
@@ -1286,15 +1332,22 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def _read_one(path: str, st: os.stat_result, memo: dict[Any, Any] | None = None) -> dict[str, Any]:
+def _read_one(
+    path: str,
+    st: os.stat_result,
+    memo: dict[Any, Any] | None = None,
+    keys: tuple[Key, ...] = (),
+) -> dict[str, Any]:
     if not stat.S_ISREG(st.st_mode):
         # opening a FIFO would block the scan forever
         raise _Skip("not a regular file (a pipe, socket or device)")
     if st.st_size == 0:
         raise _Skip("empty file (0 bytes)")
-    row = read_header_fast(path, st.st_size, memo)
+    row = read_header_fast(path, st.st_size, memo, keys)
     if row is None:
-        row = read_header_pydicom(path)
+        row = read_header_pydicom(path, keys)
+    for key in keys:  # a key the file lacks (or a reader that found none) is missing
+        row.setdefault(key.name, None)
     return _checked_row(row, path, st.st_size, st.st_mtime, None)
 
 
@@ -1551,6 +1604,8 @@ def scan(
     cache: bool | str | os.PathLike[str] = False,
     workers: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    keys: Sequence[str | int | tuple[int, int]] | str | None = None,
+    client: Any = None,
 ) -> pd.DataFrame:
     """Scan DICOM headers into a catalog: one row per instance.
 
@@ -1596,6 +1651,23 @@ def scan(
         Options for fsspec when ``source`` is a URL or a zip file (credentials, endpoint,
         ``{"anon": True}``...). They are kept in ``df.attrs["storage_options"]`` so that
         :func:`dicomxr.open_series` of the catalog reads the pixels with them.
+    keys
+        Extra header fields to carry as catalog columns, read in the same pass as the
+        rest: DICOM keywords (``["RepetitionTime", "FlipAngle"]``) or tag numbers, the way
+        to ask for private attributes (``"0019,100C"``, ``"(0019,100C)"``,
+        ``"0019100C"``, ``0x0019100C``, ``(0x0019, 0x100C)``). A keyword's column is the
+        keyword, a private tag's is ``"gggg,eeee"``; values are numbers, text, tuples
+        for multi-valued attributes, hexadecimal text for binary ones, missing where a file
+        lacks the attribute. Top-level attributes only (an enhanced file's functional
+        groups are not searched). Keys the catalog already has are ignored. The names are
+        in ``df.attrs["keys"]``. A cached entry is reused only for the same keys.
+    client
+        A :class:`distributed.Client` (``True``: the session's default client,
+        ``distributed.get_client()``): the headers are read by its workers, one task per
+        batch of files, and the rows gathered here. The persistent cache is looked up and
+        updated here, so only the files not in it are sent. ``None`` (default) reads in
+        this process. Remote sources (URLs) are read by threads here either way (their
+        cost is waiting, which threads overlap).
 
     Returns
     -------
@@ -1630,6 +1702,8 @@ def scan(
     >>> df[["SeriesNumber", "InstanceNumber", "ImagePositionPatient"]].head()  # doctest: +SKIP
     >>> dicomxr.catalog.skipped(df)  # doctest: +SKIP
     """
+    # a wrong key is refused before any file is touched
+    extra = tuple(k for k in resolve_keys(keys) if k.name not in _SCHEMA)
     skipped_list: list[dict[str, str]] = []
     explicit: set[str] = set()
     remote: dict[str, Any] | None = None
@@ -1647,10 +1721,12 @@ def scan(
         paths = list(dict.fromkeys(paths))
     rows = _read_all(
         paths, skipped_list, cache, workers, _progress_choice(progress, len(paths)), remote,
-        storage_options,
+        storage_options, extra=extra, client=client,
     )  # fmt: skip
-    df = _to_frame(rows)
+    df = _to_frame(rows, tuple(k.name for k in extra))
     df.attrs["skipped"] = skipped_list
+    if extra:
+        df.attrs["keys"] = [k.name for k in extra]
     if remote is not None and storage_options:
         df.attrs["storage_options"] = dict(storage_options)
     if skipped_list:
@@ -1681,13 +1757,18 @@ def _read_all(
     progress: tuple[bool, float],
     remote: dict[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    extra: tuple[Key, ...] = (),
+    client: Any = None,
 ) -> list[dict[str, Any]]:
     """Read the header of every file once (or take it from the cache): the catalog's rows.
 
     ``remote`` maps each path (a URL) to its :class:`dicomxr.sources.Entry` when the source
     is remote; its headers are then read by ranged reads with ``storage_options``.
+    ``extra`` are the requested keys read besides the catalog columns; ``client`` a
+    dask.distributed client reading local files on its workers, one task per batch.
     """
-    store = _Cache.open(cache) if cache else None
+    store = _Cache.open(cache, tuple(k.name for k in extra)) if cache else None
     known = store.lookup(paths) if store is not None else {}
     fresh: list[tuple[str, int, float, dict[str, Any] | None, str | None]] = []
     rows: list[dict[str, Any]] = []
@@ -1696,12 +1777,16 @@ def _read_all(
 
     def one(path: str) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
         if remote is not None:
-            return _scan_remote_one(remote[path], storage_options, known, memo, store is not None)
-        return _scan_one(path, known, memo, store is not None)
+            return _scan_remote_one(
+                remote[path], storage_options, known, memo, store is not None, extra
+            )
+        return _scan_one(path, known, memo, store is not None, extra)
 
     results: Iterable[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]
     try:
-        if workers is not None and workers > 1 and len(paths) > 1:
+        if client is not None and paths and remote is None:
+            results = _scan_on_client(client, paths, known, store is not None, extra, show)
+        elif workers is not None and workers > 1 and len(paths) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             # file system latency overlaps across threads (os.open/pread release the
@@ -1747,12 +1832,65 @@ def _warn_skipped(skipped_list: list[dict[str, str]], explicit: set[str]) -> Non
     )
 
 
+#: files per task when a distributed client reads the headers
+SCAN_BATCH = 2000
+
+
+def _scan_batch(
+    paths: list[str],
+    known: dict[str, tuple[int, float, Any, str | None]],
+    caching: bool,
+    keys: tuple[Key, ...],
+) -> list[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]:
+    """Catalogue a batch of files (one task of a distributed scan)."""
+    memo: dict[Any, Any] = {}
+    return [_scan_one(path, known, memo, caching, keys) for path in paths]
+
+
+def _scan_on_client(
+    client: Any,
+    paths: list[str],
+    known: dict[str, tuple[int, float, Any, str | None]],
+    caching: bool,
+    keys: tuple[Key, ...],
+    progress: bool,
+) -> list[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]:
+    """Read the headers on a dask.distributed cluster, one task per batch, results in order."""
+    if client is True:
+        from distributed import get_client
+
+        client = get_client()
+    batches = [paths[i : i + SCAN_BATCH] for i in range(0, len(paths), SCAN_BATCH)]
+    futures = [
+        client.submit(
+            _scan_batch, batch, {p: known[p] for p in batch if p in known}, caching, keys,
+            pure=False, key=f"dicomxr-scan-{i}-{os.urandom(4).hex()}",
+        )
+        for i, batch in enumerate(batches)
+    ]  # fmt: skip
+    if progress:
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(paths), desc="scanning DICOM headers", unit="file") as bar:
+            for _, batch in zip(as_completed(futures), batches, strict=True):
+                bar.update(len(batch))
+    out: list[tuple[dict[str, Any] | None, dict[str, str] | None, Any]] = []
+    for future in futures:
+        out.extend(future.result())
+        future.release()
+    return out
+
+
 _TUPLE_COLUMNS = tuple(c for c, dtype in _SCHEMA.items() if dtype == "object")
 
 
-def _row_from_json(row: dict[str, Any]) -> dict[str, Any]:
-    # JSON (not pickle: the cache must never execute what it reads) turns tuples into lists
-    for col in _TUPLE_COLUMNS:
+def _row_from_json(
+    row: dict[str, Any], columns: tuple[str, ...] = _TUPLE_COLUMNS
+) -> dict[str, Any]:
+    # JSON (not pickle: the cache must never execute what it reads) turns tuples into lists;
+    # only tuple columns (and multi-valued requested keys) hold lists
+    for col in columns:
         value = row.get(col)
         if isinstance(value, list):
             row[col] = _as_tuples(value)
@@ -1777,9 +1915,12 @@ class _Cache:
     # (2: GridFrameOffsetVector, SliceNormalVector, tile_positions and the per-frame table)
     VERSION = 2
 
-    def __init__(self, con: Any, path: str) -> None:
+    def __init__(self, con: Any, path: str, extra: tuple[str, ...] = ()) -> None:
         self.con = con
         self.path = path
+        # rows are reused only for the same columns (requested keys included)
+        self.signature = ",".join((*COLUMNS, *extra))
+        self.tuple_columns = (*_TUPLE_COLUMNS, *extra)
 
     @classmethod
     def default_path(cls) -> str:
@@ -1788,7 +1929,9 @@ class _Cache:
         return os.path.join(os.fspath(cache_dir()), "catalog.sqlite")
 
     @classmethod
-    def open(cls, cache: bool | str | os.PathLike[str]) -> _Cache | None:
+    def open(
+        cls, cache: bool | str | os.PathLike[str], extra: tuple[str, ...] = ()
+    ) -> _Cache | None:
         import sqlite3
 
         path = cls.default_path() if cache is True else os.path.abspath(os.fspath(cache))
@@ -1807,14 +1950,14 @@ class _Cache:
                 stacklevel=user_stacklevel(),
             )
             return None
-        return cls(con, path)
+        return cls(con, path, extra)
 
     def lookup(self, paths: list[str]) -> dict[str, tuple[int, float, Any, str | None]]:
         import json
         import sqlite3
 
         out: dict[str, tuple[int, float, Any, str | None]] = {}
-        signature = ",".join(COLUMNS)
+        signature = self.signature
         try:
             for i in range(0, len(paths), 500):
                 chunk = paths[i : i + 500]
@@ -1825,7 +1968,11 @@ class _Cache:
                 for path, size, mtime, blob, reason in self.con.execute(
                     query, (self.VERSION, signature, *chunk)
                 ):
-                    row = None if blob is None else _row_from_json(json.loads(blob))
+                    row = (
+                        None
+                        if blob is None
+                        else _row_from_json(json.loads(blob), self.tuple_columns)
+                    )
                     out[path] = (size, mtime, row, reason)
         except (sqlite3.Error, ValueError, TypeError, AttributeError) as exc:
             warnings.warn(
@@ -1844,7 +1991,7 @@ class _Cache:
 
         if not entries:
             return
-        signature = ",".join(COLUMNS)
+        signature = self.signature
         try:
             with self.con:
                 self.con.executemany(
@@ -1886,6 +2033,7 @@ def _scan_one(
     known: dict[str, tuple[int, float, Any, str | None]],
     memo: dict[Any, Any],
     caching: bool,
+    keys: tuple[Key, ...] = (),
 ) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
     """Catalogue one file: ``(row, skip, cache entry)``, the first two exclusive."""
     try:
@@ -1903,7 +2051,7 @@ def _scan_one(
             return row, None, None
         return None, {"path": path, "reason": reason or "skipped"}, None
     try:
-        row = _read_one(path, st, memo)
+        row = _read_one(path, st, memo, keys) if keys else _read_one(path, st, memo)
     except _Skip as exc:
         entry = (path, st.st_size, st.st_mtime, None, str(exc)) if caching else None
         return None, {"path": path, "reason": str(exc)}, entry
@@ -1945,6 +2093,7 @@ def _scan_remote_one(
     known: dict[str, tuple[int, float, Any, str | None]],
     memo: dict[Any, Any],
     caching: bool,
+    keys: tuple[Key, ...] = (),
 ) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
     """Catalogue one remote object (see :func:`_scan_one`), reading its head by byte range."""
     from dicomxr import sources
@@ -1965,9 +2114,11 @@ def _scan_remote_one(
         if size == 0:
             raise _Skip("empty file (0 bytes)")
         head = sources.HeadReader(fs, inner, size)
-        row = read_header_fast(head, size, memo)
+        row = read_header_fast(head, size, memo, keys)
         if row is None:
-            row = read_header_pydicom(head.file())
+            row = read_header_pydicom(head.file(), keys)
+        for key in keys:
+            row.setdefault(key.name, None)
         row = _checked_row(row, url, size, entry.mtime, entry.etag)
     except _Skip as exc:
         entry_out = (url, size, entry.mtime, None, str(exc)) if caching and entry.mtime else None
@@ -1981,7 +2132,7 @@ def _scan_remote_one(
     return row, None, entry_out
 
 
-def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _to_frame(rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> pd.DataFrame:
     # column by column, straight into arrays: far cheaper than letting pandas infer
     n = len(rows)
     data: dict[str, Any] = {}
@@ -2011,7 +2162,27 @@ def _to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 data[col] = pd.Series(np.array(list(values), dtype=object), dtype=object)
         else:
             data[col] = pd.array(list(values), dtype=dtype)
-    return pd.DataFrame(data, columns=list(_SCHEMA), copy=False)
+    for name in extra:
+        data[name] = _extra_column([r.get(name) for r in rows])
+    return pd.DataFrame(data, columns=[*_SCHEMA, *extra], copy=False)
+
+
+def _extra_column(values: list[Any]) -> Any:
+    """Build a requested key's column: Int64, float64 or str when its values allow, else objects."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pd.array(values, dtype="Int64")
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    if present and all(isinstance(v, str) for v in present):
+        try:
+            return pd.array(values, dtype="str")
+        except UnicodeEncodeError:
+            pass
+    arr = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        arr[i] = v  # tuples stay tuples
+    return arr
 
 
 def skipped(df: pd.DataFrame) -> pd.DataFrame:

@@ -49,6 +49,7 @@ import shutil
 import string
 import sys
 import tempfile
+import threading
 import types
 import uuid
 import warnings
@@ -115,6 +116,7 @@ class ConvertOptions:
     window: tuple[float, float] | bool | None = None
     dtype: str | None = None
     compress: bool = True
+    keys: tuple[str, ...] = ()
     scaling: str = "display"
 
     def fingerprint(self) -> dict[str, Any]:
@@ -134,6 +136,7 @@ class SeriesTask:
     fingerprint: str
     record: str
     burned_in: bool = False
+    keys: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -446,8 +449,15 @@ def _record_name(key: str, secret: str) -> str:
     return hashlib.sha256((secret + "\0" + key).encode()).hexdigest()[:40] + ".json"
 
 
-def _header_fields(plan: SeriesPlan, deid: Any) -> tuple[dict[str, Any], bool]:
-    from dicomxr.export.bids import header_fields, read_header, siemens_csa_fields
+def _header_fields(
+    plan: SeriesPlan, deid: Any, keys: Sequence[str] = ()
+) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+    """Read the header fields of a series' first file.
+
+    Returns the fields, whether the file has burned-in annotation, and the values of the
+    requested ``keys`` in it (after de-identification when it applies).
+    """
+    from dicomxr.export.bids import header_fields, read_header, requested_fields, siemens_csa_fields
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a malformed character set: pydicom copes, says so
@@ -460,7 +470,7 @@ def _header_fields(plan: SeriesPlan, deid: Any) -> tuple[dict[str, Any], bool]:
     fields = header_fields(ds)
     fields.update(csa)
     fields.setdefault("SeriesNumber", plan.attrs.get("SeriesNumber"))
-    return fields, burned
+    return fields, burned, requested_fields(ds, keys)
 
 
 def _public_label(plan: SeriesPlan, fields: dict[str, Any], deid: Any) -> str:
@@ -495,7 +505,7 @@ def _plan_tasks(
     tasks, taken = [], set()
     for plan in plans:
         try:
-            fields, burned = _header_fields(plan, deid)
+            fields, burned, requested = _header_fields(plan, deid, options.keys)
         except Exception as exc:  # one unreadable header fails its series, not the run
             report.failed.append(_header_failure(plan, exc, deid))
             continue
@@ -510,6 +520,7 @@ def _plan_tasks(
                 fingerprint=_series_fingerprint(plan, options, name),
                 record=_record_name(f"{options.format}:{plan.key}", secret),
                 burned_in=burned,
+                keys=requested,
             )
         )
     return tasks
@@ -617,13 +628,15 @@ def _spacing(da: xr.DataArray) -> list[float]:
 
 def _row(task: SeriesTask, piece: xr.DataArray, output: str, options: ConvertOptions,
          sidecar: str | None) -> dict[str, Any]:  # fmt: skip
+    from dicomxr.export.bids import key_value
     from dicomxr.orientation import orientation_of
 
     try:
         orientation, spacing = orientation_of(piece), _spacing(piece)
     except Exception:  # a reduced image has no affine; the output is still right
         orientation, spacing = "", []
-    return {
+    keys = {f"key:{name}": key_value(name, task.keys, piece) for name in options.keys}
+    return keys | {
         "series_uid": str(piece.attrs.get("SeriesInstanceUID", "")),
         "series_key": str(piece.attrs.get("series_key", task.key)),
         "series_number": _int_or_none(task.fields.get("SeriesNumber")),
@@ -651,7 +664,7 @@ def _int_or_none(value: Any) -> int | None:
 
 def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
                  options: ConvertOptions) -> dict[str, Any]:  # fmt: skip
-    from dicomxr.export.bids import bids_sidecar
+    from dicomxr.export.bids import bids_sidecar, key_value
     from dicomxr.export.nifti import to_nifti, volume_labels
 
     stem = _inside(dest, dest / name)
@@ -663,6 +676,11 @@ def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
         if written.exists():
             _chmod_default(written)
     sidecar = bids_sidecar(task.fields, piece, in_plane_kept=not options.orientation)
+    for key in options.keys:  # BIDS names (RepetitionTime in s) win over the DICOM value
+        if key not in sidecar:
+            value = key_value(key, task.keys, piece)
+            if value is not None:
+                sidecar[key] = value
     extra = [d for d in piece.dims if d not in ("slice", "row", "col", "channel")]
     sidecar["dicomxr"] = {
         "series_key": str(piece.attrs.get("series_key", "")),
@@ -701,10 +719,13 @@ def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: s
     return _row(task, piece, f"{ZARR_STORE}/{name}", options, None)
 
 
-def _open_plan(plan: SeriesPlan, scaling: str = "display") -> xr.DataArray:
+def _open_plan(
+    plan: SeriesPlan, scaling: str = "display", keys: Sequence[str] = ()
+) -> xr.DataArray:
     from dicomxr.api import open_series
 
-    return open_series(plan, scaling=scaling)
+    keys = [k for k in keys if k in plan.frames.columns]
+    return open_series(plan, scaling=scaling, keys=keys or None)
 
 
 def convert_series(
@@ -732,9 +753,16 @@ def convert_series(
         One manifest row per output written.
     """
     dest = Path(dest)
+    from dicomxr.errors import PixelDataWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        da = _apply_options(_open_plan(task.plan, options.scaling), options)
+        # a frame that cannot be decoded fails its series: a loaded array would hold a fill
+        # value in its place, which must not reach a training set as if it were an image
+        warnings.filterwarnings(
+            "error", message=r"(?s).*cannot be read and is set apart", category=PixelDataWarning
+        )
+        da = _apply_options(_open_plan(task.plan, options.scaling, options.keys), options)
         if options.deidentify:
             from dicomxr.export.deid import Deidentifier
 
@@ -819,8 +847,18 @@ def _options(**kwargs: Any) -> ConvertOptions:
         window=window,
         dtype=None if kwargs["dtype"] is None else str(np.dtype(kwargs["dtype"])),
         compress=bool(kwargs["compress"]),
+        keys=_key_names(kwargs["keys"]),
         scaling=_scaling_option(kwargs.get("scaling", "display")),
     )
+
+
+def _key_names(keys: Any) -> tuple[str, ...]:
+    from dicomxr._keys import HeaderKeyError, resolve_keys
+
+    try:
+        return tuple(k.name for k in resolve_keys(keys))
+    except HeaderKeyError as exc:
+        raise ConvertError(str(exc)) from None
 
 
 def _scaling_option(scaling: Any) -> str:
@@ -875,7 +913,11 @@ def _write_manifest(
         table.append({"series_uid": item["series_uid"], "status": "set_apart",
                       "reason": f"{item['frames']} frame(s): {item['reason']}"})  # fmt: skip
     table.extend(_other_format_rows(dest, options_format))
+    columns += sorted({c for row in table for c in row if c.startswith("key:")})
     frame = pd.DataFrame(table, columns=columns)
+    for name in columns:
+        if name.startswith("key:"):
+            frame[name] = _key_column(frame[name].tolist())
     for name in ("shape", "dims", "spacing"):
         frame[name] = [v if isinstance(v, list) else [] for v in frame[name]]
     for name in ("series_uid", "series_key", "modality", "format", "output", "sidecar",
@@ -894,6 +936,17 @@ def _write_manifest(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def _key_column(values: list[Any]) -> Any:
+    """Build a requested key's manifest column: float64 if all are numbers, else text (JSON lists)."""
+    present = [v for v in values if v is not None and v == v]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return [
+        "" if v is None or v != v else (json.dumps(v) if isinstance(v, list) else str(v))
+        for v in values
+    ]
 
 
 def _text(value: Any) -> str:
@@ -943,6 +996,8 @@ def convert(
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None = None,
     merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    keys: Sequence[Any] | str | None = None,
+    client: Any = None,
 ) -> ConvertReport:
     """Convert every image series in ``source`` to NIfTI files or one Zarr store under ``dest``.
 
@@ -1011,6 +1066,24 @@ def convert(
         :mod:`dicomxr.runs`).
     storage_options
         fsspec options for a URL or zip source (see :func:`dicomxr.scan`).
+    keys
+        Extra header fields to carry (see :func:`dicomxr.scan`): keywords
+        (``["RepetitionTime", "FlipAngle"]``) or tag numbers for private attributes
+        (``"0019,100C"``). They go into the Zarr attrs (coordinates when they vary), the
+        NIfTI JSON sidecar under their DICOM name (unless the sidecar already has the
+        field under that name in BIDS units, as for RepetitionTime in seconds; enhanced
+        files' functional groups are searched too) and a manifest column ``key:<name>``.
+        With ``deidentify=True`` they pass the same de-identification as everything else
+        (private attributes are removed, as the basic profile requires).
+    client
+        A :class:`distributed.Client` (``True``: the session's default client): the
+        scan runs on its workers (one task per batch of files) and so does the
+        conversion, one task per series; each worker opens, converts and writes one series
+        at a time straight into ``dest`` (which must be a folder every worker can write,
+        e.g. a shared file system) and returns its manifest rows; this process plans,
+        gathers the rows, writes the manifest and reports. Outputs are the same as without
+        a client. ``None`` (default): everything runs in this process, one series after
+        the other.
 
     Returns
     -------
@@ -1032,7 +1105,7 @@ def convert(
     options = _options(
         format=format, template=template, split=split, deidentify=deidentify,
         date_shift=date_shift, orientation=orientation, spacing=spacing, window=window,
-        dtype=dtype, compress=compress, scaling=scaling,
+        dtype=dtype, compress=compress, keys=keys, scaling=scaling,
     )  # fmt: skip
     dest = Path(dest)
     state = _prepare_dest(dest)
@@ -1040,7 +1113,8 @@ def convert(
         return _convert_locked(
             source, dest, state, options, resume=resume, progress=progress,
             on_irregular=on_irregular, on_duplicate=on_duplicate, recursive=recursive,
-            on_series=on_series, storage_options=storage_options, merge_runs=merge_runs,
+            on_series=on_series, storage_options=storage_options, client=client,
+            merge_runs=merge_runs,
         )  # fmt: skip
 
 
@@ -1058,6 +1132,7 @@ def _convert_locked(
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
     merge_runs: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    client: Any = None,
 ) -> ConvertReport:
     """Run a conversion while holding the destination's lock (see :func:`convert`)."""
     from dicomxr.api import list_series
@@ -1076,18 +1151,20 @@ def _convert_locked(
         warnings.simplefilter("ignore")  # skipped files and irregular stacks are reported
         plans = list_series(
             _scanned(
-                source, recursive=recursive, progress=progress, storage_options=storage_options
+                source, recursive=recursive, progress=progress, storage_options=storage_options,
+                keys=options.keys, client=client,
             ),
             on_irregular=on_irregular,
             on_duplicate=on_duplicate,
+            keys=options.keys or None,
             merge_runs=merge_runs,
-        )
+        )  # fmt: skip
     report = ConvertReport(dest=dest)
     report.set_apart = _set_apart_rows(plans, deid)
     report.skipped_files = _skipped_files(plans, deid)
     tasks = _plan_tasks(plans, options, secret, deid, report)
     rows = _run_tasks(tasks, dest, options, secret, report, resume=resume, progress=progress,
-                      on_series=on_series, deid=deid)  # fmt: skip
+                      on_series=on_series, deid=deid, client=client)  # fmt: skip
     if options.format == "zarr":
         _consolidate(dest)
     report.manifest = _write_manifest(dest, report, rows, options.format)
@@ -1105,31 +1182,111 @@ def _run_tasks(
     progress: bool | None,
     on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
     deid: Any,
+    client: Any = None,
 ) -> list[dict[str, Any]]:
-    """Convert the tasks one after the other; return the manifest rows of every output."""
-    rows: list[dict[str, Any]] = []
+    """Convert the tasks (here one after the other, or on a dask.distributed client).
+
+    Returns the manifest rows of every output, in the order of the tasks whatever order
+    they finish in, so the manifest does not depend on the scheduler.
+    """
+    results: dict[int, list[dict[str, Any]]] = {}
+    converted: list[int] = []
     with _progress_bar(len(tasks), progress) as bar:
-        for task in tasks:
-            bar.set_postfix_str(task.name[-40:], refresh=False)
+        todo = []
+        for i, task in enumerate(tasks):
             finished = _finished_rows(task, dest) if resume else None
             if finished is not None:
-                rows.extend(finished)
+                results[i] = finished
                 report.skipped.append({"series": task.label, "reason": "already converted"})
+                bar.update(1)
             else:
-                try:
-                    written = convert_series(task, dest, options, secret)
-                except Exception as exc:  # reported; the other series go on
-                    logger.info("series %s failed", task.key, exc_info=True)
-                    report.failed.append(_failure(task, exc, deid))
-                else:
-                    rows.extend(written)
-                    report.done.extend(written)
-                    if on_series is not None:
-                        on_series(task, written)
-            if task.burned_in:
-                report.burned_in.append(task.label)
+                todo.append(i)
+        if client is not None:
+            outcomes = _on_client(client, tasks, todo, dest, options, secret)
+        else:
+            outcomes = ((i, *_convert_here(tasks[i], dest, options, secret, bar)) for i in todo)
+        for i, written, exc in outcomes:
+            task = tasks[i]
+            if exc is not None:  # reported; the other series go on
+                logger.info("series %s failed", task.key, exc_info=exc)
+                report.failed.append(_failure(task, exc, deid))
+            else:
+                results[i] = written
+                converted.append(i)
+                if on_series is not None:
+                    on_series(task, written)
             bar.update(1)
-    return rows
+    report.done.extend(row for i in sorted(converted) for row in results[i])
+    report.burned_in.extend(task.label for task in tasks if task.burned_in)
+    return [row for i in sorted(results) for row in results[i]]
+
+
+def _convert_here(
+    task: SeriesTask, dest: Path, options: ConvertOptions, secret: str, bar: Any
+) -> tuple[list[dict[str, Any]], BaseException | None]:
+    bar.set_postfix_str(task.name[-40:], refresh=False)
+    try:
+        return convert_series(task, dest, options, secret), None
+    except Exception as exc:
+        return [], exc
+
+
+# one series at a time per worker process, whatever its number of threads: memory stays
+# bounded by the largest series (plus its output) on every worker
+_WORKER_LOCK = threading.Lock()
+
+
+def _convert_on_worker(
+    task: SeriesTask, dest: str, options: ConvertOptions, secret: str
+) -> list[dict[str, Any]]:
+    """Run :func:`convert_series` inside a dask.distributed task.
+
+    The series' own reads run on the synchronous scheduler: a compute inside a task would
+    otherwise go back to the cluster (and could wait for the very worker it runs on).
+    """
+    import dask
+
+    with _WORKER_LOCK, dask.config.set(scheduler="synchronous"):
+        return convert_series(task, dest, options, secret)
+
+
+def _on_client(
+    client: Any,
+    tasks: Sequence[SeriesTask],
+    todo: list[int],
+    dest: Path,
+    options: ConvertOptions,
+    secret: str,
+) -> Iterator[tuple[int, list[dict[str, Any]], BaseException | None]]:
+    """Submit one task per series to a dask.distributed client; yield outcomes as they come."""
+    if client is True:
+        from distributed import get_client
+
+        client = get_client()
+    from distributed import as_completed
+
+    run = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(
+            _convert_on_worker, tasks[i], str(dest.resolve()), options, secret,
+            key=f"dicomxr-convert-{run}-{i}", pure=False, retries=0,
+        ): i
+        for i in todo
+    }  # fmt: skip
+    try:
+        for future in as_completed(list(futures)):
+            i = futures[future]
+            try:
+                rows = future.result()
+            except Exception as exc:
+                yield i, [], exc
+            else:
+                yield i, rows, None
+            future.release()
+    finally:
+        # interrupted (Ctrl-C): nothing more is started; a series being written stays
+        # invisible until its atomic rename, and has no done-record, so a rerun redoes it
+        client.cancel(list(futures))
 
 
 def _scanned(
@@ -1138,6 +1295,8 @@ def _scanned(
     recursive: bool,
     progress: bool | None,
     storage_options: Mapping[str, Any] | None = None,
+    keys: Sequence[str] = (),
+    client: Any = None,
 ) -> Any:
     """Scan a path source (with the caller's progress choice); pass catalogs and plans on."""
     import pandas as pd
@@ -1154,7 +1313,10 @@ def _scanned(
             return source
     from dicomxr.catalog import scan
 
-    return scan(source, recursive=recursive, progress=progress, storage_options=storage_options)
+    return scan(
+        source, recursive=recursive, progress=progress, storage_options=storage_options,
+        keys=keys or None, client=client,
+    )  # fmt: skip
 
 
 def _failure(task: SeriesTask, exc: BaseException, deid: Any) -> dict[str, Any]:

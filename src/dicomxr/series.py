@@ -329,7 +329,11 @@ class SeriesPlans(list):
         raise KeyError(f"no plan {key!r}; plans are: {[p.key for p in self]}")
 
     def table(self) -> pd.DataFrame:
-        """One row per plan: key, label, dims, shape, modality, regular geometry."""
+        """One row per plan: key, label, dims, shape, modality, SOP class, regular geometry.
+
+        ``SOPClass`` is the SOP class name (``"MR Image Storage"``, ``"Enhanced MR Image
+        Storage"``...), which tells classic and enhanced copies of one series apart.
+        """
         return pd.DataFrame(
             [
                 {
@@ -338,6 +342,7 @@ class SeriesPlans(list):
                     "dims": " x ".join(f"{d}={n}" for d, n in p.sizes.items()),
                     "shape": p.shape,
                     "Modality": p.attrs.get("Modality"),
+                    "SOPClass": sop_class_name(p.attrs.get("SOPClassUID")),
                     "regular": p.geometry.regular,
                 }
                 for p in self
@@ -359,6 +364,19 @@ class SeriesPlans(list):
 
     def _repr_html_(self) -> str:
         return self.table().to_html(index=False)
+
+
+def sop_class_name(uid: Any) -> str:
+    """Return the readable name of a SOP Class UID (``"Enhanced MR Image Storage"``).
+
+    The UID itself when pydicom does not know it, ``""`` when there is none.
+    """
+    text = "" if uid is None else str(uid).strip()
+    if text in ("", "<NA>", "nan", "None"):
+        return ""
+    from pydicom.uid import UID
+
+    return str(UID(text).name or text)
 
 
 def _short(values: Any, limit: int = 8) -> str:

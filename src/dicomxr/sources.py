@@ -77,7 +77,7 @@ class SourceError(DicomxrError, OSError):
 class Entry:
     """One object of a source.
 
-    Attributes
+    Parameters
     ----------
     url
         The URL the catalog stores as ``path`` (an fsspec chained URL for archive members).

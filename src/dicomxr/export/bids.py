@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,9 @@ import xarray as xr
 __all__ = [
     "bids_sidecar",
     "header_fields",
+    "key_value",
     "read_header",
+    "requested_fields",
     "scaling_fields",
     "siemens_csa_fields",
     "slice_timing",
@@ -143,6 +145,58 @@ def header_fields(ds: Any) -> dict[str, Any]:
             if value is not None:
                 out[keyword] = _plain(value)
     return out
+
+
+def requested_fields(ds: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """Return the values of requested header keys in ``ds`` (see :func:`dicomxr.scan`).
+
+    Keywords are looked up at the top level, then in an enhanced file's shared and first
+    per-frame functional groups (where RepetitionTime and FlipAngle live there); tag
+    numbers (private attributes) at the top level. Values are decoded as the catalog does
+    (:mod:`dicomxr._keys`); tuples become lists. Absent keys are left out.
+
+    Parameters
+    ----------
+    ds
+        A pydicom dataset (de-identified already when it should be).
+    keys
+        Key names as :func:`dicomxr._keys.resolve_keys` gives them.
+    """
+    from dicomxr._keys import normalise_value, resolve_keys, value_from_pydicom
+
+    out: dict[str, Any] = {}
+    groups = None
+    for key in resolve_keys(list(keys)):
+        value = value_from_pydicom(ds, key)
+        if value is None and not (key.tag >> 16) & 1:
+            if groups is None:
+                groups = _functional_groups(ds)
+            value = normalise_value(_find(ds, key.name, groups)) if groups else None
+        if value is not None:
+            out[key.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def key_value(name: str, header: Mapping[str, Any], da: xr.DataArray) -> Any:
+    """Return the value of a requested key for one written image.
+
+    The image's attr when it has one (the value every frame shares); the list of its
+    distinct coordinate values when the key varies across the image's frames; else the
+    series' first-file header value; ``None`` when nothing has it.
+    """
+    if name in da.attrs:
+        value = da.attrs[name]
+        return value.tolist() if isinstance(value, np.ndarray) else value
+    if name in da.coords:
+        values = np.asarray(da.coords[name].values).ravel()
+        if values.dtype.kind == "f":
+            values = values[np.isfinite(values)]
+        elif values.dtype.kind in "US":
+            values = values[values != ""]
+        unique = list(dict.fromkeys(values.tolist()))
+        if unique:
+            return unique[0] if len(unique) == 1 else unique
+    return header.get(name)
 
 
 def siemens_csa_fields(ds: Any) -> dict[str, Any]:

@@ -1,0 +1,298 @@
+"""A synthetic cohort at scale: scan, cached rescan and distributed convert-to-Zarr.
+
+Run on demand (not a test)::
+
+    python bench/cohort.py [--series 1000] [--instances 100] [--convert-series 60]
+
+The first run writes the cohort once into ``~/.cache/dicomxr-bench/cohort-<series>x<instances>``
+(``$DICOMXR_BENCH_CACHE`` moves it): ``--series`` series of ``--instances`` small (32 x 32,
+int16) CT slices each, 10 series per study, 10 studies per patient - 100,000 files in 1,000
+series by default. Each series is one pydicom template whose instance-specific values
+(SOP Instance UID, Instance Number, Image Position, Slice Location) are fixed-width
+placeholders patched in the bytes for every instance, written by a process pool.
+
+Then it prints, against issue 9's goals:
+
+- **scan**: files/s of ``dicomxr.scan`` in one process (goal >= 5,000 files/s);
+- **rescan**: the same scan again with the persistent catalog cache
+  (``scan(..., cache=path)``), first (filling) vs second (reading) run (goal: the rescan
+  >= 50x faster than the first scan);
+- **convert**: series/s of ``dicomxr.convert(..., format="zarr", client=...)`` on a
+  ``LocalCluster`` of 1 and of 2 worker processes (one thread each) over the first
+  ``--convert-series`` series (goal: 2 workers >= 1.7x the series/s of 1), and the peak RSS
+  of each worker process.
+
+Figures depend on the machine and on what else runs on it: report them with the load
+(``os.getloadavg()`` is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROWS = COLS = 32
+_UID_ROOT = "1.2.826.0.1.3680043.10.1187.9"
+# fixed-width placeholders, patched per instance (DICOM values are padded to even lengths)
+# (distinct digits, so that no placeholder is found inside another)
+_SOP = "1" + "2" * 11  # last component of the SOPInstanceUID
+_NUMBER = "333333"  # InstanceNumber (IS), right-padded with spaces
+_POSITION = "-100.000\\-120.000\\+4444.000"  # ImagePositionPatient (DS)
+_LOCATION = "+5555.000 "  # SliceLocation (DS), padded to an even length
+
+
+def cache_root() -> Path:
+    """Where the cohort is written once."""
+    root = os.environ.get("DICOMXR_BENCH_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "dicomxr-bench"
+
+
+def _template(series: int) -> bytes:
+    """The Part 10 bytes of one instance of ``series``, with the placeholders."""
+    import io
+
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    study, patient = series // 10, series // 100
+    # UID components never start with 0: offset the numbers
+    sop_uid = f"{_UID_ROOT}.3.{100000 + series}.{_SOP}"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = "20240101"
+    ds.StudyTime = "120000"
+    ds.Modality = "CT"
+    ds.Manufacturer = "dicomxr bench"
+    ds.StudyDescription = f"study {study}"
+    ds.SeriesDescription = f"series {series}"
+    ds.PatientName = f"Bench^{patient:04d}"
+    ds.PatientID = f"BENCH{patient:04d}"
+    ds.SliceThickness = "1"
+    ds.RepetitionTime = "500"
+    ds.StudyInstanceUID = f"{_UID_ROOT}.1.{100000 + study}"
+    ds.SeriesInstanceUID = f"{_UID_ROOT}.2.{100000 + series}"
+    ds.FrameOfReferenceUID = f"{_UID_ROOT}.4.{100000 + study}"
+    ds.StudyID = str(study)
+    ds.SeriesNumber = series % 10 + 1
+    ds.InstanceNumber = _NUMBER
+    ds.ImagePositionPatient = _POSITION.split("\\")
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceLocation = _LOCATION.strip()
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = ROWS, COLS
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
+    yy, xx = np.mgrid[:ROWS, :COLS]
+    ds.PixelData = ((yy * COLS + xx + series) % 2000).astype("<i2").tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _offsets(blob: bytes, marker: bytes) -> list[int]:
+    out, start = [], 0
+    while (i := blob.find(marker, start)) >= 0:
+        out.append(i)
+        start = i + 1
+    if not out:
+        raise RuntimeError(f"placeholder {marker!r} not found in the template")
+    return out
+
+
+def write_series(folder: str, series: int, instances: int) -> int:
+    """Write one series (``instances`` files) into ``folder``; return the number written."""
+    blob = _template(series)
+    sop = _offsets(blob, _SOP.encode())
+    number = _offsets(blob, _NUMBER.encode())
+    position = _offsets(blob, _POSITION.encode())
+    location = _offsets(blob, _LOCATION.encode())
+    out = Path(folder) / f"p{series // 100:03d}" / f"st{series // 10:04d}" / f"se{series:05d}"
+    out.mkdir(parents=True, exist_ok=True)
+    buf = bytearray(blob)
+    for k in range(instances):
+        z = float(k)
+        values = [
+            (sop, f"1{k:011d}"),
+            (number, f"{k + 1:<6d}"),
+            (position, f"-100.000\\-120.000\\{z:+09.3f}"),
+            (location, f"{z:+09.3f} "),
+        ]
+        for where, text in values:
+            raw = text.encode()
+            for i in where:
+                buf[i : i + len(raw)] = raw
+        (out / f"IM{k + 1:05d}.dcm").write_bytes(buf)
+    return instances
+
+
+def ensure_cohort(n_series: int, instances: int, workers: int) -> Path:
+    """Write the cohort once; return its folder."""
+    root = cache_root() / f"cohort-{n_series}x{instances}"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    if root.exists():
+        shutil.rmtree(root)  # an interrupted earlier write
+    root.mkdir(parents=True)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        written = sum(
+            pool.map(write_series, [str(root)] * n_series, range(n_series), [instances] * n_series)
+        )
+    done.write_text(f"{written}\n")
+    print(f"wrote {written:,} files in {n_series:,} series in {time.perf_counter() - t0:.1f} s")
+    return root
+
+
+def bench_scan(root: Path) -> None:
+    """Scan files/s, and the cached rescan's speed-up."""
+    import dicomxr
+
+    dicomxr.scan(next(root.rglob("*.dcm")), progress=False)  # imports are not measured
+    c0, t0 = time.process_time(), time.perf_counter()
+    df = dicomxr.scan(root, progress=False, warn=False)
+    scan_s, scan_cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = len(df)
+    rate = n / scan_s
+    print(f"scan      : {n:,} files in {scan_s:.2f} s = {rate:,.0f} files/s "
+          f"(goal >= 5,000 files/s: {'met' if rate >= 5000 else 'NOT met'}); CPU time of "
+          f"this process {scan_cpu:.2f} s = {n / scan_cpu:,.0f} files/s of CPU (the rest is "
+          "waiting for the disk or for a CPU)")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "catalog.sqlite"
+        t0 = time.perf_counter()
+        dicomxr.scan(root, progress=False, warn=False, cache=db)
+        fill_s = time.perf_counter() - t0
+        c0, t0 = time.process_time(), time.perf_counter()
+        again = dicomxr.scan(root, progress=False, warn=False, cache=db)
+        rescan_s, rescan_cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert len(again) == n
+    ratio = scan_s / rescan_s
+    print(f"rescan    : first scan filling the cache {fill_s:.2f} s, rescan from it {rescan_s:.2f} s"
+          f" = {ratio:.1f}x faster than the plain first scan (goal >= 50x: "
+          f"{'met' if ratio >= 50 else 'NOT met'}); CPU time {rescan_cpu:.2f} s, "
+          f"{scan_cpu / rescan_cpu:.1f}x less than the first scan's")  # fmt: skip
+
+
+def _warm_up() -> None:
+    import dicomxr.api
+    import dicomxr.convert
+    import dicomxr.export.zarr  # noqa: F401
+
+
+class _RssSampler:
+    """Sample the RSS of the worker processes every 50 ms; keep each one's peak.
+
+    ``ru_maxrss`` would not do: a worker process inherits the peak of the process it was
+    forked from (the client, holding the catalog) across ``exec``.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        import threading
+
+        import psutil
+
+        self.procs = {pid: psutil.Process(pid) for pid in pids}
+        self.peaks = dict.fromkeys(pids, 0)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for pid, proc in self.procs.items():
+                try:
+                    self.peaks[pid] = max(self.peaks[pid], proc.memory_info().rss)
+                except Exception:
+                    pass
+            self.stop.wait(0.05)
+
+    def __enter__(self) -> _RssSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def bench_convert(root: Path, n_series: int) -> None:
+    """Convert-to-Zarr series/s on 1 and 2 worker processes."""
+    import pandas as pd
+    from distributed import Client, LocalCluster
+
+    import dicomxr
+
+    catalog = dicomxr.scan(root, progress=False, warn=False)
+    uids = sorted(catalog["SeriesInstanceUID"].unique())[:n_series]
+    subset = catalog[catalog["SeriesInstanceUID"].isin(uids)].reset_index(drop=True)
+    subset.attrs = {}
+    rates = {}
+    for workers in (1, 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True,
+                host="127.0.0.1", dashboard_address=None, silence_logs=40,
+            )  # fmt: skip
+        client = Client(cluster)
+        try:
+            client.run(_warm_up)  # imports are not what is measured
+            pids = list(client.run(os.getpid).values())
+            with tempfile.TemporaryDirectory() as tmp, _RssSampler(pids) as sampler:
+                t0 = time.perf_counter()
+                report = dicomxr.convert(subset, tmp, format="zarr", progress=False, client=client)
+                took = time.perf_counter() - t0
+                assert report.ok, str(report)
+                written = len(pd.read_parquet(Path(tmp) / "manifest.parquet"))
+            rss = sampler.peaks
+        finally:
+            client.close()
+            cluster.close()
+        rates[workers] = len(uids) / took
+        peaks = ", ".join(f"{v / 2**20:.0f} MiB" for v in rss.values())
+        print(f"convert   : {workers} worker(s): {len(uids)} series ({written} outputs) in "
+              f"{took:.1f} s = {rates[workers]:.2f} series/s; peak RSS per worker: {peaks}")  # fmt: skip
+    speedup = rates[2] / rates[1]
+    print(f"speed-up  : 2 workers / 1 worker = {speedup:.2f}x (goal >= 1.7x: "
+          f"{'met' if speedup >= 1.7 else 'NOT met'})")  # fmt: skip
+
+
+def main() -> None:
+    """Write the cohort (once) and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=1000)
+    parser.add_argument("--instances", type=int, default=100)
+    parser.add_argument("--convert-series", type=int, default=60)
+    parser.add_argument("--write-workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--skip-scan", action="store_true")
+    parser.add_argument("--skip-convert", action="store_true")
+    args = parser.parse_args()
+    root = ensure_cohort(args.series, args.instances, args.write_workers)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"cohort    : {root} ({args.series:,} series x {args.instances} instances); "
+          f"{os.cpu_count()} CPUs, load average {load}")  # fmt: skip
+    if not args.skip_scan:
+        bench_scan(root)
+    if not args.skip_convert:
+        bench_convert(root, args.convert_series)
+
+
+if __name__ == "__main__":
+    main()
