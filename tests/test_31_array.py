@@ -464,6 +464,24 @@ def test_an_unreadable_frame_of_an_integer_array_holds_zero_and_can_raise(
             _array.lazy_array(plan, chunks="series").compute()
 
 
+@pytest.mark.parametrize("chunks", [{}, "series", None])
+def test_a_file_removed_after_opening_is_an_error_not_a_filled_frame(
+    ct_files, tmp_path, chunks
+) -> None:
+    """An I/O error is raised as it is: a filled frame would hide a failure a retry may fix."""
+    plan, victim, _ = _cut_one(ct_files, tmp_path)
+    victim.unlink()
+    if chunks is None:
+        arr = _array.DicomBackendArray(plan, dtype="float32")
+        get = xr.Variable(("slice", "row", "col"), _array.lazily_indexed(arr)).to_numpy
+    else:
+        get = _array.lazy_array(plan, dtype="float32", chunks=chunks).compute
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pixels.PixelDataWarning)
+        with pytest.raises(FileNotFoundError, match=victim.name):
+            get()
+
+
 def test_every_read_path_refuses_a_frame_of_another_shape(ct_files, monkeypatch) -> None:
     plan = _stand_in_plan(list(ct_files[:2]))
     spec = _array.FrameGrid.from_plan(plan, dtype="float32")

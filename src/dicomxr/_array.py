@@ -34,15 +34,17 @@ missing frames therefore gets a float dtype (``float32``). With an explicit inte
 they are filled with 0.
 
 One unreadable frame does not fail a load. A frame whose pixel data turns out to be
-unreadable only when it is decoded (a corrupt compressed stream, a file changed or removed
-since the scan; what the header shows is set apart when the series is planned) is a
+unreadable only when it is decoded (a corrupt compressed stream, a file changed since the
+scan; what the header shows is set apart when the series is planned) is a
 :class:`~dicomxr.errors.PixelDataWarning` naming the file, the frame and its place in the
 array, and that place holds the fill value of missing frames: NaN in a float array, 0 in an
 integer one. :attr:`FrameGrid.unreadable` lists them (for reads in this process). To stop at
 the first one instead, turn the warning into an error
 (``warnings.simplefilter("error", dicomxr.PixelDataWarning)``). Every read path compares
 what it got with the frame shape and raises :class:`~dicomxr.errors.PixelDataError` naming
-the file rather than reshape another size into the frame.
+the file rather than reshape another size into the frame. An I/O error (a file removed
+since the scan, a remote source that fails mid-read) is raised, not filled: a retry may
+succeed, and a filled frame would hide it.
 
 This is the only module that uses ``xarray.core.indexing``.
 """
@@ -280,7 +282,7 @@ class FrameGrid:
             return
         try:
             self._read_frame_into(index, dst, scratch)
-        except (PixelDataError, OSError) as exc:
+        except PixelDataError as exc:
             self.set_unreadable(index, exc, dst)
 
     def _read_frame_into(self, index: int, dst: np.ndarray, scratch: np.ndarray | None) -> None:
@@ -458,7 +460,7 @@ class FrameGrid:
                     f"{first.path}: MOSAIC image decoded to shape {tuple(image.shape)}, the "
                     f"header describes {(first.stored_rows, first.stored_cols)}: not read"
                 )
-        except (PixelDataError, OSError) as exc:
+        except PixelDataError as exc:
             for k in ks:
                 self.set_unreadable(int(indices[k]), exc, out[k])
             return
