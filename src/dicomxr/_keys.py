@@ -216,7 +216,8 @@ def _one_or_many(values: list[Any]) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _decode_text(raw: bytes, vr: str, charset: list[str] | None) -> str:
+def decode_text(raw: bytes, vr: str, charset: list[str] | None) -> str:
+    """Decode a text value's bytes: ASCII, the dataset's character sets, or latin-1."""
     if raw.isascii():
         text = raw.decode("ascii")
     elif vr in _CHARSET_VRS and charset:
@@ -288,7 +289,7 @@ def value_from_raw(
         return _one_or_many(
             [_tag_name((pairs[i] << 16) | pairs[i + 1]) for i in range(0, len(pairs), 2)]
         )
-    text = _decode_text(raw, vr, charset)
+    text = decode_text(raw, vr, charset)
     parts = [text] if vr in _SINGLE_TEXT else text.split("\\")
     parts = [p.strip("\x00 ") if vr != "PN" else p.rstrip("\x00 ") for p in parts]
     if vr in ("IS", "DS"):

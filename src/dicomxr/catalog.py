@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from dicomxr import dicomdir
-from dicomxr._keys import Key, resolve_keys, value_from_pydicom, value_from_raw
+from dicomxr._keys import Key, decode_text, resolve_keys, value_from_pydicom, value_from_raw
 from dicomxr.errors import (
     SkippedFileWarning,
     failure_reason,
@@ -891,8 +891,7 @@ _BINARY_FMT = {
     "SV": "q",
     "UV": "Q",
 }
-# text VRs decoded with the data set's character set (the others are ASCII by definition)
-_CHARSET_VRS = frozenset({"SH", "LO", "UC", "PN", "LT", "ST", "UT"})
+# text VRs whose value is one string (backslash is not a value separator in them)
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 _DEFAULT_CHARSETS = frozenset({"", "ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6"})
 
@@ -908,14 +907,7 @@ def _decode_text(raw: bytes, vr: str, charset: list[str] | None) -> str:
     """Decode a text value the way pydicom does (padding stripped, items rstripped)."""
     if vr == "PN":
         raw = raw.rstrip(b"\x00 ")
-    if raw.isascii():
-        text = raw.decode("ascii")
-    elif vr in _CHARSET_VRS and charset:
-        from pydicom.charset import decode_bytes
-
-        text = decode_bytes(raw, charset, {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C})
-    else:
-        text = raw.decode("latin-1")
+    text = decode_text(raw, vr, charset)
     if vr in _SINGLE_TEXT_VRS:
         return text.rstrip("\x00 ")
     if vr in ("SH", "LO", "UC"):
