@@ -89,7 +89,7 @@ _NATIVE = pixels.NATIVE_SYNTAXES
 
 def _column(frames: Any, name: str) -> list | None:
     if hasattr(frames, "columns"):
-        return list(frames[name]) if name in frames.columns else None
+        return frames[name].tolist() if name in frames.columns else None
     values = [r.get(name) for r in frames]
     return values if any(v is not None for v in values) else None
 
@@ -97,6 +97,10 @@ def _column(frames: Any, name: str) -> list | None:
 def _floats(values: Sequence[Any] | None, n: int, default: float) -> np.ndarray:
     out = np.full(n, default, dtype=np.float64)
     if values is None:
+        return out
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu" and values.shape == (n,):
+        finite = np.isfinite(values)
+        out[finite] = values[finite]
         return out
     for i, v in enumerate(values):
         try:

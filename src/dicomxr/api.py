@@ -500,7 +500,10 @@ def _coord_values(values: Any) -> np.ndarray:
     """Coordinate values as a numpy array xarray and netCDF/Zarr writers accept."""
     arr = np.asarray(values)
     if arr.dtype == object:
-        flat = [v for v in arr.ravel().tolist() if not _missing(v)]
+        every = arr.ravel().tolist()
+        if all(type(v) is str for v in every):  # UIDs, paths, times: the common case
+            return np.array(every, dtype=str).reshape(arr.shape)
+        flat = [v for v in every if not _missing(v)]
         if flat and all(isinstance(v, (bool, np.bool_)) for v in flat):
             return arr.astype(bool)
         if (
@@ -511,11 +514,11 @@ def _coord_values(values: Any) -> np.ndarray:
             return arr.astype(np.int64)
         if flat and all(isinstance(v, (int, float, np.number)) for v in flat):
             return np.array(
-                [np.nan if _missing(v) else v for v in arr.ravel().tolist()], dtype=np.float64
+                [np.nan if _missing(v) else v for v in every], dtype=np.float64
             ).reshape(arr.shape)
-        return np.array(
-            ["" if _missing(v) else str(v) for v in arr.ravel().tolist()], dtype=str
-        ).reshape(arr.shape)
+        return np.array(["" if _missing(v) else str(v) for v in every], dtype=str).reshape(
+            arr.shape
+        )
     return arr
 
 

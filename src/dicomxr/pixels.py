@@ -292,7 +292,13 @@ def frame_refs(table: Any, *, storage_options: Mapping[str, Any] | None = None) 
             layout = cache.get(raw)
             if layout is None:
                 layout = cache[raw] = _layout(raw)
-            refs.append(FrameRef(os.fspath(path), _int(frame, 0), _int(offset, -1), *layout))
+            if type(frame) is not int:
+                frame = _int(frame, 0)
+            if type(offset) is not int:
+                offset = _int(offset, -1)
+            refs.append(
+                FrameRef(path if type(path) is str else os.fspath(path), frame, offset, *layout)
+            )
     if storage_options:
         refs = [replace(r, storage_options=storage_options) for r in refs]
     return refs
