@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import glob as _glob
 import logging
+import math
 import operator
 import os
 import stat
@@ -1369,6 +1370,10 @@ def plausible_orientation(iop: Any) -> bool:
     tolerances judge real data; this only refuses values no geometry can come from (NaN,
     infinities, zero or parallel vectors, the wrong number of values).
     """
+    if type(iop) is tuple and len(iop) == 6 and _all_floats(iop):
+        verdict = _orientation_verdict(iop)
+        if verdict is not None:
+            return verdict
     try:
         v = np.asarray(iop, dtype=np.float64)
     except (TypeError, ValueError):
@@ -1382,6 +1387,45 @@ def plausible_orientation(iop: Any) -> bool:
     return abs(float(row @ col)) / (nr * nc) < 0.5
 
 
+# how far from a threshold the plain-float check of an orientation must be to decide alone
+_NEAR = 1e-9
+
+
+def _all_floats(values: tuple[Any, ...]) -> bool:
+    return all(type(x) is float for x in values)
+
+
+def _orientation_verdict(iop: tuple[float, ...]) -> bool | None:
+    """:func:`plausible_orientation` of six floats in plain Python (a scan checks every file).
+
+    ``None`` when a norm or the cosine lies so close to its threshold that rounding could
+    decide: the array check then judges, as it always did.
+    """
+    if not all(map(math.isfinite, iop)) or max(map(abs, iop)) > 10:
+        return False
+    a, b, c, d, e, f = iop
+    nr = math.sqrt(a * a + b * b + c * c)
+    nc = math.sqrt(d * d + e * e + f * f)
+    cosine = abs(a * d + b * e + c * f) / (nr * nc) if nr and nc else 0.0
+    for value, threshold in ((nr, 0.5), (nr, 1.5), (nc, 0.5), (nc, 1.5), (cosine, 0.5)):
+        if abs(value - threshold) < _NEAR:
+            return None
+    if not (0.5 < nr < 1.5 and 0.5 < nc < 1.5):
+        return False
+    return cosine < 0.5
+
+
+def _finite_values(values: Any, n: int) -> bool:
+    """Whether ``values`` are ``n`` finite numbers (plain floats checked without numpy)."""
+    if type(values) is tuple and _all_floats(values):
+        return len(values) == n and all(map(math.isfinite, values))
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return v.shape == (n,) and bool(np.isfinite(v).all())
+
+
 def _drop_impossible_geometry(row: dict[str, Any], path: str) -> None:
     """Blank geometry values no image can have, so planning sets the file apart by name."""
     iop = row.get("ImageOrientationPatient")
@@ -1389,15 +1433,13 @@ def _drop_impossible_geometry(row: dict[str, Any], path: str) -> None:
         logger.warning("%s: ImageOrientationPatient %s is not a valid orientation", path, iop)
         row["ImageOrientationPatient"] = None
     ipp = row.get("ImagePositionPatient")
-    if ipp is not None and (len(ipp) != 3 or not np.isfinite(np.asarray(ipp, float)).all()):
+    if ipp is not None and (len(ipp) != 3 or not _finite_values(ipp, 3)):
         logger.warning("%s: ImagePositionPatient %s is not a position", path, ipp)
         row["ImagePositionPatient"] = None
     spacing = row.get("PixelSpacing")
-    if spacing is not None:
-        sp = np.asarray(spacing, dtype=np.float64)
-        if sp.shape != (2,) or not np.isfinite(sp).all() or (sp <= 0).any():
-            logger.warning("%s: PixelSpacing %s is not a spacing", path, spacing)
-            row["PixelSpacing"] = None
+    if spacing is not None and not (_finite_values(spacing, 2) and min(spacing) > 0):
+        logger.warning("%s: PixelSpacing %s is not a spacing", path, spacing)
+        row["PixelSpacing"] = None
 
 
 # ----------------------------------------------------------------------------------------
