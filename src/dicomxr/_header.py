@@ -645,7 +645,9 @@ def _truncated_in_window(
         p += header + length
 
 
-_SPECIAL_CACHE: dict[tuple[int, int, int], tuple[frozenset[int], frozenset[int]]] = {}
+# (id(wanted), id(presence), id(wanted_groups)) -> (the three, keep, special): the tag sets
+# are held, so that their ids cannot be reused by other objects while the entry lives
+_SPECIAL_CACHE: dict[tuple[int, int, int], tuple[Any, ...]] = {}
 _SWAPPED_CACHE: dict[frozenset[int], frozenset[int]] = {}
 
 
@@ -668,13 +670,14 @@ def _special_tags(
 
     With both precomputed, the hot loop needs one set test per element.
 
-    Memoised by the arguments' identity (they are module constants of the catalog); the
-    entry is checked before use, and a stale superset could only cost time anyway.
+    Memoised by the identity of the (frozen) tag sets, usually module constants of the
+    catalog: the entry holds them, so an id seen again is the same object; the private
+    groups are compared by value.
     """
     key = (id(wanted), id(presence), id(wanted_groups))
     hit = _SPECIAL_CACHE.get(key)
-    if hit is not None and wanted <= hit[0] and presence <= hit[1]:
-        return hit
+    if hit is not None and hit[0] is wanted and hit[1] is presence and hit[2] == wanted_groups:
+        return hit[3], hit[4]
     private = {
         (group << 16) | elem
         for group, offsets in wanted_groups.items()
@@ -683,8 +686,10 @@ def _special_tags(
     }
     keep = frozenset(wanted) | private
     special = keep | presence | _PIXEL_TAGS
-    if len(_SPECIAL_CACHE) < 16:
-        _SPECIAL_CACHE[key] = (keep, special)
+    if type(wanted) is frozenset and type(presence) is frozenset:
+        if len(_SPECIAL_CACHE) >= 16:
+            _SPECIAL_CACHE.clear()
+        _SPECIAL_CACHE[key] = (wanted, presence, dict(wanted_groups), keep, special)
     return keep, special
 
 
