@@ -469,6 +469,7 @@ def _walk_top(
     keep, special = _special_tags(wanted, presence, wanted_groups)
     keep_swapped = _swapped(keep)
     special_swapped = _swapped(special)
+    unswap = _unswap(keep_swapped)
     elements = out.elements
     short_vrs = _VRS
     long_vrs = _LONG_VRS
@@ -523,8 +524,8 @@ def _walk_top(
                 if vr in short_vrs:
                     if stag in special_swapped:
                         end = p + 8 + length
-                        if stag in keep_swapped and end <= avail:
-                            elements[((stag & 0xFFFF) << 16) | (stag >> 16)] = (vr, b[p + 8 : end])
+                        if end <= avail and stag in keep_swapped:
+                            elements[unswap[stag]] = (vr, b[p + 8 : end])
                             p = end
                             continue
                         header = 8
@@ -535,10 +536,7 @@ def _walk_top(
                     if stag in special_swapped or length == undefined:
                         end = p + 12 + length
                         if stag in keep_swapped and length != undefined and end <= avail:
-                            elements[((stag & 0xFFFF) << 16) | (stag >> 16)] = (
-                                vr,
-                                b[p + 12 : end],
-                            )
+                            elements[unswap[stag]] = (vr, b[p + 12 : end])
                             p = end
                             continue
                         header = 12
@@ -658,6 +656,19 @@ def _swapped(tags: frozenset[int]) -> frozenset[int]:
         out = frozenset(((t & 0xFFFF) << 16) | (t >> 16) for t in tags)
         if len(_SWAPPED_CACHE) < 16:
             _SWAPPED_CACHE[tags] = out
+    return out
+
+
+_UNSWAP_CACHE: dict[frozenset[int], dict[int, int]] = {}
+
+
+def _unswap(swapped: frozenset[int]) -> dict[int, int]:
+    """Map each swapped tag (see :func:`_swapped`) back to the tag."""
+    out = _UNSWAP_CACHE.get(swapped)
+    if out is None:
+        out = {s: ((s & 0xFFFF) << 16) | (s >> 16) for s in swapped}
+        if len(_UNSWAP_CACHE) < 16:
+            _UNSWAP_CACHE[swapped] = out
     return out
 
 

@@ -384,12 +384,13 @@ def _mosaic_claim(
     the grid count (0065,xx50) in an image whose Manufacturer starts with "UI" (as dcm2niix
     reads it). A claim without a count keeps ``None``: :mod:`dicomxr.mosaic` reports it.
     """
-    tokens = {str(v).strip().upper() for v in row.get("ImageType") or ()}
+    vframe, mosaic = _image_type_flags(row.get("ImageType"))
     uih_n = _to_int(private.get("uih_grid_n")) if private else None
-    maker = str(row.get("Manufacturer") or "").strip().upper()
-    if "VFRAME" in tokens or (uih_n is not None and maker.startswith("UI")):
+    if vframe or (
+        uih_n is not None and str(row.get("Manufacturer") or "").strip().upper().startswith("UI")
+    ):
         return "UIH", uih_n, None
-    if "MOSAIC" not in tokens:
+    if not mosaic:
         return None, None, None
     n = _to_int(private.get("siemens_mosaic_n")) if private else None
     normal = None
@@ -401,6 +402,27 @@ def _mosaic_claim(
         if isinstance(times, (list, tuple)) and len(times) > 1:
             n = len(times)
     return "SIEMENS", n, normal
+
+
+# ImageType -> (says VFRAME, says MOSAIC): a scan meets few distinct values
+_IMAGE_TYPE_FLAGS: dict[Any, tuple[bool, bool]] = {}
+
+
+def _image_type_flags(image_type: Any) -> tuple[bool, bool]:
+    """Tell whether ImageType has the token ``VFRAME``, and whether it has ``MOSAIC``."""
+    try:
+        hit = _IMAGE_TYPE_FLAGS.get(image_type)
+        hashable = True
+    except TypeError:  # not hashable (a list): decide without the memo
+        hit, hashable = None, False
+    if hit is None:
+        tokens = {str(v).strip().upper() for v in image_type or ()}
+        hit = ("VFRAME" in tokens, "MOSAIC" in tokens)
+        if hashable:
+            if len(_IMAGE_TYPE_FLAGS) >= 1024:
+                _IMAGE_TYPE_FLAGS.clear()
+            _IMAGE_TYPE_FLAGS[image_type] = hit
+    return hit
 
 
 def _mosaic_from_csa(raw: bytes) -> tuple[int | None, tuple[float, ...] | None]:
