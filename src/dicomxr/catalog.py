@@ -1504,6 +1504,14 @@ def _finite_values(values: Any, n: int) -> bool:
     return v.shape == (n,) and bool(np.isfinite(v).all())
 
 
+def _plausible_spacing(spacing: Any) -> bool:
+    """Whether PixelSpacing is two finite, positive numbers."""
+    if type(spacing) is tuple and _all_floats(spacing):
+        return len(spacing) == 2 and all(map(math.isfinite, spacing)) and min(spacing) > 0
+    sp = np.asarray(spacing, dtype=np.float64)
+    return sp.shape == (2,) and bool(np.isfinite(sp).all()) and not (sp <= 0).any()
+
+
 def _drop_impossible_geometry(row: dict[str, Any], path: str) -> None:
     """Blank geometry values no image can have, so planning sets the file apart by name."""
     iop = row.get("ImageOrientationPatient")
@@ -1515,7 +1523,7 @@ def _drop_impossible_geometry(row: dict[str, Any], path: str) -> None:
         logger.warning("%s: ImagePositionPatient %s is not a position", path, ipp)
         row["ImagePositionPatient"] = None
     spacing = row.get("PixelSpacing")
-    if spacing is not None and not (_finite_values(spacing, 2) and min(spacing) > 0):
+    if spacing is not None and not _plausible_spacing(spacing):
         logger.warning("%s: PixelSpacing %s is not a spacing", path, spacing)
         row["PixelSpacing"] = None
 
