@@ -469,6 +469,7 @@ def _walk_top(
     keep, special = _special_tags(wanted, presence, wanted_groups)
     keep_swapped = _swapped(keep)
     special_swapped = _swapped(special)
+    unswap = _unswap(keep_swapped)
     elements = out.elements
     short_vrs = _VRS
     long_vrs = _LONG_VRS
@@ -523,8 +524,8 @@ def _walk_top(
                 if vr in short_vrs:
                     if stag in special_swapped:
                         end = p + 8 + length
-                        if stag in keep_swapped and end <= avail:
-                            elements[((stag & 0xFFFF) << 16) | (stag >> 16)] = (vr, b[p + 8 : end])
+                        if end <= avail and stag in keep_swapped:
+                            elements[unswap[stag]] = (vr, b[p + 8 : end])
                             p = end
                             continue
                         header = 8
@@ -535,10 +536,7 @@ def _walk_top(
                     if stag in special_swapped or length == undefined:
                         end = p + 12 + length
                         if stag in keep_swapped and length != undefined and end <= avail:
-                            elements[((stag & 0xFFFF) << 16) | (stag >> 16)] = (
-                                vr,
-                                b[p + 12 : end],
-                            )
+                            elements[unswap[stag]] = (vr, b[p + 12 : end])
                             p = end
                             continue
                         header = 12
@@ -645,7 +643,9 @@ def _truncated_in_window(
         p += header + length
 
 
-_SPECIAL_CACHE: dict[tuple[int, int, int], tuple[frozenset[int], frozenset[int]]] = {}
+# (id(wanted), id(presence), id(wanted_groups)) -> (the three, keep, special): the tag sets
+# are held, so that their ids cannot be reused by other objects while the entry lives
+_SPECIAL_CACHE: dict[tuple[int, int, int], tuple[Any, ...]] = {}
 _SWAPPED_CACHE: dict[frozenset[int], frozenset[int]] = {}
 
 
@@ -659,6 +659,19 @@ def _swapped(tags: frozenset[int]) -> frozenset[int]:
     return out
 
 
+_UNSWAP_CACHE: dict[frozenset[int], dict[int, int]] = {}
+
+
+def _unswap(swapped: frozenset[int]) -> dict[int, int]:
+    """Map each swapped tag (see :func:`_swapped`) back to the tag."""
+    out = _UNSWAP_CACHE.get(swapped)
+    if out is None:
+        out = {s: ((s & 0xFFFF) << 16) | (s >> 16) for s in swapped}
+        if len(_UNSWAP_CACHE) < 16:
+            _UNSWAP_CACHE[swapped] = out
+    return out
+
+
 def _special_tags(
     wanted: frozenset[int] | set[int],
     presence: frozenset[int],
@@ -668,13 +681,14 @@ def _special_tags(
 
     With both precomputed, the hot loop needs one set test per element.
 
-    Memoised by the arguments' identity (they are module constants of the catalog); the
-    entry is checked before use, and a stale superset could only cost time anyway.
+    Memoised by the identity of the (frozen) tag sets, usually module constants of the
+    catalog: the entry holds them, so an id seen again is the same object; the private
+    groups are compared by value.
     """
     key = (id(wanted), id(presence), id(wanted_groups))
     hit = _SPECIAL_CACHE.get(key)
-    if hit is not None and wanted <= hit[0] and presence <= hit[1]:
-        return hit
+    if hit is not None and hit[0] is wanted and hit[1] is presence and hit[2] == wanted_groups:
+        return hit[3], hit[4]
     private = {
         (group << 16) | elem
         for group, offsets in wanted_groups.items()
@@ -683,8 +697,10 @@ def _special_tags(
     }
     keep = frozenset(wanted) | private
     special = keep | presence | _PIXEL_TAGS
-    if len(_SPECIAL_CACHE) < 16:
-        _SPECIAL_CACHE[key] = (keep, special)
+    if type(wanted) is frozenset and type(presence) is frozenset:
+        if len(_SPECIAL_CACHE) >= 16:
+            _SPECIAL_CACHE.clear()
+        _SPECIAL_CACHE[key] = (wanted, presence, dict(wanted_groups), keep, special)
     return keep, special
 
 
