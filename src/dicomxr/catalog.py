@@ -1469,8 +1469,11 @@ def plausible_orientation(iop: Any) -> bool:
 _NEAR = 1e-9
 
 
+_ONLY_FLOAT = {float}
+
+
 def _all_floats(values: tuple[Any, ...]) -> bool:
-    return all(type(x) is float for x in values)
+    return set(map(type, values)) == _ONLY_FLOAT
 
 
 def _orientation_verdict(iop: tuple[float, ...]) -> bool | None:
@@ -1479,15 +1482,28 @@ def _orientation_verdict(iop: tuple[float, ...]) -> bool | None:
     ``None`` when a norm or the cosine lies so close to its threshold that rounding could
     decide: the array check then judges, as it always did.
     """
-    if not all(map(math.isfinite, iop)) or max(map(abs, iop)) > 10:
-        return False
     a, b, c, d, e, f = iop
+    # chained comparisons are False for NaN: finite and at most 10 in magnitude, in one test
+    if not (
+        -10.0 <= a <= 10.0
+        and -10.0 <= b <= 10.0
+        and -10.0 <= c <= 10.0
+        and -10.0 <= d <= 10.0
+        and -10.0 <= e <= 10.0
+        and -10.0 <= f <= 10.0
+    ):
+        return False
     nr = math.sqrt(a * a + b * b + c * c)
     nc = math.sqrt(d * d + e * e + f * f)
     cosine = abs(a * d + b * e + c * f) / (nr * nc) if nr and nc else 0.0
-    for value, threshold in ((nr, 0.5), (nr, 1.5), (nc, 0.5), (nc, 1.5), (cosine, 0.5)):
-        if abs(value - threshold) < _NEAR:
-            return None
+    if (
+        abs(nr - 0.5) < _NEAR
+        or abs(nr - 1.5) < _NEAR
+        or abs(nc - 0.5) < _NEAR
+        or abs(nc - 1.5) < _NEAR
+        or abs(cosine - 0.5) < _NEAR
+    ):
+        return None
     if not (0.5 < nr < 1.5 and 0.5 < nc < 1.5):
         return False
     return cosine < 0.5
