@@ -13,7 +13,9 @@ placeholders patched in the bytes for every instance, written by a process pool.
 
 Then it prints, against issue 9's goals:
 
-- **scan**: files/s of ``dicomxr.scan`` in one process (goal >= 5,000 files/s);
+- **scan**: files/s of ``dicomxr.scan`` in one process (goal >= 5,000 files/s), wall and CPU
+  time, for the first scan (the page cache as found: partly cold) and for warm scans (best of
+  ``--scan-repeats``);
 - **rescan**: the same scan again with the persistent catalog cache
   (``scan(..., cache=path)``), first (filling) vs second (reading) run (goal: the rescan
   >= 50x faster than the first scan);
@@ -161,20 +163,41 @@ def ensure_cohort(n_series: int, instances: int, workers: int) -> Path:
     return root
 
 
-def bench_scan(root: Path) -> None:
-    """Scan files/s, and the cached rescan's speed-up."""
+def _timed_scan(root: Path) -> tuple[float, float, int]:
+    """Scan the cohort once: wall seconds, CPU seconds of this process, files catalogued."""
+    import dicomxr
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    df = dicomxr.scan(root, progress=False, warn=False)
+    return time.perf_counter() - t0, time.process_time() - c0, len(df)
+
+
+def _print_scan(label: str, n: int, wall: float, cpu: float) -> None:
+    load = os.getloadavg()[0]
+    print(f"{label}: {n:,} files in {wall:.2f} s = {n / wall:,.0f} files/s wall; CPU time "
+          f"{cpu:.2f} s = {n / cpu:,.0f} files/s of CPU (the rest of the wall time is waiting "
+          f"for the disk or for a CPU; load average {load:.1f})")  # fmt: skip
+
+
+def bench_scan(root: Path, repeats: int = 3) -> None:
+    """Scan files/s (first scan, then with a warm page cache), and the cached rescan's speed-up.
+
+    The first scan reads the cohort as the page cache has it (after writing it, or after
+    other work evicted some of it); the warm scans read it from memory, which is what the
+    per-file parsing costs. Both are printed, labelled.
+    """
     import dicomxr
 
     dicomxr.scan(next(root.rglob("*.dcm")), progress=False)  # imports are not measured
-    c0, t0 = time.process_time(), time.perf_counter()
-    df = dicomxr.scan(root, progress=False, warn=False)
-    scan_s, scan_cpu = time.perf_counter() - t0, time.process_time() - c0
-    n = len(df)
-    rate = n / scan_s
-    print(f"scan      : {n:,} files in {scan_s:.2f} s = {rate:,.0f} files/s "
-          f"(goal >= 5,000 files/s: {'met' if rate >= 5000 else 'NOT met'}); CPU time of "
-          f"this process {scan_cpu:.2f} s = {n / scan_cpu:,.0f} files/s of CPU (the rest is "
-          "waiting for the disk or for a CPU)")  # fmt: skip
+    scan_s, scan_cpu, n = _timed_scan(root)
+    _print_scan("scan      : first scan, page cache as found (partly cold)", n, scan_s, scan_cpu)
+    warm = min((_timed_scan(root) for _ in range(repeats)), key=lambda t: t[0])
+    _print_scan(f"scan      : warm page cache, best of {repeats}", n, warm[0], warm[1])
+    best_cpu = min(scan_cpu, warm[1])
+    print(f"scan goal : >= 5,000 files/s single-process: warm {n / warm[0]:,.0f} files/s "
+          f"{'met' if n / warm[0] >= 5000 else 'NOT met'}; first scan {n / scan_s:,.0f} files/s "
+          f"{'met' if n / scan_s >= 5000 else 'NOT met'}; CPU-bound rate (files per CPU second, "
+          f"what a quiet machine with the files cached approaches) {n / best_cpu:,.0f} files/s")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "catalog.sqlite"
         t0 = time.perf_counter()
@@ -304,6 +327,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=100)
     parser.add_argument("--convert-series", type=int, default=60)
     parser.add_argument("--write-workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--scan-repeats", type=int, default=3, help="warm scans timed")
     parser.add_argument("--skip-scan", action="store_true")
     parser.add_argument("--skip-convert", action="store_true")
     args = parser.parse_args()
@@ -312,7 +336,7 @@ def main() -> None:
     print(f"cohort    : {root} ({args.series:,} series x {args.instances} instances); "
           f"{os.cpu_count()} CPUs, load average {load}")  # fmt: skip
     if not args.skip_scan:
-        bench_scan(root)
+        bench_scan(root, max(1, args.scan_repeats))
     if not args.skip_convert:
         bench_convert(root, args.convert_series)
 
