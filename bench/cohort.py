@@ -15,8 +15,9 @@ Then it prints, against issue 9's goals:
 
 - **scan**: files/s of ``dicomxr.scan`` in one process (goal >= 5,000 files/s);
 - **rescan**: the same scan again with the persistent catalog cache
-  (``scan(..., cache=path)``), first (filling) vs second (reading) run (goal: the rescan
-  >= 50x faster than the first scan);
+  (``scan(..., cache=folder)``) on the unchanged tree, against the plain scan without a
+  cache on a warm page cache (goal: the rescan >= 50x faster than the first scan); the first
+  pass (colder page cache) and the run that fills the cache are printed too;
 - **convert**: series/s of ``dicomxr.convert(..., format="zarr", client=...)`` on a
   ``LocalCluster`` of 1 and of 2 worker processes (one thread each) over the first
   ``--convert-series`` series (goal: 2 workers >= 1.7x the series/s of 1), and the peak RSS
@@ -161,34 +162,54 @@ def ensure_cohort(n_series: int, instances: int, workers: int) -> Path:
     return root
 
 
-def bench_scan(root: Path) -> None:
-    """Scan files/s, and the cached rescan's speed-up."""
+def _best(runs: int, fn) -> tuple[float, float, object]:
+    """Best wall time and CPU time of ``runs`` calls (the machine may be shared)."""
+    best_wall = best_cpu = float("inf")
+    out = None
+    for _ in range(runs):
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = fn()
+        best_wall = min(best_wall, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return best_wall, best_cpu, out
+
+
+def bench_scan(root: Path, repeats: int = 3) -> None:
+    """Scan files/s, and the cached rescan's speed-up against the plain scan."""
     import dicomxr
 
     dicomxr.scan(next(root.rglob("*.dcm")), progress=False)  # imports are not measured
+    # the first pass reads the files from the disk if they are not in the page cache yet
     c0, t0 = time.process_time(), time.perf_counter()
     df = dicomxr.scan(root, progress=False, warn=False)
-    scan_s, scan_cpu = time.perf_counter() - t0, time.process_time() - c0
+    cold_s, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
+    scan_s, scan_cpu, df = _best(
+        max(1, repeats - 1), lambda: dicomxr.scan(root, progress=False, warn=False)
+    )
     n = len(df)
     rate = n / scan_s
-    print(f"scan      : {n:,} files in {scan_s:.2f} s = {rate:,.0f} files/s "
+    print(f"scan      : {n:,} files in {scan_s:.2f} s = {rate:,.0f} files/s on a warm page cache "
           f"(goal >= 5,000 files/s: {'met' if rate >= 5000 else 'NOT met'}); CPU time of "
           f"this process {scan_cpu:.2f} s = {n / scan_cpu:,.0f} files/s of CPU (the rest is "
-          "waiting for the disk or for a CPU)")  # fmt: skip
+          f"waiting for the disk or for a CPU); first pass {cold_s:.2f} s "
+          f"(CPU {cold_cpu:.2f} s, colder page cache)")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "catalog.sqlite"
+        cache = Path(tmp) / "catalog"
         t0 = time.perf_counter()
-        dicomxr.scan(root, progress=False, warn=False, cache=db)
+        filled = dicomxr.scan(root, progress=False, warn=False, cache=cache)
         fill_s = time.perf_counter() - t0
-        c0, t0 = time.process_time(), time.perf_counter()
-        again = dicomxr.scan(root, progress=False, warn=False, cache=db)
-        rescan_s, rescan_cpu = time.perf_counter() - t0, time.process_time() - c0
-    assert len(again) == n
+        snapshot = sum(p.stat().st_size for p in cache.iterdir())
+        rescan_s, rescan_cpu, again = _best(
+            repeats, lambda: dicomxr.scan(root, progress=False, warn=False, cache=cache)
+        )
+    assert len(again) == n and again.equals(filled)
     ratio = scan_s / rescan_s
-    print(f"rescan    : first scan filling the cache {fill_s:.2f} s, rescan from it {rescan_s:.2f} s"
-          f" = {ratio:.1f}x faster than the plain first scan (goal >= 50x: "
-          f"{'met' if ratio >= 50 else 'NOT met'}); CPU time {rescan_cpu:.2f} s, "
-          f"{scan_cpu / rescan_cpu:.1f}x less than the first scan's")  # fmt: skip
+    print(f"rescan    : first scan filling the cache {fill_s:.2f} s (snapshot "
+          f"{snapshot / 2**20:.1f} MiB); rescan of the unchanged tree {rescan_s:.3f} s "
+          f"(best of {repeats}; CPU {rescan_cpu:.3f} s)")  # fmt: skip
+    print(f"goal      : rescan >= 50x faster than the plain first scan: {scan_s:.2f} s / "
+          f"{rescan_s:.3f} s = {ratio:.1f}x: {'met' if ratio >= 50 else 'NOT met'} "
+          f"(CPU: {scan_cpu / rescan_cpu:.1f}x)")  # fmt: skip
 
 
 def _warm_up() -> None:
