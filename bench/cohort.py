@@ -13,7 +13,9 @@ placeholders patched in the bytes for every instance, written by a process pool.
 
 Then it prints, against issue 9's goals:
 
-- **scan**: files/s of ``dicomxr.scan`` in one process (goal >= 5,000 files/s);
+- **scan**: files/s of ``dicomxr.scan`` in one process (goal >= 5,000 files/s), wall and CPU
+  time, for the first scan (the page cache as found: partly cold) and for warm scans (best of
+  ``--scan-repeats``);
 - **rescan**: the same scan again with the persistent catalog cache
   (``scan(..., cache=folder)``) on the unchanged tree, against the plain scan without a
   cache on a warm page cache (goal: the rescan >= 50x faster than the first scan); the first
@@ -174,25 +176,41 @@ def _best(runs: int, fn) -> tuple[float, float, object]:
     return best_wall, best_cpu, out
 
 
+def _timed_scan(root: Path) -> tuple[float, float, int]:
+    """Scan the cohort once: wall seconds, CPU seconds of this process, files catalogued."""
+    import dicomxr
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    df = dicomxr.scan(root, progress=False, warn=False)
+    return time.perf_counter() - t0, time.process_time() - c0, len(df)
+
+
+def _print_scan(label: str, n: int, wall: float, cpu: float) -> None:
+    load = os.getloadavg()[0]
+    print(f"{label}: {n:,} files in {wall:.2f} s = {n / wall:,.0f} files/s wall; CPU time "
+          f"{cpu:.2f} s = {n / cpu:,.0f} files/s of CPU (the rest of the wall time is waiting "
+          f"for the disk or for a CPU; load average {load:.1f})")  # fmt: skip
+
+
 def bench_scan(root: Path, repeats: int = 3) -> None:
-    """Scan files/s, and the cached rescan's speed-up against the plain scan."""
+    """Scan files/s (first scan, then with a warm page cache), and the cached rescan's speed-up.
+
+    The first scan reads the cohort as the page cache has it (after writing it, or after
+    other work evicted some of it); the warm scans read it from memory, which is what the
+    per-file parsing costs. Both are printed, labelled.
+    """
     import dicomxr
 
     dicomxr.scan(next(root.rglob("*.dcm")), progress=False)  # imports are not measured
-    # the first pass reads the files from the disk if they are not in the page cache yet
-    c0, t0 = time.process_time(), time.perf_counter()
-    df = dicomxr.scan(root, progress=False, warn=False)
-    cold_s, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
-    scan_s, scan_cpu, df = _best(
-        max(1, repeats - 1), lambda: dicomxr.scan(root, progress=False, warn=False)
-    )
-    n = len(df)
-    rate = n / scan_s
-    print(f"scan      : {n:,} files in {scan_s:.2f} s = {rate:,.0f} files/s on a warm page cache "
-          f"(goal >= 5,000 files/s: {'met' if rate >= 5000 else 'NOT met'}); CPU time of "
-          f"this process {scan_cpu:.2f} s = {n / scan_cpu:,.0f} files/s of CPU (the rest is "
-          f"waiting for the disk or for a CPU); first pass {cold_s:.2f} s "
-          f"(CPU {cold_cpu:.2f} s, colder page cache)")  # fmt: skip
+    first_s, first_cpu, n = _timed_scan(root)
+    _print_scan("scan      : first scan, page cache as found (partly cold)", n, first_s, first_cpu)
+    warm = min((_timed_scan(root) for _ in range(repeats)), key=lambda t: t[0])
+    _print_scan(f"scan      : warm page cache, best of {repeats}", n, warm[0], warm[1])
+    best_cpu = min(first_cpu, warm[1])
+    print(f"scan goal : >= 5,000 files/s single-process: warm {n / warm[0]:,.0f} files/s "
+          f"{'met' if n / warm[0] >= 5000 else 'NOT met'}; first scan {n / first_s:,.0f} files/s "
+          f"{'met' if n / first_s >= 5000 else 'NOT met'}; CPU-bound rate (files per CPU second, "
+          f"what a quiet machine with the files cached approaches) {n / best_cpu:,.0f} files/s")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "catalog"
         t0 = time.perf_counter()
@@ -203,13 +221,16 @@ def bench_scan(root: Path, repeats: int = 3) -> None:
             repeats, lambda: dicomxr.scan(root, progress=False, warn=False, cache=cache)
         )
     assert len(again) == n and again.equals(filled)
+    # the plain first scan, as issue 9 means it: no cache, files in the page cache
+    scan_s, scan_cpu = warm[0], warm[1]
     ratio = scan_s / rescan_s
     print(f"rescan    : first scan filling the cache {fill_s:.2f} s (snapshot "
           f"{snapshot / 2**20:.1f} MiB); rescan of the unchanged tree {rescan_s:.3f} s "
           f"(best of {repeats}; CPU {rescan_cpu:.3f} s)")  # fmt: skip
-    print(f"goal      : rescan >= 50x faster than the plain first scan: {scan_s:.2f} s / "
+    print(f"rescan goal: >= 50x faster than the plain scan (warm page cache): {scan_s:.2f} s / "
           f"{rescan_s:.3f} s = {ratio:.1f}x: {'met' if ratio >= 50 else 'NOT met'} "
-          f"(CPU: {scan_cpu / rescan_cpu:.1f}x)")  # fmt: skip
+          f"(CPU: {scan_cpu / rescan_cpu:.1f}x; against the first, partly cold scan: "
+          f"{first_s / rescan_s:.1f}x)")  # fmt: skip
 
 
 def _warm_up() -> None:
@@ -302,6 +323,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=100)
     parser.add_argument("--convert-series", type=int, default=60)
     parser.add_argument("--write-workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--scan-repeats", type=int, default=3, help="warm scans timed")
     parser.add_argument("--skip-scan", action="store_true")
     parser.add_argument("--skip-convert", action="store_true")
     args = parser.parse_args()
@@ -310,7 +332,7 @@ def main() -> None:
     print(f"cohort    : {root} ({args.series:,} series x {args.instances} instances); "
           f"{os.cpu_count()} CPUs, load average {load}")  # fmt: skip
     if not args.skip_scan:
-        bench_scan(root)
+        bench_scan(root, max(1, args.scan_repeats))
     if not args.skip_convert:
         bench_convert(root, args.convert_series)
 

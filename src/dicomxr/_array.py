@@ -782,6 +782,12 @@ class FullRead:
         array.__deepcopy__ = hooks.deepcopy
         return array
 
+    @staticmethod
+    def attached(array: Any) -> bool:
+        """Whether ``array`` carries the hooks: computing all of it is one full read."""
+        hook = getattr(array, "__dict__", {}).get("__dask_optimize__")
+        return isinstance(getattr(hook, "__self__", None), FullRead)
+
     def deepcopy(self, memo: dict) -> Any:
         """Return the same array again, with the hooks (dask's deep copy would drop them)."""
         import dask.array

@@ -19,6 +19,7 @@ import fnmatch
 import glob as _glob
 import json
 import logging
+import math
 import operator
 import os
 import stat
@@ -226,6 +227,12 @@ _DEFLATED = frozenset(
 # at least one of these (or pixel data) makes a parsed file an instance worth a row
 _IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality")
 
+# the skip reason of a directory file met as if it were an instance
+_DIRECTORY_FILE = (
+    "DICOMDIR file (a directory of a file-set, not an instance; "
+    "pass it to scan() to read the files it lists)"
+)
+
 # skip reasons that are listed in the report without a warning
 _BENIGN = ("DICOMDIR file", "not a DICOM file", "not a regular file")
 
@@ -380,12 +387,13 @@ def _mosaic_claim(
     the grid count (0065,xx50) in an image whose Manufacturer starts with "UI" (as dcm2niix
     reads it). A claim without a count keeps ``None``: :mod:`dicomxr.mosaic` reports it.
     """
-    tokens = {str(v).strip().upper() for v in row.get("ImageType") or ()}
+    vframe, mosaic = _image_type_flags(row.get("ImageType"))
     uih_n = _to_int(private.get("uih_grid_n")) if private else None
-    maker = str(row.get("Manufacturer") or "").strip().upper()
-    if "VFRAME" in tokens or (uih_n is not None and maker.startswith("UI")):
+    if vframe or (
+        uih_n is not None and str(row.get("Manufacturer") or "").strip().upper().startswith("UI")
+    ):
         return "UIH", uih_n, None
-    if "MOSAIC" not in tokens:
+    if not mosaic:
         return None, None, None
     n = _to_int(private.get("siemens_mosaic_n")) if private else None
     normal = None
@@ -397,6 +405,27 @@ def _mosaic_claim(
         if isinstance(times, (list, tuple)) and len(times) > 1:
             n = len(times)
     return "SIEMENS", n, normal
+
+
+# ImageType -> (says VFRAME, says MOSAIC): a scan meets few distinct values
+_IMAGE_TYPE_FLAGS: dict[Any, tuple[bool, bool]] = {}
+
+
+def _image_type_flags(image_type: Any) -> tuple[bool, bool]:
+    """Tell whether ImageType has the token ``VFRAME``, and whether it has ``MOSAIC``."""
+    try:
+        hit = _IMAGE_TYPE_FLAGS.get(image_type)
+        hashable = True
+    except TypeError:  # not hashable (a list): decide without the memo
+        hit, hashable = None, False
+    if hit is None:
+        tokens = {str(v).strip().upper() for v in image_type or ()}
+        hit = ("VFRAME" in tokens, "MOSAIC" in tokens)
+        if hashable:
+            if len(_IMAGE_TYPE_FLAGS) >= 1024:
+                _IMAGE_TYPE_FLAGS.clear()
+            _IMAGE_TYPE_FLAGS[image_type] = hit
+    return hit
 
 
 def _mosaic_from_csa(raw: bytes) -> tuple[int | None, tuple[float, ...] | None]:
@@ -632,10 +661,7 @@ def read_header_pydicom(
             # the wrong size): the header is damaged where the catalog needs it
             raise _Skip(f"damaged header ({type(exc).__name__}: {exc})") from None
     if row["SOPClassUID"] == _MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
-        raise _Skip(
-            "DICOMDIR file (a directory of a file-set, not an instance; "
-            "pass it to scan() to read the files it lists)"
-        )
+        raise _Skip(_DIRECTORY_FILE)
     row["pixel_data_offset"] = pixel_offset
     row["has_pixels"] = has_pixels
     row["pixel_data_truncated"] = truncated
@@ -1086,6 +1112,45 @@ def read_header_fast(
         The catalog columns except ``path``, ``file_size`` and ``mtime``; ``None`` when
         the file is outside what the fast reader handles (then use pydicom).
     """
+    raw = _instance_header(path, size, keys)
+    if raw is None:
+        return None
+    elements = raw.elements
+    groups = [elements.pop(tag, None) for tag in _PER_FRAME_TAGS]
+    if memo is None:
+        memo = {}
+    charset = _memo_charset(elements, memo)
+    if charset is _UNKNOWN_CHARSET:
+        return None
+    if len(memo) > _MEMO_LIMIT:
+        memo.clear()  # a scan of a huge, varied tree: start afresh rather than grow
+    row = dict(_EMPTY_ROW)
+    for key in keys:
+        row[key.name] = None
+    has_private = _catalog_values(row, elements, raw.implicit, charset, memo)
+    if keys:
+        _key_values(row, elements, raw.implicit, charset, keys)
+    row["TransferSyntaxUID"] = raw.transfer_syntax
+    if row["SOPClassUID"] is None:
+        msc = raw.meta.get(0x00020002)
+        row["SOPClassUID"] = msc.rstrip(b"\x00 ").decode("ascii") or None if msc else None
+    if row["SOPClassUID"] == _MEDIA_STORAGE_DIRECTORY:
+        raise _Skip(_DIRECTORY_FILE)
+    _pixel_columns(row, raw, size)
+    # kept in the hot loop (a defined-length sequence), the tag is not in raw.present
+    row["is_enhanced"] = _PERFRAME_TAG in raw.present or groups[0] is not None
+    row["per_frame"] = (
+        _per_frame_from_raw(groups, raw.implicit, row) if row["is_enhanced"] else None
+    )
+    return _finish_row(row, _fast_private(elements, raw.implicit) if has_private else {})
+
+
+def _instance_header(path: str | Any, size: int, keys: tuple[Key, ...]) -> Any:
+    """Walk one file's header (:func:`dicomxr._header.read_raw`); refuse what is no instance.
+
+    ``None`` when the fast reader declines the file; :class:`_Skip` for a DICOMDIR or a
+    header cut short.
+    """
     from dicomxr._header import read_raw
 
     wanted = _wanted_with(keys) if keys else _FAST_WANTED
@@ -1093,10 +1158,7 @@ def read_header_fast(
     if raw is None:
         return None
     if raw.is_directory:
-        raise _Skip(
-            "DICOMDIR file (a directory of a file-set, not an instance; "
-            "pass it to scan() to read the files it lists)"
-        )
+        raise _Skip(_DIRECTORY_FILE)
     if raw.truncated_at is not None:
         tag, offset = raw.truncated_at
         where = f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag >= 0 else "an element"
@@ -1104,64 +1166,60 @@ def read_header_fast(
             f"truncated header ({where} at byte {offset} runs past the end of the file, "
             f"{size} bytes)"
         )
-    if 0x00041220 in raw.present:
-        raise _Skip(
-            "DICOMDIR file (a directory of a file-set, not an instance; "
-            "pass it to scan() to read the files it lists)"
-        )
-    elements = raw.elements
-    groups = [elements.pop(tag, None) for tag in _PER_FRAME_TAGS]
-    if memo is None:
-        memo = {}
-    charset_key = ("charset", elements.get(0x00080005))
-    charset = memo.get(charset_key, memo)
+    if 0x00041220 in raw.present:  # a directory record sequence: a DICOMDIR by content
+        raise _Skip(_DIRECTORY_FILE)
+    return raw
+
+
+# a Specific Character Set the fast reader cannot map (pydicom then reads the file)
+_UNKNOWN_CHARSET: Any = object()
+
+
+def _memo_charset(elements: dict[int, tuple[bytes | None, bytes]], memo: dict[Any, Any]) -> Any:
+    """Return the file's character sets (``None``: the default), decoded once per scan.
+
+    :data:`_UNKNOWN_CHARSET` when one of them is unknown here.
+    """
+    key = ("charset", elements.get(0x00080005))
+    charset = memo.get(key, memo)
     if charset is memo:
         try:
             charset = _charset(elements)
         except Exception:
-            return None
-        memo[charset_key] = charset
-    implicit = raw.implicit
-    row = dict(_EMPTY_ROW)
+            return _UNKNOWN_CHARSET
+        memo[key] = charset
+    return charset
+
+
+def _catalog_values(
+    row: dict[str, Any],
+    elements: dict[int, tuple[bytes | None, bytes]],
+    implicit: bool,
+    charset: list[str] | None,
+    memo: dict[Any, Any],
+) -> bool:
+    """Decode the catalog's attributes into ``row``; tell whether vendor private tags are there.
+
+    Values that repeat across the files of a series (UIDs, sizes, spacing...) are converted
+    once per scan: the fast converters ignore the character set, so their results can be
+    shared through ``memo``. A value the fast converter refuses (or stored in another VR
+    than the dictionary's) goes to the general decoder, which knows the corner cases.
+    """
     has_private = False
-    if len(memo) > _MEMO_LIMIT:
-        memo.clear()  # a scan of a huge, varied tree: start afresh rather than grow
-    extra = _EXTRA_TAGS.get(keys) if keys else None
-    for key in keys:
-        row[key.name] = None
+    spec_of = _FAST_SPEC.get
+    memo_get = memo.get
     for tag, item in elements.items():
-        spec = _FAST_SPEC.get(tag)
-        if extra is not None and tag in extra:
-            key = extra[tag]
-            if implicit or item[0] in (None, b"UN"):
-                creator = key.creator_tag
-                vr = key.implicit_vr(
-                    None if creator is None else elements.get(creator, (0, None))[1]
-                )
-            else:
-                vr = item[0].decode()
-            row[key.name] = value_from_raw(item[1], vr, charset)
-            if spec is None:
-                has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
-                continue
-        if tag == _RWV_TAG:
-            # the same mapping repeats across a series: parsed once per scan
-            key = ("rwv", implicit, item)
-            hit = memo.get(key)
-            if hit is None:
-                hit = memo[key] = (_fast_rwv(item, implicit),)
-            row["RealWorldValueMapping"] = hit[0]
-            continue
+        spec = spec_of(tag)
         if spec is None:
-            has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
+            if tag == _RWV_TAG:
+                row["RealWorldValueMapping"] = _memo_rwv(item, implicit, memo)
+            elif (tag >> 16) in _PRIVATE_GROUPS:
+                has_private = True
             continue
         keyword, kind, dict_vr, fast, shared = spec
         if shared:
-            # values that repeat across the files of a series (UIDs, sizes, spacing...)
-            # are converted once per scan; the fast converters ignore the character set,
-            # so their results can be shared
             key = (tag, item)
-            hit = memo.get(key)
+            hit = memo_get(key)
             if hit is not None:
                 row[keyword] = hit[0]
                 continue
@@ -1170,7 +1228,7 @@ def read_header_fast(
             try:
                 converted = fast(value)
             except (ValueError, UnicodeDecodeError, struct.error):
-                pass  # the general decoder below knows the corner cases
+                pass
             else:
                 row[keyword] = converted
                 if shared:
@@ -1178,15 +1236,40 @@ def read_header_fast(
                 continue
         vr = _TAG_VR[tag] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
         row[keyword] = _raw_value(value, vr, kind, charset)
-    row["TransferSyntaxUID"] = raw.transfer_syntax
-    if row["SOPClassUID"] is None:
-        msc = raw.meta.get(0x00020002)
-        row["SOPClassUID"] = msc.rstrip(b"\x00 ").decode("ascii") or None if msc else None
-    if row["SOPClassUID"] == _MEDIA_STORAGE_DIRECTORY:
-        raise _Skip(
-            "DICOMDIR file (a directory of a file-set, not an instance; "
-            "pass it to scan() to read the files it lists)"
-        )
+    return has_private
+
+
+def _memo_rwv(item: tuple[bytes | None, bytes], implicit: bool, memo: dict[Any, Any]) -> Any:
+    """Return the Real World Value Mapping; it repeats across a series, so parse it once."""
+    key = ("rwv", implicit, item)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (_fast_rwv(item, implicit),)
+    return hit[0]
+
+
+def _key_values(
+    row: dict[str, Any],
+    elements: dict[int, tuple[bytes | None, bytes]],
+    implicit: bool,
+    charset: list[str] | None,
+    keys: tuple[Key, ...],
+) -> None:
+    """Decode the requested keys the file has into ``row`` (see :mod:`dicomxr._keys`)."""
+    for key in _EXTRA_TAGS[keys].values():
+        item = elements.get(key.tag)
+        if item is None:
+            continue
+        if implicit or item[0] in (None, b"UN"):
+            creator = key.creator_tag
+            vr = key.implicit_vr(None if creator is None else elements.get(creator, (0, None))[1])
+        else:
+            vr = item[0].decode()
+        row[key.name] = value_from_raw(item[1], vr, charset)
+
+
+def _pixel_columns(row: dict[str, Any], raw: Any, size: int) -> None:
+    """Where the pixel data is, and whether it runs past the end of the file."""
     has_pixels = raw.pixel_data_offset >= 0
     row["pixel_data_offset"] = raw.pixel_data_offset
     row["has_pixels"] = has_pixels
@@ -1195,10 +1278,6 @@ def read_header_fast(
     else:
         truncated = raw.pixel_data_value_offset + raw.pixel_data_length > size
     row["pixel_data_truncated"] = bool(has_pixels and truncated)
-    # kept in the hot loop (a defined-length sequence), the tag is not in raw.present
-    row["is_enhanced"] = _PERFRAME_TAG in raw.present or groups[0] is not None
-    row["per_frame"] = _per_frame_from_raw(groups, implicit, row) if row["is_enhanced"] else None
-    return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
 
 
 # requested keys -> the wanted tags of the fast reader and tag -> key, built once per key set
@@ -1372,6 +1451,10 @@ def plausible_orientation(iop: Any) -> bool:
     tolerances judge real data; this only refuses values no geometry can come from (NaN,
     infinities, zero or parallel vectors, the wrong number of values).
     """
+    if type(iop) is tuple and len(iop) == 6 and _all_floats(iop):
+        verdict = _orientation_verdict(iop)
+        if verdict is not None:
+            return verdict
     try:
         v = np.asarray(iop, dtype=np.float64)
     except (TypeError, ValueError):
@@ -1385,6 +1468,69 @@ def plausible_orientation(iop: Any) -> bool:
     return abs(float(row @ col)) / (nr * nc) < 0.5
 
 
+# how far from a threshold the plain-float check of an orientation must be to decide alone
+_NEAR = 1e-9
+
+
+_ONLY_FLOAT = {float}
+
+
+def _all_floats(values: tuple[Any, ...]) -> bool:
+    return set(map(type, values)) == _ONLY_FLOAT
+
+
+def _orientation_verdict(iop: tuple[float, ...]) -> bool | None:
+    """:func:`plausible_orientation` of six floats in plain Python (a scan checks every file).
+
+    ``None`` when a norm or the cosine lies so close to its threshold that rounding could
+    decide: the array check then judges, as it always did.
+    """
+    a, b, c, d, e, f = iop
+    # chained comparisons are False for NaN: finite and at most 10 in magnitude, in one test
+    if not (
+        -10.0 <= a <= 10.0
+        and -10.0 <= b <= 10.0
+        and -10.0 <= c <= 10.0
+        and -10.0 <= d <= 10.0
+        and -10.0 <= e <= 10.0
+        and -10.0 <= f <= 10.0
+    ):
+        return False
+    nr = math.sqrt(a * a + b * b + c * c)
+    nc = math.sqrt(d * d + e * e + f * f)
+    cosine = abs(a * d + b * e + c * f) / (nr * nc) if nr and nc else 0.0
+    if (
+        abs(nr - 0.5) < _NEAR
+        or abs(nr - 1.5) < _NEAR
+        or abs(nc - 0.5) < _NEAR
+        or abs(nc - 1.5) < _NEAR
+        or abs(cosine - 0.5) < _NEAR
+    ):
+        return None
+    if not (0.5 < nr < 1.5 and 0.5 < nc < 1.5):
+        return False
+    return cosine < 0.5
+
+
+def _finite_values(values: Any, n: int) -> bool:
+    """Whether ``values`` are ``n`` finite numbers (plain floats checked without numpy)."""
+    if type(values) is tuple and _all_floats(values):
+        return len(values) == n and all(map(math.isfinite, values))
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return v.shape == (n,) and bool(np.isfinite(v).all())
+
+
+def _plausible_spacing(spacing: Any) -> bool:
+    """Whether PixelSpacing is two finite, positive numbers."""
+    if type(spacing) is tuple and _all_floats(spacing):
+        return len(spacing) == 2 and all(map(math.isfinite, spacing)) and min(spacing) > 0
+    sp = np.asarray(spacing, dtype=np.float64)
+    return sp.shape == (2,) and bool(np.isfinite(sp).all()) and not (sp <= 0).any()
+
+
 def _drop_impossible_geometry(row: dict[str, Any], path: str) -> None:
     """Blank geometry values no image can have, so planning sets the file apart by name."""
     iop = row.get("ImageOrientationPatient")
@@ -1392,15 +1538,13 @@ def _drop_impossible_geometry(row: dict[str, Any], path: str) -> None:
         logger.warning("%s: ImageOrientationPatient %s is not a valid orientation", path, iop)
         row["ImageOrientationPatient"] = None
     ipp = row.get("ImagePositionPatient")
-    if ipp is not None and (len(ipp) != 3 or not np.isfinite(np.asarray(ipp, float)).all()):
+    if ipp is not None and (len(ipp) != 3 or not _finite_values(ipp, 3)):
         logger.warning("%s: ImagePositionPatient %s is not a position", path, ipp)
         row["ImagePositionPatient"] = None
     spacing = row.get("PixelSpacing")
-    if spacing is not None:
-        sp = np.asarray(spacing, dtype=np.float64)
-        if sp.shape != (2,) or not np.isfinite(sp).all() or (sp <= 0).any():
-            logger.warning("%s: PixelSpacing %s is not a spacing", path, spacing)
-            row["PixelSpacing"] = None
+    if spacing is not None and not _plausible_spacing(spacing):
+        logger.warning("%s: PixelSpacing %s is not a spacing", path, spacing)
+        row["PixelSpacing"] = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -2249,10 +2393,9 @@ def _to_frame(
     """Build the catalog of ``rows``; ``raw``: the requested keys' columns as read."""
     # column by column, straight into arrays: far cheaper than letting pandas infer
     data: dict[str, Any] = {}
-    getter = operator.itemgetter(*COLUMNS)
     try:
-        # transpose in C: one tuple per row, then one tuple per column
-        columns = list(zip(*map(getter, rows), strict=True)) if rows else [() for _ in COLUMNS]
+        # one list per column, gathered in C (no tuple per row for the collector to trace)
+        columns = [list(map(operator.itemgetter(col), rows)) for col in COLUMNS]
     except KeyError:  # a row without some column (never from scan(); be lenient)
         columns = [[r.get(col) for r in rows] for col in COLUMNS]
     for (col, dtype), values in zip(_SCHEMA.items(), columns, strict=True):
@@ -2263,26 +2406,25 @@ def _to_frame(
     return pd.DataFrame(data, columns=[*_SCHEMA, *extra], copy=False)
 
 
-def _column(values: Sequence[Any], dtype: str) -> Any:
-    """One catalog column of ``dtype`` from the rows' values."""
+def _column(values: list[Any], dtype: str) -> Any:
+    """Build one catalog column of ``dtype`` from the rows' values."""
+    n = len(values)
     if dtype == "object":
-        arr = np.empty(len(values), dtype=object)
-        for i, v in enumerate(values):
-            arr[i] = v  # element-wise: tuples must stay tuples, not become a 2-D array
-        return arr
+        # fromiter stores each value as it is: tuples stay tuples, not a 2-D array
+        return np.fromiter(values, dtype=object, count=n)
     if dtype == "bool":
-        return np.array([bool(v) for v in values], dtype=bool)
+        return np.fromiter(map(bool, values), dtype=bool, count=n)
     if dtype in ("float64", "int64"):
         return np.array(values, dtype=dtype)
     if dtype == "str":
         try:
-            return pd.array(list(values), dtype="str")
+            return pd.array(values, dtype="str")
         except UnicodeEncodeError:
             # file names that are not valid UTF-8 come back from the OS with lone
             # surrogates, which an Arrow-backed str dtype refuses: keep them as objects
             # (an explicit object Series: pandas would infer its str dtype again)
-            return pd.Series(np.array(list(values), dtype=object), dtype=object)
-    return pd.array(list(values), dtype=dtype)
+            return pd.Series(np.array(values, dtype=object), dtype=object)
+    return pd.array(values, dtype=dtype)
 
 
 def _extra_column(values: list[Any]) -> Any:
