@@ -17,8 +17,9 @@ Then it prints, against issue 9's goals:
   time, for the first scan (the page cache as found: partly cold) and for warm scans (best of
   ``--scan-repeats``);
 - **rescan**: the same scan again with the persistent catalog cache
-  (``scan(..., cache=path)``), first (filling) vs second (reading) run (goal: the rescan
-  >= 50x faster than the first scan);
+  (``scan(..., cache=folder)``) on the unchanged tree, against the plain scan without a
+  cache on a warm page cache (goal: the rescan >= 50x faster than the first scan); the first
+  pass (colder page cache) and the run that fills the cache are printed too;
 - **convert**: series/s of ``dicomxr.convert(..., format="zarr", client=...)`` on a
   ``LocalCluster`` of 1 and of 2 worker processes (one thread each) over the first
   ``--convert-series`` series (goal: 2 workers >= 1.7x the series/s of 1), and the peak RSS
@@ -163,6 +164,18 @@ def ensure_cohort(n_series: int, instances: int, workers: int) -> Path:
     return root
 
 
+def _best(runs: int, fn) -> tuple[float, float, object]:
+    """Best wall time and CPU time of ``runs`` calls (the machine may be shared)."""
+    best_wall = best_cpu = float("inf")
+    out = None
+    for _ in range(runs):
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = fn()
+        best_wall = min(best_wall, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return best_wall, best_cpu, out
+
+
 def _timed_scan(root: Path) -> tuple[float, float, int]:
     """Scan the cohort once: wall seconds, CPU seconds of this process, files catalogued."""
     import dicomxr
@@ -189,29 +202,35 @@ def bench_scan(root: Path, repeats: int = 3) -> None:
     import dicomxr
 
     dicomxr.scan(next(root.rglob("*.dcm")), progress=False)  # imports are not measured
-    scan_s, scan_cpu, n = _timed_scan(root)
-    _print_scan("scan      : first scan, page cache as found (partly cold)", n, scan_s, scan_cpu)
+    first_s, first_cpu, n = _timed_scan(root)
+    _print_scan("scan      : first scan, page cache as found (partly cold)", n, first_s, first_cpu)
     warm = min((_timed_scan(root) for _ in range(repeats)), key=lambda t: t[0])
     _print_scan(f"scan      : warm page cache, best of {repeats}", n, warm[0], warm[1])
-    best_cpu = min(scan_cpu, warm[1])
+    best_cpu = min(first_cpu, warm[1])
     print(f"scan goal : >= 5,000 files/s single-process: warm {n / warm[0]:,.0f} files/s "
-          f"{'met' if n / warm[0] >= 5000 else 'NOT met'}; first scan {n / scan_s:,.0f} files/s "
-          f"{'met' if n / scan_s >= 5000 else 'NOT met'}; CPU-bound rate (files per CPU second, "
+          f"{'met' if n / warm[0] >= 5000 else 'NOT met'}; first scan {n / first_s:,.0f} files/s "
+          f"{'met' if n / first_s >= 5000 else 'NOT met'}; CPU-bound rate (files per CPU second, "
           f"what a quiet machine with the files cached approaches) {n / best_cpu:,.0f} files/s")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "catalog.sqlite"
+        cache = Path(tmp) / "catalog"
         t0 = time.perf_counter()
-        dicomxr.scan(root, progress=False, warn=False, cache=db)
+        filled = dicomxr.scan(root, progress=False, warn=False, cache=cache)
         fill_s = time.perf_counter() - t0
-        c0, t0 = time.process_time(), time.perf_counter()
-        again = dicomxr.scan(root, progress=False, warn=False, cache=db)
-        rescan_s, rescan_cpu = time.perf_counter() - t0, time.process_time() - c0
-    assert len(again) == n
+        snapshot = sum(p.stat().st_size for p in cache.iterdir())
+        rescan_s, rescan_cpu, again = _best(
+            repeats, lambda: dicomxr.scan(root, progress=False, warn=False, cache=cache)
+        )
+    assert len(again) == n and again.equals(filled)
+    # the plain first scan, as issue 9 means it: no cache, files in the page cache
+    scan_s, scan_cpu = warm[0], warm[1]
     ratio = scan_s / rescan_s
-    print(f"rescan    : first scan filling the cache {fill_s:.2f} s, rescan from it {rescan_s:.2f} s"
-          f" = {ratio:.1f}x faster than the plain first scan (goal >= 50x: "
-          f"{'met' if ratio >= 50 else 'NOT met'}); CPU time {rescan_cpu:.2f} s, "
-          f"{scan_cpu / rescan_cpu:.1f}x less than the first scan's")  # fmt: skip
+    print(f"rescan    : first scan filling the cache {fill_s:.2f} s (snapshot "
+          f"{snapshot / 2**20:.1f} MiB); rescan of the unchanged tree {rescan_s:.3f} s "
+          f"(best of {repeats}; CPU {rescan_cpu:.3f} s)")  # fmt: skip
+    print(f"rescan goal: >= 50x faster than the plain scan (warm page cache): {scan_s:.2f} s / "
+          f"{rescan_s:.3f} s = {ratio:.1f}x: {'met' if ratio >= 50 else 'NOT met'} "
+          f"(CPU: {scan_cpu / rescan_cpu:.1f}x; against the first, partly cold scan: "
+          f"{first_s / rescan_s:.1f}x)")  # fmt: skip
 
 
 def _warm_up(one_series: object) -> None:

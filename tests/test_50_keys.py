@@ -143,7 +143,7 @@ def test_keys_read_in_the_same_pass(philips: Path, monkeypatch: pytest.MonkeyPat
 
 def test_cache_keeps_keys_apart(tmp_path: Path, philips: Path) -> None:
     files = [str(p) for p in sorted((philips / "cl").rglob("*")) if p.is_file()][:30]
-    db = tmp_path / "catalog.sqlite"
+    db = tmp_path / "cache"
     with _quiet():
         plain = dicomxr.scan(files, cache=db)
         keyed = dicomxr.scan(files, cache=db, keys=["FlipAngle"])
