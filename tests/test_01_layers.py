@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "dicomxr._header",
             "dicomxr._keys",
             "dicomxr._functional_groups",
+            "dicomxr._catalog_cache",
             "dicomxr.dicomdir",
             "dicomxr.scaling",
             "dicomxr.pixels",
@@ -67,7 +68,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("accessor", ("dicomxr.accessor",)),
-    ("workflows", ("dicomxr.convert",)),
+    ("workflows", ("dicomxr.conversion",)),
     (
         "entry points",
         (

@@ -59,6 +59,10 @@ _VRS = frozenset(
         b"US",
     }
 )
+# explicit VRs as a little-endian 16-bit read of their two characters gives them
+_SHORT_CODES = frozenset(int.from_bytes(vr, "little") for vr in _VRS)
+_LONG_CODES = frozenset(int.from_bytes(vr, "little") for vr in _LONG_VRS)
+_VR_OF_CODE: dict[int, bytes] = {int.from_bytes(vr, "little"): vr for vr in _VRS | _LONG_VRS}
 _VR_HEADER: dict[bytes, int] = {vr: 8 for vr in _VRS} | {vr: 12 for vr in _LONG_VRS}
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _ITEM = 0xFFFEE000
@@ -83,6 +87,7 @@ _unpack_i = struct.Struct("<I").unpack_from
 _unpack_hhi = struct.Struct("<HHI").unpack_from
 _unpack_hh2sh = struct.Struct("<HH2sH").unpack_from
 _unpack_i2sh = struct.Struct("<I2sH").unpack_from
+_unpack_ihh = struct.Struct("<IHH").unpack_from
 
 
 class _Decline(Exception):
@@ -471,11 +476,12 @@ def _walk_top(
     special_swapped = _swapped(special)
     unswap = _unswap(keep_swapped)
     elements = out.elements
-    short_vrs = _VRS
-    long_vrs = _LONG_VRS
+    short_codes = _SHORT_CODES
+    long_codes = _LONG_CODES
+    vr_of = _VR_OF_CODE
     unpack_i = _unpack_i
     unpack_hhi = _unpack_hhi
-    unpack_i2sh = _unpack_i2sh
+    unpack_ihh = _unpack_ihh
     undefined = _UNDEFINED
     last_tag = -1
     while True:
@@ -518,25 +524,26 @@ def _walk_top(
             vr, header = None, 8
         else:
             # explicit VR: the tag is read as one little-endian int, (elem << 16) | group,
-            # and tested against swapped sets; a 2-byte length cannot be undefined
+            # and tested against swapped sets; the VR as an int too (no bytes object made
+            # for every element); a 2-byte length cannot be undefined
             while p <= limit:
-                stag, vr, length = unpack_i2sh(b, p)
-                if vr in short_vrs:
+                stag, code, length = unpack_ihh(b, p)
+                if code in short_codes:
                     if stag in special_swapped:
                         end = p + 8 + length
                         if end <= avail and stag in keep_swapped:
-                            elements[unswap[stag]] = (vr, b[p + 8 : end])
+                            elements[unswap[stag]] = (vr_of[code], b[p + 8 : end])
                             p = end
                             continue
                         header = 8
                         break
                     p += 8 + length
-                elif vr in long_vrs:
+                elif code in long_codes:
                     (length,) = unpack_i(b, p + 8)
                     if stag in special_swapped or length == undefined:
                         end = p + 12 + length
                         if stag in keep_swapped and length != undefined and end <= avail:
-                            elements[unswap[stag]] = (vr, b[p + 12 : end])
+                            elements[unswap[stag]] = (vr_of[code], b[p + 12 : end])
                             p = end
                             continue
                         header = 12
@@ -549,6 +556,7 @@ def _walk_top(
                 if pos > size:
                     _truncated_in_window(b, base, start_p, size, False, out)
                 continue
+            vr = vr_of[code]
             group, elem = stag & 0xFFFF, stag >> 16
             tag = (group << 16) | elem
         # the element at p needs a closer look
