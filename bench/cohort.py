@@ -13,10 +13,13 @@ placeholders patched in the bytes for every instance, written by a process pool.
 
 Then it prints, against issue 9's goals:
 
-- **scan**: files/s of ``dicomxr.scan`` in one process (goal >= 5,000 files/s);
+- **scan**: files/s of ``dicomxr.scan`` in one process (goal >= 5,000 files/s), wall and CPU
+  time, for the first scan (the page cache as found: partly cold) and for warm scans (best of
+  ``--scan-repeats``);
 - **rescan**: the same scan again with the persistent catalog cache
-  (``scan(..., cache=path)``), first (filling) vs second (reading) run (goal: the rescan
-  >= 50x faster than the first scan);
+  (``scan(..., cache=folder)``) on the unchanged tree, against the plain scan without a
+  cache on a warm page cache (goal: the rescan >= 50x faster than the first scan); the first
+  pass (colder page cache) and the run that fills the cache are printed too;
 - **convert**: series/s of ``dicomxr.convert(..., format="zarr", client=...)`` on a
   ``LocalCluster`` of 1 and of 2 worker processes (one thread each) over the first
   ``--convert-series`` series (goal: 2 workers >= 1.7x the series/s of 1), and the peak RSS
@@ -161,40 +164,85 @@ def ensure_cohort(n_series: int, instances: int, workers: int) -> Path:
     return root
 
 
-def bench_scan(root: Path) -> None:
-    """Scan files/s, and the cached rescan's speed-up."""
+def _best(runs: int, fn) -> tuple[float, float, object]:
+    """Best wall time and CPU time of ``runs`` calls (the machine may be shared)."""
+    best_wall = best_cpu = float("inf")
+    out = None
+    for _ in range(runs):
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = fn()
+        best_wall = min(best_wall, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return best_wall, best_cpu, out
+
+
+def _timed_scan(root: Path) -> tuple[float, float, int]:
+    """Scan the cohort once: wall seconds, CPU seconds of this process, files catalogued."""
+    import dicomxr
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    df = dicomxr.scan(root, progress=False, warn=False)
+    return time.perf_counter() - t0, time.process_time() - c0, len(df)
+
+
+def _print_scan(label: str, n: int, wall: float, cpu: float) -> None:
+    load = os.getloadavg()[0]
+    print(f"{label}: {n:,} files in {wall:.2f} s = {n / wall:,.0f} files/s wall; CPU time "
+          f"{cpu:.2f} s = {n / cpu:,.0f} files/s of CPU (the rest of the wall time is waiting "
+          f"for the disk or for a CPU; load average {load:.1f})")  # fmt: skip
+
+
+def bench_scan(root: Path, repeats: int = 3) -> None:
+    """Scan files/s (first scan, then with a warm page cache), and the cached rescan's speed-up.
+
+    The first scan reads the cohort as the page cache has it (after writing it, or after
+    other work evicted some of it); the warm scans read it from memory, which is what the
+    per-file parsing costs. Both are printed, labelled.
+    """
     import dicomxr
 
     dicomxr.scan(next(root.rglob("*.dcm")), progress=False)  # imports are not measured
-    c0, t0 = time.process_time(), time.perf_counter()
-    df = dicomxr.scan(root, progress=False, warn=False)
-    scan_s, scan_cpu = time.perf_counter() - t0, time.process_time() - c0
-    n = len(df)
-    rate = n / scan_s
-    print(f"scan      : {n:,} files in {scan_s:.2f} s = {rate:,.0f} files/s "
-          f"(goal >= 5,000 files/s: {'met' if rate >= 5000 else 'NOT met'}); CPU time of "
-          f"this process {scan_cpu:.2f} s = {n / scan_cpu:,.0f} files/s of CPU (the rest is "
-          "waiting for the disk or for a CPU)")  # fmt: skip
+    first_s, first_cpu, n = _timed_scan(root)
+    _print_scan("scan      : first scan, page cache as found (partly cold)", n, first_s, first_cpu)
+    warm = min((_timed_scan(root) for _ in range(repeats)), key=lambda t: t[0])
+    _print_scan(f"scan      : warm page cache, best of {repeats}", n, warm[0], warm[1])
+    best_cpu = min(first_cpu, warm[1])
+    print(f"scan goal : >= 5,000 files/s single-process: warm {n / warm[0]:,.0f} files/s "
+          f"{'met' if n / warm[0] >= 5000 else 'NOT met'}; first scan {n / first_s:,.0f} files/s "
+          f"{'met' if n / first_s >= 5000 else 'NOT met'}; CPU-bound rate (files per CPU second, "
+          f"what a quiet machine with the files cached approaches) {n / best_cpu:,.0f} files/s")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "catalog.sqlite"
+        cache = Path(tmp) / "catalog"
         t0 = time.perf_counter()
-        dicomxr.scan(root, progress=False, warn=False, cache=db)
+        filled = dicomxr.scan(root, progress=False, warn=False, cache=cache)
         fill_s = time.perf_counter() - t0
-        c0, t0 = time.process_time(), time.perf_counter()
-        again = dicomxr.scan(root, progress=False, warn=False, cache=db)
-        rescan_s, rescan_cpu = time.perf_counter() - t0, time.process_time() - c0
-    assert len(again) == n
+        snapshot = sum(p.stat().st_size for p in cache.iterdir())
+        rescan_s, rescan_cpu, again = _best(
+            repeats, lambda: dicomxr.scan(root, progress=False, warn=False, cache=cache)
+        )
+    assert len(again) == n and again.equals(filled)
+    # the plain first scan, as issue 9 means it: no cache, files in the page cache
+    scan_s, scan_cpu = warm[0], warm[1]
     ratio = scan_s / rescan_s
-    print(f"rescan    : first scan filling the cache {fill_s:.2f} s, rescan from it {rescan_s:.2f} s"
-          f" = {ratio:.1f}x faster than the plain first scan (goal >= 50x: "
-          f"{'met' if ratio >= 50 else 'NOT met'}); CPU time {rescan_cpu:.2f} s, "
-          f"{scan_cpu / rescan_cpu:.1f}x less than the first scan's")  # fmt: skip
+    print(f"rescan    : first scan filling the cache {fill_s:.2f} s (snapshot "
+          f"{snapshot / 2**20:.1f} MiB); rescan of the unchanged tree {rescan_s:.3f} s "
+          f"(best of {repeats}; CPU {rescan_cpu:.3f} s)")  # fmt: skip
+    print(f"rescan goal: >= 50x faster than the plain scan (warm page cache): {scan_s:.2f} s / "
+          f"{rescan_s:.3f} s = {ratio:.1f}x: {'met' if ratio >= 50 else 'NOT met'} "
+          f"(CPU: {scan_cpu / rescan_cpu:.1f}x; against the first, partly cold scan: "
+          f"{first_s / rescan_s:.1f}x)")  # fmt: skip
 
 
-def _warm_up() -> None:
-    import dicomxr.api
-    import dicomxr.convert
-    import dicomxr.export.zarr  # noqa: F401
+def _warm_up(one_series: object) -> None:
+    """Convert one series (not a measured one) in this worker: imports and first calls."""
+    import dicomxr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dicomxr.convert(one_series, tmp, format="zarr", progress=False)
+
+
+def _cpu_seconds() -> float:
+    return time.process_time()
 
 
 class _RssSampler:
@@ -234,44 +282,61 @@ class _RssSampler:
 
 def bench_convert(root: Path, n_series: int) -> None:
     """Convert-to-Zarr series/s on 1 and 2 worker processes."""
+    import dicomxr
+
+    catalog = dicomxr.scan(root, progress=False, warn=False)
+    uids = sorted(catalog["SeriesInstanceUID"].unique())
+    subset = catalog[catalog["SeriesInstanceUID"].isin(uids[:n_series])].reset_index(drop=True)
+    spare = catalog[catalog["SeriesInstanceUID"] == uids[-1]].reset_index(drop=True)
+    subset.attrs = spare.attrs = {}
+    rates = {}
+    for workers in (1, 2):
+        rates[workers] = _convert_on_cluster(subset, spare, workers, n_series)
+    speedup = rates[2] / rates[1]
+    print(f"speed-up  : 2 workers / 1 worker = {speedup:.2f}x (goal >= 1.7x: "
+          f"{'met' if speedup >= 1.7 else 'NOT met'}); load average now "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
+
+
+def _convert_on_cluster(subset: object, spare: object, workers: int, n_series: int) -> float:
+    """Time one conversion on a started, warmed cluster of ``workers`` processes."""
     import pandas as pd
     from distributed import Client, LocalCluster
 
     import dicomxr
 
-    catalog = dicomxr.scan(root, progress=False, warn=False)
-    uids = sorted(catalog["SeriesInstanceUID"].unique())[:n_series]
-    subset = catalog[catalog["SeriesInstanceUID"].isin(uids)].reset_index(drop=True)
-    subset.attrs = {}
-    rates = {}
-    for workers in (1, 2):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address=None, silence_logs=40,
-            )  # fmt: skip
-        client = Client(cluster)
-        try:
-            client.run(_warm_up)  # imports are not what is measured
-            pids = list(client.run(os.getpid).values())
-            with tempfile.TemporaryDirectory() as tmp, _RssSampler(pids) as sampler:
-                t0 = time.perf_counter()
-                report = dicomxr.convert(subset, tmp, format="zarr", progress=False, client=client)
-                took = time.perf_counter() - t0
-                assert report.ok, str(report)
-                written = len(pd.read_parquet(Path(tmp) / "manifest.parquet"))
-            rss = sampler.peaks
-        finally:
-            client.close()
-            cluster.close()
-        rates[workers] = len(uids) / took
-        peaks = ", ".join(f"{v / 2**20:.0f} MiB" for v in rss.values())
-        print(f"convert   : {workers} worker(s): {len(uids)} series ({written} outputs) in "
-              f"{took:.1f} s = {rates[workers]:.2f} series/s; peak RSS per worker: {peaks}")  # fmt: skip
-    speedup = rates[2] / rates[1]
-    print(f"speed-up  : 2 workers / 1 worker = {speedup:.2f}x (goal >= 1.7x: "
-          f"{'met' if speedup >= 1.7 else 'NOT met'})")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True,
+            host="127.0.0.1", dashboard_address=None, silence_logs=40,
+        )  # fmt: skip
+    client = Client(cluster)
+    try:
+        # the cluster is started and every worker has converted a series (not a measured
+        # one) before the clock starts: start-up, imports and first calls are not measured
+        client.run(_warm_up, spare)
+        pids = list(client.run(os.getpid).values())
+        cpu0 = client.run(_cpu_seconds)
+        with tempfile.TemporaryDirectory() as tmp, _RssSampler(pids) as sampler:
+            c0, t0 = time.process_time(), time.perf_counter()
+            report = dicomxr.convert(subset, tmp, format="zarr", progress=False, client=client)
+            took, here = time.perf_counter() - t0, time.process_time() - c0
+            assert report.ok, str(report)
+            written = len(pd.read_parquet(Path(tmp) / "manifest.parquet"))
+        cpu1 = client.run(_cpu_seconds)
+        rss = sampler.peaks
+    finally:
+        client.close()
+        cluster.close()
+    rate = n_series / took
+    worker_cpu = sum(cpu1[w] - cpu0[w] for w in cpu0)
+    peaks = ", ".join(f"{v / 2**20:.0f} MiB" for v in rss.values())
+    print(f"convert   : {workers} worker(s): {n_series} series ({written} outputs) in "
+          f"{took:.1f} s = {rate:.2f} series/s; CPU: workers {worker_cpu:.1f} s "
+          f"({worker_cpu / n_series * 1000:.0f} ms/series), client + scheduler {here:.1f} s; "
+          f"peak RSS per worker: {peaks}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    return rate
 
 
 def main() -> None:
@@ -281,6 +346,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=100)
     parser.add_argument("--convert-series", type=int, default=60)
     parser.add_argument("--write-workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--scan-repeats", type=int, default=3, help="warm scans timed")
     parser.add_argument("--skip-scan", action="store_true")
     parser.add_argument("--skip-convert", action="store_true")
     args = parser.parse_args()
@@ -289,7 +355,7 @@ def main() -> None:
     print(f"cohort    : {root} ({args.series:,} series x {args.instances} instances); "
           f"{os.cpu_count()} CPUs, load average {load}")  # fmt: skip
     if not args.skip_scan:
-        bench_scan(root)
+        bench_scan(root, max(1, args.scan_repeats))
     if not args.skip_convert:
         bench_convert(root, args.convert_series)
 

@@ -3,7 +3,9 @@
 The source of ``src/dicomxr`` is read with :mod:`ast` (nothing is imported). Every import
 counts: at module level, inside functions, under ``TYPE_CHECKING``, and the ``"module"`` /
 ``"module:attribute"`` strings the lazy-name tables hand to :mod:`importlib`. The layer table
-below is the drawing in ``docs/dev/architecture.md``; a new module gets a row in both.
+below is the drawing in ``docs/dev/architecture.md``; a new module gets a row in both. A
+module takes no other module's private names (imported or looked up as attributes), and the
+core modules keep their functions small.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "dicomxr._header",
             "dicomxr._keys",
             "dicomxr._functional_groups",
+            "dicomxr._catalog_cache",
             "dicomxr.dicomdir",
             "dicomxr.scaling",
             "dicomxr.pixels",
@@ -65,7 +68,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("accessor", ("dicomxr.accessor",)),
-    ("workflows", ("dicomxr.convert",)),
+    ("workflows", ("dicomxr.conversion",)),
     (
         "entry points",
         (
@@ -232,3 +235,81 @@ def test_layer_table_names_real_modules(name):
     modules = _modules()
     base = name[:-2] if name.endswith(".*") else name
     assert base in modules, f"{name} in LAYERS is no module of {PACKAGE}"
+
+
+def _module_names(module: str, tree: ast.AST, modules: dict[str, Path]) -> dict[str, str]:
+    """Local names bound to dicomxr modules: ``from dicomxr import pixels``, ``import x as y``,
+    and the dotted ``dicomxr.pixels`` an ``import dicomxr.pixels`` makes usable."""
+    package = module if modules[module].name == "__init__.py" else module.rpartition(".")[0]
+    bound: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules:
+                    bound[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            for alias in node.names:
+                if f"{base}.{alias.name}" in modules:
+                    bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+    return bound
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """``a.b.c`` of a chain of attribute look-ups on a name, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return None if head is None else f"{head}.{node.attr}"
+    return None
+
+
+def test_no_private_attributes_across_modules():
+    # ``pixels._replace`` after ``from dicomxr import pixels`` is the same breach as
+    # ``from dicomxr.pixels import _replace``: take (or make) a public helper instead
+    modules = _modules()
+    taken = []
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        bound = _module_names(module, tree, modules)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            private = node.attr.startswith("_") and not node.attr.startswith("__")
+            owner = bound.get(_dotted(node.value) or "")
+            if private and owner and owner != module and f"{owner}.{node.attr}" not in modules:
+                taken.append(f"{module} takes {owner}.{node.attr} (line {node.lineno})")
+    assert not taken, "private names used across modules:\n" + "\n".join(taken)
+
+
+#: the loader's core (catalog -> plan -> lazy array -> xarray -> accessor): small functions
+CORE_MODULES = (
+    "dicomxr.frames",
+    "dicomxr.series",
+    "dicomxr.pixels",
+    "dicomxr._array",
+    "dicomxr.api",
+    "dicomxr.backend",
+    "dicomxr.accessor",
+)
+MAX_FUNCTION_LINES = 120
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_functions_are_small(module):
+    path = _modules()[module]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    long = [
+        f"{node.name} (line {node.lineno}): {node.end_lineno - node.lineno + 1} lines"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, (
+        f"{module}: functions over {MAX_FUNCTION_LINES} lines (docstring included):\n"
+        + ("\n".join(long))
+    )

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import struct
+import time
 import warnings
 from pathlib import Path
 
@@ -421,6 +422,37 @@ def test_catalog_is_cheap_to_copy_and_keeps_the_report(data_root: Path) -> None:
 # the opt-in persistent cache
 
 
+def _backdate(folder: Path, seconds: float = 3600.0) -> None:
+    """Give every file an mtime in the past: files modified within the cache's racy window
+    of a scan are read again by the next one (their mtime cannot vouch for their content)."""
+    when = time.time() - seconds
+    for path in folder.rglob("*"):
+        if path.is_file():
+            os.utime(path, (when, when))
+
+
+def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real_read_one = catalog._read_one
+
+    def counting(path: str, st: os.stat_result, memo: dict | None = None, *keys) -> dict:
+        calls.append(path)
+        return real_read_one(path, st, memo, *keys)
+
+    monkeypatch.setattr(catalog, "_read_one", counting)
+    return calls
+
+
+def _assert_same_catalog(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(got, want)
+    assert list(got.dtypes) == list(want.dtypes)
+    assert got.attrs == want.attrs
+    for col in [c for c in got.columns if got[c].dtype == np.dtype(object)]:  # tuples stay tuples
+        for a, b in zip(got[col], want[col], strict=True):
+            assert type(a) is type(b), (col, a, b)
+            assert repr(a) == repr(b), (col, a, b)
+
+
 def test_cache_reads_unchanged_files_once(
     tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,24 +462,17 @@ def test_cache_reads_unchanged_files_once(
     for src in sorted(philips_ct.glob("I1*"))[:5]:
         shutil.copy(src, data / src.name)
     (data / "notes.txt").write_text("not DICOM\n")
+    _backdate(data)
     before = sorted(p.name for p in data.iterdir())
 
     first = dicomxr.scan(data, cache=True)
-    assert (tmp_path / "cache" / "catalog.sqlite").is_file()
+    assert len(list((tmp_path / "cache" / "catalog").glob("snapshot-*.arrow"))) == 1
     assert sorted(p.name for p in data.iterdir()) == before  # nothing next to the data
 
-    calls: list[str] = []
-    real_read_one = catalog._read_one
-
-    def counting(path: str, st: os.stat_result, memo: dict | None = None) -> dict:
-        calls.append(path)
-        return real_read_one(path, st, memo)
-
-    monkeypatch.setattr(catalog, "_read_one", counting)
+    calls = _counting_reads(monkeypatch)
     second = dicomxr.scan(data, cache=True)
     assert calls == []  # every header, and the non-DICOM verdict, came from the cache
-    pd.testing.assert_frame_equal(first, second)
-    assert second.attrs == first.attrs
+    _assert_same_catalog(second, first)
     assert all(isinstance(v, tuple) for v in second["ImagePositionPatient"])
 
     changed = sorted(data.glob("I*"))[0]
@@ -461,12 +486,97 @@ def test_cache_reads_unchanged_files_once(
     assert len(calls) == 6
 
 
-def test_broken_cache_is_dropped_with_a_warning(tmp_path: Path, philips_ct: Path) -> None:
-    db = tmp_path / "broken.sqlite"
-    db.write_bytes(b"this is not an SQLite database" * 100)
-    with pytest.warns(RuntimeWarning, match="cannot be used|unreadable"):
-        df = dicomxr.scan(sorted(philips_ct.glob("I1*"))[:2], cache=db)
-    assert len(df) == 2
+def test_rescan_equals_a_plain_scan_of_the_real_corpora(data_root: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+        plain = dicomxr.scan(data_root, progress=False)
+        filled = dicomxr.scan(data_root, progress=False, cache=tmp_path / "cache")
+        again = dicomxr.scan(data_root, progress=False, cache=tmp_path / "cache")
+    _assert_same_catalog(filled, plain)
+    _assert_same_catalog(again, plain)
+
+
+def test_rescan_follows_added_removed_modified_and_replaced_files(
+    tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    sources = sorted(philips_ct.glob("I1*"))[:8]
+    for i, src in enumerate(sources[:6]):
+        sub = data / f"d{i % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, sub / src.name)
+    (data / "README.txt").write_text("not DICOM\n")
+    _backdate(data)
+    cache = tmp_path / "cache"
+
+    def check(expect_reads: set[str]) -> pd.DataFrame:
+        calls = _counting_reads(monkeypatch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+            got = dicomxr.scan(data, cache=cache, progress=False)
+        monkeypatch.undo()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+            want = dicomxr.scan(data, progress=False)  # the reference: no cache
+        _assert_same_catalog(got, want)
+        assert set(calls) == expect_reads
+        return got
+
+    first = check({str(p) for p in data.rglob("*") if p.is_file()})
+    assert len(first) == 6 and len(catalog.skipped(first)) == 1
+    check(set())
+    # added, removed, modified (same size, another mtime), replaced by a non-DICOM file
+    added = data / "d0" / sources[6].name
+    shutil.copy(sources[6], added)
+    removed = sorted((data / "d1").glob("I*"))[0]
+    removed.unlink()
+    modified = sorted((data / "d0").glob("I*"))[0]
+    blob = bytearray(modified.read_bytes())
+    blob[-1] ^= 0xFF  # a pixel changes: same size
+    modified.write_bytes(bytes(blob))
+    replaced = sorted((data / "d1").glob("I*"))[-1]
+    replaced.write_text("replaced by notes\n")
+    new_folder = data / "d2"
+    new_folder.mkdir()
+    shutil.copy(sources[7], new_folder / sources[7].name)
+    _backdate(data, 100.0)  # every file changed its mtime
+    got = check({str(p) for p in data.rglob("*") if p.is_file()})
+    os.utime(modified, (1_000_000_000, 1_000_000_000))
+    got = check({str(modified)})
+    assert len(got) == 6 and str(removed) not in set(got["path"])
+    assert str(replaced) in set(catalog.skipped(got)["path"])
+    check(set())
+    # a snapshot cut short, then one overwritten with noise: a warning, every file read
+    (snapshot,) = cache.glob("snapshot-*.arrow")
+    everything = {str(p) for p in data.rglob("*") if p.is_file()}
+    snapshot.write_bytes(snapshot.read_bytes()[: snapshot.stat().st_size // 2])
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        check(everything)
+    check(set())  # rewritten whole
+    snapshot.write_bytes(b"ARROW1" + os.urandom(5000))
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        check(everything)
+    # another dicomxr version's snapshot is ignored (and replaced) without a warning
+    monkeypatch.setattr(catalog._catalog_cache, "__version__", "0.0.0-other")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        calls = _counting_reads(monkeypatch)
+        dicomxr.scan(data, cache=cache, progress=False, warn=False)
+    assert set(calls) == everything
+
+
+def test_recently_modified_files_are_read_again(
+    tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written just before a scan may change again within one mtime tick."""
+    data = tmp_path / "data"
+    data.mkdir()
+    src = sorted(philips_ct.glob("I1*"))[0]
+    shutil.copy(src, data / src.name)  # mtime: now
+    dicomxr.scan(data, cache=tmp_path / "cache", progress=False)
+    calls = _counting_reads(monkeypatch)
+    dicomxr.scan(data, cache=tmp_path / "cache", progress=False)
+    assert calls == [str(data / src.name)]
 
 
 # ---------------------------------------------------------------------------------------

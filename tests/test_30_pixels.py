@@ -6,11 +6,13 @@ decode); dicomxr reads one frame at a time from the byte offset without parsing 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -142,7 +144,7 @@ def test_uncompressed_multiframe_offsets(data_root: Path, tmp_path: Path) -> Non
     value_start = refs[0].pixel_data_offset + 12
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(src.read_bytes()[: value_start + frame_bytes + 1000])
-    ref0, ref1 = (pixels._replace(r, path=str(cut)) for r in refs)
+    ref0, ref1 = (dataclasses.replace(r, path=str(cut)) for r in refs)
     np.testing.assert_array_equal(pixels.read_frame(ref0), expected[0])
     with pytest.raises(PixelDataError, match=r"cut\.dcm.*frame 1.*cut short"):
         pixels.read_frame(ref1)
@@ -182,7 +184,7 @@ def test_compressed_pixel_data_cut_short(data_root: Path, tmp_path: Path) -> Non
     data = src.read_bytes()
     cut = tmp_path / "rle_cut.dcm"
     cut.write_bytes(data[: len(data) * 3 // 4])
-    refs = [pixels._replace(r, path=str(cut)) for r in pixels.file_frame_refs(src)]
+    refs = [dataclasses.replace(r, path=str(cut)) for r in pixels.file_frame_refs(src)]
     np.testing.assert_array_equal(pixels.read_frame(refs[0]), _reference(src)[0][0])
     with pytest.raises(PixelDataError, match=r"rle_cut\.dcm: frame 1"):
         pixels.read_frame(refs[1])
@@ -190,7 +192,7 @@ def test_compressed_pixel_data_cut_short(data_root: Path, tmp_path: Path) -> Non
 
 def test_stale_offset_is_a_clear_error(data_root: Path) -> None:
     (ref,) = pixels.file_frame_refs(data_root / "dcm_qa_ts/In/1.dcm")
-    bad = pixels._replace(ref, pixel_data_offset=ref.pixel_data_offset - 2)
+    bad = dataclasses.replace(ref, pixel_data_offset=ref.pixel_data_offset - 2)
     with pytest.raises(PixelDataError, match="not a pixel data element"):
         pixels.read_frame(bad)
 
@@ -222,14 +224,14 @@ def test_pixel_data_error_is_a_public_dicomxr_error(tmp_path: Path) -> None:
 def test_unknown_offset_is_located(data_root: Path) -> None:
     path = data_root / "dcm_qa_ts/In/2.dcm"
     (ref,) = pixels.file_frame_refs(path)
-    unknown = pixels._replace(ref, pixel_data_offset=-1)
+    unknown = dataclasses.replace(ref, pixel_data_offset=-1)
     np.testing.assert_array_equal(pixels.read_frame(unknown), pixels.read_frame(ref))
 
 
 def test_frame_out_of_range(data_root: Path) -> None:
     (ref,) = pixels.file_frame_refs(data_root / "dcm_qa_ts/In/1.dcm")
     with pytest.raises(PixelDataError, match="frame 3 requested, the file has 1"):
-        pixels.read_frame(pixels._replace(ref, frame=3))
+        pixels.read_frame(dataclasses.replace(ref, frame=3))
 
 
 def test_missing_decoder_names_the_extra(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,7 +266,7 @@ def test_mosaic_tiles_equal_pydicom(data_root: Path, name: str) -> None:
     assert n_tiles == 35
     (ref,) = pixels.file_frame_refs(path)
     for tile in (0, 7, 34):
-        tref = pixels._replace(
+        tref = dataclasses.replace(
             ref, tile=tile, Rows=64, Columns=64, mosaic_rows=384, mosaic_cols=384
         )
         tr, tc = divmod(tile, 6)
@@ -290,6 +292,33 @@ def test_mosaic_rows_of_the_frame_table_read_as_tiles(data_root: Path, scanned) 
     bad = {**table.iloc[5].to_dict(), "frame": 5}
     with pytest.raises(PixelDataError, match="frame 5 requested, the file has 1"):
         pixels.read_frame(FrameRef.from_row(bad))
+
+
+def test_frame_refs_of_a_table_read_what_pydicom_decodes(data_root: Path, scanned) -> None:
+    """``frame_refs`` converts a frames table column by column: MOSAIC tiles, the frames of a
+    multi-frame file and single-frame files each read what pydicom decodes, and a row with
+    gaps takes the defaults ``from_row`` gives."""
+    from dicomxr import frames
+
+    mosaic = data_root / "dcm_qa_ts" / "In" / "1.dcm"
+    multi = Path(get_testdata_file("rtdose.dcm"))
+    single = Path(get_testdata_file("CT_small.dcm"))
+    table = pd.concat([frames.expand(scanned(str(p))) for p in (mosaic, multi, single)])
+    refs = pixels.frame_refs(table)
+    assert len(refs) == len(table) == 35 + 15 + 1
+    references = {p: _reference(p)[0] for p in (mosaic, multi, single)}
+    for ref in refs:
+        full = references[Path(ref.path)]
+        if ref.is_mosaic_tile:
+            tr, tc = divmod(ref.tile, 6)
+            want = full[0, tr * 64 : tr * 64 + 64, tc * 64 : tc * 64 + 64]
+        else:
+            want = full[ref.frame]
+        np.testing.assert_array_equal(pixels.read_frame(ref), want, err_msg=str(ref))
+    gaps = table.iloc[[40]].astype({"BitsStored": "float64"}).copy()
+    gaps["BitsStored"] = np.nan
+    (ref,) = pixels.frame_refs(gaps, storage_options={"anon": True})
+    assert ref.BitsStored == ref.BitsAllocated and ref.storage_options == {"anon": True}
 
 
 def test_monochrome1_keeps_stored_values(tmp_path: Path) -> None:
@@ -388,7 +417,7 @@ def test_file_without_meta_and_wrong_syntax(tmp_path: Path) -> None:
     assert ref.TransferSyntaxUID == "1.2.840.10008.1.2"
     np.testing.assert_array_equal(pixels.read_frame(ref), want)
     # a catalog that could not tell the syntax (default explicit VR) still reads it right
-    guessed = pixels._replace(ref, TransferSyntaxUID="1.2.840.10008.1.2.1")
+    guessed = dataclasses.replace(ref, TransferSyntaxUID="1.2.840.10008.1.2.1")
     np.testing.assert_array_equal(pixels.read_frame(guessed), want)
 
 

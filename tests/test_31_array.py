@@ -8,6 +8,7 @@ exists.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import shutil
@@ -370,7 +371,7 @@ def test_mosaic_grid_decodes_each_image_once(data_root, monkeypatch) -> None:
     path = data_root / "dcm_qa_ts/In/9.dcm"
     (ref,) = pixels.file_frame_refs(path)
     refs = [
-        pixels._replace(ref, tile=t, Rows=64, Columns=64, mosaic_rows=384, mosaic_cols=384)
+        dataclasses.replace(ref, tile=t, Rows=64, Columns=64, mosaic_rows=384, mosaic_cols=384)
         for t in range(35)
     ]
     spec = _array.FrameGrid(refs, np.arange(35))
@@ -391,7 +392,7 @@ def test_mosaic_preferred_chunks_are_runs_of_tiles(data_root, tmp_path, monkeypa
     for p in paths:
         shutil.copy2(data_root / "dcm_qa_ts/In/9.dcm", p)
     refs = [
-        pixels._replace(ref, tile=t, Rows=64, Columns=64, mosaic_rows=384, mosaic_cols=384)
+        dataclasses.replace(ref, tile=t, Rows=64, Columns=64, mosaic_rows=384, mosaic_cols=384)
         for p in paths
         for ref in pixels.file_frame_refs(p)
         for t in range(35)

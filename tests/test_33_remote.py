@@ -348,7 +348,7 @@ def test_zip_in_bucket_as_url_chain(s3, archive, sample_dir: Path) -> None:
 
 def test_persistent_cache_rescans_a_bucket_without_reading(s3, archive, tmp_path: Path) -> None:
     url = f"s3://{BUCKET}/{archive['prefixes']['ct']}/"
-    cache = tmp_path / "catalog.sqlite"
+    cache = tmp_path / "cache"
     first = dicomxr.scan(url, storage_options=s3["options"], cache=cache, progress=False)
     s3["counter"].reset()
     again = dicomxr.scan(url, storage_options=s3["options"], cache=cache, progress=False)

@@ -385,14 +385,17 @@ def test_values_compute_load_read_every_frame_once(two_series, full_reads):
         lambda d: d.load().values,
         lambda d: np.asarray(d),
         lambda d: d.copy(deep=True).values,
+        lambda d: d.dicom.load().values,
     ):
         # the array as opened: one threaded full read into one array (FullRead)
         full_reads["full"], full_reads["blocks"] = 0, []
         np.testing.assert_array_equal(load(da.copy(deep=False)), want)
         assert full_reads["full"] == 1 and full_reads["blocks"] == []
-    # .dicom.load() streams the chunks into one array (dask.array.store): frame by frame
+    # after an operation .dicom.load() streams the chunks into one array (dask.array.store)
     full_reads["full"], full_reads["blocks"] = 0, []
-    np.testing.assert_array_equal(da.dicom.load().values, want)
+    loaded = (da + 0).dicom.load()
+    assert isinstance(loaded.data, np.ndarray)
+    np.testing.assert_array_equal(loaded.values, want)
     assert full_reads["full"] == 0 and full_reads["blocks"] == [1] * SHAPE[0]
     # an operation first: dask's per-frame compute
     full_reads["blocks"] = []

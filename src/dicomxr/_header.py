@@ -59,6 +59,10 @@ _VRS = frozenset(
         b"US",
     }
 )
+# explicit VRs as a little-endian 16-bit read of their two characters gives them
+_SHORT_CODES = frozenset(int.from_bytes(vr, "little") for vr in _VRS)
+_LONG_CODES = frozenset(int.from_bytes(vr, "little") for vr in _LONG_VRS)
+_VR_OF_CODE: dict[int, bytes] = {int.from_bytes(vr, "little"): vr for vr in _VRS | _LONG_VRS}
 _VR_HEADER: dict[bytes, int] = {vr: 8 for vr in _VRS} | {vr: 12 for vr in _LONG_VRS}
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _ITEM = 0xFFFEE000
@@ -83,6 +87,7 @@ _unpack_i = struct.Struct("<I").unpack_from
 _unpack_hhi = struct.Struct("<HHI").unpack_from
 _unpack_hh2sh = struct.Struct("<HH2sH").unpack_from
 _unpack_i2sh = struct.Struct("<I2sH").unpack_from
+_unpack_ihh = struct.Struct("<IHH").unpack_from
 
 
 class _Decline(Exception):
@@ -469,12 +474,14 @@ def _walk_top(
     keep, special = _special_tags(wanted, presence, wanted_groups)
     keep_swapped = _swapped(keep)
     special_swapped = _swapped(special)
+    unswap = _unswap(keep_swapped)
     elements = out.elements
-    short_vrs = _VRS
-    long_vrs = _LONG_VRS
+    short_codes = _SHORT_CODES
+    long_codes = _LONG_CODES
+    vr_of = _VR_OF_CODE
     unpack_i = _unpack_i
     unpack_hhi = _unpack_hhi
-    unpack_i2sh = _unpack_i2sh
+    unpack_ihh = _unpack_ihh
     undefined = _UNDEFINED
     last_tag = -1
     while True:
@@ -517,28 +524,26 @@ def _walk_top(
             vr, header = None, 8
         else:
             # explicit VR: the tag is read as one little-endian int, (elem << 16) | group,
-            # and tested against swapped sets; a 2-byte length cannot be undefined
+            # and tested against swapped sets; the VR as an int too (no bytes object made
+            # for every element); a 2-byte length cannot be undefined
             while p <= limit:
-                stag, vr, length = unpack_i2sh(b, p)
-                if vr in short_vrs:
+                stag, code, length = unpack_ihh(b, p)
+                if code in short_codes:
                     if stag in special_swapped:
                         end = p + 8 + length
-                        if stag in keep_swapped and end <= avail:
-                            elements[((stag & 0xFFFF) << 16) | (stag >> 16)] = (vr, b[p + 8 : end])
+                        if end <= avail and stag in keep_swapped:
+                            elements[unswap[stag]] = (vr_of[code], b[p + 8 : end])
                             p = end
                             continue
                         header = 8
                         break
                     p += 8 + length
-                elif vr in long_vrs:
+                elif code in long_codes:
                     (length,) = unpack_i(b, p + 8)
                     if stag in special_swapped or length == undefined:
                         end = p + 12 + length
                         if stag in keep_swapped and length != undefined and end <= avail:
-                            elements[((stag & 0xFFFF) << 16) | (stag >> 16)] = (
-                                vr,
-                                b[p + 12 : end],
-                            )
+                            elements[unswap[stag]] = (vr_of[code], b[p + 12 : end])
                             p = end
                             continue
                         header = 12
@@ -551,6 +556,7 @@ def _walk_top(
                 if pos > size:
                     _truncated_in_window(b, base, start_p, size, False, out)
                 continue
+            vr = vr_of[code]
             group, elem = stag & 0xFFFF, stag >> 16
             tag = (group << 16) | elem
         # the element at p needs a closer look
@@ -645,7 +651,9 @@ def _truncated_in_window(
         p += header + length
 
 
-_SPECIAL_CACHE: dict[tuple[int, int, int], tuple[frozenset[int], frozenset[int]]] = {}
+# (id(wanted), id(presence), id(wanted_groups)) -> (the three, keep, special): the tag sets
+# are held, so that their ids cannot be reused by other objects while the entry lives
+_SPECIAL_CACHE: dict[tuple[int, int, int], tuple[Any, ...]] = {}
 _SWAPPED_CACHE: dict[frozenset[int], frozenset[int]] = {}
 
 
@@ -659,6 +667,19 @@ def _swapped(tags: frozenset[int]) -> frozenset[int]:
     return out
 
 
+_UNSWAP_CACHE: dict[frozenset[int], dict[int, int]] = {}
+
+
+def _unswap(swapped: frozenset[int]) -> dict[int, int]:
+    """Map each swapped tag (see :func:`_swapped`) back to the tag."""
+    out = _UNSWAP_CACHE.get(swapped)
+    if out is None:
+        out = {s: ((s & 0xFFFF) << 16) | (s >> 16) for s in swapped}
+        if len(_UNSWAP_CACHE) < 16:
+            _UNSWAP_CACHE[swapped] = out
+    return out
+
+
 def _special_tags(
     wanted: frozenset[int] | set[int],
     presence: frozenset[int],
@@ -668,13 +689,14 @@ def _special_tags(
 
     With both precomputed, the hot loop needs one set test per element.
 
-    Memoised by the arguments' identity (they are module constants of the catalog); the
-    entry is checked before use, and a stale superset could only cost time anyway.
+    Memoised by the identity of the (frozen) tag sets, usually module constants of the
+    catalog: the entry holds them, so an id seen again is the same object; the private
+    groups are compared by value.
     """
     key = (id(wanted), id(presence), id(wanted_groups))
     hit = _SPECIAL_CACHE.get(key)
-    if hit is not None and wanted <= hit[0] and presence <= hit[1]:
-        return hit
+    if hit is not None and hit[0] is wanted and hit[1] is presence and hit[2] == wanted_groups:
+        return hit[3], hit[4]
     private = {
         (group << 16) | elem
         for group, offsets in wanted_groups.items()
@@ -683,8 +705,10 @@ def _special_tags(
     }
     keep = frozenset(wanted) | private
     special = keep | presence | _PIXEL_TAGS
-    if len(_SPECIAL_CACHE) < 16:
-        _SPECIAL_CACHE[key] = (keep, special)
+    if type(wanted) is frozenset and type(presence) is frozenset:
+        if len(_SPECIAL_CACHE) >= 16:
+            _SPECIAL_CACHE.clear()
+        _SPECIAL_CACHE[key] = (wanted, presence, dict(wanted_groups), keep, special)
     return keep, special
 
 

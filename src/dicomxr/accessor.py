@@ -249,6 +249,10 @@ class DicomAccessor:
         data = da.data
         if not hasattr(data, "dask"):
             return da.compute()
+        from dicomxr._array import FullRead
+
+        if FullRead.attached(data):  # the image as opened: one threaded read
+            return da.compute()
         import dask.array
 
         out = np.empty(data.shape, dtype=data.dtype)

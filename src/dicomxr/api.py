@@ -500,7 +500,10 @@ def _coord_values(values: Any) -> np.ndarray:
     """Coordinate values as a numpy array xarray and netCDF/Zarr writers accept."""
     arr = np.asarray(values)
     if arr.dtype == object:
-        flat = [v for v in arr.ravel().tolist() if not _missing(v)]
+        every = arr.ravel().tolist()
+        if all(type(v) is str for v in every):  # UIDs, paths, times: the common case
+            return np.array(every, dtype=str).reshape(arr.shape)
+        flat = [v for v in every if not _missing(v)]
         if flat and all(isinstance(v, (bool, np.bool_)) for v in flat):
             return arr.astype(bool)
         if (
@@ -511,11 +514,11 @@ def _coord_values(values: Any) -> np.ndarray:
             return arr.astype(np.int64)
         if flat and all(isinstance(v, (int, float, np.number)) for v in flat):
             return np.array(
-                [np.nan if _missing(v) else v for v in arr.ravel().tolist()], dtype=np.float64
+                [np.nan if _missing(v) else v for v in every], dtype=np.float64
             ).reshape(arr.shape)
-        return np.array(
-            ["" if _missing(v) else str(v) for v in arr.ravel().tolist()], dtype=str
-        ).reshape(arr.shape)
+        return np.array(["" if _missing(v) else str(v) for v in every], dtype=str).reshape(
+            arr.shape
+        )
     return arr
 
 
@@ -562,9 +565,8 @@ def open_series(
 ) -> xr.DataArray:
     """Open one DICOM series as a lazy, dask-backed :class:`xarray.DataArray`.
 
-    Only headers are read; pixel data is read when values are needed: ``.values``,
-    ``.load()`` and ``.compute()`` read every frame with threads into one array, a selection
-    such as ``.isel(slice=k)`` reads only the frames it touches.
+    Only headers are read; ``.values``, ``.load()`` and ``.compute()`` read every frame into
+    one array, a selection such as ``.isel(slice=k)`` reads only the frames it touches.
 
     Parameters
     ----------
@@ -574,97 +576,74 @@ def open_series(
         ``zip://*::s3://bucket/x.zip``; see the guide's "Remote and packed sources"), a
         catalog from :func:`dicomxr.scan`, or a :class:`~dicomxr.SeriesPlan`.
     series
-        Which series to open when ``source`` holds several: a SeriesNumber (int), a plan
-        key (as listed in the error and by ``dicomxr scan``, or its unique end, at least 6
-        characters), a SeriesInstanceUID, or a case-insensitive part of the
-        SeriesDescription.
+        Which series when ``source`` holds several: a SeriesNumber (int), a plan key (as
+        the error and ``dicomxr scan`` list it, or its unique end of 6+ characters), a
+        SeriesInstanceUID, or a case-insensitive part of the SeriesDescription.
     on_irregular
-        What to do with an irregular stack (uneven spacing, missing slices, tilt,
-        incomplete frame grid), passed to :func:`dicomxr.plan_series`: ``"warn"``
-        (default: keep every frame, the ``slice`` coordinate holds the true positions, the
-        affine is approximate, :class:`~dicomxr.GeometryWarning`), ``"raise"``
-        (:class:`~dicomxr.GeometryError`), ``"split"`` (regular blocks become separate
-        series, pick one with ``series=``), ``"fill"`` (whole missing slices become NaN
-        frames so the affine is exact), ``"ignore"`` (like ``"warn"`` without the warning).
+        An irregular stack (uneven spacing, missing slices, tilt, incomplete frame grid):
+        ``"warn"`` (default: keep every frame, true positions in the ``slice`` coordinate,
+        approximate affine, :class:`~dicomxr.GeometryWarning`), ``"raise"``, ``"split"``
+        (regular blocks become series), ``"fill"`` (missing slices become NaN frames: exact
+        affine) or ``"ignore"``; see :func:`dicomxr.plan_series`.
     on_duplicate
-        What to do with frames that share a position and that no dimension (time, echo,
-        b-value, ...) tells apart, passed to :func:`dicomxr.plan_series`: ``"warn"``
-        (default: keep them along an extra ``volume`` dim, warn), ``"raise"``, ``"split"``
-        (one series per copy), ``"ignore"``.
+        Frames at one position that no dimension (time, echo, b-value, ...) tells apart:
+        ``"warn"`` (default: an extra ``volume`` dim), ``"raise"``, ``"split"`` (one series
+        per copy) or ``"ignore"``.
     dtype
-        ``"auto"`` keeps integers when the rescale is exact (float32 otherwise), or any
-        numpy dtype.
+        ``"auto"``: integers when the rescale is exact (float32 otherwise); or a numpy dtype.
     include_patient
         Keep patient-identifying attributes (PatientName, PatientID, ...) in ``attrs``.
     include
-        Frames normally set apart that should be opened as series too: ``"localizer"``,
+        Frames normally set apart to open as series too: ``"localizer"``,
         ``"secondary_capture"``.
     rescale
-        Apply RescaleSlope/RescaleIntercept (the Modality LUT, per frame where it varies);
-        ``False`` gives the stored values.
+        Apply the Modality LUT (RescaleSlope/Intercept, per frame); ``False``: stored values.
     recursive
         Descend into sub-folders of a folder source.
     chunks
-        ``{}`` (default): the preferred chunks, one frame per chunk (MOSAIC: the tiles of
-        one stored image), as ``encoding["preferred_chunks"]`` says. A selection reads only
-        the frames it touches, also after flips, arithmetic or a resampling (the ML
-        transforms stay frame-by-frame lazy), and dask.distributed gets one task per frame.
-        A full ``.values``, ``.load()``, ``.compute()`` or ``np.asarray`` of the array as
-        opened is still one threaded read of every frame into one preallocated array (about
-        the array's bytes at peak, no concatenation); once an operation is applied
-        (``(da * 2).values``) it is dask's per-frame compute. ``"series"``: one dask chunk
-        for the whole series: a full compute is the same one read, and a selection of the
-        untouched array is fused into a read of its frames, but anything selected after a
-        flip or an arithmetic operation
-        (``da.dicom.reorient(...)``, ``(da * 2).isel(slice=5)``) computes the whole chunk.
-        A mapping: chunk sizes per dim, preferred for the dims it leaves out. ``None``:
-        no dask at all, xarray's own lazy indexing (as ``xr.open_dataset(..., engine="dicom")``).
+        ``{}`` (default): one frame per chunk (MOSAIC: one stored image's tiles), the
+        ``encoding["preferred_chunks"]``: a selection reads only its frames, also after
+        flips, arithmetic or resampling; a full ``.values``/``.load()``/``.compute()`` of
+        the array as opened is one threaded read into one array all the same.
+        ``"series"``: one chunk. A mapping: sizes per dim, preferred for the others.
+        ``None``: no dask, xarray's lazy indexing. See the guide's "Laziness".
     merge_runs
         Merge runs of single-volume series (consecutive SeriesNumbers, identical geometry
-        and protocol, as Siemens XA classic exports write fMRI) into one series with a
-        ``time`` dim before choosing (see :mod:`dicomxr.runs`); off by default, because
-        the files declare separate series.
+        and protocol, as Siemens XA classic fMRI) into one series with a ``time`` dim
+        (:mod:`dicomxr.runs`); off by default, as the files declare separate series.
     storage_options
-        fsspec options for a URL or zip source (credentials, endpoint, ``{"anon": True}``).
-        The lazy array carries them with the URLs, so frames are read by byte range at
-        compute time, in this process or in a dask.distributed worker.
+        fsspec options for a URL or zip source (credentials, endpoint, ``{"anon": True}``),
+        carried by the lazy array: frames are read by byte range, also on dask workers.
     scaling
-        What the stored integers become (:mod:`dicomxr.scaling`): ``"display"`` (default)
-        the standard's RescaleSlope/Intercept, what the scanner and viewers show;
-        ``"precise"`` Philips' floating-point values ``(PV*RS + RI) / (RS*SS)`` with the
-        private Scale Slope (2005,100E), comparable across Philips series (dcm2niix's
-        default), display values for frames without it; ``"real_world"`` the Real World
-        Value Mapping (0040,9096) in its units (``attrs["units"]``), a
-        :class:`~dicomxr.ScalingError` where the series has none. Per frame where the
-        factors vary. ``attrs["scaling"]`` records what was applied, ``scale_slope`` /
+        What the stored integers become (:mod:`dicomxr.scaling`): ``"display"`` (default,
+        RescaleSlope/Intercept, what viewers show), ``"precise"`` (Philips' floating-point
+        values with the private Scale Slope, as dcm2niix), ``"real_world"`` (the Real World
+        Value Mapping in its units; a :class:`~dicomxr.ScalingError` without one).
+        ``attrs["scaling"]`` records what was applied, ``scale_slope`` /
         ``scale_intercept`` (attrs, or coordinates where they vary) the factors.
     keys
-        Extra header fields to carry, read in the scan's one pass (see
-        :func:`dicomxr.scan`): keywords (``["RepetitionTime", "FlipAngle"]``) or tag
-        numbers for private attributes (``"0019,100C"``). A field with one value for the
-        whole series becomes an attr, one that varies a coordinate on the frame dims it
-        varies along (``""``/``NaN`` where a frame lacks it). A requested key is kept even
-        when it is a patient attribute (asking for it is the consent ``include_patient``
-        otherwise gives). A catalog or plan source must have been scanned with the keys.
+        Extra header fields, read in the scan's one pass (:func:`dicomxr.scan`): keywords
+        (``["RepetitionTime", "FlipAngle"]``) or private tags (``"0019,100C"``). A constant
+        one becomes an attr, a varying one a coordinate on the dims it varies along (``""``
+        / ``NaN`` where a frame lacks it); kept even for a patient attribute (asking is the
+        consent). A catalog or plan source must have been scanned with the keys.
 
     Returns
     -------
     xarray.DataArray
         Named ``image``, dims ``(*frame dims, "slice", "row", "col")`` (+ ``"channel"``),
-        coordinates along the frame dims. ``attrs["affine"]`` is the 4x4 matrix mapping
-        ``(slice, row, col, 1)`` to patient LPS millimetres, stored flat as 16 floats in
-        row-major order (``np.reshape(da.attrs["affine"], (4, 4))``; ``da.dicom.affine``
-        gives the matrix). ``attrs["geometry"]`` is the :class:`~dicomxr.GeometryReport` as
-        JSON text (``da.dicom.report`` gives the report). Every attr is a scalar, a string or
-        a flat list, so ``da.to_netcdf(...)`` and ``da.to_zarr(...)`` keep them.
+        coordinates along the frame dims. ``attrs["affine"]``: the 4x4 map of ``(slice,
+        row, col, 1)`` to LPS mm, flat, row-major (``da.dicom.affine`` gives the matrix);
+        ``attrs["geometry"]``: the :class:`~dicomxr.GeometryReport` as JSON text
+        (``da.dicom.report``). Every attr is a scalar, a string or a flat list, so
+        ``to_netcdf`` and ``to_zarr`` keep them.
 
     Raises
     ------
     MultipleSeriesError
-        When ``source`` holds several series and ``series`` does not pick exactly one; the
-        message lists them.
+        ``source`` holds several series and ``series`` picks none; the message lists them.
     NoSeriesError
-        When there is no image series (or none matches ``series``).
+        There is no image series (or none matches ``series``).
 
     Examples
     --------
@@ -676,15 +655,9 @@ def open_series(
     (4, 4)
     """
     plans = list_series(
-        source,
-        on_irregular=on_irregular,
-        on_duplicate=on_duplicate,
-        include=include,
-        recursive=recursive,
-        merge_runs=merge_runs,
-        storage_options=storage_options,
-        keys=keys,
-    )
+        source, on_irregular=on_irregular, on_duplicate=on_duplicate, include=include,
+        recursive=recursive, merge_runs=merge_runs, storage_options=storage_options, keys=keys,
+    )  # fmt: skip
     plan = select_plan(plans, series, source)
     warn_left_out(plan)
     ds = _plan_to_dataset(

@@ -14,9 +14,12 @@ Both paths produce the same values (tested on every file of the real corpora).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob as _glob
+import json
 import logging
+import math
 import operator
 import os
 import stat
@@ -24,12 +27,13 @@ import struct
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dicomxr import dicomdir
+from dicomxr import _catalog_cache, dicomdir
 from dicomxr._keys import Key, decode_text, resolve_keys, value_from_pydicom, value_from_raw
 from dicomxr.errors import (
     SkippedFileWarning,
@@ -223,6 +227,12 @@ _DEFLATED = frozenset(
 # at least one of these (or pixel data) makes a parsed file an instance worth a row
 _IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality")
 
+# the skip reason of a directory file met as if it were an instance
+_DIRECTORY_FILE = (
+    "DICOMDIR file (a directory of a file-set, not an instance; "
+    "pass it to scan() to read the files it lists)"
+)
+
 # skip reasons that are listed in the report without a warning
 _BENIGN = ("DICOMDIR file", "not a DICOM file", "not a regular file")
 
@@ -377,12 +387,13 @@ def _mosaic_claim(
     the grid count (0065,xx50) in an image whose Manufacturer starts with "UI" (as dcm2niix
     reads it). A claim without a count keeps ``None``: :mod:`dicomxr.mosaic` reports it.
     """
-    tokens = {str(v).strip().upper() for v in row.get("ImageType") or ()}
+    vframe, mosaic = _image_type_flags(row.get("ImageType"))
     uih_n = _to_int(private.get("uih_grid_n")) if private else None
-    maker = str(row.get("Manufacturer") or "").strip().upper()
-    if "VFRAME" in tokens or (uih_n is not None and maker.startswith("UI")):
+    if vframe or (
+        uih_n is not None and str(row.get("Manufacturer") or "").strip().upper().startswith("UI")
+    ):
         return "UIH", uih_n, None
-    if "MOSAIC" not in tokens:
+    if not mosaic:
         return None, None, None
     n = _to_int(private.get("siemens_mosaic_n")) if private else None
     normal = None
@@ -394,6 +405,27 @@ def _mosaic_claim(
         if isinstance(times, (list, tuple)) and len(times) > 1:
             n = len(times)
     return "SIEMENS", n, normal
+
+
+# ImageType -> (says VFRAME, says MOSAIC): a scan meets few distinct values
+_IMAGE_TYPE_FLAGS: dict[Any, tuple[bool, bool]] = {}
+
+
+def _image_type_flags(image_type: Any) -> tuple[bool, bool]:
+    """Tell whether ImageType has the token ``VFRAME``, and whether it has ``MOSAIC``."""
+    try:
+        hit = _IMAGE_TYPE_FLAGS.get(image_type)
+        hashable = True
+    except TypeError:  # not hashable (a list): decide without the memo
+        hit, hashable = None, False
+    if hit is None:
+        tokens = {str(v).strip().upper() for v in image_type or ()}
+        hit = ("VFRAME" in tokens, "MOSAIC" in tokens)
+        if hashable:
+            if len(_IMAGE_TYPE_FLAGS) >= 1024:
+                _IMAGE_TYPE_FLAGS.clear()
+            _IMAGE_TYPE_FLAGS[image_type] = hit
+    return hit
 
 
 def _mosaic_from_csa(raw: bytes) -> tuple[int | None, tuple[float, ...] | None]:
@@ -629,10 +661,7 @@ def read_header_pydicom(
             # the wrong size): the header is damaged where the catalog needs it
             raise _Skip(f"damaged header ({type(exc).__name__}: {exc})") from None
     if row["SOPClassUID"] == _MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
-        raise _Skip(
-            "DICOMDIR file (a directory of a file-set, not an instance; "
-            "pass it to scan() to read the files it lists)"
-        )
+        raise _Skip(_DIRECTORY_FILE)
     row["pixel_data_offset"] = pixel_offset
     row["has_pixels"] = has_pixels
     row["pixel_data_truncated"] = truncated
@@ -1083,6 +1112,45 @@ def read_header_fast(
         The catalog columns except ``path``, ``file_size`` and ``mtime``; ``None`` when
         the file is outside what the fast reader handles (then use pydicom).
     """
+    raw = _instance_header(path, size, keys)
+    if raw is None:
+        return None
+    elements = raw.elements
+    groups = [elements.pop(tag, None) for tag in _PER_FRAME_TAGS]
+    if memo is None:
+        memo = {}
+    charset = _memo_charset(elements, memo)
+    if charset is _UNKNOWN_CHARSET:
+        return None
+    if len(memo) > _MEMO_LIMIT:
+        memo.clear()  # a scan of a huge, varied tree: start afresh rather than grow
+    row = dict(_EMPTY_ROW)
+    for key in keys:
+        row[key.name] = None
+    has_private = _catalog_values(row, elements, raw.implicit, charset, memo)
+    if keys:
+        _key_values(row, elements, raw.implicit, charset, keys)
+    row["TransferSyntaxUID"] = raw.transfer_syntax
+    if row["SOPClassUID"] is None:
+        msc = raw.meta.get(0x00020002)
+        row["SOPClassUID"] = msc.rstrip(b"\x00 ").decode("ascii") or None if msc else None
+    if row["SOPClassUID"] == _MEDIA_STORAGE_DIRECTORY:
+        raise _Skip(_DIRECTORY_FILE)
+    _pixel_columns(row, raw, size)
+    # kept in the hot loop (a defined-length sequence), the tag is not in raw.present
+    row["is_enhanced"] = _PERFRAME_TAG in raw.present or groups[0] is not None
+    row["per_frame"] = (
+        _per_frame_from_raw(groups, raw.implicit, row) if row["is_enhanced"] else None
+    )
+    return _finish_row(row, _fast_private(elements, raw.implicit) if has_private else {})
+
+
+def _instance_header(path: str | Any, size: int, keys: tuple[Key, ...]) -> Any:
+    """Walk one file's header (:func:`dicomxr._header.read_raw`); refuse what is no instance.
+
+    ``None`` when the fast reader declines the file; :class:`_Skip` for a DICOMDIR or a
+    header cut short.
+    """
     from dicomxr._header import read_raw
 
     wanted = _wanted_with(keys) if keys else _FAST_WANTED
@@ -1090,10 +1158,7 @@ def read_header_fast(
     if raw is None:
         return None
     if raw.is_directory:
-        raise _Skip(
-            "DICOMDIR file (a directory of a file-set, not an instance; "
-            "pass it to scan() to read the files it lists)"
-        )
+        raise _Skip(_DIRECTORY_FILE)
     if raw.truncated_at is not None:
         tag, offset = raw.truncated_at
         where = f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag >= 0 else "an element"
@@ -1101,64 +1166,60 @@ def read_header_fast(
             f"truncated header ({where} at byte {offset} runs past the end of the file, "
             f"{size} bytes)"
         )
-    if 0x00041220 in raw.present:
-        raise _Skip(
-            "DICOMDIR file (a directory of a file-set, not an instance; "
-            "pass it to scan() to read the files it lists)"
-        )
-    elements = raw.elements
-    groups = [elements.pop(tag, None) for tag in _PER_FRAME_TAGS]
-    if memo is None:
-        memo = {}
-    charset_key = ("charset", elements.get(0x00080005))
-    charset = memo.get(charset_key, memo)
+    if 0x00041220 in raw.present:  # a directory record sequence: a DICOMDIR by content
+        raise _Skip(_DIRECTORY_FILE)
+    return raw
+
+
+# a Specific Character Set the fast reader cannot map (pydicom then reads the file)
+_UNKNOWN_CHARSET: Any = object()
+
+
+def _memo_charset(elements: dict[int, tuple[bytes | None, bytes]], memo: dict[Any, Any]) -> Any:
+    """Return the file's character sets (``None``: the default), decoded once per scan.
+
+    :data:`_UNKNOWN_CHARSET` when one of them is unknown here.
+    """
+    key = ("charset", elements.get(0x00080005))
+    charset = memo.get(key, memo)
     if charset is memo:
         try:
             charset = _charset(elements)
         except Exception:
-            return None
-        memo[charset_key] = charset
-    implicit = raw.implicit
-    row = dict(_EMPTY_ROW)
+            return _UNKNOWN_CHARSET
+        memo[key] = charset
+    return charset
+
+
+def _catalog_values(
+    row: dict[str, Any],
+    elements: dict[int, tuple[bytes | None, bytes]],
+    implicit: bool,
+    charset: list[str] | None,
+    memo: dict[Any, Any],
+) -> bool:
+    """Decode the catalog's attributes into ``row``; tell whether vendor private tags are there.
+
+    Values that repeat across the files of a series (UIDs, sizes, spacing...) are converted
+    once per scan: the fast converters ignore the character set, so their results can be
+    shared through ``memo``. A value the fast converter refuses (or stored in another VR
+    than the dictionary's) goes to the general decoder, which knows the corner cases.
+    """
     has_private = False
-    if len(memo) > _MEMO_LIMIT:
-        memo.clear()  # a scan of a huge, varied tree: start afresh rather than grow
-    extra = _EXTRA_TAGS.get(keys) if keys else None
-    for key in keys:
-        row[key.name] = None
+    spec_of = _FAST_SPEC.get
+    memo_get = memo.get
     for tag, item in elements.items():
-        spec = _FAST_SPEC.get(tag)
-        if extra is not None and tag in extra:
-            key = extra[tag]
-            if implicit or item[0] in (None, b"UN"):
-                creator = key.creator_tag
-                vr = key.implicit_vr(
-                    None if creator is None else elements.get(creator, (0, None))[1]
-                )
-            else:
-                vr = item[0].decode()
-            row[key.name] = value_from_raw(item[1], vr, charset)
-            if spec is None:
-                has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
-                continue
-        if tag == _RWV_TAG:
-            # the same mapping repeats across a series: parsed once per scan
-            key = ("rwv", implicit, item)
-            hit = memo.get(key)
-            if hit is None:
-                hit = memo[key] = (_fast_rwv(item, implicit),)
-            row["RealWorldValueMapping"] = hit[0]
-            continue
+        spec = spec_of(tag)
         if spec is None:
-            has_private = has_private or (tag >> 16) in _PRIVATE_GROUPS
+            if tag == _RWV_TAG:
+                row["RealWorldValueMapping"] = _memo_rwv(item, implicit, memo)
+            elif (tag >> 16) in _PRIVATE_GROUPS:
+                has_private = True
             continue
         keyword, kind, dict_vr, fast, shared = spec
         if shared:
-            # values that repeat across the files of a series (UIDs, sizes, spacing...)
-            # are converted once per scan; the fast converters ignore the character set,
-            # so their results can be shared
             key = (tag, item)
-            hit = memo.get(key)
+            hit = memo_get(key)
             if hit is not None:
                 row[keyword] = hit[0]
                 continue
@@ -1167,7 +1228,7 @@ def read_header_fast(
             try:
                 converted = fast(value)
             except (ValueError, UnicodeDecodeError, struct.error):
-                pass  # the general decoder below knows the corner cases
+                pass
             else:
                 row[keyword] = converted
                 if shared:
@@ -1175,15 +1236,40 @@ def read_header_fast(
                 continue
         vr = _TAG_VR[tag] if implicit or vr_bytes in (None, b"UN") else vr_bytes.decode()
         row[keyword] = _raw_value(value, vr, kind, charset)
-    row["TransferSyntaxUID"] = raw.transfer_syntax
-    if row["SOPClassUID"] is None:
-        msc = raw.meta.get(0x00020002)
-        row["SOPClassUID"] = msc.rstrip(b"\x00 ").decode("ascii") or None if msc else None
-    if row["SOPClassUID"] == _MEDIA_STORAGE_DIRECTORY:
-        raise _Skip(
-            "DICOMDIR file (a directory of a file-set, not an instance; "
-            "pass it to scan() to read the files it lists)"
-        )
+    return has_private
+
+
+def _memo_rwv(item: tuple[bytes | None, bytes], implicit: bool, memo: dict[Any, Any]) -> Any:
+    """Return the Real World Value Mapping; it repeats across a series, so parse it once."""
+    key = ("rwv", implicit, item)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (_fast_rwv(item, implicit),)
+    return hit[0]
+
+
+def _key_values(
+    row: dict[str, Any],
+    elements: dict[int, tuple[bytes | None, bytes]],
+    implicit: bool,
+    charset: list[str] | None,
+    keys: tuple[Key, ...],
+) -> None:
+    """Decode the requested keys the file has into ``row`` (see :mod:`dicomxr._keys`)."""
+    for key in _EXTRA_TAGS[keys].values():
+        item = elements.get(key.tag)
+        if item is None:
+            continue
+        if implicit or item[0] in (None, b"UN"):
+            creator = key.creator_tag
+            vr = key.implicit_vr(None if creator is None else elements.get(creator, (0, None))[1])
+        else:
+            vr = item[0].decode()
+        row[key.name] = value_from_raw(item[1], vr, charset)
+
+
+def _pixel_columns(row: dict[str, Any], raw: Any, size: int) -> None:
+    """Where the pixel data is, and whether it runs past the end of the file."""
     has_pixels = raw.pixel_data_offset >= 0
     row["pixel_data_offset"] = raw.pixel_data_offset
     row["has_pixels"] = has_pixels
@@ -1192,10 +1278,6 @@ def read_header_fast(
     else:
         truncated = raw.pixel_data_value_offset + raw.pixel_data_length > size
     row["pixel_data_truncated"] = bool(has_pixels and truncated)
-    # kept in the hot loop (a defined-length sequence), the tag is not in raw.present
-    row["is_enhanced"] = _PERFRAME_TAG in raw.present or groups[0] is not None
-    row["per_frame"] = _per_frame_from_raw(groups, implicit, row) if row["is_enhanced"] else None
-    return _finish_row(row, _fast_private(elements, implicit) if has_private else {})
 
 
 # requested keys -> the wanted tags of the fast reader and tag -> key, built once per key set
@@ -1369,6 +1451,10 @@ def plausible_orientation(iop: Any) -> bool:
     tolerances judge real data; this only refuses values no geometry can come from (NaN,
     infinities, zero or parallel vectors, the wrong number of values).
     """
+    if type(iop) is tuple and len(iop) == 6 and _all_floats(iop):
+        verdict = _orientation_verdict(iop)
+        if verdict is not None:
+            return verdict
     try:
         v = np.asarray(iop, dtype=np.float64)
     except (TypeError, ValueError):
@@ -1382,6 +1468,69 @@ def plausible_orientation(iop: Any) -> bool:
     return abs(float(row @ col)) / (nr * nc) < 0.5
 
 
+# how far from a threshold the plain-float check of an orientation must be to decide alone
+_NEAR = 1e-9
+
+
+_ONLY_FLOAT = {float}
+
+
+def _all_floats(values: tuple[Any, ...]) -> bool:
+    return set(map(type, values)) == _ONLY_FLOAT
+
+
+def _orientation_verdict(iop: tuple[float, ...]) -> bool | None:
+    """:func:`plausible_orientation` of six floats in plain Python (a scan checks every file).
+
+    ``None`` when a norm or the cosine lies so close to its threshold that rounding could
+    decide: the array check then judges, as it always did.
+    """
+    a, b, c, d, e, f = iop
+    # chained comparisons are False for NaN: finite and at most 10 in magnitude, in one test
+    if not (
+        -10.0 <= a <= 10.0
+        and -10.0 <= b <= 10.0
+        and -10.0 <= c <= 10.0
+        and -10.0 <= d <= 10.0
+        and -10.0 <= e <= 10.0
+        and -10.0 <= f <= 10.0
+    ):
+        return False
+    nr = math.sqrt(a * a + b * b + c * c)
+    nc = math.sqrt(d * d + e * e + f * f)
+    cosine = abs(a * d + b * e + c * f) / (nr * nc) if nr and nc else 0.0
+    if (
+        abs(nr - 0.5) < _NEAR
+        or abs(nr - 1.5) < _NEAR
+        or abs(nc - 0.5) < _NEAR
+        or abs(nc - 1.5) < _NEAR
+        or abs(cosine - 0.5) < _NEAR
+    ):
+        return None
+    if not (0.5 < nr < 1.5 and 0.5 < nc < 1.5):
+        return False
+    return cosine < 0.5
+
+
+def _finite_values(values: Any, n: int) -> bool:
+    """Whether ``values`` are ``n`` finite numbers (plain floats checked without numpy)."""
+    if type(values) is tuple and _all_floats(values):
+        return len(values) == n and all(map(math.isfinite, values))
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return v.shape == (n,) and bool(np.isfinite(v).all())
+
+
+def _plausible_spacing(spacing: Any) -> bool:
+    """Whether PixelSpacing is two finite, positive numbers."""
+    if type(spacing) is tuple and _all_floats(spacing):
+        return len(spacing) == 2 and all(map(math.isfinite, spacing)) and min(spacing) > 0
+    sp = np.asarray(spacing, dtype=np.float64)
+    return sp.shape == (2,) and bool(np.isfinite(sp).all()) and not (sp <= 0).any()
+
+
 def _drop_impossible_geometry(row: dict[str, Any], path: str) -> None:
     """Blank geometry values no image can have, so planning sets the file apart by name."""
     iop = row.get("ImageOrientationPatient")
@@ -1389,15 +1538,13 @@ def _drop_impossible_geometry(row: dict[str, Any], path: str) -> None:
         logger.warning("%s: ImageOrientationPatient %s is not a valid orientation", path, iop)
         row["ImageOrientationPatient"] = None
     ipp = row.get("ImagePositionPatient")
-    if ipp is not None and (len(ipp) != 3 or not np.isfinite(np.asarray(ipp, float)).all()):
+    if ipp is not None and (len(ipp) != 3 or not _finite_values(ipp, 3)):
         logger.warning("%s: ImagePositionPatient %s is not a position", path, ipp)
         row["ImagePositionPatient"] = None
     spacing = row.get("PixelSpacing")
-    if spacing is not None:
-        sp = np.asarray(spacing, dtype=np.float64)
-        if sp.shape != (2,) or not np.isfinite(sp).all() or (sp <= 0).any():
-            logger.warning("%s: PixelSpacing %s is not a spacing", path, spacing)
-            row["PixelSpacing"] = None
+    if spacing is not None and not _plausible_spacing(spacing):
+        logger.warning("%s: PixelSpacing %s is not a spacing", path, spacing)
+        row["PixelSpacing"] = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -1409,16 +1556,19 @@ def _iter_source(
     recursive: bool,
     skipped_out: list[dict[str, str]],
     explicit_out: set[str] | None = None,
+    stats_out: dict[str, tuple[int, int]] | None = None,
 ) -> list[str]:
     """Expand a source into a list of absolute file paths (DICOMDIRs resolved).
 
     Files named directly (not found by walking a folder, a pattern or a DICOMDIR) are
-    added to ``explicit_out``.
+    added to ``explicit_out``; the stats the walk of a folder took, to ``stats_out``.
     """
     if explicit_out is None:
         explicit_out = set()
     if isinstance(source, (str, os.PathLike)):
-        return _expand_one(os.fspath(source), recursive, skipped_out, explicit_out, top=True)
+        return _expand_one(
+            os.fspath(source), recursive, skipped_out, explicit_out, top=True, stats=stats_out
+        )
     if isinstance(source, Iterable):
         out: list[str] = []
         for item in source:
@@ -1427,7 +1577,14 @@ def _iter_source(
                     f"scan() got a list holding {type(item).__name__!r}; expected paths"
                 )
             out.extend(
-                _expand_one(os.fspath(item), recursive, skipped_out, explicit_out, top=False)
+                _expand_one(
+                    os.fspath(item),
+                    recursive,
+                    skipped_out,
+                    explicit_out,
+                    top=False,
+                    stats=stats_out,
+                )
             )
         return out
     raise TypeError(
@@ -1443,10 +1600,11 @@ def _expand_one(
     explicit_out: set[str],
     *,
     top: bool,
+    stats: dict[str, tuple[int, int]] | None = None,
 ) -> list[str]:
     item = os.path.expanduser(item)
     if os.path.isdir(item):
-        return _walk(item, recursive, skipped_out)
+        return _walk(item, recursive, skipped_out, stats)
     if os.path.isfile(item):
         path = os.path.abspath(item)
         # one look inside for a lone file; in long lists, only files named like a
@@ -1470,7 +1628,7 @@ def _expand_one(
         out: list[str] = []
         for m in matches:
             if os.path.isdir(m):
-                out.extend(_walk(m, recursive, skipped_out))
+                out.extend(_walk(m, recursive, skipped_out, stats))
             else:
                 out.append(os.path.abspath(m))
         return out
@@ -1510,41 +1668,86 @@ def _on_disk_besides(
 
 
 def _walk(
-    folder: str, recursive: bool, skipped_out: list[dict[str, str]] | None = None
+    folder: str,
+    recursive: bool,
+    skipped_out: list[dict[str, str]] | None = None,
+    stats_out: dict[str, tuple[int, int]] | None = None,
 ) -> list[str]:
-    """Every file under ``folder``; linked sub-folders are followed once.
+    """Every file under ``folder`` in sorted order; linked sub-folders are followed once.
 
-    A folder reached a second time (a symbolic-link loop, or two links to one folder) is
-    detected by its device and inode, not read again, and reported in ``skipped_out``.
+    One pass: each entry is ``stat``-ed once (relative to its open folder, the cheapest
+    lookup), which tells a folder from a file and gives the size and mtime the scan and
+    its cache need, kept in ``stats_out``. A folder reached a second time (a
+    symbolic-link loop, or two links to one folder) is detected by its device and inode,
+    not read again, and reported in ``skipped_out``.
     """
     folder = os.path.abspath(folder)
-    if not recursive:
-        with os.scandir(folder) as it:
-            # not is_dir() rather than is_file(): a dangling link is reported, not dropped
-            return sorted(e.path for e in it if not e.is_dir())
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return []
     out: list[str] = []
-    seen: dict[tuple[int, int], str] = {}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        first = seen.setdefault((st.st_dev, st.st_ino), dirpath)
-        if first != dirpath:
-            dirnames[:] = []
-            if skipped_out is not None:
+    seen: dict[tuple[int, int], str] = {(st.st_dev, st.st_ino): folder}
+    stack = [folder]
+    while stack:
+        dirpath = stack.pop()
+        files, subdirs = _list_folder(dirpath, stats_out)
+        out.extend(files)
+        if not recursive:
+            break
+        todo = []
+        for sub, sub_st in subdirs:
+            first = seen.setdefault((sub_st.st_dev, sub_st.st_ino), sub)
+            if first == sub:
+                todo.append(sub)
+            elif skipped_out is not None:
                 skipped_out.append(
                     {
-                        "path": dirpath,
+                        "path": sub,
                         "reason": f"symbolic link to a folder already scanned ({first}; a "
                         "link loop or a second link): not read twice",
                     }
                 )
-            continue
-        dirnames.sort()
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+        stack.extend(reversed(todo))
     return out
+
+
+def _list_folder(
+    folder: str, stats_out: dict[str, tuple[int, int]] | None
+) -> tuple[list[str], list[tuple[str, os.stat_result]]]:
+    """List the files (sorted paths) and sub-folders (path, stat) of one folder.
+
+    A file that cannot be stat-ed (a dangling link) is listed without a stat: the reader
+    reports it. A folder that cannot be listed gives nothing, as :func:`os.walk` does.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return [], []
+    try:
+        names = sorted(os.listdir(fd))
+        stat_at = os.stat
+        prefix = folder if folder.endswith(os.sep) else folder + os.sep
+        files: list[str] = []
+        subdirs: list[tuple[str, os.stat_result]] = []
+        is_dir = stat.S_ISDIR
+        for name in names:
+            try:
+                st = stat_at(name, dir_fd=fd)
+            except OSError:
+                files.append(prefix + name)
+                continue
+            if is_dir(st.st_mode):
+                subdirs.append((prefix + name, st))
+            else:
+                files.append(prefix + name)
+                if stats_out is not None:  # two ints: far cheaper to keep than the stat
+                    stats_out[prefix + name] = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        return [], []
+    finally:
+        os.close(fd)
+    return files, subdirs
 
 
 def _glob_paths(pattern: str) -> list[str]:
@@ -1628,12 +1831,14 @@ def scan(
         references). Non-DICOM files and directory files met while walking a folder are
         only listed in the report; named explicitly, they are warned about too.
     cache
-        Keep what was read in a persistent cache, so that scanning the same files again
-        (in this or a later session) reads no header that has not changed. Opt-in:
-        ``True`` uses ``<user cache dir>/dicomxr/catalog.sqlite`` (see
+        Keep a snapshot of the catalog in a persistent cache, so that scanning the same
+        source again (in this or a later session) reads no header that has not changed:
+        only new or modified files (by size and modification time) are read, removed ones
+        dropped. Opt-in: ``True`` uses ``<user cache dir>/dicomxr/catalog`` (see
         :func:`dicomxr.data.cache_dir`; ``$DICOMXR_CACHE_DIR`` moves it), a path names
-        another database file. Entries are keyed by absolute path, size and
-        modification time; nothing is ever written next to the data.
+        another folder. One snapshot per source and set of ``keys``; nothing is ever
+        written next to the data. Needs pyarrow (``dicomxr[cache]``). See the guide's
+        "Scanning the same tree again".
     workers
         Read headers in this many threads. Worth it on network file systems and cold
         disks, where waiting for each file dominates; on a local, cached tree one
@@ -1696,36 +1901,277 @@ def scan(
     """
     # a wrong key is refused before any file is touched
     extra = tuple(k for k in resolve_keys(keys) if k.name not in _SCHEMA)
-    skipped_list: list[dict[str, str]] = []
-    explicit: set[str] = set()
-    remote: dict[str, Any] | None = None
+    if not isinstance(source, (str, os.PathLike)) and isinstance(source, Iterable):
+        source = list(source)  # walked twice: once for the cache's name, once for the files
+    store = _open_cache(cache, source, recursive, extra) if cache else None
+    started = _catalog_cache.now_ns()
+    found = _find_files(source, recursive, storage_options, workers)
+    df, skips = _catalog(found, store, started, _progress_choice(progress, len(found.paths)),
+                         extra, client)  # fmt: skip
+    found.skipped.extend(skips)
+    df.attrs["skipped"] = found.skipped
+    if extra:
+        df.attrs["keys"] = [k.name for k in extra]
+    if found.remote is not None and found.storage_options:
+        df.attrs["storage_options"] = dict(found.storage_options)
+    if found.skipped:
+        logger.info("scan skipped %d file(s)", len(found.skipped))
+    if warn:
+        _warn_skipped(found.skipped, found.explicit)
+    return df
+
+
+@dataclass
+class _Found:
+    """The files a source names, in catalog order, and what finding them told."""
+
+    paths: list[str]
+    skipped: list[dict[str, str]]
+    explicit: set[str]
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # (size, mtime_ns)
+    remote: dict[str, Any] | None = None  # URL -> dicomxr.sources.Entry
+    storage_options: Mapping[str, Any] | None = None
+    workers: int | None = None
+
+
+def _find_files(
+    source: Any, recursive: bool, storage_options: Mapping[str, Any] | None, workers: int | None
+) -> _Found:
+    """List the files of a source: walk folders, resolve DICOMDIRs, patterns and URLs."""
     if _maybe_remote(source) and _sources().is_remote_source(source):
         entries, storage_options = _sources().resolve(source, storage_options, recursive=recursive)
         remote = {e.url: e for e in entries}
         paths = list(remote)
-        if len(paths) == 1:
-            explicit.update(paths)
-        if workers is None:
-            workers = _REMOTE_WORKERS
+        explicit = set(paths) if len(paths) == 1 else set()
+        workers = _REMOTE_WORKERS if workers is None else workers
+        return _Found(paths, [], explicit, {}, remote, storage_options, workers)
+    found = _Found([], [], set(), workers=workers)
+    paths = _iter_source(source, recursive, found.skipped, found.explicit, found.stats)
+    # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once; one
+    # folder's walk lists each file once
+    one_folder = isinstance(source, (str, os.PathLike)) and os.path.isdir(source)
+    found.paths = paths if one_folder else list(dict.fromkeys(paths))
+    return found
+
+
+def _cache_source(source: Any, recursive: bool) -> str:
+    """Name a source's snapshot: its absolute paths (or URLs) and ``recursive``."""
+
+    def one(item: Any) -> str:
+        text = os.fspath(item)
+        return text if "://" in text else os.path.abspath(os.path.expanduser(text))
+
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    return json.dumps([[one(i) for i in items], bool(recursive)])
+
+
+def _open_cache(
+    cache: bool | str | os.PathLike[str], source: Any, recursive: bool, extra: tuple[Key, ...]
+) -> _catalog_cache.CatalogCache | None:
+    """Open (and start loading) the snapshot of this source and these keys."""
+    signature = (*COLUMNS, *(k.name for k in extra))
+    try:
+        key = _cache_source(source, recursive)
+    except TypeError:
+        return None  # not a source: _find_files says why
+    return _catalog_cache.CatalogCache.open(cache, key, signature)
+
+
+def _catalog(
+    found: _Found,
+    store: _catalog_cache.CatalogCache | None,
+    started: int,
+    progress: tuple[bool, float],
+    extra: tuple[Key, ...],
+    client: Any,
+) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Read what the snapshot does not hold, and put the catalog together.
+
+    Returns the catalog and the files skipped, in order.
+    """
+    names = tuple(k.name for k in extra)
+    snap = store.snapshot() if store is not None else None
+    keys = _current_keys(found)
+    plan = _Plan.make(found.paths, keys, snap)
+    todo = plan.to_read.tolist()
+    results = _read_files([found.paths[i] for i in todo], found, progress, extra, client)
+    if snap is not None and plan.unchanged(results):
+        frame, skips = snap.frame, plan.kept_skips(found.paths)
     else:
-        paths = _iter_source(source, recursive, skipped_list, explicit)
-        # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once
-        paths = list(dict.fromkeys(paths))
-    rows = _read_all(
-        paths, skipped_list, cache, workers, _progress_choice(progress, len(paths)), remote,
-        storage_options, extra=extra, client=client,
-    )  # fmt: skip
-    df = _to_frame(rows, tuple(k.name for k in extra))
-    df.attrs["skipped"] = skipped_list
-    if extra:
-        df.attrs["keys"] = [k.name for k in extra]
-    if remote is not None and storage_options:
-        df.attrs["storage_options"] = dict(storage_options)
-    if skipped_list:
-        logger.info("scan skipped %d file(s)", len(skipped_list))
-    if warn:
-        _warn_skipped(skipped_list, explicit)
-    return df
+        frame, skips = _merge(found.paths, plan, results, names)
+    if store is not None and (snap is None or not plan.unchanged(results)):
+        store.save(frame, _entries(found, keys, plan, results, frame, started))
+    return _typed_keys(frame, names), skips
+
+
+def _current_keys(found: _Found) -> tuple[np.ndarray, np.ndarray]:
+    """Size and mtime (ns) of every file, from the walk (or a stat); -1 where unknown."""
+    n = len(found.paths)
+    if found.remote is not None:
+        entries = [found.remote[p] for p in found.paths]
+        size = np.array([-1 if e.size is None else e.size for e in entries], dtype=np.int64)
+        mtime = np.array([_remote_mtime_ns(e.mtime) for e in entries], dtype=np.int64)
+        return size, mtime
+    stats = list(map(found.stats.get, found.paths))
+    for i, st in enumerate(stats):
+        if st is None:  # named directly, listed by a DICOMDIR, or a dangling link
+            with contextlib.suppress(OSError):
+                st = os.stat(found.paths[i])
+                stats[i] = (st.st_size, st.st_mtime_ns)
+    unknown = (-1, _catalog_cache.UNTRUSTED)
+    size, mtime = zip(*(unknown if s is None else s for s in stats), strict=True) if n else ((), ())
+    return np.array(size, dtype=np.int64), np.array(mtime, dtype=np.int64)
+
+
+def _remote_mtime_ns(mtime: float | None) -> int:
+    return _catalog_cache.UNTRUSTED if not mtime else round(mtime * 1e9)
+
+
+@dataclass
+class _Plan:
+    """Which files the snapshot answers for (a row or a skip reason), which must be read.
+
+    ``at`` maps each file to its snapshot entry (-1: none); ``kept`` says whether that entry
+    is still valid (same size and mtime); ``row_of`` numbers the snapshot's rows.
+    """
+
+    at: np.ndarray
+    kept: np.ndarray
+    to_read: np.ndarray
+    snap: _catalog_cache.Snapshot | None
+    same_files: bool
+
+    @classmethod
+    def make(
+        cls,
+        paths: list[str],
+        keys: tuple[np.ndarray, np.ndarray],
+        snap: _catalog_cache.Snapshot | None,
+    ) -> _Plan:
+        n = len(paths)
+        if snap is None:
+            return cls(np.full(n, -1), np.zeros(n, bool), np.arange(n), None, False)
+        same_files = snap.paths == paths
+        if same_files:
+            at = np.arange(n)
+        else:
+            where = dict(zip(snap.paths, range(len(snap.paths)), strict=True))
+            at = np.fromiter((where.get(p, -1) for p in paths), np.int64, n)
+        size, mtime = keys
+        found = at >= 0
+        at_ok = np.where(found, at, 0)
+        kept = (
+            found
+            & (snap.size[at_ok] == size)
+            & (snap.mtime_ns[at_ok] == mtime)
+            & (mtime != _catalog_cache.UNTRUSTED)
+        ) if len(snap.paths) else np.zeros(n, bool)  # fmt: skip
+        return cls(at, kept, np.flatnonzero(~kept), snap, same_files)
+
+    def unchanged(self, results: list[Any]) -> bool:
+        """Whether the snapshot is the catalog as it is: same files, none read."""
+        return self.same_files and not results
+
+    def kept_skips(self, paths: list[str]) -> list[dict[str, str]]:
+        """List the files the snapshot says to skip, with its reasons (same files)."""
+        assert self.snap is not None
+        reasons = self.snap.reasons
+        return [{"path": paths[i], "reason": reasons[i]} for i in _skip_entries(reasons)]
+
+
+def _skip_entries(reasons: list[str | None]) -> list[int]:
+    """Positions of the skipped files among a snapshot's entries."""
+    is_row = np.fromiter((r is None for r in reasons), bool, len(reasons))
+    return np.flatnonzero(~is_row).tolist()
+
+
+def _merge(
+    paths: list[str], plan: _Plan, results: list[Any], names: tuple[str, ...]
+) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Join the snapshot's valid rows and the rows just read, in file order."""
+    reasons = plan.snap.reasons if plan.snap is not None else []
+    kept_pos: list[int] = []
+    kept_rows: list[int] = []
+    skips: list[tuple[int, dict[str, str]]] = []
+    if plan.snap is not None and len(reasons):
+        is_row = np.fromiter((r is None for r in reasons), bool, len(reasons))
+        row_of = np.cumsum(is_row) - 1
+        for i in np.flatnonzero(plan.kept).tolist():
+            j = int(plan.at[i])
+            if is_row[j]:
+                kept_pos.append(i)
+                kept_rows.append(int(row_of[j]))
+            else:
+                skips.append((i, {"path": paths[i], "reason": reasons[j]}))
+    new_pos: list[int] = []
+    new_rows: list[dict[str, Any]] = []
+    for i, (row, skip, _) in zip(plan.to_read.tolist(), results, strict=True):
+        if row is not None:
+            new_pos.append(i)
+            new_rows.append(row)
+        if skip is not None:
+            skips.append((i, skip))
+    skips.sort(key=operator.itemgetter(0))
+    new = _to_frame(new_rows, names, raw=True)
+    if not kept_rows:
+        return new, [s for _, s in skips]
+    kept = plan.snap.frame.take(kept_rows) if plan.snap is not None else new
+    return _interleave(kept, kept_pos, new, new_pos), [s for _, s in skips]
+
+
+def _interleave(
+    kept: pd.DataFrame, kept_pos: list[int], new: pd.DataFrame, new_pos: list[int]
+) -> pd.DataFrame:
+    """Two row sets put back in file order, each column with the dtype a scan gives it."""
+    if not new_pos:
+        return kept.reset_index(drop=True)
+    order = np.argsort(np.array(kept_pos + new_pos), kind="stable")
+    both = pd.concat([kept, new], ignore_index=True)
+    for col in kept.columns:
+        if kept[col].dtype != new[col].dtype:  # text with and without undecodable names
+            both[col] = _column(_values(kept[col]) + _values(new[col]), _SCHEMA.get(col, "object"))
+    return both.take(order).reset_index(drop=True)
+
+
+def _values(series: pd.Series) -> list[Any]:
+    """Return a column's values as the rows held them (missing as None)."""
+    if series.dtype == object:
+        return series.tolist()
+    return series.astype(object).where(series.notna(), None).tolist()
+
+
+def _typed_keys(frame: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
+    """Give the requested keys' columns (kept as raw values) their catalog dtype."""
+    if not names:
+        return frame
+    out = frame.copy(deep=False)
+    for name in names:
+        out[name] = _extra_column(out[name].tolist())
+    return out
+
+
+def _entries(
+    found: _Found,
+    keys: tuple[np.ndarray, np.ndarray],
+    plan: _Plan,
+    results: list[Any],
+    frame: pd.DataFrame,
+    started: int,
+) -> _catalog_cache.Entries:
+    """Every file of this scan as the next snapshot records it."""
+    size, mtime = keys[0].copy(), keys[1].copy()
+    reasons: list[str | None] = [None] * len(found.paths)
+    if plan.snap is not None:
+        snap_reasons = plan.snap.reasons
+        for i in np.flatnonzero(plan.kept).tolist():
+            reasons[i] = snap_reasons[plan.at[i]]
+    for i, (row, skip, key) in zip(plan.to_read.tolist(), results, strict=True):
+        if row is None:
+            reasons[i] = skip["reason"] if skip is not None else "skipped"
+        size[i], mtime[i] = key if key is not None else (-1, _catalog_cache.UNTRUSTED)
+    if found.remote is None:  # files changed within a clock tick of the scan: read again
+        mtime = _catalog_cache.distrust_recent(mtime, started)
+    return _catalog_cache.Entries(found.paths, size, mtime, reasons)
 
 
 def _progress_choice(progress: bool | None, n_files: int) -> tuple[bool, float]:
@@ -1741,65 +2187,42 @@ def _progress_choice(progress: bool | None, n_files: int) -> tuple[bool, float]:
     return n_files >= get_options()["progress_min_files"], _PROGRESS_DELAY
 
 
-def _read_all(
-    paths: list[str],
-    skipped_out: list[dict[str, str]],
-    cache: bool | str | os.PathLike[str],
-    workers: int | None,
-    progress: tuple[bool, float],
-    remote: dict[str, Any] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    *,
-    extra: tuple[Key, ...] = (),
-    client: Any = None,
-) -> list[dict[str, Any]]:
-    """Read the header of every file once (or take it from the cache): the catalog's rows.
+_Result = tuple[dict[str, Any] | None, dict[str, str] | None, tuple[int, int] | None]
 
-    ``remote`` maps each path (a URL) to its :class:`dicomxr.sources.Entry` when the source
-    is remote; its headers are then read by ranged reads with ``storage_options``.
-    ``extra`` are the requested keys read besides the catalog columns; ``client`` a
-    dask.distributed client reading local files on its workers, one task per batch.
+
+def _read_files(
+    paths: list[str],
+    found: _Found,
+    progress: tuple[bool, float],
+    extra: tuple[Key, ...],
+    client: Any,
+) -> list[_Result]:
+    """Read the header of every file once: ``(row, skip, (size, mtime_ns) or None)`` each.
+
+    Local files are read in this process (in ``found.workers`` threads), on a
+    dask.distributed ``client``'s workers (one task per batch), remote ones by ranged reads
+    in threads.
     """
-    store = _Cache.open(cache, tuple(k.name for k in extra)) if cache else None
-    known = store.lookup(paths) if store is not None else {}
-    fresh: list[tuple[str, int, float, dict[str, Any] | None, str | None]] = []
-    rows: list[dict[str, Any]] = []
     memo: dict[Any, Any] = {}
     show, delay = progress
+    remote = found.remote
 
-    def one(path: str) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
+    def one(path: str) -> _Result:
         if remote is not None:
-            return _scan_remote_one(
-                remote[path], storage_options, known, memo, store is not None, extra
-            )
-        return _scan_one(path, known, memo, store is not None, extra)
+            return _scan_remote_one(remote[path], found.storage_options, memo, extra)
+        return _scan_one(path, memo, extra)
 
-    results: Iterable[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]
-    try:
-        if client is not None and paths and remote is None:
-            results = _scan_on_client(client, paths, known, store is not None, extra, show)
-        elif workers is not None and workers > 1 and len(paths) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+    workers = found.workers
+    if client is not None and paths and remote is None:
+        return _scan_on_client(client, paths, extra, show)
+    if workers is not None and workers > 1 and len(paths) > 1:
+        from concurrent.futures import ThreadPoolExecutor
 
-            # file system latency overlaps across threads (os.open/pread release the
-            # GIL); the parsing itself still takes turns
-            with ThreadPoolExecutor(workers, thread_name_prefix="dicomxr-scan") as ex:
-                results = list(_progress(ex.map(one, paths), show, len(paths), delay))
-        else:
-            results = map(one, _progress(paths, show, len(paths), delay))
-        for row, skip, entry in results:
-            if row is not None:
-                rows.append(row)
-            if skip is not None:
-                skipped_out.append(skip)
-            if entry is not None:
-                fresh.append(entry)
-        if store is not None:
-            store.store(fresh)
-    finally:
-        if store is not None:
-            store.close()
-    return rows
+        # file system latency overlaps across threads (os.open/pread release the
+        # GIL); the parsing itself still takes turns
+        with ThreadPoolExecutor(workers, thread_name_prefix="dicomxr-scan") as ex:
+            return list(_progress(ex.map(one, paths), show, len(paths), delay))
+    return list(map(one, _progress(paths, show, len(paths), delay)))
 
 
 def _warn_skipped(skipped_list: list[dict[str, str]], explicit: set[str]) -> None:
@@ -1828,25 +2251,15 @@ def _warn_skipped(skipped_list: list[dict[str, str]], explicit: set[str]) -> Non
 SCAN_BATCH = 2000
 
 
-def _scan_batch(
-    paths: list[str],
-    known: dict[str, tuple[int, float, Any, str | None]],
-    caching: bool,
-    keys: tuple[Key, ...],
-) -> list[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]:
+def _scan_batch(paths: list[str], keys: tuple[Key, ...]) -> list[_Result]:
     """Catalogue a batch of files (one task of a distributed scan)."""
     memo: dict[Any, Any] = {}
-    return [_scan_one(path, known, memo, caching, keys) for path in paths]
+    return [_scan_one(path, memo, keys) for path in paths]
 
 
 def _scan_on_client(
-    client: Any,
-    paths: list[str],
-    known: dict[str, tuple[int, float, Any, str | None]],
-    caching: bool,
-    keys: tuple[Key, ...],
-    progress: bool,
-) -> list[tuple[dict[str, Any] | None, dict[str, str] | None, Any]]:
+    client: Any, paths: list[str], keys: tuple[Key, ...], progress: bool
+) -> list[_Result]:
     """Read the headers on a dask.distributed cluster, one task per batch, results in order."""
     if client is True:
         from distributed import get_client
@@ -1855,11 +2268,10 @@ def _scan_on_client(
     batches = [paths[i : i + SCAN_BATCH] for i in range(0, len(paths), SCAN_BATCH)]
     futures = [
         client.submit(
-            _scan_batch, batch, {p: known[p] for p in batch if p in known}, caching, keys,
-            pure=False, key=f"dicomxr-scan-{i}-{os.urandom(4).hex()}",
+            _scan_batch, batch, keys, pure=False, key=f"dicomxr-scan-{i}-{os.urandom(4).hex()}"
         )
         for i, batch in enumerate(batches)
-    ]  # fmt: skip
+    ]
     if progress:
         from distributed import as_completed
         from tqdm.auto import tqdm
@@ -1867,149 +2279,11 @@ def _scan_on_client(
         with tqdm(total=len(paths), desc="scanning DICOM headers", unit="file") as bar:
             for _, batch in zip(as_completed(futures), batches, strict=True):
                 bar.update(len(batch))
-    out: list[tuple[dict[str, Any] | None, dict[str, str] | None, Any]] = []
+    out: list[_Result] = []
     for future in futures:
         out.extend(future.result())
         future.release()
     return out
-
-
-_TUPLE_COLUMNS = tuple(c for c, dtype in _SCHEMA.items() if dtype == "object")
-
-
-def _row_from_json(
-    row: dict[str, Any], columns: tuple[str, ...] = _TUPLE_COLUMNS
-) -> dict[str, Any]:
-    # JSON (not pickle: the cache must never execute what it reads) turns tuples into lists;
-    # only tuple columns (and multi-valued requested keys) hold lists
-    for col in columns:
-        value = row.get(col)
-        if isinstance(value, list):
-            row[col] = _as_tuples(value)
-    table = row.get("per_frame")
-    if isinstance(table, dict):  # one tuple per column, of values that may be tuples
-        row["per_frame"] = {col: _as_tuples(values) for col, values in table.items()}
-    return row
-
-
-def _as_tuples(value: Any) -> Any:
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-class _Cache:
-    """Persistent catalog cache: an SQLite table of (path, size, mtime) -> row or reason.
-
-    SQLite gives atomic transactions and safe use from several processes; a cache that
-    cannot be opened or read is dropped with a warning, never an error.
-    """
-
-    # bump when the row format changes: older entries are then ignored
-    # (2: GridFrameOffsetVector, SliceNormalVector, tile_positions and the per-frame table)
-    VERSION = 2
-
-    def __init__(self, con: Any, path: str, extra: tuple[str, ...] = ()) -> None:
-        self.con = con
-        self.path = path
-        # rows are reused only for the same columns (requested keys included)
-        self.signature = ",".join((*COLUMNS, *extra))
-        self.tuple_columns = (*_TUPLE_COLUMNS, *extra)
-
-    @classmethod
-    def default_path(cls) -> str:
-        from dicomxr.data import cache_dir
-
-        return os.path.join(os.fspath(cache_dir()), "catalog.sqlite")
-
-    @classmethod
-    def open(
-        cls, cache: bool | str | os.PathLike[str], extra: tuple[str, ...] = ()
-    ) -> _Cache | None:
-        import sqlite3
-
-        path = cls.default_path() if cache is True else os.path.abspath(os.fspath(cache))
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            con = sqlite3.connect(path, timeout=10)
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS headers (path TEXT PRIMARY KEY, size INTEGER, "
-                "mtime REAL, version INTEGER, columns TEXT, row BLOB, reason TEXT)"
-            )
-            con.commit()
-        except (OSError, sqlite3.Error) as exc:
-            warnings.warn(
-                f"catalog cache {path} cannot be used ({exc}); scanning without it",
-                RuntimeWarning,
-                stacklevel=user_stacklevel(),
-            )
-            return None
-        return cls(con, path, extra)
-
-    def lookup(self, paths: list[str]) -> dict[str, tuple[int, float, Any, str | None]]:
-        import json
-        import sqlite3
-
-        out: dict[str, tuple[int, float, Any, str | None]] = {}
-        signature = self.signature
-        try:
-            for i in range(0, len(paths), 500):
-                chunk = paths[i : i + 500]
-                query = (
-                    "SELECT path, size, mtime, row, reason FROM headers WHERE version = ? "
-                    f"AND columns = ? AND path IN ({','.join('?' * len(chunk))})"
-                )
-                for path, size, mtime, blob, reason in self.con.execute(
-                    query, (self.VERSION, signature, *chunk)
-                ):
-                    row = (
-                        None
-                        if blob is None
-                        else _row_from_json(json.loads(blob), self.tuple_columns)
-                    )
-                    out[path] = (size, mtime, row, reason)
-        except (sqlite3.Error, ValueError, TypeError, AttributeError) as exc:
-            warnings.warn(
-                f"catalog cache {self.path} is unreadable ({exc}); scanning without it",
-                RuntimeWarning,
-                stacklevel=user_stacklevel(),
-            )
-            return {}
-        return out
-
-    def store(
-        self, entries: list[tuple[str, int, float, dict[str, Any] | None, str | None]]
-    ) -> None:
-        import json
-        import sqlite3
-
-        if not entries:
-            return
-        signature = self.signature
-        try:
-            with self.con:
-                self.con.executemany(
-                    "INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            path,
-                            size,
-                            mtime,
-                            self.VERSION,
-                            signature,
-                            None if row is None else json.dumps(row),
-                            reason,
-                        )
-                        for path, size, mtime, row, reason in entries
-                    ],
-                )
-        except sqlite3.Error as exc:
-            warnings.warn(
-                f"catalog cache {self.path} could not be updated ({exc})",
-                RuntimeWarning,
-                stacklevel=user_stacklevel(),
-            )
-
-    def close(self) -> None:
-        self.con.close()
 
 
 def _progress(items: Iterable[Any], show: bool, total: int, delay: float) -> Iterable[Any]:
@@ -2022,31 +2296,29 @@ def _progress(items: Iterable[Any], show: bool, total: int, delay: float) -> Ite
 
 def _scan_one(
     path: str,
-    known: dict[str, tuple[int, float, Any, str | None]],
     memo: dict[Any, Any],
-    caching: bool,
     keys: tuple[Key, ...] = (),
-) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
-    """Catalogue one file: ``(row, skip, cache entry)``, the first two exclusive."""
+    st: os.stat_result | None = None,
+) -> _Result:
+    """Catalogue one file: ``(row, skip, (size, mtime_ns))``, the first two exclusive.
+
+    ``st`` is the file's stat when the walk took it. The last item is ``None`` when the
+    outcome says nothing lasting about the file (it could not be read this time).
+    """
     try:
-        st = os.stat(path)
+        if st is None:
+            st = os.stat(path)
     except OSError as exc:
         if os.path.islink(path):
             reason = f"broken symbolic link (to {os.readlink(path)})"
         else:
             reason = f"cannot stat: {exc.strerror or exc}"
         return None, {"path": path, "reason": reason}, None
-    hit = known.get(path)
-    if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime:
-        row, reason = hit[2], hit[3]
-        if row is not None:
-            return row, None, None
-        return None, {"path": path, "reason": reason or "skipped"}, None
+    key = (st.st_size, st.st_mtime_ns)
     try:
         row = _read_one(path, st, memo, keys) if keys else _read_one(path, st, memo)
     except _Skip as exc:
-        entry = (path, st.st_size, st.st_mtime, None, str(exc)) if caching else None
-        return None, {"path": path, "reason": str(exc)}, entry
+        return None, {"path": path, "reason": str(exc)}, key
     except OSError as exc:
         return None, {"path": path, "reason": f"cannot read: {exc.strerror or exc}"}, None
     except BaseException as exc:
@@ -2056,8 +2328,7 @@ def _scan_one(
             raise
         reason = f"unreadable header ({failure_reason(exc)})"
         return None, {"path": path, "reason": reason}, None
-    entry = (path, st.st_size, st.st_mtime, row, None) if caching else None
-    return row, None, entry
+    return row, None, key
 
 
 _REMOTE_WORKERS = 16
@@ -2082,11 +2353,9 @@ def _sources() -> Any:
 def _scan_remote_one(
     entry: Any,
     storage_options: Mapping[str, Any] | None,
-    known: dict[str, tuple[int, float, Any, str | None]],
     memo: dict[Any, Any],
-    caching: bool,
     keys: tuple[Key, ...] = (),
-) -> tuple[dict[str, Any] | None, dict[str, str] | None, Any]:
+) -> _Result:
     """Catalogue one remote object (see :func:`_scan_one`), reading its head by byte range."""
     from dicomxr import sources
 
@@ -2096,12 +2365,8 @@ def _scan_remote_one(
         size = entry.size if entry.size is not None else int(fs.size(inner))
     except Exception as exc:
         return None, {"path": url, "reason": f"cannot read: {failure_reason(exc)}"}, None
-    hit = known.get(url)
-    if hit is not None and hit[0] == size and hit[1] == entry.mtime and entry.mtime:
-        row, reason = hit[2], hit[3]
-        if row is not None:
-            return row, None, None
-        return None, {"path": url, "reason": reason or "skipped"}, None
+    # an object without a modification time cannot be told unchanged: never cached
+    key = (size, _remote_mtime_ns(entry.mtime)) if entry.mtime else None
     try:
         if size == 0:
             raise _Skip("empty file (0 bytes)")
@@ -2109,54 +2374,57 @@ def _scan_remote_one(
         row = read_header_fast(head, size, memo, keys)
         if row is None:
             row = read_header_pydicom(head.file(), keys)
-        for key in keys:
-            row.setdefault(key.name, None)
+        for k in keys:
+            row.setdefault(k.name, None)
         row = _checked_row(row, url, size, entry.mtime, entry.etag)
     except _Skip as exc:
-        entry_out = (url, size, entry.mtime, None, str(exc)) if caching and entry.mtime else None
-        return None, {"path": url, "reason": str(exc)}, entry_out
+        return None, {"path": url, "reason": str(exc)}, key
     except BaseException as exc:
         # a dropped connection, a broken zip member, a lying header: this object's problem
         if not (isinstance(exc, OSError) or is_per_file_failure(exc)):
             raise
         return None, {"path": url, "reason": f"cannot read: {failure_reason(exc)}"}, None
-    entry_out = (url, size, entry.mtime, row, None) if caching and entry.mtime else None
-    return row, None, entry_out
+    return row, None, key
 
 
-def _to_frame(rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> pd.DataFrame:
+def _to_frame(
+    rows: list[dict[str, Any]], extra: tuple[str, ...] = (), *, raw: bool = False
+) -> pd.DataFrame:
+    """Build the catalog of ``rows``; ``raw``: the requested keys' columns as read."""
     # column by column, straight into arrays: far cheaper than letting pandas infer
-    n = len(rows)
     data: dict[str, Any] = {}
-    getter = operator.itemgetter(*COLUMNS)
     try:
-        # transpose in C: one tuple per row, then one tuple per column
-        columns = list(zip(*map(getter, rows), strict=True)) if rows else [() for _ in COLUMNS]
+        # one list per column, gathered in C (no tuple per row for the collector to trace)
+        columns = [list(map(operator.itemgetter(col), rows)) for col in COLUMNS]
     except KeyError:  # a row without some column (never from scan(); be lenient)
         columns = [[r.get(col) for r in rows] for col in COLUMNS]
     for (col, dtype), values in zip(_SCHEMA.items(), columns, strict=True):
-        if dtype == "object":
-            arr = np.empty(n, dtype=object)
-            for i, v in enumerate(values):
-                arr[i] = v  # element-wise: tuples must stay tuples, not become a 2-D array
-            data[col] = arr
-        elif dtype == "bool":
-            data[col] = np.array([bool(v) for v in values], dtype=bool)
-        elif dtype in ("float64", "int64"):
-            data[col] = np.array(values, dtype=dtype)
-        elif dtype == "str":
-            try:
-                data[col] = pd.array(list(values), dtype="str")
-            except UnicodeEncodeError:
-                # file names that are not valid UTF-8 come back from the OS with lone
-                # surrogates, which an Arrow-backed str dtype refuses: keep them as objects
-                # (an explicit object Series: pandas would infer its str dtype again)
-                data[col] = pd.Series(np.array(list(values), dtype=object), dtype=object)
-        else:
-            data[col] = pd.array(list(values), dtype=dtype)
+        data[col] = _column(values, dtype)
     for name in extra:
-        data[name] = _extra_column([r.get(name) for r in rows])
+        values = [r.get(name) for r in rows]
+        data[name] = _column(values, "object") if raw else _extra_column(values)
     return pd.DataFrame(data, columns=[*_SCHEMA, *extra], copy=False)
+
+
+def _column(values: list[Any], dtype: str) -> Any:
+    """Build one catalog column of ``dtype`` from the rows' values."""
+    n = len(values)
+    if dtype == "object":
+        # fromiter stores each value as it is: tuples stay tuples, not a 2-D array
+        return np.fromiter(values, dtype=object, count=n)
+    if dtype == "bool":
+        return np.fromiter(map(bool, values), dtype=bool, count=n)
+    if dtype in ("float64", "int64"):
+        return np.array(values, dtype=dtype)
+    if dtype == "str":
+        try:
+            return pd.array(values, dtype="str")
+        except UnicodeEncodeError:
+            # file names that are not valid UTF-8 come back from the OS with lone
+            # surrogates, which an Arrow-backed str dtype refuses: keep them as objects
+            # (an explicit object Series: pandas would infer its str dtype again)
+            return pd.Series(np.array(values, dtype=object), dtype=object)
+    return pd.array(values, dtype=dtype)
 
 
 def _extra_column(values: list[Any]) -> Any:

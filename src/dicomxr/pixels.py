@@ -43,7 +43,7 @@ import os
 import struct
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -59,15 +59,19 @@ from dicomxr.errors import (
 )
 
 __all__ = [
+    "LAYOUT_FIELDS",
+    "NATIVE_SYNTAXES",
     "FrameRef",
     "PixelDataError",
     "apply_rescale",
     "apply_value_mapping",
     "file_frame_refs",
     "frame_dtype",
+    "frame_refs",
     "frame_shape",
     "is_encapsulated",
     "is_inverted",
+    "mosaic_tile",
     "read_frame",
     "read_frames",
     "rescale_dtype",
@@ -81,7 +85,8 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-_NATIVE_SYNTAXES = frozenset(
+#: the uncompressed transfer syntaxes whose frames are read straight from the file's bytes
+NATIVE_SYNTAXES = frozenset(
     {EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN}
 )
 # explicit VRs whose element header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2)
@@ -175,27 +180,11 @@ class FrameRef:
         ``BitsStored = BitsAllocated``, planar configuration 0).
         """
         get = row.get if hasattr(row, "get") else lambda k, d=None: getattr(row, k, d)
-        bits_allocated = _int(get("BitsAllocated"), 16)
-        tile = _int(get("tile"), None)
-        if tile is not None and tile < 0:
-            tile = None
         return cls(
-            path=os.fspath(get("path")),
-            frame=_int(get("frame"), 0),
-            pixel_data_offset=_int(get("pixel_data_offset"), -1),
-            TransferSyntaxUID=_str(get("TransferSyntaxUID"), EXPLICIT_VR_LITTLE_ENDIAN),
-            Rows=_int(get("Rows"), 0),
-            Columns=_int(get("Columns"), 0),
-            SamplesPerPixel=_int(get("SamplesPerPixel"), 1),
-            BitsAllocated=bits_allocated,
-            BitsStored=_int(get("BitsStored"), bits_allocated),
-            PixelRepresentation=_int(get("PixelRepresentation"), 0),
-            PhotometricInterpretation=_str(get("PhotometricInterpretation"), "MONOCHROME2"),
-            PlanarConfiguration=_int(get("PlanarConfiguration"), 0),
-            NumberOfFrames=_int(get("NumberOfFrames"), 1) or 1,
-            tile=tile,
-            mosaic_rows=_int(get("mosaic_rows"), 0) if tile is not None else 0,
-            mosaic_cols=_int(get("mosaic_cols"), 0) if tile is not None else 0,
+            os.fspath(get("path")),
+            _int(get("frame"), 0),
+            _int(get("pixel_data_offset"), -1),
+            *_layout(tuple(get(name) for name in LAYOUT_FIELDS)),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -216,6 +205,106 @@ class FrameRef:
     def stored_cols(self) -> int:
         """Columns of the stored image (the whole mosaic for a tile)."""
         return (self.mosaic_cols or self.Columns) if self.is_mosaic_tile else self.Columns
+
+    def whole_image(self) -> FrameRef:
+        """Return the reference of the whole stored image: a MOSAIC tile's mosaic, else ``self``."""
+        if not self.is_mosaic_tile:
+            return self
+        return replace(
+            self, tile=None, mosaic_rows=0, mosaic_cols=0, Rows=self.stored_rows,
+            Columns=self.stored_cols,
+        )  # fmt: skip
+
+
+#: the :class:`FrameRef` fields after ``path``, ``frame`` and ``pixel_data_offset``, in order:
+#: how a frame is stored, which the frames of one series mostly share
+LAYOUT_FIELDS = (
+    "TransferSyntaxUID", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+    "PixelRepresentation", "PhotometricInterpretation", "PlanarConfiguration",
+    "NumberOfFrames", "tile", "mosaic_rows", "mosaic_cols",
+)  # fmt: skip
+
+
+def _layout(raw: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Convert one row's :data:`LAYOUT_FIELDS` values, with the standard's defaults for gaps."""
+    (tsyntax, rows, cols, spp, bits_allocated, bits_stored, pr, pi, planar, nframes,
+     tile, mosaic_rows, mosaic_cols) = raw  # fmt: skip
+    allocated = _int(bits_allocated, 16)
+    tile = _int(tile, None)
+    if tile is not None and tile < 0:
+        tile = None
+    return (
+        _str(tsyntax, EXPLICIT_VR_LITTLE_ENDIAN),
+        _int(rows, 0),
+        _int(cols, 0),
+        _int(spp, 1),
+        allocated,
+        _int(bits_stored, allocated),
+        _int(pr, 0),
+        _str(pi, "MONOCHROME2"),
+        _int(planar, 0),
+        _int(nframes, 1) or 1,
+        tile,
+        _int(mosaic_rows, 0) if tile is not None else 0,
+        _int(mosaic_cols, 0) if tile is not None else 0,
+    )
+
+
+def frame_refs(table: Any, *, storage_options: Mapping[str, Any] | None = None) -> list[FrameRef]:
+    """Return one :class:`FrameRef` per row of a frames table, as :meth:`FrameRef.from_row` does.
+
+    Column by column: rows that share a layout (every field but the path, frame and offset;
+    the frames of a series mostly do) convert it once, so the references of a series cost
+    about a dictionary look-up per frame.
+
+    Parameters
+    ----------
+    table
+        A :class:`pandas.DataFrame` with the columns of :func:`dicomxr.frames.expand` (a
+        ``SeriesPlan.frames``), or a sequence of row mappings.
+    storage_options
+        fsspec options for URL paths, put on every reference.
+
+    Returns
+    -------
+    list of FrameRef
+    """
+    if not hasattr(table, "columns"):
+        refs = [FrameRef.from_row(row) for row in table]
+    else:
+        n = len(table)
+
+        def column(name: str) -> list[Any]:
+            if name not in table.columns:
+                return [None] * n
+            values = table[name].tolist()
+            if table[name].dtype.kind == "f":  # NaN is never equal to itself: None instead
+                values = [None if v != v else v for v in values]
+            return values
+
+        cache: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        refs = []
+        layouts = zip(*(column(name) for name in LAYOUT_FIELDS), strict=True)
+        rows = zip(
+            column("path"), column("frame"), column("pixel_data_offset"), layouts, strict=True
+        )
+        for path, frame, offset, raw in rows:
+            try:
+                layout = cache.get(raw)
+            except TypeError:  # an unhashable value, or pandas.NA asked to be a bool
+                layout = _layout(raw)
+            if layout is None:
+                layout = cache[raw] = _layout(raw)
+            if type(frame) is not int:
+                frame = _int(frame, 0)
+            if type(offset) is not int:
+                offset = _int(offset, -1)
+            refs.append(
+                FrameRef(path if type(path) is str else os.fspath(path), frame, offset, *layout)
+            )
+    if storage_options:
+        refs = [replace(r, storage_options=storage_options) for r in refs]
+    return refs
 
 
 # ----------------------------------------------------------------------------- layout
@@ -273,7 +362,7 @@ def frame_dtype(ref: FrameRef) -> np.dtype:
     """
     if is_palette(ref):
         return _palette_dtype(ref)
-    if ref.pixel_data_offset >= 0 and ref.TransferSyntaxUID in _NATIVE_SYNTAXES:
+    if ref.pixel_data_offset >= 0 and ref.TransferSyntaxUID in NATIVE_SYNTAXES:
         with _open(ref) as f:
             element, _, _, _ = _read_element_header(f, ref)
         return stored_dtype(ref, element=element)
@@ -430,7 +519,7 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
         offset, _ = _locate_pixel_data(ref.path, ref.storage_options)
         if offset < 0:
             raise PixelDataError(f"{ref.path}: the file has no pixel data element")
-        ref = _replace(ref, pixel_data_offset=offset)
+        ref = replace(ref, pixel_data_offset=offset)
     if not 0 <= ref.frame < max(ref.NumberOfFrames, 1):
         raise PixelDataError(
             f"{ref.path}: frame {ref.frame} requested, the file has {ref.NumberOfFrames} frame(s)"
@@ -438,7 +527,7 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
     try:
         if ref.TransferSyntaxUID == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
             arr = _read_deflated(ref)
-        elif ref.TransferSyntaxUID in _NATIVE_SYNTAXES:
+        elif ref.TransferSyntaxUID in NATIVE_SYNTAXES:
             arr = _read_native(ref, None if (ref.is_mosaic_tile or is_palette(ref)) else out)
         else:
             arr = _read_encapsulated(ref)
@@ -455,7 +544,7 @@ def read_frame(ref: FrameRef | Mapping[str, Any], *, out: np.ndarray | None = No
             f"({ref.TransferSyntaxUID}): {type(exc).__name__}: {exc}"
         ) from exc
     if ref.is_mosaic_tile:
-        arr = _mosaic_tile(arr, ref)
+        arr = mosaic_tile(arr, ref)
     if is_palette(ref):
         arr = _apply_palette(arr, ref)
     _check_shape(arr, ref)
@@ -490,12 +579,7 @@ def stored_frame_digest(ref: FrameRef | Mapping[str, Any]) -> str:
 
     if not isinstance(ref, FrameRef):
         ref = FrameRef.from_row(ref)
-    if ref.is_mosaic_tile:
-        ref = _replace(
-            ref, tile=None, mosaic_rows=0, mosaic_cols=0, Rows=ref.stored_rows,
-            Columns=ref.stored_cols,
-        )  # fmt: skip
-    arr = np.ascontiguousarray(read_frame(ref))
+    arr = np.ascontiguousarray(read_frame(ref.whole_image()))
     digest = hashlib.blake2b(digest_size=20)
     digest.update(f"{arr.dtype.str}{arr.shape}".encode())
     digest.update(arr.tobytes())
@@ -515,12 +599,6 @@ def _check_shape(arr: np.ndarray, ref: FrameRef) -> None:
             f"{ref.path}: frame {ref.frame} decoded to shape {tuple(arr.shape)}, the header "
             f"describes {expected}: not read"
         )
-
-
-def _replace(ref: FrameRef, **changes: Any) -> FrameRef:
-    values = ref.as_dict()
-    values.update(changes)
-    return FrameRef(**values)
 
 
 def _needs_pydicom_native(ref: FrameRef, vr: str | None) -> bool:
@@ -699,7 +777,7 @@ def _read_encapsulated(ref: FrameRef) -> np.ndarray:
 
 def is_encapsulated(ref: FrameRef) -> bool:
     """Whether the frames of ``ref`` are compressed frame by frame (encapsulated)."""
-    return ref.TransferSyntaxUID not in _NATIVE_SYNTAXES and (
+    return ref.TransferSyntaxUID not in NATIVE_SYNTAXES and (
         ref.TransferSyntaxUID != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
     )
 
@@ -728,11 +806,11 @@ def read_frames(ref: FrameRef, frames: Iterable[int]) -> Iterator[tuple[int, np.
         return
     if not is_encapsulated(ref) or ref.is_mosaic_tile or len(wanted) == 1:
         for i in wanted:
-            yield i, read_frame(_replace(ref, frame=i))
+            yield i, read_frame(replace(ref, frame=i))
         return
     if ref.pixel_data_offset < 0:
         offset, _ = _locate_pixel_data(ref.path, ref.storage_options)
-        ref = _replace(ref, pixel_data_offset=offset)
+        ref = replace(ref, pixel_data_offset=offset)
     nframes = max(ref.NumberOfFrames, 1)
     if wanted[0] < 0 or wanted[-1] >= nframes:
         raise PixelDataError(
@@ -749,7 +827,7 @@ def read_frames(ref: FrameRef, frames: Iterable[int]) -> Iterator[tuple[int, np.
         _, vr, start, length = _read_element_header(f, ref)
         if length != _UNDEFINED_LENGTH:
             for i in wanted:
-                yield i, read_frame(_replace(ref, frame=i))
+                yield i, read_frame(replace(ref, frame=i))
             return
         if vr is not None:
             single["pixel_vr"] = vr
@@ -760,7 +838,7 @@ def read_frames(ref: FrameRef, frames: Iterable[int]) -> Iterator[tuple[int, np.
                     arr, _ = decoder.as_array(encapsulate([data]), index=0, **single)
                     if is_palette(ref):
                         arr = _apply_palette(arr, ref)
-                    _check_shape(arr, _replace(ref, frame=index))
+                    _check_shape(arr, replace(ref, frame=index))
                     todo.discard(index)
                     yield index, arr
                 if not todo:
@@ -795,7 +873,12 @@ def _read_deflated(ref: FrameRef) -> np.ndarray:
     return arr
 
 
-def _mosaic_tile(arr: np.ndarray, ref: FrameRef) -> np.ndarray:
+def mosaic_tile(arr: np.ndarray, ref: FrameRef) -> np.ndarray:
+    """Cut the MOSAIC tile ``ref`` out of its decoded stored image ``arr`` (a contiguous copy).
+
+    ``arr`` is what :func:`read_frame` returns for ``ref.whole_image()``; tiles run row-major
+    over the mosaic grid. A tile that lies outside the image is a ``PixelDataError``.
+    """
     ncols = max(arr.shape[1] // ref.Columns, 1)
     tr, tc = divmod(ref.tile, ncols)
     r0, c0 = tr * ref.Rows, tc * ref.Columns
