@@ -319,7 +319,7 @@ class _Frames:
             if col in self.values:
                 data[col] = self.values[col]
             elif col in self.overrides:
-                data[col] = _overridden(self.overrides[col], catalog.dtypes.iat[pos])
+                data[col] = _overridden(self.overrides[col], _column_array(catalog, pos).dtype)
             else:
                 data[col] = _column_array(catalog, pos).take(self.src)
         for col, arr in self.values.items():

@@ -733,7 +733,7 @@ def _key_order(plan: SeriesPlan) -> tuple[Any, ...]:
         tuple(round(float(v), 4) for v in iop) if isinstance(iop, list) else (),
         float(slice_values[0]) if len(slice_values) else 0.0,
         float(np.nanmin(inst)) if inst.size and not np.isnan(inst).all() else 0.0,
-        str(plan.frames["path"].iloc[0]) if len(plan.frames) else "",
+        str(plan.frames.iat[0, plan.frames.columns.get_loc("path")]) if len(plan.frames) else "",
     )
 
 
