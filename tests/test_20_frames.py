@@ -233,3 +233,30 @@ def test_rt_dose_frames_positioned_by_grid_frame_offsets(scanned) -> None:
         assert out["ImagePositionPatient"].iloc[k] == pytest.approx(
             origin + np.array([0.0, 0.0, float(offset)])
         )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.array(["a", None, "b"], dtype="str"),
+        pd.array(["a", None, "b"], dtype="string"),
+        pd.array([1, None, 3], dtype="Int64"),
+        pd.array([True, None, False], dtype="boolean"),
+        np.array([(1.0, 2.0), None, np.nan, "x"], dtype=object),
+        np.array([1.5, np.nan]),
+        np.array([], dtype=object),
+    ],
+    ids=["str", "string", "Int64", "boolean", "object", "float", "empty"],
+)
+def test_object_values_equal_pandas_conversion(values) -> None:
+    # the reference: pandas' own conversion (numpy's cast for an array of numbers)
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        expected = values.astype(object)
+    else:
+        expected = pd.Series(values).to_numpy(dtype=object, na_value=None)
+    got = frames.object_values(values)
+    assert got.dtype == object and len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        same = g == e or (g is None and e is None) or (g != g and e != e)  # NaN is NaN
+        assert type(g) is type(e) and same, (g, e)
+    assert got is not values  # a fresh array: callers may write into it

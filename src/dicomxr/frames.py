@@ -98,9 +98,10 @@ def _empty(n: int) -> np.ndarray:
 def object_values(values: Any) -> np.ndarray:
     """Return a column's values as a fresh ``object`` array, ``None`` where missing.
 
-    The same as ``values.to_numpy(dtype=object, na_value=None)``, faster for pandas' Arrow
-    strings (the ``str`` columns of a catalog), where the per-call cost of pandas'
-    conversion dominates planning a single file.
+    The same as ``values.to_numpy(dtype=object, na_value=None)`` for extension arrays and
+    ``object`` arrays, faster for pandas' Arrow strings (the ``str`` columns of a catalog),
+    where the per-call cost of pandas' conversion dominates planning a single file. A numpy
+    array of numbers is cast as it is (a NaN stays a float NaN).
 
     Parameters
     ----------
@@ -127,7 +128,10 @@ def object_values(values: Any) -> np.ndarray:
 
 def _object_column(df: pd.DataFrame, name: str) -> np.ndarray:
     """Column ``name`` of ``df`` as an ``object`` array with ``None`` where missing."""
-    return object_values(_column_array(df, df.columns.get_loc(name)))
+    values = _column_array(df, df.columns.get_loc(name))
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return df[name].to_numpy(dtype=object, na_value=None)  # NaN of a number -> None
+    return object_values(values)
 
 
 def expand(catalog: pd.DataFrame) -> pd.DataFrame:
