@@ -1939,12 +1939,15 @@ def _find_files(
 ) -> _Found:
     """List the files of a source: walk folders, resolve DICOMDIRs, patterns and URLs."""
     if _maybe_remote(source) and _sources().is_remote_source(source):
-        entries, storage_options = _sources().resolve(source, storage_options, recursive=recursive)
+        skipped: list[dict[str, str]] = []  # references a remote DICOMDIR cannot follow
+        entries, storage_options = _sources().resolve(
+            source, storage_options, recursive=recursive, skipped_out=skipped
+        )
         remote = {e.url: e for e in entries}
         paths = list(remote)
         explicit = set(paths) if len(paths) == 1 else set()
         workers = _REMOTE_WORKERS if workers is None else workers
-        return _Found(paths, [], explicit, {}, remote, storage_options, workers)
+        return _Found(paths, skipped, explicit, {}, remote, storage_options, workers)
     found = _Found([], [], set(), workers=workers)
     paths = _iter_source(source, recursive, found.skipped, found.explicit, found.stats)
     # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once; one
