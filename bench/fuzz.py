@@ -978,7 +978,7 @@ def _context() -> Any:
 
     # the sub-commands too: a worker importing them on its first CLI call spent seconds of
     # its time limit on imports (the convert and network parts are large)
-    ctx.set_forkserver_preload(["fuzz", *_PRELOAD, *_REGISTRARS, "dicomxr.convert"])
+    ctx.set_forkserver_preload(["fuzz", *_PRELOAD, *_REGISTRARS, "dicomxr.conversion"])
     return ctx
 
 

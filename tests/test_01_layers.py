@@ -68,7 +68,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("accessor", ("dicomxr.accessor",)),
-    ("workflows", ("dicomxr.convert",)),
+    ("workflows", ("dicomxr.conversion",)),
     (
         "entry points",
         (

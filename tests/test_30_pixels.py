@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -291,6 +292,33 @@ def test_mosaic_rows_of_the_frame_table_read_as_tiles(data_root: Path, scanned) 
     bad = {**table.iloc[5].to_dict(), "frame": 5}
     with pytest.raises(PixelDataError, match="frame 5 requested, the file has 1"):
         pixels.read_frame(FrameRef.from_row(bad))
+
+
+def test_frame_refs_of_a_table_read_what_pydicom_decodes(data_root: Path, scanned) -> None:
+    """``frame_refs`` converts a frames table column by column: MOSAIC tiles, the frames of a
+    multi-frame file and single-frame files each read what pydicom decodes, and a row with
+    gaps takes the defaults ``from_row`` gives."""
+    from dicomxr import frames
+
+    mosaic = data_root / "dcm_qa_ts" / "In" / "1.dcm"
+    multi = Path(get_testdata_file("rtdose.dcm"))
+    single = Path(get_testdata_file("CT_small.dcm"))
+    table = pd.concat([frames.expand(scanned(str(p))) for p in (mosaic, multi, single)])
+    refs = pixels.frame_refs(table)
+    assert len(refs) == len(table) == 35 + 15 + 1
+    references = {p: _reference(p)[0] for p in (mosaic, multi, single)}
+    for ref in refs:
+        full = references[Path(ref.path)]
+        if ref.is_mosaic_tile:
+            tr, tc = divmod(ref.tile, 6)
+            want = full[0, tr * 64 : tr * 64 + 64, tc * 64 : tc * 64 + 64]
+        else:
+            want = full[ref.frame]
+        np.testing.assert_array_equal(pixels.read_frame(ref), want, err_msg=str(ref))
+    gaps = table.iloc[[40]].astype({"BitsStored": "float64"}).copy()
+    gaps["BitsStored"] = np.nan
+    (ref,) = pixels.frame_refs(gaps, storage_options={"anon": True})
+    assert ref.BitsStored == ref.BitsAllocated and ref.storage_options == {"anon": True}
 
 
 def test_monochrome1_keeps_stored_values(tmp_path: Path) -> None:

@@ -440,7 +440,7 @@ def test_convert_records_scaling_like_dcm2niix(data_root, tmp_path):
         assert ours[key] == pytest.approx(ref[key], rel=1e-5)  # dcm2niix prints 6 digits
     assert ours["UsePhilipsFloatNotDisplayScaling"] == ref["UsePhilipsFloatNotDisplayScaling"] == 1
     assert ours["IntensityScaling"] == "precise"
-    from dicomxr.convert import ConvertError
+    from dicomxr.conversion import ConvertError
 
     with pytest.raises(ConvertError, match="scaling="):
         dicomxr.convert(source, tmp_path / "bad", scaling="float", progress=False)

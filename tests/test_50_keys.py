@@ -12,6 +12,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -182,6 +183,40 @@ def test_open_series_attrs_and_coords(philips: Path) -> None:
         tree = dicomxr.open_study(philips / "cl", keys=["FlipAngle"])
     flips = [leaf.dataset["image"].attrs.get("FlipAngle") for leaf in tree.leaves]
     assert flips and all(f is not None for f in flips)
+
+
+def test_xarray_engine_takes_keys(philips: Path) -> None:
+    import xarray as xr
+
+    keys = ["RepetitionTime", "FlipAngle", "2005,10A0"]
+    with _quiet():
+        plans = list_series(philips, keys=keys)
+    pcasl = next(
+        p
+        for p in plans
+        if p.attrs.get("SeriesNumber") == 1903 and p.frames["NumberOfFrames"].max() == 1
+    )
+    with _quiet():
+        ds = xr.open_dataset(philips, engine="dicom", series=pcasl.key, keys=keys)
+    image = ds["image"]
+    first = pydicom.dcmread(pcasl.frames["path"].iloc[0], stop_before_pixels=True)
+    assert image.attrs["RepetitionTime"] == pytest.approx(float(first.RepetitionTime))
+    assert image.attrs["FlipAngle"] == pytest.approx(float(first.FlipAngle))
+    coord = image.coords["2005,10A0"]  # varies along time: a coordinate
+    assert coord.dims == ("time",)
+    for t in range(image.sizes["time"]):
+        path = image.coords["path"].isel(time=t).values.ravel()[0]
+        want = float(pydicom.dcmread(str(path), stop_before_pixels=True)[0x2005, 0x10A0].value)
+        assert float(coord.values[t]) == pytest.approx(want)
+    # open_datatree: every series carries the key, each equal to its first file's value
+    with _quiet():
+        tree = xr.open_datatree(philips / "cl", engine="dicom", keys=["FlipAngle"])
+    leaves = [leaf.dataset["image"] for leaf in tree.leaves]
+    assert leaves
+    for image in leaves:
+        path = np.asarray(image.coords["path"].values).ravel()[0]
+        want = float(pydicom.dcmread(str(path), stop_before_pixels=True).FlipAngle)
+        assert image.attrs["FlipAngle"] == pytest.approx(want)
 
 
 def test_series_tables_name_the_sop_class(philips: Path) -> None:

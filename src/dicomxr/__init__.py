@@ -60,7 +60,7 @@ _LAZY: dict[str, str] = {
     "open_series": "dicomxr.api:open_series",
     "open_study": "dicomxr.api:open_study",
     "open_labels": "dicomxr.labels:open_labels",
-    "convert": "dicomxr.convert:convert",
+    "convert": "dicomxr.conversion:convert",
     "view": "dicomxr.viewer:view",
     "browse": "dicomxr.viewer:browse",
     "anatomy": "dicomxr.teaching.anatomy:anatomy",
@@ -68,7 +68,7 @@ _LAZY: dict[str, str] = {
     "get_options": "dicomxr.options:get_options",
     "data": "dicomxr.data",
     # errors defined next to what raises them (importing them stays light)
-    "ConvertError": "dicomxr.convert:ConvertError",
+    "ConvertError": "dicomxr.conversion:ConvertError",
     "NetError": "dicomxr.net.errors:NetError",
     "explain": "dicomxr.teaching.explain",
     # the package itself (cheap: its names load on use), so dicomxr.viewer.montage(...) works
@@ -125,7 +125,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dicomxr import data
     from dicomxr.api import open_series, open_study
     from dicomxr.catalog import scan
-    from dicomxr.convert import ConvertError, convert
+    from dicomxr.conversion import ConvertError, convert
     from dicomxr.geometry import GeometryReport
     from dicomxr.labels import open_labels
     from dicomxr.net.errors import NetError

@@ -1,6 +1,6 @@
 """Sub-command ``dicomxr convert SRC DEST``: a cohort to NIfTI files or one Zarr store.
 
-Forwards to :func:`dicomxr.convert.convert`, prints its report, and exits non-zero when a
+Forwards to :func:`dicomxr.convert`, prints its report, and exits non-zero when a
 series failed (1) or the conversion could not start (2).
 """
 
@@ -16,7 +16,7 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     """Add ``convert`` to the ``dicomxr`` command line."""
-    from dicomxr.convert import DEFAULT_TEMPLATE
+    from dicomxr.conversion import DEFAULT_TEMPLATE
 
     cmd = subparsers.add_parser(
         "convert",
@@ -99,7 +99,7 @@ def register(subparsers: Any) -> None:
     cmd.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help="run on this dask.distributed scheduler (tcp://host:8786), one task per series; "
+        help="run on this dask.distributed scheduler (tcp://host:8786), one task per series (or batch of small series); "
         "DEST must be writable by every worker",
     )
     cmd.add_argument("--no-compress", action="store_true", help="write .nii, uncompressed Zarr")
@@ -125,7 +125,7 @@ def _window(text: str) -> tuple[float, float] | bool:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from dicomxr.convert import ConvertError, convert
+    from dicomxr.conversion import ConvertError, convert
     from dicomxr.errors import DicomxrError
 
     split = None if args.split.lower() in ("none", "") else args.split

@@ -58,6 +58,8 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         "recursive",
         "storage_options",
         "scaling",
+        "merge_runs",
+        "keys",
     )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
@@ -86,6 +88,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         merge_runs: bool = False,
         storage_options: dict[str, Any] | None = None,
         scaling: str = "display",
+        keys: Any = None,
     ) -> xr.Dataset:
         """Open one series as a Dataset with the variable ``image`` (no dask).
 
@@ -104,6 +107,9 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         scaling
             ``"display"`` (default), ``"precise"`` or ``"real_world"``, as for
             :func:`dicomxr.open_series`.
+        keys
+            Extra header fields (keywords or private tag numbers) carried into the attrs, or
+            coordinates when they vary, as for :func:`dicomxr.open_series`.
         """
         from dicomxr.api import open_series
 
@@ -121,6 +127,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             chunks=None,
             merge_runs=merge_runs,
             scaling=scaling,
+            keys=keys,
         )
         return _drop(image.to_dataset(promote_attrs=True), drop_variables)
 
@@ -139,6 +146,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         merge_runs: bool = False,
         storage_options: dict[str, Any] | None = None,
         scaling: str = "display",
+        keys: Any = None,
     ) -> xr.DataTree:
         """Open every series as a Patient / Study / Series DataTree (no dask).
 
@@ -154,6 +162,8 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             As for :func:`dicomxr.open_study`.
         storage_options
             fsspec options for a URL or zip source.
+        keys
+            Extra header fields carried by every series, as for :func:`dicomxr.open_study`.
         """
         from dicomxr.api import open_study
 
@@ -170,6 +180,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             chunks=None,
             merge_runs=merge_runs,
             scaling=scaling,
+            keys=keys,
         )
         if drop_variables:
             tree = tree.map_over_datasets(lambda ds: _drop(ds, drop_variables))
@@ -190,6 +201,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
         merge_runs: bool = False,
         storage_options: dict[str, Any] | None = None,
         scaling: str = "display",
+        keys: Any = None,
     ) -> dict[str, xr.Dataset]:
         """Open every series as ``{node path: Dataset}`` (for ``xr.open_groups``)."""
         tree = self.open_datatree(
@@ -205,6 +217,7 @@ class DicomBackendEntrypoint(BackendEntrypoint):
             merge_runs=merge_runs,
             storage_options=storage_options,
             scaling=scaling,
+            keys=keys,
         )
         return {node.path: node.to_dataset() for node in tree.subtree}
 

@@ -289,7 +289,10 @@ def frame_refs(table: Any, *, storage_options: Mapping[str, Any] | None = None) 
             column("path"), column("frame"), column("pixel_data_offset"), layouts, strict=True
         )
         for path, frame, offset, raw in rows:
-            layout = cache.get(raw)
+            try:
+                layout = cache.get(raw)
+            except TypeError:  # an unhashable value, or pandas.NA asked to be a bool
+                layout = _layout(raw)
             if layout is None:
                 layout = cache[raw] = _layout(raw)
             if type(frame) is not int:

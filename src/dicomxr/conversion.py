@@ -1,18 +1,23 @@
 """Convert a cohort of DICOM series to NIfTI files or one Zarr store: :func:`convert`.
 
+The function is ``dicomxr.convert``; this module holds it and its parts (``dicomxr.convert``
+names the function only, so it is not a module name as well).
+
 Every image series of the source becomes an output (several when ``split`` splits echoes or
 magnitude/phase into files, as dcm2niix does); frames set apart (localizers, secondary
 captures) and files the scan skipped are listed in the report and the manifest, not lost.
 
 How a run goes
 --------------
-1. **Plan** (main process, headers only): scan the source, plan the series, read the header
-   of each series' first file with pydicom (de-identified first when asked), render the
-   output name from the template, and make one :class:`SeriesTask` per series.
+1. **Plan** (main process, headers only): scan the source (on the workers of a
+   ``dask.distributed`` client when one is given), plan the series, and for each series in
+   turn read the header of its first file with pydicom (de-identified first when asked),
+   render the output name from the template and make its :class:`SeriesTask`.
 2. **Convert** each task with :func:`convert_series` - a plain function of picklable
    arguments (task, destination, options, secret) that writes the series' outputs and its
-   done-record and returns its manifest rows. It is the unit a ``dask.distributed`` client
-   can map over later; here the tasks run one after the other.
+   done-record and returns its manifest rows. Without a client the tasks run here one after
+   the other; with one, each task is submitted as soon as it is made (the workers start
+   while later series are still being planned) and rows are gathered as tasks finish.
 3. **Report**: ``dest/manifest.parquet`` (one row per output, plus failed series and frames
    set apart) and a :class:`ConvertReport` returned (printed by ``dicomxr convert``).
 
@@ -47,10 +52,8 @@ import re
 import secrets
 import shutil
 import string
-import sys
 import tempfile
 import threading
-import types
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -501,8 +504,12 @@ def _plan_tasks(
     secret: str,
     deid: Any,
     report: ConvertReport,
-) -> list[SeriesTask]:
-    tasks, taken = [], set()
+) -> Iterator[SeriesTask]:
+    """Make the task of each plan in turn (a generator: a task can run while the next is made).
+
+    A series whose header cannot be read is reported as failed and makes no task.
+    """
+    taken: set[str] = set()
     for plan in plans:
         try:
             fields, burned, requested = _header_fields(plan, deid, options.keys)
@@ -510,20 +517,17 @@ def _plan_tasks(
             report.failed.append(_header_failure(plan, exc, deid))
             continue
         name = _unique(render_name(options.template, fields), taken)
-        tasks.append(
-            SeriesTask(
-                key=plan.key,
-                label=_public_label(plan, fields, deid),
-                plan=plan,
-                fields=fields,
-                name=name,
-                fingerprint=_series_fingerprint(plan, options, name),
-                record=_record_name(f"{options.format}:{plan.key}", secret),
-                burned_in=burned,
-                keys=requested,
-            )
+        yield SeriesTask(
+            key=plan.key,
+            label=_public_label(plan, fields, deid),
+            plan=plan,
+            fields=fields,
+            name=name,
+            fingerprint=_series_fingerprint(plan, options, name),
+            record=_record_name(f"{options.format}:{plan.key}", secret),
+            burned_in=burned,
+            keys=requested,
         )
-    return tasks
 
 
 def _header_failure(plan: SeriesPlan, exc: BaseException, deid: Any) -> dict[str, Any]:
@@ -693,6 +697,38 @@ def _write_nifti(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
     return _row(task, piece, rel, options, json_path.relative_to(dest).as_posix())
 
 
+#: bytes of image data read and handed to Zarr at a time (many one-frame chunks at once)
+_SLAB_BYTES = 32 * 2**20
+
+
+def _in_slabs(ds: xr.Dataset, sharded: bool) -> xr.Dataset:
+    """Keep one frame per Zarr chunk, but read and write the image a slab of frames at a time.
+
+    Zarr writes the chunks of one assignment concurrently; handing it one frame per call
+    costs a round trip to Zarr's I/O loop per frame (most of the time of a series of small
+    frames). A slab is the whole image when it holds at most :data:`_SLAB_BYTES` (read in
+    one pass), else whole frames along the last frame dim (``slice``) up to that size, so
+    memory stays bounded for large series. In a Zarr v3 store (``sharded``) each slab is
+    also one shard: one file per slab instead of one per frame, chunks still one frame.
+    """
+    image = ds["image"]
+    frame_chunks = image.data.chunksize
+    if image.nbytes <= _SLAB_BYTES:
+        slabs, data = image.shape, image.data.compute(scheduler="synchronous")
+    else:
+        frame_dims = [d for d in image.dims if d not in ("row", "col", "channel")]
+        along = image.dims.index(frame_dims[-1]) if frame_dims else 0
+        frame_bytes = max(1, image.dtype.itemsize * int(np.prod(frame_chunks)))
+        per_slab = max(1, min(image.shape[along], _SLAB_BYTES // frame_bytes))
+        slabs = tuple(per_slab if i == along else n for i, n in enumerate(frame_chunks))
+        data = image.data.rechunk(slabs)
+    ds["image"] = image.copy(data=data)
+    ds["image"].encoding["chunks"] = frame_chunks
+    if sharded:
+        ds["image"].encoding["shards"] = slabs
+    return ds
+
+
 def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: str,
                       options: ConvertOptions) -> dict[str, Any]:  # fmt: skip
     from dicomxr.export.zarr import prepare_for_zarr
@@ -703,7 +739,7 @@ def _write_zarr_group(task: SeriesTask, piece: xr.DataArray, dest: Path, name: s
     leaf = f".{target.name}.{uuid.uuid4().hex[:8]}{_TMP_MARK}"
     tmp_rel = f"{parent_rel}/{leaf}" if parent_rel else leaf
     tmp = root / tmp_rel
-    ds = prepare_for_zarr(piece, None)
+    ds = _in_slabs(prepare_for_zarr(piece, None), sharded=(root / "zarr.json").exists())
     if not options.compress:
         for var in ds.variables.values():
             var.encoding["compressors"] = None
@@ -1078,8 +1114,10 @@ def convert(
     client
         A :class:`distributed.Client` (``True``: the session's default client): the
         scan runs on its workers (one task per batch of files) and so does the
-        conversion, one task per series; each worker opens, converts and writes one series
-        at a time straight into ``dest`` (which must be a folder every worker can write,
+        conversion: each series is submitted as soon as it is planned, in tasks of one
+        series or a batch of small ones (a few per task, up to 64 MiB of images, at least 8
+        tasks per worker); each worker opens, converts and writes one series at a time
+        straight into ``dest`` (which must be a folder every worker can write,
         e.g. a shared file system) and returns its manifest rows; this process plans,
         gathers the rows, writes the manifest and reports. Outputs are the same as without
         a client. ``None`` (default): everything runs in this process, one series after
@@ -1135,21 +1173,58 @@ def _convert_locked(
     client: Any = None,
 ) -> ConvertReport:
     """Run a conversion while holding the destination's lock (see :func:`convert`)."""
-    from dicomxr.api import list_series
-
     _remove_stale_temporaries(dest)
     _check_mode(state, options.deidentify)
     secret = _secret(state) if options.deidentify else ""
-    deid = None
-    if options.deidentify:
-        from dicomxr.export.deid import Deidentifier
-
-        deid = Deidentifier(secret, date_shift=options.date_shift)
+    deid = _deidentifier(options, secret)
     if options.format == "zarr":
         _ensure_zarr_root(dest)
+    plans = _list_plans(
+        source, options, recursive=recursive, progress=progress, on_irregular=on_irregular,
+        on_duplicate=on_duplicate, merge_runs=merge_runs, storage_options=storage_options,
+        client=client,
+    )  # fmt: skip
+    report = ConvertReport(dest=dest)
+    report.set_apart = _set_apart_rows(plans, deid)
+    report.skipped_files = _skipped_files(plans, deid)
+    runner = None
+    if client is not None:
+        runner = _ClientRunner(client, dest, options, secret, total=len(plans))
+    run = _Run(dest, options, secret, report, deid, resume=resume, on_series=on_series)
+    with _progress_bar(len(plans), progress) as bar:
+        rows = run.all(_plan_tasks(plans, options, secret, deid, report), bar, runner)
+    if options.format == "zarr":
+        _consolidate(dest)
+    report.manifest = _write_manifest(dest, report, rows, options.format)
+    return report
+
+
+def _deidentifier(options: ConvertOptions, secret: str) -> Any:
+    if not options.deidentify:
+        return None
+    from dicomxr.export.deid import Deidentifier
+
+    return Deidentifier(secret, date_shift=options.date_shift)
+
+
+def _list_plans(
+    source: Any,
+    options: ConvertOptions,
+    *,
+    recursive: bool,
+    progress: bool | None,
+    on_irregular: str,
+    on_duplicate: str,
+    merge_runs: bool,
+    storage_options: Mapping[str, Any] | None,
+    client: Any,
+) -> Any:
+    """Scan the source (on the client's workers when there is one) and plan its series."""
+    from dicomxr.api import list_series
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped files and irregular stacks are reported
-        plans = list_series(
+        return list_series(
             _scanned(
                 source, recursive=recursive, progress=progress, storage_options=storage_options,
                 keys=options.keys, client=client,
@@ -1159,66 +1234,74 @@ def _convert_locked(
             keys=options.keys or None,
             merge_runs=merge_runs,
         )  # fmt: skip
-    report = ConvertReport(dest=dest)
-    report.set_apart = _set_apart_rows(plans, deid)
-    report.skipped_files = _skipped_files(plans, deid)
-    tasks = _plan_tasks(plans, options, secret, deid, report)
-    rows = _run_tasks(tasks, dest, options, secret, report, resume=resume, progress=progress,
-                      on_series=on_series, deid=deid, client=client)  # fmt: skip
-    if options.format == "zarr":
-        _consolidate(dest)
-    report.manifest = _write_manifest(dest, report, rows, options.format)
-    return report
 
 
-def _run_tasks(
-    tasks: Sequence[SeriesTask],
-    dest: Path,
-    options: ConvertOptions,
-    secret: str,
-    report: ConvertReport,
-    *,
-    resume: bool,
-    progress: bool | None,
-    on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None,
-    deid: Any,
-    client: Any = None,
-) -> list[dict[str, Any]]:
-    """Convert the tasks (here one after the other, or on a dask.distributed client).
+Outcome = tuple[int, list[dict[str, Any]], BaseException | None]
 
-    Returns the manifest rows of every output, in the order of the tasks whatever order
-    they finish in, so the manifest does not depend on the scheduler.
-    """
-    results: dict[int, list[dict[str, Any]]] = {}
-    converted: list[int] = []
-    with _progress_bar(len(tasks), progress) as bar:
-        todo = []
-        for i, task in enumerate(tasks):
-            finished = _finished_rows(task, dest) if resume else None
-            if finished is not None:
-                results[i] = finished
-                report.skipped.append({"series": task.label, "reason": "already converted"})
+
+@dataclass
+class _Run:
+    """The tasks of one run: skip the finished ones, convert the rest, gather the rows."""
+
+    dest: Path
+    options: ConvertOptions
+    secret: str
+    report: ConvertReport
+    deid: Any
+    resume: bool
+    on_series: Callable[[SeriesTask, list[dict[str, Any]]], None] | None
+    tasks: list[SeriesTask] = field(default_factory=list)
+    results: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    converted: list[int] = field(default_factory=list)
+
+    def all(
+        self, tasks: Iterator[SeriesTask], bar: Any, runner: _ClientRunner | None
+    ) -> list[dict[str, Any]]:
+        """Convert the tasks (here one after the other, or on a dask.distributed client).
+
+        On a client each task is submitted as soon as it is made, so the workers start
+        while the later series are still being prepared here. Returns the manifest rows of
+        every output in the order of the tasks whatever order they finish in, so the
+        manifest does not depend on the scheduler.
+        """
+        try:
+            for i, task in enumerate(tasks):
+                self.tasks.append(task)
+                if self._already_done(i, task):
+                    bar.update(1)
+                elif runner is not None:
+                    runner.submit(i, task)
+                else:
+                    self._record(i, *_convert_here(task, self.dest, self.options, self.secret, bar))
+                    bar.update(1)
+            for outcome in runner.outcomes() if runner is not None else ():
+                self._record(*outcome)
                 bar.update(1)
-            else:
-                todo.append(i)
-        if client is not None:
-            outcomes = _on_client(client, tasks, todo, dest, options, secret)
-        else:
-            outcomes = ((i, *_convert_here(tasks[i], dest, options, secret, bar)) for i in todo)
-        for i, written, exc in outcomes:
-            task = tasks[i]
-            if exc is not None:  # reported; the other series go on
-                logger.info("series %s failed", task.key, exc_info=exc)
-                report.failed.append(_failure(task, exc, deid))
-            else:
-                results[i] = written
-                converted.append(i)
-                if on_series is not None:
-                    on_series(task, written)
-            bar.update(1)
-    report.done.extend(row for i in sorted(converted) for row in results[i])
-    report.burned_in.extend(task.label for task in tasks if task.burned_in)
-    return [row for i in sorted(results) for row in results[i]]
+        finally:
+            if runner is not None:
+                runner.cancel()
+        self.report.done.extend(row for i in sorted(self.converted) for row in self.results[i])
+        self.report.burned_in.extend(task.label for task in self.tasks if task.burned_in)
+        return [row for i in sorted(self.results) for row in self.results[i]]
+
+    def _already_done(self, i: int, task: SeriesTask) -> bool:
+        finished = _finished_rows(task, self.dest) if self.resume else None
+        if finished is None:
+            return False
+        self.results[i] = finished
+        self.report.skipped.append({"series": task.label, "reason": "already converted"})
+        return True
+
+    def _record(self, i: int, written: list[dict[str, Any]], exc: BaseException | None) -> None:
+        task = self.tasks[i]
+        if exc is not None:  # reported; the other series go on
+            logger.info("series %s failed", task.key, exc_info=exc)
+            self.report.failed.append(_failure(task, exc, self.deid))
+            return
+        self.results[i] = written
+        self.converted.append(i)
+        if self.on_series is not None:
+            self.on_series(task, written)
 
 
 def _convert_here(
@@ -1234,59 +1317,105 @@ def _convert_here(
 # one series at a time per worker process, whatever its number of threads: memory stays
 # bounded by the largest series (plus its output) on every worker
 _WORKER_LOCK = threading.Lock()
+#: a task holds several small series, so that the scheduler's cost per task does not rival
+#: a small series' own; it closes at this many bytes of images (a large series is alone),
+_BATCH_BYTES = 64 * 2**20
+#: or when the cohort would make fewer than this many tasks per worker (load balance)
+_TASKS_PER_WORKER = 8
 
 
 def _convert_on_worker(
-    task: SeriesTask, dest: str, options: ConvertOptions, secret: str
-) -> list[dict[str, Any]]:
-    """Run :func:`convert_series` inside a dask.distributed task.
+    tasks: Sequence[SeriesTask], dest: str, options: ConvertOptions, secret: str
+) -> list[tuple[list[dict[str, Any]], BaseException | None]]:
+    """Run :func:`convert_series` on each task of a batch, inside a dask.distributed task.
 
-    The series' own reads run on the synchronous scheduler: a compute inside a task would
+    Returns ``(rows, error)`` per task: one series failing does not fail the others. The
+    series' own reads run on the synchronous scheduler: a compute inside a task would
     otherwise go back to the cluster (and could wait for the very worker it runs on).
     """
     import dask
 
+    outcomes: list[tuple[list[dict[str, Any]], BaseException | None]] = []
     with _WORKER_LOCK, dask.config.set(scheduler="synchronous"):
-        return convert_series(task, dest, options, secret)
-
-
-def _on_client(
-    client: Any,
-    tasks: Sequence[SeriesTask],
-    todo: list[int],
-    dest: Path,
-    options: ConvertOptions,
-    secret: str,
-) -> Iterator[tuple[int, list[dict[str, Any]], BaseException | None]]:
-    """Submit one task per series to a dask.distributed client; yield outcomes as they come."""
-    if client is True:
-        from distributed import get_client
-
-        client = get_client()
-    from distributed import as_completed
-
-    run = uuid.uuid4().hex[:8]
-    futures = {
-        client.submit(
-            _convert_on_worker, tasks[i], str(dest.resolve()), options, secret,
-            key=f"dicomxr-convert-{run}-{i}", pure=False, retries=0,
-        ): i
-        for i in todo
-    }  # fmt: skip
-    try:
-        for future in as_completed(list(futures)):
-            i = futures[future]
+        for task in tasks:
             try:
-                rows = future.result()
+                outcomes.append((convert_series(task, dest, options, secret), None))
             except Exception as exc:
-                yield i, [], exc
-            else:
-                yield i, rows, None
+                outcomes.append(([], exc))
+    return outcomes
+
+
+def _image_bytes(task: SeriesTask) -> int:
+    """Rough size of a series' image (the batch size guide; 2 bytes a sample)."""
+    return 2 * int(task.plan.grid.size) * int(np.prod(task.plan.frame_shape))
+
+
+class _ClientRunner:
+    """Convert on a dask.distributed client: batches of series, submitted as soon as planned.
+
+    Tasks are grouped in planning order into batches of up to ``per_batch`` series and
+    :data:`_BATCH_BYTES` of images, so a cohort of tiny series does not pay the scheduler's
+    cost per series, while a cohort still makes :data:`_TASKS_PER_WORKER` tasks per worker.
+    """
+
+    def __init__(
+        self, client: Any, dest: Path, options: ConvertOptions, secret: str, total: int
+    ) -> None:
+        from distributed import as_completed
+
+        if client is True:
+            from distributed import get_client
+
+            client = get_client()
+        self.client = client
+        self.args = (str(dest.resolve()), options, secret)
+        self.run = uuid.uuid4().hex[:8]
+        workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+        self.per_batch = max(1, total // (_TASKS_PER_WORKER * workers))
+        self.batch: list[tuple[int, SeriesTask]] = []
+        self.members: dict[str, list[int]] = {}
+        self.futures: list[Any] = []
+        self.completed = as_completed(with_results=False)
+
+    def submit(self, i: int, task: SeriesTask) -> None:
+        """Add a task to the current batch; submit the batch when it is full."""
+        if self.batch and (
+            len(self.batch) >= self.per_batch
+            or sum(_image_bytes(t) for _, t in self.batch) + _image_bytes(task) > _BATCH_BYTES
+        ):
+            self._flush()
+        self.batch.append((i, task))
+
+    def _flush(self) -> None:
+        if not self.batch:
+            return
+        indices = [i for i, _ in self.batch]
+        future = self.client.submit(
+            _convert_on_worker, [t for _, t in self.batch], *self.args,
+            key=f"dicomxr-convert-{self.run}-{indices[0]}", pure=False, retries=0,
+        )  # fmt: skip
+        self.members[future.key] = indices
+        self.futures.append(future)
+        self.completed.add(future)
+        self.batch = []
+
+    def outcomes(self) -> Iterator[Outcome]:
+        """Yield ``(index, rows, error)`` of each series as its batch finishes."""
+        self._flush()
+        for future in self.completed:
+            indices = self.members[future.key]
+            try:
+                results = future.result()
+            except Exception as exc:  # the batch as a whole (a worker lost, unpicklable...)
+                results = [([], exc)] * len(indices)
+            for i, (rows, exc) in zip(indices, results, strict=True):
+                yield i, rows, exc
             future.release()
-    finally:
+
+    def cancel(self) -> None:
         # interrupted (Ctrl-C): nothing more is started; a series being written stays
         # invisible until its atomic rename, and has no done-record, so a rerun redoes it
-        client.cancel(list(futures))
+        self.client.cancel(self.futures)
 
 
 def _scanned(
@@ -1326,17 +1455,3 @@ def _failure(task: SeriesTask, exc: BaseException, deid: Any) -> dict[str, Any]:
     manifest_error = type(exc).__name__ if deid is not None else error
     return {"series": task.label, "error": error, "public_key": public_key,
             "manifest_error": manifest_error}  # fmt: skip
-
-
-class _CallableModule(types.ModuleType):
-    """Make ``dicomxr.convert`` callable: it names both this module and the function.
-
-    Importing the submodule sets the package attribute to the module, so the module
-    forwards calls to the function.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ConvertReport:
-        return convert(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
