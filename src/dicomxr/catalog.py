@@ -2315,20 +2315,14 @@ def _progress(items: Iterable[Any], show: bool, total: int, delay: float) -> Ite
     return tqdm(items, desc="scanning DICOM headers", unit="file", total=total, delay=delay)
 
 
-def _scan_one(
-    path: str,
-    memo: dict[Any, Any],
-    keys: tuple[Key, ...] = (),
-    st: os.stat_result | None = None,
-) -> _Result:
+def _scan_one(path: str, memo: dict[Any, Any], keys: tuple[Key, ...] = ()) -> _Result:
     """Catalogue one file: ``(row, skip, (size, mtime_ns))``, the first two exclusive.
 
-    ``st`` is the file's stat when the walk took it. The last item is ``None`` when the
-    outcome says nothing lasting about the file (it could not be read this time).
+    The last item is ``None`` when the outcome says nothing lasting about the file (it could
+    not be read this time), so the cache does not keep it.
     """
     try:
-        if st is None:
-            st = os.stat(path)
+        st = os.stat(path)
     except OSError as exc:
         if os.path.islink(path):
             reason = f"broken symbolic link (to {os.readlink(path)})"
