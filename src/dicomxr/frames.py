@@ -38,6 +38,7 @@ only when some frame cannot be used (the planner sets it apart with that reason)
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -50,7 +51,13 @@ import pandas as pd
 from dicomxr import mosaic as vendor_mosaic
 from dicomxr._functional_groups import component_from_image_type
 
-__all__ = ["FRAME_COLUMNS", "component_from_image_type", "expand", "read_label_type"]
+__all__ = [
+    "FRAME_COLUMNS",
+    "component_from_image_type",
+    "expand",
+    "object_values",
+    "read_label_type",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +93,41 @@ def _empty(n: int) -> np.ndarray:
     out = np.empty(n, dtype=object)
     out[:] = None
     return out
+
+
+def object_values(values: Any) -> np.ndarray:
+    """Return a column's values as a fresh ``object`` array, ``None`` where missing.
+
+    The same as ``values.to_numpy(dtype=object, na_value=None)``, faster for pandas' Arrow
+    strings (the ``str`` columns of a catalog), where the per-call cost of pandas'
+    conversion dominates planning a single file.
+
+    Parameters
+    ----------
+    values
+        A numpy array or a pandas extension array (``DataFrame[col].array``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``object`` array of the values (Python ``str``/``int``/..., tuples kept whole).
+    """
+    if isinstance(values, np.ndarray):
+        if values.dtype == object:
+            out = values.copy()
+            out[pd.isna(out)] = None
+            return out
+        return values.astype(object)
+    if isinstance(values.dtype, pd.StringDtype) and hasattr(values, "__arrow_array__"):
+        out = np.empty(len(values), dtype=object)
+        out[:] = values.__arrow_array__().to_pylist()
+        return out
+    return values.to_numpy(dtype=object, na_value=None)
+
+
+def _object_column(df: pd.DataFrame, name: str) -> np.ndarray:
+    """Column ``name`` of ``df`` as an ``object`` array with ``None`` where missing."""
+    return object_values(_column_array(df, df.columns.get_loc(name)))
 
 
 def expand(catalog: pd.DataFrame) -> pd.DataFrame:
@@ -137,6 +179,9 @@ class _Layout:
 def _flags(catalog: pd.DataFrame, name: str) -> np.ndarray:
     if name not in catalog.columns:
         return np.zeros(len(catalog), bool)
+    values = _column_array(catalog, catalog.columns.get_loc(name))
+    if isinstance(values, np.ndarray) and values.dtype == bool:
+        return values.copy()
     return catalog[name].to_numpy(dtype=bool, na_value=False)
 
 
@@ -223,14 +268,17 @@ def _with_frame_sources(layout: _Layout) -> _Layout:
 
 
 class _Frames:
-    """The rows of the frame table under construction, with per-frame values put in place."""
+    """The columns of the frame table under construction, with per-frame values put in place.
+
+    Everything is a numpy (or pandas extension) array until :meth:`finish` makes the one
+    DataFrame: no per-column insertion into a growing frame.
+    """
 
     def __init__(self, layout: _Layout) -> None:
         catalog, counts = layout.catalog, layout.counts
+        self.catalog = catalog
         self.src = np.repeat(np.arange(len(catalog)), counts)
-        self.out = catalog.take(self.src)
-        self.out.index = pd.RangeIndex(len(self.out))
-        total = len(self.out)
+        total = len(self.src)
         self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         frame = np.arange(total) - np.repeat(self.starts, counts)
         # a MOSAIC image is one stored frame: its tiles share frame 0, told apart by `tile`
@@ -242,9 +290,7 @@ class _Frames:
         }
         for col in FRAME_COLUMNS[6:]:
             self.values[col] = (
-                catalog[col].to_numpy(dtype=object, na_value=None)[self.src]
-                if col in catalog.columns
-                else _empty(total)
+                _object_column(catalog, col)[self.src] if col in catalog.columns else _empty(total)
             )
         if "ComplexImageComponent" not in catalog.columns:
             self.values["ComplexImageComponent"] = layout.component[self.src]
@@ -258,25 +304,49 @@ class _Frames:
             self.values[col][rows] = _as_object(vals)
             return
         if col not in self.overrides:
-            base = (
-                self.out[col].to_numpy(dtype=object, na_value=None)
-                if col in self.out.columns
-                else _empty(len(self.out))
+            self.overrides[col] = (
+                _object_column(self.catalog, col)[self.src]
+                if col in self.catalog.columns
+                else _empty(len(self.src))
             )
-            self.overrides[col] = np.array(base, dtype=object)
         self.overrides[col][rows] = _as_object(vals)
 
-    def finish(self, catalog: pd.DataFrame) -> pd.DataFrame:
-        out = self.out
+    def finish(self) -> pd.DataFrame:
+        """Make the frame table: the catalog's columns (repeated per frame), then the new ones."""
+        catalog = self.catalog
+        data: dict[str, Any] = {}
+        for pos, col in enumerate(catalog.columns):
+            if col in self.values:
+                data[col] = self.values[col]
+            elif col in self.overrides:
+                data[col] = _overridden(self.overrides[col], catalog.dtypes.iat[pos])
+            else:
+                data[col] = _column_array(catalog, pos).take(self.src)
         for col, arr in self.values.items():
-            out[col] = arr
+            data.setdefault(col, arr)
         for col, arr in self.overrides.items():
-            dtype = catalog[col].dtype if col in catalog.columns else np.dtype(object)
-            try:
-                out[col] = arr if dtype == np.dtype(object) else pd.array(arr, dtype=dtype)
-            except (TypeError, ValueError):
-                out[col] = arr
+            data.setdefault(col, arr)
+        out = pd.DataFrame(data, copy=False)
+        out.attrs = copy.deepcopy(catalog.attrs)
         return out
+
+
+def _column_array(df: pd.DataFrame, pos: int) -> Any:
+    """Return the values of column ``pos`` (numpy or extension array) without a Series."""
+    try:
+        return df._get_column_array(pos)
+    except AttributeError:  # pragma: no cover - a pandas without the helper
+        return df.iloc[:, pos].array
+
+
+def _overridden(values: np.ndarray, dtype: Any) -> Any:
+    """Per-frame values of a catalog column, in the catalog's dtype where they fit it."""
+    if dtype == np.dtype(object):
+        return values
+    try:
+        return pd.array(values, dtype=dtype)
+    except (TypeError, ValueError):
+        return values
 
 
 def _many_frames(layout: _Layout) -> pd.DataFrame:
@@ -311,7 +381,7 @@ def _many_frames(layout: _Layout) -> pd.DataFrame:
             continue
         for col, vals in tiles.items():
             frames.put(col, frames.rows(i, int(counts[i])), vals)
-    out = frames.finish(catalog)
+    out = frames.finish()
     if errors:
         out.attrs["frame_errors"] = errors
     return out
@@ -362,9 +432,15 @@ _MIN_ENCAPSULATED_FRAME = 8
 def _column(catalog: pd.DataFrame, name: str, default: float) -> np.ndarray:
     if name not in catalog.columns:
         return np.full(len(catalog), default, dtype=np.float64)
-    values = pd.to_numeric(catalog[name], errors="coerce").to_numpy(
-        dtype=np.float64, na_value=np.nan
-    )
+    values = _column_array(catalog, catalog.columns.get_loc(name))
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        values = values.astype(np.float64)
+    elif pd.api.types.is_numeric_dtype(values.dtype):
+        values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        values = pd.to_numeric(catalog[name], errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
     return np.where(np.isfinite(values), values, default)
 
 
@@ -392,7 +468,7 @@ def _impossible_claims(
         / 8
     )
     ts = (
-        catalog["TransferSyntaxUID"].to_numpy(dtype=object, na_value=None)
+        _object_column(catalog, "TransferSyntaxUID")
         if "TransferSyntaxUID" in catalog.columns
         else np.full(len(catalog), None, dtype=object)
     )
@@ -485,7 +561,7 @@ def _mosaic_problems(
 ) -> dict[int, str]:
     """Row position -> why that mosaic image cannot be unpacked (see :func:`dicomxr.mosaic.layout`)."""
     kinds = (
-        catalog["mosaic_kind"].to_numpy(dtype=object, na_value=None)
+        _object_column(catalog, "mosaic_kind")
         if "mosaic_kind" in catalog.columns
         else np.full(len(catalog), "SIEMENS", dtype=object)
     )

@@ -48,6 +48,7 @@ from dicomxr.errors import (
     InstanceCollisionWarning,
     user_stacklevel,
 )
+from dicomxr.frames import object_values
 from dicomxr.geometry import GeometryReport
 from dicomxr.options import get_options
 
@@ -392,9 +393,10 @@ def _short(values: Any, limit: int = 8) -> str:
 class _Columns:
     """Numpy views of the frame table's columns, converted once."""
 
-    def __init__(self, frames: pd.DataFrame) -> None:
+    def __init__(self, frames: pd.DataFrame, owned: bool = False) -> None:
         self.df = frames
         self.n = len(frames)
+        self._owned = owned  # the table was made by planning: no one else holds it
         self._cache: dict[str, np.ndarray] = {}
         self._loc = {name: i for i, name in enumerate(frames.columns)}
 
@@ -455,6 +457,16 @@ class _Columns:
     def has(self, name: str) -> bool:
         return name in self._loc
 
+    def whole(self) -> pd.DataFrame:
+        """Return the table for a plan of every frame: itself (once) when planning made it.
+
+        A table the caller passed is shared as a shallow (copy-on-write) copy instead.
+        """
+        if self._owned:
+            self._owned = False
+            return self.df
+        return self.df.copy(deep=False)
+
     def is_numeric(self, name: str) -> bool:
         dtype = getattr(self._array(name), "dtype", None)
         return dtype is not None and pd.api.types.is_numeric_dtype(dtype)
@@ -473,13 +485,7 @@ class _Columns:
 
 
 def _to_object(values: Any) -> np.ndarray:
-    if isinstance(values, np.ndarray):
-        if values.dtype == object:
-            out = values.copy()
-            out[pd.isna(out)] = None
-            return out
-        return values.astype(object)
-    return values.to_numpy(dtype=object, na_value=None)
+    return object_values(values)
 
 
 def _to_float_array(values: Any) -> np.ndarray:
@@ -502,8 +508,16 @@ def _codes(values: np.ndarray) -> np.ndarray:
     """Integer codes of hashable values; None/NaN get their own code."""
     if len(values) and values[0] is not None and _all_equal(values, values[0]):
         return np.zeros(len(values), np.int64)
-    codes, _ = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
+    codes, _ = _factorize(values)
     return codes.astype(np.int64)
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes in order of first appearance and the distinct values; None/NaN get a code too.
+
+    ``pandas.factorize`` of the values as objects, without building a Series.
+    """
+    return pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
 
 
 def _all_equal(values: np.ndarray, first: Any) -> bool:
@@ -582,7 +596,7 @@ def plan_series(
     >>> print(plans[0].describe())  # doctest: +SKIP
     """
     include = _check_arguments(on_irregular, on_duplicate, include)
-    cols = _Columns(_frame_table(catalog_or_frames))
+    cols = _Columns(_frame_table(catalog_or_frames), owned="frame" not in catalog_or_frames.columns)
     reason = _set_apart_reasons(cols, include)
     _mark_copies(cols, reason)
     keep = np.flatnonzero(_free(reason))
@@ -848,8 +862,8 @@ def _mark_odd_instances(cols: _Columns, reason: np.ndarray) -> None:
         [s not in _SECONDARY_CAPTURE for s in sop], dtype=bool
     )
     free = np.flatnonzero(_free(reason) & stackable)
-    if len(free) <= _ODD_MAJORITY:
-        return
+    if len(free) <= _ODD_MAJORITY or len(set(cols.obj("path")[free])) <= _ODD_MAJORITY:
+        return  # an odd file needs _ODD_MAJORITY other files that agree
     # one SOP class of one UID; a lone SeriesNumber in it is as odd as a lone size
     series = _combine(
         _codes(cols.obj("SeriesInstanceUID")[free]),
@@ -931,6 +945,8 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
     idx = np.flatnonzero(free)
     if len(idx) < 2 or ((cols.num("frame")[idx] == 0).all() and len(set(sop[idx])) == len(idx)):
         return  # every kept frame is the only one of its instance: no copies
+    if not _any_same_frame(sop[idx], cols.num("frame")[idx], cols.num("tile")[idx]):
+        return
     key = pd.DataFrame(
         {
             "sop": sop[idx],
@@ -939,8 +955,6 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
             "path": cols.obj("path")[idx],
         }
     )
-    if not key.duplicated(["sop", "frame", "tile"]).any():
-        return
     key = key.sort_values("path", kind="stable")
     dup_any = key.duplicated(["sop", "frame", "tile"], keep=False)
     digest = _StoredFrameDigests(cols)
@@ -972,6 +986,15 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
                         names.append(str(cols.obj("path")[k]))
     if collisions:
         _warn_collisions(collisions)
+
+
+def _any_same_frame(sop: np.ndarray, frame: np.ndarray, tile: np.ndarray) -> bool:
+    """Tell whether two rows name one frame: the same SOPInstanceUID, frame and tile."""
+    # NaN is one value here, as in pandas' duplicated
+    key = np.column_stack(
+        [_codes(sop), np.nan_to_num(frame, nan=-np.inf), np.nan_to_num(tile, nan=-np.inf)]
+    )
+    return len(np.unique(key, axis=0)) < len(key)
 
 
 class _StoredFrameDigests:
@@ -1256,7 +1279,7 @@ def _level_order(kind: str, values: list[Any], first_seen: list[float]) -> list[
 
 
 def _make_dim(kind: str, values: np.ndarray, order_key: np.ndarray, source: str = "") -> _Dim:
-    codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
+    codes, uniques = _factorize(values)
     uniques = list(uniques)
     first_seen = [float(np.min(order_key[codes == k])) for k in range(len(uniques))]
     order = _level_order(kind, uniques, first_seen)
@@ -1659,7 +1682,7 @@ def _make_plan(
     if len(plan_rows) == cols.n:
         # the plan uses every frame: share the table (a cheap copy-on-write view) and let
         # the grid index it in its own row order
-        frames = cols.df.copy(deep=False)
+        frames = cols.whole()
         cells = np.where(cells >= 0, plan_rows[np.maximum(cells, 0)], -1)
     else:
         frames = cols.df.take(plan_rows)
@@ -1958,9 +1981,12 @@ def _coords(
     ipp = cols.vec("ImagePositionPatient", 3)[plan_rows]
     for k, axis in enumerate("xyz"):
         columns[f"position_{axis}"] = ipp[:, k]
+    full = bool((grid >= 0).all())
     for name in _COORD_COLUMNS:
         if not cols.has(name):
             continue
+        if full and name not in _ALWAYS_COORDS and _constant(_raw_values(cols, name)[plan_rows]):
+            continue  # the same in every frame of a full grid: an attribute, not a coordinate
         if name in ("WindowCenter", "WindowWidth"):
             raw = cols.obj(name)[plan_rows]
             columns[name] = np.array([_first_number(v) for v in raw], dtype=np.float64)
@@ -2000,6 +2026,30 @@ def _coords(
             reduced = _tidy_object(reduced)
         coords[name] = (tuple(dim_names[a] for a in axes), reduced)
     return coords
+
+
+def _raw_values(cols: _Columns, name: str) -> np.ndarray:
+    """Return the column as :func:`_coords` reads it: floats when numeric, else objects."""
+    if name not in ("WindowCenter", "WindowWidth") and cols.is_numeric(name):
+        return cols.num(name)
+    return cols.obj(name)
+
+
+def _constant(values: np.ndarray) -> bool:
+    """Tell whether every value equals the first (NaN equal to NaN in a float array).
+
+    Conservative for objects: a NaN (or a tuple holding one) counts as a change.
+    """
+    if not len(values):
+        return True
+    first = values[0]
+    if values.dtype.kind == "f":
+        if math.isnan(first):
+            return bool(np.isnan(values).all())
+        return bool((values == first).all())
+    if first is None:
+        return all(v is None for v in values)
+    return _all_equal(values, first)
 
 
 def _tidy_object(values: np.ndarray) -> np.ndarray:
