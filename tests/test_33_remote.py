@@ -356,6 +356,39 @@ def test_persistent_cache_rescans_a_bucket_without_reading(s3, archive, tmp_path
     pd.testing.assert_frame_equal(first, again)
 
 
+def _relative(url: str) -> str:
+    """A zip member's or a bucket object's path relative to the file-set root."""
+    name = url.split("::")[0].removeprefix("zip://")
+    return name.split(f"{BUCKET}/fileset/", 1)[-1]
+
+
+def _dicomdir_catalogs(remote: pd.DataFrame, fileset: Path) -> None:
+    """A remote DICOMDIR's catalog equals the local DICOMDIR's, object for file, in order."""
+    local = _local_scan(str(fileset / "DICOMDIR"))
+    assert [_relative(p) for p in remote["path"]] == [
+        os.path.relpath(p, fileset) for p in local["path"]
+    ]
+    cols = [c for c in local.columns if c not in ("path", "mtime", "etag")]
+    pd.testing.assert_frame_equal(remote[cols], local[cols])
+    # the dangling references of the local walk are reported too
+    want = sorted(os.path.relpath(s["path"], fileset) for s in local.attrs["skipped"])
+    assert want and sorted(_relative(s["path"]) for s in remote.attrs["skipped"]) == want
+
+
+def test_dicomdir_in_a_bucket_is_followed(s3, archive, data_root: Path) -> None:
+    """``s3://bucket/prefix/DICOMDIR``: the referenced objects, nested DIRFILEs followed."""
+    fileset = data_root / "dcm_qa_ct" / "In" / "Philips"
+    fs = _fs(s3)
+    for f in sorted(p for p in fileset.rglob("*") if p.is_file()):
+        fs.pipe(f"{BUCKET}/fileset/{f.relative_to(fileset).as_posix()}", f.read_bytes())
+    remote = dicomxr.scan(
+        f"s3://{BUCKET}/fileset/DICOMDIR", storage_options=s3["options"], progress=False,
+        warn=False,
+    )  # fmt: skip
+    assert len(remote) and not remote["path"].str.endswith("DICOMDIR").any()
+    _dicomdir_catalogs(remote, fileset)
+
+
 # ----------------------------------------------------------------------------- zip
 
 
@@ -375,6 +408,23 @@ def test_zip_file_equals_folder(sample_dir: Path) -> None:
     # the chained URL form, with a glob inside the archive
     chained = dicomxr.scan(f"zip://*/1903_00[0-4]*.dcm::{zipped}", progress=False)
     assert len(chained) == 49
+
+
+def test_dicomdir_in_a_zip_is_followed(tmp_path: Path, data_root: Path) -> None:
+    """``zip://DICOMDIR::study.zip`` is followed as the unpacked DICOMDIR is."""
+    import zipfile
+
+    fileset = data_root / "dcm_qa_ct" / "In" / "Philips"
+    zipped = tmp_path / "fileset.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for f in sorted(p for p in fileset.rglob("*") if p.is_file()):
+            zf.write(f, f.relative_to(fileset).as_posix())
+    remote = dicomxr.scan(f"zip://DICOMDIR::{zipped}", progress=False, warn=False)
+    assert remote["path"].str.endswith(f"::{zipped}").all()
+    _dicomdir_catalogs(remote, fileset)
+    local = dicomxr.open_series(fileset / "DICOMDIR", series=301)
+    packed = dicomxr.open_series(f"zip://DICOMDIR::{zipped}", series=301)
+    np.testing.assert_array_equal(packed.values, local.values)
 
 
 def test_zip_with_broken_members(tmp_path: Path, sample_dir: Path) -> None:

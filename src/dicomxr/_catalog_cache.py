@@ -54,7 +54,8 @@ RACY_NS = 2_000_000_000
 #: the mtime_ns of an entry the next scan must not trust
 UNTRUSTED = -1
 
-_ENTRY_COLUMNS = ("_size", "_mtime_ns", "_reason", "_pos")
+#: rows per record batch in the file (Arrow's default); a snapshot of more is read in chunks
+CHUNK_ROWS = 1 << 16
 
 
 def default_folder() -> str:
@@ -194,7 +195,7 @@ class CatalogCache:
         try:
             table = _encode(frame, entries, self.source, self.signature)
             with atomic_path(self.path, suffix=".arrow") as tmp:
-                feather.write_feather(table, tmp, compression="lz4")
+                feather.write_feather(table, tmp, compression="lz4", chunksize=CHUNK_ROWS)
         except (OSError, ValueError, TypeError, OverflowError) as exc:
             warnings.warn(
                 f"catalog cache {self.path} could not be written ({exc})",
@@ -283,6 +284,8 @@ def _encode_column(series: pd.Series, pad: int) -> tuple[Any, str]:
     if str(series.dtype) == "object":
         return _encode_objects(series.to_numpy(), pad)
     array, encoding = _encode_typed(series)
+    if isinstance(array, pa.ChunkedArray):  # a column that came from a snapshot
+        array = array.combine_chunks()
     return pa.concat_arrays([array, pa.nulls(pad, array.type)]), encoding
 
 
@@ -305,16 +308,19 @@ def _encode_objects(values: np.ndarray, pad: int) -> tuple[Any, str]:
     import pyarrow as pa
 
     index: dict[str, int] = {}
+    by_id: dict[int, int] = {id(None): -1}
     uniques: list[Any] = []
     codes = np.full(len(values) + pad, -1, dtype=np.int32)
     for i, value in enumerate(values):
-        if value is None:
-            continue
-        key = repr(value)  # strict: 1, 1.0 and True, 0.0 and -0.0 are told apart
-        code = index.get(key)
+        # one object is often shared by many rows (the reader's memo, a decoded snapshot)
+        code = by_id.get(id(value))
         if code is None:
-            code = index[key] = len(uniques)
-            uniques.append(value)
+            key = repr(value)  # strict: 1, 1.0 and True, 0.0 and -0.0 are told apart
+            code = index.get(key)
+            if code is None:
+                code = index[key] = len(uniques)
+                uniques.append(value)
+            by_id[id(value)] = code
         codes[i] = code
     mask = codes < 0
     indices = pa.array(codes, mask=mask)

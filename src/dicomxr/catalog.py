@@ -1556,7 +1556,7 @@ def _iter_source(
     recursive: bool,
     skipped_out: list[dict[str, str]],
     explicit_out: set[str] | None = None,
-    stats_out: dict[str, tuple[int, int]] | None = None,
+    stats_out: _Stats | None = None,
 ) -> list[str]:
     """Expand a source into a list of absolute file paths (DICOMDIRs resolved).
 
@@ -1600,7 +1600,7 @@ def _expand_one(
     explicit_out: set[str],
     *,
     top: bool,
-    stats: dict[str, tuple[int, int]] | None = None,
+    stats: _Stats | None = None,
 ) -> list[str]:
     item = os.path.expanduser(item)
     if os.path.isdir(item):
@@ -1671,7 +1671,7 @@ def _walk(
     folder: str,
     recursive: bool,
     skipped_out: list[dict[str, str]] | None = None,
-    stats_out: dict[str, tuple[int, int]] | None = None,
+    stats_out: _Stats | None = None,
 ) -> list[str]:
     """Every file under ``folder`` in sorted order; linked sub-folders are followed once.
 
@@ -1713,7 +1713,7 @@ def _walk(
 
 
 def _list_folder(
-    folder: str, stats_out: dict[str, tuple[int, int]] | None
+    folder: str, stats_out: _Stats | None
 ) -> tuple[list[str], list[tuple[str, os.stat_result]]]:
     """List the files (sorted paths) and sub-folders (path, stat) of one folder.
 
@@ -1729,6 +1729,8 @@ def _list_folder(
         stat_at = os.stat
         prefix = folder if folder.endswith(os.sep) else folder + os.sep
         files: list[str] = []
+        sizes: list[int] = []
+        mtimes: list[int] = []
         subdirs: list[tuple[str, os.stat_result]] = []
         is_dir = stat.S_ISDIR
         for name in names:
@@ -1736,17 +1738,23 @@ def _list_folder(
                 st = stat_at(name, dir_fd=fd)
             except OSError:
                 files.append(prefix + name)
+                sizes.append(-1)
+                mtimes.append(_catalog_cache.UNTRUSTED)
                 continue
             if is_dir(st.st_mode):
                 subdirs.append((prefix + name, st))
             else:
                 files.append(prefix + name)
-                if stats_out is not None:  # two ints: far cheaper to keep than the stat
-                    stats_out[prefix + name] = (st.st_size, st.st_mtime_ns)
+                sizes.append(st.st_size)  # two ints: far cheaper to keep than the stat
+                mtimes.append(st.st_mtime_ns)
     except OSError:
         return [], []
     finally:
         os.close(fd)
+    if stats_out is not None:
+        stats_out.paths.extend(files)
+        stats_out.size.extend(sizes)
+        stats_out.mtime_ns.extend(mtimes)
     return files, subdirs
 
 
@@ -1922,13 +1930,22 @@ def scan(
 
 
 @dataclass
+class _Stats:
+    """Size and mtime (ns) of the files a walk listed, in its order (-1: unknown)."""
+
+    paths: list[str]
+    size: list[int]
+    mtime_ns: list[int]
+
+
+@dataclass
 class _Found:
     """The files a source names, in catalog order, and what finding them told."""
 
     paths: list[str]
     skipped: list[dict[str, str]]
     explicit: set[str]
-    stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # (size, mtime_ns)
+    stats: _Stats = field(default_factory=lambda: _Stats([], [], []))
     remote: dict[str, Any] | None = None  # URL -> dicomxr.sources.Entry
     storage_options: Mapping[str, Any] | None = None
     workers: int | None = None
@@ -1939,12 +1956,15 @@ def _find_files(
 ) -> _Found:
     """List the files of a source: walk folders, resolve DICOMDIRs, patterns and URLs."""
     if _maybe_remote(source) and _sources().is_remote_source(source):
-        entries, storage_options = _sources().resolve(source, storage_options, recursive=recursive)
+        skipped: list[dict[str, str]] = []  # references a remote DICOMDIR cannot follow
+        entries, storage_options = _sources().resolve(
+            source, storage_options, recursive=recursive, skipped_out=skipped
+        )
         remote = {e.url: e for e in entries}
         paths = list(remote)
         explicit = set(paths) if len(paths) == 1 else set()
         workers = _REMOTE_WORKERS if workers is None else workers
-        return _Found(paths, [], explicit, {}, remote, storage_options, workers)
+        return _Found(paths, skipped, explicit, {}, remote, storage_options, workers)
     found = _Found([], [], set(), workers=workers)
     paths = _iter_source(source, recursive, found.skipped, found.explicit, found.stats)
     # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once; one
@@ -2012,9 +2032,13 @@ def _current_keys(found: _Found) -> tuple[np.ndarray, np.ndarray]:
         size = np.array([-1 if e.size is None else e.size for e in entries], dtype=np.int64)
         mtime = np.array([_remote_mtime_ns(e.mtime) for e in entries], dtype=np.int64)
         return size, mtime
-    stats = list(map(found.stats.get, found.paths))
+    walked = found.stats
+    if walked.paths == found.paths:  # one folder's walk: its stats, in order
+        return np.array(walked.size, np.int64), np.array(walked.mtime_ns, np.int64)
+    known = dict(zip(walked.paths, zip(walked.size, walked.mtime_ns, strict=True), strict=True))
+    stats = list(map(known.get, found.paths))
     for i, st in enumerate(stats):
-        if st is None:  # named directly, listed by a DICOMDIR, or a dangling link
+        if st is None:  # named directly, or listed by a DICOMDIR
             with contextlib.suppress(OSError):
                 st = os.stat(found.paths[i])
                 stats[i] = (st.st_size, st.st_mtime_ns)
@@ -2294,20 +2318,14 @@ def _progress(items: Iterable[Any], show: bool, total: int, delay: float) -> Ite
     return tqdm(items, desc="scanning DICOM headers", unit="file", total=total, delay=delay)
 
 
-def _scan_one(
-    path: str,
-    memo: dict[Any, Any],
-    keys: tuple[Key, ...] = (),
-    st: os.stat_result | None = None,
-) -> _Result:
+def _scan_one(path: str, memo: dict[Any, Any], keys: tuple[Key, ...] = ()) -> _Result:
     """Catalogue one file: ``(row, skip, (size, mtime_ns))``, the first two exclusive.
 
-    ``st`` is the file's stat when the walk took it. The last item is ``None`` when the
-    outcome says nothing lasting about the file (it could not be read this time).
+    The last item is ``None`` when the outcome says nothing lasting about the file (it could
+    not be read this time), so the cache does not keep it.
     """
     try:
-        if st is None:
-            st = os.stat(path)
+        st = os.stat(path)
     except OSError as exc:
         if os.path.islink(path):
             reason = f"broken symbolic link (to {os.readlink(path)})"

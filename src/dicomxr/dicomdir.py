@@ -23,7 +23,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["is_dicomdir", "referenced_files"]
+__all__ = ["is_dicomdir", "referenced_files", "referenced_objects"]
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 #: directory files nested deeper than this are reported, not followed
@@ -272,6 +272,10 @@ def _id_key(file_id: Any) -> tuple[str, ...]:
     return tuple(str(p).strip().upper() for p in parts if str(p).strip())
 
 
+# record types that reference an instance, never a directory file
+_INSTANCE_RECORDS = frozenset(
+    {"IMAGE", "RT DOSE", "RT STRUCTURE SET", "RT PLAN", "SR DOCUMENT", "PRESENTATION"}
+)
 # a ReferencedFileID (0004,1500) element: explicit VR LE, explicit VR BE, implicit VR LE
 _FILE_ID_PATTERNS = (
     re.compile(rb"\x04\x00\x00\x15CS(..)", re.DOTALL),
@@ -292,6 +296,11 @@ def _raw_file_ids(path: str) -> list[tuple[str, ...]]:
             data = fh.read()
     except OSError:
         return []
+    return _file_ids_in(data)
+
+
+def _file_ids_in(data: bytes) -> list[tuple[str, ...]]:
+    """Every ReferencedFileID value found in a directory file's bytes, in file order."""
     out: list[tuple[str, ...]] = []
     for pattern, order in zip(_FILE_ID_PATTERNS, ("<", ">", "<"), strict=True):
         for m in pattern.finditer(data):
@@ -309,14 +318,7 @@ def _refers_to_directory_file(rtype: str, sop_in_file: Any, path: str) -> bool:
     """Tell whether a record's referenced file is itself a (nested) directory file."""
     if sop_in_file is not None:
         return str(sop_in_file) == _MEDIA_STORAGE_DIRECTORY
-    if rtype.upper() in (
-        "IMAGE",
-        "RT DOSE",
-        "RT STRUCTURE SET",
-        "RT PLAN",
-        "SR DOCUMENT",
-        "PRESENTATION",
-    ):
+    if rtype.upper() in _INSTANCE_RECORDS:
         return False
     # PATIENT/STUDY/SERIES records referencing a file: only a directory file makes sense,
     # but check its meta header rather than trust the record type
@@ -331,3 +333,131 @@ def _truncated_at(path: str) -> int | None:
     if raw is None or raw.truncated_at is None:
         return None
     return raw.truncated_at[1]
+
+
+# --------------------------------------------------------------------------------------
+# a DICOMDIR in an object store or an archive (through fsspec)
+
+
+def referenced_objects(fs: Any, dicomdir: str) -> tuple[list[str], list[dict[str, str]]]:
+    """List the objects a DICOMDIR in an fsspec filesystem references (zip member, S3 object...).
+
+    The same walk as :func:`referenced_files`: nested directory files are followed, file
+    IDs are matched case-insensitively (against one listing of the file-set root) and a
+    reference to an object that does not exist is reported, not raised.
+
+    Parameters
+    ----------
+    fs
+        The fsspec filesystem holding the file-set.
+    dicomdir
+        The DICOMDIR's path in ``fs`` (the file-set root is its folder).
+
+    Returns
+    -------
+    objects : list of str
+        Paths in ``fs`` of the referenced instance objects, in directory order, each once.
+    dangling : list of dict
+        ``{"path", "reason"}`` for every reference that could not be followed.
+    """
+    root = dicomdir.rpartition("/")[0]
+    prefix = f"{root}/" if root else ""
+    listing: dict[tuple[str, ...], str] = {}
+    for name in fs.find(root or "", withdirs=False):
+        name = name.lstrip("/") if not root else name
+        if name.startswith(prefix):
+            listing.setdefault(_id_key(name[len(prefix) :].split("/")), name)
+    found = _FileSet(root)
+    _visit_object(fs, found, listing, dicomdir, 0)
+    return found.files, found.dangling
+
+
+def _visit_object(
+    fs: Any, found: _FileSet, listing: dict[tuple[str, ...], str], directory_file: str, depth: int
+) -> None:
+    """Follow every reference of one directory object (each once), as :func:`_visit` does."""
+    import io
+
+    import pydicom
+
+    if directory_file in found.seen:
+        return
+    found.seen.add(directory_file)
+    if depth > _MAX_NESTING:
+        found.lost(directory_file, "directory files nested too deep")
+        return
+    try:
+        data = fs.cat_file(directory_file)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            records = pydicom.dcmread(io.BytesIO(data), force=True).get("DirectoryRecordSequence")
+    except Exception as exc:
+        found.lost(directory_file, f"unreadable directory file ({type(exc).__name__}: {exc})")
+        return
+    if records is None:
+        found.lost(directory_file, "directory file without DirectoryRecordSequence")
+        records = []
+    followed: set[tuple[str, ...]] = set()
+    references: list[tuple[Any, str, Any]] = []
+    for index, record in enumerate(records):
+        try:
+            file_id, rtype, sop_in_file = _record_reference(record)
+        except Exception as exc:
+            found.lost(directory_file, f"damaged directory record #{index} ({exc})")
+            continue
+        if file_id is not None and file_id != "":
+            followed.add(_id_key(file_id))
+            references.append((file_id, rtype, sop_in_file))
+    recovered = [f for f in _file_ids_in(data) if _id_key(f) not in followed]
+    if recovered:
+        found.lost(
+            directory_file,
+            f"damaged directory records: {len(recovered)} reference(s) recovered from the "
+            "file's bytes",
+        )
+    references += [(f, "", None) for f in dict.fromkeys(recovered)]
+    for file_id, rtype, sop_in_file in references:
+        _follow_object(fs, found, listing, directory_file, file_id, rtype, sop_in_file, depth)
+
+
+def _follow_object(
+    fs: Any,
+    found: _FileSet,
+    listing: dict[tuple[str, ...], str],
+    directory_file: str,
+    file_id: Any,
+    rtype: str,
+    sop_in_file: Any,
+    depth: int,
+) -> None:
+    """Follow one reference of a directory object: visit a nested one, keep an instance."""
+    try:
+        shown = _file_id_to_path(found.root, file_id).replace(os.sep, "/")
+    except (ValueError, TypeError) as exc:
+        found.lost(directory_file, str(exc))
+        return
+    target = listing.get(_id_key(file_id))
+    if target is None:
+        found.lost(
+            shown,
+            "dangling DICOMDIR reference "
+            f"(the {rtype or 'damaged'} record in {directory_file} names a missing file)",
+        )
+        return
+    if _object_is_directory_file(fs, rtype, sop_in_file, target):
+        _visit_object(fs, found, listing, target, depth + 1)
+    elif target not in found.seen:
+        found.seen.add(target)
+        found.files.append(target)
+
+
+def _object_is_directory_file(fs: Any, rtype: str, sop_in_file: Any, path: str) -> bool:
+    if sop_in_file is not None:
+        return str(sop_in_file) == _MEDIA_STORAGE_DIRECTORY
+    if rtype.upper() in _INSTANCE_RECORDS:
+        return False
+    try:  # the meta header names the SOP class: a directory file's is Media Storage Directory
+        head = fs.cat_file(path, start=0, end=1024)
+    except Exception:
+        return False
+    return head[128:132] == b"DICM" and _MEDIA_STORAGE_DIRECTORY.encode() in head

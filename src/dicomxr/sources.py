@@ -210,6 +210,7 @@ def resolve(
     storage_options: Mapping[str, Any] | None = None,
     *,
     recursive: bool = True,
+    skipped_out: list[dict[str, str]] | None = None,
 ) -> tuple[list[Entry], dict[str, Any]]:
     """List the objects of a remote or packed source.
 
@@ -225,6 +226,13 @@ def resolve(
         to that layer (``{"s3": {...}}``).
     recursive
         Descend into sub-prefixes and sub-folders.
+    skipped_out
+        Gets ``{"path", "reason"}`` for each reference a DICOMDIR source names that cannot
+        be followed (a missing object, a damaged record).
+
+    A DICOMDIR object (``s3://bucket/prefix/DICOMDIR``, ``zip://DICOMDIR::study.zip``) is
+    followed as a local one is: its entries are the objects it references (nested
+    directory files followed), not the directory file itself.
 
     Returns
     -------
@@ -243,7 +251,9 @@ def resolve(
     entries: list[Entry] = []
     options_out: dict[str, Any] | None = None
     for item in items:
-        found, options = _resolve_one(os.fspath(item), storage_options, recursive)
+        found, options = _resolve_one(
+            os.fspath(item), storage_options, recursive, [] if skipped_out is None else skipped_out
+        )
         if options_out is None:
             options_out = options
         elif options != options_out:
@@ -256,20 +266,23 @@ def resolve(
 
 
 def _resolve_one(
-    url: str, storage_options: Mapping[str, Any] | None, recursive: bool
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    recursive: bool,
+    skipped_out: list[dict[str, str]],
 ) -> tuple[list[Entry], dict[str, Any]]:
     local = local_path(url)
     if local is not None:
         # a local zip file (is_remote_source said so)
         url, options = _archive_chain(local, storage_options)
-        return _list(url, options, recursive), options
+        return _list(url, options, recursive, skipped_out), options
     options = dict(storage_options or {})
     if "::" not in url and _is_zip_name(url) and not any(c in url for c in _GLOB_CHARS):
         fs, path = _connect(url, options)
         info = _info(fs, path, url)
         if info.get("type") != "directory":
             url, options = _archive_chain(url, options)
-    return _list(url, options, recursive), options
+    return _list(url, options, recursive, skipped_out), options
 
 
 def _connect(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
@@ -297,7 +310,12 @@ def _source_error(url: str, exc: BaseException) -> SourceError:
     )
 
 
-def _list(url: str, options: Mapping[str, Any], recursive: bool) -> list[Entry]:
+def _list(
+    url: str,
+    options: Mapping[str, Any],
+    recursive: bool,
+    skipped_out: list[dict[str, str]] | None = None,
+) -> list[Entry]:
     fs, path = _connect(url, options)
     chained = "::" in url
     try:
@@ -319,6 +337,8 @@ def _list(url: str, options: Mapping[str, Any], recursive: bool) -> list[Entry]:
             info = _info(fs, path, url)
             if info.get("type") == "directory":
                 infos = _find(fs, path, recursive)
+            elif path.rpartition("/")[2].upper() == "DICOMDIR":
+                infos = _dicomdir_objects(fs, path, url, skipped_out)
             else:
                 infos = {path: info}
     except (FileNotFoundError, SourceError):
@@ -326,11 +346,38 @@ def _list(url: str, options: Mapping[str, Any], recursive: bool) -> list[Entry]:
     except Exception as exc:
         raise _source_error(url, exc) from exc
     out = []
-    for name in sorted(infos):
+    # a DICOMDIR's objects in directory order, as for a local one; a listing sorted
+    for name in infos if _is_dicomdir_listing(infos) else sorted(infos):
         info = infos[name]
         member_url = _member_url(url, fs, name) if chained else fs.unstrip_protocol(name)
         out.append(Entry(member_url, _size(info), _mtime(info), _etag(info)))
     return out
+
+
+class _DicomdirObjects(dict):
+    """The objects a DICOMDIR references, in directory order."""
+
+
+def _is_dicomdir_listing(infos: Mapping[str, Any]) -> bool:
+    return isinstance(infos, _DicomdirObjects)
+
+
+def _dicomdir_objects(
+    fs: Any, path: str, url: str, skipped_out: list[dict[str, str]] | None
+) -> dict[str, dict[str, Any]]:
+    """Follow a DICOMDIR object: the infos of the objects it references."""
+    from dicomxr import dicomdir
+
+    objects, dangling = dicomdir.referenced_objects(fs, path)
+    if skipped_out is not None:
+        for item in dangling:
+            where = item["path"]
+            shown = _member_url(url, fs, where) if "::" in url else fs.unstrip_protocol(where)
+            skipped_out.append({"path": shown, "reason": item["reason"]})
+    infos = _DicomdirObjects()
+    for name in objects:
+        infos[name] = _info(fs, name, name)
+    return infos
 
 
 def _find(fs: Any, path: str, recursive: bool) -> dict[str, dict[str, Any]]:
