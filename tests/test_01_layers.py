@@ -110,6 +110,14 @@ def _layer_of(module: str) -> tuple[int, str] | None:
     return None
 
 
+def _import_base(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from ... import`` names, relative imports resolved."""
+    if not node.level:
+        return node.module or ""
+    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+    return ".".join([*anchor, *([node.module] if node.module else [])])
+
+
 def _imports(module: str, path: Path, modules: dict[str, Path]) -> dict[str, list[int]]:
     """The dicomxr modules ``module`` imports, with the lines where it does."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -125,10 +133,7 @@ def _imports(module: str, path: Path, modules: dict[str, Path]) -> dict[str, lis
             for alias in node.names:
                 add(alias.name, node.lineno)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            base = _import_base(node, package)
             for alias in node.names:
                 # ``from dicomxr import intensity`` imports the submodule, not the face
                 sub = f"{base}.{alias.name}"
@@ -248,10 +253,7 @@ def _module_names(module: str, tree: ast.AST, modules: dict[str, Path]) -> dict[
                 if alias.name in modules:
                     bound[alias.asname or alias.name] = alias.name
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            base = _import_base(node, package)
             for alias in node.names:
                 if f"{base}.{alias.name}" in modules:
                     bound[alias.asname or alias.name] = f"{base}.{alias.name}"

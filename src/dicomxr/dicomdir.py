@@ -124,14 +124,20 @@ class _FileSet:
     def lost(self, path: str, reason: str) -> None:
         self.dangling.append({"path": path, "reason": reason})
 
+    def enter(self, directory_file: str, depth: int) -> bool:
+        """Whether to follow ``directory_file``: not yet seen and not nested too deep."""
+        if directory_file in self.seen:
+            return False
+        self.seen.add(directory_file)
+        if depth > _MAX_NESTING:
+            self.lost(directory_file, "directory files nested too deep")
+            return False
+        return True
+
 
 def _visit(found: _FileSet, directory_file: str, depth: int) -> None:
     """Follow every reference of one directory file (each directory file once)."""
-    if directory_file in found.seen:
-        return
-    found.seen.add(directory_file)
-    if depth > _MAX_NESTING:
-        found.lost(directory_file, "directory files nested too deep")
+    if not found.enter(directory_file, depth):
         return
     records = _read_records(found, directory_file)
     if records is None:
@@ -380,11 +386,7 @@ def _visit_object(
 
     import pydicom
 
-    if directory_file in found.seen:
-        return
-    found.seen.add(directory_file)
-    if depth > _MAX_NESTING:
-        found.lost(directory_file, "directory files nested too deep")
+    if not found.enter(directory_file, depth):
         return
     try:
         data = fs.cat_file(directory_file)
