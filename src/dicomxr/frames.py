@@ -307,6 +307,10 @@ class _Frames:
         if col in self.values:
             self.values[col][rows] = _as_object(vals)
             return
+        whole = rows.start == 0 and rows.stop == len(self.src) == len(vals)
+        if col not in self.overrides and whole:
+            self.overrides[col] = _as_object(vals)  # every row its own: no catalog values
+            return
         if col not in self.overrides:
             self.overrides[col] = (
                 _object_column(self.catalog, col)[self.src]

@@ -662,20 +662,26 @@ def _plan_groups(
     return plans
 
 
+_SET_APART_NAMES = ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "path")
+
+
 def _set_apart_table(
     cols: _Columns, gone: np.ndarray, reason: np.ndarray, plans: list[SeriesPlan]
 ) -> pd.DataFrame:
     """Every frame left out: set apart overall, and by the plans themselves."""
-    table = pd.DataFrame(
-        {
-            "SeriesInstanceUID": cols.obj("SeriesInstanceUID")[gone],
-            "SeriesNumber": cols.obj("SeriesNumber")[gone],
-            "SeriesDescription": cols.obj("SeriesDescription")[gone],
-            "path": cols.obj("path")[gone],
-            "frame": cols.num("frame")[gone].astype(np.int64) if cols.n else np.array([], np.int64),
-            "reason": reason[gone],
-        }
-    )
+    if len(gone):
+        table = pd.DataFrame(
+            {
+                "SeriesInstanceUID": cols.obj("SeriesInstanceUID")[gone],
+                "SeriesNumber": cols.obj("SeriesNumber")[gone],
+                "SeriesDescription": cols.obj("SeriesDescription")[gone],
+                "path": cols.obj("path")[gone],
+                "frame": cols.num("frame")[gone].astype(np.int64),
+                "reason": reason[gone],
+            }
+        )
+    else:  # nothing set apart (the usual case): the empty table, without its construction
+        table = _EMPTY_SET_APART.copy()
     local = [
         {
             "SeriesInstanceUID": plan.attrs.get("SeriesInstanceUID"),
@@ -689,6 +695,15 @@ def _set_apart_table(
     if local:  # frames a plan left out itself (no position in a positioned series)
         table = pd.concat([table, pd.DataFrame(local)], ignore_index=True)
     return table
+
+
+_EMPTY_SET_APART = pd.DataFrame(
+    {
+        **{name: np.empty(0, object) for name in _SET_APART_NAMES},
+        "frame": np.empty(0, np.int64),
+        "reason": np.empty(0, object),
+    }
+)
 
 
 def _add_set_apart(
