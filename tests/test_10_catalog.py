@@ -496,6 +496,30 @@ def test_rescan_equals_a_plain_scan_of_the_real_corpora(data_root: Path, tmp_pat
     _assert_same_catalog(again, plain)
 
 
+def test_rescan_keeps_file_names_that_are_not_utf8(
+    tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a name the OS gives as bytes that are not UTF-8 (Python: lone surrogates), next to a
+    # skipped non-DICOM file, so that the snapshot's entries are stored out of file order
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [b"a-\xff.dcm", b"b.dcm"]
+    for name, src in zip(names, sorted(philips_ct.glob("I1*"))[:2], strict=True):
+        shutil.copy(src, os.path.join(os.fsencode(data), name))
+    (data / "0-notes.txt").write_text("not DICOM\n")
+    _backdate(data)
+    cache = tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+        plain = dicomxr.scan(data, progress=False)
+        dicomxr.scan(data, progress=False, cache=cache)
+        calls = _counting_reads(monkeypatch)
+        again = dicomxr.scan(data, progress=False, cache=cache)
+    assert calls == []
+    assert os.fsencode(again["path"].iloc[0]).endswith(b"a-\xff.dcm")
+    _assert_same_catalog(again, plain)
+
+
 def test_rescan_follows_added_removed_modified_and_replaced_files(
     tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

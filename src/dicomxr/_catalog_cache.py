@@ -363,43 +363,57 @@ def _from_json(value: Any) -> Any:
 
 def _decode(table: Any, meta: dict[str, Any]) -> Snapshot:
     n_rows = int(meta["n_rows"])
-    rows = table.slice(0, n_rows)
+    pos = table.column("_pos").to_numpy()
+    if len(pos) < n_rows:
+        raise ValueError("inconsistent snapshot")
+    frame = _decode_frame(table.slice(0, n_rows), meta)
+    entries = table.select(["path", "_size", "_mtime_ns", "_reason"])
+    if n_rows != len(pos):  # skipped files are stored after the rows: back to file order
+        order = np.argsort(pos, kind="stable")
+        if not np.array_equal(pos[order], np.arange(len(pos))):
+            raise ValueError("inconsistent snapshot positions")
+        entries = entries.take(order)
+    reasons = entries.column("_reason")
+    return Snapshot(
+        frame,
+        _texts(entries.column("path")),
+        entries.column("_size").to_numpy(),
+        entries.column("_mtime_ns").to_numpy(),
+        [None] * len(reasons) if reasons.null_count == len(reasons) else reasons.to_pylist(),
+    )
+
+
+def _decode_frame(rows: Any, meta: dict[str, Any]) -> pd.DataFrame:
+    """Rebuild a snapshot's catalog rows with the columns and dtypes they were saved with."""
     data: dict[str, Any] = {}
-    paths = table.column("path").to_pylist()
-    if paths and isinstance(paths[0], bytes):
-        paths = [p.decode("utf-8", "surrogatepass") for p in paths]
     for name in meta["columns"]:
         if name == "path":
-            data[name] = _path_column(paths[:n_rows], meta["path_dtype"])
+            data[name] = _path_column(rows.column(name), meta["path_dtype"])
         else:
             data[name] = _decode_column(
                 rows.column(name), meta["encodings"][name], meta["dtypes"][name]
             )
-    frame = pd.DataFrame(data, columns=meta["columns"], copy=False)
-    pos = table.column("_pos").to_numpy()
-    size = table.column("_size").to_numpy()
-    mtime_ns = table.column("_mtime_ns").to_numpy()
-    reasons = table.column("_reason").to_pylist()
-    if len(pos) != len(paths) or len(pos) < n_rows:
-        raise ValueError("inconsistent snapshot")
-    if n_rows == len(pos):  # no skipped file: already in order
-        return Snapshot(frame, paths, size, mtime_ns, reasons)
-    order = np.argsort(pos, kind="stable")
-    if not np.array_equal(pos[order], np.arange(len(pos))):
-        raise ValueError("inconsistent snapshot positions")
-    return Snapshot(
-        frame,
-        [paths[i] for i in order],
-        size[order],
-        mtime_ns[order],
-        [reasons[i] for i in order],
-    )
+    return pd.DataFrame(data, columns=meta["columns"], copy=False)
 
 
-def _path_column(paths: list[str], dtype: str) -> Any:
+def _texts(column: Any) -> list[str]:
+    """Paths back to Python strings (stored as bytes when some are not UTF-8)."""
+    import pyarrow as pa
+
+    values = column.to_pylist()
+    if pa.types.is_large_binary(column.type):
+        return [v.decode("utf-8", "surrogatepass") for v in values]
+    return values
+
+
+def _path_column(column: Any, dtype: str) -> Any:
+    import pyarrow as pa
+
     if dtype == "object":
-        return pd.Series(np.array(paths, dtype=object), dtype=object)
-    return pd.array(paths, dtype=dtype)
+        return pd.Series(np.array(_texts(column), dtype=object), dtype=object)
+    if not pa.types.is_large_string(column.type):  # not UTF-8: as the scan made them
+        return pd.array(_texts(column), dtype=dtype)
+    return _decode_column(column, "text", dtype)
 
 
 def _decode_column(column: Any, encoding: str, dtype: str) -> Any:
