@@ -667,7 +667,40 @@ def read_header_pydicom(
     row["pixel_data_truncated"] = truncated
     row["is_enhanced"] = _PERFRAME_TAG in ds
     row["per_frame"] = _per_frame_from_dataset(ds, row) if row["is_enhanced"] else None
+    if keys and row["is_enhanced"]:
+        _group_key_values_pydicom(row, ds, keys)
     return _finish_row(row, private)
+
+
+def _group_key_values_pydicom(row: dict[str, Any], ds: Any, keys: tuple[Key, ...]) -> None:
+    """Find requested keys in the functional groups of a file read by pydicom.
+
+    The same order as :func:`_group_key_values`: the shared item, then each frame's item.
+    """
+    from dicomxr._functional_groups import PER_FRAME, SHARED, dataset_holding
+
+    missing = [k for k in keys if row[k.name] is None]
+    if not missing:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            shared = ds.get(SHARED)
+            shared_item = shared.value[0] if shared is not None and shared.value else None
+            per_frame = ds.get(PER_FRAME)
+            frames = list(per_frame.value) if per_frame is not None else []
+            for key in missing:
+                holder = dataset_holding(shared_item, key.tag)
+                if holder is not None:
+                    row[key.name] = value_from_pydicom(holder, key)
+                    continue
+                values = []
+                for item in frames:
+                    holder = dataset_holding(item, key.tag)
+                    values.append(None if holder is None else value_from_pydicom(holder, key))
+                _put_frame_values(row, key.name, values)
+        except Exception as exc:  # damaged groups: the per-frame table says so already
+            logger.debug("requested keys not searched in the functional groups: %s", exc)
 
 
 def _per_frame_from_dataset(ds: Any, row: dict[str, Any]) -> dict[str, tuple[Any, ...]] | str:
@@ -1142,6 +1175,8 @@ def read_header_fast(
     row["per_frame"] = (
         _per_frame_from_raw(groups, raw.implicit, row) if row["is_enhanced"] else None
     )
+    if keys and row["is_enhanced"]:
+        _group_key_values(row, groups, raw.implicit, charset, keys)
     return _finish_row(row, _fast_private(elements, raw.implicit) if has_private else {})
 
 
@@ -1266,6 +1301,71 @@ def _key_values(
         else:
             vr = item[0].decode()
         row[key.name] = value_from_raw(item[1], vr, charset)
+
+
+def _group_key_values(
+    row: dict[str, Any],
+    groups: list[tuple[bytes | None, bytes] | None],
+    implicit: bool,
+    charset: list[str] | None,
+    keys: tuple[Key, ...],
+) -> None:
+    """Find the requested keys an enhanced file keeps in its functional groups.
+
+    A key the top level does not have is looked for in the shared item, then in each
+    frame's item: one value for all frames goes into ``row``, values that vary go into the
+    file's per-frame table (``row["per_frame"]``), so that they become a coordinate.
+    """
+    from dicomxr._functional_groups import raw_values_in_groups
+
+    missing = [k for k in keys if row[k.name] is None]
+    per_frame, shared = groups
+    try:
+        if missing and shared is not None:
+            found = raw_values_in_groups(shared, implicit, _tags_of(missing), first_only=True)
+            for key in missing:
+                row[key.name] = _group_value(found[0] if found else {}, key, charset)
+            missing = [k for k in missing if row[k.name] is None]
+        if missing and per_frame is not None:
+            frames = raw_values_in_groups(per_frame, implicit, _tags_of(missing))
+            for key in missing:
+                _put_frame_values(row, key.name, [_group_value(f, key, charset) for f in frames])
+    except Exception as exc:  # damaged groups: the per-frame table says so already
+        logger.debug("requested keys not searched in the functional groups: %s", exc)
+
+
+def _tags_of(keys: list[Key]) -> frozenset[int]:
+    """Return the tags to look for: the keys' and their private creators'."""
+    return frozenset(t for k in keys for t in (k.tag, k.creator_tag) if t is not None)
+
+
+def _group_value(
+    found: dict[int, tuple[bytes | None, bytes]], key: Key, charset: list[str] | None
+) -> Any:
+    """Decode ``key``'s raw value found in one functional group item (``None``: not there)."""
+    item = found.get(key.tag)
+    if item is None:
+        return None
+    vr_bytes, value = item
+    if vr_bytes in (None, b"UN"):
+        creator = None if key.creator_tag is None else found.get(key.creator_tag, (0, None))[1]
+        vr = key.implicit_vr(creator)
+    else:
+        vr = vr_bytes.decode()
+    return value_from_raw(value, vr, charset)
+
+
+def _put_frame_values(row: dict[str, Any], name: str, values: list[Any]) -> None:
+    """Put a key's per-frame values: one value when all frames agree, else per frame."""
+    if not values or all(v is None for v in values):
+        return
+    first = values[0]
+    if all(type(v) is type(first) and v == first for v in values):
+        row[name] = first
+        return
+    table = row["per_frame"]
+    if isinstance(table, dict):  # an unreadable table keeps the file's values
+        table[name] = tuple(values)
 
 
 def _pixel_columns(row: dict[str, Any], raw: Any, size: int) -> None:
