@@ -39,7 +39,7 @@ from dicomxr._files import atomic_path
 from dicomxr._version import __version__
 from dicomxr.errors import require, user_stacklevel
 
-__all__ = ["CatalogCache", "Snapshot", "default_folder"]
+__all__ = ["CatalogCache", "Snapshot", "default_folder", "prune"]
 
 #: bump when what a snapshot holds changes meaning: older snapshots are then ignored
 FORMAT = 1
@@ -56,6 +56,13 @@ UNTRUSTED = -1
 
 #: rows per record batch in the file (Arrow's default); a snapshot of more is read in chunks
 CHUNK_ROWS = 1 << 16
+
+#: a snapshot not used (read or written) for this many days is removed when a snapshot is
+#: next written in its folder
+MAX_AGE_DAYS = 90
+
+#: a temporary file of a snapshot write this old (s) was left by a process that was killed
+_DEAD_WRITE_S = 24 * 3600
 
 
 def default_folder() -> str:
@@ -145,6 +152,8 @@ class CatalogCache:
     def _load(self) -> None:
         try:
             self._result = self._read()
+            if self._result is not None:
+                os.utime(self.path)  # used: its age counts from now (see prune)
         except Exception as exc:  # a damaged file: whatever Arrow or the decoding says
             self._error = f"{type(exc).__name__}: {exc}"
 
@@ -196,12 +205,56 @@ class CatalogCache:
             table = _encode(frame, entries, self.source, self.signature)
             with atomic_path(self.path, suffix=".arrow") as tmp:
                 feather.write_feather(table, tmp, compression="lz4", chunksize=CHUNK_ROWS)
+            prune(os.path.dirname(self.path))
         except (OSError, ValueError, TypeError, OverflowError) as exc:
             warnings.warn(
                 f"catalog cache {self.path} could not be written ({exc})",
                 RuntimeWarning,
                 stacklevel=user_stacklevel(),
             )
+
+
+def prune(folder: str | os.PathLike[str], max_age_days: float = MAX_AGE_DAYS) -> list[str]:
+    """Remove the snapshots of a cache folder not used for ``max_age_days`` days.
+
+    A snapshot's age counts from the last scan that read or wrote it. Temporary files of
+    writes killed more than a day ago go too. Other files in the folder are left alone.
+    Called after each snapshot is written; ``max_age_days=0`` empties the cache.
+
+    Parameters
+    ----------
+    folder
+        The cache folder (``cache=`` of :func:`dicomxr.scan`; ``default_folder()`` for
+        ``cache=True``).
+    max_age_days
+        Age, in days, from which a snapshot is removed.
+
+    Returns
+    -------
+    list of str
+        The files removed.
+    """
+    now = time.time()
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if name.startswith("snapshot-") and name.endswith(".arrow"):
+            limit = max_age_days * 86400.0
+        elif name.startswith(".snapshot-") and name.endswith(".tmp.arrow"):
+            limit = min(_DEAD_WRITE_S, max_age_days * 86400.0)
+        else:
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime >= limit:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        except OSError:  # gone meanwhile (another process pruned it), or not ours to remove
+            continue
+    return removed
 
 
 @dataclass
