@@ -1184,10 +1184,11 @@ def convert(
         A :class:`distributed.Client` (``True``: the session's default client): the
         scan runs on its workers (one task per batch of files) and so does the
         conversion: each series is submitted as soon as it is planned, in tasks of one
-        series or a batch of small ones (a few per task, up to 64 MiB of images, at least 8
-        tasks per worker); each worker opens, converts and writes one series at a time
-        straight into ``dest`` (which must be a folder every worker can write,
-        e.g. a shared file system) and returns its manifest rows; this process plans,
+        series or a batch of small ones (up to 64 MiB of images and 32 series; large
+        batches first, single series at the end, so the workers finish together); each
+        worker opens, converts and writes one series at a time straight into ``dest``
+        (which must be a folder every worker can write, e.g. a shared file system) and
+        returns its manifest rows; this process plans,
         gathers the rows, writes the manifest and reports. Outputs are the same as without
         a client. ``None`` (default): everything runs in this process, one series after
         the other.
@@ -1389,8 +1390,12 @@ _WORKER_LOCK = threading.Lock()
 #: a task holds several small series, so that the scheduler's cost per task does not rival
 #: a small series' own; it closes at this many bytes of images (a large series is alone),
 _BATCH_BYTES = 64 * 2**20
-#: or when the cohort would make fewer than this many tasks per worker (load balance)
-_TASKS_PER_WORKER = 8
+#: at this many series (the pickled plans stay small),
+_BATCH_SERIES = 32
+#: or at 1 / (this x the number of workers) of the series not yet submitted: large batches
+#: first, then smaller and smaller ones down to single series, so that the workers finish
+#: together (guided self-scheduling) with few tasks in all
+_BATCH_SHARE = 2
 
 
 def _convert_on_worker(
@@ -1425,9 +1430,10 @@ def _image_bytes(task: SeriesTask) -> int:
 class _ClientRunner:
     """Convert on a dask.distributed client: batches of series, submitted as soon as planned.
 
-    Tasks are grouped in planning order into batches of up to ``per_batch`` series and
-    :data:`_BATCH_BYTES` of images, so a cohort of tiny series does not pay the scheduler's
-    cost per series, while a cohort still makes :data:`_TASKS_PER_WORKER` tasks per worker.
+    Tasks are grouped in planning order into batches of up to :data:`_BATCH_BYTES` of images
+    and :data:`_BATCH_SERIES` series, each batch taking a share of the series still to come
+    (:data:`_BATCH_SHARE`), so a cohort of tiny series does not pay the scheduler's cost per
+    series while the last tasks are single series that even out the workers' ends.
     """
 
     def __init__(
@@ -1442,8 +1448,8 @@ class _ClientRunner:
         self.client = client
         self.args = (str(dest.resolve()), options, secret)
         self.run = uuid.uuid4().hex[:8]
-        workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
-        self.per_batch = max(1, total // (_TASKS_PER_WORKER * workers))
+        self.workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+        self.remaining = total  # series not yet submitted (planned or not)
         self.batch: list[tuple[int, SeriesTask]] = []
         self.members: dict[str, list[int]] = {}
         self.futures: list[Any] = []
@@ -1452,11 +1458,15 @@ class _ClientRunner:
     def submit(self, i: int, task: SeriesTask) -> None:
         """Add a task to the current batch; submit the batch when it is full."""
         if self.batch and (
-            len(self.batch) >= self.per_batch
+            len(self.batch) >= self._batch_size()
             or sum(_image_bytes(t) for _, t in self.batch) + _image_bytes(task) > _BATCH_BYTES
         ):
             self._flush()
         self.batch.append((i, task))
+
+    def _batch_size(self) -> int:
+        share = -(-self.remaining // (_BATCH_SHARE * self.workers))  # ceil
+        return max(1, min(_BATCH_SERIES, share))
 
     def _flush(self) -> None:
         if not self.batch:
@@ -1472,6 +1482,7 @@ class _ClientRunner:
         self.members[future.key] = indices
         self.futures.append(future)
         self.completed.add(future)
+        self.remaining -= len(self.batch)
         self.batch = []
 
     def outcomes(self) -> Iterator[Outcome]:
