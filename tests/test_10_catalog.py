@@ -496,6 +496,74 @@ def test_rescan_equals_a_plain_scan_of_the_real_corpora(data_root: Path, tmp_pat
     _assert_same_catalog(again, plain)
 
 
+def test_cache_prunes_snapshots_no_scan_used(tmp_path: Path, philips_ct: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for src in sorted(philips_ct.glob("I1*"))[:2]:
+        shutil.copy(src, data / src.name)
+    _backdate(data)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    day = 86400
+    now = time.time()
+    # a snapshot of a source last scanned 100 days ago, one of 10 days ago, a temporary file
+    # of a write killed 2 days ago, one being written now, and a file that is not ours
+    files = {
+        "snapshot-old.arrow": now - 100 * day,
+        "snapshot-recent.arrow": now - 10 * day,
+        ".snapshot-x.arrow.abc.tmp.arrow": now - 2 * day,
+        ".snapshot-y.arrow.def.tmp.arrow": now,
+        "notes.txt": now - 1000 * day,
+    }
+    for name, when in files.items():
+        (cache / name).write_bytes(b"x")
+        os.utime(cache / name, (when, when))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+        dicomxr.scan(data, cache=cache)  # writes a snapshot, then prunes
+    left = sorted(p.name for p in cache.iterdir())
+    written = [n for n in left if n.startswith("snapshot-") and n not in files]
+    assert len(written) == 1
+    assert left == sorted(
+        [written[0], "snapshot-recent.arrow", ".snapshot-y.arrow.def.tmp.arrow", "notes.txt"]
+    )
+    # a rescan that reads the snapshot (and writes nothing) makes it young again
+    os.utime(cache / written[0], (now - 100 * day, now - 100 * day))
+    dicomxr.scan(data, cache=cache)
+    assert time.time() - (cache / written[0]).stat().st_mtime < day
+    # prune_cache trims now; max_age_days=0 empties the cache of everything dicomxr wrote
+    assert dicomxr.catalog.prune_cache(cache, max_age_days=30) == []
+    removed = dicomxr.catalog.prune_cache(cache, max_age_days=0)
+    assert sorted(os.path.basename(f) for f in removed) == sorted(
+        [written[0], "snapshot-recent.arrow", ".snapshot-y.arrow.def.tmp.arrow"]
+    )
+    assert [p.name for p in cache.iterdir()] == ["notes.txt"]
+
+
+def test_rescan_keeps_file_names_that_are_not_utf8(
+    tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a name the OS gives as bytes that are not UTF-8 (Python: lone surrogates), next to a
+    # skipped non-DICOM file, so that the snapshot's entries are stored out of file order
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [b"a-\xff.dcm", b"b.dcm"]
+    for name, src in zip(names, sorted(philips_ct.glob("I1*"))[:2], strict=True):
+        shutil.copy(src, os.path.join(os.fsencode(data), name))
+    (data / "0-notes.txt").write_text("not DICOM\n")
+    _backdate(data)
+    cache = tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+        plain = dicomxr.scan(data, progress=False)
+        dicomxr.scan(data, progress=False, cache=cache)
+        calls = _counting_reads(monkeypatch)
+        again = dicomxr.scan(data, progress=False, cache=cache)
+    assert calls == []
+    assert os.fsencode(again["path"].iloc[0]).endswith(b"a-\xff.dcm")
+    _assert_same_catalog(again, plain)
+
+
 def test_rescan_follows_added_removed_modified_and_replaced_files(
     tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -569,6 +637,59 @@ def test_rescan_follows_added_removed_modified_and_replaced_files(
         calls = _counting_reads(monkeypatch)
         dicomxr.scan(data, cache=cache, progress=False, warn=False)
     assert set(calls) == everything
+
+
+def test_walk_stats_agree_with_os_stat(tmp_path: Path, philips_ct: Path) -> None:
+    """The cache's view of a tree (size, mtime in ns) is what os.stat says of each file."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    srcs = sorted(philips_ct.glob("I1*"))[:3]
+    for src in srcs:
+        shutil.copy(src, data / "sub" / src.name)
+    (data / "notes.txt").write_text("x" * 7)
+    os.utime(data / "notes.txt", ns=(1_234_567_891_234_567_891, 1_234_567_891_234_567_891))
+    os.symlink(data / "sub" / srcs[0].name, data / "link.dcm")  # followed: the target's
+    os.symlink(tmp_path / "nowhere", data / "dangling.dcm")  # listed, no stat: -1
+    os.symlink(data / "sub", data / "again")  # a second link to a folder: walked once
+    stats = catalog._Stats([], [], [])
+    skipped: list[dict[str, str]] = []
+    paths = catalog._walk(str(data), True, skipped, stats)
+    assert paths == stats.paths
+    assert paths == catalog._walk(str(data), True)  # the same files without stats
+    size, mtime = stats.arrays()
+    for path, s, m in zip(paths, size.tolist(), mtime.tolist(), strict=True):
+        if path.endswith("dangling.dcm"):
+            assert (s, m) == (-1, catalog._catalog_cache.UNTRUSTED)
+        else:
+            st = os.stat(path)
+            assert (s, m) == (st.st_size, st.st_mtime_ns), path
+    # a folder's files first, then its sub-folders, each in name order
+    assert [os.path.relpath(p, data) for p in paths] == [
+        "dangling.dcm", "link.dcm", "notes.txt", *(f"again/{p.name}" for p in srcs)
+    ]  # fmt: skip
+    assert [d["path"] for d in skipped] == [str(data / "sub")]
+    # in batches (several threads) and by os.stat alone (no pyarrow), the same answers
+    many = paths * 3000
+    batched = catalog._Stats([], [], [])
+    with catalog._StatBatches(batched) as batches:
+        for i in range(0, len(many), 1000):
+            batches.add(many[i : i + 1000])
+    assert batched.paths == many
+    assert [a.tolist() for a in batched.arrays()] == [
+        np.tile(a, 3000).tolist() for a in (size, mtime)
+    ]
+    by_os = [catalog._stat_pair(p) for p in paths]
+    assert by_os == list(zip(size.tolist(), mtime.tolist(), strict=True))
+
+
+def test_snapshot_file_is_named_after_the_source_and_keys(tmp_path: Path) -> None:
+    """Another version's snapshot of a source (other columns) is replaced, not left over."""
+    cache = catalog._catalog_cache.CatalogCache
+    folder, source = str(tmp_path), '[["/data"], true]'
+    one = cache(folder, source, ("path", "Modality")).path
+    assert cache(folder, source, ("path", "Modality", "Rows")).path == one
+    assert cache(folder, source, ("path", "FlipAngle"), ("FlipAngle",)).path != one
+    assert cache(folder, '[["/other"], true]', ("path", "Modality")).path != one
 
 
 def test_recently_modified_files_are_read_again(

@@ -22,6 +22,7 @@ a tuple of floats (positions, orientations) and as JSON text otherwise.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ from dicomxr._files import atomic_path
 from dicomxr._version import __version__
 from dicomxr.errors import require, user_stacklevel
 
-__all__ = ["CatalogCache", "Snapshot", "default_folder"]
+__all__ = ["CatalogCache", "Snapshot", "default_folder", "prune"]
 
 #: bump when what a snapshot holds changes meaning: older snapshots are then ignored
 FORMAT = 1
@@ -57,6 +58,13 @@ UNTRUSTED = -1
 #: rows per record batch in the file (Arrow's default); a snapshot of more is read in chunks
 CHUNK_ROWS = 1 << 16
 
+#: a snapshot not used (read or written) for this many days is removed when a snapshot is
+#: next written in its folder
+MAX_AGE_DAYS = 90
+
+#: a temporary file of a snapshot write this old (s) was left by a process that was killed
+_DEAD_WRITE_S = 24 * 3600
+
 
 def default_folder() -> str:
     """Return the folder of the default cache (``cache=True``)."""
@@ -65,7 +73,6 @@ def default_folder() -> str:
     return os.path.join(os.fspath(cache_dir()), "catalog")
 
 
-@dataclass
 class Snapshot:
     """What a snapshot holds, decoded.
 
@@ -73,21 +80,70 @@ class Snapshot:
     ----------
     frame
         The catalog rows, in the scan's order, with the dtypes they were stored with.
-    paths
-        Every file the scan met (rows and skipped files), in the scan's order.
+    path_column
+        Every file the scan met (rows and skipped files), in the scan's order, as Arrow
+        text (binary where some name is not UTF-8); :attr:`paths` as Python strings.
     size, mtime_ns
         Their size and modification time; ``mtime_ns`` is :data:`UNTRUSTED` for an entry
         the next scan must read again.
-    reasons
-        ``None`` for a file that gave a catalog row (the rows of ``frame`` in order), else
-        the reason it was skipped.
+    reason_column
+        Arrow text: null for a file that gave a catalog row (the rows of ``frame`` in
+        order), else the reason it was skipped; :attr:`reasons` as a list.
+
+    A rescan of an unchanged source compares the paths in Arrow (:meth:`same_paths`) and
+    needs the reasons of the skipped files only (:meth:`skipped`): no Python string is
+    made per file.
     """
 
-    frame: pd.DataFrame
-    paths: list[str]
-    size: np.ndarray
-    mtime_ns: np.ndarray
-    reasons: list[str | None]
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        path_column: Any,
+        size: np.ndarray,
+        mtime_ns: np.ndarray,
+        reason_column: Any,
+    ) -> None:
+        self.frame = frame
+        self.path_column = path_column
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.reason_column = reason_column
+
+    def __len__(self) -> int:
+        return len(self.size)
+
+    @functools.cached_property
+    def paths(self) -> list[str]:
+        """Every file's path, as the scan listed it."""
+        return _texts(self.path_column)
+
+    @functools.cached_property
+    def reasons(self) -> list[str | None]:
+        """``None`` for a file that gave a row, else the reason it was skipped."""
+        column = self.reason_column
+        return [None] * len(column) if column.null_count == len(column) else column.to_pylist()
+
+    def same_paths(self, paths: list[str]) -> bool:
+        """Whether ``paths`` are the snapshot's files, in its order."""
+        import pyarrow as pa
+
+        if len(paths) != len(self):
+            return False
+        if "paths" in self.__dict__ or not pa.types.is_large_string(self.path_column.type):
+            return self.paths == paths
+        try:
+            current = pa.chunked_array([pa.array(paths, pa.large_string())])
+        except (UnicodeEncodeError, pa.ArrowException):  # a name that is not UTF-8
+            return False
+        return bool(current.equals(self.path_column))
+
+    def skipped(self) -> tuple[np.ndarray, list[str]]:
+        """Return the positions of the skipped files and their reasons."""
+        column = self.reason_column
+        if column.null_count == len(column):
+            return np.empty(0, np.int64), []
+        where = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+        return where, column.take(where).to_pylist()
 
 
 class CatalogCache:
@@ -97,10 +153,15 @@ class CatalogCache:
     without the GIL), while the scan walks the source; :meth:`snapshot` waits for it.
     """
 
-    def __init__(self, folder: str, source: str, signature: tuple[str, ...]) -> None:
+    def __init__(
+        self, folder: str, source: str, signature: tuple[str, ...], keys: tuple[str, ...] = ()
+    ) -> None:
         self.signature = list(signature)
         self.source = source
-        digest = hashlib.sha256(json.dumps([source, self.signature]).encode()).hexdigest()
+        # named after the source and the requested keys only, not the catalog's columns: the
+        # snapshot another dicomxr version wrote for them (other columns) is replaced, not
+        # left behind
+        digest = hashlib.sha256(json.dumps([source, list(keys)]).encode()).hexdigest()
         self.path = os.path.join(folder, f"snapshot-{digest[:24]}.arrow")
         self._result: Snapshot | None = None
         self._error: str | None = None
@@ -108,7 +169,11 @@ class CatalogCache:
 
     @classmethod
     def open(
-        cls, cache: bool | str | os.PathLike[str], source: str, signature: tuple[str, ...]
+        cls,
+        cache: bool | str | os.PathLike[str],
+        source: str,
+        signature: tuple[str, ...],
+        keys: tuple[str, ...] = (),
     ) -> CatalogCache | None:
         """Open the snapshot of ``source`` in the cache folder ``cache`` (``True``: the default).
 
@@ -121,6 +186,8 @@ class CatalogCache:
         signature
             The catalog's columns (requested keys included): a snapshot is reused only for
             the same ones.
+        keys
+            The requested keys' names: with ``source``, they name the snapshot's file.
 
         Returns
         -------
@@ -138,13 +205,15 @@ class CatalogCache:
                 stacklevel=user_stacklevel(),
             )
             return None
-        store = cls(folder, source, signature)
+        store = cls(folder, source, signature, keys)
         store._thread.start()
         return store
 
     def _load(self) -> None:
         try:
             self._result = self._read()
+            if self._result is not None:
+                os.utime(self.path)  # used: its age counts from now (see prune)
         except Exception as exc:  # a damaged file: whatever Arrow or the decoding says
             self._error = f"{type(exc).__name__}: {exc}"
 
@@ -196,12 +265,56 @@ class CatalogCache:
             table = _encode(frame, entries, self.source, self.signature)
             with atomic_path(self.path, suffix=".arrow") as tmp:
                 feather.write_feather(table, tmp, compression="lz4", chunksize=CHUNK_ROWS)
+            prune(os.path.dirname(self.path))
         except (OSError, ValueError, TypeError, OverflowError) as exc:
             warnings.warn(
                 f"catalog cache {self.path} could not be written ({exc})",
                 RuntimeWarning,
                 stacklevel=user_stacklevel(),
             )
+
+
+def prune(folder: str | os.PathLike[str], max_age_days: float = MAX_AGE_DAYS) -> list[str]:
+    """Remove the snapshots of a cache folder not used for ``max_age_days`` days.
+
+    A snapshot's age counts from the last scan that read or wrote it. Temporary files of
+    writes killed more than a day ago go too. Other files in the folder are left alone.
+    Called after each snapshot is written; ``max_age_days=0`` empties the cache.
+
+    Parameters
+    ----------
+    folder
+        The cache folder (``cache=`` of :func:`dicomxr.scan`; ``default_folder()`` for
+        ``cache=True``).
+    max_age_days
+        Age, in days, from which a snapshot is removed.
+
+    Returns
+    -------
+    list of str
+        The files removed.
+    """
+    now = time.time()
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if name.startswith("snapshot-") and name.endswith(".arrow"):
+            limit = max_age_days * 86400.0
+        elif name.startswith(".snapshot-") and name.endswith(".tmp.arrow"):
+            limit = min(_DEAD_WRITE_S, max_age_days * 86400.0)
+        else:
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime >= limit:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        except OSError:  # gone meanwhile (another process pruned it), or not ours to remove
+            continue
+    return removed
 
 
 @dataclass
@@ -363,43 +476,56 @@ def _from_json(value: Any) -> Any:
 
 def _decode(table: Any, meta: dict[str, Any]) -> Snapshot:
     n_rows = int(meta["n_rows"])
-    rows = table.slice(0, n_rows)
+    pos = table.column("_pos").to_numpy()
+    if len(pos) < n_rows:
+        raise ValueError("inconsistent snapshot")
+    frame = _decode_frame(table.slice(0, n_rows), meta)
+    entries = table.select(["path", "_size", "_mtime_ns", "_reason"])
+    if n_rows != len(pos):  # skipped files are stored after the rows: back to file order
+        order = np.argsort(pos, kind="stable")
+        if not np.array_equal(pos[order], np.arange(len(pos))):
+            raise ValueError("inconsistent snapshot positions")
+        entries = entries.take(order)
+    return Snapshot(
+        frame,
+        entries.column("path"),
+        entries.column("_size").to_numpy(),
+        entries.column("_mtime_ns").to_numpy(),
+        entries.column("_reason"),
+    )
+
+
+def _decode_frame(rows: Any, meta: dict[str, Any]) -> pd.DataFrame:
+    """Rebuild a snapshot's catalog rows with the columns and dtypes they were saved with."""
     data: dict[str, Any] = {}
-    paths = table.column("path").to_pylist()
-    if paths and isinstance(paths[0], bytes):
-        paths = [p.decode("utf-8", "surrogatepass") for p in paths]
     for name in meta["columns"]:
         if name == "path":
-            data[name] = _path_column(paths[:n_rows], meta["path_dtype"])
+            data[name] = _path_column(rows.column(name), meta["path_dtype"])
         else:
             data[name] = _decode_column(
                 rows.column(name), meta["encodings"][name], meta["dtypes"][name]
             )
-    frame = pd.DataFrame(data, columns=meta["columns"], copy=False)
-    pos = table.column("_pos").to_numpy()
-    size = table.column("_size").to_numpy()
-    mtime_ns = table.column("_mtime_ns").to_numpy()
-    reasons = table.column("_reason").to_pylist()
-    if len(pos) != len(paths) or len(pos) < n_rows:
-        raise ValueError("inconsistent snapshot")
-    if n_rows == len(pos):  # no skipped file: already in order
-        return Snapshot(frame, paths, size, mtime_ns, reasons)
-    order = np.argsort(pos, kind="stable")
-    if not np.array_equal(pos[order], np.arange(len(pos))):
-        raise ValueError("inconsistent snapshot positions")
-    return Snapshot(
-        frame,
-        [paths[i] for i in order],
-        size[order],
-        mtime_ns[order],
-        [reasons[i] for i in order],
-    )
+    return pd.DataFrame(data, columns=meta["columns"], copy=False)
 
 
-def _path_column(paths: list[str], dtype: str) -> Any:
+def _texts(column: Any) -> list[str]:
+    """Paths back to Python strings (stored as bytes when some are not UTF-8)."""
+    import pyarrow as pa
+
+    values = column.to_pylist()
+    if pa.types.is_large_binary(column.type):
+        return [v.decode("utf-8", "surrogatepass") for v in values]
+    return values
+
+
+def _path_column(column: Any, dtype: str) -> Any:
+    import pyarrow as pa
+
     if dtype == "object":
-        return pd.Series(np.array(paths, dtype=object), dtype=object)
-    return pd.array(paths, dtype=dtype)
+        return pd.Series(np.array(_texts(column), dtype=object), dtype=object)
+    if not pa.types.is_large_string(column.type):  # not UTF-8: as the scan made them
+        return pd.array(_texts(column), dtype=dtype)
+    return _decode_column(column, "text", dtype)
 
 
 def _decode_column(column: Any, encoding: str, dtype: str) -> Any:
@@ -409,18 +535,18 @@ def _decode_column(column: Any, encoding: str, dtype: str) -> Any:
         mapper = {pa.large_string(): pd.StringDtype(na_value=np.nan)}.get
         return column.to_pandas(types_mapper=mapper).array.astype(dtype, copy=False)
     if encoding == "int":
-        values = column.to_numpy(zero_copy_only=False) if column.null_count == 0 else None
-        if values is not None:
-            return pd.array(values, dtype="Int64")
-        mask = column.is_null().to_numpy(zero_copy_only=False)
-        return pd.arrays.IntegerArray(column.fill_null(0).to_numpy(), mask)
+        values, valid = _values_and_validity(column.combine_chunks(), np.int64)
+        return pd.arrays.IntegerArray(values, ~valid)
     if encoding == "numpy":
         return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    return _decode_objects(column.combine_chunks(), encoding)
+    # a Series of objects: the DataFrame takes it as it is (an ndarray of objects would be
+    # searched for strings and dates to infer a dtype from, column by column)
+    return pd.Series(_decode_objects(column.combine_chunks(), encoding), dtype=object, copy=False)
 
 
 def _decode_objects(column: Any, encoding: str) -> np.ndarray:
-    codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    codes, valid = _values_and_validity(column.indices, np.int32)
+    codes[~valid] = -1
     dictionary = column.dictionary
     if encoding == "floats":
         uniques = _float_tuples(dictionary)
@@ -429,6 +555,21 @@ def _decode_objects(column: Any, encoding: str) -> np.ndarray:
     table = np.empty(len(uniques) + 1, dtype=object)  # the last one: None, for code -1
     table[: len(uniques)] = _object_array(uniques)
     return table[codes]
+
+
+def _values_and_validity(array: Any, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Return a primitive Arrow array's values (a writable copy, anything under a null) and validity."""
+    n = len(array)
+    if n == 0:
+        return np.empty(0, dtype), np.empty(0, bool)
+    if array.null_count == 0:
+        return np.array(array.to_numpy(zero_copy_only=False), dtype), np.ones(n, bool)
+    if array.null_count == n:
+        return np.zeros(n, dtype), np.zeros(n, bool)
+    data = array.buffers()[1]  # the values buffer, nulls included, unlike to_numpy
+    values = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"),
+                           count=array.offset + n)[array.offset :].astype(dtype)  # fmt: skip
+    return values, array.is_valid().to_numpy(zero_copy_only=False)
 
 
 def _float_tuples(dictionary: Any) -> list[tuple[float, ...]]:
