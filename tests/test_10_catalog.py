@@ -639,6 +639,59 @@ def test_rescan_follows_added_removed_modified_and_replaced_files(
     assert set(calls) == everything
 
 
+def test_walk_stats_agree_with_os_stat(tmp_path: Path, philips_ct: Path) -> None:
+    """The cache's view of a tree (size, mtime in ns) is what os.stat says of each file."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    srcs = sorted(philips_ct.glob("I1*"))[:3]
+    for src in srcs:
+        shutil.copy(src, data / "sub" / src.name)
+    (data / "notes.txt").write_text("x" * 7)
+    os.utime(data / "notes.txt", ns=(1_234_567_891_234_567_891, 1_234_567_891_234_567_891))
+    os.symlink(data / "sub" / srcs[0].name, data / "link.dcm")  # followed: the target's
+    os.symlink(tmp_path / "nowhere", data / "dangling.dcm")  # listed, no stat: -1
+    os.symlink(data / "sub", data / "again")  # a second link to a folder: walked once
+    stats = catalog._Stats([], [], [])
+    skipped: list[dict[str, str]] = []
+    paths = catalog._walk(str(data), True, skipped, stats)
+    assert paths == stats.paths
+    assert paths == catalog._walk(str(data), True)  # the same files without stats
+    size, mtime = stats.arrays()
+    for path, s, m in zip(paths, size.tolist(), mtime.tolist(), strict=True):
+        if path.endswith("dangling.dcm"):
+            assert (s, m) == (-1, catalog._catalog_cache.UNTRUSTED)
+        else:
+            st = os.stat(path)
+            assert (s, m) == (st.st_size, st.st_mtime_ns), path
+    # a folder's files first, then its sub-folders, each in name order
+    assert [os.path.relpath(p, data) for p in paths] == [
+        "dangling.dcm", "link.dcm", "notes.txt", *(f"again/{p.name}" for p in srcs)
+    ]  # fmt: skip
+    assert [d["path"] for d in skipped] == [str(data / "sub")]
+    # in batches (several threads) and by os.stat alone (no pyarrow), the same answers
+    many = paths * 3000
+    batched = catalog._Stats([], [], [])
+    with catalog._StatBatches(batched) as batches:
+        for i in range(0, len(many), 1000):
+            batches.add(many[i : i + 1000])
+    assert batched.paths == many
+    assert [a.tolist() for a in batched.arrays()] == [
+        np.tile(a, 3000).tolist() for a in (size, mtime)
+    ]
+    by_os = [catalog._stat_pair(p) for p in paths]
+    assert by_os == list(zip(size.tolist(), mtime.tolist(), strict=True))
+
+
+def test_snapshot_file_is_named_after_the_source_and_keys(tmp_path: Path) -> None:
+    """Another version's snapshot of a source (other columns) is replaced, not left over."""
+    cache = catalog._catalog_cache.CatalogCache
+    folder, source = str(tmp_path), '[["/data"], true]'
+    one = cache(folder, source, ("path", "Modality")).path
+    assert cache(folder, source, ("path", "Modality", "Rows")).path == one
+    assert cache(folder, source, ("path", "FlipAngle"), ("FlipAngle",)).path != one
+    assert cache(folder, '[["/other"], true]', ("path", "Modality")).path != one
+
+
 def test_recently_modified_files_are_read_again(
     tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,7 @@ a tuple of floats (positions, orientations) and as JSON text otherwise.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -72,7 +73,6 @@ def default_folder() -> str:
     return os.path.join(os.fspath(cache_dir()), "catalog")
 
 
-@dataclass
 class Snapshot:
     """What a snapshot holds, decoded.
 
@@ -80,21 +80,70 @@ class Snapshot:
     ----------
     frame
         The catalog rows, in the scan's order, with the dtypes they were stored with.
-    paths
-        Every file the scan met (rows and skipped files), in the scan's order.
+    path_column
+        Every file the scan met (rows and skipped files), in the scan's order, as Arrow
+        text (binary where some name is not UTF-8); :attr:`paths` as Python strings.
     size, mtime_ns
         Their size and modification time; ``mtime_ns`` is :data:`UNTRUSTED` for an entry
         the next scan must read again.
-    reasons
-        ``None`` for a file that gave a catalog row (the rows of ``frame`` in order), else
-        the reason it was skipped.
+    reason_column
+        Arrow text: null for a file that gave a catalog row (the rows of ``frame`` in
+        order), else the reason it was skipped; :attr:`reasons` as a list.
+
+    A rescan of an unchanged source compares the paths in Arrow (:meth:`same_paths`) and
+    needs the reasons of the skipped files only (:meth:`skipped`): no Python string is
+    made per file.
     """
 
-    frame: pd.DataFrame
-    paths: list[str]
-    size: np.ndarray
-    mtime_ns: np.ndarray
-    reasons: list[str | None]
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        path_column: Any,
+        size: np.ndarray,
+        mtime_ns: np.ndarray,
+        reason_column: Any,
+    ) -> None:
+        self.frame = frame
+        self.path_column = path_column
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.reason_column = reason_column
+
+    def __len__(self) -> int:
+        return len(self.size)
+
+    @functools.cached_property
+    def paths(self) -> list[str]:
+        """Every file's path, as the scan listed it."""
+        return _texts(self.path_column)
+
+    @functools.cached_property
+    def reasons(self) -> list[str | None]:
+        """``None`` for a file that gave a row, else the reason it was skipped."""
+        column = self.reason_column
+        return [None] * len(column) if column.null_count == len(column) else column.to_pylist()
+
+    def same_paths(self, paths: list[str]) -> bool:
+        """Whether ``paths`` are the snapshot's files, in its order."""
+        import pyarrow as pa
+
+        if len(paths) != len(self):
+            return False
+        if "paths" in self.__dict__ or not pa.types.is_large_string(self.path_column.type):
+            return self.paths == paths
+        try:
+            current = pa.chunked_array([pa.array(paths, pa.large_string())])
+        except (UnicodeEncodeError, pa.ArrowException):  # a name that is not UTF-8
+            return False
+        return bool(current.equals(self.path_column))
+
+    def skipped(self) -> tuple[np.ndarray, list[str]]:
+        """Return the positions of the skipped files and their reasons."""
+        column = self.reason_column
+        if column.null_count == len(column):
+            return np.empty(0, np.int64), []
+        where = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+        return where, column.take(where).to_pylist()
 
 
 class CatalogCache:
@@ -104,10 +153,15 @@ class CatalogCache:
     without the GIL), while the scan walks the source; :meth:`snapshot` waits for it.
     """
 
-    def __init__(self, folder: str, source: str, signature: tuple[str, ...]) -> None:
+    def __init__(
+        self, folder: str, source: str, signature: tuple[str, ...], keys: tuple[str, ...] = ()
+    ) -> None:
         self.signature = list(signature)
         self.source = source
-        digest = hashlib.sha256(json.dumps([source, self.signature]).encode()).hexdigest()
+        # named after the source and the requested keys only, not the catalog's columns: the
+        # snapshot another dicomxr version wrote for them (other columns) is replaced, not
+        # left behind
+        digest = hashlib.sha256(json.dumps([source, list(keys)]).encode()).hexdigest()
         self.path = os.path.join(folder, f"snapshot-{digest[:24]}.arrow")
         self._result: Snapshot | None = None
         self._error: str | None = None
@@ -115,7 +169,11 @@ class CatalogCache:
 
     @classmethod
     def open(
-        cls, cache: bool | str | os.PathLike[str], source: str, signature: tuple[str, ...]
+        cls,
+        cache: bool | str | os.PathLike[str],
+        source: str,
+        signature: tuple[str, ...],
+        keys: tuple[str, ...] = (),
     ) -> CatalogCache | None:
         """Open the snapshot of ``source`` in the cache folder ``cache`` (``True``: the default).
 
@@ -128,6 +186,8 @@ class CatalogCache:
         signature
             The catalog's columns (requested keys included): a snapshot is reused only for
             the same ones.
+        keys
+            The requested keys' names: with ``source``, they name the snapshot's file.
 
         Returns
         -------
@@ -145,7 +205,7 @@ class CatalogCache:
                 stacklevel=user_stacklevel(),
             )
             return None
-        store = cls(folder, source, signature)
+        store = cls(folder, source, signature, keys)
         store._thread.start()
         return store
 
@@ -426,13 +486,12 @@ def _decode(table: Any, meta: dict[str, Any]) -> Snapshot:
         if not np.array_equal(pos[order], np.arange(len(pos))):
             raise ValueError("inconsistent snapshot positions")
         entries = entries.take(order)
-    reasons = entries.column("_reason")
     return Snapshot(
         frame,
-        _texts(entries.column("path")),
+        entries.column("path"),
         entries.column("_size").to_numpy(),
         entries.column("_mtime_ns").to_numpy(),
-        [None] * len(reasons) if reasons.null_count == len(reasons) else reasons.to_pylist(),
+        entries.column("_reason"),
     )
 
 
@@ -476,18 +535,18 @@ def _decode_column(column: Any, encoding: str, dtype: str) -> Any:
         mapper = {pa.large_string(): pd.StringDtype(na_value=np.nan)}.get
         return column.to_pandas(types_mapper=mapper).array.astype(dtype, copy=False)
     if encoding == "int":
-        values = column.to_numpy(zero_copy_only=False) if column.null_count == 0 else None
-        if values is not None:
-            return pd.array(values, dtype="Int64")
-        mask = column.is_null().to_numpy(zero_copy_only=False)
-        return pd.arrays.IntegerArray(column.fill_null(0).to_numpy(), mask)
+        values, valid = _values_and_validity(column.combine_chunks(), np.int64)
+        return pd.arrays.IntegerArray(values, ~valid)
     if encoding == "numpy":
         return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    return _decode_objects(column.combine_chunks(), encoding)
+    # a Series of objects: the DataFrame takes it as it is (an ndarray of objects would be
+    # searched for strings and dates to infer a dtype from, column by column)
+    return pd.Series(_decode_objects(column.combine_chunks(), encoding), dtype=object, copy=False)
 
 
 def _decode_objects(column: Any, encoding: str) -> np.ndarray:
-    codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    codes, valid = _values_and_validity(column.indices, np.int32)
+    codes[~valid] = -1
     dictionary = column.dictionary
     if encoding == "floats":
         uniques = _float_tuples(dictionary)
@@ -496,6 +555,21 @@ def _decode_objects(column: Any, encoding: str) -> np.ndarray:
     table = np.empty(len(uniques) + 1, dtype=object)  # the last one: None, for code -1
     table[: len(uniques)] = _object_array(uniques)
     return table[codes]
+
+
+def _values_and_validity(array: Any, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Return a primitive Arrow array's values (a writable copy, anything under a null) and validity."""
+    n = len(array)
+    if n == 0:
+        return np.empty(0, dtype), np.empty(0, bool)
+    if array.null_count == 0:
+        return np.array(array.to_numpy(zero_copy_only=False), dtype), np.ones(n, bool)
+    if array.null_count == n:
+        return np.zeros(n, dtype), np.zeros(n, bool)
+    data = array.buffers()[1]  # the values buffer, nulls included, unlike to_numpy
+    values = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"),
+                           count=array.offset + n)[array.offset :].astype(dtype)  # fmt: skip
+    return values, array.is_valid().to_numpy(zero_copy_only=False)
 
 
 def _float_tuples(dictionary: Any) -> list[tuple[float, ...]]:

@@ -23,7 +23,6 @@ the header is sound, the pixels cannot all be read.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import glob as _glob
 import json
@@ -1784,11 +1783,12 @@ def _walk(
 ) -> list[str]:
     """Every file under ``folder`` in sorted order; linked sub-folders are followed once.
 
-    One pass: each entry is ``stat``-ed once (relative to its open folder, the cheapest
-    lookup), which tells a folder from a file and gives the size and mtime the scan and
-    its cache need, kept in ``stats_out``. A folder reached a second time (a
-    symbolic-link loop, or two links to one folder) is detected by its device and inode,
-    not read again, and reported in ``skipped_out``.
+    One pass over the folders: an entry's type comes with the listing (no ``stat``, but for
+    symbolic links); folders are ``stat``-ed for their device and inode, so that a folder
+    reached a second time (a symbolic-link loop, or two links to one folder) is not read
+    again but reported in ``skipped_out``. Files are ``stat``-ed only when ``stats_out``
+    asks for their size and mtime (the persistent cache): in batches, by threads that
+    need no GIL (:func:`_stat_files`), while the walk goes on.
     """
     folder = os.path.abspath(folder)
     try:
@@ -1798,73 +1798,158 @@ def _walk(
     out: list[str] = []
     seen: dict[tuple[int, int], str] = {(st.st_dev, st.st_ino): folder}
     stack = [folder]
-    while stack:
-        dirpath = stack.pop()
-        files, subdirs = _list_folder(dirpath, stats_out)
-        out.extend(files)
-        if not recursive:
-            break
-        todo = []
-        for sub, sub_st in subdirs:
-            first = seen.setdefault((sub_st.st_dev, sub_st.st_ino), sub)
-            if first == sub:
-                todo.append(sub)
-            elif skipped_out is not None:
-                skipped_out.append(
-                    {
-                        "path": sub,
-                        "reason": f"symbolic link to a folder already scanned ({first}; a "
-                        "link loop or a second link): not read twice",
-                    }
-                )
-        stack.extend(reversed(todo))
+    with _StatBatches(stats_out) as stats:
+        while stack:
+            dirpath = stack.pop()
+            files, subdirs = _list_folder(dirpath)
+            out.extend(files)
+            stats.add(files)
+            if not recursive:
+                break
+            todo = []
+            for sub, sub_st in subdirs:
+                first = seen.setdefault((sub_st.st_dev, sub_st.st_ino), sub)
+                if first == sub:
+                    todo.append(sub)
+                elif skipped_out is not None:
+                    skipped_out.append(
+                        {
+                            "path": sub,
+                            "reason": f"symbolic link to a folder already scanned ({first}; a "
+                            "link loop or a second link): not read twice",
+                        }
+                    )
+            stack.extend(reversed(todo))
     return out
 
 
-def _list_folder(
-    folder: str, stats_out: _Stats | None
-) -> tuple[list[str], list[tuple[str, os.stat_result]]]:
+def _list_folder(folder: str) -> tuple[list[str], list[tuple[str, os.stat_result]]]:
     """List the files (sorted paths) and sub-folders (path, stat) of one folder.
 
-    A file that cannot be stat-ed (a dangling link) is listed without a stat: the reader
-    reports it. A folder that cannot be listed gives nothing, as :func:`os.walk` does.
+    An entry that is not a folder (or a link to one) is a file, a dangling link included:
+    the reader reports it. A folder that cannot be listed gives nothing, as
+    :func:`os.walk` does.
     """
     try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=_entry_name)
     except OSError:
         return [], []
-    try:
-        names = sorted(os.listdir(fd))
-        stat_at = os.stat
-        prefix = folder if folder.endswith(os.sep) else folder + os.sep
-        files: list[str] = []
-        sizes: list[int] = []
-        mtimes: list[int] = []
-        subdirs: list[tuple[str, os.stat_result]] = []
-        is_dir = stat.S_ISDIR
-        for name in names:
-            try:
-                st = stat_at(name, dir_fd=fd)
-            except OSError:
-                files.append(prefix + name)
-                sizes.append(-1)
-                mtimes.append(_catalog_cache.UNTRUSTED)
+    prefix = folder if folder.endswith(os.sep) else folder + os.sep
+    files: list[str] = []
+    subdirs: list[tuple[str, os.stat_result]] = []
+    for entry in entries:
+        try:
+            # the listing's file type; a stat only for a link (or where the type is unknown)
+            if entry.is_dir():
+                subdirs.append((prefix + entry.name, entry.stat()))
                 continue
-            if is_dir(st.st_mode):
-                subdirs.append((prefix + name, st))
-            else:
-                files.append(prefix + name)
-                sizes.append(st.st_size)  # two ints: far cheaper to keep than the stat
-                mtimes.append(st.st_mtime_ns)
-    except OSError:
-        return [], []
-    finally:
-        os.close(fd)
-    if stats_out is not None:
-        stats_out.paths.extend(files)
-        stats_out.size.extend(sizes)
-        stats_out.mtime_ns.extend(mtimes)
+        except OSError:  # gone meanwhile, or a link that cannot be followed: a file
+            pass
+        files.append(prefix + entry.name)
     return files, subdirs
+
+
+_entry_name = operator.attrgetter("name")
+
+#: files per batch ``stat``-ed by one thread for the cache's comparison
+_STAT_BATCH = 4096
+
+
+class _StatBatches:
+    """Collect the size and mtime of files listed in order, ``stat``-ed in worker threads.
+
+    A no-op when ``stats_out`` is ``None``. Leaving the ``with`` block waits for every
+    batch and appends to ``stats_out`` in the order the files were added.
+    """
+
+    def __init__(self, stats_out: _Stats | None) -> None:
+        self.stats_out = stats_out
+        self.pending: list[str] = []
+        self.futures: list[Any] = []
+        self.executor: Any = None
+
+    def __enter__(self) -> _StatBatches:
+        return self
+
+    def add(self, paths: list[str]) -> None:
+        if self.stats_out is None:
+            return
+        self.stats_out.paths.extend(paths)
+        self.pending.extend(paths)
+        if len(self.pending) >= _STAT_BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.executor is None:
+            threads = min(4, os.cpu_count() or 1)
+            self.executor = ThreadPoolExecutor(threads, thread_name_prefix="dicomxr-stat")
+        self.futures.append(self.executor.submit(_stat_files, self.pending))
+        self.pending = []
+
+    def __exit__(self, *exc: object) -> None:
+        out = self.stats_out
+        try:
+            if out is None or exc[0] is not None:
+                return
+            for future in self.futures:
+                size, mtime_ns = future.result()
+                out.size.append(size)
+                out.mtime_ns.append(mtime_ns)
+            size, mtime_ns = _stat_files(self.pending)  # the last few, here
+            out.size.append(size)
+            out.mtime_ns.append(mtime_ns)
+        finally:
+            if self.executor is not None:
+                self.executor.shutdown(wait=True)
+
+
+def _stat_files(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Return the size and mtime (ns) of files, following links (-1 where ``stat`` fails).
+
+    With pyarrow (which the cache needs) the files are ``stat``-ed by its file system in
+    C++ without holding the GIL, so that threads really ``stat`` in parallel
+    (:func:`os.stat` spends about a third of its time building its result under the GIL).
+    Without it, or where it fails as a whole (a name that is not UTF-8), one
+    :func:`os.stat` each.
+    """
+    n = len(paths)
+    infos = _arrow_file_info(paths)
+    if infos is not None:
+        sizes = [info.size for info in infos]
+        mtimes = [info.mtime_ns for info in infos]
+        if None not in sizes and None not in mtimes:
+            return np.array(sizes, np.int64), np.array(mtimes, np.int64)
+        pairs = [(-1, _catalog_cache.UNTRUSTED) if s is None or m is None else (s, m)
+                 for s, m in zip(sizes, mtimes, strict=True)]  # fmt: skip
+    else:
+        pairs = [_stat_pair(p) for p in paths]
+    if not n:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    size, mtime = zip(*pairs, strict=True)
+    return np.array(size, np.int64), np.array(mtime, np.int64)
+
+
+def _stat_pair(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, _catalog_cache.UNTRUSTED
+    return st.st_size, st.st_mtime_ns
+
+
+def _arrow_file_info(paths: Sequence[str]) -> list[Any] | None:
+    """Return pyarrow's file information for local paths, or ``None`` when it cannot tell."""
+    try:
+        from pyarrow import fs
+    except ImportError:
+        return None
+    try:
+        return fs.LocalFileSystem().get_file_info(list(paths))
+    except Exception:  # a name Arrow cannot encode, a folder it may not search: os.stat
+        return None
 
 
 def _glob_paths(pattern: str) -> list[str]:
@@ -2013,7 +2098,7 @@ def scan(
         source = list(source)  # walked twice: once for the cache's name, once for the files
     store = _open_cache(cache, source, recursive, extra) if cache else None
     started = _catalog_cache.now_ns()
-    found = _find_files(source, recursive, storage_options, workers)
+    found = _find_files(source, recursive, storage_options, workers, stats=store is not None)
     df, skips = _catalog(found, store, started, _progress_choice(progress, len(found.paths)),
                          extra, client)  # fmt: skip
     found.skipped.extend(skips)
@@ -2031,11 +2116,20 @@ def scan(
 
 @dataclass
 class _Stats:
-    """Size and mtime (ns) of the files a walk listed, in its order (-1: unknown)."""
+    """Size and mtime (ns) of the files a walk listed, in its order (-1: unknown).
+
+    ``size`` and ``mtime_ns`` are arrays in chunks (one per batch of ``stat`` calls).
+    """
 
     paths: list[str]
-    size: list[int]
-    mtime_ns: list[int]
+    size: list[np.ndarray]
+    mtime_ns: list[np.ndarray]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the sizes and the mtimes as two arrays."""
+        if not self.size:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(self.size), np.concatenate(self.mtime_ns)
 
 
 @dataclass
@@ -2052,9 +2146,17 @@ class _Found:
 
 
 def _find_files(
-    source: Any, recursive: bool, storage_options: Mapping[str, Any] | None, workers: int | None
+    source: Any,
+    recursive: bool,
+    storage_options: Mapping[str, Any] | None,
+    workers: int | None,
+    stats: bool = False,
 ) -> _Found:
-    """List the files of a source: walk folders, resolve DICOMDIRs, patterns and URLs."""
+    """List the files of a source: walk folders, resolve DICOMDIRs, patterns and URLs.
+
+    With ``stats``, the walk of a folder also takes the size and mtime of its files (for
+    the persistent cache; a scan without it needs none).
+    """
     if _maybe_remote(source) and _sources().is_remote_source(source):
         skipped: list[dict[str, str]] = []  # references a remote DICOMDIR cannot follow
         entries, storage_options = _sources().resolve(
@@ -2066,7 +2168,8 @@ def _find_files(
         workers = _REMOTE_WORKERS if workers is None else workers
         return _Found(paths, skipped, explicit, {}, remote, storage_options, workers)
     found = _Found([], [], set(), workers=workers)
-    paths = _iter_source(source, recursive, found.skipped, found.explicit, found.stats)
+    walked = found.stats if stats else None
+    paths = _iter_source(source, recursive, found.skipped, found.explicit, walked)
     # a file listed twice (glob + list, DICOMDIR + folder) is catalogued once; one
     # folder's walk lists each file once
     one_folder = isinstance(source, (str, os.PathLike)) and os.path.isdir(source)
@@ -2094,7 +2197,7 @@ def _open_cache(
         key = _cache_source(source, recursive)
     except TypeError:
         return None  # not a source: _find_files says why
-    return _catalog_cache.CatalogCache.open(cache, key, signature)
+    return _catalog_cache.CatalogCache.open(cache, key, signature, tuple(k.name for k in extra))
 
 
 def _catalog(
@@ -2111,7 +2214,7 @@ def _catalog(
     """
     names = tuple(k.name for k in extra)
     snap = store.snapshot() if store is not None else None
-    keys = _current_keys(found)
+    keys = _current_keys(found) if store is not None else _NO_KEYS
     plan = _Plan.make(found.paths, keys, snap)
     todo = plan.to_read.tolist()
     results = _read_files([found.paths[i] for i in todo], found, progress, extra, client)
@@ -2124,6 +2227,9 @@ def _catalog(
     return _typed_keys(frame, names), skips
 
 
+_NO_KEYS = (np.empty(0, np.int64), np.empty(0, np.int64))  # no cache: none compared
+
+
 def _current_keys(found: _Found) -> tuple[np.ndarray, np.ndarray]:
     """Size and mtime (ns) of every file, from the walk (or a stat); -1 where unknown."""
     n = len(found.paths)
@@ -2133,18 +2239,19 @@ def _current_keys(found: _Found) -> tuple[np.ndarray, np.ndarray]:
         mtime = np.array([_remote_mtime_ns(e.mtime) for e in entries], dtype=np.int64)
         return size, mtime
     walked = found.stats
+    size, mtime = walked.arrays()
     if walked.paths == found.paths:  # one folder's walk: its stats, in order
-        return np.array(walked.size, np.int64), np.array(walked.mtime_ns, np.int64)
-    known = dict(zip(walked.paths, zip(walked.size, walked.mtime_ns, strict=True), strict=True))
-    stats = list(map(known.get, found.paths))
-    for i, st in enumerate(stats):
-        if st is None:  # named directly, or listed by a DICOMDIR
-            with contextlib.suppress(OSError):
-                st = os.stat(found.paths[i])
-                stats[i] = (st.st_size, st.st_mtime_ns)
-    unknown = (-1, _catalog_cache.UNTRUSTED)
-    size, mtime = zip(*(unknown if s is None else s for s in stats), strict=True) if n else ((), ())
-    return np.array(size, dtype=np.int64), np.array(mtime, dtype=np.int64)
+        return size, mtime
+    where = dict(zip(walked.paths, range(len(walked.paths)), strict=True))
+    at = np.fromiter((where.get(p, -1) for p in found.paths), np.int64, n)
+    known = at >= 0
+    out_size = np.full(n, -1, np.int64)
+    out_mtime = np.full(n, _catalog_cache.UNTRUSTED, np.int64)
+    out_size[known], out_mtime[known] = size[at[known]], mtime[at[known]]
+    missing = np.flatnonzero(~known)  # named directly, or listed by a DICOMDIR
+    if len(missing):
+        out_size[missing], out_mtime[missing] = _stat_files([found.paths[i] for i in missing])
+    return out_size, out_mtime
 
 
 def _remote_mtime_ns(mtime: float | None) -> int:
@@ -2175,7 +2282,7 @@ class _Plan:
         n = len(paths)
         if snap is None:
             return cls(np.full(n, -1), np.zeros(n, bool), np.arange(n), None, False)
-        same_files = snap.paths == paths
+        same_files = snap.same_paths(paths)
         if same_files:
             at = np.arange(n)
         else:
@@ -2189,7 +2296,7 @@ class _Plan:
             & (snap.size[at_ok] == size)
             & (snap.mtime_ns[at_ok] == mtime)
             & (mtime != _catalog_cache.UNTRUSTED)
-        ) if len(snap.paths) else np.zeros(n, bool)  # fmt: skip
+        ) if len(snap) else np.zeros(n, bool)  # fmt: skip
         return cls(at, kept, np.flatnonzero(~kept), snap, same_files)
 
     def unchanged(self, results: list[Any]) -> bool:
@@ -2199,14 +2306,10 @@ class _Plan:
     def kept_skips(self, paths: list[str]) -> list[dict[str, str]]:
         """List the files the snapshot says to skip, with its reasons (same files)."""
         assert self.snap is not None
-        reasons = self.snap.reasons
-        return [{"path": paths[i], "reason": reasons[i]} for i in _skip_entries(reasons)]
-
-
-def _skip_entries(reasons: list[str | None]) -> list[int]:
-    """Positions of the skipped files among a snapshot's entries."""
-    is_row = np.fromiter((r is None for r in reasons), bool, len(reasons))
-    return np.flatnonzero(~is_row).tolist()
+        where, reasons = self.snap.skipped()
+        return [
+            {"path": paths[i], "reason": r} for i, r in zip(where.tolist(), reasons, strict=True)
+        ]
 
 
 def _merge(
