@@ -175,6 +175,36 @@ def test_zarr_store_metadata_is_consolidated_as_zarr_does_it(
     assert len(outputs) > 5 and all(isinstance(group[o], zarr.Group) for o in outputs)
 
 
+def test_a_batch_pickled_for_the_workers_round_trips(sample_dir: Path, tmp_path: Path) -> None:
+    """The bytes a client sends for a batch convert as the plans themselves; cloudpickle
+    carries what plain pickle refuses (a function among a remote catalog's options)."""
+    import pickle
+
+    from dicomxr import conversion as c
+
+    options = c._options(format="zarr", template=None, split="auto", deidentify=False,
+                         date_shift=None, orientation=None, spacing=None, window=None,
+                         dtype=None, compress=True, keys=None)  # fmt: skip
+    plans = list_series(sample_dir)
+    tasks = list(c._plan_tasks(plans, options, "", None, c.ConvertReport(dest=tmp_path)))
+    assert tasks
+    for dest in (tmp_path / "a", tmp_path / "b"):
+        c._prepare_dest(dest)
+        c._ensure_zarr_root(dest)
+    here = [row for task in tasks for row in c.convert_series(task, tmp_path / "a", options, "")]
+    there = c._convert_on_worker(c._pickled(tasks), str(tmp_path / "b"), options, "")
+    assert [exc for _, exc in there] == [None] * len(tasks)
+    assert [row for rows, _ in there for row in rows] == here
+    xr.testing.assert_identical(
+        xr.open_zarr(tmp_path / "a" / here[0]["output"]).load(),
+        xr.open_zarr(tmp_path / "b" / here[0]["output"]).load(),
+    )
+    tasks[0].plan.frames.attrs["storage_options"] = {"open": lambda path: path}
+    (back,) = pickle.loads(c._pickled(tasks[:1]))
+    assert back.plan.frames.attrs["storage_options"]["open"]("x") == "x"
+    pd.testing.assert_frame_equal(back.plan.frames, tasks[0].plan.frames)
+
+
 def test_fieldmap_splits_into_one_file_per_echo_and_part(data_root: Path, tmp_path: Path) -> None:
     src = data_root / "dcm_qa_philips_enh" / "In" / "cl"
     plans = [p for p in list_series(src) if p.attrs.get("SeriesNumber") == 2001]

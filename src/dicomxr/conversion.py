@@ -1422,6 +1422,21 @@ def _convert_on_worker(
     return outcomes
 
 
+def _pickled(tasks: list[SeriesTask]) -> bytes:
+    """Pickle a batch once, here: the scheduler passes the bytes on as they are.
+
+    Handed over as objects, the plans' frame tables would be unpickled by the scheduler and
+    pickled again for the worker. What plain pickle refuses (a function among a remote
+    catalog's storage options) goes through cloudpickle, as dask would send it.
+    """
+    try:
+        return pickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        import cloudpickle
+
+        return cloudpickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _image_bytes(task: SeriesTask) -> int:
     """Rough size of a series' image (the batch size guide; 2 bytes a sample)."""
     return 2 * int(task.plan.grid.size) * int(np.prod(task.plan.frame_shape))
@@ -1472,9 +1487,7 @@ class _ClientRunner:
         if not self.batch:
             return
         indices = [i for i, _ in self.batch]
-        # pickled here, once: the scheduler passes the bytes on as they are, instead of
-        # unpickling the plans' frame tables and pickling them again for the worker
-        batch = pickle.dumps([t for _, t in self.batch], protocol=pickle.HIGHEST_PROTOCOL)
+        batch = _pickled([t for _, t in self.batch])
         future = self.client.submit(
             _convert_on_worker, batch, *self.args,
             key=f"dicomxr-convert-{self.run}-{indices[0]}", pure=False, retries=0,
