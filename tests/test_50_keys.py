@@ -387,3 +387,43 @@ def test_keys_inside_functional_groups_both_readers(philips: Path) -> None:
             got = fast["per_frame"].get(key.name)
             want = ref["per_frame"].get(key.name)
             assert got == want, (name, key.name)
+
+
+def test_enhanced_sidecars_carry_group_fields(philips: Path, tmp_path: Path) -> None:
+    # sidecars of enhanced files: RepetitionTime / FlipAngle from the shared functional
+    # groups, in BIDS units, equal to dcm2niix's reference sidecars; the lookup is the
+    # catalog's order (dicomxr._functional_groups.header_value)
+    refs = philips.parent / "Ref"
+    src = tmp_path / "src"
+    src.mkdir()
+    by_uid = {}
+    for name, sidecars in _ENHANCED_REFS.items():
+        if sidecars:
+            os.symlink(philips / "enh" / name, src / name)
+            uid = pydicom.dcmread(philips / "enh" / name, stop_before_pixels=True).SeriesInstanceUID
+            by_uid[uid] = [json.loads((refs / s).read_text()) for s in sidecars]
+    with _quiet():
+        report = dicomxr.convert(src, tmp_path / "out", format="nifti", progress=False)
+    assert report.ok
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    written = [
+        json.loads((tmp_path / "out" / side).read_text())
+        for side in manifest.loc[manifest["status"] == "done", "sidecar"]
+    ]
+    assert {s["SeriesInstanceUID"] for s in written} == set(by_uid)
+    for sidecar in written:
+        for ref in by_uid[sidecar["SeriesInstanceUID"]]:
+            assert sidecar["RepetitionTime"] == pytest.approx(ref["RepetitionTime"])
+            assert sidecar["FlipAngle"] == pytest.approx(ref["FlipAngle"])
+        echoes = (
+            sidecar["EchoTime"] if isinstance(sidecar["EchoTime"], list) else [sidecar["EchoTime"]]
+        )
+        assert set(echoes) <= {r["EchoTime"] for r in by_uid[sidecar["SeriesInstanceUID"]]}
+    # asking for keys adds them only: the planning of the series does not change
+    for name in _ENHANCED_REFS:
+        with _quiet():
+            plain = dicomxr.open_series(philips / "enh" / name)
+            keyed = dicomxr.open_series(philips / "enh" / name, keys=["EffectiveEchoTime"])
+        assert plain.dims == keyed.dims and plain.shape == keyed.shape
+        assert set(keyed.coords) - set(plain.coords) <= {"EffectiveEchoTime"}
+        np.testing.assert_array_equal(plain.dicom.affine, keyed.dicom.affine)

@@ -25,6 +25,33 @@ def test_cli_echo_and_errors(orthanc, dead_port, capsys):
     assert "rejected" in capsys.readouterr().err
 
 
+def test_rejection_read_after_the_peer_closed(orthanc):
+    # Orthanc rejects an unknown called AE title and closes the connection at once; when the
+    # requesting thread looks at the socket only after the close (a loaded machine, forced
+    # here by a pause right after the request is sent), pynetdicom aborts without reading
+    # the A-ASSOCIATE-RJ it has queued: the client still reports the peer's rejection
+    import time
+
+    from pynetdicom import evt
+    from pynetdicom.sop_class import Verification
+
+    from dicomxr.net import AssociationRejectedError, DicomClient
+
+    def late(event):
+        time.sleep(0.5)
+
+    client = DicomClient(orthanc.host, orthanc.port, called_ae="WRONG", retries=0, progress=False)
+    with pytest.raises(AssociationRejectedError, match="rejected the association") as info:
+        client._associate([_context(Verification)], evt_handlers=[(evt.EVT_REQUESTED, late)])
+    assert info.value.result == 0x01  # permanent, as Orthanc says for an unknown AE title
+
+
+def _context(uid):
+    from pynetdicom import build_context
+
+    return build_context(uid)
+
+
 def test_cli_find_table_and_csv(orthanc, tmp_path, capsys):
     import pandas as pd
 

@@ -38,6 +38,7 @@ __all__ = [
     "SHARED",
     "component_from_image_type",
     "dataset_holding",
+    "header_value",
     "positions_from_dataset",
     "positions_from_raw",
     "raw_values_in_groups",
@@ -782,6 +783,42 @@ def dataset_holding(ds: Any, tag: int, depth: int = 1) -> Any:
                 holder = dataset_holding(item, tag, depth + 1)
                 if holder is not None:
                     return holder
+    return None
+
+
+def header_value(ds: Any, keyword: str) -> Any:
+    """Return ``keyword``'s value in a data set: top level, shared groups, first frame's groups.
+
+    The order the catalog resolves requested keys in (:mod:`dicomxr.catalog`), for one value
+    of a whole file (a sidecar's): the top level, then the Shared Functional Groups item,
+    then the first Per-frame Functional Groups item (any depth, :func:`dataset_holding`).
+
+    Parameters
+    ----------
+    ds
+        A pydicom data set (header only is enough).
+    keyword
+        A DICOM keyword.
+
+    Returns
+    -------
+    The pydicom value, or ``None`` when absent or empty everywhere.
+    """
+    value = ds.get(keyword)
+    if value is not None and value != "":
+        return value
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    for group in (SHARED, PER_FRAME):
+        elem = ds.get(group)
+        holder = dataset_holding(elem.value[0], tag) if elem is not None and elem.value else None
+        if holder is not None:
+            value = holder[tag].value
+            if value is not None and value != "":
+                return value
     return None
 
 

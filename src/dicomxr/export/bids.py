@@ -80,26 +80,6 @@ def read_header(path: str | os.PathLike[str], storage_options: Any = None) -> An
         return pydicom.dcmread(source, stop_before_pixels=True, force=True)
 
 
-def _functional_groups(ds: Any) -> list[Any]:
-    """Return the items of an enhanced file's shared and first per-frame functional groups."""
-    items = []
-    for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        seq = ds.get(name)
-        if seq:
-            for element in seq[0]:
-                if element.VR == "SQ" and element.value:
-                    items.append(element.value[0])
-    return items
-
-
-def _find(ds: Any, keyword: str, groups: list[Any]) -> Any:
-    for where in (ds, *groups):
-        value = where.get(keyword)
-        if value is not None and value != "":
-            return value
-    return None
-
-
 def _plain(value: Any) -> Any:
     from pydicom.multival import MultiValue
 
@@ -130,7 +110,8 @@ def header_fields(ds: Any) -> dict[str, Any]:
         Every top-level keyword with a plain value (str, int, float, list), plus the
         keywords of :data:`_FIELDS` found in enhanced functional groups.
     """
-    groups = _functional_groups(ds)
+    from dicomxr._functional_groups import header_value
+
     out: dict[str, Any] = {}
     for element in ds:
         if element.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "UN") or not element.keyword:
@@ -141,7 +122,7 @@ def header_fields(ds: Any) -> dict[str, Any]:
     wanted = {k for keys, _ in _FIELDS.values() for k in keys} | set(_EXTRA_KEYWORDS)
     for keyword in wanted:
         if keyword not in out:
-            value = _find(ds, keyword, groups)
+            value = header_value(ds, keyword)
             if value is not None:
                 out[keyword] = _plain(value)
     return out
@@ -162,16 +143,14 @@ def requested_fields(ds: Any, keys: Sequence[str]) -> dict[str, Any]:
     keys
         Key names as :func:`dicomxr._keys.resolve_keys` gives them.
     """
+    from dicomxr._functional_groups import header_value
     from dicomxr._keys import normalise_value, resolve_keys, value_from_pydicom
 
     out: dict[str, Any] = {}
-    groups = None
     for key in resolve_keys(list(keys)):
         value = value_from_pydicom(ds, key)
         if value is None and not (key.tag >> 16) & 1:
-            if groups is None:
-                groups = _functional_groups(ds)
-            value = normalise_value(_find(ds, key.name, groups)) if groups else None
+            value = normalise_value(header_value(ds, key.name))
         if value is not None:
             out[key.name] = list(value) if isinstance(value, tuple) else value
     return out

@@ -376,110 +376,168 @@ def receive_get(
         The final C-GET response as a status dataset, its status code and the number of
         sub-operations it reports as done.
     """
-    wrapper = assoc.dul.socket
-    sock = wrapper.socket
-    dul = assoc.dul
-    syntaxes = {cx.context_id: str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
-    source_ae = str(assoc.acceptor.ae_title).strip()
-    cancel_sent = False
+    receiver = _GetReceiver(assoc, msg_id, get_context_id, state, counts_key, timeout, log)
+    return receiver.run()
 
-    def send_cancel() -> None:
-        nonlocal cancel_sent
-        if cancel_sent or not state.cancel.is_set():
+
+class _GetReceiver:
+    """One C-GET's answer read off the socket: C-STORE sub-operations, then the final response.
+
+    Each stored instance streams into its sink (:func:`_begin_store`) fragment by fragment;
+    a spare file for the next instance is made while the peer sends it.
+    """
+
+    def __init__(
+        self,
+        assoc: Any,
+        msg_id: int,
+        get_context_id: int,
+        state: Any,
+        counts_key: int,
+        timeout: float,
+        log: logging.Logger,
+    ) -> None:
+        self.sock = assoc.dul.socket.socket
+        self.msg_id, self.get_context_id = msg_id, get_context_id
+        self.state, self.counts_key, self.log = state, counts_key, log
+        self.syntaxes = {
+            cx.context_id: str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
+        }
+        self.source_ae = str(assoc.acceptor.ae_title).strip()
+        self.cancel_sent = False
+        self.wait = _waiter(self.sock, assoc.dul, timeout, "C-GET", on_poll=self.send_cancel)
+        self.command = bytearray()
+        self.incoming: _Incoming | None = None
+        self.spare: SpareFile | None = None
+
+    def send_cancel(self) -> None:
+        """Send C-CANCEL once, and only after the user asked to stop (Ctrl-C)."""
+        if self.cancel_sent or not self.state.cancel.is_set():
             return
-        cancel_sent = True
-        command = encode_command({0x0100: _C_CANCEL_RQ, 0x0120: msg_id, 0x0800: _NO_DATASET})
-        sock.sendall(_command_pdu(get_context_id, command))
-        log.info("sent C-CANCEL for message %d", msg_id)
+        self.cancel_sent = True
+        command = encode_command({0x0100: _C_CANCEL_RQ, 0x0120: self.msg_id, 0x0800: _NO_DATASET})
+        self.sock.sendall(_command_pdu(self.get_context_id, command))
+        self.log.info("sent C-CANCEL for message %d", self.msg_id)
 
-    wait = _waiter(sock, dul, timeout, "C-GET", on_poll=send_cancel)
+    def run(self) -> tuple[Dataset, int, int]:
+        """Read P-DATA until the final C-GET response; return (status, code, done)."""
+        blocking = self.sock.gettimeout()
+        self.sock.setblocking(False)
+        reader = _Reader(self.sock, self.wait)
+        try:
+            while True:
+                self.send_cancel()
+                final = self._p_data(self._next_p_data(reader))
+                if final is not None:
+                    return final
+        finally:
+            self._discard_partial()
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(blocking)
 
-    blocking = sock.gettimeout()
-    sock.setblocking(False)
-    reader = _Reader(sock, wait)
-    command = bytearray()
-    incoming: _Incoming | None = None
-    spare: SpareFile | None = None
-    try:
-        while True:
-            send_cancel()  # only once, and only after Ctrl-C
-            try:
-                pdu_type, body = reader.next_pdu()
-            except (ConnectionError, OSError) as exc:
-                if isinstance(exc, NetTimeoutError):
-                    raise
-                state.lost_peer.set()
-                raise AssociationError(
-                    f"C-GET: the peer closed the association mid-transfer ({exc})"
-                ) from None
-            if pdu_type != 0x04:
-                if pdu_type == 0x07:
-                    state.lost_peer.set()
-                    raise AssociationError("C-GET: the peer aborted the association mid-transfer")
-                raise AssociationError(
-                    f"C-GET: unexpected PDU type 0x{pdu_type:02X} from the peer mid-transfer"
-                )
-            pos, end = 0, len(body)
-            while pos < end:
-                item_length, context_id, header = _PDV.unpack_from(body, pos)
-                fragment = body[pos + 6 : pos + 4 + item_length]
-                pos += 4 + item_length
-                if header & 0x01:  # command fragment
-                    command += fragment
-                    if not header & 0x02:
-                        continue
-                    fields = parse_command(command)
-                    command.clear()
-                    field_ = fields.get(0x0100)
-                    if field_ == _C_STORE_RQ:
-                        incoming = _begin_store(
-                            state, fields, context_id, syntaxes, source_ae, spare
-                        )
-                        if isinstance(incoming.sink, InstanceWriter):
-                            spare = None  # used, or discarded for another folder
-                        if fields.get(0x0800) == _NO_DATASET:  # a C-STORE without data set
-                            _finish_store(state, incoming, sock, failed=True)
-                            incoming = None
-                    elif field_ == _C_GET_RSP:
-                        code = int(fields.get(0x0900, 0xC000))
-                        done = sum(int(fields.get(k, 0) or 0) for k in (0x1021, 0x1022, 0x1023))
-                        state.subop_done[counts_key] = done
-                        if code in _PENDING:
-                            continue
-                        status = Dataset()
-                        status.Status = code
-                        for elem, keyword in _COUNT_KEYWORDS.items():
-                            if elem in fields:
-                                setattr(status, keyword, fields[elem])
-                        if fields.get(0x0902):
-                            status.ErrorComment = fields[0x0902]
-                        return status, code, done
-                    else:
-                        raise AssociationError(
-                            f"C-GET: unexpected DIMSE message 0x{field_:04X} from the peer"
-                        )
-                else:  # data set fragment
-                    if incoming is None:
-                        raise AssociationError(
-                            "C-GET: a data set arrived without a C-STORE request"
-                        )
-                    sink = incoming.sink
-                    if sink is not None:
-                        sink.write(fragment)
-                    if header & 0x02:
-                        _finish_store(state, incoming, sock)
-                        if spare is None and incoming.loc is not None:
-                            # while the peer reads and sends the next instance
-                            with contextlib.suppress(OSError):
-                                spare = state.storage.spare(*incoming.loc)
-                        incoming = None
-    finally:
-        if incoming is not None and hasattr(incoming.sink, "discard"):
-            incoming.sink.discard()
-        if spare is not None:
-            spare.discard()
-        with contextlib.suppress(OSError):
-            sock.settimeout(blocking)
+    def _next_p_data(self, reader: _Reader) -> bytes:
+        """Return the body of the next P-DATA-TF PDU; a lost or aborting peer is an error."""
+        try:
+            pdu_type, body = reader.next_pdu()
+        except (ConnectionError, OSError) as exc:
+            if isinstance(exc, NetTimeoutError):
+                raise
+            self.state.lost_peer.set()
+            raise AssociationError(
+                f"C-GET: the peer closed the association mid-transfer ({exc})"
+            ) from None
+        if pdu_type == 0x04:
+            return body
+        if pdu_type == 0x07:
+            self.state.lost_peer.set()
+            raise AssociationError("C-GET: the peer aborted the association mid-transfer")
+        raise AssociationError(
+            f"C-GET: unexpected PDU type 0x{pdu_type:02X} from the peer mid-transfer"
+        )
+
+    def _p_data(self, body: bytes) -> tuple[Dataset, int, int] | None:
+        """Handle the PDVs of one P-DATA-TF; the final response when it is among them."""
+        pos, end = 0, len(body)
+        while pos < end:
+            item_length, context_id, header = _PDV.unpack_from(body, pos)
+            fragment = body[pos + 6 : pos + 4 + item_length]
+            pos += 4 + item_length
+            if not header & 0x01:
+                self._data_fragment(fragment, last=bool(header & 0x02))
+                continue
+            self.command += fragment
+            if header & 0x02:
+                fields = parse_command(self.command)
+                self.command.clear()
+                final = self._command_message(fields, context_id)
+                if final is not None:
+                    return final
+        return None
+
+    def _command_message(
+        self, fields: dict[int, Any], context_id: int
+    ) -> tuple[Dataset, int, int] | None:
+        """Start a C-STORE sub-operation, or count a C-GET response (the final one returned)."""
+        field_ = fields.get(0x0100)
+        if field_ == _C_STORE_RQ:
+            self._begin(fields, context_id)
+            return None
+        if field_ != _C_GET_RSP:
+            raise AssociationError(f"C-GET: unexpected DIMSE message 0x{field_:04X} from the peer")
+        code = int(fields.get(0x0900, 0xC000))
+        done = sum(int(fields.get(k, 0) or 0) for k in (0x1021, 0x1022, 0x1023))
+        self.state.subop_done[self.counts_key] = done
+        if code in _PENDING:
+            return None
+        return _final_status(fields, code), code, done
+
+    def _begin(self, fields: dict[int, Any], context_id: int) -> None:
+        """Open the sink of an incoming C-STORE (a request without data set fails at once)."""
+        state = self.state
+        incoming = _begin_store(
+            state, fields, context_id, self.syntaxes, self.source_ae, self.spare
+        )
+        if isinstance(incoming.sink, InstanceWriter):
+            self.spare = None  # used, or discarded for another folder
+        if fields.get(0x0800) == _NO_DATASET:  # a C-STORE without data set
+            _finish_store(state, incoming, self.sock, failed=True)
+            incoming = None
+        self.incoming = incoming
+
+    def _data_fragment(self, fragment: bytes, last: bool) -> None:
+        """Write a data set fragment; after the last one, answer the C-STORE."""
+        incoming = self.incoming
+        if incoming is None:
+            raise AssociationError("C-GET: a data set arrived without a C-STORE request")
+        if incoming.sink is not None:
+            incoming.sink.write(fragment)
+        if not last:
+            return
+        _finish_store(self.state, incoming, self.sock)
+        if self.spare is None and incoming.loc is not None:
+            # while the peer reads and sends the next instance
+            with contextlib.suppress(OSError):
+                self.spare = self.state.storage.spare(*incoming.loc)
+        self.incoming = None
+
+    def _discard_partial(self) -> None:
+        """Drop an instance cut off mid-transfer and the unused spare file."""
+        if self.incoming is not None and hasattr(self.incoming.sink, "discard"):
+            self.incoming.sink.discard()
+        if self.spare is not None:
+            self.spare.discard()
+
+
+def _final_status(fields: dict[int, Any], code: int) -> Dataset:
+    """Return the final C-GET response's status as a dataset (counts and error comment)."""
+    status = Dataset()
+    status.Status = code
+    for elem, keyword in _COUNT_KEYWORDS.items():
+        if elem in fields:
+            setattr(status, keyword, fields[elem])
+    if fields.get(0x0902):
+        status.ErrorComment = fields[0x0902]
+    return status
 
 
 def _begin_store(

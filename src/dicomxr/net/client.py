@@ -305,6 +305,23 @@ class _Cancelled(Exception):
     pass
 
 
+def _unread_rejection(assoc: Any) -> Any:
+    """Return an A-ASSOCIATE-RJ the peer sent but pynetdicom never read, or ``None``.
+
+    A peer that rejects an association sends the A-ASSOCIATE-RJ and closes the connection
+    at once. pynetdicom's reader thread queues the rejection, then sees the connection
+    close; when the requesting thread checks the socket only after that (a loaded machine),
+    it aborts the association without reading the queue, so ``assoc.is_rejected`` is
+    ``False`` and the peer's answer looks like an abort. The rejection is still in the
+    DUL's queue to the user: it is the peer's real answer.
+    """
+    queue = getattr(getattr(assoc, "dul", None), "to_user_queue", None)
+    for primitive in list(getattr(queue, "queue", ())):
+        if getattr(primitive, "result", None) in (1, 2):
+            return primitive
+    return None
+
+
 class DicomClient:
     """A DICOM SCU for one peer, as a context manager that always releases or aborts.
 
@@ -481,7 +498,9 @@ class DicomClient:
     ) -> Exception:
         where = f"{self.called_ae}@{self.host}:{self.port}"
         what = f" for {purpose}" if purpose else ""
-        if assoc.is_rejected:
+        if primitive is None or getattr(primitive, "result", None) not in (1, 2):
+            primitive = _unread_rejection(assoc) or primitive
+        if assoc.is_rejected or getattr(primitive, "result", None) in (1, 2):
             result = source = reason = None
             if primitive is not None:
                 result = primitive.result
@@ -1059,6 +1078,22 @@ class DicomClient:
 
         storage.clean_partial(series_dirs, older_than=STALE_PART)
         _finish_report(report, storage, state, where, started)
+        self._check_retrieved(mode, report, state, errors, move)
+        logger.info("C-%s done: %s", mode.upper(), report.summary())
+        return report
+
+    def _check_retrieved(
+        self,
+        mode: str,
+        report: RetrieveReport,
+        state: _RetrieveState,
+        errors: list[BaseException],
+        move: tuple[str, int, str] | None,
+    ) -> None:
+        """Raise what went wrong in a finished retrieval (the report attached).
+
+        An unknown move destination first, then missing instances or failed sub-operations.
+        """
         if mode == "move" and not state.dest_unknown and state.refused:
             if state.scp_connections == 0 and not report.received:
                 # Orthanc answers 0xC000 without a comment: say what it most likely means
@@ -1089,8 +1124,6 @@ class DicomClient:
                 + ". Files on disk are complete: call again to resume.",
                 report,
             )
-        logger.info("C-%s done: %s", mode.upper(), report.summary())
-        return report
 
     def _cancel_all(self, state: _RetrieveState) -> None:
         for assoc, (msg_id, cx_id) in list(state.requests.items()):

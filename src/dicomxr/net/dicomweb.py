@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,28 @@ def _get_checked(session: Any, url: str, headers: dict[str, str], timeout: Any) 
     response = session.get(url, headers=headers, timeout=timeout)
     response.raise_for_status()
     return response
+
+
+def _wado_jobs(
+    plan: list[dict[str, Any]], todo: list[dict[str, Any]], whole_series: bool
+) -> list[tuple[str, Any]]:
+    """Group the missing instances into jobs: a series missing whole is one streamed request.
+
+    Otherwise (or when instances were picked, ``whole_series`` False) one job per instance.
+    """
+    counts: dict[str, int] = {}
+    for r in plan:
+        counts[r["SeriesInstanceUID"]] = counts.get(r["SeriesInstanceUID"], 0) + 1
+    missing: dict[str, list[dict[str, Any]]] = {}
+    for r in todo:
+        missing.setdefault(r["SeriesInstanceUID"], []).append(r)
+    jobs: list[tuple[str, Any]] = []
+    for series_uid, rows in missing.items():
+        if len(rows) == counts[series_uid] and whole_series and len(rows) > 1:
+            jobs.append(("series", rows))
+        else:
+            jobs.extend(("instance", r) for r in rows)
+    return jobs
 
 
 class DicomWebClient:
@@ -357,6 +379,47 @@ class DicomWebClient:
         """
         started = time.monotonic()
         storage = DicomStorage(dest)
+        plan = self._instance_plan(study, series, instances)
+        report = RetrieveReport(dest=storage.root, requested=[r["SOPInstanceUID"] for r in plan])
+        folders = {
+            storage.path_for(r["StudyInstanceUID"], r["SeriesInstanceUID"], "x").parent
+            for r in plan
+        }
+        storage.clean_partial(folders, older_than=STALE_PART)
+        todo = []
+        for r in plan:
+            if storage.exists(r["StudyInstanceUID"], r["SeriesInstanceUID"], r["SOPInstanceUID"]):
+                report.skipped.append(r["SOPInstanceUID"])
+            else:
+                todo.append(r)
+        errors: list[str] = []
+        if todo:
+            jobs = _wado_jobs(plan, todo, whole_series=instances is None)
+            errors = self._fetch(jobs, todo, storage, parallel, progress)
+        storage.clean_partial(folders, older_than=STALE_PART)
+        report.received = list(storage.written)
+        report.missing = [
+            r["SOPInstanceUID"]
+            for r in plan
+            if not storage.exists(
+                r["StudyInstanceUID"], r["SeriesInstanceUID"], r["SOPInstanceUID"]
+            )
+        ]
+        report.status = list(dict.fromkeys(errors))
+        report.seconds = time.monotonic() - started
+        if report.missing or errors:
+            raise RetrieveError(
+                f"WADO-RS from {self.url} incomplete: {report.summary()}"
+                + (f" - {errors[0]}" if errors else "")
+                + ". Files on disk are complete: call again to resume.",
+                report,
+            )
+        return report
+
+    def _instance_plan(
+        self, study: str, series: str | Sequence[str] | None, instances: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
+        """List the instances to retrieve with QIDO-RS (UIDs only, each instance once)."""
         series_list = [series] if isinstance(series, str) else list(series or [None])
         plan_rows: list[dict[str, Any]] = []
         uid_keys = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
@@ -378,103 +441,73 @@ class DicomWebClient:
                 seen.add(r["SOPInstanceUID"])
                 r["StudyInstanceUID"] = r.get("StudyInstanceUID") or study
                 plan.append(r)
-        report = RetrieveReport(dest=storage.root, requested=[r["SOPInstanceUID"] for r in plan])
-        folders = {
-            storage.path_for(r["StudyInstanceUID"], r["SeriesInstanceUID"], "x").parent
-            for r in plan
-        }
-        storage.clean_partial(folders, older_than=STALE_PART)
-        todo = []
-        for r in plan:
-            if storage.exists(r["StudyInstanceUID"], r["SeriesInstanceUID"], r["SOPInstanceUID"]):
-                report.skipped.append(r["SOPInstanceUID"])
-            else:
-                todo.append(r)
+        return plan
+
+    def _fetch(
+        self,
+        jobs: list[tuple[str, Any]],
+        todo: list[dict[str, Any]],
+        storage: DicomStorage,
+        parallel: int | None,
+        progress: bool | None,
+    ) -> list[str]:
+        """Run the WADO-RS jobs over ``parallel`` connections; return the errors met."""
+        n = max(1, min(parallel or self.parallel, len(jobs)))
+        queues = [jobs[i::n] for i in range(n)]
+        bar = progress_bar(
+            len(todo), progress if progress is not None else self.progress, "wado-rs"
+        )
+        lock = threading.Lock()
+        wanted = {r["SOPInstanceUID"]: r for r in todo}
         errors: list[str] = []
-        if todo:
-            # whole series missing: one streamed request per series; otherwise per instance
-            counts: dict[str, int] = {}
-            for r in plan:
-                counts[r["SeriesInstanceUID"]] = counts.get(r["SeriesInstanceUID"], 0) + 1
-            missing: dict[str, list[dict[str, Any]]] = {}
-            for r in todo:
-                missing.setdefault(r["SeriesInstanceUID"], []).append(r)
-            jobs: list[tuple[str, Any]] = []
-            for series_uid, rows in missing.items():
-                if len(rows) == counts[series_uid] and instances is None and len(rows) > 1:
-                    jobs.append(("series", rows))
-                else:
-                    jobs.extend(("instance", r) for r in rows)
-            n = max(1, min(parallel or self.parallel, len(jobs)))
-            queues = [jobs[i::n] for i in range(n)]
-            bar = progress_bar(
-                len(todo), progress if progress is not None else self.progress, "wado-rs"
-            )
-            lock = threading.Lock()
-            wanted = {r["SOPInstanceUID"]: r for r in todo}
 
-            def tick() -> None:
-                with lock:
-                    bar.update(1)
+        def tick() -> None:
+            with lock:
+                bar.update(1)
 
-            def work(queue: list[tuple[str, Any]]) -> None:
-                session = self._session()
-                try:
-                    for kind, job in queue:
-                        if kind == "series":
-                            self._call(
-                                "WADO-RS", self._stream_series, session, job, storage, wanted, tick
-                            )
-                            continue
-                        data = self._call(
-                            "WADO-RS",
-                            self._instance_bytes,
-                            session,
-                            job["StudyInstanceUID"],
-                            job["SeriesInstanceUID"],
-                            job["SOPInstanceUID"],
-                        )
-                        storage.write(
-                            job["StudyInstanceUID"],
-                            job["SeriesInstanceUID"],
-                            job["SOPInstanceUID"],
-                            data,
-                        )
-                        tick()
-                except Exception as exc:
-                    with lock:
-                        errors.append(str(exc))
-                finally:
-                    self.close()
-
-            threads = [threading.Thread(target=work, args=(q,), daemon=True) for q in queues]
+        def work(queue: list[tuple[str, Any]]) -> None:
+            session = self._session()
             try:
-                for t in threads:
-                    t.start()
-                while any(t.is_alive() for t in threads):
-                    for t in threads:
-                        t.join(0.05)
+                for kind, job in queue:
+                    self._run_job(session, kind, job, storage, wanted, tick)
+            except Exception as exc:
+                with lock:
+                    errors.append(str(exc))
             finally:
-                bar.close()
-        storage.clean_partial(folders, older_than=STALE_PART)
-        report.received = list(storage.written)
-        report.missing = [
-            r["SOPInstanceUID"]
-            for r in plan
-            if not storage.exists(
-                r["StudyInstanceUID"], r["SeriesInstanceUID"], r["SOPInstanceUID"]
-            )
-        ]
-        report.status = list(dict.fromkeys(errors))
-        report.seconds = time.monotonic() - started
-        if report.missing or errors:
-            raise RetrieveError(
-                f"WADO-RS from {self.url} incomplete: {report.summary()}"
-                + (f" - {errors[0]}" if errors else "")
-                + ". Files on disk are complete: call again to resume.",
-                report,
-            )
-        return report
+                self.close()
+
+        threads = [threading.Thread(target=work, args=(q,), daemon=True) for q in queues]
+        try:
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(0.05)
+        finally:
+            bar.close()
+        return errors
+
+    def _run_job(
+        self,
+        session: Any,
+        kind: str,
+        job: Any,
+        storage: DicomStorage,
+        wanted: dict[str, dict[str, Any]],
+        tick: Callable[[], None],
+    ) -> None:
+        """Fetch one job: a whole series in one streamed request, or one instance."""
+        if kind == "series":
+            self._call("WADO-RS", self._stream_series, session, job, storage, wanted, tick)
+            return
+        study, series, sop = (
+            job["StudyInstanceUID"],
+            job["SeriesInstanceUID"],
+            job["SOPInstanceUID"],
+        )
+        data = self._call("WADO-RS", self._instance_bytes, session, study, series, sop)
+        storage.write(study, series, sop, data)
+        tick()
 
     get = retrieve
 
