@@ -2434,15 +2434,51 @@ def _column(values: list[Any], dtype: str) -> Any:
         return np.fromiter(map(bool, values), dtype=bool, count=n)
     if dtype in ("float64", "int64"):
         return np.array(values, dtype=dtype)
+    if dtype == "Int64":
+        return _int_column(values)
     if dtype == "str":
         try:
-            return pd.array(values, dtype="str")
+            return _str_column(values)
         except UnicodeEncodeError:
             # file names that are not valid UTF-8 come back from the OS with lone
             # surrogates, which an Arrow-backed str dtype refuses: keep them as objects
             # (an explicit object Series: pandas would infer its str dtype again)
             return pd.Series(np.array(values, dtype=object), dtype=object)
     return pd.array(values, dtype=dtype)
+
+
+def _int_column(values: list[Any]) -> Any:
+    """An Int64 column straight from its values and a mask (what ``pd.array`` gives, faster)."""
+    present = [v for v in values if v is not None]
+    if all(type(v) is int for v in present):
+        try:
+            if len(present) == len(values):
+                data = np.array(values, np.int64)
+                return pd.arrays.IntegerArray(data, np.zeros(len(values), bool))
+            mask = np.fromiter((v is None for v in values), bool, len(values))
+            data = np.array([0 if v is None else v for v in values], np.int64)
+            return pd.arrays.IntegerArray(data, mask)
+        except OverflowError:
+            pass  # pandas says what does not fit
+    return pd.array(values, dtype="Int64")
+
+
+def _str_column(values: list[Any]) -> Any:
+    """A str column from text values through Arrow (what ``pd.array`` gives, faster).
+
+    Raises ``UnicodeEncodeError`` for a value that is not valid UTF-8 (lone surrogates).
+    """
+    dtype = pd.StringDtype(na_value=np.nan)  # the "str" dtype
+    if dtype.storage != "pyarrow":
+        return pd.array(values, dtype="str")
+    import pyarrow as pa
+    from pandas.arrays import ArrowStringArray
+
+    try:
+        arrow = pa.array(values, pa.large_string())
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return pd.array(values, dtype="str")  # values that are not text: pandas converts them
+    return ArrowStringArray(pa.chunked_array([arrow]), dtype=dtype)
 
 
 def _extra_column(values: list[Any]) -> Any:
