@@ -2448,7 +2448,7 @@ def _column(values: list[Any], dtype: str) -> Any:
 
 
 def _int_column(values: list[Any]) -> Any:
-    """An Int64 column straight from its values and a mask (what ``pd.array`` gives, faster)."""
+    """Build an Int64 column from its values and a mask (what ``pd.array`` gives, faster)."""
     present = [v for v in values if v is not None]
     if all(type(v) is int for v in present):
         try:
@@ -2464,7 +2464,7 @@ def _int_column(values: list[Any]) -> Any:
 
 
 def _str_column(values: list[Any]) -> Any:
-    """A str column from text values through Arrow (what ``pd.array`` gives, faster).
+    """Build a str column from text values through Arrow (what ``pd.array`` gives, faster).
 
     Raises ``UnicodeEncodeError`` for a value that is not valid UTF-8 (lone surrogates).
     """
