@@ -290,6 +290,7 @@ def test_no_private_attributes_across_modules():
 
 #: the loader's core (catalog -> plan -> lazy array -> xarray -> accessor): small functions
 CORE_MODULES = (
+    "dicomxr.catalog",
     "dicomxr.frames",
     "dicomxr.series",
     "dicomxr.pixels",

@@ -496,6 +496,74 @@ def test_rescan_equals_a_plain_scan_of_the_real_corpora(data_root: Path, tmp_pat
     _assert_same_catalog(again, plain)
 
 
+def test_cache_prunes_snapshots_no_scan_used(tmp_path: Path, philips_ct: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for src in sorted(philips_ct.glob("I1*"))[:2]:
+        shutil.copy(src, data / src.name)
+    _backdate(data)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    day = 86400
+    now = time.time()
+    # a snapshot of a source last scanned 100 days ago, one of 10 days ago, a temporary file
+    # of a write killed 2 days ago, one being written now, and a file that is not ours
+    files = {
+        "snapshot-old.arrow": now - 100 * day,
+        "snapshot-recent.arrow": now - 10 * day,
+        ".snapshot-x.arrow.abc.tmp.arrow": now - 2 * day,
+        ".snapshot-y.arrow.def.tmp.arrow": now,
+        "notes.txt": now - 1000 * day,
+    }
+    for name, when in files.items():
+        (cache / name).write_bytes(b"x")
+        os.utime(cache / name, (when, when))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+        dicomxr.scan(data, cache=cache)  # writes a snapshot, then prunes
+    left = sorted(p.name for p in cache.iterdir())
+    written = [n for n in left if n.startswith("snapshot-") and n not in files]
+    assert len(written) == 1
+    assert left == sorted(
+        [written[0], "snapshot-recent.arrow", ".snapshot-y.arrow.def.tmp.arrow", "notes.txt"]
+    )
+    # a rescan that reads the snapshot (and writes nothing) makes it young again
+    os.utime(cache / written[0], (now - 100 * day, now - 100 * day))
+    dicomxr.scan(data, cache=cache)
+    assert time.time() - (cache / written[0]).stat().st_mtime < day
+    # prune_cache trims now; max_age_days=0 empties the cache of everything dicomxr wrote
+    assert dicomxr.catalog.prune_cache(cache, max_age_days=30) == []
+    removed = dicomxr.catalog.prune_cache(cache, max_age_days=0)
+    assert sorted(os.path.basename(f) for f in removed) == sorted(
+        [written[0], "snapshot-recent.arrow", ".snapshot-y.arrow.def.tmp.arrow"]
+    )
+    assert [p.name for p in cache.iterdir()] == ["notes.txt"]
+
+
+def test_rescan_keeps_file_names_that_are_not_utf8(
+    tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a name the OS gives as bytes that are not UTF-8 (Python: lone surrogates), next to a
+    # skipped non-DICOM file, so that the snapshot's entries are stored out of file order
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [b"a-\xff.dcm", b"b.dcm"]
+    for name, src in zip(names, sorted(philips_ct.glob("I1*"))[:2], strict=True):
+        shutil.copy(src, os.path.join(os.fsencode(data), name))
+    (data / "0-notes.txt").write_text("not DICOM\n")
+    _backdate(data)
+    cache = tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dicomxr.SkippedFileWarning)
+        plain = dicomxr.scan(data, progress=False)
+        dicomxr.scan(data, progress=False, cache=cache)
+        calls = _counting_reads(monkeypatch)
+        again = dicomxr.scan(data, progress=False, cache=cache)
+    assert calls == []
+    assert os.fsencode(again["path"].iloc[0]).endswith(b"a-\xff.dcm")
+    _assert_same_catalog(again, plain)
+
+
 def test_rescan_follows_added_removed_modified_and_replaced_files(
     tmp_path: Path, philips_ct: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -186,9 +186,11 @@ def test_convert_on_the_cluster_equals_the_local_run(
             capture_output=True, text=True, env=env, timeout=600, check=False,
         )  # fmt: skip
         assert here_run.returncode == 1, here_run.stderr  # the broken series failed
-        # NIfTI: one task per series; Zarr: batches of 3 series, the broken one among them
-        per_worker = 8 if fmt == "nifti" else 1
-        monkeypatch.setattr(dicomxr.conversion, "_TASKS_PER_WORKER", per_worker)
+        # NIfTI: one task per series; Zarr: batches (half the series, then a quarter...),
+        # the broken one among them
+        per_task = 1 if fmt == "nifti" else 32
+        monkeypatch.setattr(dicomxr.conversion, "_BATCH_SERIES", per_task)
+        monkeypatch.setattr(dicomxr.conversion, "_BATCH_SHARE", 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             there = dicomxr.convert(

@@ -151,6 +151,30 @@ def test_zarr_is_written_in_slabs_of_whole_frames(
     np.testing.assert_array_equal(xr.open_zarr(dest / "cohort.zarr", group=group)["image"], da)
 
 
+def test_zarr_store_metadata_is_consolidated_as_zarr_does_it(
+    sample_dir: Path, cohort: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """The root zarr.json equals, byte for byte, what zarr.consolidate_metadata writes."""
+    import shutil
+
+    import zarr
+
+    dest = tmp_path / "out"
+    for source, template in [(sample_dir, None), (cohort, "{PatientID}/{SeriesNumber}/x"),
+                             (data_root / "dcm_qa_ts", "ts/{SeriesNumber}")]:  # fmt: skip
+        convert(source, dest, format="zarr", progress=False, template=template)
+    ours = (dest / "cohort.zarr" / "zarr.json").read_bytes()
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(dest / "cohort.zarr", copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec yet
+        zarr.consolidate_metadata(str(copy))
+    assert ours == (copy / "zarr.json").read_bytes()
+    group = zarr.open_group(str(dest / "cohort.zarr"), mode="r", use_consolidated=True)
+    outputs = [o.partition("/")[2] for o in done_rows(dest).output]
+    assert len(outputs) > 5 and all(isinstance(group[o], zarr.Group) for o in outputs)
+
+
 def test_fieldmap_splits_into_one_file_per_echo_and_part(data_root: Path, tmp_path: Path) -> None:
     src = data_root / "dcm_qa_philips_enh" / "In" / "cl"
     plans = [p for p in list_series(src) if p.attrs.get("SeriesNumber") == 2001]

@@ -35,11 +35,35 @@ def _quiet():
         yield
 
 
-def _pydicom_number(ds: pydicom.Dataset, tag: int) -> float | None:
+def _pydicom_value(ds: pydicom.Dataset, tag: int) -> object:
+    """The value pydicom gives: top level, else the enhanced file's functional groups.
+
+    The shared item first, then the frames' items when they all agree (pydicom's own
+    depth-first ``iterall``). ``None`` when absent, empty or different per frame.
+    """
     elem = ds.get(tag)
-    if elem is None or elem.value in (None, ""):
-        return None
-    return float(elem.value)
+    if elem is not None and elem.value not in (None, ""):
+        return elem.value
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        found = _first_nested(shared[0], tag)
+        if found is not None:
+            return found
+    frames = ds.get("PerFrameFunctionalGroupsSequence") or []
+    values = [_first_nested(item, tag) for item in frames]
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
+def _first_nested(item: pydicom.Dataset, tag: int) -> object:
+    for elem in item.iterall():
+        if elem.tag == tag:
+            return None if elem.value in (None, "") else elem.value
+    return None
+
+
+def _pydicom_number(ds: pydicom.Dataset, tag: int) -> float | None:
+    value = _pydicom_value(ds, tag)
+    return None if value is None else float(value)
 
 
 def test_resolve_spellings_and_errors() -> None:
@@ -84,12 +108,12 @@ def test_scan_keys_equal_pydicom_on_every_corpus(data_root: Path) -> None:
         checked["ProtocolName"] += want_text is not None
         for tag_text in private:
             tag = int(tag_text.replace(",", ""), 16)
-            elem = ds.get(tag)
+            value = _pydicom_value(ds, tag)
             got = df[tag_text].iloc[i]
-            if elem is None:
+            if value is None:
                 assert got is None or pd.isna(got), (path, tag_text, got)
                 continue
-            value = elem.value  # pydicom decodes with its private dictionary (creator known)
+            # pydicom decodes with its private dictionary (creator known)
             if isinstance(value, bytes):  # implicit VR, creator unknown to pydicom
                 continue
             checked[tag_text] += 1
@@ -293,3 +317,73 @@ def test_convert_carries_keys(philips: Path, tmp_path: Path) -> None:
     with pytest.raises(dicomxr.DicomxrError, match="names no DICOM attribute"):
         dicomxr.convert(src, tmp_path / "x", keys=["Nope"], progress=False)
     assert not (tmp_path / "x" / "manifest.parquet").exists()
+
+
+# enhanced file -> dcm2niix's sidecar of it (the corpus' reference outputs)
+_ENHANCED_REFS = {
+    "1901_WIP_3DpCASL_real.dcm": ["1901_WIP_3DpCASL_enh_real.json"],
+    # dcm2niix writes RepetitionTime 51 s for this 240-frame ASL source (a time of its own
+    # making), not the header's 4250 ms: only pydicom is the reference here
+    "1903_WIP_SOURCE_-_3DpCASL.dcm": [],
+    "2001_WIP_fcMRI_Field_Mapping_e2_phMag.dcm": [
+        "2001_WIP_fcMRI_Field_Mapping_enh_e1.json",
+        "2001_WIP_fcMRI_Field_Mapping_enh_e2.json",
+    ],
+}
+
+
+def test_keys_inside_functional_groups(philips: Path) -> None:
+    # an enhanced MR file keeps RepetitionTime and FlipAngle in the shared MR Timing and
+    # Related Parameters group, the echo time per frame in the MR Echo group
+    refs = philips.parent / "Ref"
+    keys = ["RepetitionTime", "FlipAngle", "EffectiveEchoTime"]
+    for name, sidecars in _ENHANCED_REFS.items():
+        path = philips / "enh" / name
+        with _quiet():
+            row = dicomxr.scan(path, keys=keys).iloc[0]
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        timing = ds.SharedFunctionalGroupsSequence[0].MRTimingAndRelatedParametersSequence[0]
+        assert ds.get("RepetitionTime") is None  # not at the top level
+        assert row["RepetitionTime"] == pytest.approx(float(timing.RepetitionTime))
+        assert row["FlipAngle"] == pytest.approx(float(timing.FlipAngle))
+        echoes = [
+            float(f.MREchoSequence[0].EffectiveEchoTime)
+            for f in ds.PerFrameFunctionalGroupsSequence
+        ]
+        want_echoes = sorted(set(echoes))
+        dcm2niix = [json.loads((refs / s).read_text()) for s in sidecars]
+        for side in dcm2niix:  # dcm2niix's BIDS sidecars, in seconds
+            assert row["RepetitionTime"] / 1000 == pytest.approx(side["RepetitionTime"])
+            assert row["FlipAngle"] == pytest.approx(side["FlipAngle"])
+        if dcm2niix:
+            want = [s["EchoTime"] for s in dcm2niix]
+            assert [e / 1000 for e in want_echoes] == pytest.approx(want)
+        if len(want_echoes) == 1:  # one value for all frames: in the catalog row
+            assert row["EffectiveEchoTime"] == pytest.approx(want_echoes[0])
+            continue
+        # values that vary per frame: none in the row, each frame's in its per-frame table,
+        # and a coordinate of the opened image along the dim they vary with
+        assert row["EffectiveEchoTime"] is None
+        assert row["per_frame"]["EffectiveEchoTime"] == pytest.approx(tuple(echoes))
+        with _quiet():
+            da = dicomxr.open_series(path, keys=keys)
+        assert da.attrs["RepetitionTime"] == pytest.approx(float(timing.RepetitionTime))
+        coord = da.coords["EffectiveEchoTime"]
+        assert coord.dims == ("echo",)
+        assert sorted(coord.values.tolist()) == pytest.approx(want_echoes)
+
+
+def test_keys_inside_functional_groups_both_readers(philips: Path) -> None:
+    # the pydicom path (files the fast reader declines) finds the same values
+    keys = resolve_keys(["RepetitionTime", "FlipAngle", "EffectiveEchoTime", "2005,1429"])
+    for name in _ENHANCED_REFS:
+        path = str(philips / "enh" / name)
+        fast = read_header_fast(path, os.path.getsize(path), None, keys)
+        with _quiet():
+            ref = read_header_pydicom(path, keys)
+        assert fast is not None
+        for key in keys:
+            assert fast[key.name] == ref[key.name], (name, key.name)
+            got = fast["per_frame"].get(key.name)
+            want = ref["per_frame"].get(key.name)
+            assert got == want, (name, key.name)

@@ -39,7 +39,7 @@ from dicomxr._files import atomic_path
 from dicomxr._version import __version__
 from dicomxr.errors import require, user_stacklevel
 
-__all__ = ["CatalogCache", "Snapshot", "default_folder"]
+__all__ = ["CatalogCache", "Snapshot", "default_folder", "prune"]
 
 #: bump when what a snapshot holds changes meaning: older snapshots are then ignored
 FORMAT = 1
@@ -56,6 +56,13 @@ UNTRUSTED = -1
 
 #: rows per record batch in the file (Arrow's default); a snapshot of more is read in chunks
 CHUNK_ROWS = 1 << 16
+
+#: a snapshot not used (read or written) for this many days is removed when a snapshot is
+#: next written in its folder
+MAX_AGE_DAYS = 90
+
+#: a temporary file of a snapshot write this old (s) was left by a process that was killed
+_DEAD_WRITE_S = 24 * 3600
 
 
 def default_folder() -> str:
@@ -145,6 +152,8 @@ class CatalogCache:
     def _load(self) -> None:
         try:
             self._result = self._read()
+            if self._result is not None:
+                os.utime(self.path)  # used: its age counts from now (see prune)
         except Exception as exc:  # a damaged file: whatever Arrow or the decoding says
             self._error = f"{type(exc).__name__}: {exc}"
 
@@ -196,12 +205,56 @@ class CatalogCache:
             table = _encode(frame, entries, self.source, self.signature)
             with atomic_path(self.path, suffix=".arrow") as tmp:
                 feather.write_feather(table, tmp, compression="lz4", chunksize=CHUNK_ROWS)
+            prune(os.path.dirname(self.path))
         except (OSError, ValueError, TypeError, OverflowError) as exc:
             warnings.warn(
                 f"catalog cache {self.path} could not be written ({exc})",
                 RuntimeWarning,
                 stacklevel=user_stacklevel(),
             )
+
+
+def prune(folder: str | os.PathLike[str], max_age_days: float = MAX_AGE_DAYS) -> list[str]:
+    """Remove the snapshots of a cache folder not used for ``max_age_days`` days.
+
+    A snapshot's age counts from the last scan that read or wrote it. Temporary files of
+    writes killed more than a day ago go too. Other files in the folder are left alone.
+    Called after each snapshot is written; ``max_age_days=0`` empties the cache.
+
+    Parameters
+    ----------
+    folder
+        The cache folder (``cache=`` of :func:`dicomxr.scan`; ``default_folder()`` for
+        ``cache=True``).
+    max_age_days
+        Age, in days, from which a snapshot is removed.
+
+    Returns
+    -------
+    list of str
+        The files removed.
+    """
+    now = time.time()
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if name.startswith("snapshot-") and name.endswith(".arrow"):
+            limit = max_age_days * 86400.0
+        elif name.startswith(".snapshot-") and name.endswith(".tmp.arrow"):
+            limit = min(_DEAD_WRITE_S, max_age_days * 86400.0)
+        else:
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime >= limit:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        except OSError:  # gone meanwhile (another process pruned it), or not ours to remove
+            continue
+    return removed
 
 
 @dataclass
@@ -363,43 +416,57 @@ def _from_json(value: Any) -> Any:
 
 def _decode(table: Any, meta: dict[str, Any]) -> Snapshot:
     n_rows = int(meta["n_rows"])
-    rows = table.slice(0, n_rows)
+    pos = table.column("_pos").to_numpy()
+    if len(pos) < n_rows:
+        raise ValueError("inconsistent snapshot")
+    frame = _decode_frame(table.slice(0, n_rows), meta)
+    entries = table.select(["path", "_size", "_mtime_ns", "_reason"])
+    if n_rows != len(pos):  # skipped files are stored after the rows: back to file order
+        order = np.argsort(pos, kind="stable")
+        if not np.array_equal(pos[order], np.arange(len(pos))):
+            raise ValueError("inconsistent snapshot positions")
+        entries = entries.take(order)
+    reasons = entries.column("_reason")
+    return Snapshot(
+        frame,
+        _texts(entries.column("path")),
+        entries.column("_size").to_numpy(),
+        entries.column("_mtime_ns").to_numpy(),
+        [None] * len(reasons) if reasons.null_count == len(reasons) else reasons.to_pylist(),
+    )
+
+
+def _decode_frame(rows: Any, meta: dict[str, Any]) -> pd.DataFrame:
+    """Rebuild a snapshot's catalog rows with the columns and dtypes they were saved with."""
     data: dict[str, Any] = {}
-    paths = table.column("path").to_pylist()
-    if paths and isinstance(paths[0], bytes):
-        paths = [p.decode("utf-8", "surrogatepass") for p in paths]
     for name in meta["columns"]:
         if name == "path":
-            data[name] = _path_column(paths[:n_rows], meta["path_dtype"])
+            data[name] = _path_column(rows.column(name), meta["path_dtype"])
         else:
             data[name] = _decode_column(
                 rows.column(name), meta["encodings"][name], meta["dtypes"][name]
             )
-    frame = pd.DataFrame(data, columns=meta["columns"], copy=False)
-    pos = table.column("_pos").to_numpy()
-    size = table.column("_size").to_numpy()
-    mtime_ns = table.column("_mtime_ns").to_numpy()
-    reasons = table.column("_reason").to_pylist()
-    if len(pos) != len(paths) or len(pos) < n_rows:
-        raise ValueError("inconsistent snapshot")
-    if n_rows == len(pos):  # no skipped file: already in order
-        return Snapshot(frame, paths, size, mtime_ns, reasons)
-    order = np.argsort(pos, kind="stable")
-    if not np.array_equal(pos[order], np.arange(len(pos))):
-        raise ValueError("inconsistent snapshot positions")
-    return Snapshot(
-        frame,
-        [paths[i] for i in order],
-        size[order],
-        mtime_ns[order],
-        [reasons[i] for i in order],
-    )
+    return pd.DataFrame(data, columns=meta["columns"], copy=False)
 
 
-def _path_column(paths: list[str], dtype: str) -> Any:
+def _texts(column: Any) -> list[str]:
+    """Paths back to Python strings (stored as bytes when some are not UTF-8)."""
+    import pyarrow as pa
+
+    values = column.to_pylist()
+    if pa.types.is_large_binary(column.type):
+        return [v.decode("utf-8", "surrogatepass") for v in values]
+    return values
+
+
+def _path_column(column: Any, dtype: str) -> Any:
+    import pyarrow as pa
+
     if dtype == "object":
-        return pd.Series(np.array(paths, dtype=object), dtype=object)
-    return pd.array(paths, dtype=dtype)
+        return pd.Series(np.array(_texts(column), dtype=object), dtype=object)
+    if not pa.types.is_large_string(column.type):  # not UTF-8: as the scan made them
+        return pd.array(_texts(column), dtype=dtype)
+    return _decode_column(column, "text", dtype)
 
 
 def _decode_column(column: Any, encoding: str, dtype: str) -> Any:

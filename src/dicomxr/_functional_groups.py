@@ -19,6 +19,11 @@ temporal position, dimension index values, acquisition time), pixel value transf
 diffusion (b-value, directionality, direction), frame type (complex component) and, for
 Philips, the private per-frame item (2005,140F): InstanceNumber, EchoNumbers,
 TemporalPositionIdentifier, ASL label type (2005,1429) and ImageType.
+
+Any other attribute a user asks for (``scan(..., keys=[...])``) may sit in a functional
+group too (RepetitionTime and FlipAngle of an enhanced MR image are in the MR Timing and
+Related Parameters group): :func:`raw_values_in_groups` finds the raw values of given tags
+at any depth of the shared item and of each per-frame item, from the same raw bytes.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ __all__ = [
     "PER_FRAME",
     "SHARED",
     "component_from_image_type",
+    "dataset_holding",
     "positions_from_dataset",
     "positions_from_raw",
+    "raw_values_in_groups",
     "table_from_dataset",
     "table_from_raw",
 ]
@@ -598,6 +605,184 @@ def table_from_raw(
     _check_count(len(frames), n_frames)
     shared_items = _sequence_value(shared, implicit, SHARED, 1 << 20) if shared else []
     return _table(frames, shared_items[0] if shared_items else None, _is_philips(manufacturer))
+
+
+# ---------------------------------------------------------------------------------------
+# requested keys: raw values of any tags, at any depth of the functional groups
+
+RawValue = tuple[bytes | None, bytes]
+
+
+def raw_values_in_groups(
+    sequence: RawValue, implicit: bool, tags: frozenset[int], first_only: bool = False
+) -> list[dict[int, RawValue]]:
+    """Find the raw values of ``tags`` in each item of a functional groups sequence.
+
+    Every sequence inside an item is searched, depth first; the first occurrence of a tag
+    in an item is its value there.
+
+    Parameters
+    ----------
+    sequence
+        ``(VR, value bytes)`` of (5200,9230) or (5200,9229) as the fast header reader kept
+        them.
+    implicit
+        Whether the data set is implicit VR.
+    tags
+        The tags to find.
+    first_only
+        Read the first item only (the shared sequence has one).
+
+    Returns
+    -------
+    list of dict
+        ``{tag: (VR, bytes)}`` per item, in order. The VR is ``None`` where the file does
+        not say it (implicit VR).
+
+    Raises
+    ------
+    ValueError
+        When the sequence does not parse.
+    """
+    vr, value = sequence
+    out: list[dict[int, RawValue]] = []
+
+    def new_item() -> dict[int, RawValue]:
+        if first_only and out:
+            raise _Enough
+        out.append({})
+        return out[-1]
+
+    try:
+        _walk_sequence(value, 0, len(value), implicit or vr == b"UN", tags, 1, new_item)
+    except _Enough:
+        pass
+    return out
+
+
+class _Enough(Exception):
+    """Stop reading a sequence: the items wanted are read."""
+
+
+def _walk_sequence(
+    b: bytes,
+    pos: int,
+    end: int | None,
+    implicit: bool,
+    tags: frozenset[int],
+    depth: int,
+    item_found: Callable[[], dict[int, RawValue]],
+) -> int:
+    """Search each item of the sequence value at ``pos``; return the position after it.
+
+    ``item_found`` gives the dict an item's values go to (a new one per frame item, the
+    enclosing item's for a nested sequence).
+    """
+    if depth > _MAX_DEPTH:
+        raise ValueError("functional groups nested too deeply")
+    while end is None or pos < end:
+        if pos + 8 > len(b):
+            raise ValueError("sequence runs past its value")
+        group, elem, length = _unpack_hhi(b, pos)
+        tag = (group << 16) | elem
+        pos += 8
+        if tag == _SEQ_END:
+            return pos
+        if tag != _ITEM:
+            raise ValueError(f"element ({group:04X},{elem:04X}) where an item should be")
+        item_end = None if length == _UNDEFINED else pos + length
+        pos = _find_in_item(b, pos, item_end, implicit, tags, item_found(), depth)
+    if pos != end:
+        raise ValueError("sequence runs past its value")
+    return pos
+
+
+def _find_in_item(
+    b: bytes,
+    pos: int,
+    end: int | None,
+    implicit: bool,
+    tags: frozenset[int],
+    found: dict[int, RawValue],
+    depth: int,
+) -> int:
+    """Record the first raw value of each of ``tags`` in one item (nested sequences too).
+
+    Returns the position after the item (after its delimiter when ``end`` is ``None``).
+    """
+    size = len(b) if end is None else min(end, len(b))
+    while end is None or pos < end:
+        if end is not None and len(found) == len(tags):
+            return end  # all found: the rest of a defined-length item is not read
+        if pos + 8 > size:
+            raise ValueError("item runs past its value")
+        group, elem = _unpack_hh(b, pos)
+        tag = (group << 16) | elem
+        if tag == _ITEM_END:
+            return pos + 8
+        vr, header, length = _element_header(b, pos, implicit or group == 0xFFFE)
+        start = pos + header
+        if _is_sequence(tag, vr, length):
+            value_end = None if length == _UNDEFINED else start + length
+            inner = implicit or vr == b"UN"
+            pos = _walk_sequence(b, start, value_end, inner, tags, depth + 1, lambda: found)
+            continue
+        if length == _UNDEFINED:  # encapsulated (an icon image)
+            pos = _skip_fragments(b, start)
+            continue
+        if start + length > size:
+            raise ValueError("element runs past its item")
+        if tag in tags and tag not in found:
+            found[tag] = (vr, b[start : start + length])
+        pos = start + length
+    if pos != end:
+        raise ValueError("item runs past its value")
+    return pos
+
+
+def _is_sequence(tag: int, vr: bytes | None, length: int) -> bool:
+    """Whether an element holds items: its VR says so, or (no VR, or UN) its length or dictionary.
+
+    An undefined length without a VR (or UN) is a sequence of implicit VR items (PS3.5
+    6.2.2); pixel data, the other undefined-length value, is not in a functional group.
+    """
+    if vr == b"SQ":
+        return True
+    if vr is not None and vr != b"UN":
+        return False
+    return length == _UNDEFINED or _dictionary_sequence(tag)
+
+
+def _dictionary_sequence(tag: int) -> bool:
+    if tag in _SEQUENCES:
+        return True
+    hit = _SQ_TAGS.get(tag)
+    if hit is None:
+        from pydicom.datadict import dictionary_VR
+
+        try:
+            hit = _SQ_TAGS[tag] = dictionary_VR(tag) == "SQ"
+        except KeyError:  # private, or not in the dictionary
+            hit = _SQ_TAGS[tag] = False
+    return hit
+
+
+_SQ_TAGS: dict[int, bool] = {}
+
+
+def dataset_holding(ds: Any, tag: int, depth: int = 1) -> Any:
+    """Return the (nested) pydicom item of ``ds`` that holds ``tag``, depth first, or ``None``."""
+    if ds is None or depth > _MAX_DEPTH:
+        return None
+    if tag in ds:
+        return ds
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                holder = dataset_holding(item, tag, depth + 1)
+                if holder is not None:
+                    return holder
+    return None
 
 
 # ---------------------------------------------------------------------------------------

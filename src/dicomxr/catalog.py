@@ -10,6 +10,15 @@ as a DataFrame through :func:`skipped`.
 Headers are read by a small dedicated parser (:mod:`dicomxr._header`) for the common
 encodings (explicit and implicit VR little endian); everything else goes through pydicom.
 Both paths produce the same values (tested on every file of the real corpora).
+
+``DiffusionBValue`` and ``DiffusionGradientOrientation`` come from the standard tags
+(0018,9087) and (0018,9089) when present, else from the vendor's private tags (Siemens
+(0019,100C)/(0019,100E), GE (0043,1039) first value/(0019,10BB-BD), Philips
+(2001,1003)/(2005,10B0-B2)), each found through its private creator.
+``NumberOfImagesInMosaic`` is Siemens' (0019,100A); when a MOSAIC lacks it, it is read from
+the CSA image header with :mod:`nibabel.nicom` (``dicomxr[nifti]``). ``pixel_data_truncated``
+is True when the pixel data (or, compressed, its fragments) runs past the end of the file:
+the header is sound, the pixels cannot all be read.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from dicomxr.errors import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COLUMNS", "read_header", "scan", "skipped"]
+__all__ = ["COLUMNS", "prune_cache", "read_header", "scan", "skipped"]
 
 #: Catalog columns in order, with the pandas dtype each one gets.
 #: ``"object"`` columns hold tuples (multi-valued attributes) or ``None``.
@@ -667,7 +676,40 @@ def read_header_pydicom(
     row["pixel_data_truncated"] = truncated
     row["is_enhanced"] = _PERFRAME_TAG in ds
     row["per_frame"] = _per_frame_from_dataset(ds, row) if row["is_enhanced"] else None
+    if keys and row["is_enhanced"]:
+        _group_key_values_pydicom(row, ds, keys)
     return _finish_row(row, private)
+
+
+def _group_key_values_pydicom(row: dict[str, Any], ds: Any, keys: tuple[Key, ...]) -> None:
+    """Find requested keys in the functional groups of a file read by pydicom.
+
+    The same order as :func:`_group_key_values`: the shared item, then each frame's item.
+    """
+    from dicomxr._functional_groups import PER_FRAME, SHARED, dataset_holding
+
+    missing = [k for k in keys if row[k.name] is None]
+    if not missing:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            shared = ds.get(SHARED)
+            shared_item = shared.value[0] if shared is not None and shared.value else None
+            per_frame = ds.get(PER_FRAME)
+            frames = list(per_frame.value) if per_frame is not None else []
+            for key in missing:
+                holder = dataset_holding(shared_item, key.tag)
+                if holder is not None:
+                    row[key.name] = value_from_pydicom(holder, key)
+                    continue
+                values = []
+                for item in frames:
+                    holder = dataset_holding(item, key.tag)
+                    values.append(None if holder is None else value_from_pydicom(holder, key))
+                _put_frame_values(row, key.name, values)
+        except Exception as exc:  # damaged groups: the per-frame table says so already
+            logger.debug("requested keys not searched in the functional groups: %s", exc)
 
 
 def _per_frame_from_dataset(ds: Any, row: dict[str, Any]) -> dict[str, tuple[Any, ...]] | str:
@@ -1142,6 +1184,8 @@ def read_header_fast(
     row["per_frame"] = (
         _per_frame_from_raw(groups, raw.implicit, row) if row["is_enhanced"] else None
     )
+    if keys and row["is_enhanced"]:
+        _group_key_values(row, groups, raw.implicit, charset, keys)
     return _finish_row(row, _fast_private(elements, raw.implicit) if has_private else {})
 
 
@@ -1266,6 +1310,71 @@ def _key_values(
         else:
             vr = item[0].decode()
         row[key.name] = value_from_raw(item[1], vr, charset)
+
+
+def _group_key_values(
+    row: dict[str, Any],
+    groups: list[tuple[bytes | None, bytes] | None],
+    implicit: bool,
+    charset: list[str] | None,
+    keys: tuple[Key, ...],
+) -> None:
+    """Find the requested keys an enhanced file keeps in its functional groups.
+
+    A key the top level does not have is looked for in the shared item, then in each
+    frame's item: one value for all frames goes into ``row``, values that vary go into the
+    file's per-frame table (``row["per_frame"]``), so that they become a coordinate.
+    """
+    from dicomxr._functional_groups import raw_values_in_groups
+
+    missing = [k for k in keys if row[k.name] is None]
+    per_frame, shared = groups
+    try:
+        if missing and shared is not None:
+            found = raw_values_in_groups(shared, implicit, _tags_of(missing), first_only=True)
+            for key in missing:
+                row[key.name] = _group_value(found[0] if found else {}, key, charset)
+            missing = [k for k in missing if row[k.name] is None]
+        if missing and per_frame is not None:
+            frames = raw_values_in_groups(per_frame, implicit, _tags_of(missing))
+            for key in missing:
+                _put_frame_values(row, key.name, [_group_value(f, key, charset) for f in frames])
+    except Exception as exc:  # damaged groups: the per-frame table says so already
+        logger.debug("requested keys not searched in the functional groups: %s", exc)
+
+
+def _tags_of(keys: list[Key]) -> frozenset[int]:
+    """Return the tags to look for: the keys' and their private creators'."""
+    return frozenset(t for k in keys for t in (k.tag, k.creator_tag) if t is not None)
+
+
+def _group_value(
+    found: dict[int, tuple[bytes | None, bytes]], key: Key, charset: list[str] | None
+) -> Any:
+    """Decode ``key``'s raw value found in one functional group item (``None``: not there)."""
+    item = found.get(key.tag)
+    if item is None:
+        return None
+    vr_bytes, value = item
+    if vr_bytes in (None, b"UN"):
+        creator = None if key.creator_tag is None else found.get(key.creator_tag, (0, None))[1]
+        vr = key.implicit_vr(creator)
+    else:
+        vr = vr_bytes.decode()
+    return value_from_raw(value, vr, charset)
+
+
+def _put_frame_values(row: dict[str, Any], name: str, values: list[Any]) -> None:
+    """Put a key's per-frame values: one value when all frames agree, else per frame."""
+    if not values or all(v is None for v in values):
+        return
+    first = values[0]
+    if all(type(v) is type(first) and v == first for v in values):
+        row[name] = first
+        return
+    table = row["per_frame"]
+    if isinstance(table, dict):  # an unreadable table keeps the file's values
+        table[name] = tuple(values)
 
 
 def _pixel_columns(row: dict[str, Any], raw: Any, size: int) -> None:
@@ -1836,22 +1945,19 @@ def scan(
     warn
         Emit a :class:`~dicomxr.SkippedFileWarning` summarising skipped files that look
         like damaged DICOM (empty, truncated or unreadable headers, dangling DICOMDIR
-        references). Non-DICOM files and directory files met while walking a folder are
-        only listed in the report; named explicitly, they are warned about too.
+        references). Non-DICOM files met in a folder (not named) are only reported.
     cache
         Keep a snapshot of the catalog in a persistent cache, so that scanning the same
         source again (in this or a later session) reads no header that has not changed:
         only new or modified files (by size and modification time) are read, removed ones
         dropped. Opt-in: ``True`` uses ``<user cache dir>/dicomxr/catalog`` (see
         :func:`dicomxr.data.cache_dir`; ``$DICOMXR_CACHE_DIR`` moves it), a path names
-        another folder. One snapshot per source and set of ``keys``; nothing is ever
-        written next to the data. Needs pyarrow (``dicomxr[cache]``). See the guide's
-        "Scanning the same tree again".
+        another folder. One snapshot per source and set of ``keys``; nothing is written
+        next to the data. Needs pyarrow (``dicomxr[cache]``). See the guide.
     workers
         Read headers in this many threads. Worth it on network file systems and cold
         disks, where waiting for each file dominates; on a local, cached tree one
-        thread (the default) is as fast. The catalog is the same either way. Remote
-        sources default to 16 threads.
+        thread (the default) is as fast. Remote sources default to 16 threads.
     storage_options
         Options for fsspec when ``source`` is a URL or a zip file (credentials, endpoint,
         ``{"anon": True}``...). They are kept in ``df.attrs["storage_options"]`` so that
@@ -1863,16 +1969,16 @@ def scan(
         ``"0019100C"``, ``0x0019100C``, ``(0x0019, 0x100C)``). A keyword's column is the
         keyword, a private tag's is ``"gggg,eeee"``; values are numbers, text, tuples
         for multi-valued attributes, hexadecimal text for binary ones, missing where a file
-        lacks the attribute. Top-level attributes only (an enhanced file's functional
-        groups are not searched). Keys the catalog already has are ignored. The names are
-        in ``df.attrs["keys"]``. A cached entry is reused only for the same keys.
+        lacks the attribute. A key an enhanced file does not have at its top level is
+        looked for in its shared functional groups, then in each frame's (values that
+        differ per frame: ``None`` here, per frame in its ``per_frame`` table). Keys the
+        catalog has are ignored; the names are in ``df.attrs["keys"]``.
     client
         A :class:`distributed.Client` (``True``: the session's default client,
         ``distributed.get_client()``): the headers are read by its workers, one task per
         batch of files, and the rows gathered here. The persistent cache is looked up and
         updated here, so only the files not in it are sent. ``None`` (default) reads in
-        this process. Remote sources (URLs) are read by threads here either way (their
-        cost is waiting, which threads overlap).
+        this process; so do remote sources (threads overlap their waiting).
 
     Returns
     -------
@@ -1891,14 +1997,8 @@ def scan(
 
     Notes
     -----
-    ``DiffusionBValue`` and ``DiffusionGradientOrientation`` come from the standard
-    tags (0018,9087) and (0018,9089) when present, else from the vendor's private tags
-    (Siemens (0019,100C)/(0019,100E), GE (0043,1039) first value/(0019,10BB-BD),
-    Philips (2001,1003)/(2005,10B0-B2)), each found through its private creator.
-    ``NumberOfImagesInMosaic`` is Siemens' (0019,100A); when a MOSAIC lacks it, it is
-    read from the CSA image header with :mod:`nibabel.nicom` (``dicomxr[nifti]``).
-    ``pixel_data_truncated`` is True when the pixel data (or, compressed, its fragments)
-    runs past the end of the file: the header is sound, the pixels cannot all be read.
+    Where the vendor columns come from, and what ``pixel_data_truncated`` means: see the
+    module's documentation (:mod:`dicomxr.catalog`).
 
     Examples
     --------
@@ -2434,51 +2534,49 @@ def _column(values: list[Any], dtype: str) -> Any:
         return np.fromiter(map(bool, values), dtype=bool, count=n)
     if dtype in ("float64", "int64"):
         return np.array(values, dtype=dtype)
-    if dtype == "Int64":
-        return _int_column(values)
     if dtype == "str":
         try:
-            return _str_column(values)
+            return _str_array(values)
         except UnicodeEncodeError:
             # file names that are not valid UTF-8 come back from the OS with lone
             # surrogates, which an Arrow-backed str dtype refuses: keep them as objects
             # (an explicit object Series: pandas would infer its str dtype again)
             return pd.Series(np.array(values, dtype=object), dtype=object)
+    if dtype == "Int64":
+        return _int_array(values)
     return pd.array(values, dtype=dtype)
 
 
-def _int_column(values: list[Any]) -> Any:
-    """Build an Int64 column from its values and a mask (what ``pd.array`` gives, faster)."""
-    present = [v for v in values if v is not None]
-    if all(type(v) is int for v in present):
-        try:
-            if len(present) == len(values):
-                data = np.array(values, np.int64)
-                return pd.arrays.IntegerArray(data, np.zeros(len(values), bool))
-            mask = np.fromiter((v is None for v in values), bool, len(values))
-            data = np.array([0 if v is None else v for v in values], np.int64)
-            return pd.arrays.IntegerArray(data, mask)
-        except OverflowError:
-            pass  # pandas says what does not fit
-    return pd.array(values, dtype="Int64")
-
-
-def _str_column(values: list[Any]) -> Any:
-    """Build a str column from text values through Arrow (what ``pd.array`` gives, faster).
-
-    Raises ``UnicodeEncodeError`` for a value that is not valid UTF-8 (lone surrogates).
-    """
-    dtype = pd.StringDtype(na_value=np.nan)  # the "str" dtype
-    if dtype.storage != "pyarrow":
-        return pd.array(values, dtype="str")
+def _str_array(values: list[Any]) -> Any:
+    """Build pandas' ``str`` array through Arrow (a third of ``pd.array``'s cost)."""
     import pyarrow as pa
-    from pandas.arrays import ArrowStringArray
 
+    array = pd.array([], dtype="str")
+    if type(array).__name__ != "ArrowStringArray":  # pandas without pyarrow strings
+        return pd.array(values, dtype="str")
     try:
-        arrow = pa.array(values, pa.large_string())
-    except (pa.ArrowTypeError, pa.ArrowInvalid):
-        return pd.array(values, dtype="str")  # values that are not text: pandas converts them
-    return ArrowStringArray(pa.chunked_array([arrow]), dtype=dtype)
+        arrow = pa.array(values, type=pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all str: pandas says how it is
+        return pd.array(values, dtype="str")
+    return type(array)(arrow).astype(array.dtype, copy=False)
+
+
+def _int_array(values: list[Any]) -> Any:
+    """Build a nullable ``Int64`` array from ints and ``None`` (half ``pd.array``'s cost).
+
+    Anything else (a float, a bool, an int beyond 64 bits) goes to ``pd.array``, which
+    decides as it always did.
+    """
+    if all(v is None or type(v) is int for v in values):
+        mask = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+        try:
+            data = np.array(
+                [0 if v is None else v for v in values] if mask.any() else values, dtype=np.int64
+            )
+        except OverflowError:
+            return pd.array(values, dtype="Int64")
+        return pd.arrays.IntegerArray(data, mask)
+    return pd.array(values, dtype="Int64")
 
 
 def _extra_column(values: list[Any]) -> Any:
@@ -2497,6 +2595,37 @@ def _extra_column(values: list[Any]) -> Any:
     for i, v in enumerate(values):
         arr[i] = v  # tuples stay tuples
     return arr
+
+
+def prune_cache(
+    cache: bool | str | os.PathLike[str] = True,
+    max_age_days: float = _catalog_cache.MAX_AGE_DAYS,
+) -> list[str]:
+    """Remove the catalog snapshots no scan has used for ``max_age_days`` days.
+
+    :func:`scan` does this after it writes a snapshot (90 days); call it to trim a cache
+    folder now, or to empty it (``max_age_days=0``).
+
+    Parameters
+    ----------
+    cache
+        The ``cache=`` given to :func:`scan`: ``True`` for the user cache folder, or a
+        folder.
+    max_age_days
+        Age, in days since a scan last read or wrote it, from which a snapshot goes.
+
+    Returns
+    -------
+    list of str
+        The files removed.
+
+    Examples
+    --------
+    >>> import dicomxr
+    >>> dicomxr.catalog.prune_cache(max_age_days=30)  # doctest: +SKIP
+    """
+    folder = _catalog_cache.default_folder() if cache is True else os.fspath(cache)
+    return _catalog_cache.prune(folder, max_age_days)
 
 
 def skipped(df: pd.DataFrame) -> pd.DataFrame:

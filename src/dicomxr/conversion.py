@@ -48,6 +48,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import secrets
 import shutil
@@ -990,14 +991,82 @@ def _text(value: Any) -> str:
 
 
 def _consolidate(dest: Path) -> None:
+    """Gather the metadata of every group and array of the store into its root ``zarr.json``.
+
+    What ``zarr.consolidate_metadata`` writes, but read as plain JSON from the members'
+    ``zarr.json`` files (a cohort store has a dozen arrays per series: zarr's own walk parses
+    each one into objects and costs a serial ~5 ms a series at the end of every run), and
+    the root written atomically. A store this does not recognise (Zarr v2, a member group
+    already consolidated) is left to zarr's function.
+    """
     root = dest / ZARR_STORE
     if not root.exists():
         return
+    members = _v3_members(root)
+    if members is None:
+        import zarr
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            zarr.consolidate_metadata(str(root))
+        return
+    import unicodedata
+
     import zarr
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        zarr.consolidate_metadata(str(root))
+    top = json.loads((root / "zarr.json").read_text(encoding="utf-8"))
+    ordered = sorted(
+        members.items(),
+        key=lambda item: (item[0].count("/"), unicodedata.normalize("NFKC", item[0]).casefold()),
+    )
+    top = _with_consolidated(top, dict(ordered))
+    _write_atomic(root / "zarr.json", json.dumps(top, indent=zarr.config.get("json_indent"),
+                                                 allow_nan=True))  # fmt: skip
+
+
+def _with_consolidated(group: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """Return a group's metadata with ``consolidated_metadata`` set, where zarr places it."""
+    consolidated = {"kind": "inline", "must_understand": False, "metadata": metadata}
+    out = {k: v for k, v in group.items() if k not in ("consolidated_metadata", "node_type")}
+    return out | {"consolidated_metadata": consolidated, "node_type": group.get("node_type")}
+
+
+def _v3_members(root: Path) -> dict[str, Any] | None:
+    """Read the ``zarr.json`` of every group and array under ``root`` by relative path.
+
+    Groups are descended, arrays not (their chunks are not metadata); a folder without a
+    ``zarr.json`` is no member, as for zarr; leftovers of interrupted writes are skipped.
+    ``None`` when the store is not one this module writes (not Zarr v3, or a member group
+    with consolidated metadata of its own).
+    """
+    try:
+        if json.loads((root / "zarr.json").read_text(encoding="utf-8")).get("zarr_format") != 3:
+            return None
+    except (OSError, ValueError):
+        return None
+    members: dict[str, Any] = {}
+    pending = [("", root)]
+    while pending:
+        prefix, folder = pending.pop()
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if e.is_dir() and _TMP_MARK not in e.name]
+        for name in names:
+            try:
+                meta = json.loads((folder / name / "zarr.json").read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                return None
+            if meta.get("zarr_format") != 3:
+                return None
+            path = f"{prefix}{name}"
+            if meta.get("node_type") == "group":
+                if meta.get("consolidated_metadata"):
+                    return None
+                meta = _with_consolidated(meta, {})
+                pending.append((path + "/", folder / name))
+            members[path] = meta
+    return members
 
 
 def _ensure_zarr_root(dest: Path) -> None:
@@ -1115,10 +1184,11 @@ def convert(
         A :class:`distributed.Client` (``True``: the session's default client): the
         scan runs on its workers (one task per batch of files) and so does the
         conversion: each series is submitted as soon as it is planned, in tasks of one
-        series or a batch of small ones (a few per task, up to 64 MiB of images, at least 8
-        tasks per worker); each worker opens, converts and writes one series at a time
-        straight into ``dest`` (which must be a folder every worker can write,
-        e.g. a shared file system) and returns its manifest rows; this process plans,
+        series or a batch of small ones (up to 64 MiB of images and 32 series; large
+        batches first, single series at the end, so the workers finish together); each
+        worker opens, converts and writes one series at a time straight into ``dest``
+        (which must be a folder every worker can write, e.g. a shared file system) and
+        returns its manifest rows; this process plans,
         gathers the rows, writes the manifest and reports. Outputs are the same as without
         a client. ``None`` (default): everything runs in this process, one series after
         the other.
@@ -1320,20 +1390,27 @@ _WORKER_LOCK = threading.Lock()
 #: a task holds several small series, so that the scheduler's cost per task does not rival
 #: a small series' own; it closes at this many bytes of images (a large series is alone),
 _BATCH_BYTES = 64 * 2**20
-#: or when the cohort would make fewer than this many tasks per worker (load balance)
-_TASKS_PER_WORKER = 8
+#: at this many series (the pickled plans stay small),
+_BATCH_SERIES = 32
+#: or at 1 / (this x the number of workers) of the series not yet submitted: large batches
+#: first, then smaller and smaller ones down to single series, so that the workers finish
+#: together (guided self-scheduling) with few tasks in all
+_BATCH_SHARE = 2
 
 
 def _convert_on_worker(
-    tasks: Sequence[SeriesTask], dest: str, options: ConvertOptions, secret: str
+    batch: bytes, dest: str, options: ConvertOptions, secret: str
 ) -> list[tuple[list[dict[str, Any]], BaseException | None]]:
     """Run :func:`convert_series` on each task of a batch, inside a dask.distributed task.
 
+    ``batch`` is the pickled list of :class:`SeriesTask` (see :meth:`_ClientRunner._flush`).
     Returns ``(rows, error)`` per task: one series failing does not fail the others. The
     series' own reads run on the synchronous scheduler: a compute inside a task would
     otherwise go back to the cluster (and could wait for the very worker it runs on).
     """
     import dask
+
+    tasks: list[SeriesTask] = pickle.loads(batch)
 
     outcomes: list[tuple[list[dict[str, Any]], BaseException | None]] = []
     with _WORKER_LOCK, dask.config.set(scheduler="synchronous"):
@@ -1353,9 +1430,10 @@ def _image_bytes(task: SeriesTask) -> int:
 class _ClientRunner:
     """Convert on a dask.distributed client: batches of series, submitted as soon as planned.
 
-    Tasks are grouped in planning order into batches of up to ``per_batch`` series and
-    :data:`_BATCH_BYTES` of images, so a cohort of tiny series does not pay the scheduler's
-    cost per series, while a cohort still makes :data:`_TASKS_PER_WORKER` tasks per worker.
+    Tasks are grouped in planning order into batches of up to :data:`_BATCH_BYTES` of images
+    and :data:`_BATCH_SERIES` series, each batch taking a share of the series still to come
+    (:data:`_BATCH_SHARE`), so a cohort of tiny series does not pay the scheduler's cost per
+    series while the last tasks are single series that even out the workers' ends.
     """
 
     def __init__(
@@ -1370,8 +1448,8 @@ class _ClientRunner:
         self.client = client
         self.args = (str(dest.resolve()), options, secret)
         self.run = uuid.uuid4().hex[:8]
-        workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
-        self.per_batch = max(1, total // (_TASKS_PER_WORKER * workers))
+        self.workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+        self.remaining = total  # series not yet submitted (planned or not)
         self.batch: list[tuple[int, SeriesTask]] = []
         self.members: dict[str, list[int]] = {}
         self.futures: list[Any] = []
@@ -1380,23 +1458,31 @@ class _ClientRunner:
     def submit(self, i: int, task: SeriesTask) -> None:
         """Add a task to the current batch; submit the batch when it is full."""
         if self.batch and (
-            len(self.batch) >= self.per_batch
+            len(self.batch) >= self._batch_size()
             or sum(_image_bytes(t) for _, t in self.batch) + _image_bytes(task) > _BATCH_BYTES
         ):
             self._flush()
         self.batch.append((i, task))
 
+    def _batch_size(self) -> int:
+        share = -(-self.remaining // (_BATCH_SHARE * self.workers))  # ceil
+        return max(1, min(_BATCH_SERIES, share))
+
     def _flush(self) -> None:
         if not self.batch:
             return
         indices = [i for i, _ in self.batch]
+        # pickled here, once: the scheduler passes the bytes on as they are, instead of
+        # unpickling the plans' frame tables and pickling them again for the worker
+        batch = pickle.dumps([t for _, t in self.batch], protocol=pickle.HIGHEST_PROTOCOL)
         future = self.client.submit(
-            _convert_on_worker, [t for _, t in self.batch], *self.args,
+            _convert_on_worker, batch, *self.args,
             key=f"dicomxr-convert-{self.run}-{indices[0]}", pure=False, retries=0,
         )  # fmt: skip
         self.members[future.key] = indices
         self.futures.append(future)
         self.completed.add(future)
+        self.remaining -= len(self.batch)
         self.batch = []
 
     def outcomes(self) -> Iterator[Outcome]:

@@ -242,8 +242,12 @@ def _one_frame_each(layout: _Layout) -> pd.DataFrame:
             new[col] = _empty(n)
     if "ComplexImageComponent" not in catalog.columns:
         new["ComplexImageComponent"] = layout.component
-    out = catalog.assign(**new)
-    out.index = pd.RangeIndex(n)
+    # one DataFrame from the column arrays: inserting the new columns one by one into a
+    # copy costs more than the rest of planning a classic series
+    data = {col: _column_array(catalog, pos) for pos, col in enumerate(catalog.columns)}
+    data.update(new)
+    out = pd.DataFrame(data, index=pd.RangeIndex(n), copy=True)  # never a view of the catalog
+    out.attrs = copy.deepcopy(catalog.attrs)
     if layout.errors:
         out.attrs["frame_errors"] = layout.errors
     return out
