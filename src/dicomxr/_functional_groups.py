@@ -28,6 +28,7 @@ at any depth of the shared item and of each per-frame item, from the same raw by
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable
@@ -415,23 +416,34 @@ def _raw_items(
         raise ValueError("functional groups nested too deeply")
     items: list[Item] = []
     while end is None or pos < end:
-        if pos + 8 > len(b):
-            raise ValueError("sequence runs past its value")
-        group, elem, length = _unpack_hhi(b, pos)
-        tag = (group << 16) | elem
-        pos += 8
-        if tag == _SEQ_END:
+        pos, item_end, ended = _next_item(b, pos)
+        if ended:
             return items, pos
-        if tag != _ITEM:
-            raise ValueError(f"element ({group:04X},{elem:04X}) where an item should be")
         if len(items) >= limit:
             _check_count(limit + 1, limit)
-        item_end = None if length == _UNDEFINED else pos + length
         item, pos = _raw_item(b, pos, item_end, implicit, parent, depth)
         items.append(item)
     if pos != end:
         raise ValueError("sequence runs past its value")
     return items, pos
+
+
+def _next_item(b: bytes, pos: int) -> tuple[int, int | None, bool]:
+    """Read the item (or sequence delimiter) header at ``pos`` of a sequence value.
+
+    Returns the position after it, the item's end (``None``: undefined length) and whether
+    it was the sequence delimiter.
+    """
+    if pos + 8 > len(b):
+        raise ValueError("sequence runs past its value")
+    group, elem, length = _unpack_hhi(b, pos)
+    tag = (group << 16) | elem
+    if tag == _SEQ_END:
+        return pos + 8, None, True
+    if tag != _ITEM:
+        raise ValueError(f"element ({group:04X},{elem:04X}) where an item should be")
+    pos += 8
+    return pos, None if length == _UNDEFINED else pos + length, False
 
 
 def _raw_item(
@@ -615,7 +627,7 @@ RawValue = tuple[bytes | None, bytes]
 
 
 def raw_values_in_groups(
-    sequence: RawValue, implicit: bool, tags: frozenset[int], first_only: bool = False
+    sequence: RawValue, implicit: bool, tags: frozenset[int]
 ) -> list[dict[int, RawValue]]:
     """Find the raw values of ``tags`` in each item of a functional groups sequence.
 
@@ -631,8 +643,6 @@ def raw_values_in_groups(
         Whether the data set is implicit VR.
     tags
         The tags to find.
-    first_only
-        Read the first item only (the shared sequence has one).
 
     Returns
     -------
@@ -649,20 +659,11 @@ def raw_values_in_groups(
     out: list[dict[int, RawValue]] = []
 
     def new_item() -> dict[int, RawValue]:
-        if first_only and out:
-            raise _Enough
         out.append({})
         return out[-1]
 
-    try:
-        _walk_sequence(value, 0, len(value), implicit or vr == b"UN", tags, 1, new_item)
-    except _Enough:
-        pass
+    _walk_sequence(value, 0, len(value), implicit or vr == b"UN", tags, 1, new_item)
     return out
-
-
-class _Enough(Exception):
-    """Stop reading a sequence: the items wanted are read."""
 
 
 def _walk_sequence(
@@ -682,16 +683,9 @@ def _walk_sequence(
     if depth > _MAX_DEPTH:
         raise ValueError("functional groups nested too deeply")
     while end is None or pos < end:
-        if pos + 8 > len(b):
-            raise ValueError("sequence runs past its value")
-        group, elem, length = _unpack_hhi(b, pos)
-        tag = (group << 16) | elem
-        pos += 8
-        if tag == _SEQ_END:
+        pos, item_end, ended = _next_item(b, pos)
+        if ended:
             return pos
-        if tag != _ITEM:
-            raise ValueError(f"element ({group:04X},{elem:04X}) where an item should be")
-        item_end = None if length == _UNDEFINED else pos + length
         pos = _find_in_item(b, pos, item_end, implicit, tags, item_found(), depth)
     if pos != end:
         raise ValueError("sequence runs past its value")
@@ -754,21 +748,16 @@ def _is_sequence(tag: int, vr: bytes | None, length: int) -> bool:
     return length == _UNDEFINED or _dictionary_sequence(tag)
 
 
+@functools.cache
 def _dictionary_sequence(tag: int) -> bool:
     if tag in _SEQUENCES:
         return True
-    hit = _SQ_TAGS.get(tag)
-    if hit is None:
-        from pydicom.datadict import dictionary_VR
+    from pydicom.datadict import dictionary_VR
 
-        try:
-            hit = _SQ_TAGS[tag] = dictionary_VR(tag) == "SQ"
-        except KeyError:  # private, or not in the dictionary
-            hit = _SQ_TAGS[tag] = False
-    return hit
-
-
-_SQ_TAGS: dict[int, bool] = {}
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:  # private, or not in the dictionary
+        return False
 
 
 def dataset_holding(ds: Any, tag: int, depth: int = 1) -> Any:

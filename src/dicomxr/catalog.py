@@ -24,6 +24,7 @@ the header is sound, the pixels cannot all be read.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob as _glob
 import json
 import logging
@@ -1330,7 +1331,7 @@ def _group_key_values(
     per_frame, shared = groups
     try:
         if missing and shared is not None:
-            found = raw_values_in_groups(shared, implicit, _tags_of(missing), first_only=True)
+            found = raw_values_in_groups(shared, implicit, _tags_of(missing))  # one item
             for key in missing:
                 row[key.name] = _group_value(found[0] if found else {}, key, charset)
             missing = [k for k in missing if row[k.name] is None]
@@ -2652,16 +2653,22 @@ def _column(values: list[Any], dtype: str) -> Any:
 
 def _str_array(values: list[Any]) -> Any:
     """Build pandas' ``str`` array through Arrow (a third of ``pd.array``'s cost)."""
+    empty = _empty_str_array()
+    if type(empty).__name__ != "ArrowStringArray":  # pandas without pyarrow strings
+        return pd.array(values, dtype="str")
     import pyarrow as pa
 
-    array = pd.array([], dtype="str")
-    if type(array).__name__ != "ArrowStringArray":  # pandas without pyarrow strings
-        return pd.array(values, dtype="str")
     try:
         arrow = pa.array(values, type=pa.large_string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all str: pandas says how it is
         return pd.array(values, dtype="str")
-    return type(array)(arrow).astype(array.dtype, copy=False)
+    return type(empty)(arrow).astype(empty.dtype, copy=False)
+
+
+@functools.cache
+def _empty_str_array() -> Any:
+    """Return an empty array of pandas' ``str`` dtype: its class and dtype, made once."""
+    return pd.array([], dtype="str")
 
 
 def _int_array(values: list[Any]) -> Any:
