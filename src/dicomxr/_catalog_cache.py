@@ -43,7 +43,7 @@ from dicomxr.errors import require, user_stacklevel
 __all__ = ["CatalogCache", "Snapshot", "default_folder", "prune"]
 
 #: bump when what a snapshot holds changes meaning: older snapshots are then ignored
-FORMAT = 1
+FORMAT = 2  # 2: the frame_digests column (stored frames of colliding instances)
 
 _META_KEY = b"dicomxr-catalog-snapshot"
 

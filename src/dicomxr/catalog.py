@@ -133,10 +133,16 @@ _SCHEMA: dict[str, str] = {
     "per_frame": "object",
     "has_pixels": "bool",
     "pixel_data_truncated": "bool",
+    "frame_digests": "object",
 }
 
 #: The catalog's column names, in order.
 COLUMNS: tuple[str, ...] = tuple(_SCHEMA)
+
+#: columns the scan computes across rows once every header is read (no file's row has them)
+_ACROSS_ROWS = ("frame_digests",)
+#: the columns of one file's row
+_ROW_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in _ACROSS_ROWS)
 
 # Attributes read from the top-level dataset, by tag, with how to convert the value.
 # kind: "str" text, "uid" UI, "int" IS/US/UL/SS/SL (first value), "float" DS/FD/FL (first value),
@@ -2220,15 +2226,72 @@ def _catalog(
     todo = plan.to_read.tolist()
     results = _read_files([found.paths[i] for i in todo], found, progress, extra, client)
     if snap is not None and plan.unchanged(results):
-        frame, skips = snap.frame, plan.kept_skips(found.paths)
+        frame, skips = snap.frame, plan.kept_skips(found.paths)  # digests as they were
     else:
         frame, skips = _merge(found.paths, plan, results, names)
+        _put_frame_digests(frame, found.storage_options)
     if store is not None and (snap is None or not plan.unchanged(results)):
         store.save(frame, _entries(found, keys, plan, results, frame, started))
     return _typed_keys(frame, names), skips
 
 
 _NO_KEYS = (np.empty(0, np.int64), np.empty(0, np.int64))  # no cache: none compared
+
+
+def _put_frame_digests(frame: pd.DataFrame, storage_options: Mapping[str, Any] | None) -> None:
+    """Fill the ``frame_digests`` column: the stored frames' digests of colliding instances.
+
+    Files whose SOPInstanceUID another file with readable pixel data reuses are either
+    copies of one instance or different images under one UID, which only their decoded
+    values tell apart (:func:`dicomxr.series.plan_series` sets copies apart). Their digests
+    (:func:`dicomxr.pixels.frame_digests`) are computed here, once, so that planning opens
+    no file; every other row is ``None``. A digest kept from the persistent cache (the row's
+    file unchanged) is reused; rows that collide no more are cleared.
+    """
+    column = frame.columns.get_loc("frame_digests")
+    old = frame.iloc[:, column].to_numpy()
+    rows = _colliding_rows(frame)
+    if not len(rows):
+        if any(v is not None for v in old):  # the files it collided with are gone
+            frame.isetitem(column, np.full(len(frame), None, dtype=object))
+        return
+    from dicomxr.pixels import frame_digests
+
+    out = np.full(len(frame), None, dtype=object)
+    for i in rows.tolist():
+        kept = old[i]  # from the snapshot: the file has not changed
+        if not isinstance(kept, tuple):
+            kept = frame_digests(_row_dict(frame, i), storage_options)
+        out[i] = kept
+    frame.isetitem(column, out)
+
+
+def _colliding_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows with readable pixel data whose SOPInstanceUID another such row has.
+
+    One hash of the column (a few ms for 100,000 rows) when no UID repeats.
+    """
+    if len(frame) < 2:
+        return np.empty(0, np.int64)
+    readable = frame["has_pixels"].to_numpy(dtype=bool) & ~frame["pixel_data_truncated"].to_numpy(
+        dtype=bool
+    )
+    uid = frame["SOPInstanceUID"]
+    if not readable.all():
+        uid = uid[readable]
+    if uid.is_unique:
+        return np.empty(0, np.int64)
+    repeated = (uid.duplicated(keep=False) & uid.notna()).to_numpy(dtype=bool)
+    return np.flatnonzero(readable)[repeated]
+
+
+def _row_dict(frame: pd.DataFrame, i: int) -> dict[str, Any]:
+    """Return what :class:`dicomxr.pixels.FrameRef` needs of row ``i`` of a catalog."""
+    from dicomxr.pixels import LAYOUT_FIELDS
+
+    names = ("path", "pixel_data_offset", *LAYOUT_FIELDS)
+    # missing values (None, NaN, pd.NA) take the standard's defaults in FrameRef.from_row
+    return {name: frame[name].iat[i] for name in names if name in frame.columns}
 
 
 def _current_keys(found: _Found) -> tuple[np.ndarray, np.ndarray]:
@@ -2617,11 +2680,13 @@ def _to_frame(
     data: dict[str, Any] = {}
     try:
         # one list per column, gathered in C (no tuple per row for the collector to trace)
-        columns = [list(map(operator.itemgetter(col), rows)) for col in COLUMNS]
+        columns = [list(map(operator.itemgetter(col), rows)) for col in _ROW_COLUMNS]
     except KeyError:  # a row without some column (never from scan(); be lenient)
-        columns = [[r.get(col) for r in rows] for col in COLUMNS]
-    for (col, dtype), values in zip(_SCHEMA.items(), columns, strict=True):
-        data[col] = _column(values, dtype)
+        columns = [[r.get(col) for r in rows] for col in _ROW_COLUMNS]
+    for col, values in zip(_ROW_COLUMNS, columns, strict=True):
+        data[col] = _column(values, _SCHEMA[col])
+    for col in _ACROSS_ROWS:  # filled in by the scan once the rows are together
+        data[col] = np.full(len(rows), None, dtype=object)
     for name in extra:
         values = [r.get(name) for r in rows]
         data[name] = _column(values, "object") if raw else _extra_column(values)

@@ -65,7 +65,9 @@ __all__ = [
     "PixelDataError",
     "apply_rescale",
     "apply_value_mapping",
+    "digest_or_reason",
     "file_frame_refs",
+    "frame_digests",
     "frame_dtype",
     "frame_refs",
     "frame_shape",
@@ -584,6 +586,57 @@ def stored_frame_digest(ref: FrameRef | Mapping[str, Any]) -> str:
     digest.update(f"{arr.dtype.str}{arr.shape}".encode())
     digest.update(arr.tobytes())
     return digest.hexdigest()
+
+
+#: how :func:`frame_digests` marks a frame it cannot read: this prefix, then the reason
+UNREADABLE = "unreadable: "
+
+
+def frame_digests(
+    row: Mapping[str, Any] | Any, storage_options: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """Return :func:`stored_frame_digest` of every stored frame of one instance.
+
+    What :func:`dicomxr.scan` keeps in its ``frame_digests`` column for instances whose
+    SOPInstanceUID another file reuses, so that planning tells a copy from a different
+    image without opening a file. Never raises for one unreadable frame: its item is
+    :data:`UNREADABLE` followed by the reason (:func:`digest_or_reason` splits it).
+
+    Parameters
+    ----------
+    row
+        A catalog row (one instance: ``NumberOfFrames`` frames; a MOSAIC is one stored
+        frame whatever its tiles).
+    storage_options
+        fsspec options for a ``path`` that is a URL (the catalog's
+        ``attrs["storage_options"]``).
+
+    Returns
+    -------
+    tuple of str
+        One item per stored frame, in frame order, up to the first frame that cannot be
+        read (its reason is the last item).
+    """
+    ref = FrameRef.from_row(row).whole_image()
+    if storage_options:
+        ref = replace(ref, storage_options=dict(storage_options))
+    out = []
+    for frame in range(max(ref.NumberOfFrames, 1)):
+        try:
+            out.append(stored_frame_digest(replace(ref, frame=frame)))
+        except Exception as exc:  # any unreadable frame: not comparable, say why
+            # and no further: a header claiming more frames than the file holds would
+            # otherwise cost one failed read per claimed frame
+            out.append(f"{UNREADABLE}{type(exc).__name__}: {exc}")
+            break
+    return tuple(out)
+
+
+def digest_or_reason(item: str) -> tuple[str | None, str | None]:
+    """Split one item of :func:`frame_digests`: ``(digest, None)`` or ``(None, reason)``."""
+    if item.startswith(UNREADABLE):
+        return None, item[len(UNREADABLE) :]
+    return item, None
 
 
 def _check_shape(arr: np.ndarray, ref: FrameRef) -> None:

@@ -1013,26 +1013,51 @@ def _any_same_frame(sop: np.ndarray, frame: np.ndarray, tile: np.ndarray) -> boo
 
 
 class _StoredFrameDigests:
-    """Digest of each colliding row's stored frame, read once per (file, frame)."""
+    """Digest of each colliding row's stored frame: the catalog's, else read once per (file, frame).
+
+    :func:`dicomxr.scan` computes the digests of the instances whose SOPInstanceUID another
+    file reuses (its ``frame_digests`` column: one item per stored frame; a MOSAIC tile
+    is part of stored frame 0), so planning a scanned catalog opens no file. Only a row
+    without one (a catalog made some other way, e.g. ``pd.concat`` of two scans whose rows
+    collide only across them, or without the column) has its frame read and decoded here,
+    with the catalog's ``attrs["storage_options"]`` for a URL.
+    """
 
     def __init__(self, cols: _Columns) -> None:
         self.cols = cols
         self.done: dict[tuple[str, int], tuple[str | None, str | None]] = {}
+        self.scanned = cols.obj("frame_digests") if cols.has("frame_digests") else None
 
     def __call__(self, i: int) -> tuple[str | None, str | None]:
         """Return ``(digest, None)`` or ``(None, why it cannot be read)``."""
         # pixels is a leaf module (no plan): imported here, only when UIDs collide
-        from dicomxr.pixels import stored_frame_digest
+        from dicomxr.pixels import digest_or_reason
 
         cols = self.cols
-        where = (str(cols.obj("path")[i]), int(cols.num("frame")[i]))
+        frame = int(cols.num("frame")[i])
+        kept = self.scanned[i] if self.scanned is not None else None
+        if isinstance(kept, tuple) and 0 <= frame < len(kept):
+            return digest_or_reason(kept[frame])
+        where = (str(cols.obj("path")[i]), frame)
         if where not in self.done:
-            row = {name: cols.obj(name)[i] for name in _PIXEL_COLUMNS if cols.has(name)}
-            try:
-                self.done[where] = (stored_frame_digest(row), None)
-            except Exception as exc:  # any unreadable frame: not comparable, say why
-                self.done[where] = (None, f"{type(exc).__name__}: {exc}")
+            self.done[where] = self._read(i)
         return self.done[where]
+
+    def _read(self, i: int) -> tuple[str | None, str | None]:
+        """Read and decode row ``i``'s stored frame (the fallback: no digest in the catalog)."""
+        from dataclasses import replace
+
+        from dicomxr.pixels import FrameRef, stored_frame_digest
+
+        cols = self.cols
+        ref = FrameRef.from_row({n: cols.obj(n)[i] for n in _PIXEL_COLUMNS if cols.has(n)})
+        options = cols.df.attrs.get("storage_options")
+        if options:
+            ref = replace(ref, storage_options=dict(options))
+        try:
+            return stored_frame_digest(ref), None
+        except Exception as exc:  # any unreadable frame: not comparable, say why
+            return None, f"{type(exc).__name__}: {exc}"
 
 
 # the frame table columns a pixel read needs (dicomxr.pixels.FrameRef.from_row)
