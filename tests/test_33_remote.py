@@ -356,6 +356,53 @@ def test_persistent_cache_rescans_a_bucket_without_reading(s3, archive, tmp_path
     pd.testing.assert_frame_equal(first, again)
 
 
+def test_colliding_uids_in_a_bucket_are_planned_without_a_get(
+    s3, philips_ct: Path, tmp_path: Path
+) -> None:
+    """The scan digests the objects whose SOPInstanceUID repeats; planning fetches nothing."""
+    import pydicom
+
+    files = sorted(philips_ct.glob("I*"), key=lambda p: int(p.name[1:]))[:4]
+    ds = pydicom.dcmread(files[2])
+    ds.compress(pydicom.uid.RLELossless, generate_instance_uid=False)  # a copy, other bytes
+    ds.save_as(tmp_path / "rle.dcm")
+    ds = pydicom.dcmread(files[1])
+    ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(tmp_path / "other.dcm")  # a different image under a reused UID
+    objects = [*files, tmp_path / "rle.dcm", tmp_path / "other.dcm"]
+    prefix = f"{BUCKET}/{uuid.uuid4()}"
+    fs = _fs(s3)
+    for i, f in enumerate(objects):
+        fs.pipe(f"{prefix}/{i}.dcm", f.read_bytes())
+    url = f"s3://{prefix}/"
+    df = dicomxr.scan(url, storage_options=s3["options"], progress=False)
+    local = dicomxr.scan([str(f) for f in objects], progress=False)
+    # the same digests as the local scan of the same files, for the colliding four only
+    assert df["frame_digests"].tolist() == local["frame_digests"].tolist()
+    assert df["frame_digests"].notna().sum() == 4
+
+    def plan(catalog):
+        s3["counter"].reset()
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            plans = dicomxr.plan_series(catalog)
+        return plans, sorted(str(w.message) for w in said), dict(s3["counter"].sent)
+
+    plans, said, sent = plan(df)
+    assert sent == {}  # no GET of any object while planning
+    assert any(str(ds.SOPInstanceUID) in m for m in said)  # the collision warning
+    (row,) = plans.set_apart.itertuples()
+    assert row.path == f"{url}4.dcm" and row.reason == (
+        f"copy of the same instance (SOPInstanceUID, frame and pixel data) as {url}2.dcm"
+    )
+    # without the column, planning reads the four objects itself, with the catalog's options
+    again, said_again, sent = plan(df.drop(columns="frame_digests"))
+    assert sorted(sent) == sorted(f"/{prefix}/{i}.dcm" for i in (1, 2, 4, 5))
+    assert said_again == said
+    pd.testing.assert_frame_equal(again.set_apart, plans.set_apart)
+    assert [p.grid.tolist() for p in again] == [p.grid.tolist() for p in plans]
+
+
 def _relative(url: str) -> str:
     """A zip member's or a bucket object's path relative to the file-set root."""
     name = url.split("::")[0].removeprefix("zip://")

@@ -19,6 +19,12 @@ Both paths produce the same values (tested on every file of the real corpora).
 the CSA image header with :mod:`nibabel.nicom` (``dicomxr[nifti]``). ``pixel_data_truncated``
 is True when the pixel data (or, compressed, its fragments) runs past the end of the file:
 the header is sound, the pixels cannot all be read.
+
+``frame_digests`` is filled once every header is read, for the rows with readable pixel data
+whose SOPInstanceUID another such row has (and only for them: no pixel is read otherwise):
+one digest of the decoded values per stored frame (:func:`dicomxr.pixels.frame_digests`),
+which :func:`dicomxr.plan_series` compares to tell a copy of an instance from a different
+image under the same UID without opening the files again. ``None`` for every other row.
 """
 
 from __future__ import annotations
@@ -2077,10 +2083,10 @@ def scan(
     pandas.DataFrame
         Columns as listed in :data:`COLUMNS` (DICOM keywords plus ``path``,
         ``file_size``, ``mtime``, ``etag``, ``pixel_data_offset``, ``is_mosaic``, ``is_enhanced``,
-        ``has_pixels``, ``pixel_data_truncated``). Missing values are ``None``/``NaN``/
-        ``<NA>``. ``pixel_data_offset`` is the byte offset of the Pixel Data element's
-        tag, -1 when there is none or when it is not addressable in the file (deflated
-        transfer syntax).
+        ``has_pixels``, ``pixel_data_truncated``, ``frame_digests``). Missing values are
+        ``None``/``NaN``/``<NA>``. ``pixel_data_offset`` is the byte offset of the Pixel
+        Data element's tag, -1 when there is none or when it is not addressable in the file
+        (deflated transfer syntax).
 
     Raises
     ------
@@ -2090,7 +2096,7 @@ def scan(
     Notes
     -----
     Where the vendor columns come from, and what ``pixel_data_truncated`` means: see the
-    module's documentation (:mod:`dicomxr.catalog`).
+    module's documentation (:mod:`dicomxr.catalog`), as what ``frame_digests`` holds.
 
     Examples
     --------

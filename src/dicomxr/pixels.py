@@ -61,6 +61,7 @@ from dicomxr.errors import (
 __all__ = [
     "LAYOUT_FIELDS",
     "NATIVE_SYNTAXES",
+    "UNREADABLE",
     "FrameRef",
     "PixelDataError",
     "apply_rescale",
@@ -617,7 +618,10 @@ def frame_digests(
         One item per stored frame, in frame order, up to the first frame that cannot be
         read (its reason is the last item).
     """
-    ref = FrameRef.from_row(row).whole_image()
+    try:
+        ref = FrameRef.from_row(row).whole_image()
+    except Exception as exc:  # a header's values no frame can be read with
+        return (f"{UNREADABLE}{type(exc).__name__}: {exc}",)
     if storage_options:
         ref = replace(ref, storage_options=dict(storage_options))
     out = []
