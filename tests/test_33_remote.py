@@ -357,7 +357,7 @@ def test_persistent_cache_rescans_a_bucket_without_reading(s3, archive, tmp_path
 
 
 def test_colliding_uids_in_a_bucket_are_planned_without_a_get(
-    s3, philips_ct: Path, tmp_path: Path
+    s3, archive, philips_ct: Path, tmp_path: Path
 ) -> None:
     """The scan digests the objects whose SOPInstanceUID repeats; planning fetches nothing."""
     import pydicom
@@ -370,7 +370,7 @@ def test_colliding_uids_in_a_bucket_are_planned_without_a_get(
     ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
     ds.save_as(tmp_path / "other.dcm")  # a different image under a reused UID
     objects = [*files, tmp_path / "rle.dcm", tmp_path / "other.dcm"]
-    prefix = f"{BUCKET}/{uuid.uuid4()}"
+    prefix = f"{BUCKET}/{uuid.uuid4()}"  # the archive's bucket, a prefix of its own
     fs = _fs(s3)
     for i, f in enumerate(objects):
         fs.pipe(f"{prefix}/{i}.dcm", f.read_bytes())

@@ -521,7 +521,10 @@ class FrameGrid:
             raise ScalingError(
                 f"rescale=False gives stored values; scaling={scaling!r} needs rescale=True"
             )
-        frames = plan.frames
+        # the plan's light table when it has one: no DataFrame of every column is made
+        frames = getattr(plan, "frame_table", None)
+        if frames is None:
+            frames = plan.frames
         if storage_options is None:
             storage_options = getattr(frames, "attrs", {}).get("storage_options")
         grid = np.asarray(plan.grid)

@@ -373,7 +373,7 @@ def key_values(
     frame or a value is ``NaN`` for numbers, ``""`` for text), or ``None`` when no frame has
     a value.
     """
-    column = plan.frames[name].to_numpy(dtype=object)
+    column = plan.frame_table[name].to_numpy(dtype=object)
     grid = np.asarray(plan.grid)
     cells = np.empty(grid.shape, dtype=object)
     flat_grid, flat_cells = grid.ravel(), cells.ravel()

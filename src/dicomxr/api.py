@@ -195,7 +195,7 @@ def list_series(
         source = SeriesPlans(source)  # type: ignore[arg-type]
     if isinstance(source, SeriesPlans):
         for plan in source:
-            _check_key_columns(plan.frames.columns, keys, f"plan {plan.key}")
+            _check_key_columns(plan.frame_table.columns, keys, f"plan {plan.key}")
         return source
     catalog = _catalog(source, recursive=recursive, storage_options=storage_options, keys=keys)
     plans = plan_series(
@@ -217,8 +217,9 @@ def _is_plan(obj: Any) -> bool:
 def _attr(plan: SeriesPlan, name: str, default: Any = None) -> Any:
     """Return a constant attribute of a plan, falling back to its first frame."""
     value = plan.attrs.get(name) if plan.attrs else None
-    if _missing(value) and name in plan.frames.columns and len(plan.frames):
-        value = plan.frames[name].iloc[0]
+    table = plan.frame_table
+    if _missing(value) and name in table and len(table):
+        value = table[name].iloc[0]
     return default if _missing(value) else value
 
 
@@ -684,7 +685,7 @@ def _add_keys(
     from dicomxr._keys import key_values
 
     for name in names:
-        if name in coords or name in attrs or name not in plan.frames.columns:
+        if name in coords or name in attrs or name not in plan.frame_table:
             continue
         found = key_values(plan, name)
         if found is None:

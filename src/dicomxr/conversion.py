@@ -434,7 +434,7 @@ def _remove_stale_temporaries(dest: Path) -> None:
 
 
 def _series_fingerprint(plan: SeriesPlan, options: ConvertOptions, name: str) -> str:
-    frames = plan.frames
+    frames = plan.frame_table
     files = sorted(
         {
             (str(p), int(s) if s == s else -1, float(m) if m == m else -1.0)
@@ -465,8 +465,9 @@ def _header_fields(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a malformed character set: pydicom copes, says so
-        options = plan.frames.attrs.get("storage_options")  # a remote catalog's
-        ds = read_header(plan.frames["path"].iloc[0], options)
+        table = plan.frame_table
+        options = table.attrs.get("storage_options")  # a remote catalog's
+        ds = read_header(table["path"].iloc[0], options)
     burned = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
     csa = siemens_csa_fields(ds)  # private: read before de-identification removes it
     if deid is not None:
@@ -761,7 +762,7 @@ def _open_plan(
 ) -> xr.DataArray:
     from dicomxr.api import open_series
 
-    keys = [k for k in keys if k in plan.frames.columns]
+    keys = [k for k in keys if k in plan.frame_table]
     return open_series(plan, scaling=scaling, keys=keys or None)
 
 

@@ -53,8 +53,10 @@ from dicomxr._functional_groups import component_from_image_type
 
 __all__ = [
     "FRAME_COLUMNS",
+    "FrameTable",
     "component_from_image_type",
     "expand",
+    "frame_table",
     "object_values",
     "read_label_type",
 ]
@@ -162,10 +164,250 @@ def expand(catalog: pd.DataFrame) -> pd.DataFrame:
         for col in FRAME_COLUMNS:
             out[col] = pd.Series([], dtype="int64" if col in _INT_FRAME_COLUMNS else object)
         return out
+    return frame_table(catalog).to_pandas()
+
+
+def frame_table(catalog: pd.DataFrame) -> FrameTable:
+    """Return the frames of ``catalog`` as a :class:`FrameTable` (:func:`expand` before pandas).
+
+    Planning reads this light table: the catalog's columns stay one value per instance,
+    so a value the same in every frame of a file is looked at once, not once per frame.
+
+    Parameters
+    ----------
+    catalog
+        The DataFrame from :func:`dicomxr.scan` (or a subset of its rows), at least one row.
+
+    Returns
+    -------
+    FrameTable
+    """
     layout = _layout(catalog)
     if (layout.counts == 1).all():
         return _one_frame_each(layout)
     return _many_frames(_with_frame_sources(layout))
+
+
+class FrameTable:
+    """One row per frame, as columns: the catalog's, and the frames' own.
+
+    A column of the catalog (the same for every frame of an instance) is kept as the
+    catalog's array and :attr:`src`, the catalog row of each frame; the columns that differ
+    between the frames of one file (the functional groups, MOSAIC tiles, the frame index)
+    are arrays of their own. :meth:`to_pandas` makes the DataFrame :func:`expand` returns.
+
+    The catalog's columns are copied when the table is made (a copy of each column's array:
+    no pandas objects, so no copy-on-write bookkeeping): a later change to the caller's
+    catalog does not reach the table, nor a plan made from it.
+
+    Parameters
+    ----------
+    catalog
+        The instances (or, for :meth:`from_frames`, a frame table already).
+    src
+        ``int64`` catalog row position of each frame.
+    own
+        Column name -> per-frame values (numpy or pandas extension array, one per frame);
+        these replace the catalog's column of that name.
+    attrs
+        The table's ``attrs`` (the catalog's, plus ``frame_errors``).
+    infer
+        Give an ``object`` column of text pandas' ``str`` dtype, as a DataFrame made of the
+        columns would (``False`` for a frame table that is a DataFrame already, which is
+        then kept whole, as a shallow copy-on-write copy).
+    """
+
+    def __init__(
+        self,
+        catalog: pd.DataFrame,
+        src: np.ndarray,
+        own: dict[str, Any],
+        attrs: dict[str, Any],
+        infer: bool = True,
+    ) -> None:
+        names = catalog.columns.tolist()  # (iterating a str Index is slow)
+        frame = None if infer else catalog.reset_index(drop=True)
+        arrays = (
+            {
+                col: _column_array(catalog, pos).copy()
+                for pos, col in enumerate(names)
+                if col not in own
+            }
+            if infer
+            else {}
+        )
+        self._setup(names, len(catalog), arrays, frame, src, own, attrs, infer)
+
+    def _setup(
+        self,
+        names: list[str],
+        n_catalog: int,
+        arrays: dict[str, Any],
+        frame: pd.DataFrame | None,
+        src: np.ndarray,
+        own: dict[str, Any],
+        attrs: dict[str, Any],
+        infer: bool,
+    ) -> None:
+        self._frame = frame  # the DataFrame a frame table was given as (from_frames)
+        self._raw = arrays  # catalog column -> its copied array (or, from _frame, on demand)
+        self._names = names
+        self._where = {col: pos for pos, col in enumerate(names) if col not in own}
+        self._arrays: dict[str, Any] = {}  # as the DataFrame holds them (made when asked)
+        self._infer = infer
+        self._own = own
+        # the table the rows were taken from, and their positions in it (None: all of it)
+        self._root, self._rows = self, None
+        self._inferred: dict[str, Any] = {}
+        self.src = np.asarray(src, dtype=np.int64)
+        self.identity = len(self.src) == n_catalog and bool(
+            (self.src == np.arange(len(self.src))).all()
+        )
+        known = set(names)
+        self.columns = [*names, *(c for c in own if c not in known)]
+        self.attrs = attrs
+
+    @classmethod
+    def from_frames(cls, frames: pd.DataFrame) -> FrameTable:
+        """Wrap a frame table made before (:func:`expand`'s DataFrame) without copying it."""
+        return cls(frames, np.arange(len(frames)), {}, dict(frames.attrs), infer=False)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._own or name in self._where
+
+    def _catalog_array(self, name: str) -> Any:
+        values = self._arrays.get(name)
+        if values is None:
+            if self._frame is not None:
+                values = _column_array(self._frame, self._where[name])
+            else:
+                values = self._raw[name]
+            values = self._arrays[name] = _as_frame_column(values, self._infer)
+        return values
+
+    def __getitem__(self, name: str) -> pd.Series:
+        """Column ``name`` as a :class:`pandas.Series` (what ``DataFrame[name]`` gives).
+
+        With :attr:`columns`, ``len`` and :attr:`attrs` this is the part of the DataFrame
+        API the readers of a frame table use (:func:`dicomxr.pixels.frame_refs`,
+        :func:`dicomxr.scaling.frame_scaling`); no DataFrame of every column is made.
+        """
+        if name not in self:
+            raise KeyError(name)
+        return pd.Series(self.column(name), name=name, copy=False)
+
+    def column(self, name: str) -> Any:
+        """Per-frame values of column ``name`` (numpy or pandas extension array)."""
+        own = self._own.get(name)
+        if own is not None:
+            return own
+        values = self._catalog_array(name)
+        return values if self.identity else values.take(self.src)
+
+    def per_instance(self, name: str) -> Any | None:
+        """Return the catalog's values of ``name`` (one per instance; index with :attr:`src`).
+
+        ``None`` when the column is the frames' own (it differs between frames of a file).
+        """
+        return self._catalog_array(name) if name in self._where else None
+
+    def dtype(self, name: str) -> Any:
+        """Return the dtype of column ``name``."""
+        own = self._own.get(name)
+        return (own if own is not None else self._catalog_array(name)).dtype
+
+    def take(self, rows: np.ndarray) -> FrameTable:
+        """Return the table of the frames at positions ``rows`` (in that order)."""
+        out = object.__new__(FrameTable)
+        out._frame, out._raw, out._where = self._frame, self._raw, self._where
+        out._names = self._names
+        out._arrays, out._infer = self._arrays, self._infer
+        out._own = {col: values[rows] for col, values in self._own.items()}
+        out._root, out._inferred = self._root, {}
+        out._rows = rows if self._rows is None else self._rows[rows]
+        out.src = self.src[rows]
+        out.identity = False
+        out.columns, out.attrs = self.columns, self.attrs
+        return out
+
+    def _own_column(self, name: str) -> Any:
+        """Return a column of the frames' own as the DataFrame holds it.
+
+        Text is inferred over the whole column of the table the rows were taken from.
+        """
+        root = self._root
+        values = root._inferred.get(name)
+        if values is None:
+            values = root._inferred[name] = _as_frame_column(root._own[name], root._infer)
+        return values if self._rows is None else values[self._rows]
+
+    def to_pandas(self) -> pd.DataFrame:
+        """Return the DataFrame of the frames (:func:`expand`'s), never a view of the catalog."""
+        if self._frame is not None and not self._own:  # a frame table made before
+            frame = self._frame
+            out = frame.copy(deep=False) if self.identity else frame.take(self.src)
+            if not self.identity:
+                out.index = pd.RangeIndex(len(out))
+            return out
+        data = {
+            col: self._own_column(col) if col in self._own else self.column(col)
+            for col in self.columns
+        }
+        out = pd.DataFrame(data, index=pd.RangeIndex(len(self)), copy=self.identity)
+        out.attrs = copy.deepcopy(self.attrs)
+        return out
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # pickled with only the catalog rows its frames come from (a plan of one series of
+        # a cohort's catalog must not carry the cohort), its own columns as the DataFrame
+        # would hold them
+        used, src = np.unique(self.src, return_inverse=True)
+        own = {col: self._own_column(col) for col in self._own}
+        if self._frame is not None:
+            catalog = self._frame.take(used).reset_index(drop=True)
+            return FrameTable, (catalog, src.reshape(-1), own, self.attrs, self._infer)
+        arrays = {col: self._raw[col].take(used) for col in self._where}
+        return _restore_frame_table, (
+            self._names,
+            len(used),
+            arrays,
+            src.reshape(-1),
+            own,
+            self.attrs,
+        )
+
+
+def _restore_frame_table(
+    names: list[str],
+    n_catalog: int,
+    arrays: dict[str, Any],
+    src: np.ndarray,
+    own: dict[str, Any],
+    attrs: dict[str, Any],
+) -> FrameTable:
+    """Unpickle a :class:`FrameTable` (see ``FrameTable.__reduce__``)."""
+    table = object.__new__(FrameTable)
+    table._setup(names, n_catalog, arrays, None, src, own, attrs, True)
+    return table
+
+
+def _as_frame_column(values: Any, infer: bool) -> Any:
+    """``values`` as a DataFrame column holds them: text in an ``object`` array becomes ``str``.
+
+    The inference pandas makes when a DataFrame is built from arrays, made once per column
+    of the whole table, so that the rows of one plan keep the dtype the whole column has.
+    """
+    if (
+        infer
+        and isinstance(values, np.ndarray)
+        and values.dtype == object
+        and pd.api.types.infer_dtype(values, skipna=True) == "string"
+    ):
+        return pd.Series(values, copy=False).array
+    return values
 
 
 @dataclass
@@ -186,7 +428,9 @@ def _flags(catalog: pd.DataFrame, name: str) -> np.ndarray:
     values = _column_array(catalog, catalog.columns.get_loc(name))
     if isinstance(values, np.ndarray) and values.dtype == bool:
         return values.copy()
-    return catalog[name].to_numpy(dtype=bool, na_value=False)
+    if isinstance(values, np.ndarray):  # objects: NaN and None are no flag
+        return np.array([not pd.isna(v) and bool(v) for v in values], dtype=bool)
+    return values.to_numpy(dtype=bool, na_value=False)
 
 
 def _layout(catalog: pd.DataFrame) -> _Layout:
@@ -195,7 +439,7 @@ def _layout(catalog: pd.DataFrame) -> _Layout:
     enhanced, mosaic = _flags(catalog, "is_enhanced"), _flags(catalog, "is_mosaic")
     nframes = np.ones(n, np.int64)
     if "NumberOfFrames" in catalog.columns:
-        nf = catalog["NumberOfFrames"].to_numpy(dtype="float64", na_value=np.nan)
+        nf = _column(catalog, "NumberOfFrames", np.nan)
         nframes = np.where(np.isfinite(nf) & (nf >= 1), nf, 1).astype(np.int64)
     n_mosaic = np.ones(n, np.int64)
     if mosaic.any():
@@ -219,13 +463,15 @@ def _layout(catalog: pd.DataFrame) -> _Layout:
         for rec in errors:
             logger.warning("%s: %s", rec["path"], rec["reason"])
     image_type = (
-        catalog["ImageType"].to_numpy(dtype=object) if "ImageType" in catalog.columns else _empty(n)
+        np.asarray(_column_array(catalog, catalog.columns.get_loc("ImageType")), dtype=object)
+        if "ImageType" in catalog.columns
+        else _empty(n)
     )
     component = np.array([component_from_image_type(v) for v in image_type], dtype=object)
     return _Layout(catalog, enhanced, mosaic, counts, component, errors)
 
 
-def _one_frame_each(layout: _Layout) -> pd.DataFrame:
+def _one_frame_each(layout: _Layout) -> FrameTable:
     """Add the frame columns when every file holds one frame (no copy of the rows)."""
     catalog, n = layout.catalog, len(layout.catalog)
     zeros = np.zeros(n, np.int64)
@@ -242,15 +488,10 @@ def _one_frame_each(layout: _Layout) -> pd.DataFrame:
             new[col] = _empty(n)
     if "ComplexImageComponent" not in catalog.columns:
         new["ComplexImageComponent"] = layout.component
-    # one DataFrame from the column arrays: inserting the new columns one by one into a
-    # copy costs more than the rest of planning a classic series
-    data = {col: _column_array(catalog, pos) for pos, col in enumerate(catalog.columns)}
-    data.update(new)
-    out = pd.DataFrame(data, index=pd.RangeIndex(n), copy=True)  # never a view of the catalog
-    out.attrs = copy.deepcopy(catalog.attrs)
+    attrs = dict(catalog.attrs)
     if layout.errors:
-        out.attrs["frame_errors"] = layout.errors
-    return out
+        attrs["frame_errors"] = layout.errors
+    return FrameTable(catalog, np.arange(n), new, attrs)
 
 
 def _with_frame_sources(layout: _Layout) -> _Layout:
@@ -323,24 +564,23 @@ class _Frames:
             )
         self.overrides[col][rows] = _as_object(vals)
 
-    def finish(self) -> pd.DataFrame:
-        """Make the frame table: the catalog's columns (repeated per frame), then the new ones."""
+    def finish(self, errors: list[dict[str, str]]) -> FrameTable:
+        """Make the frame table: the catalog's columns (one per instance), then the new ones."""
         catalog = self.catalog
-        data: dict[str, Any] = {}
-        for pos, col in enumerate(catalog.columns):
+        own: dict[str, Any] = {}
+        for pos, col in enumerate(catalog.columns.tolist()):
             if col in self.values:
-                data[col] = self.values[col]
+                own[col] = self.values[col]
             elif col in self.overrides:
-                data[col] = _overridden(self.overrides[col], _column_array(catalog, pos).dtype)
-            else:
-                data[col] = _column_array(catalog, pos).take(self.src)
+                own[col] = _overridden(self.overrides[col], _column_array(catalog, pos).dtype)
         for col, arr in self.values.items():
-            data.setdefault(col, arr)
+            own.setdefault(col, arr)
         for col, arr in self.overrides.items():
-            data.setdefault(col, arr)
-        out = pd.DataFrame(data, copy=False)
-        out.attrs = copy.deepcopy(catalog.attrs)
-        return out
+            own.setdefault(col, arr)
+        attrs = dict(catalog.attrs)
+        if errors:
+            attrs["frame_errors"] = errors
+        return FrameTable(catalog, self.src, own, attrs)
 
 
 def _column_array(df: pd.DataFrame, pos: int) -> Any:
@@ -361,7 +601,7 @@ def _overridden(values: np.ndarray, dtype: Any) -> Any:
         return values
 
 
-def _many_frames(layout: _Layout) -> pd.DataFrame:
+def _many_frames(layout: _Layout) -> FrameTable:
     """One row per frame (or MOSAIC tile), with each frame's own values."""
     catalog, counts = layout.catalog, layout.counts
     frames = _Frames(layout)
@@ -393,10 +633,7 @@ def _many_frames(layout: _Layout) -> pd.DataFrame:
             continue
         for col, vals in tiles.items():
             frames.put(col, frames.rows(i, int(counts[i])), vals)
-    out = frames.finish()
-    if errors:
-        out.attrs["frame_errors"] = errors
-    return out
+    return frames.finish(errors)
 
 
 def _changed_since_scan(catalog: pd.DataFrame, i: int) -> str | None:
@@ -466,7 +703,7 @@ def _impossible_claims(
     MOSAIC cannot have more tiles than pixels. Each flagged file gets a reason in ``errors``.
     """
     has_pixels = (
-        catalog["has_pixels"].to_numpy(dtype=bool, na_value=False)
+        _flags(catalog, "has_pixels")
         if "has_pixels" in catalog.columns
         else np.ones(len(catalog), bool)
     )

@@ -277,11 +277,15 @@ def frame_refs(table: Any, *, storage_options: Mapping[str, Any] | None = None) 
     else:
         n = len(table)
 
+        # a frame table's column arrays (dicomxr.frames.FrameTable.column): no Series each
+        get = getattr(table, "column", table.__getitem__)
+
         def column(name: str) -> list[Any]:
             if name not in table.columns:
                 return [None] * n
-            values = table[name].tolist()
-            if table[name].dtype.kind == "f":  # NaN is never equal to itself: None instead
+            array = get(name)
+            values = array.tolist()
+            if array.dtype.kind == "f":  # NaN is never equal to itself: None instead
                 values = [None if v != v else v for v in values]
             return values
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from dicomxr.errors import DicomxrWarning, ScalingError, user_stacklevel
 
@@ -350,7 +351,13 @@ def _column(rows: Any, name: str, n: int) -> list[Any]:
     if hasattr(rows, "columns"):
         if name not in rows.columns:
             return [None] * n
-        return rows[name].to_numpy(dtype=object, na_value=None).tolist()
+        # a frame table's column array (dicomxr.frames.FrameTable.column): no Series
+        array = rows.column(name) if hasattr(rows, "column") else rows[name].array
+        if isinstance(array, np.ndarray):
+            values = array.astype(object)
+            values[pd.isna(values)] = None
+            return values.tolist()
+        return array.to_numpy(dtype=object, na_value=None).tolist()
     return [r.get(name) for r in rows]
 
 

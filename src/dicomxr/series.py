@@ -48,7 +48,7 @@ from dicomxr.errors import (
     InstanceCollisionWarning,
     user_stacklevel,
 )
-from dicomxr.frames import object_values
+from dicomxr.frames import FrameTable, frame_table, object_values
 from dicomxr.geometry import GeometryReport
 from dicomxr.options import get_options
 
@@ -156,6 +156,33 @@ _ATTR_COLUMNS = (
 )
 
 
+class _FramesField:
+    """``SeriesPlan.frames``: a DataFrame, made from the plan's light frame table when first read.
+
+    Planning keeps each plan's frames as a :class:`~dicomxr.frames.FrameTable` (the
+    catalog's columns one value per instance); most consumers read columns of it
+    (:attr:`SeriesPlan.frame_table`), and the ~90-column DataFrame is made only for a
+    caller that asks for ``plan.frames``. A dataclass field without a default (a
+    descriptor-typed field): ``SeriesPlan(frames=df, ...)`` and ``dataclasses.replace`` work.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, plan: Any, owner: type | None = None) -> pd.DataFrame:
+        if plan is None:
+            raise AttributeError("frames")  # no class-level default: a required field
+        value = plan.__dict__[self.slot]
+        if isinstance(value, FrameTable):
+            value = plan.__dict__[self.slot] = value.to_pandas()
+            plan.__dict__["_frame_table"] = None  # the DataFrame is the truth from now on
+        return value
+
+    def __set__(self, plan: Any, value: pd.DataFrame | FrameTable) -> None:
+        plan.__dict__[self.slot] = value
+        plan.__dict__["_frame_table"] = value if isinstance(value, FrameTable) else None
+
+
 @dataclass
 class SeriesPlan:
     """How the frames of one series become an array, decided before any pixel is read.
@@ -169,7 +196,8 @@ class SeriesPlan:
         Human name: SeriesNumber, SeriesDescription, SOP class (and why it was split).
     frames
         One row per frame of this plan (:func:`dicomxr.frames.expand` columns); ``grid``
-        holds row positions into it (not necessarily in grid order).
+        holds row positions into it (not necessarily in grid order). Made from
+        :attr:`frame_table` when first read: opening the plan does not need it.
     dims
         Names of the frame-grid dims, always ending with ``"slice"``.
     grid
@@ -198,7 +226,7 @@ class SeriesPlan:
 
     key: str
     label: str
-    frames: pd.DataFrame
+    frames: pd.DataFrame = _FramesField()  # type: ignore[assignment]
     dims: tuple[str, ...]
     grid: np.ndarray
     frame_shape: tuple[int, ...]
@@ -208,6 +236,16 @@ class SeriesPlan:
     affine: np.ndarray
     set_apart: list[dict[str, Any]] = field(default_factory=list)
     patient: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frame_table(self) -> FrameTable:
+        """The frames as a :class:`~dicomxr.frames.FrameTable`: columns read without a DataFrame.
+
+        The same rows as :attr:`frames` (which is made from it when first read); after
+        ``frames`` was read or set, a snapshot of that DataFrame as it is now.
+        """
+        table = self.__dict__.get("_frame_table")
+        return table if table is not None else FrameTable.from_frames(self.frames)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -226,7 +264,8 @@ class SeriesPlan:
 
     def _summary_rows(self) -> list[tuple[str, str]]:
         a = self.attrs
-        files = self.frames["path"].nunique() if "path" in self.frames else 0
+        table = self.frame_table
+        files = table["path"].nunique() if "path" in table else 0
         rows = [
             ("label", self.label),
             ("modality", f"{a.get('Modality', '?')}, {a.get('Manufacturer', '?')}"),
@@ -312,10 +351,8 @@ class SeriesPlans(list):
         skipped: Iterable[dict[str, Any]] = (),
     ) -> None:
         super().__init__(plans)
-        if set_apart is None:
-            set_apart = pd.DataFrame(
-                {name: pd.Series([], dtype=object) for name in _SET_APART_COLUMNS}
-            )
+        if set_apart is None:  # a copy of the empty table, not its construction
+            set_apart = _NOTHING_SET_APART.copy()
         self.set_apart = set_apart
         self.skipped = list(skipped)
 
@@ -367,6 +404,11 @@ class SeriesPlans(list):
         return self.table().to_html(index=False)
 
 
+_NOTHING_SET_APART = pd.DataFrame(
+    {name: pd.Series([], dtype=object) for name in _SET_APART_COLUMNS}
+)
+
+
 def sop_class_name(uid: Any) -> str:
     """Return the readable name of a SOP Class UID (``"Enhanced MR Image Storage"``).
 
@@ -391,97 +433,173 @@ def _short(values: Any, limit: int = 8) -> str:
 
 
 class _Columns:
-    """Numpy views of the frame table's columns, converted once."""
+    """Numpy arrays of the frame table's columns, converted once.
 
-    def __init__(self, frames: pd.DataFrame, owned: bool = False) -> None:
-        self.df = frames
-        self.n = len(frames)
+    A column of the catalog is converted one value per instance and spread over the frames
+    with the table's ``src``; :meth:`constant` looks at each instance once.
+    """
+
+    def __init__(self, table: FrameTable, owned: bool = False) -> None:
+        self.table = table
+        self.n = len(table)
         self._owned = owned  # the table was made by planning: no one else holds it
         self._cache: dict[str, np.ndarray] = {}
-        self._loc = {name: i for i, name in enumerate(frames.columns)}
+        self._kinds: dict[str, bool] = {}
 
-    def _array(self, name: str) -> Any:
-        """Return the column's values without building a Series (which deep-copies ``attrs``)."""
-        try:
-            return self.df._get_column_array(self._loc[name])
-        except AttributeError:  # pragma: no cover - older/newer pandas without the helper
-            return self.df[name].array
+    def _convert(self, name: str, kind: str, convert: Any, missing: Any) -> np.ndarray:
+        key = kind + name
+        arr = self._cache.get(key)
+        if arr is None:
+            if name not in self.table:
+                arr = np.full(self.n, missing, dtype=object if missing is None else np.float64)
+            elif self.table.per_instance(name) is None:
+                arr = convert(self.table.column(name))
+            else:
+                arr = self._per_instance(name, kind, convert)
+                if not self.table.identity:
+                    arr = arr[self.table.src]
+            self._cache[key] = arr
+        return arr
+
+    def _per_instance(self, name: str, kind: str, convert: Any) -> np.ndarray:
+        """``convert`` of a catalog column's values, one per instance (cached)."""
+        key = "i" + kind + name
+        arr = self._cache.get(key)
+        if arr is None:
+            arr = self._cache[key] = convert(self.table.per_instance(name))
+        return arr
+
+    def mapped(self, name: str, func: Any) -> np.ndarray:
+        """``func`` (object array -> array of as many values) of the column, per frame.
+
+        A catalog column is passed one value per instance and the result spread over the
+        frames: a test of every value costs one call per file, not per frame.
+        """
+        key = "m:" + getattr(func, "__name__", repr(func)) + ":" + name
+        arr = self._cache.get(key)
+        if arr is None:
+            if name in self.table and self.table.per_instance(name) is not None:
+                arr = func(self._per_instance(name, "o:", _to_object))
+                if not self.table.identity:
+                    arr = arr[self.table.src]
+            else:
+                arr = func(self.obj(name))
+            self._cache[key] = arr
+        return arr
 
     def obj(self, name: str) -> np.ndarray:
-        key = "o:" + name
-        arr = self._cache.get(key)
-        if arr is None:
-            if name in self._loc:
-                arr = _to_object(self._array(name))
-            else:
-                arr = np.full(self.n, None, dtype=object)
-            self._cache[key] = arr
-        return arr
+        return self._convert(name, "o:", _to_object, None)
 
     def num(self, name: str) -> np.ndarray:
-        key = "f:" + name
-        arr = self._cache.get(key)
-        if arr is None:
-            if name in self._loc:
-                arr = _to_float_array(self._array(name))
-            else:
-                arr = np.full(self.n, np.nan)
-            self._cache[key] = arr
-        return arr
+        return self._convert(name, "f:", _to_float_array, np.nan)
 
     def vec(self, name: str, width: int) -> np.ndarray:
+        """Return the column's tuples as ``(n, width)`` floats, NaN rows where not such a tuple."""
         key = f"v{width}:" + name
         arr = self._cache.get(key)
         if arr is None:
-            arr = np.full((self.n, width), np.nan)
-            values = self.obj(name) if name in self._loc else None
-            fast = None
-            if values is not None and self.n:
-                try:  # every row a tuple of the right length: one conversion
-                    fast = np.array(values.tolist(), dtype=np.float64)
-                except (TypeError, ValueError):
-                    fast = None
-            if fast is not None and fast.shape == (self.n, width):
-                arr = fast
-            elif values is not None:
-                for i, v in enumerate(values):
-                    if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                        try:
-                            if len(v) == width:
-                                arr[i] = v
-                        except (TypeError, ValueError):
-                            pass
+            if name not in self.table:
+                arr = np.full((self.n, width), np.nan)
+            elif self.table.per_instance(name) is not None:
+                arr = _vectors(self._per_instance(name, "o:", _to_object), width)
+                if not self.table.identity:
+                    arr = arr[self.table.src]
+            else:
+                arr = _vectors(self.obj(name), width)
             self._cache[key] = arr
         return arr
 
     def has(self, name: str) -> bool:
-        return name in self._loc
+        return name in self.table
 
-    def whole(self) -> pd.DataFrame:
+    def instance_rows(self, rows: np.ndarray) -> np.ndarray:
+        """One of ``rows`` per catalog instance, in order of first appearance (for :meth:`constant`)."""
+        src = self.table.src[rows]
+        if not len(rows) or (src == src[0]).all():
+            return rows[:1]
+        _, at = np.unique(src, return_index=True)
+        return rows[np.sort(at)]
+
+    def constant(
+        self, name: str, rows: np.ndarray, instance_rows: np.ndarray, numeric: bool = False
+    ) -> bool:
+        """Tell :func:`_constant` of the column's values at ``rows`` (floats or objects).
+
+        For a catalog column only ``instance_rows`` (:meth:`instance_rows` of ``rows``) are
+        compared, in the catalog's own values: the same answer, without a value per frame.
+        """
+        if name not in self.table or self.table.per_instance(name) is None:
+            return _constant((self.num(name) if numeric else self.obj(name))[rows])
+        values = (
+            self._per_instance(name, "f:", _to_float_array)
+            if numeric
+            else self._per_instance(name, "o:", _to_object)
+        )
+        src = self.table.src
+        if len(instance_rows) == 1:  # one instance: the value against itself
+            first = values[src[instance_rows[0]]]
+            if numeric or first is None or isinstance(first, str):
+                return True
+        return _constant(values[src[instance_rows]])
+
+    def value(self, name: str, row: int) -> Any:
+        """Return the column's value (as :meth:`obj` gives it) at one row."""
+        if name in self.table and self.table.per_instance(name) is not None:
+            return self._per_instance(name, "o:", _to_object)[self.table.src[row]]
+        return self.obj(name)[row]
+
+    def whole(self) -> FrameTable:
         """Return the table for a plan of every frame: itself (once) when planning made it.
 
-        A table the caller passed is shared as a shallow (copy-on-write) copy instead.
+        A table the caller passed is shared as a snapshot (shallow copy-on-write) instead.
         """
         if self._owned:
             self._owned = False
-            return self.df
-        return self.df.copy(deep=False)
+            return self.table
+        return self.table.take(np.arange(self.n))
 
     def is_numeric(self, name: str) -> bool:
-        dtype = getattr(self._array(name), "dtype", None)
-        return dtype is not None and pd.api.types.is_numeric_dtype(dtype)
+        key = "n?" + name
+        answer = self._kinds.get(key)
+        if answer is None:
+            answer = self._kinds[key] = pd.api.types.is_numeric_dtype(self.table.dtype(name))
+        return answer
 
     def is_integer(self, name: str) -> bool:
-        dtype = getattr(self._array(name), "dtype", None)
-        return dtype is not None and pd.api.types.is_integer_dtype(dtype)
+        key = "i?" + name
+        answer = self._kinds.get(key)
+        if answer is None:
+            answer = self._kinds[key] = pd.api.types.is_integer_dtype(self.table.dtype(name))
+        return answer
 
     def flag(self, name: str) -> np.ndarray:
-        values = self._array(name)
+        values = self.table.column(name)
         if isinstance(values, np.ndarray) and values.dtype == bool:
-            return values
+            return values.copy()
         return np.array(
             [bool(v) if v is not None else False for v in _to_object(values)], dtype=bool
         )
+
+
+def _vectors(values: np.ndarray, width: int) -> np.ndarray:
+    """Tuples of ``width`` numbers as rows of a float array; NaN rows for anything else."""
+    n = len(values)
+    if n:
+        try:  # every row a tuple of the right length: one conversion
+            fast = np.array(values.tolist(), dtype=np.float64)
+        except (TypeError, ValueError):
+            fast = None
+        if fast is not None and fast.shape == (n, width):
+            return fast
+    arr = np.full((n, width), np.nan)
+    for i, v in enumerate(values):
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            try:
+                if len(v) == width:
+                    arr[i] = v
+            except (TypeError, ValueError):
+                pass
+    return arr
 
 
 def _to_object(values: Any) -> np.ndarray:
@@ -517,6 +635,10 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     ``pandas.factorize`` of the values as objects, without building a Series.
     """
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        # numbers: pandas' float table (NaN one value), the levels as Python floats
+        codes, uniques = pd.factorize(values, use_na_sentinel=False)
+        return codes, uniques.astype(object)
     return pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
 
 
@@ -538,8 +660,12 @@ def _combine(*codes: np.ndarray) -> np.ndarray:
         raise ValueError("nothing to combine")
     if len(codes) == 1:
         return codes[0]
-    stacked = np.stack(codes, axis=1)
-    _, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    sizes = [int(c.max(initial=0)) + 1 for c in codes]
+    if math.prod(sizes) < 2**62 and all(int(c.min(initial=0)) >= 0 for c in codes):
+        # one integer per tuple, ordered as the tuples are: the codes np.unique(axis=0) gives
+        _, inverse = np.unique(np.ravel_multi_index(codes, sizes), return_inverse=True)
+    else:
+        _, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
     return inverse.reshape(-1).astype(np.int64)
 
 
@@ -631,17 +757,15 @@ def _check_arguments(
     return include
 
 
-def _frame_table(catalog_or_frames: pd.DataFrame) -> pd.DataFrame:
-    """Return the frame table (a catalog is expanded here) with a ``RangeIndex``."""
+def _frame_table(catalog_or_frames: pd.DataFrame) -> FrameTable:
+    """Return the frame table (a catalog is expanded here, into a light table)."""
     if "frame" in catalog_or_frames.columns:
-        frames = catalog_or_frames
-    else:
+        return FrameTable.from_frames(catalog_or_frames)
+    if not len(catalog_or_frames):
         from dicomxr.frames import expand
 
-        frames = expand(catalog_or_frames)
-    if not frames.index.equals(pd.RangeIndex(len(frames))):
-        frames = frames.reset_index(drop=True)
-    return frames
+        return FrameTable.from_frames(expand(catalog_or_frames))
+    return frame_table(catalog_or_frames)
 
 
 def _plan_groups(
@@ -748,8 +872,17 @@ def _key_order(plan: SeriesPlan) -> tuple[Any, ...]:
         tuple(round(float(v), 4) for v in iop) if isinstance(iop, list) else (),
         float(slice_values[0]) if len(slice_values) else 0.0,
         float(np.nanmin(inst)) if inst.size and not np.isnan(inst).all() else 0.0,
-        str(plan.frames.iat[0, plan.frames.columns.get_loc("path")]) if len(plan.frames) else "",
+        _first_path(plan.frame_table),
     )
+
+
+def _first_path(table: FrameTable) -> str:
+    if not len(table) or "path" not in table:
+        return ""
+    per_instance = table.per_instance("path")
+    if per_instance is not None:
+        return str(per_instance[int(table.src[0])])
+    return str(table.column("path")[0])
 
 
 def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
@@ -771,13 +904,12 @@ def _set_apart_reasons(cols: _Columns, include: frozenset[str]) -> np.ndarray:
     reason[~((rows > 0) & (columns > 0)) & _free(reason)] = "no image size (Rows/Columns missing)"
     _mark_unreadable_layout(cols, reason)
     if "secondary_capture" not in include:
-        sc = np.array([s in _SECONDARY_CAPTURE for s in sop], dtype=bool)
+        sc = cols.mapped("SOPClassUID", _secondary_capture_flags)
         reason[sc & _free(reason)] = (
             "secondary capture (a screen or page, not part of a volume); plan it with include=['secondary_capture']"
         )
     if "localizer" not in include:
-        image_type = cols.obj("ImageType")
-        loc = _localizer_flags(image_type)
+        loc = cols.mapped("ImageType", _localizer_flags)
         reason[loc & _free(reason)] = "localizer (scout image); plan it with include=['localizer']"
     _mark_lost_geometry(cols, reason)
     _mark_odd_instances(cols, reason)
@@ -819,10 +951,12 @@ def _mark_lost_geometry(cols: _Columns, reason: np.ndarray) -> None:
     names = ("ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID")
     if not all(cols.has(n) for n in names):
         return
-    positioned = _has_value(cols.obj(names[0]))
-    oriented = _has_value(cols.obj(names[1]))
+    positioned = cols.mapped(names[0], _has_value)
+    oriented = cols.mapped(names[1], _has_value)
     spaced = (
-        _has_value(cols.obj("PixelSpacing")) if cols.has("PixelSpacing") else np.ones(cols.n, bool)
+        cols.mapped("PixelSpacing", _has_value)
+        if cols.has("PixelSpacing")
+        else np.ones(cols.n, bool)
     )
     placed = positioned & oriented
     free = _free(reason)
@@ -872,9 +1006,8 @@ def _mark_odd_instances(cols: _Columns, reason: np.ndarray) -> None:
     if not all(cols.has(n) for n in needed):
         return
     # slices of a volume only: pages (secondary capture) come in the sizes they please
-    sop = cols.obj("SOPClassUID") if cols.has("SOPClassUID") else np.full(cols.n, None, object)
-    stackable = _has_value(cols.obj("ImagePositionPatient")) & np.array(
-        [s not in _SECONDARY_CAPTURE for s in sop], dtype=bool
+    stackable = cols.mapped("ImagePositionPatient", _has_value) & ~cols.mapped(
+        "SOPClassUID", _secondary_capture_flags
     )
     free = np.flatnonzero(_free(reason) & stackable)
     if len(free) <= _ODD_MAJORITY or len(set(cols.obj("path")[free])) <= _ODD_MAJORITY:
@@ -956,7 +1089,7 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
     if not cols.has("SOPInstanceUID"):
         return
     sop = cols.obj("SOPInstanceUID")
-    free = _free(reason) & np.array([v is not None for v in sop], dtype=bool)
+    free = _free(reason) & cols.mapped("SOPInstanceUID", _has_value)
     idx = np.flatnonzero(free)
     if len(idx) < 2 or ((cols.num("frame")[idx] == 0).all() and len(set(sop[idx])) == len(idx)):
         return  # every kept frame is the only one of its instance: no copies
@@ -1006,10 +1139,17 @@ def _mark_copies(cols: _Columns, reason: np.ndarray) -> None:
 def _any_same_frame(sop: np.ndarray, frame: np.ndarray, tile: np.ndarray) -> bool:
     """Tell whether two rows name one frame: the same SOPInstanceUID, frame and tile."""
     # NaN is one value here, as in pandas' duplicated
-    key = np.column_stack(
-        [_codes(sop), np.nan_to_num(frame, nan=-np.inf), np.nan_to_num(tile, nan=-np.inf)]
+    key = _combine(
+        _codes(sop),
+        np.unique(np.nan_to_num(frame, nan=-np.inf), return_inverse=True)[1].reshape(-1),
+        np.unique(np.nan_to_num(tile, nan=-np.inf), return_inverse=True)[1].reshape(-1),
     )
-    return len(np.unique(key, axis=0)) < len(key)
+    return len(np.unique(key)) < len(key)
+
+
+def _sorted_codes(values: np.ndarray) -> np.ndarray:
+    """Integer codes in the sort order of the values (pandas' factorize, sorted)."""
+    return pd.factorize(values, sort=True)[0]
 
 
 class _StoredFrameDigests:
@@ -1051,7 +1191,7 @@ class _StoredFrameDigests:
 
         cols = self.cols
         ref = FrameRef.from_row({n: cols.obj(n)[i] for n in _PIXEL_COLUMNS if cols.has(n)})
-        options = cols.df.attrs.get("storage_options")
+        options = cols.table.attrs.get("storage_options")
         if options:
             ref = replace(ref, storage_options=dict(options))
         try:
@@ -1119,7 +1259,11 @@ def left_out(plan: SeriesPlan) -> list[dict[str, Any]]:
 
 
 def _free(reason: np.ndarray) -> np.ndarray:
-    return np.array([r is None for r in reason], dtype=bool)
+    return np.equal(reason, None)
+
+
+def _secondary_capture_flags(sop_classes: np.ndarray) -> np.ndarray:
+    return np.array([s in _SECONDARY_CAPTURE for s in sop_classes], dtype=bool)
 
 
 def _localizer_flags(image_types: np.ndarray) -> np.ndarray:
@@ -1154,9 +1298,12 @@ def _group(cols: _Columns, keep: np.ndarray) -> list[tuple[np.ndarray, str]]:
     iop = _cluster_rows(np.nan_to_num(cols.vec("ImageOrientationPatient", 6)[keep], nan=9.0), 1e-3)
     spacing = _cluster_rows(np.nan_to_num(cols.vec("PixelSpacing", 2)[keep], nan=-1.0), 1e-4)
     geo = np.column_stack([rows, columns, spp, iop, spacing])
-    _, geo_code = np.unique(geo, axis=0, return_inverse=True)
+    if (geo == geo[0]).all():  # one geometry (the usual case): no sort of the rows
+        geo_code = np.zeros(len(keep), np.int64)
+    else:
+        geo_code = np.unique(geo, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
     series_code = _combine(uid, sop, number)
-    group = _combine(series_code, geo_code.reshape(-1).astype(np.int64))
+    group = _combine(series_code, geo_code)
     out = []
     order = np.argsort(group, kind="stable")
     bounds = np.flatnonzero(np.diff(group[order])) + 1
@@ -1287,13 +1434,9 @@ def _kind_candidates(cols: _Columns, rows: np.ndarray) -> dict[str, np.ndarray]:
     out["component"] = cols.obj("ComplexImageComponent")[rows]
     b = np.round(cols.num("DiffusionBValue")[rows], 3)
     bvec = np.round(cols.vec("DiffusionGradientOrientation", 3)[rows], 4)
-    diff = np.empty(len(rows), dtype=object)
-    for i in range(len(rows)):
-        diff[i] = (
-            None
-            if np.isnan(b[i])
-            else (float(b[i]), *(None if np.isnan(v) else float(v) for v in bvec[i]))
-        )
+    diff = np.full(len(rows), None, dtype=object)
+    for i in np.flatnonzero(~np.isnan(b)):
+        diff[i] = (float(b[i]), *(None if np.isnan(v) else float(v) for v in bvec[i]))
     out["diffusion"] = diff
     return out
 
@@ -1426,7 +1569,7 @@ def _place(cols: _Columns, rows: np.ndarray) -> _Placed:
     instance = cols.num("InstanceNumber")[rows]
     frame_no = cols.num("frame")[rows]
     # acquisition order: InstanceNumber, then file, then frame (a rank, so ties are stable)
-    path_code = pd.factorize(cols.obj("path")[rows], sort=True)[0]
+    path_code = cols.mapped("path", _sorted_codes)[rows]
     by_order = np.lexsort(
         (np.nan_to_num(frame_no), path_code, np.where(np.isnan(instance), np.inf, instance))
     )
@@ -1720,13 +1863,12 @@ def _make_plan(
     coords = _coords(cols, plan_rows, cells, dims, dim_names, stack.slice_d)
     attrs, patient = _attrs(cols, plan_rows, coords)
     if len(plan_rows) == cols.n:
-        # the plan uses every frame: share the table (a cheap copy-on-write view) and let
-        # the grid index it in its own row order
+        # the plan uses every frame: share the table and let the grid index it in its own
+        # row order
         frames = cols.whole()
         cells = np.where(cells >= 0, plan_rows[np.maximum(cells, 0)], -1)
     else:
-        frames = cols.df.take(plan_rows)
-        frames.index = pd.RangeIndex(len(frames))
+        frames = cols.table.take(plan_rows)
     attrs["affine"] = affine.tolist()
     attrs["geometry"] = stack.report.to_dict()
     attrs["units"] = _units(attrs)
@@ -1956,14 +2098,17 @@ def _grid_values(column: np.ndarray, grid: np.ndarray, fill: Any) -> np.ndarray:
 
 
 def _varying_axes(values: np.ndarray) -> list[int]:
+    """Return the axes along which ``values`` change (NaN equal to NaN in a float array)."""
+    nan = np.isnan(values) if values.dtype.kind == "f" else None
+    if nan is not None and not nan.any():
+        nan = None
     axes = []
     for axis in range(values.ndim):
-        first = np.take(values, [0], axis=axis)
-        if values.dtype.kind == "f":
-            same = (values == first) | (np.isnan(values) & np.isnan(first))
-        else:
-            same = values == first
-        if not np.all(same):
+        first = (slice(None),) * axis + (slice(0, 1),)
+        same = values == values[first]
+        if nan is not None:
+            same |= nan & nan[first]
+        if not same.all():
             axes.append(axis)
     return axes
 
@@ -1980,19 +2125,28 @@ def _numeric_or_object(values: np.ndarray) -> np.ndarray:
     first = next((v for v in out if v is not None), None)
     if isinstance(first, (str, tuple, bytes)):
         return out
-    if not all(v is None or isinstance(v, (int, float, np.integer, np.floating)) for v in out):
+    types = set(map(type, out))
+    if not all(t is _NONE_TYPE or issubclass(t, _NUMBER_TYPES) for t in types):
         return out
     try:
-        floats = np.array([np.nan if v is None else float(v) for v in out], dtype=np.float64)
+        if _NONE_TYPE in types:
+            floats = np.array([np.nan if v is None else float(v) for v in out], dtype=np.float64)
+        else:
+            floats = np.array([float(v) for v in out], dtype=np.float64)
     except (TypeError, ValueError):
         return out
     if (
         not np.isnan(floats).any()
         and np.all(floats == np.round(floats))
-        and all(isinstance(v, (int, np.integer)) for v in out)
+        and all(issubclass(t, _INTEGER_TYPES) for t in types)
     ):
         return floats.astype(np.int64)
     return floats
+
+
+_NONE_TYPE = type(None)
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+_INTEGER_TYPES = (int, np.integer)
 
 
 def _coords(
@@ -2022,14 +2176,18 @@ def _coords(
     for k, axis in enumerate("xyz"):
         columns[f"position_{axis}"] = ipp[:, k]
     full = bool((grid >= 0).all())
+    instances = cols.instance_rows(plan_rows)
     for name in _COORD_COLUMNS:
         if not cols.has(name):
             continue
-        if full and name not in _ALWAYS_COORDS and _constant(_raw_values(cols, name)[plan_rows]):
+        if (
+            full
+            and name not in _ALWAYS_COORDS
+            and cols.constant(name, plan_rows, instances, numeric=_read_as_number(cols, name))
+        ):
             continue  # the same in every frame of a full grid: an attribute, not a coordinate
         if name in ("WindowCenter", "WindowWidth"):
-            raw = cols.obj(name)[plan_rows]
-            columns[name] = np.array([_first_number(v) for v in raw], dtype=np.float64)
+            columns[name] = _first_numbers(cols.obj(name)[plan_rows])
         elif name in ("frame", "tile"):
             columns[name] = cols.num(name)[plan_rows]
         elif cols.is_numeric(name):
@@ -2068,11 +2226,9 @@ def _coords(
     return coords
 
 
-def _raw_values(cols: _Columns, name: str) -> np.ndarray:
-    """Return the column as :func:`_coords` reads it: floats when numeric, else objects."""
-    if name not in ("WindowCenter", "WindowWidth") and cols.is_numeric(name):
-        return cols.num(name)
-    return cols.obj(name)
+def _read_as_number(cols: _Columns, name: str) -> bool:
+    """Whether :func:`_coords` reads the column as floats (numeric), else as objects."""
+    return name not in ("WindowCenter", "WindowWidth") and cols.is_numeric(name)
 
 
 def _constant(values: np.ndarray) -> bool:
@@ -2099,6 +2255,21 @@ def _tidy_object(values: np.ndarray) -> np.ndarray:
     for i, v in enumerate(flat_in):
         flat_out[i] = "\\".join(str(x) for x in v) if isinstance(v, tuple) else v
     return out
+
+
+def _first_numbers(values: np.ndarray) -> np.ndarray:
+    """:func:`_first_number` of every value (one conversion when all are plain numbers)."""
+    types = set(map(type, values))
+    if types <= {float, int}:
+        return np.array(values.tolist(), dtype=np.float64)
+    if types == {tuple}:  # multi-valued windows: the first of each
+        try:
+            table = np.array(values.tolist(), dtype=np.float64)
+        except (TypeError, ValueError):
+            table = None
+        if table is not None and table.ndim == 2 and table.shape[1]:
+            return table[:, 0].copy()
+    return np.array([_first_number(v) for v in values], dtype=np.float64)
 
 
 def _first_number(v: Any) -> float:
@@ -2176,16 +2347,16 @@ def _attrs(
     cols: _Columns, plan_rows: np.ndarray, coords: dict[str, tuple[tuple[str, ...], np.ndarray]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     attrs: dict[str, Any] = {}
+    instances = cols.instance_rows(plan_rows)
     for name in _ATTR_COLUMNS:
         if not cols.has(name):
             continue
         if name in coords and coords[name][0]:
             continue  # varies: a coordinate, not an attribute
-        values = cols.obj(name)[plan_rows]
-        first = values[0]
+        first = cols.value(name, plan_rows[0])
         if first is None or (isinstance(first, float) and math.isnan(first)):
             continue
-        if not _all_equal(values, first):
+        if not cols.constant(name, plan_rows, instances):
             continue
         value = _json(first)
         if value is not None:
@@ -2193,7 +2364,7 @@ def _attrs(
     patient = {}
     for name in _PATIENT_KEYS:
         if cols.has(name):
-            v = cols.obj(name)[plan_rows[0]]
+            v = cols.value(name, plan_rows[0])
             if v is not None:
                 patient[name] = str(v)
     return attrs, patient
