@@ -543,7 +543,7 @@ class _Frames:
             )
         if "ComplexImageComponent" not in catalog.columns:
             self.values["ComplexImageComponent"] = layout.component[self.src]
-        self.overrides: dict[str, np.ndarray] = {}
+        self.overrides: dict[str, Any] = {}  # object arrays, or a whole column as read
 
     def rows(self, i: int, count: int) -> slice:
         return slice(int(self.starts[i]), int(self.starts[i] + count))
@@ -554,7 +554,9 @@ class _Frames:
             return
         whole = rows.start == 0 and rows.stop == len(self.src) == len(vals)
         if col not in self.overrides and whole:
-            self.overrides[col] = _as_object(vals)  # every row its own: no catalog values
+            # every row its own: no catalog values; kept as given until finish() makes the
+            # column (in the catalog's dtype, or objects)
+            self.overrides[col] = vals if isinstance(vals, (tuple, list)) else _as_object(vals)
             return
         if col not in self.overrides:
             self.overrides[col] = (
@@ -562,6 +564,8 @@ class _Frames:
                 if col in self.catalog.columns
                 else _empty(len(self.src))
             )
+        elif not isinstance(self.overrides[col], np.ndarray):
+            self.overrides[col] = _as_object(self.overrides[col])
         self.overrides[col][rows] = _as_object(vals)
 
     def finish(self, errors: list[dict[str, str]]) -> FrameTable:
@@ -576,11 +580,16 @@ class _Frames:
         for col, arr in self.values.items():
             own.setdefault(col, arr)
         for col, arr in self.overrides.items():
-            own.setdefault(col, arr)
+            own.setdefault(col, arr if isinstance(arr, np.ndarray) else _as_object(arr))
         attrs = dict(catalog.attrs)
         if errors:
             attrs["frame_errors"] = errors
         return FrameTable(catalog, self.src, own, attrs)
+
+
+def _cell(df: pd.DataFrame, name: str, i: int) -> Any:
+    """Return ``df[name].iat[i]`` without building a Series (which deep-copies ``attrs``)."""
+    return _column_array(df, df.columns.get_loc(name))[i]
 
 
 def _column_array(df: pd.DataFrame, pos: int) -> Any:
@@ -591,14 +600,17 @@ def _column_array(df: pd.DataFrame, pos: int) -> Any:
         return df.iloc[:, pos].array
 
 
-def _overridden(values: np.ndarray, dtype: Any) -> Any:
-    """Per-frame values of a catalog column, in the catalog's dtype where they fit it."""
-    if dtype == np.dtype(object):
-        return values
-    try:
-        return pd.array(values, dtype=dtype)
-    except (TypeError, ValueError):
-        return values
+def _overridden(values: Any, dtype: Any) -> Any:
+    """Per-frame values of a catalog column, in the catalog's dtype where they fit it.
+
+    ``values`` is an ``object`` array, or the functional groups' sequence of values as read.
+    """
+    if dtype != np.dtype(object):
+        try:
+            return pd.array(values, dtype=dtype)
+        except (TypeError, ValueError):
+            pass
+    return values if isinstance(values, np.ndarray) else _as_object(values)
 
 
 def _many_frames(layout: _Layout) -> FrameTable:
@@ -611,10 +623,10 @@ def _many_frames(layout: _Layout) -> FrameTable:
     options = catalog.attrs.get("storage_options")
     for i in np.flatnonzero(layout.enhanced):
         reason = _changed_since_scan(catalog, i) or _put_functional_groups(
-            frames, i, catalog["per_frame"].iat[i], int(counts[i])
+            frames, i, _cell(catalog, "per_frame", i), int(counts[i])
         )
         if reason is not None:
-            path = str(catalog["path"].iat[i])
+            path = str(_cell(catalog, "path", i))
             logger.warning("cannot use the functional groups of %s: %s", path, reason)
             errors.append({"path": path, "reason": reason})
     # classic multi-frame files (RT Dose, some NM/US): frame positions from the Grid Frame
@@ -644,14 +656,14 @@ def _changed_since_scan(catalog: pd.DataFrame, i: int) -> str | None:
     """
     if "file_size" not in catalog.columns or "mtime" not in catalog.columns:
         return None
-    path = str(catalog["path"].iat[i])
+    path = str(_cell(catalog, "path", i))
     if "://" in path:  # a remote object (dicomxr.sources): no stat to compare with
         return None
     try:
         st = os.stat(path)
     except OSError as exc:
         return f"functional groups unreadable: {exc.strerror or exc}"
-    if st.st_size != catalog["file_size"].iat[i] or st.st_mtime != catalog["mtime"].iat[i]:
+    if st.st_size != _cell(catalog, "file_size", i) or st.st_mtime != _cell(catalog, "mtime", i):
         return "functional groups unreadable: the file changed since the scan (scan it again)"
     return None
 
@@ -709,9 +721,9 @@ def _impossible_claims(
     )
     size = _column(catalog, "file_size", np.inf)
     room = size - np.maximum(_column(catalog, "pixel_data_offset", 0.0), 0.0)
+    pixels = _column(catalog, "Rows", 0.0) * _column(catalog, "Columns", 0.0)
     frame_bytes = (
-        _column(catalog, "Rows", 0.0)
-        * _column(catalog, "Columns", 0.0)
+        pixels
         * np.maximum(_column(catalog, "SamplesPerPixel", 1.0), 1.0)
         * np.maximum(_column(catalog, "BitsAllocated", 8.0), 1.0)
         / 8
@@ -725,9 +737,7 @@ def _impossible_claims(
     stored = np.where(mosaic, 1, counts).astype(np.float64)
     # a zero Rows/Columns/bits claim still costs a table row per frame: at least a byte each
     need = np.where(native, stored * np.maximum(frame_bytes, 1), stored * _MIN_ENCAPSULATED_FRAME)
-    too_many_tiles = mosaic & (
-        counts > _column(catalog, "Rows", 0.0) * _column(catalog, "Columns", 0.0)
-    )
+    too_many_tiles = mosaic & (counts > pixels)
     bad = has_pixels & ((need > room) | too_many_tiles)
     for i in np.flatnonzero(bad):
         what = f"{int(counts[i])} tile(s)" if mosaic[i] else f"{int(counts[i])} frame(s)"

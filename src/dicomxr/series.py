@@ -624,10 +624,18 @@ def _to_float(v: Any) -> float:
 
 def _codes(values: np.ndarray) -> np.ndarray:
     """Integer codes of hashable values; None/NaN get their own code."""
-    if len(values) and values[0] is not None and _all_equal(values, values[0]):
+    if len(values) and _one_value(values):
         return np.zeros(len(values), np.int64)
     codes, _ = _factorize(values)
     return codes.astype(np.int64)
+
+
+def _one_value(values: np.ndarray) -> bool:
+    """Tell whether a non-empty array holds one value throughout (all None counts)."""
+    first = values[0]
+    if first is None:
+        return values.dtype == object and values.tolist().count(None) == len(values)
+    return _all_equal(values, first)
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -651,6 +659,11 @@ def _all_equal(values: np.ndarray, first: Any) -> bool:
             return bool(np.all(values == first))
         except (TypeError, ValueError):
             pass
+    if isinstance(first, tuple) and values.dtype == object:
+        # tuples compare item by item as `==` does, in C: list.count's identity-first
+        # comparison differs from `==` only for an object unequal to itself (a NaN), and a
+        # tuple holding the very same NaN object compares equal either way
+        return values.tolist().count(first) == len(values)
     return all(v == first for v in values)
 
 
@@ -959,12 +972,14 @@ def _mark_lost_geometry(cols: _Columns, reason: np.ndarray) -> None:
         else np.ones(cols.n, bool)
     )
     placed = positioned & oriented
+    if (placed & spaced).all():
+        return  # every frame has its geometry (the usual case)
     free = _free(reason)
     sop = cols.obj("SOPClassUID") if cols.has("SOPClassUID") else np.full(cols.n, None, object)
     keys = list(
         zip(cols.obj(names[2]), sop, strict=True)
     )  # pages without geometry have their own class
-    if not (placed & spaced).all() and (placed & free).any():
+    if (placed & free).any():
         with_geometry = {keys[i] for i in np.flatnonzero(placed & free)}
         for i in np.flatnonzero(~placed & free):
             # pages (secondary capture) carry geometry or not as they please
@@ -2177,26 +2192,15 @@ def _coords(
         columns[f"position_{axis}"] = ipp[:, k]
     full = bool((grid >= 0).all())
     instances = cols.instance_rows(plan_rows)
+    same: set[str] = set()  # the same in every frame of a full grid: one value read
     for name in _COORD_COLUMNS:
         if not cols.has(name):
             continue
-        if (
-            full
-            and name not in _ALWAYS_COORDS
-            and cols.constant(name, plan_rows, instances, numeric=_read_as_number(cols, name))
-        ):
-            continue  # the same in every frame of a full grid: an attribute, not a coordinate
-        if name in ("WindowCenter", "WindowWidth"):
-            columns[name] = _first_numbers(cols.obj(name)[plan_rows])
-        elif name in ("frame", "tile"):
-            columns[name] = cols.num(name)[plan_rows]
-        elif cols.is_numeric(name):
-            values = cols.num(name)[plan_rows]
-            if cols.is_integer(name) and not np.isnan(values).any():
-                values = values.astype(np.int64)
-            columns[name] = values
-        else:
-            columns[name] = _numeric_or_object(cols.obj(name)[plan_rows])
+        if full and cols.constant(name, plan_rows, instances, _read_as_number(cols, name)):
+            if name not in _ALWAYS_COORDS:
+                continue  # an attribute, not a coordinate
+            same.add(name)
+        columns[name] = _coord_column(cols, name, plan_rows[:1] if name in same else plan_rows)
     if cols.has("DiffusionGradientOrientation"):
         bvec = cols.vec("DiffusionGradientOrientation", 3)[plan_rows]
         if not np.isnan(bvec).all():
@@ -2213,17 +2217,34 @@ def _coords(
         if column.dtype.kind == "i" and (grid < 0).any():
             column = column.astype(np.float64)
             fill = np.nan
-        values = _grid_values(column, grid, fill)
-        axes = _varying_axes(values)
-        if not axes and name not in _ALWAYS_COORDS:
-            continue
-        reduced = _reduce(values, axes)
+        if name in same:  # one value for every cell
+            axes, reduced = [], column.reshape(())
+        else:
+            values = _grid_values(column, grid, fill)
+            axes = _varying_axes(values)
+            if not axes and name not in _ALWAYS_COORDS:
+                continue
+            reduced = _reduce(values, axes)
         if name in ("frame", "tile") and reduced.dtype.kind == "f" and not np.isnan(reduced).any():
             reduced = reduced.astype(np.int64)
         if reduced.dtype == object:
             reduced = _tidy_object(reduced)
         coords[name] = (tuple(dim_names[a] for a in axes), reduced)
     return coords
+
+
+def _coord_column(cols: _Columns, name: str, rows: np.ndarray) -> np.ndarray:
+    """Return coordinate column ``name`` at ``rows`` as :func:`_coords` holds it."""
+    if name in ("WindowCenter", "WindowWidth"):
+        return _first_numbers(cols.obj(name)[rows])
+    if name in ("frame", "tile"):
+        return cols.num(name)[rows]
+    if cols.is_numeric(name):
+        values = cols.num(name)[rows]
+        if cols.is_integer(name) and not np.isnan(values).any():
+            values = values.astype(np.int64)
+        return values
+    return _numeric_or_object(cols.obj(name)[rows])
 
 
 def _read_as_number(cols: _Columns, name: str) -> bool:
