@@ -371,3 +371,15 @@ def test_no_collision_no_digest_work(ct_folder: Path, monkeypatch: pytest.Monkey
     (ct_folder / "zz_cut.dcm").write_bytes(data[:-20_000])
     cat = dicomxr.scan(ct_folder, progress=False)
     assert bool(cat["pixel_data_truncated"].any()) and cat["frame_digests"].isna().all()
+
+
+def test_digests_in_threads_equal_one_thread(data_root: Path, tmp_path: Path) -> None:
+    """``workers=`` reads the colliding files in threads, as it reads the headers."""
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    for f in (data_root / "dicomParser").rglob("CT*"):
+        shutil.copy(f, folder / f.name)
+    one = dicomxr.scan(folder, progress=False, warn=False)
+    threads = dicomxr.scan(folder, progress=False, warn=False, workers=4)
+    assert one["frame_digests"].notna().sum() >= 6
+    assert one["frame_digests"].tolist() == threads["frame_digests"].tolist()

@@ -2235,7 +2235,7 @@ def _catalog(
         frame, skips = snap.frame, plan.kept_skips(found.paths)  # digests as they were
     else:
         frame, skips = _merge(found.paths, plan, results, names)
-        _put_frame_digests(frame, found.storage_options)
+        _put_frame_digests(frame, found.storage_options, found.workers)
     if store is not None and (snap is None or not plan.unchanged(results)):
         store.save(frame, _entries(found, keys, plan, results, frame, started))
     return _typed_keys(frame, names), skips
@@ -2244,7 +2244,9 @@ def _catalog(
 _NO_KEYS = (np.empty(0, np.int64), np.empty(0, np.int64))  # no cache: none compared
 
 
-def _put_frame_digests(frame: pd.DataFrame, storage_options: Mapping[str, Any] | None) -> None:
+def _put_frame_digests(
+    frame: pd.DataFrame, storage_options: Mapping[str, Any] | None, workers: int | None = None
+) -> None:
     """Fill the ``frame_digests`` column: the stored frames' digests of colliding instances.
 
     Files whose SOPInstanceUID another file with readable pixel data reuses are either
@@ -2252,7 +2254,8 @@ def _put_frame_digests(frame: pd.DataFrame, storage_options: Mapping[str, Any] |
     values tell apart (:func:`dicomxr.series.plan_series` sets copies apart). Their digests
     (:func:`dicomxr.pixels.frame_digests`) are computed here, once, so that planning opens
     no file; every other row is ``None``. A digest kept from the persistent cache (the row's
-    file unchanged) is reused; rows that collide no more are cleared.
+    file unchanged) is reused; rows that collide no more are cleared. The files are read in
+    ``workers`` threads, as the headers were (remote objects: their waits overlap).
     """
     column = frame.columns.get_loc("frame_digests")
     old = frame.iloc[:, column].to_numpy()
@@ -2264,11 +2267,26 @@ def _put_frame_digests(frame: pd.DataFrame, storage_options: Mapping[str, Any] |
     from dicomxr.pixels import frame_digests
 
     out = np.full(len(frame), None, dtype=object)
+    todo = []
     for i in rows.tolist():
-        kept = old[i]  # from the snapshot: the file has not changed
-        if not isinstance(kept, tuple):
-            kept = frame_digests(_row_dict(frame, i), storage_options)
-        out[i] = kept
+        if isinstance(old[i], tuple):  # from the snapshot: the file has not changed
+            out[i] = old[i]
+        else:
+            todo.append(i)
+    refs = [_row_dict(frame, i) for i in todo]
+
+    def digests(row: dict[str, Any]) -> tuple[str, ...]:
+        return frame_digests(row, storage_options)
+
+    if workers is not None and workers > 1 and len(refs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="dicomxr-digest") as ex:
+            done = list(ex.map(digests, refs))
+    else:
+        done = list(map(digests, refs))
+    for i, value in zip(todo, done, strict=True):
+        out[i] = value
     frame.isetitem(column, out)
 
 
