@@ -488,7 +488,7 @@ def _one_frame_each(layout: _Layout) -> FrameTable:
             new[col] = _empty(n)
     if "ComplexImageComponent" not in catalog.columns:
         new["ComplexImageComponent"] = layout.component
-    attrs = dict(catalog.attrs)
+    attrs = copy.deepcopy(catalog.attrs)  # a snapshot, as the columns are
     if layout.errors:
         attrs["frame_errors"] = layout.errors
     return FrameTable(catalog, np.arange(n), new, attrs)
@@ -581,7 +581,7 @@ class _Frames:
             own.setdefault(col, arr)
         for col, arr in self.overrides.items():
             own.setdefault(col, arr if isinstance(arr, np.ndarray) else _as_object(arr))
-        attrs = dict(catalog.attrs)
+        attrs = copy.deepcopy(catalog.attrs)  # a snapshot, as the columns are
         if errors:
             attrs["frame_errors"] = errors
         return FrameTable(catalog, self.src, own, attrs)
