@@ -369,7 +369,11 @@ class FrameTable:
         if self._frame is not None:
             catalog = self._frame.take(used).reset_index(drop=True)
             return FrameTable, (catalog, src.reshape(-1), own, self.attrs, self._infer)
-        arrays = {col: self._raw[col].take(used) for col in self._where}
+        if len(used) and used[-1] - used[0] + 1 == len(used):  # consecutive rows: a slice
+            pick: Any = slice(int(used[0]), int(used[-1]) + 1)
+            arrays = {col: self._raw[col][pick] for col in self._where}
+        else:
+            arrays = {col: self._raw[col].take(used) for col in self._where}
         return _restore_frame_table, (
             self._names,
             len(used),
