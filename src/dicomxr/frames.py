@@ -369,7 +369,11 @@ class FrameTable:
         if self._frame is not None:
             catalog = self._frame.take(used).reset_index(drop=True)
             return FrameTable, (catalog, src.reshape(-1), own, self.attrs, self._infer)
-        arrays = {col: self._raw[col].take(used) for col in self._where}
+        if len(used) and used[-1] - used[0] + 1 == len(used):  # consecutive rows: a slice
+            pick: Any = slice(int(used[0]), int(used[-1]) + 1)
+            arrays = {col: self._raw[col][pick] for col in self._where}
+        else:
+            arrays = {col: self._raw[col].take(used) for col in self._where}
         return _restore_frame_table, (
             self._names,
             len(used),
@@ -488,7 +492,7 @@ def _one_frame_each(layout: _Layout) -> FrameTable:
             new[col] = _empty(n)
     if "ComplexImageComponent" not in catalog.columns:
         new["ComplexImageComponent"] = layout.component
-    attrs = dict(catalog.attrs)
+    attrs = copy.deepcopy(catalog.attrs)  # a snapshot, as the columns are
     if layout.errors:
         attrs["frame_errors"] = layout.errors
     return FrameTable(catalog, np.arange(n), new, attrs)
@@ -581,7 +585,7 @@ class _Frames:
             own.setdefault(col, arr)
         for col, arr in self.overrides.items():
             own.setdefault(col, arr if isinstance(arr, np.ndarray) else _as_object(arr))
-        attrs = dict(catalog.attrs)
+        attrs = copy.deepcopy(catalog.attrs)  # a snapshot, as the columns are
         if errors:
             attrs["frame_errors"] = errors
         return FrameTable(catalog, self.src, own, attrs)
