@@ -41,6 +41,25 @@ def philips_ct(data_root: Path) -> Path:
     return data_root / "dcm_qa_ct" / "In" / "Philips" / "S21570" / "S2020"
 
 
+@pytest.fixture()
+def ct_slices(philips_ct: Path, tmp_path: Path):
+    """Copy the first ``n`` slices of :func:`philips_ct` into ``tmp_path/ct`` (``slice00.dcm``...).
+
+    A factory: ``ct_slices(n)`` returns the folder, which tests may change freely.
+    """
+    import shutil
+
+    def copy(n: int) -> Path:
+        files = sorted(philips_ct.glob("I*"), key=lambda p: int(p.name[1:]))[:n]
+        out = tmp_path / "ct"
+        out.mkdir()
+        for i, f in enumerate(files):
+            shutil.copy(f, out / f"slice{i:02d}.dcm")
+        return out
+
+    return copy
+
+
 @pytest.fixture(scope="session")
 def ge_tilt_ct(data_root: Path) -> Path:
     """GE CT with gantry tilt +18.5 degrees and a spacing change mid-series."""

@@ -34,13 +34,8 @@ N = 12
 
 
 @pytest.fixture()
-def ct_folder(philips_ct: Path, tmp_path: Path) -> Path:
-    files = sorted(philips_ct.glob("I*"), key=lambda p: int(p.name[1:]))[:N]
-    out = tmp_path / "ct"
-    out.mkdir()
-    for i, f in enumerate(files):
-        shutil.copy(f, out / f"slice{i:02d}.dcm")
-    return out
+def ct_folder(ct_slices) -> Path:
+    return ct_slices(N)
 
 
 def _reference(folder: Path, names: list[str]) -> np.ndarray:

@@ -74,13 +74,17 @@ def _opens(folder: Path) -> Iterator[list[str]]:
 
 
 @pytest.fixture()
-def ct_folder(philips_ct: Path, tmp_path: Path) -> Path:
-    files = sorted(philips_ct.glob("I*"), key=lambda p: int(p.name[1:]))[:N]
-    out = tmp_path / "ct"
-    out.mkdir()
-    for i, f in enumerate(files):
-        shutil.copy(f, out / f"slice{i:02d}.dcm")
-    return out
+def ct_folder(ct_slices) -> Path:
+    return ct_slices(N)
+
+
+def _dicomparser_files(data_root: Path, tmp_path: Path, pattern: str) -> Path:
+    """Copy dicomParser's files matching ``pattern`` (one instance, many encodings) together."""
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    for f in (data_root / "dicomParser").rglob(pattern):
+        shutil.copy(f, folder / f.name)
+    return folder
 
 
 def _rle_copy(source: Path, target: Path) -> None:
@@ -223,10 +227,7 @@ def test_every_policy_decides_as_the_fallback(ct_folder: Path) -> None:
 
 def test_multiframe_copies_in_many_encodings(data_root: Path, tmp_path: Path) -> None:
     """dicomParser's 2-frame CT, 8 encodings of one instance: one digest per frame."""
-    folder = tmp_path / "mf"
-    folder.mkdir()
-    for f in (data_root / "dicomParser").rglob("CT0012.*"):
-        shutil.copy(f, folder / f.name)
+    folder = _dicomparser_files(data_root, tmp_path, "CT0012.*")
     cat = dicomxr.scan(folder, progress=False, warn=False)
     digests = _digests(cat)
     assert len(digests) >= 3 and len(set(digests.values())) == 1
@@ -375,10 +376,7 @@ def test_no_collision_no_digest_work(ct_folder: Path, monkeypatch: pytest.Monkey
 
 def test_digests_in_threads_equal_one_thread(data_root: Path, tmp_path: Path) -> None:
     """``workers=`` reads the colliding files in threads, as it reads the headers."""
-    folder = tmp_path / "mf"
-    folder.mkdir()
-    for f in (data_root / "dicomParser").rglob("CT*"):
-        shutil.copy(f, folder / f.name)
+    folder = _dicomparser_files(data_root, tmp_path, "CT*")
     one = dicomxr.scan(folder, progress=False, warn=False)
     threads = dicomxr.scan(folder, progress=False, warn=False, workers=4)
     assert one["frame_digests"].notna().sum() >= 6
