@@ -51,7 +51,9 @@ This is the only module that uses ``xarray.core.indexing``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import logging
 import os
 import threading
@@ -770,18 +772,28 @@ class FullRead:
     """
 
     def __init__(self, array: Any, backend: DicomBackendArray) -> None:
-        from dask.core import flatten
-
         self.backend = backend
         self.name = array.name
         self.shape = tuple(array.shape)
         self.chunks = array.chunks
         self.graph = array.dask
         self.meta = array._meta
-        self.keys = list(flatten(array.__dask_keys__()))
-        self.key_set = frozenset(self.keys)
         # identity of the layers: a graph built from anything else is not rewritten
         self.layers = dict(array.dask.layers)
+
+    @functools.cached_property
+    def keys(self) -> list[tuple[Any, ...]]:
+        """The array's chunk keys in C order (``flatten(array.__dask_keys__())``).
+
+        Made from the name and the chunks when first needed (a compute), not at open.
+        """
+        ranges = (range(len(c)) for c in self.chunks)
+        return [(self.name, *index) for index in itertools.product(*ranges)]
+
+    @functools.cached_property
+    def key_set(self) -> frozenset[tuple[Any, ...]]:
+        """:attr:`keys` as a set."""
+        return frozenset(self.keys)
 
     @classmethod
     def attach(cls, array: Any, backend: DicomBackendArray) -> Any:
