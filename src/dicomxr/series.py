@@ -452,14 +452,16 @@ class _Columns:
         if arr is None:
             if name not in self.table:
                 arr = np.full(self.n, missing, dtype=object if missing is None else np.float64)
-            elif self.table.per_instance(name) is None:
-                arr = convert(self.table.column(name))
+            elif self._from_catalog(name):
+                arr = self._spread(self._per_instance(name, kind, convert))
             else:
-                arr = self._per_instance(name, kind, convert)
-                if not self.table.identity:
-                    arr = arr[self.table.src]
+                arr = convert(self.table.column(name))
             self._cache[key] = arr
         return arr
+
+    def _from_catalog(self, name: str) -> bool:
+        """Whether ``name`` is a catalog column (one value per instance, spread by ``src``)."""
+        return name in self.table and self.table.per_instance(name) is not None
 
     def _per_instance(self, name: str, kind: str, convert: Any) -> np.ndarray:
         """``convert`` of a catalog column's values, one per instance (cached)."""
@@ -468,6 +470,10 @@ class _Columns:
         if arr is None:
             arr = self._cache[key] = convert(self.table.per_instance(name))
         return arr
+
+    def _spread(self, per_instance: np.ndarray) -> np.ndarray:
+        """Values of the catalog's instances, one per frame."""
+        return per_instance if self.table.identity else per_instance[self.table.src]
 
     def mapped(self, name: str, func: Any) -> np.ndarray:
         """``func`` (object array -> array of as many values) of the column, per frame.
@@ -478,10 +484,8 @@ class _Columns:
         key = "m:" + getattr(func, "__name__", repr(func)) + ":" + name
         arr = self._cache.get(key)
         if arr is None:
-            if name in self.table and self.table.per_instance(name) is not None:
-                arr = func(self._per_instance(name, "o:", _to_object))
-                if not self.table.identity:
-                    arr = arr[self.table.src]
+            if self._from_catalog(name):
+                arr = self._spread(func(self._per_instance(name, "o:", _to_object)))
             else:
                 arr = func(self.obj(name))
             self._cache[key] = arr
@@ -500,10 +504,8 @@ class _Columns:
         if arr is None:
             if name not in self.table:
                 arr = np.full((self.n, width), np.nan)
-            elif self.table.per_instance(name) is not None:
-                arr = _vectors(self._per_instance(name, "o:", _to_object), width)
-                if not self.table.identity:
-                    arr = arr[self.table.src]
+            elif self._from_catalog(name):
+                arr = self._spread(_vectors(self._per_instance(name, "o:", _to_object), width))
             else:
                 arr = _vectors(self.obj(name), width)
             self._cache[key] = arr
@@ -528,7 +530,7 @@ class _Columns:
         For a catalog column only ``instance_rows`` (:meth:`instance_rows` of ``rows``) are
         compared, in the catalog's own values: the same answer, without a value per frame.
         """
-        if name not in self.table or self.table.per_instance(name) is None:
+        if not self._from_catalog(name):
             return _constant((self.num(name) if numeric else self.obj(name))[rows])
         values = (
             self._per_instance(name, "f:", _to_float_array)
@@ -544,14 +546,14 @@ class _Columns:
 
     def value(self, name: str, row: int) -> Any:
         """Return the column's value (as :meth:`obj` gives it) at one row."""
-        if name in self.table and self.table.per_instance(name) is not None:
+        if self._from_catalog(name):
             return self._per_instance(name, "o:", _to_object)[self.table.src[row]]
         return self.obj(name)[row]
 
     def whole(self) -> FrameTable:
         """Return the table for a plan of every frame: itself (once) when planning made it.
 
-        A table the caller passed is shared as a snapshot (shallow copy-on-write) instead.
+        A table the caller passed is shared through a take of all its rows instead.
         """
         if self._owned:
             self._owned = False
@@ -559,17 +561,16 @@ class _Columns:
         return self.table.take(np.arange(self.n))
 
     def is_numeric(self, name: str) -> bool:
-        key = "n?" + name
-        answer = self._kinds.get(key)
-        if answer is None:
-            answer = self._kinds[key] = pd.api.types.is_numeric_dtype(self.table.dtype(name))
-        return answer
+        return self._dtype_is(name, pd.api.types.is_numeric_dtype)
 
     def is_integer(self, name: str) -> bool:
-        key = "i?" + name
+        return self._dtype_is(name, pd.api.types.is_integer_dtype)
+
+    def _dtype_is(self, name: str, test: Any) -> bool:
+        key = test.__name__ + ":" + name
         answer = self._kinds.get(key)
         if answer is None:
-            answer = self._kinds[key] = pd.api.types.is_integer_dtype(self.table.dtype(name))
+            answer = self._kinds[key] = bool(test(self.table.dtype(name)))
         return answer
 
     def flag(self, name: str) -> np.ndarray:
@@ -1200,8 +1201,6 @@ class _StoredFrameDigests:
 
     def _read(self, i: int) -> tuple[str | None, str | None]:
         """Read and decode row ``i``'s stored frame (the fallback: no digest in the catalog)."""
-        from dataclasses import replace
-
         from dicomxr.pixels import FrameRef, stored_frame_digest
 
         cols = self.cols
